@@ -1,0 +1,69 @@
+"""id2-plugin: origin identification for images edited by text-guided image-to-image diffusion models.
+
+Method: Wang et al., "Origin Identification for Text-Guided Image-to-Image Diffusion Models", ICML 2025 —
+embed with a diffusion VAE encoder, project with a learned linear W, L2-normalise, cosine search.
+
+Importing this package never imports torch or faiss; they load when a model or store is first used.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+import pluggy
+
+from .config import Config, load_config
+from .embedders.base import Embedder, LatentEncoder, Projection
+from .errors import (
+    ConfigError,
+    Id2Error,
+    IncompatibleStoreError,
+    MediaError,
+    MissingExtraError,
+    ModelNotFoundError,
+    StoreError,
+)
+from .identify import IdentifyContext, Identifier, build_embedder, open_store
+from .media import MediaLimits, load_image, to_rgb_array
+from .plugins import get_plugin_manager
+from .stores.base import ReferenceStore
+from .types import AddResult, Match, OriginReport, ReferenceRecord, StoreInfo
+
+try:
+    __version__ = version("id2-plugin")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+#: Decorate hook implementations with this marker (``@id2_plugin.hookimpl``).
+hookimpl = pluggy.HookimplMarker("id2_plugin")
+
+__all__ = [
+    "AddResult",
+    "Config",
+    "ConfigError",
+    "Embedder",
+    "Id2Error",
+    "IdentifyContext",
+    "Identifier",
+    "IncompatibleStoreError",
+    "LatentEncoder",
+    "Match",
+    "MediaError",
+    "MediaLimits",
+    "MissingExtraError",
+    "ModelNotFoundError",
+    "OriginReport",
+    "Projection",
+    "ReferenceRecord",
+    "ReferenceStore",
+    "StoreError",
+    "StoreInfo",
+    "__version__",
+    "build_embedder",
+    "get_plugin_manager",
+    "hookimpl",
+    "load_config",
+    "load_image",
+    "open_store",
+    "to_rgb_array",
+]

@@ -1,0 +1,102 @@
+"""Shared plumbing for CLI commands (built-in and third-party): config loading, exit codes, output."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from .config import Config, load_config, parse_override
+from .errors import ConfigError, Id2Error
+
+#: Exit codes: 0 ok, 1 no match / bad media reported per file, 2 usage / config error.
+EXIT_OK, EXIT_SOFT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+class CliState:
+    """Carried in ``click.Context.obj``: the config file and overrides given on the command line."""
+
+    def __init__(self, config_path: str | None, overrides: tuple[str, ...]) -> None:
+        self.config_path = config_path
+        self.overrides: dict[str, Any] = {}
+        for text in overrides:
+            from .config import _merge
+
+            self.overrides = _merge(self.overrides, parse_override(text))
+        self._cache: dict[str, Any] = {}
+
+    def config(self, **extra: Any) -> Config:
+        """Effective config: file, then ``--set`` overrides, then command flags (``extra``, dotted keys)."""
+        from .config import _merge
+
+        overrides = dict(self.overrides)
+        for dotted, value in extra.items():
+            if value is None:
+                continue
+            overrides = _merge(overrides, parse_override(f"{dotted}=x"))
+            cur = overrides
+            parts = dotted.split(".")
+            for p in parts[:-1]:
+                cur = cur[p]
+            cur[parts[-1]] = value
+        return load_config(self.config_path, overrides)
+
+
+def get_state(ctx: click.Context) -> CliState:
+    root = ctx.find_root()
+    if not isinstance(root.obj, CliState):
+        root.obj = CliState(None, ())
+    return root.obj
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn library errors into one clear line on stderr and the documented exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_USAGE)
+        except Id2Error as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_USAGE)
+
+    return wrapper
+
+
+def echo_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=None, default=str))
+
+
+def config_option_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Common flags that override the embedder / store / match sections."""
+    opts = [
+        click.option("--store", "store_path", default=None, help="Reference store folder (store.path)."),
+        click.option("--embedder", "embedder_name", default=None, help="Embedder name (embedder.name)."),
+        click.option("--projection", default=None, help="'default', 'none' (raw latent) or a W .safetensors path."),
+        click.option("--device", default=None, help="auto, cpu, cuda, cuda:N (embedder.device)."),
+        click.option("--batch-size", type=int, default=None, help="Images per forward pass (embedder.batch_size)."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def config_from_flags(ctx: click.Context, **flags: Any) -> Config:
+    return get_state(ctx).config(
+        **{
+            "store.path": flags.get("store_path"),
+            "embedder.name": flags.get("embedder_name"),
+            "embedder.projection": flags.get("projection"),
+            "embedder.device": flags.get("device"),
+            "embedder.batch_size": flags.get("batch_size"),
+            "match.k": flags.get("k"),
+            "match.threshold": flags.get("threshold"),
+        }
+    )

@@ -1,0 +1,97 @@
+"""On-disk latent cache: encode each distinct normalised image once per encoder, across runs and processes.
+
+Latents (not embeddings) are cached so that changing W never invalidates the cache. The key is the sha256
+of the normalised ``S x S x 3`` uint8 pixels, so a path, its bytes or an attacked array that decode to the
+same pixels share one entry. Entries are written atomically (temp file + rename): concurrent writers are
+safe and an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .embedders.base import LatentEncoder
+from .media import MediaLike
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("ID2_CACHE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "id2_plugin"
+
+
+class LatentCache:
+    """Latent cache for one encoder identity under ``root`` (default ``$ID2_CACHE_DIR`` or ~/.cache/id2_plugin)."""
+
+    def __init__(self, encoder: LatentEncoder, root: str | os.PathLike | None = None, dtype: str = "float16") -> None:
+        self.encoder = encoder
+        safe = re.sub(r"[^A-Za-z0-9_.@-]+", "_", encoder.identity)
+        self.dir = Path(root or default_cache_dir()) / "latents" / safe
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dtype = np.dtype(dtype)
+
+    @staticmethod
+    def key(image: np.ndarray) -> str:
+        return hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()
+
+    def _path(self, key: str) -> Path:
+        return self.dir / key[:2] / f"{key}.npy"
+
+    def get(self, key: str) -> np.ndarray | None:
+        p = self._path(key)
+        try:
+            return np.load(p).astype(np.float32)
+        except (FileNotFoundError, ValueError, OSError):
+            return None
+
+    def put(self, key: str, latent: np.ndarray) -> None:
+        p = self._path(key)
+        p.parent.mkdir(exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=p.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, latent.astype(self.dtype))
+        os.replace(tmp, p)
+
+    def encode_arrays(self, images: np.ndarray) -> np.ndarray:
+        """Latents of normalised images, computing (in batches) only those not cached yet."""
+        keys = [self.key(im) for im in images]
+        out = np.empty((len(images), self.encoder.latent_dim), np.float32)
+        missing = []
+        for i, k in enumerate(keys):
+            z = self.get(k)
+            if z is None:
+                missing.append(i)
+            else:
+                out[i] = z
+        if missing:
+            z = self.encoder.encode_arrays(images[missing])
+            for i, zi in zip(missing, z):
+                self.put(keys[i], zi)
+                out[i] = zi.astype(self.dtype).astype(np.float32)  # identical values cached or not
+        return out
+
+    def encode(self, sources: Sequence[MediaLike], batch: int = 64, progress: bool | str = False) -> np.ndarray:
+        """Normalise and encode ``sources`` (raises :class:`MediaError` on bad media), in chunks of ``batch``."""
+        out = np.empty((len(sources), self.encoder.latent_dim), np.float32)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(sources), desc=progress if isinstance(progress, str) else "encoding", unit="img")
+        for s in range(0, len(sources), batch):
+            chunk = sources[s : s + batch]
+            out[s : s + len(chunk)] = self.encode_arrays(np.stack([self.encoder.normalise(x) for x in chunk]))
+            if bar is not None:
+                bar.update(len(chunk))
+        if bar is not None:
+            bar.close()
+        return out

@@ -1,0 +1,236 @@
+"""Configuration: YAML (``yaml.safe_load``) -> frozen dataclasses, validated, with errors naming the key.
+
+Precedence (lowest first): defaults, the YAML file (``--config``, else ``$ID2_CONFIG``, else ``./id2.yaml``
+if present), then dotted overrides such as ``match.threshold=0.6`` (CLI flags become overrides).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class EmbedderConfig:
+    """Which VAE encoder and W produce the embedding."""
+
+    name: str = "taef2"
+    #: weights file/folder (taef2) or diffusers folder / hub id (sd-vae); None = default location
+    weights: str | None = None
+    #: "default" = the W shipped for this embedder (none for sd-vae), "none" = raw latent, or a path
+    projection: str = "default"
+    input_size: int = 256
+    batch_size: int = 16
+    device: str = "auto"
+    dtype: str = "auto"
+    resize_policy: str = "squash"
+    #: hub id or subfolder for sd-vae (e.g. "stabilityai/sd-vae-ft-mse" or "stabilityai/stable-diffusion-2-1")
+    subfolder: str | None = None
+
+    def validate(self) -> None:
+        if self.resize_policy not in ("squash", "center_crop", "pad"):
+            raise ConfigError(f"embedder.resize_policy={self.resize_policy!r}: expected squash, center_crop or pad")
+        if self.input_size < 64 or self.input_size % 8:
+            raise ConfigError(f"embedder.input_size={self.input_size}: must be a multiple of 8, at least 64")
+        if self.batch_size < 1:
+            raise ConfigError(f"embedder.batch_size={self.batch_size}: must be >= 1")
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Where and how reference embeddings are kept."""
+
+    backend: str = "faiss"
+    path: str = "id2-store"
+    #: faiss: flat, flat_fp16, ivf_flat, ivf_pq, hnsw
+    index: str = "flat"
+    index_options: dict[str, Any] = field(default_factory=dict)
+    #: qdrant: url or ":memory:" / local path, collection name, api key
+    url: str | None = None
+    collection: str = "id2"
+    api_key: str | None = None
+
+
+@dataclass(frozen=True)
+class MatchConfig:
+    """Ranking and decision."""
+
+    k: int = 5
+    #: cosine score at or above which the best match is reported as a match (calibrate to set it)
+    threshold: float = 0.5
+
+    def validate(self) -> None:
+        if self.k < 1:
+            raise ConfigError(f"match.k={self.k}: must be >= 1")
+        if not -1.0 <= self.threshold <= 1.0:
+            raise ConfigError(f"match.threshold={self.threshold}: a cosine threshold must lie in [-1, 1]")
+
+
+@dataclass(frozen=True)
+class MediaConfig:
+    """Limits for untrusted media."""
+
+    max_pixels: int = 64_000_000
+    max_bytes: int = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """HTTP service (``id2-plugin serve``)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    #: bearer token guarding write endpoints; None disables writes over HTTP
+    token: str | None = None
+    max_upload_bytes: int = 20 * 1024 * 1024
+    request_timeout_s: float = 30.0
+    max_concurrency: int = 2
+    queue_size: int = 16
+
+
+@dataclass(frozen=True)
+class Config:
+    """The effective configuration."""
+
+    embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    match: MatchConfig = field(default_factory=MatchConfig)
+    media: MediaConfig = field(default_factory=MediaConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    #: where the YAML came from (None = defaults only); not a YAML key
+    source: str | None = field(default=None, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("source")
+        return d
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _check_type(key: str, value: Any, tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _check_type(key, value, a)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: expected {tp}, got {type(value).__name__} {value!r}")
+    if origin is dict or tp is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    unknown = set(data) - set(fields)
+    if unknown:
+        key = f"{prefix}{sorted(unknown)[0]}"
+        raise ConfigError(f"unknown config key {key!r}; valid keys here: {', '.join(sorted(fields))}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value if value is not None else {}, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _check_type(f"{prefix}{name}", value, tp)
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if validate:
+        validate()
+    return obj
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = _merge(dict(out[k]), v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``"match.threshold=0.6"`` -> ``{"match": {"threshold": 0.6}}`` (value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw != "" else None
+    out: dict[str, Any] = {}
+    cur = out
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        cur = cur.setdefault(p, {})
+    cur[parts[-1]] = value
+    return out
+
+
+def default_config_path() -> Path | None:
+    env = os.environ.get("ID2_CONFIG")
+    if env:
+        return Path(env)
+    local = Path("id2.yaml")
+    return local if local.is_file() else None
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Load the effective configuration. ``overrides`` is a nested mapping (see :func:`parse_override`)."""
+    data: dict[str, Any] = {}
+    source: Path | None = Path(path) if path else default_config_path()
+    if source is not None:
+        try:
+            text = source.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {source}: {exc.strerror or exc}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {source} is not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, Mapping):
+            raise ConfigError(f"config file {source}: top level must be a mapping, got {type(loaded).__name__}")
+        data = dict(loaded)
+    if overrides:
+        data = _merge(data, overrides)
+    cfg = _build(Config, data, "")
+    return dataclasses.replace(cfg, source=str(source) if source else None)

@@ -1,0 +1,221 @@
+"""Built-in commands: ``index add|info|remove``, ``query``, ``embed``, ``config show``."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+import pluggy
+
+from .._cli_support import EXIT_OK, EXIT_SOFT_FAIL, config_from_flags, config_option_flags, echo_json, get_state, handle_errors
+from ..errors import MediaError
+from ..media import describe, iter_image_files
+from ..types import ReferenceRecord
+
+hookimpl = pluggy.HookimplMarker("id2_plugin")
+
+
+@click.group("index")
+def index_group() -> None:
+    """Manage the reference store."""
+
+
+def _sha256(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+@index_group.command("add")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--label", "labels", multiple=True, help="Label stored with every added reference (repeatable).")
+@click.option("--index-type", default=None, help="Index type when the store is created (store.index).")
+@click.option("--commit-every", type=int, default=1024, show_default=True,
+              help="Commit after this many new references, so an interrupted run keeps its work.")
+@config_option_flags
+@click.pass_context
+@handle_errors
+def index_add(ctx: click.Context, paths: tuple[str, ...], labels: tuple[str, ...], index_type: str | None,
+              commit_every: int, **flags: Any) -> None:
+    """Embed images (folders recurse) and add them to the store; duplicates (same bytes) are skipped."""
+    from ..identify import build_embedder, open_store
+    from ..media import MediaLimits
+
+    cfg = config_from_flags(ctx, **flags)
+    if index_type:
+        cfg = get_state(ctx).config(**{"store.path": cfg.store.path, "store.index": index_type})
+    files = iter_image_files(list(paths))
+    embedder = build_embedder(cfg.embedder, MediaLimits(cfg.media.max_pixels, cfg.media.max_bytes))
+    store = open_store(cfg.store, embedder_identity=embedder.identity, dim=embedder.dim, create=True)
+    store.check_compatible(embedder.identity)
+    hashes = {f: _sha256(f) for f in files}
+    known = dict(zip(files, store.contains([h or "" for h in hashes.values()])))
+    todo = [f for f in files if not known[f] and hashes[f] is not None]
+    failures = [f for f in files if hashes[f] is None]
+    for f in failures:
+        click.echo(f"skipped {f}: cannot read file", err=True)
+    added = dup = 0
+    pending_vecs: list[np.ndarray] = []
+    pending_recs: list[ReferenceRecord] = []
+    seen: set[str] = set()
+
+    def commit() -> None:
+        nonlocal added, dup
+        if pending_vecs:
+            res = store.add(np.stack(pending_vecs), pending_recs)
+            added += len(res.added)
+            dup += len(res.duplicates)
+            pending_vecs.clear()
+            pending_recs.clear()
+
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    for item in embedder.embed_iter(todo, progress="indexing", total=len(todo)):
+        path = todo[item.index]
+        if item.error is not None:
+            failures.append(path)
+            click.echo(f"skipped {item.error}", err=True)
+            continue
+        sha = hashes[path] or ""
+        if sha in seen:
+            dup += 1
+            continue
+        seen.add(sha)
+        pending_vecs.append(item.vector)  # type: ignore[arg-type]
+        pending_recs.append(ReferenceRecord(sha256=sha, uri=str(path.resolve()), labels=labels, added_at=now))
+        if len(pending_vecs) >= commit_every:
+            commit()
+    commit()
+    dup += sum(known.values())
+    info = store.info()
+    click.echo(f"added {added}, duplicates skipped {dup}, failed {len(failures)}; store now holds {info.count} references")
+    store.close()
+    sys.exit(EXIT_SOFT_FAIL if failures else EXIT_OK)
+
+
+@index_group.command("info")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@config_option_flags
+@click.pass_context
+@handle_errors
+def index_info(ctx: click.Context, as_json: bool, **flags: Any) -> None:
+    """Show the store's size, dimension, index type and embedder identity."""
+    from ..identify import open_store
+
+    cfg = config_from_flags(ctx, **flags)
+    with open_store(cfg.store, embedder_identity=None, dim=None, create=False) as store:
+        info = store.info()
+    if as_json:
+        echo_json(info.to_dict())
+        return
+    for k, v in info.to_dict().items():
+        click.echo(f"{k}: {v}")
+
+
+@index_group.command("remove")
+@click.argument("keys", nargs=-1, required=True)
+@config_option_flags
+@click.pass_context
+@handle_errors
+def index_remove(ctx: click.Context, keys: tuple[str, ...], **flags: Any) -> None:
+    """Remove references by reference id, sha256, or the path of the original file."""
+    from ..identify import open_store
+
+    cfg = config_from_flags(ctx, **flags)
+    resolved = []
+    for key in keys:
+        p = Path(key)
+        resolved.append((_sha256(p) or key) if p.is_file() else key)
+    with open_store(cfg.store, embedder_identity=None, dim=None, create=False) as store:
+        n = store.remove(resolved)
+    click.echo(f"removed {n} of {len(keys)}")
+    sys.exit(EXIT_OK if n == len(keys) else EXIT_SOFT_FAIL)
+
+
+@click.command("query")
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+@click.option("--k", type=int, default=None, help="Matches to return per query (match.k).")
+@click.option("--threshold", type=float, default=None, help="Decision threshold on the cosine score (match.threshold).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON report per line.")
+@config_option_flags
+@click.pass_context
+@handle_errors
+def query(ctx: click.Context, files: tuple[str, ...], as_json: bool, **flags: Any) -> None:
+    """Identify the origin of each FILE (folders recurse). Exit 1 if any file has no match or is bad media."""
+    from ..identify import Identifier
+
+    cfg = config_from_flags(ctx, **flags)
+    ident = Identifier.from_config(cfg)
+    soft_fail = False
+    paths = iter_image_files(list(files))
+    for path in paths:
+        try:
+            report = ident.identify(path)
+        except MediaError as exc:
+            soft_fail = True
+            if as_json:
+                echo_json({"query": str(path), "error": str(exc)})
+            else:
+                click.echo(f"{path}: ERROR {exc}", err=True)
+            continue
+        soft_fail |= not report.is_match
+        if as_json:
+            echo_json(report.to_dict())
+            continue
+        click.echo(f"{path}: {report.decision.upper()} (threshold {report.threshold:.3f})")
+        for m in report.matches:
+            click.echo(f"  #{m.rank} score={m.score:.4f} id={m.reference_id} {m.uri}")
+    sys.exit(EXIT_SOFT_FAIL if soft_fail else EXIT_OK)
+
+
+@click.command("embed")
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .npz (embeddings, paths).")
+@config_option_flags
+@click.pass_context
+@handle_errors
+def embed(ctx: click.Context, files: tuple[str, ...], out: str, **flags: Any) -> None:
+    """Embed FILEs (folders recurse) into an .npz with arrays ``embeddings`` and ``paths``."""
+    from ..identify import build_embedder
+
+    cfg = config_from_flags(ctx, **flags)
+    embedder = build_embedder(cfg.embedder)
+    paths = iter_image_files(list(files))
+    vecs, names, bad = [], [], 0
+    for item in embedder.embed_iter(paths, progress="embedding", total=len(paths)):
+        if item.error is not None:
+            bad += 1
+            click.echo(f"skipped {item.error}", err=True)
+            continue
+        vecs.append(item.vector)
+        names.append(describe(item.source))
+    arr = np.stack(vecs) if vecs else np.zeros((0, embedder.dim), np.float32)
+    np.savez(out, embeddings=arr, paths=np.array(names), embedder=np.array(embedder.identity))
+    click.echo(f"wrote {len(vecs)} embeddings of dim {embedder.dim} to {out}" + (f"; {bad} failed" if bad else ""))
+    sys.exit(EXIT_SOFT_FAIL if bad else EXIT_OK)
+
+
+@click.group("config")
+def config_group() -> None:
+    """Inspect configuration."""
+
+
+@config_group.command("show")
+@click.pass_context
+@handle_errors
+def config_show(ctx: click.Context) -> None:
+    """Print the effective configuration (file + --set overrides) as YAML."""
+    cfg = get_state(ctx).config()
+    click.echo(f"# source: {cfg.source or 'defaults'}")
+    click.echo(cfg.to_yaml(), nl=False)
+
+
+@hookimpl
+def id2_register_commands(cli: click.Group) -> None:
+    for cmd in (index_group, query, embed, config_group):
+        cli.add_command(cmd)

@@ -1,0 +1,27 @@
+"""Built-in latent encoders: the TAEF2 tiny VAE (offline default) and diffusers ``AutoencoderKL`` (SD2/SDXL/SD3)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+
+hookimpl = pluggy.HookimplMarker("id2_plugin")
+
+
+def _taef2(**kwargs: Any) -> Any:
+    from ..embedders.taesd import TAEF2Encoder
+
+    return TAEF2Encoder(**kwargs)
+
+
+def _sd_vae(**kwargs: Any) -> Any:
+    from ..embedders.sd_vae import SDVAEEncoder
+
+    return SDVAEEncoder(**kwargs)
+
+
+@hookimpl
+def id2_register_embedders(register: Any) -> None:
+    register("taef2", _taef2)
+    register("sd-vae", _sd_vae)

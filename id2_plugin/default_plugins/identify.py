@@ -1,0 +1,17 @@
+"""Built-in ``id2_identify_origin``: embed and search the reference store."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+
+from ..identify import IdentifyContext, search
+from ..types import OriginReport
+
+hookimpl = pluggy.HookimplMarker("id2_plugin")
+
+
+@hookimpl(trylast=True)
+def id2_identify_origin(media: Any, context: IdentifyContext) -> OriginReport:
+    return search(media, context)

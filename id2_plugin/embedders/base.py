@@ -1,0 +1,345 @@
+"""Embedder base classes: a VAE :class:`LatentEncoder`, the learned linear :class:`Projection` W, and the
+:class:`Embedder` that chains them (normalise media -> latent -> W -> L2-normalise).
+
+Subclasses of :class:`LatentEncoder` write only :meth:`LatentEncoder._encode_batch`; media normalisation,
+batching, device placement, ``inference_mode`` and error reporting are done here once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._lazy import require
+from ..errors import ConfigError, MediaError
+from ..media import MediaLike, MediaLimits, ResizePolicy, describe, to_rgb_array
+
+
+def select_device(device: str = "auto", dtype: str = "auto") -> tuple[Any, Any]:
+    """Pick the torch device and dtype: CUDA with fp16 when present, else CPU with fp32.
+
+    ``device`` is ``auto``, ``cpu``, ``cuda`` or ``cuda:N``; ``dtype`` is ``auto``, ``float32``,
+    ``float16`` or ``bfloat16``. Asking for CUDA on a machine without it is a :class:`ConfigError`.
+    """
+    torch = require("torch")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"embedder.device={device!r} but CUDA is not available on this machine; use 'auto' or 'cpu'")
+    if device not in ("cpu",) and not device.startswith("cuda") and device != "mps":
+        raise ConfigError(f"embedder.device={device!r} is not one of auto, cpu, cuda, cuda:N, mps")
+    if dtype == "auto":
+        dtype = "float16" if device.startswith("cuda") else "float32"
+    try:
+        tdtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+    except KeyError:
+        raise ConfigError(f"embedder.dtype={dtype!r} is not one of auto, float32, float16, bfloat16") from None
+    return torch.device(device), tdtype
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class EmbedItem:
+    """One streamed result of :meth:`Embedder.embed_iter`: a vector, or the error that skipped it."""
+
+    index: int
+    source: Any
+    vector: np.ndarray | None = None
+    error: MediaError | None = None
+
+
+class LatentEncoder(ABC):
+    """The encoder half of a diffusion VAE, producing a flattened deterministic latent per image.
+
+    Parameters are explicit (no config object): ``input_size`` is the square side the image is resized
+    to (the paper uses 256), ``batch_size`` the number of images per forward pass.
+    """
+
+    #: short registry name, e.g. ``taef2`` or ``sd-vae``
+    name: str = "latent-encoder"
+
+    def __init__(
+        self,
+        *,
+        input_size: int = 256,
+        batch_size: int = 16,
+        device: str = "auto",
+        dtype: str = "auto",
+        resize_policy: ResizePolicy = "squash",
+        limits: MediaLimits | None = None,
+    ) -> None:
+        if input_size % 8 or input_size < 64:
+            raise ConfigError(f"embedder.input_size={input_size} must be a multiple of 8 and >= 64")
+        if batch_size < 1:
+            raise ConfigError(f"embedder.batch_size={batch_size} must be >= 1")
+        self.input_size = input_size
+        self.batch_size = batch_size
+        self.resize_policy: ResizePolicy = resize_policy
+        self.limits = limits or MediaLimits()
+        self.device, self.dtype = select_device(device, dtype)
+
+    # -- identity ---------------------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def weights_digest(self) -> str:
+        """sha256 of the weights (first 16 hex digits are used in identities)."""
+
+    @property
+    @abstractmethod
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of the latent at ``input_size``."""
+
+    @property
+    def latent_dim(self) -> int:
+        c, h, w = self.latent_shape
+        return c * h * w
+
+    @property
+    def identity(self) -> str:
+        """Stable id of what produces the latent: name, weights, input size and resize policy."""
+        return f"{self.name}@{self.weights_digest[:16]}/{self.input_size}/{self.resize_policy}"
+
+    # -- encoding ---------------------------------------------------------------------------------
+    def normalise(self, source: MediaLike) -> np.ndarray:
+        """Public edge: any media -> ``input_size`` square RGB uint8 array (raises :class:`MediaError`)."""
+        return to_rgb_array(source, (self.input_size, self.input_size), policy=self.resize_policy, limits=self.limits)
+
+    def encode_arrays(self, images: np.ndarray) -> np.ndarray:
+        """Encode normalised ``N x S x S x 3`` uint8 images to ``N x latent_dim`` float32 latents."""
+        torch = require("torch")
+        if images.ndim != 4 or images.shape[1:] != (self.input_size, self.input_size, 3):
+            raise ValueError(f"expected N x {self.input_size} x {self.input_size} x 3, got {images.shape}")
+        out = np.empty((len(images), self.latent_dim), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(images), self.batch_size):
+                chunk = images[start : start + self.batch_size]
+                x = torch.from_numpy(np.ascontiguousarray(chunk)).to(self.device)
+                # [-1, 1] NCHW is the diffusers convention for every VAE encoder.
+                x = x.permute(0, 3, 1, 2).to(self.dtype).div(127.5).sub(1.0)
+                x = x.contiguous(memory_format=torch.channels_last)
+                z = self._encode_batch(x)
+                out[start : start + len(chunk)] = z.float().reshape(len(chunk), -1).cpu().numpy()
+        return out
+
+    def encode(self, sources: Sequence[MediaLike]) -> np.ndarray:
+        """Normalise and encode; raises :class:`MediaError` on the first bad input."""
+        return self.encode_arrays(np.stack([self.normalise(s) for s in sources])) if len(sources) else np.zeros(
+            (0, self.latent_dim), np.float32
+        )
+
+    @abstractmethod
+    def _encode_batch(self, x: Any) -> Any:
+        """Encode a ``B x 3 x S x S`` tensor in [-1, 1] (on ``self.device``/``self.dtype``) to ``B x C x h x w``."""
+
+
+@dataclass
+class Projection:
+    """The learned linear map W (``in_dim x out_dim``) applied to the (optionally pooled) latent.
+
+    Stored as safetensors: tensor ``weight`` plus string metadata (``embedder``, ``latent_shape``,
+    ``pool``, ``out_dim``, training provenance). ``pool`` > 1 average-pools the latent spatially before W,
+    which keeps W small enough to ship.
+    """
+
+    weight: np.ndarray
+    metadata: dict[str, str] = field(default_factory=dict)
+    pool: int = 1
+    source: str | None = None
+
+    def __post_init__(self) -> None:
+        self.weight = np.ascontiguousarray(self.weight, dtype=np.float32)
+        if self.weight.ndim != 2:
+            raise ConfigError(f"projection weight must be 2-D, got shape {self.weight.shape}")
+        self.metadata = {str(k): str(v) for k, v in self.metadata.items()}
+        self.metadata.setdefault("pool", str(self.pool))
+        self.metadata.setdefault("out_dim", str(self.out_dim))
+
+    @property
+    def in_dim(self) -> int:
+        return int(self.weight.shape[0])
+
+    @property
+    def out_dim(self) -> int:
+        return int(self.weight.shape[1])
+
+    @property
+    def digest(self) -> str:
+        h = hashlib.sha256(self.weight.tobytes())
+        h.update(json.dumps({"pool": self.pool}, sort_keys=True).encode())
+        return h.hexdigest()
+
+    @property
+    def identity(self) -> str:
+        return f"W@{self.digest[:16]}/{self.in_dim}x{self.out_dim}/pool{self.pool}"
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Projection:
+        safetensors_numpy = require("safetensors.numpy")
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"projection file not found: {path}")
+        try:
+            tensors = safetensors_numpy.load_file(str(path))
+            with open(path, "rb") as f:
+                header_len = int.from_bytes(f.read(8), "little")
+                header = json.loads(f.read(header_len))
+        except Exception as exc:
+            raise ConfigError(f"cannot read projection {path}: {exc}") from None
+        if "weight" not in tensors:
+            raise ConfigError(f"projection {path} has no 'weight' tensor (found {sorted(tensors)})")
+        meta = header.get("__metadata__", {}) or {}
+        return cls(weight=tensors["weight"].astype(np.float32), metadata=meta, pool=int(meta.get("pool", 1)), source=str(path))
+
+    def save(self, path: str | os.PathLike, dtype: str = "float32") -> Path:
+        safetensors_numpy = require("safetensors.numpy")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        meta = dict(self.metadata, pool=str(self.pool), out_dim=str(self.out_dim), in_dim=str(self.in_dim))
+        safetensors_numpy.save_file({"weight": self.weight.astype(dtype)}, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+        return path
+
+    def pool_latents(self, latents: np.ndarray, latent_shape: tuple[int, int, int]) -> np.ndarray:
+        """Average-pool flattened ``N x (C*H*W)`` latents by ``pool`` along H and W."""
+        if self.pool == 1:
+            return latents
+        c, h, w = latent_shape
+        p = self.pool
+        if h % p or w % p:
+            raise ConfigError(f"latent {latent_shape} is not divisible by pool={p}")
+        z = latents.reshape(len(latents), c, h // p, p, w // p, p).mean(axis=(3, 5))
+        return z.reshape(len(latents), -1)
+
+    def apply(self, latents: np.ndarray, latent_shape: tuple[int, int, int]) -> np.ndarray:
+        z = self.pool_latents(latents, latent_shape)
+        if z.shape[1] != self.in_dim:
+            raise ConfigError(
+                f"projection expects {self.in_dim}-dim inputs but the latent {latent_shape} pooled by "
+                f"{self.pool} has {z.shape[1]}: W was trained for another embedder or input size"
+            )
+        return z @ self.weight
+
+
+def l2_normalise(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), eps)
+
+
+class Embedder:
+    """Media -> L2-normalised embedding: ``normalise(latent_encoder(media)) @ W``.
+
+    Without a projection the raw flattened latent is returned, L2-normalised (the paper's
+    "VAE embedding" baseline).
+    """
+
+    def __init__(self, encoder: LatentEncoder, projection: Projection | None = None) -> None:
+        self.encoder = encoder
+        self.projection = projection
+        if projection is not None:
+            expected = projection.metadata.get("embedder_name")
+            if expected and expected != encoder.name:
+                raise ConfigError(
+                    f"projection {projection.source or ''} was trained for embedder {expected!r}, not {encoder.name!r}"
+                )
+            # Validates dimensions eagerly so a wrong W fails at start-up, not on the first query.
+            projection.apply(np.zeros((1, encoder.latent_dim), np.float32), encoder.latent_shape)
+
+    @property
+    def dim(self) -> int:
+        return self.projection.out_dim if self.projection else self.encoder.latent_dim
+
+    @property
+    def projection_id(self) -> str | None:
+        return self.projection.identity if self.projection else None
+
+    @property
+    def identity(self) -> str:
+        """What a store records and checks: encoder identity plus W identity (or ``raw``)."""
+        return f"{self.encoder.identity}+{self.projection_id or 'raw'}"
+
+    def project(self, latents: np.ndarray) -> np.ndarray:
+        """Latents -> L2-normalised embeddings (applies W when present)."""
+        z = latents if self.projection is None else self.projection.apply(latents, self.encoder.latent_shape)
+        return l2_normalise(z)
+
+    def embed(self, sources: Sequence[MediaLike]) -> np.ndarray:
+        """Embed a list of media; raises :class:`MediaError` on the first bad input."""
+        return self.project(self.encoder.encode(sources))
+
+    def embed_arrays(self, images: np.ndarray) -> np.ndarray:
+        """Embed already-normalised ``N x S x S x 3`` uint8 arrays."""
+        return self.project(self.encoder.encode_arrays(images))
+
+    def embed_iter(
+        self,
+        sources: Iterable[MediaLike],
+        *,
+        batch_size: int | None = None,
+        progress: bool | str = False,
+        total: int | None = None,
+        workers: int = 2,
+    ) -> Iterator[EmbedItem]:
+        """Stream embeddings in input order; bad media yields an item with ``error`` set instead of raising.
+
+        Decoding runs in a small thread pool while the model works, and memory stays bounded to a few
+        batches however many sources there are.
+        """
+        bs = batch_size or self.encoder.batch_size
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, desc=progress if isinstance(progress, str) else "embedding", unit="img")
+
+        def _norm(item: tuple[int, Any]) -> EmbedItem | tuple[int, Any, np.ndarray]:
+            i, src = item
+            try:
+                return (i, src, self.encoder.normalise(src))
+            except MediaError as exc:
+                return EmbedItem(i, src, error=exc)
+
+        def _flush(pending: list[tuple[int, Any, np.ndarray]]) -> list[EmbedItem]:
+            vecs = self.embed_arrays(np.stack([p[2] for p in pending]))
+            return [EmbedItem(i, s, vector=v) for (i, s, _), v in zip(pending, vecs)]
+
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            it = iter(enumerate(sources))
+            while True:
+                chunk = []
+                for _ in range(bs):
+                    nxt = next(it, None)
+                    if nxt is None:
+                        break
+                    chunk.append(nxt)
+                if not chunk:
+                    break
+                results = list(pool.map(_norm, chunk))
+                good = [r for r in results if isinstance(r, tuple)]
+                done = {item.index: item for item in _flush(good)} if good else {}
+                for r in results:
+                    item = done[r[0]] if isinstance(r, tuple) else r
+                    yield item
+                if bar is not None:
+                    bar.update(len(chunk))
+        if bar is not None:
+            bar.close()
+
+

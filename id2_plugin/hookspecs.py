@@ -1,0 +1,71 @@
+"""Hook specifications: the contract between id2-plugin, its built-in parts and third-party plugins.
+
+A plugin is a module or object with functions marked ``@id2_plugin.hookimpl`` and named like the specs
+below. Built-in embedders, stores, attacks and commands register through these same hooks
+(see :data:`id2_plugin.plugins.DEFAULT_PLUGINS`); third-party plugins are found through the
+``id2_plugin`` entry-point group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    import click
+
+    from .identify import IdentifyContext
+    from .types import OriginReport
+
+PROJECT_NAME = "id2_plugin"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+
+#: ``register(name, factory)``: ``factory(**options)`` builds the component named ``name``.
+Register = Callable[[str, Callable[..., Any]], None]
+
+
+@hookspec
+def id2_register_embedders(register: Register) -> None:
+    """Register latent encoders by name.
+
+    Call ``register("my-vae", factory)``; ``factory(weights=..., input_size=..., batch_size=..., device=...,
+    dtype=..., resize_policy=...)`` must return a :class:`id2_plugin.LatentEncoder`. The name is what users
+    put in ``embedder.name``.
+    """
+
+
+@hookspec
+def id2_register_stores(register: Register) -> None:
+    """Register reference-store backends by name.
+
+    Call ``register("my-backend", factory)``; ``factory(location=..., embedder_identity=..., dim=...,
+    index=..., index_options=..., create=...)`` must return a :class:`id2_plugin.ReferenceStore`.
+    """
+
+
+@hookspec
+def id2_register_attacks(register: Register) -> None:
+    """Register robustness attacks by name.
+
+    Call ``register("my-attack", factory)``; ``factory(intensity)`` must return an
+    :class:`id2_plugin.robustness.Attack` (an RGB-array -> RGB-array callable with a name and intensity).
+    """
+
+
+@hookspec
+def id2_register_commands(cli: click.Group) -> None:
+    """Add click commands or groups to the ``id2-plugin`` command line (``cli.add_command(...)``)."""
+
+
+@hookspec(firstresult=True)
+def id2_identify_origin(media: Any, context: IdentifyContext) -> OriginReport | None:
+    """Find the reference that ``media`` is an edited or degraded version of.
+
+    ``media`` is anything the media normaliser accepts (path, bytes, file object, PIL image, array);
+    ``context`` carries the embedder, the reference store, ``k`` and the decision threshold. The first
+    non-``None`` report wins; the built-in implementation runs last, so a plugin may pre-empt it (e.g. an
+    exact-hash fast path) or return ``None`` to defer.
+    """

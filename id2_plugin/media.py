@@ -1,0 +1,248 @@
+"""Media normaliser: anything image-like -> RGB ``uint8`` array, with typed errors.
+
+Accepted sources: a path (``str``/``os.PathLike``), ``bytes``/``bytearray``/``memoryview``, a binary file
+object, a ``PIL.Image.Image`` or a numpy array (HxW, HxWx1, HxWx3, HxWx4; uint8, uint16, bool or float in
+[0, 1]). Formats: whatever Pillow decodes (JPEG, PNG, WebP, GIF - first frame, BMP, TIFF, ...), detected from
+the content, never from the file extension. EXIF orientation is applied. Palette, grayscale, CMYK, 16-bit
+and alpha images become RGB (alpha is composited on white, which is how a viewer shows it).
+
+Every failure is a :class:`~id2_plugin.errors.MediaError`: decompression bombs (``max_pixels``), truncated
+or empty files, non-images. The host process never sees a raw Pillow/OSError.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Literal, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import MediaError
+
+MediaLike = Union[str, os.PathLike, bytes, bytearray, memoryview, IO[bytes], Image.Image, np.ndarray]
+ResizePolicy = Literal["squash", "center_crop", "pad"]
+
+#: Default decompression-bomb limit: 64 megapixels (a 8000x8000 photo). Pillow's own default warns at
+#: ~89 MP and only errors at twice that; a moderation host wants a hard, lower and explicit limit.
+DEFAULT_MAX_PIXELS = 64_000_000
+#: Refuse to read files larger than this many bytes (a compressed bomb still costs I/O).
+DEFAULT_MAX_BYTES = 100 * 1024 * 1024
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".jfif", ".pgm", ".ppm"}
+)
+
+
+@dataclass(frozen=True)
+class MediaLimits:
+    """Resource limits applied while decoding untrusted media."""
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES
+
+
+def describe(source: Any) -> str:
+    """A short human-readable name for ``source`` used in error messages and reports."""
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return f"<{len(source)} bytes>"
+    if isinstance(source, Image.Image):
+        return f"<PIL {source.mode} {source.size[0]}x{source.size[1]}>"
+    if isinstance(source, np.ndarray):
+        return f"<array {source.dtype} {source.shape}>"
+    name = getattr(source, "name", None)
+    return str(name) if isinstance(name, str) else f"<{type(source).__name__}>"
+
+
+def _read_bytes(source: Any, limits: MediaLimits) -> bytes:
+    label = describe(source)
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise MediaError("file not found", label) from None
+        except OSError as exc:
+            raise MediaError(f"cannot access file ({exc.strerror or exc})", label) from None
+        if path.is_dir():
+            raise MediaError("is a directory, not an image", label)
+        if size > limits.max_bytes:
+            raise MediaError(f"file is {size} bytes, above the {limits.max_bytes}-byte limit", label)
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise MediaError(f"cannot read file ({exc.strerror or exc})", label) from None
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+    elif hasattr(source, "read"):
+        try:
+            data = source.read(limits.max_bytes + 1)
+        except Exception as exc:  # file objects from hosts can raise anything
+            raise MediaError(f"cannot read stream ({exc})", label) from None
+        if not isinstance(data, (bytes, bytearray)):
+            raise MediaError("stream must be opened in binary mode", label)
+        data = bytes(data)
+    else:
+        raise MediaError(f"unsupported media type {type(source).__name__}", label)
+    if len(data) > limits.max_bytes:
+        raise MediaError(f"input exceeds the {limits.max_bytes}-byte limit", label)
+    return data
+
+
+def _array_to_rgb(arr: np.ndarray, label: str, limits: MediaLimits) -> np.ndarray:
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+        raise MediaError(f"array must be HxW, HxWx1, HxWx3 or HxWx4, got shape {arr.shape}", label)
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise MediaError("array has zero size", label)
+    if arr.shape[0] * arr.shape[1] > limits.max_pixels:
+        raise MediaError(f"{arr.shape[1]}x{arr.shape[0]} exceeds the {limits.max_pixels}-pixel limit", label)
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8) * 255
+    elif arr.dtype == np.uint16:
+        arr = (arr >> 8).astype(np.uint8)
+    elif np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all():
+            raise MediaError("float array contains NaN or infinity", label)
+        arr = (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    elif arr.dtype != np.uint8:
+        raise MediaError(f"unsupported array dtype {arr.dtype}", label)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    elif arr.shape[2] == 4:
+        alpha = arr[:, :, 3:4].astype(np.float32) / 255.0
+        arr = (arr[:, :, :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha) + 0.5).astype(np.uint8)
+    return np.ascontiguousarray(arr)
+
+
+def _pil_to_rgb(img: Image.Image, label: str, limits: MediaLimits) -> Image.Image:
+    if img.width * img.height > limits.max_pixels:
+        raise MediaError(f"{img.width}x{img.height} exceeds the {limits.max_pixels}-pixel limit", label)
+    try:
+        img = ImageOps.exif_transpose(img) or img
+    except Exception:  # a broken EXIF block must not make the image unusable
+        pass
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.uint32)
+        shift = 8 if arr.max(initial=0) <= 0xFFFF else 24
+        img = Image.fromarray((arr >> shift).astype(np.uint8), "L")
+    elif mode == "F":
+        arr = np.asarray(img, dtype=np.float32)
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    if img.mode != "RGB":
+        img = img.convert("RGB")  # CMYK, YCbCr, L, 1, I;16 (after scaling), LAB, HSV
+    return img
+
+
+def load_image(source: MediaLike, *, limits: MediaLimits | None = None) -> Image.Image:
+    """Decode ``source`` into an RGB :class:`PIL.Image.Image` at its own size.
+
+    Raises :class:`MediaError` for anything that is not a decodable image within ``limits``.
+    """
+    limits = limits or MediaLimits()
+    label = describe(source)
+    if isinstance(source, np.ndarray):
+        return Image.fromarray(_array_to_rgb(source, label, limits), "RGB")
+    if isinstance(source, Image.Image):
+        try:
+            source.load()
+            return _pil_to_rgb(source, label, limits)
+        except MediaError:
+            raise
+        except Exception as exc:
+            raise MediaError(f"cannot convert image ({exc})", label) from None
+    data = _read_bytes(source, limits)
+    if not data:
+        raise MediaError("empty input (0 bytes)", label)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            if img.width * img.height > limits.max_pixels:
+                raise MediaError(
+                    f"{img.width}x{img.height} exceeds the {limits.max_pixels}-pixel limit "
+                    "(possible decompression bomb)",
+                    label,
+                )
+            if getattr(img, "n_frames", 1) > 1:
+                img.seek(0)  # animated GIF/WebP/TIFF: the first frame is the image a viewer shows first
+            img.load()
+    except MediaError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise MediaError(f"image too large, possible decompression bomb ({exc})", label) from None
+    except UnidentifiedImageError:
+        raise MediaError("not a recognised image format", label) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise MediaError(f"corrupt or truncated image ({exc})", label) from None
+    except Exception as exc:  # decoders raise a zoo of types on hostile input
+        raise MediaError(f"cannot decode image ({type(exc).__name__}: {exc})", label) from None
+    try:
+        return _pil_to_rgb(img, label, limits)
+    except MediaError:
+        raise
+    except Exception as exc:
+        raise MediaError(f"cannot convert image to RGB ({exc})", label) from None
+
+
+def resize_rgb(img: Image.Image, size: tuple[int, int], policy: ResizePolicy = "squash") -> Image.Image:
+    """Resize an RGB image to ``size`` = (width, height).
+
+    ``squash`` stretches the whole image (the paper's preprocessing: nothing is cut off, so an edit that
+    crops or pads is still comparable); ``center_crop`` keeps the aspect ratio and cuts the borders;
+    ``pad`` keeps the aspect ratio and pads with black.
+    """
+    if img.size == size:
+        return img
+    if policy == "squash":
+        return img.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+    if policy == "center_crop":
+        return ImageOps.fit(img, size, Image.Resampling.BICUBIC)
+    if policy == "pad":
+        return ImageOps.pad(img, size, Image.Resampling.BICUBIC, color=(0, 0, 0))
+    raise ValueError(f"unknown resize policy {policy!r}; expected squash, center_crop or pad")
+
+
+def to_rgb_array(
+    source: MediaLike,
+    size: tuple[int, int] | None = None,
+    *,
+    policy: ResizePolicy = "squash",
+    limits: MediaLimits | None = None,
+) -> np.ndarray:
+    """Normalise ``source`` to an ``HxWx3 uint8`` RGB array, resized to ``size`` (width, height) if given."""
+    img = load_image(source, limits=limits)
+    if size is not None:
+        img = resize_rgb(img, size, policy)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def iter_image_files(paths: list[str | os.PathLike] | tuple[str | os.PathLike, ...]) -> list[Path]:
+    """Expand files and folders (recursively, sorted) into image file paths by extension.
+
+    Files named explicitly are kept whatever their extension: the decoder, not the name, decides.
+    """
+    out: list[Path] = []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            out.extend(
+                sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            )
+        else:
+            out.append(path)
+    return out

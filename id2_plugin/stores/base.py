@@ -1,0 +1,71 @@
+"""The reference-store interface every backend implements (FAISS built in; Qdrant optional)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..errors import IncompatibleStoreError
+from ..types import AddResult, Match, ReferenceRecord, StoreInfo
+
+
+class ReferenceStore(ABC):
+    """A persistent collection of L2-normalised reference embeddings with metadata.
+
+    Every store records the identity of the embedder (encoder + W) that built it and refuses vectors
+    from another one (:meth:`check_compatible`). Scores are inner products = cosine similarities.
+    """
+
+    backend: str = "abstract"
+
+    @property
+    @abstractmethod
+    def embedder_identity(self) -> str:
+        """Identity string of the embedder that built this store."""
+
+    @property
+    @abstractmethod
+    def dim(self) -> int:
+        """Vector dimension."""
+
+    @abstractmethod
+    def add(self, vectors: np.ndarray, records: Sequence[ReferenceRecord]) -> AddResult:
+        """Add ``vectors`` (N x dim, float32, L2-normalised) with their ``records``; skip known sha256s.
+
+        The add is committed atomically before returning: a crash never leaves a partial commit.
+        """
+
+    @abstractmethod
+    def remove(self, keys: Sequence[str]) -> int:
+        """Remove references by reference id or sha256; returns how many were removed."""
+
+    @abstractmethod
+    def query(self, vectors: np.ndarray, k: int = 5, threshold: float | None = None) -> list[list[Match]]:
+        """Return, per query vector, up to ``k`` matches ranked by score (only those >= ``threshold`` if given)."""
+
+    @abstractmethod
+    def contains(self, sha256s: Sequence[str]) -> list[bool]:
+        """Whether each content hash is already in the store (lets callers skip embedding duplicates)."""
+
+    @abstractmethod
+    def info(self) -> StoreInfo:
+        """Count, dimension, embedder identity, index type and backend-specific details."""
+
+    def check_compatible(self, embedder_identity: str) -> None:
+        """Raise :class:`IncompatibleStoreError` unless the store was built by ``embedder_identity``."""
+        if embedder_identity != self.embedder_identity:
+            raise IncompatibleStoreError(
+                f"this store was built with embedder {self.embedder_identity!r} but the configured embedder is "
+                f"{embedder_identity!r}; query with the same embedder and W, or rebuild the store"
+            )
+
+    def close(self) -> None:
+        """Release file handles and locks."""
+
+    def __enter__(self) -> ReferenceStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,99 @@
+"""Plain data types shared by the hooks, the library API, the CLI and the adapters."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Match:
+    """One reference ranked against a query. ``score`` is a cosine similarity in [-1, 1]."""
+
+    reference_id: str
+    uri: str
+    score: float
+    rank: int
+    sha256: str = ""
+    labels: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["labels"] = list(self.labels)
+        return d
+
+
+@dataclass(frozen=True)
+class OriginReport:
+    """The answer to "which reference is this an edited or degraded version of?".
+
+    ``matches`` are ranked best first (rank 1). ``is_match`` is the decision: the best score reached
+    ``threshold``. ``embedder`` and ``projection`` identify the model that produced the scores so a
+    report can be reproduced; ``timings_ms`` splits the latency into stages.
+    """
+
+    matches: tuple[Match, ...]
+    is_match: bool
+    threshold: float
+    embedder: str
+    projection: str | None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    query: str | None = None
+
+    @property
+    def decision(self) -> str:
+        return "match" if self.is_match else "no_match"
+
+    @property
+    def best(self) -> Match | None:
+        return self.matches[0] if self.matches else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "query": self.query,
+            "decision": self.decision,
+            "is_match": self.is_match,
+            "threshold": self.threshold,
+            "best": self.best.to_dict() if self.best else None,
+            "matches": [m.to_dict() for m in self.matches],
+            "embedder": self.embedder,
+            "projection": self.projection,
+            "timings_ms": dict(self.timings_ms),
+        }
+
+
+@dataclass(frozen=True)
+class ReferenceRecord:
+    """Metadata stored beside a reference vector."""
+
+    sha256: str
+    uri: str
+    labels: tuple[str, ...] = ()
+    reference_id: str = ""
+    added_at: str = ""
+
+
+@dataclass(frozen=True)
+class AddResult:
+    """What an ``add`` did: ids of new references and the sha256 of inputs skipped as duplicates."""
+
+    added: tuple[str, ...]
+    duplicates: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    """Summary of a reference store."""
+
+    backend: str
+    location: str
+    count: int
+    dim: int
+    embedder: str
+    index_type: str
+    generation: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
