@@ -17,6 +17,13 @@ def _faiss(**kwargs: Any) -> Any:
     return FaissStore(**kwargs)
 
 
+def _qdrant(**kwargs: Any) -> Any:
+    from ..stores.qdrant_store import QdrantStore
+
+    return QdrantStore(**kwargs)
+
+
 @hookimpl
 def id2_register_stores(register: Any) -> None:
     register("faiss", _faiss)
+    register("qdrant", _qdrant)

@@ -1,0 +1,101 @@
+"""Memory-bounded, resumable bulk insertion into any :class:`~id2_plugin.stores.base.ReferenceStore`.
+
+Large reference sets arrive as a stream of small batches (an embedding loop, a Ray Data pipeline). Adding
+each small batch directly would commit far too often (a FAISS commit rewrites files), while collecting
+everything first would hold the whole set in memory. :func:`bulk_add` sits in between: it drops content
+the store already holds (so a restarted run skips finished work), buffers at most ``commit_every`` new
+references, and commits them with one ``store.add``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..types import AddResult, ReferenceRecord
+from .base import ReferenceStore
+
+Batch = tuple[np.ndarray, Sequence[ReferenceRecord]]
+
+
+@dataclass
+class BulkAddResult:
+    """Counts of a :func:`bulk_add`: new references, skipped duplicates, commits made."""
+
+    added: int = 0
+    duplicates: int = 0
+    commits: int = 0
+
+
+def bulk_add(
+    store: ReferenceStore,
+    batches: Iterable[Batch],
+    *,
+    commit_every: int = 1024,
+    progress: bool | str = False,
+    total: int | None = None,
+    on_commit: Callable[[AddResult], None] | None = None,
+) -> BulkAddResult:
+    """Add a stream of ``(vectors, records)`` batches to ``store``, skipping content it already holds.
+
+    Resume semantics: before buffering, every batch is checked with ``store.contains`` and content seen
+    earlier in this run is skipped too, so re-running the same input after an interruption adds only what
+    is missing and never creates duplicates. Memory holds at most ``commit_every`` buffered references plus
+    one incoming batch. ``on_commit`` is called with each commit's :class:`AddResult` (e.g. to log ids).
+    """
+    if commit_every < 1:
+        raise ValueError(f"commit_every must be >= 1, got {commit_every}")
+    result = BulkAddResult()
+    pending_vecs: list[np.ndarray] = []
+    pending_recs: list[ReferenceRecord] = []
+    # sha256s buffered but not committed yet: store.contains cannot see them.
+    pending_sha: set[str] = set()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=progress if isinstance(progress, str) else "adding", unit="ref")
+
+    def commit() -> None:
+        if not pending_recs:
+            return
+        res = store.add(np.concatenate(pending_vecs), pending_recs)
+        result.added += len(res.added)
+        # The store reports anything another writer committed in the meantime as a duplicate.
+        result.duplicates += len(res.duplicates)
+        result.commits += 1
+        pending_vecs.clear()
+        pending_recs.clear()
+        pending_sha.clear()
+        if on_commit is not None:
+            on_commit(res)
+
+    try:
+        for vectors, records in batches:
+            vecs = np.asarray(vectors, dtype=np.float32)
+            if vecs.ndim != 2 or len(vecs) != len(records):
+                raise ValueError(f"batch of {len(records)} records has vectors of shape {vecs.shape}")
+            if not len(records):
+                continue
+            known = store.contains([r.sha256 for r in records])
+            keep: list[int] = []
+            for i, (rec, is_known) in enumerate(zip(records, known)):
+                if is_known or rec.sha256 in pending_sha:
+                    result.duplicates += 1
+                    continue
+                pending_sha.add(rec.sha256)
+                keep.append(i)
+            if keep:
+                pending_vecs.append(vecs[keep])
+                pending_recs.extend(records[i] for i in keep)
+            if len(pending_recs) >= commit_every:
+                commit()
+            if bar is not None:
+                bar.update(len(records))
+        commit()
+    finally:
+        if bar is not None:
+            bar.close()
+    return result
