@@ -99,6 +99,31 @@ class ServeConfig:
 
 
 @dataclass(frozen=True)
+class CalibrationConfig:
+    """Provenance of ``match.threshold`` written by ``id2-plugin calibrate`` (all None when not calibrated)."""
+
+    #: "fpr" or "precision", and its requested value
+    target: str | None = None
+    target_value: float | None = None
+    confidence: float | None = None
+    #: the calibrated threshold (match.threshold was set to it)
+    threshold: float | None = None
+    #: one-sided Clopper-Pearson upper bound on the false-match rate at ``confidence``
+    fpr_upper_bound: float | None = None
+    fpr: float | None = None
+    recall: float | None = None
+    precision: float | None = None
+    n_pos: int | None = None
+    n_neg: int | None = None
+    false_matches: int | None = None
+    #: identity of the embedder (encoder + W) the scores came from: the threshold is only valid for it
+    embedder: str | None = None
+    date: str | None = None
+    #: what the scores were computed on (manifest, negatives, reference set)
+    data: str | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     """The effective configuration."""
 
@@ -107,6 +132,7 @@ class Config:
     match: MatchConfig = field(default_factory=MatchConfig)
     media: MediaConfig = field(default_factory=MediaConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     #: where the YAML came from (None = defaults only); not a YAML key
     source: str | None = field(default=None, compare=False)
 

@@ -18,6 +18,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "id2_plugin.default_plugins.stores",
     "id2_plugin.default_plugins.identify",
     "id2_plugin.default_plugins.commands",
+    "id2_plugin.default_plugins.ray_commands",
 )
 
 ENTRY_POINT_GROUP = "id2_plugin"

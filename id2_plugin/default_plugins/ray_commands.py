@@ -1,0 +1,71 @@
+"""``id2-plugin index add-ray``: bulk indexing of large folders on Ray Data (see :mod:`id2_plugin.ray_index`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from typing import Any
+
+import click
+import pluggy
+
+from .._cli_support import EXIT_OK, EXIT_SOFT_FAIL, config_from_flags, config_option_flags, handle_errors
+from .commands import index_group
+
+hookimpl = pluggy.HookimplMarker("id2_plugin")
+
+
+@click.command("add-ray")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--label", "labels", multiple=True, help="Label stored with every added reference (repeatable).")
+@click.option("--index-type", default=None, help="Index type when the store is created (store.index).")
+@click.option("--ray-address", default=None,
+              help="Ray cluster to use ('auto', 'ray://host:10001'); default: start a local Ray.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Embedding actors (each loads the model once).")
+@click.option("--cpus-per-worker", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="CPUs reserved per actor.")
+@click.option("--commit-every", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Commit after this many new references, so an interrupted run keeps its work.")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@config_option_flags
+@click.pass_context
+@handle_errors
+def index_add_ray(ctx: click.Context, paths: tuple[str, ...], labels: tuple[str, ...], index_type: str | None,
+                  ray_address: str | None, workers: int, cpus_per_worker: float, commit_every: int,
+                  no_progress: bool, **flags: Any) -> None:
+    """Embed images (folders recurse) on Ray Data and add them to the store (FAISS or Qdrant).
+
+    Content already in the store is skipped before embedding, so re-running after an interruption
+    resumes without duplicates. Exit 1 if any file could not be read or decoded.
+    """
+    from ..media import MediaLimits
+    from ..ray_index import index_folder_ray
+
+    cfg = config_from_flags(ctx, **flags)
+    if index_type:
+        # replace() keeps every other flag (--embedder, --projection ...) in effect.
+        cfg = dataclasses.replace(cfg, store=dataclasses.replace(cfg.store, index=index_type))
+    result = index_folder_ray(
+        list(paths),
+        cfg.embedder,
+        cfg.store,
+        labels=labels,
+        batch_size=cfg.embedder.batch_size,
+        num_workers=workers,
+        num_cpus_per_worker=cpus_per_worker,
+        commit_every=commit_every,
+        media_limits=MediaLimits(cfg.media.max_pixels, cfg.media.max_bytes),
+        ray_address=ray_address,
+        progress=not no_progress,
+    )
+    for uri, message in result.failures:
+        click.echo(f"skipped {uri}: {message}", err=True)
+    click.echo(
+        f"added {result.added}, duplicates skipped {result.duplicates}, failed {len(result.failures)}; "
+        f"store now holds {result.store_count} references"
+    )
+    sys.exit(EXIT_SOFT_FAIL if result.failures else EXIT_OK)
+
+
+@hookimpl
+def id2_register_commands(cli: click.Group) -> None:
+    index_group.add_command(index_add_ray)

@@ -1,0 +1,549 @@
+"""Retrieval evaluation: ISC-2021-style metrics, baseline methods and a runner comparing them.
+
+Metrics follow the Image Similarity Challenge 2021 evaluation code (facebookresearch/isc2021,
+``isc/metrics.py``):
+
+* **Pessimistic tie-breaking** everywhere: among predictions with equal scores, incorrect ones are ranked
+  first, so giving many references the same score can never improve a metric.
+* ``micro_ap`` is ISC's "micro average precision": every query contributes its top-``k`` predictions
+  (query, reference, score); all predictions are pooled, sorted by score, and the average precision is
+  computed over the pooled list with the TOTAL number of positive pairs as denominator (positives never
+  predicted count as misses). One global score scale is therefore rewarded, which is what a single
+  decision threshold needs; queries without any positive (distractor queries) only add false predictions.
+* ``mAP`` is the classic *mean* over queries of the per-query average precision (top-``k`` ranking,
+  denominator = that query's number of positives). Queries without a positive have no defined AP and are
+  excluded from ``mAP`` (and from ``top1``); they still count in ``micro_ap`` and ``recall_at_*``.
+* ``top1``: fraction of queries with a positive whose top-ranked reference is a positive; a negative tied
+  with the best positive wins the tie (pessimistic).
+* ``recall_at_p90`` / ``recall_at_p999``: on the pooled predictions, the highest recall reached at a
+  precision of at least 90% / 99.9%, and the score threshold achieving it (predictions with
+  ``score >= threshold`` are matches). Only thresholds that can actually be set are considered (the end of
+  a group of tied scores); ``threshold`` is None and recall 0.0 when the precision is never reached.
+
+Methods compared (all see the same normalised ``S x S x 3`` images, so only the representation differs):
+``id2`` (VAE latent @ W, cosine), ``vae_raw`` (flattened VAE latent, cosine), ``pdq`` (PDQ hash of the
+normalised image, 1 - hamming/256) and ``phash`` (imagehash pHash, 1 - hamming/64).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from ._lazy import require
+from .errors import MediaError
+from .media import iter_image_files
+
+if TYPE_CHECKING:
+    from .cache import LatentCache
+    from .embedders.base import Embedder
+
+log = logging.getLogger(__name__)
+
+#: Predictions kept per query for the pooled metrics (ISC lets each query submit a short ranked list).
+DEFAULT_K = 100
+
+__all__ = [
+    "DEFAULT_K",
+    "EmbedderMethod",
+    "EvalSet",
+    "Method",
+    "Metrics",
+    "PDQMethod",
+    "PHashMethod",
+    "compute_metrics",
+    "default_methods",
+    "embed_images",
+    "evaluate_methods",
+    "hamming_similarity",
+    "load_images",
+    "load_pairs_for_eval",
+    "micro_average_precision",
+    "prepare_eval_set",
+    "recall_at_precision",
+    "top_k_predictions",
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# metrics
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Metrics:
+    """Retrieval metrics of one method on one evaluation set (see the module docstring for definitions)."""
+
+    top1: float
+    mAP: float
+    micro_ap: float
+    recall_at_p90: float
+    threshold_at_p90: float | None
+    recall_at_p999: float
+    threshold_at_p999: float | None
+    n_queries: int
+    n_references: int
+    #: queries that have at least one positive (the denominator of top1 and mAP)
+    n_positive_queries: int = 0
+    #: positive (query, reference) pairs (the denominator of micro_ap and the recalls)
+    n_positives: int = 0
+    #: predictions kept per query
+    k: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _pessimistic_order(scores: np.ndarray, correct: np.ndarray) -> np.ndarray:
+    """Indices sorting by decreasing score; among equal scores incorrect predictions come first."""
+    # np.lexsort sorts by the LAST key first: -score ascending (= score descending), then correct
+    # ascending (False before True), which is ISC's argsort of (score, not correct), reversed.
+    return np.lexsort((correct.astype(np.int8), -scores))
+
+
+def _check_predictions(pred_scores: Any, pred_correct: Any, n_positive_total: int) -> tuple[np.ndarray, np.ndarray]:
+    s = np.asarray(pred_scores, dtype=np.float64).ravel()
+    c = np.asarray(pred_correct, dtype=bool).ravel()
+    if s.shape != c.shape:
+        raise ValueError(f"pred_scores has {s.size} entries but pred_correct has {c.size}")
+    if not np.isfinite(s).all():
+        raise ValueError("prediction scores must be finite (no NaN or infinity)")
+    if n_positive_total <= 0:
+        raise ValueError("n_positive_total must be > 0: there is no positive to retrieve")
+    if int(c.sum()) > n_positive_total:
+        raise ValueError(f"{int(c.sum())} correct predictions but only {n_positive_total} positives in total")
+    return s, c
+
+
+def micro_average_precision(pred_scores: Any, pred_correct: Any, n_positive_total: int) -> float:
+    """ISC-2021 micro-AP of pooled predictions.
+
+    ``pred_scores``/``pred_correct``: one entry per (query, reference) prediction, pooled over queries.
+    ``n_positive_total``: number of positive pairs, including those not among the predictions.
+    AP = sum over ranks i of precision@i * (recall@i - recall@(i-1)), ranks in pessimistic order.
+    """
+    s, c = _check_predictions(pred_scores, pred_correct, n_positive_total)
+    c = c[_pessimistic_order(s, c)]
+    precision = np.cumsum(c) / np.arange(1, len(c) + 1)
+    return float(precision[c].sum() / n_positive_total)
+
+
+def recall_at_precision(
+    pred_scores: Any, pred_correct: Any, n_positive_total: int, precision: float
+) -> tuple[float, float | None]:
+    """Highest recall at precision >= ``precision`` over pooled predictions, and the threshold giving it.
+
+    Matches are predictions with ``score >= threshold``. Returns ``(0.0, None)`` when no threshold
+    reaches the precision. Only the end of a group of tied scores is an operating point: a threshold
+    cannot split a tie. (ISC's ``find_operating_point`` scans every position of the pessimistic order;
+    the best point it finds is always a group end, so the results agree.)
+    """
+    if not 0.0 < precision <= 1.0:
+        raise ValueError(f"precision must be in (0, 1], got {precision}")
+    s, c = _check_predictions(pred_scores, pred_correct, n_positive_total)
+    order = _pessimistic_order(s, c)
+    s, c = s[order], c[order]
+    tp = np.cumsum(c)
+    prec = tp / np.arange(1, len(c) + 1)
+    group_end = np.ones(len(s), dtype=bool)
+    group_end[:-1] = s[:-1] != s[1:]
+    ok = group_end & (prec >= precision)
+    if not ok.any():
+        return 0.0, None
+    idx = np.flatnonzero(ok)
+    best = idx[np.argmax(tp[idx])]  # first = highest threshold among equal recalls, as ISC
+    return float(tp[best] / n_positive_total), float(s[best])
+
+
+def top_k_predictions(scores: np.ndarray, positives: np.ndarray, k: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per query, the ``k`` best references in pessimistic order: ``(scores Q x k, correct Q x k)``."""
+    q, r = scores.shape
+    kk = r if k is None else min(int(k), r)
+    rows = np.repeat(np.arange(q), r)
+    # Sorting by (row, -score, correct) over the flattened matrix ranks every row at once.
+    order = np.lexsort((positives.ravel().astype(np.int8), -scores.ravel(), rows)).reshape(q, r)[:, :kk]
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(positives, order, axis=1)
+
+
+def compute_metrics(scores: np.ndarray, positives: np.ndarray, k: int | None = DEFAULT_K) -> Metrics:
+    """All metrics from a ``Q x R`` similarity matrix and a ``Q x R`` boolean ground truth.
+
+    ``positives[q, r]`` is True where reference ``r`` is an origin of query ``q``; a query may have none.
+    ``k`` predictions per query enter ``micro_ap``, ``mAP`` and the recalls (None = all references).
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    positives = np.asarray(positives, dtype=bool)
+    if scores.ndim != 2 or scores.shape != positives.shape:
+        raise ValueError(f"scores {scores.shape} and positives {positives.shape} must be the same Q x R shape")
+    if k is not None and k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if not np.isfinite(scores).all():
+        raise ValueError("scores must be finite (no NaN or infinity)")
+    n_q, n_r = scores.shape
+    n_pos_q = positives.sum(axis=1)
+    has_pos = n_pos_q > 0
+    n_positives = int(n_pos_q.sum())
+    if n_positives == 0:
+        raise ValueError("no query has a positive reference: retrieval metrics are undefined")
+
+    # top1 (pessimistic): the best positive must beat every negative strictly.
+    best_pos = np.where(positives, scores, -np.inf).max(axis=1)
+    best_neg = np.where(positives, -np.inf, scores).max(axis=1)
+    top1 = float((best_pos > best_neg)[has_pos].mean())
+
+    top_s, top_c = top_k_predictions(scores, positives, k)
+    kk = top_s.shape[1]
+    prec = np.cumsum(top_c, axis=1) / np.arange(1, kk + 1)
+    ap = (prec * top_c).sum(axis=1)[has_pos] / n_pos_q[has_pos]
+    pooled_s, pooled_c = top_s.ravel(), top_c.ravel()
+    r90, t90 = recall_at_precision(pooled_s, pooled_c, n_positives, 0.9)
+    r999, t999 = recall_at_precision(pooled_s, pooled_c, n_positives, 0.999)
+    return Metrics(
+        top1=top1,
+        mAP=float(ap.mean()),
+        micro_ap=micro_average_precision(pooled_s, pooled_c, n_positives),
+        recall_at_p90=r90,
+        threshold_at_p90=t90,
+        recall_at_p999=r999,
+        threshold_at_p999=t999,
+        n_queries=n_q,
+        n_references=n_r,
+        n_positive_queries=int(has_pos.sum()),
+        n_positives=n_positives,
+        k=kk,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# methods
+# --------------------------------------------------------------------------------------------------
+@runtime_checkable
+class Method(Protocol):
+    """A retrieval method: images -> descriptors, and a similarity (higher = more similar) between them."""
+
+    name: str
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """``N x S x S x 3`` uint8 normalised images -> ``N x d`` descriptors."""
+        ...
+
+    def similarity(self, q: np.ndarray, r: np.ndarray) -> np.ndarray:
+        """``Q x d`` and ``R x d`` descriptors -> ``Q x R`` similarities."""
+        ...
+
+
+class EmbedderMethod:
+    """An :class:`~id2_plugin.embedders.base.Embedder` as a method: ``id2`` with W, ``vae_raw`` without.
+
+    Latents go through ``cache`` (a :class:`~id2_plugin.cache.LatentCache`) when given, so a photo is
+    encoded once across methods, runs and processes. Similarity is the cosine (embeddings are normalised).
+    """
+
+    def __init__(self, embedder: Embedder, cache: LatentCache | None = None, name: str | None = None) -> None:
+        if cache is not None and cache.encoder is not embedder.encoder and cache.encoder.identity != embedder.encoder.identity:
+            raise ValueError("the latent cache belongs to another encoder than the embedder's")
+        self.embedder = embedder
+        self.cache = cache
+        self.name = name or ("id2" if embedder.projection is not None else "vae_raw")
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        latents = self.cache.encode_arrays(images) if self.cache is not None else self.embedder.encoder.encode_arrays(images)
+        return self.embedder.project(latents)
+
+    def similarity(self, q: np.ndarray, r: np.ndarray) -> np.ndarray:
+        return np.asarray(q, np.float32) @ np.asarray(r, np.float32).T
+
+
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def hamming_similarity(q: np.ndarray, r: np.ndarray, n_bits: int, chunk_bytes: int = 1 << 26) -> np.ndarray:
+    """``1 - hamming / n_bits`` between bit-packed uint8 hashes ``Q x B`` and ``R x B`` (memory bounded)."""
+    q = np.ascontiguousarray(q, dtype=np.uint8)
+    r = np.ascontiguousarray(r, dtype=np.uint8)
+    if q.ndim != 2 or r.ndim != 2 or q.shape[1] != r.shape[1]:
+        raise ValueError(f"hashes must be Q x B and R x B uint8 arrays, got {q.shape} and {r.shape}")
+    out = np.empty((len(q), len(r)), dtype=np.float32)
+    rows = max(1, chunk_bytes // max(1, r.size))
+    for s in range(0, len(q), rows):
+        x = np.bitwise_xor(q[s : s + rows, None, :], r[None, :, :])
+        dist = _POPCOUNT[x].sum(axis=2, dtype=np.int32)
+        out[s : s + rows] = 1.0 - dist / np.float32(n_bits)
+    return out
+
+
+class PDQMethod:
+    """Meta's PDQ perceptual hash (``pdqhash``) of the normalised image; similarity ``1 - hamming/256``.
+
+    The hash is computed on the same normalised (squashed to ``S x S``) image the VAE sees rather than on
+    the original file: PDQ downsamples to 64x64 internally anyway, and all methods then compare identical
+    pixels. PDQ's quality score is not used (no hash is discarded).
+    """
+
+    name = "pdq"
+    n_bits = 256
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        pdqhash = require("pdqhash")
+        out = np.empty((len(images), self.n_bits // 8), dtype=np.uint8)
+        for i, im in enumerate(images):
+            bits, _quality = pdqhash.compute(np.ascontiguousarray(im, dtype=np.uint8))
+            out[i] = np.packbits(np.asarray(bits, dtype=np.uint8))
+        return out
+
+    def similarity(self, q: np.ndarray, r: np.ndarray) -> np.ndarray:
+        return hamming_similarity(q, r, self.n_bits)
+
+
+class PHashMethod:
+    """``imagehash.phash`` (64-bit DCT hash) of the normalised image; similarity ``1 - hamming/64``."""
+
+    name = "phash"
+    n_bits = 64
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        imagehash = require("imagehash")
+        from PIL import Image
+
+        out = np.empty((len(images), self.n_bits // 8), dtype=np.uint8)
+        for i, im in enumerate(images):
+            h = imagehash.phash(Image.fromarray(np.asarray(im, dtype=np.uint8), "RGB"))
+            out[i] = np.packbits(np.asarray(h.hash, dtype=np.uint8).ravel())
+        return out
+
+    def similarity(self, q: np.ndarray, r: np.ndarray) -> np.ndarray:
+        return hamming_similarity(q, r, self.n_bits)
+
+
+#: Names of the methods :func:`default_methods` can build, in report order.
+METHOD_NAMES = ("id2", "vae_raw", "pdq", "phash")
+
+
+def default_methods(embedder: Embedder, cache: LatentCache | None = None) -> list[Method]:
+    """``id2`` (only if ``embedder`` has a projection W), ``vae_raw``, ``pdq`` and ``phash``."""
+    from .embedders.base import Embedder as _Embedder
+
+    methods: list[Method] = []
+    if embedder.projection is not None:
+        methods.append(EmbedderMethod(embedder, cache, name="id2"))
+    methods.append(EmbedderMethod(_Embedder(embedder.encoder, None), cache, name="vae_raw"))
+    methods.append(PDQMethod())
+    methods.append(PHashMethod())
+    return methods
+
+
+# --------------------------------------------------------------------------------------------------
+# running
+# --------------------------------------------------------------------------------------------------
+def embed_images(
+    method: Method, images: Sequence[np.ndarray], batch_size: int = 64, progress: bool | str = False
+) -> np.ndarray:
+    """Descriptors of ``images`` (a sequence of ``S x S x 3`` arrays or an ``N x S x S x 3`` array), in chunks."""
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(images), desc=progress if isinstance(progress, str) else method.name, unit="img", leave=False)
+    parts = []
+    for s in range(0, len(images), batch_size):
+        chunk = np.stack([images[i] for i in range(s, min(s + batch_size, len(images)))])
+        parts.append(method.embed(chunk))
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    if not parts:
+        raise ValueError(f"{method.name}: no images to embed")
+    return np.concatenate(parts)
+
+
+def _positives_matrix(query_origin: Any, n_q: int, n_r: int) -> np.ndarray:
+    if isinstance(query_origin, np.ndarray) and query_origin.ndim == 2:
+        pos = query_origin.astype(bool)
+        if pos.shape != (n_q, n_r):
+            raise ValueError(f"positives matrix is {pos.shape}, expected {(n_q, n_r)}")
+        return pos
+    if len(query_origin) != n_q:
+        raise ValueError(f"{len(query_origin)} query origins for {n_q} queries")
+    pos = np.zeros((n_q, n_r), dtype=bool)
+    for qi, origin in enumerate(query_origin):
+        if origin is None:
+            continue
+        if not 0 <= int(origin) < n_r:
+            raise ValueError(f"query {qi}: origin index {origin} is outside the {n_r} references")
+        pos[qi, int(origin)] = True
+    return pos
+
+
+def evaluate_methods(
+    queries: Sequence[np.ndarray],
+    query_origin: Sequence[int | None] | np.ndarray,
+    references: Sequence[np.ndarray],
+    methods: Sequence[Method],
+    *,
+    k: int | None = DEFAULT_K,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> dict[str, Metrics]:
+    """Score every method on the same queries and references; returns ``{method.name: Metrics}``.
+
+    ``queries`` / ``references``: normalised ``S x S x 3`` uint8 images (a list or an ``N x S x S x 3``
+    array). ``query_origin``: per query the index of its origin in ``references`` (None = no origin), or a
+    ``Q x R`` boolean matrix of positives (several origins per query).
+    """
+    positives = _positives_matrix(query_origin, len(queries), len(references))
+    names = [m.name for m in methods]
+    if len(set(names)) != len(names):
+        raise ValueError(f"method names must be unique, got {names}")
+    results: dict[str, Metrics] = {}
+    for method in methods:
+        ref = embed_images(method, references, batch_size, f"{method.name}: references" if progress else False)
+        qry = embed_images(method, queries, batch_size, f"{method.name}: queries" if progress else False)
+        results[method.name] = compute_metrics(method.similarity(qry, ref), positives, k=k)
+    return results
+
+
+# --------------------------------------------------------------------------------------------------
+# evaluation sets from files
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class EvalSet:
+    """Normalised images of an evaluation set, with what was skipped and why."""
+
+    queries: list[np.ndarray]
+    references: list[np.ndarray]
+    positives: np.ndarray
+    query_paths: list[Path]
+    reference_paths: list[Path]
+    #: human-readable reasons, one per skipped file or query
+    skipped: list[str]
+
+
+def _sha256(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def load_pairs_for_eval(
+    manifest: str | os.PathLike, distractors: Sequence[str | os.PathLike] = ()
+) -> tuple[list[Path], list[Path], np.ndarray]:
+    """Queries, references and ground truth from a pairs manifest plus distractor folders/files.
+
+    References are the manifest's distinct origins (in order of first appearance) followed by the
+    distractor images. A distractor whose bytes equal an origin or a query is dropped (with a log
+    warning): it would be an unlabelled copy and turn a correct answer into a "wrong" one. Manifest errors
+    (malformed line, missing file) raise :class:`~id2_plugin.errors.ConfigError` naming the line.
+    """
+    from .train.pairs import load_pairs
+
+    pairs = load_pairs(manifest)
+    queries: list[Path] = []
+    q_index: dict[Path, int] = {}
+    references: list[Path] = []
+    r_index: dict[Path, int] = {}
+    links: list[tuple[int, int]] = []
+    for pair in pairs:
+        if pair.query not in q_index:
+            q_index[pair.query] = len(queries)
+            queries.append(pair.query)
+        if pair.origin not in r_index:
+            r_index[pair.origin] = len(references)
+            references.append(pair.origin)
+        links.append((q_index[pair.query], r_index[pair.origin]))
+    known = {h for h in (_sha256(p) for p in [*references, *queries]) if h}
+    dropped = 0
+    for path in iter_image_files(list(distractors)):
+        path = path.resolve()
+        if path in r_index or path in q_index:
+            dropped += 1
+            continue
+        digest = _sha256(path)
+        if digest is not None and digest in known:
+            dropped += 1
+            continue
+        if digest is not None:
+            known.add(digest)
+        r_index[path] = len(references)
+        references.append(path)
+    if dropped:
+        log.warning("dropped %d distractor(s) identical to a query, an origin or another distractor", dropped)
+    positives = np.zeros((len(queries), len(references)), dtype=bool)
+    for qi, ri in links:
+        positives[qi, ri] = True
+    return queries, references, positives
+
+
+def load_images(
+    paths: Sequence[Path], normalise: Callable[[Path], np.ndarray], progress: bool | str = False
+) -> tuple[list[np.ndarray], list[int], list[MediaError]]:
+    """Normalise ``paths``; unreadable ones are skipped. Returns (images, kept indices, errors)."""
+    it: Any = paths
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(paths, desc=progress if isinstance(progress, str) else "loading", unit="img", leave=False)
+    images, kept, errors = [], [], []
+    for i, p in enumerate(it):
+        try:
+            images.append(normalise(p))
+            kept.append(i)
+        except MediaError as exc:
+            errors.append(exc)
+    return images, kept, errors
+
+
+def prepare_eval_set(
+    query_paths: Sequence[Path],
+    reference_paths: Sequence[Path],
+    positives: np.ndarray,
+    normalise: Callable[[Path], np.ndarray],
+    progress: bool = True,
+) -> EvalSet:
+    """Decode and normalise every image once, skipping unreadable files.
+
+    An unreadable reference is removed from the set; a query whose every origin was unreadable is removed
+    too (it would otherwise silently become a "no origin" query). Reasons are listed in ``skipped``.
+    """
+    q_imgs, q_kept, q_err = load_images(query_paths, normalise, "loading queries" if progress else False)
+    r_imgs, r_kept, r_err = load_images(reference_paths, normalise, "loading references" if progress else False)
+    skipped = [f"unreadable, skipped: {e}" for e in [*q_err, *r_err]]
+    pos = positives[np.ix_(q_kept, r_kept)] if q_kept and r_kept else np.zeros((len(q_kept), len(r_kept)), bool)
+    had_origin = positives[q_kept].any(axis=1) if q_kept else np.zeros(0, bool)
+    keep = ~had_origin | pos.any(axis=1)
+    for j in np.flatnonzero(~keep):
+        skipped.append(f"query {query_paths[q_kept[j]]} skipped: its origin could not be read")
+    q_final = [q_kept[j] for j in np.flatnonzero(keep)]
+    return EvalSet(
+        queries=[q_imgs[j] for j in np.flatnonzero(keep)],
+        references=r_imgs,
+        positives=pos[keep],
+        query_paths=[query_paths[i] for i in q_final],
+        reference_paths=[reference_paths[i] for i in r_kept],
+        skipped=skipped,
+    )
+
+
+def format_table(results: dict[str, Metrics]) -> str:
+    """An aligned plain-text table of ``results`` (one row per method)."""
+
+    def num(x: float | None) -> str:
+        return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
+
+    header = ["method", "top1", "mAP", "micro_ap", "R@P90", "thr@P90", "R@P99.9", "thr@P99.9"]
+    rows = [
+        [name, num(m.top1), num(m.mAP), num(m.micro_ap), num(m.recall_at_p90), num(m.threshold_at_p90),
+         num(m.recall_at_p999), num(m.threshold_at_p999)]
+        for name, m in results.items()
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

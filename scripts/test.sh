@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Install the project with every extra into a virtualenv and run the whole test suite.
+# Usage: bash scripts/test.sh [pytest args]   (venv: $ID2_VENV, default .venv)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${ID2_VENV:-.venv}"
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+# shellcheck disable=SC1091
+. "$VENV/bin/activate"
+# The CPU torch wheel first: an unpinned torch from an extra would pull a multi-GB CUDA build.
+pip install -q torch==2.13.0
+pip install -q -e ".[test]"
+exec python -m pytest "$@"

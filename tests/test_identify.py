@@ -1,0 +1,115 @@
+"""End to end on real photos: index >= 200 photos, identify degraded copies through the hook."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from id2_plugin.embedders.base import Embedder
+from id2_plugin.errors import IncompatibleStoreError, MediaError
+from id2_plugin.identify import Identifier, default_projection_path, load_projection
+from id2_plugin.types import ReferenceRecord
+
+N_REFS = 240
+N_QUERIES = 60
+
+
+def _jpeg50(img: Image.Image) -> Image.Image:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=50)
+    return Image.open(io.BytesIO(buf.getvalue()))
+
+
+def _resized(img: Image.Image) -> Image.Image:
+    return img.resize((img.width // 2, img.height // 2), Image.Resampling.BILINEAR)
+
+
+def _blurred(img: Image.Image) -> Image.Image:
+    return img.filter(ImageFilter.GaussianBlur(1.5))
+
+
+@pytest.fixture(scope="module")
+def indexed(photo_paths: list[Path], taef2_encoder, latent_cache, tmp_path_factory: pytest.TempPathFactory):
+    from id2_plugin.stores.faiss_store import FaissStore
+
+    embedder = Embedder(taef2_encoder, load_projection("default", "taef2"))
+    refs = photo_paths[:N_REFS]
+    vecs = embedder.project(latent_cache.encode(refs, progress="encoding references"))
+    store = FaissStore(tmp_path_factory.mktemp("store") / "s", embedder_identity=embedder.identity,
+                       dim=embedder.dim, create=True)
+    records = [ReferenceRecord(sha256=f"{i:064x}", uri=str(p)) for i, p in enumerate(refs)]
+    store.add(vecs, records)
+    return embedder, store, refs
+
+
+@pytest.mark.parametrize("attack", [_jpeg50, _resized, _blurred], ids=["jpeg50", "half-size", "blur1.5"])
+def test_top1_on_degraded_copies(indexed, latent_cache, attack) -> None:
+    embedder, store, refs = indexed
+    picked = np.random.default_rng(0).choice(len(refs), N_QUERIES, replace=False)
+    queries = [attack(Image.open(refs[i]).convert("RGB")) for i in picked]
+    vecs = embedder.project(latent_cache.encode(queries))
+    results = store.query(vecs, k=1)
+    hits = sum(r[0].uri == str(refs[i]) for r, i in zip(results, picked))
+    assert hits / len(picked) >= 0.95, f"{hits}/{len(picked)}"
+
+
+def test_identifier_hook_report(indexed, photo_paths: list[Path]) -> None:
+    embedder, store, refs = indexed
+    ident = Identifier(embedder, store, k=3, threshold=0.0)
+    report = ident.identify(_jpeg50(Image.open(refs[7])))
+    assert report.best is not None and report.best.uri == str(refs[7]) and report.best.rank == 1
+    assert [m.rank for m in report.matches] == [1, 2, 3]
+    assert report.matches[0].score >= report.matches[1].score
+    assert report.is_match and report.decision == "match"
+    assert set(report.timings_ms) == {"normalise", "embed", "search", "total"}
+    assert report.embedder == embedder.encoder.identity and report.projection == embedder.projection_id
+    strict = Identifier(embedder, store, k=3, threshold=0.9999)
+    unrelated = strict.identify(photo_paths[-1])  # not in the store
+    assert not unrelated.is_match and unrelated.decision == "no_match"
+    assert report.to_dict()["best"]["uri"] == str(refs[7])
+    with pytest.raises(MediaError):
+        ident.identify(b"not an image")
+
+
+def test_plugin_can_preempt_builtin(indexed) -> None:
+    from id2_plugin import hookimpl
+    from id2_plugin.plugins import get_plugin_manager
+    from id2_plugin.types import OriginReport
+
+    class FastPath:
+        @hookimpl
+        def id2_identify_origin(self, media, context):
+            if isinstance(media, bytes) and media == b"known":
+                return OriginReport(matches=(), is_match=True, threshold=context.threshold, embedder="fast", projection=None)
+            return None
+
+    embedder, store, refs = indexed
+    pm = get_plugin_manager()
+    plugin = FastPath()
+    pm.register(plugin)
+    try:
+        ident = Identifier(embedder, store)
+        assert ident.identify(b"known").embedder == "fast"
+        assert ident.identify(refs[0]).embedder == embedder.encoder.identity  # deferred to the built-in
+    finally:
+        pm.unregister(plugin)
+
+
+def test_store_refuses_other_embedder(indexed) -> None:
+    embedder, store, _ = indexed
+    raw = Embedder(embedder.encoder, None) if embedder.projection is not None else None
+    if raw is None:
+        pytest.skip("no shipped W: raw embedder is the store's own")
+    with pytest.raises(IncompatibleStoreError, match="different|built with"):
+        Identifier(raw, store)
+
+
+def test_default_projection_shipped() -> None:
+    path = default_projection_path("taef2")
+    assert path is not None and path.stat().st_size <= 10 * 1024 * 1024
+    proj = load_projection("default", "taef2")
+    assert proj is not None and proj.metadata.get("embedder_name") == "taef2"
