@@ -282,14 +282,15 @@ def calibration_scores(
     queries: Sequence[np.ndarray],
     references: Sequence[np.ndarray],
     positives: np.ndarray,
-    negatives: Sequence[np.ndarray],
+    negatives: Sequence[np.ndarray] | None,
     *,
     batch_size: int = 64,
     progress: bool = False,
     chunk: int = 1024,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Positive scores (each query vs each of its origins) and negative scores (each negative's best score
-    against all references), from normalised images.
+    against all references), from normalised images. ``negatives=None`` returns only positive scores (and an
+    empty negative array), e.g. when negatives are scored against a store with :func:`store_best_scores`.
 
     ``positives`` is the ``Q x R`` ground truth (see :func:`~id2_plugin.evaluate.load_pairs_for_eval`).
     """
@@ -297,11 +298,13 @@ def calibration_scores(
 
     ref = embed_images(method, references, batch_size, "references" if progress else False)
     qry = embed_images(method, queries, batch_size, "positives" if progress else False)
-    neg = embed_images(method, negatives, batch_size, "negatives" if progress else False)
     positives = np.asarray(positives, dtype=bool)
     if positives.shape != (len(qry), len(ref)):
         raise ValueError(f"positives is {positives.shape}, expected {(len(qry), len(ref))}")
     pos_scores = method.similarity(qry, ref)[positives]
+    if negatives is None:
+        return pos_scores.astype(np.float64), np.zeros(0, dtype=np.float64)
+    neg = embed_images(method, negatives, batch_size, "negatives" if progress else False)
     # Chunked so a large negative set never materialises an N x R matrix at once.
     neg_scores = np.concatenate(
         [method.similarity(neg[s : s + chunk], ref).max(axis=1) for s in range(0, len(neg), chunk)]

@@ -167,7 +167,8 @@ def top_k_predictions(scores: np.ndarray, positives: np.ndarray, k: int | None) 
     kk = r if k is None else min(int(k), r)
     rows = np.repeat(np.arange(q), r)
     # Sorting by (row, -score, correct) over the flattened matrix ranks every row at once.
-    order = np.lexsort((positives.ravel().astype(np.int8), -scores.ravel(), rows)).reshape(q, r)[:, :kk]
+    flat = np.lexsort((positives.ravel().astype(np.int8), -scores.ravel(), rows)).reshape(q, r)[:, :kk]
+    order = flat % r  # flat index -> column within the row
     return np.take_along_axis(scores, order, axis=1), np.take_along_axis(positives, order, axis=1)
 
 

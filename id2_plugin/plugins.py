@@ -18,7 +18,13 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "id2_plugin.default_plugins.stores",
     "id2_plugin.default_plugins.identify",
     "id2_plugin.default_plugins.commands",
+    "id2_plugin.adapters.commands",
+    "id2_plugin.default_plugins.store_commands",
+    "id2_plugin.robustness._plugin",
+    "id2_plugin.default_plugins.video_commands",
+    "id2_plugin.default_plugins.evaluation",
     "id2_plugin.default_plugins.ray_commands",
+    "id2_plugin.train.cli",
 )
 
 ENTRY_POINT_GROUP = "id2_plugin"

@@ -118,7 +118,10 @@ class _EmbedActor:
                 images.append(self.embedder.encoder.normalise(data))
                 good.append(i)
             except MediaError as exc:
-                errors[i] = str(exc)
+                # The error names its source "<N bytes>" (it was decoded from memory); the uri is reported beside it.
+                msg = str(exc)
+                prefix = f"{exc.source}: " if exc.source else ""
+                errors[i] = msg[len(prefix):] if prefix and msg.startswith(prefix) else msg
             except OSError as exc:
                 errors[i] = f"cannot read file: {exc.strerror or exc}"
         vectors = np.zeros((len(uris), self.embedder.dim), np.float32)
@@ -203,7 +206,7 @@ def index_folder_ray(
                     "max_bytes": limits.max_bytes,
                 },
                 batch_size=batch_size,
-                concurrency=num_workers,
+                compute=ray.data.ActorPoolStrategy(size=num_workers),
                 num_cpus=num_cpus_per_worker,
                 batch_format="numpy",
             )

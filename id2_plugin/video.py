@@ -74,6 +74,7 @@ __all__ = [
     "VideoReport",
     "VideoReportWriter",
     "embed_keyframes",
+    "format_report_text",
     "iter_frames",
     "iter_video_files",
     "scan_video",
@@ -182,7 +183,8 @@ class _FrameReader:
         try:
             container = av.open(os.fspath(p), mode="r")
         except av.FFmpegError as exc:
-            raise VideoError(f"not a readable video container: {_ffmpeg_message(exc)}", label, kind="not_a_video") from None
+            raise VideoError(f"cannot read a video container (not a video, corrupt, or cut before its index): "
+                             f"{_ffmpeg_message(exc)}", label, kind="not_a_video") from None
         except (OSError, ValueError) as exc:
             raise VideoError(f"cannot open video ({exc})", label, kind="not_a_video") from None
         try:
@@ -206,7 +208,11 @@ class _FrameReader:
         if self.mode == "keyframes":
             # The whole point of keyframe mode: the decoder never reconstructs P/B frames.
             cc.skip_frame = "NONKEY"
-        cc.thread_type = "AUTO"
+            # Frame threading buys nothing when every decoded frame is independent and costs a pipeline
+            # of frame delays (measured ~20 % slower on 720p H.264 keyframes); slice threading does not.
+            cc.thread_type = "SLICE"
+        else:
+            cc.thread_type = "AUTO"
         cc.thread_count = self.threads
         st = self.stats
         st.codec = cc.name
@@ -229,6 +235,14 @@ class _FrameReader:
         finally:
             container.close()
 
+    @staticmethod
+    def _upright(vf: Any) -> np.ndarray:
+        """RGB as a player shows it: phone videos store sensor-oriented frames plus a display rotation
+        (counter-clockwise degrees), like EXIF orientation for photos (which the image path applies too)."""
+        rgb = vf.to_ndarray(format="rgb24")
+        turns = round(getattr(vf, "rotation", 0) / 90) % 4
+        return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
+
     def _decode(self, av: Any, container: Any, stream: Any) -> Iterator[tuple[Frame, bool]]:
         st = self.stats
         tb = stream.time_base
@@ -250,8 +264,7 @@ class _FrameReader:
                         t = float((vf.pts - start) * tb)
                     else:
                         t = (counter - 1) / rate if rate else float(counter - 1)
-                    if self.mode == "fps":
-                        assert self.fps is not None
+                    if self.fps is not None:  # mode "fps": the first frame at or after each k / fps
                         if t < next_sample - 1e-6:
                             continue
                         next_sample = (math.floor(t * self.fps + 1e-6) + 1) / self.fps
@@ -267,7 +280,7 @@ class _FrameReader:
                         else:
                             last_thumb = thumb
                     # A dropped duplicate needs no RGB conversion: that is most of its cost.
-                    rgb = np.zeros((0, 0, 3), np.uint8) if duplicate else vf.to_ndarray(format="rgb24")
+                    rgb = np.zeros((0, 0, 3), np.uint8) if duplicate else self._upright(vf)
                     yield Frame(index=index, pts_seconds=t, is_key=bool(vf.key_frame), rgb=rgb), duplicate
         except av.FFmpegError as exc:
             at = st.last_packet_seconds
@@ -644,6 +657,10 @@ def scan_videos(
 
 
 # -- Ray ------------------------------------------------------------------------------------------------
+#: Prefixes of environment variables forwarded to Ray workers (model location, offline mode, caches).
+_RAY_FORWARD_ENV = ("ID2_", "HF_", "HUGGINGFACE_", "TORCH_HOME")
+
+
 class _RayScanner:
     """Ray Data actor: builds the embedder and opens the store once, then scans one video per row."""
 
@@ -662,8 +679,9 @@ class _RayScanner:
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         report = scan_video(row["path"], self.embedder, self.store, **self.options)
+        report.path = row["given"]  # report the path as the caller wrote it; workers needed it absolute
         # One JSON string column: Arrow cannot hold the ragged, nullable report structure reliably.
-        return {"path": row["path"], "report": json.dumps(report.to_dict())}
+        return {"path": row["given"], "report": json.dumps(report.to_dict())}
 
 
 def scan_videos_ray(
@@ -677,26 +695,55 @@ def scan_videos_ray(
     dedupe_threshold: float = DEFAULT_DEDUPE_THRESHOLD,
     concurrency: int = 1,
     num_cpus: float = 1.0,
+    ray_address: str | None = None,
+    progress: bool = False,
 ) -> Iterator[VideoReport]:
     """Run :func:`scan_video` over ``paths`` as a Ray Data pipeline and yield the reports as they stream back.
 
     Each of ``concurrency`` actors (``num_cpus`` CPUs each) builds the embedder and opens the store from
-    ``config`` once. Paths, the model weights and the store must be readable at the same location on every
-    node (shared storage). Uses the running Ray cluster, or starts a local one (``ray.init()``) if none.
+    ``config`` once and opens the store read-only. Paths, the model weights and the store must be readable
+    at the same location on every node (shared storage). Uses the running Ray cluster, else connects to
+    ``ray_address`` (``"auto"``, ``"ray://host:10001"``), else starts a local Ray; the driver's ``ID2_*`` /
+    ``HF_*`` environment variables are forwarded to the workers when Ray is started here.
+
+    The store and model are checked on the driver first, so a missing or incompatible store fails here
+    with a clear :class:`~id2_plugin.errors.StoreError` instead of inside every actor.
     """
     ray = require("ray")
     require("ray.data")
     _FrameReader("", mode, fps, dedupe, dedupe_threshold)
     if not paths:
         return
+    _check_store_on_driver(config)
     if not ray.is_initialized():
-        ray.init()
+        # Workers must find the model and cache like the driver does (ID2_MODELS_DIR, offline flags...).
+        env = {k: v for k, v in os.environ.items() if k.startswith(_RAY_FORWARD_ENV)}
+        ray.init(address=ray_address, include_dashboard=False, runtime_env={"env_vars": env})
     options = dict(mode=mode, fps=fps, batch_size=batch_size, dedupe=dedupe, dedupe_threshold=dedupe_threshold)
-    ds = ray.data.from_items([{"path": os.fspath(p)} for p in paths])
+    ds = ray.data.from_items([{"path": os.path.abspath(p), "given": os.fspath(p)} for p in paths])
     ds = ds.map(_RayScanner, fn_constructor_kwargs={"config": config.to_dict(), "options": options},
                 concurrency=concurrency, num_cpus=num_cpus)
-    for row in ds.iter_rows():
-        yield VideoReport.from_dict(json.loads(row["report"]))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(paths), desc="scanning videos (ray)", unit="video")
+    try:
+        for row in ds.iter_rows():
+            if bar is not None:
+                bar.update(1)
+            yield VideoReport.from_dict(json.loads(row["report"]))
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _check_store_on_driver(config: Config) -> None:
+    from .identify import build_embedder, open_store
+
+    embedder = build_embedder(config.embedder)
+    with open_store(config.store, embedder_identity=embedder.identity, dim=embedder.dim, create=False) as store:
+        store.check_compatible(embedder.identity)
 
 
 # -- streaming output -------------------------------------------------------------------------------------

@@ -356,10 +356,10 @@ def default_suite() -> list[SuiteEntry]:
 
 
 def subsample_levels(levels: Sequence[Attack], n: int) -> tuple[Attack, ...]:
-    """``n`` levels spread evenly from mildest to strongest (the strongest is always kept)."""
+    """``n`` levels spread evenly up to the strongest, which is always kept (4 levels, n=2 -> 2nd and 4th)."""
     if n <= 0 or n >= len(levels):
         return tuple(levels)
-    idx = sorted({int(round(i)) for i in np.linspace(len(levels) - 1, 0, n)})
+    idx = sorted({max(0, round(len(levels) * (i + 1) / n) - 1) for i in range(n)})
     return tuple(levels[i] for i in idx)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import sys
 from datetime import datetime, timezone
@@ -49,7 +50,7 @@ def index_add(ctx: click.Context, paths: tuple[str, ...], labels: tuple[str, ...
 
     cfg = config_from_flags(ctx, **flags)
     if index_type:
-        cfg = get_state(ctx).config(**{"store.path": cfg.store.path, "store.index": index_type})
+        cfg = dataclasses.replace(cfg, store=dataclasses.replace(cfg.store, index=index_type))
     files = iter_image_files(list(paths))
     embedder = build_embedder(cfg.embedder, MediaLimits(cfg.media.max_pixels, cfg.media.max_bytes))
     store = open_store(cfg.store, embedder_identity=embedder.identity, dim=embedder.dim, create=True)
@@ -153,6 +154,13 @@ def query(ctx: click.Context, files: tuple[str, ...], as_json: bool, **flags: An
     ident = Identifier.from_config(cfg)
     soft_fail = False
     paths = iter_image_files(list(files))
+    with ident.context.store:
+        soft_fail = _query_paths(ident, paths, as_json)
+    sys.exit(EXIT_SOFT_FAIL if soft_fail else EXIT_OK)
+
+
+def _query_paths(ident: Any, paths: list[Path], as_json: bool) -> bool:
+    soft_fail = False
     for path in paths:
         try:
             report = ident.identify(path)
@@ -170,7 +178,7 @@ def query(ctx: click.Context, files: tuple[str, ...], as_json: bool, **flags: An
         click.echo(f"{path}: {report.decision.upper()} (threshold {report.threshold:.3f})")
         for m in report.matches:
             click.echo(f"  #{m.rank} score={m.score:.4f} id={m.reference_id} {m.uri}")
-    sys.exit(EXIT_SOFT_FAIL if soft_fail else EXIT_OK)
+    return soft_fail
 
 
 @click.command("embed")

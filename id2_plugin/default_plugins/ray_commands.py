@@ -21,8 +21,10 @@ hookimpl = pluggy.HookimplMarker("id2_plugin")
 @click.option("--index-type", default=None, help="Index type when the store is created (store.index).")
 @click.option("--ray-address", default=None,
               help="Ray cluster to use ('auto', 'ray://host:10001'); default: start a local Ray.")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Embedding actors (each loads the model once).")
-@click.option("--cpus-per-worker", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="CPUs reserved per actor.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Embedding actors (each loads the model once).")
+@click.option("--cpus-per-worker", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="CPUs reserved per actor.")
 @click.option("--commit-every", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Commit after this many new references, so an interrupted run keeps its work.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")

@@ -130,7 +130,7 @@ class LatentEncoder(ABC):
         with torch.inference_mode():
             for start in range(0, len(images), self.batch_size):
                 chunk = images[start : start + self.batch_size]
-                x = torch.from_numpy(np.ascontiguousarray(chunk)).to(self.device)
+                x = torch.from_numpy(np.array(chunk, copy=True)).to(self.device)
                 # [-1, 1] NCHW is the diffusers convention for every VAE encoder.
                 x = x.permute(0, 3, 1, 2).to(self.dtype).div(127.5).sub(1.0)
                 x = x.contiguous(memory_format=torch.channels_last)

@@ -400,10 +400,10 @@ def _pick(ops: dict[str, tuple[Op, float]], rng: np.random.Generator) -> str:
 def sample_recipe(rng: np.random.Generator) -> list[str]:
     """Names of the pixel-space ops of one proxy edit, in order: content, style, flip (degradations come last)."""
     recipe: list[str] = []
-    n_content = int(rng.choice([0, 1, 2, 3], p=[0.15, 0.45, 0.3, 0.1]))
+    n_content = int(rng.choice([0, 1, 2, 3], p=[0.15, 0.5, 0.28, 0.07]))
     for _ in range(n_content):
         recipe.append(_pick(CONTENT_OPS, rng))
-    n_style = int(rng.choice([0, 1, 2], p=[0.35, 0.5, 0.15]))
+    n_style = int(rng.choice([0, 1, 2], p=[0.4, 0.48, 0.12]))
     for _ in range(n_style):
         recipe.append(_pick(STYLE_OPS, rng))
     if rng.random() < 0.25:

@@ -1,0 +1,476 @@
+"""HTTP service: identify uploads against the reference store, and manage references (FastAPI).
+
+Endpoints (OpenAPI schema at ``/openapi.json``, interactive docs at ``/docs``):
+
+* ``POST /v1/identify`` — an image as a multipart upload (field ``file``) or as the raw request body;
+  returns the :class:`~id2_plugin.OriginReport` as JSON. 422 if the upload is not a decodable image.
+* ``POST /v1/references`` — one or more images (multipart field ``file``, repeatable; optional ``label``
+  fields) or one raw body (``?uri=...&label=...``); returns the ids added and the duplicates skipped.
+* ``DELETE /v1/references/{key}`` — remove a reference by id or sha256 (404 if unknown).
+* ``GET /healthz``, ``GET /v1/info`` — liveness, and the model / store / limits in use.
+
+**Writes** need ``Authorization: Bearer <serve.token>``; with no token configured they are disabled
+(403): a service exposed without a token is read-only. Reads are open.
+
+**Limits, never unbounded memory.** Bodies above ``serve.max_upload_bytes`` get 413 (checked on the
+declared length and again while streaming). Model work (decode, embed, search, store writes) runs in a
+thread pool of ``serve.max_concurrency`` workers; at most ``serve.queue_size`` more requests wait for a
+worker, and admission happens before the body is read, so at most ``max_concurrency + queue_size``
+bodies are in memory. Beyond that a request gets 503 with ``Retry-After`` at once. A request that has not
+finished within ``serve.request_timeout_s`` (queueing included) gets 504; its worker slot is released only
+when the abandoned computation actually ends, so timeouts cannot pile up threads.
+
+**One writer.** Reference writes are serialised in-process by a lock (the store additionally takes its
+file lock, which serialises writers across processes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import hmac
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
+from starlette.datastructures import UploadFile
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from id2_plugin.config import Config, ServeConfig
+from id2_plugin.errors import ConfigError, Id2Error, MediaError, StoreError
+from id2_plugin.identify import Identifier
+from id2_plugin.types import ReferenceRecord
+
+__all__ = ["build_identifier", "create_app", "serve", "token_from_env"]
+
+T = TypeVar("T")
+
+#: Paths whose requests do model work: admitted against the concurrency + queue budget.
+_HEAVY = {("POST", "/v1/identify"), ("POST", "/v1/references")}
+
+_IMAGE_BODY = {
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"file": {"type": "string", "format": "binary"}},
+                "required": ["file"],
+            }
+        },
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        "image/*": {"schema": {"type": "string", "format": "binary"}},
+    },
+    "required": True,
+}
+_REFERENCES_BODY = {
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                    "label": {"type": "array", "items": {"type": "string"}},
+                },
+                "required": ["file"],
+            }
+        },
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        "image/*": {"schema": {"type": "string", "format": "binary"}},
+    },
+    "required": True,
+}
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": message}, status_code=status, headers=headers)
+
+
+class _Capacity:
+    """Admission control: ``running + waiting <= max_concurrency + queue_size``, counted per request."""
+
+    def __init__(self, max_concurrency: int, queue_size: int) -> None:
+        self.limit = max_concurrency + queue_size
+        self.inflight = 0
+        self._lock = threading.Lock()
+
+    def try_enter(self) -> bool:
+        with self._lock:
+            if self.inflight >= self.limit:
+                return False
+            self.inflight += 1
+            return True
+
+    def leave(self) -> None:
+        with self._lock:
+            self.inflight -= 1
+
+
+class _LimitsMiddleware:
+    """Pure ASGI middleware: admission (503) before the body is read, and the upload size limit (413)."""
+
+    def __init__(self, app: ASGIApp, capacity: _Capacity, max_bytes: int) -> None:
+        self.app = app
+        self.capacity = capacity
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None:
+            try:
+                too_big = int(declared) > self.max_bytes
+            except ValueError:
+                await _error(400, "invalid Content-Length header")(scope, receive, send)
+                return
+            if too_big:
+                await _error(413, f"upload exceeds the {self.max_bytes}-byte limit (serve.max_upload_bytes)")(
+                    scope, receive, send
+                )
+                return
+        heavy = (scope["method"], scope["path"].rstrip("/")) in _HEAVY
+        if heavy and not self.capacity.try_enter():
+            await _error(503, "server busy: all workers and queue slots are taken; retry later",
+                         {"Retry-After": "1"})(scope, receive, send)
+            return
+        received = 0
+
+        async def counted_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise HTTPException(413, f"upload exceeds the {self.max_bytes}-byte limit (serve.max_upload_bytes)")
+            return message
+
+        try:
+            await self.app(scope, counted_receive, send)
+        finally:
+            if heavy:
+                self.capacity.leave()
+
+
+class _Service:
+    """Runtime state: the identifier, the worker pool, the write lock."""
+
+    def __init__(self, identifier: Identifier, cfg: ServeConfig) -> None:
+        self.identifier = identifier
+        self.cfg = cfg
+        self.pool = ThreadPoolExecutor(max_workers=cfg.max_concurrency, thread_name_prefix="id2-http")
+        self.slots = asyncio.Semaphore(cfg.max_concurrency)
+        #: workers currently held (by running or abandoned-after-timeout computations)
+        self.busy = 0
+        self.write_lock = asyncio.Lock()
+        self.started = time.time()
+
+    @property
+    def store(self) -> Any:
+        return self.identifier.context.store
+
+    @property
+    def embedder(self) -> Any:
+        return self.identifier.context.embedder
+
+    async def run(self, fn: Callable[..., T], *args: Any, deadline: float) -> T:
+        """Run ``fn`` on a worker once one is free; 504 when ``deadline`` (monotonic) passes first."""
+        waiting = asyncio.ensure_future(self.slots.acquire())
+        try:
+            await asyncio.wait_for(asyncio.shield(waiting), timeout=max(deadline - time.monotonic(), 0.0))
+        except asyncio.TimeoutError:
+            waiting.cancel()
+            try:
+                await waiting
+            except asyncio.CancelledError:
+                pass
+            else:  # the slot was granted just as the wait timed out: give it back
+                self.slots.release()
+            raise HTTPException(504, "request timed out waiting for a worker (serve.request_timeout_s)") from None
+        self.busy += 1
+        fut = asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+        handed_off = False
+
+        def release(done: Any = None) -> None:
+            if done is not None and not done.cancelled():
+                done.exception()  # retrieved, so an abandoned failure is not reported as "never retrieved"
+            self.busy -= 1
+            self.slots.release()
+
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout=max(deadline - time.monotonic(), 0.0))
+        except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
+            if not fut.done():
+                # A thread cannot be interrupted: its worker slot stays taken until it really ends.
+                handed_off = True
+                fut.add_done_callback(release)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise HTTPException(504, "request timed out (serve.request_timeout_s)") from None
+        finally:
+            if not handed_off:
+                release()
+
+    def check_token(self, request: Request) -> None:
+        token = self.cfg.token
+        if not token:
+            raise HTTPException(403, "writes are disabled: no serve.token is configured for this server")
+        auth = request.headers.get("authorization", "")
+        scheme, _, given = auth.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+
+async def _read_uploads(request: Request, *, many: bool) -> tuple[list[tuple[str, bytes]], list[str]]:
+    """``[(name, bytes)]`` from a multipart form (field ``file``) or the raw body, plus form labels."""
+    ctype = request.headers.get("content-type", "")
+    if ctype.startswith("multipart/form-data"):
+        try:
+            form = await request.form(max_files=1000 if many else 1, max_fields=100)
+        except HTTPException:
+            raise
+        except Exception as exc:  # malformed multipart bodies raise parser-specific errors
+            raise HTTPException(400, f"malformed multipart body: {exc}") from None
+        files = [f for f in form.getlist("file") if isinstance(f, UploadFile)]
+        if not files:
+            raise HTTPException(422, "multipart upload needs a 'file' field holding the image")
+        if len(files) > 1 and not many:
+            raise HTTPException(422, "send one image per request to /v1/identify")
+        out = [(f.filename or f"upload-{i}", await f.read()) for i, f in enumerate(files)]
+        labels = [str(x) for x in form.getlist("label") if isinstance(x, str)]
+        await form.close()
+        return out, labels
+    body = await request.body()
+    return [("upload", body)], []
+
+
+def _report_json(identifier: Identifier, data: bytes, name: str) -> dict[str, Any]:
+    report = identifier.identify(data)
+    return dataclasses.replace(report, query=name).to_dict()
+
+
+def create_app(
+    identifier_or_factory: Identifier | Callable[[], Identifier],
+    serve_config: ServeConfig | None = None,
+) -> FastAPI:
+    """Build the FastAPI application.
+
+    ``identifier_or_factory`` is a ready :class:`~id2_plugin.Identifier` or a zero-argument callable
+    returning one; a callable runs (in a thread) when the server starts, so the model is loaded before
+    the first request is accepted and never at import.
+    """
+    cfg = serve_config or ServeConfig()
+    if cfg.max_concurrency < 1 or cfg.queue_size < 0:
+        raise ConfigError(f"serve.max_concurrency={cfg.max_concurrency} must be >= 1 and serve.queue_size="
+                          f"{cfg.queue_size} >= 0")
+    if cfg.max_upload_bytes < 1 or cfg.request_timeout_s <= 0:
+        raise ConfigError("serve.max_upload_bytes and serve.request_timeout_s must be positive")
+    capacity = _Capacity(cfg.max_concurrency, cfg.queue_size)
+    holder: dict[str, _Service] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> Any:
+        if isinstance(identifier_or_factory, Identifier):
+            identifier = identifier_or_factory
+        else:
+            identifier = await asyncio.get_running_loop().run_in_executor(None, identifier_or_factory)
+        service = _Service(identifier, cfg)
+        holder["service"] = service
+        try:
+            yield
+        finally:
+            service.pool.shutdown(wait=False, cancel_futures=True)
+
+    from id2_plugin import __version__
+
+    app = FastAPI(
+        title="id2-plugin",
+        version=__version__,
+        description="Find the original of an AI-edited or degraded image in a reference store (ID2).",
+        lifespan=lifespan,
+    )
+    app.add_middleware(_LimitsMiddleware, capacity=capacity, max_bytes=cfg.max_upload_bytes)
+
+    def service() -> _Service:
+        svc = holder.get("service")
+        if svc is None:
+            raise HTTPException(503, "the model is still loading")
+        return svc
+
+    @app.exception_handler(MediaError)
+    async def _media_error(_: Request, exc: MediaError) -> JSONResponse:
+        return _error(422, f"not a usable image: {exc}")
+
+    @app.exception_handler(StoreError)
+    async def _store_error(_: Request, exc: StoreError) -> JSONResponse:
+        return _error(503, f"reference store unavailable: {exc}")
+
+    @app.exception_handler(Id2Error)
+    async def _id2_error(_: Request, exc: Id2Error) -> JSONResponse:
+        return _error(500, str(exc))
+
+    @app.get("/healthz", summary="Liveness: 200 once the model is loaded")
+    async def healthz() -> dict[str, Any]:
+        svc = service()
+        return {"status": "ok", "uptime_s": round(time.time() - svc.started, 3)}
+
+    @app.get("/v1/info", summary="Model, store and limits in use")
+    async def info() -> dict[str, Any]:
+        svc = service()
+        ctx = svc.identifier.context
+        store_info = await svc.run(svc.store.info, deadline=time.monotonic() + cfg.request_timeout_s)
+        return {
+            "version": __version__,
+            "embedder": ctx.embedder.identity,
+            "dim": ctx.embedder.dim,
+            "k": ctx.k,
+            "threshold": ctx.threshold,
+            "store": store_info.to_dict(),
+            "writes_enabled": bool(cfg.token),
+            "load": {"admitted": capacity.inflight, "workers_busy": svc.busy},
+            "limits": {
+                "max_upload_bytes": cfg.max_upload_bytes,
+                "request_timeout_s": cfg.request_timeout_s,
+                "max_concurrency": cfg.max_concurrency,
+                "queue_size": cfg.queue_size,
+            },
+        }
+
+    @app.post("/v1/identify", summary="Identify the original of an uploaded image",
+              openapi_extra={"requestBody": _IMAGE_BODY})
+    async def identify(request: Request) -> dict[str, Any]:
+        deadline = time.monotonic() + cfg.request_timeout_s
+        svc = service()
+        uploads, _ = await _read_uploads(request, many=False)
+        name, data = uploads[0]
+        if not data:
+            raise HTTPException(422, "empty upload: send the image bytes")
+        return await svc.run(_report_json, svc.identifier, data, name, deadline=deadline)
+
+    @app.post("/v1/references", summary="Add one or more reference images (bearer token)",
+              openapi_extra={"requestBody": _REFERENCES_BODY})
+    async def add_references(
+        request: Request,
+        uri: str | None = Query(None, description="URI recorded for a single uploaded image"),
+        label: list[str] | None = Query(None, description="Label stored with every added reference (repeatable)"),
+    ) -> JSONResponse:
+        deadline = time.monotonic() + cfg.request_timeout_s
+        svc = service()
+        svc.check_token(request)
+        uploads, form_labels = await _read_uploads(request, many=True)
+        labels = tuple(form_labels or label or ())
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        errors: list[dict[str, str]] = []
+        todo: list[tuple[str, bytes, str]] = []
+        seen: set[str] = set()
+        duplicates: list[str] = []
+        for name, data in uploads:
+            if not data:
+                errors.append({"name": name, "error": "empty upload"})
+                continue
+            sha = hashlib.sha256(data).hexdigest()
+            if sha in seen:
+                duplicates.append(sha)
+                continue
+            seen.add(sha)
+            todo.append((name, data, sha))
+
+        def embed() -> tuple[np.ndarray, list[tuple[str, str]], list[dict[str, str]], list[str]]:
+            known = svc.store.contains([sha for _, _, sha in todo])
+            vecs, keep, errs, dups = [], [], [], []
+            for (name, data, sha), is_known in zip(todo, known):
+                if is_known:
+                    dups.append(sha)
+                    continue
+                try:
+                    image = svc.embedder.encoder.normalise(data)
+                except MediaError as exc:
+                    errs.append({"name": name, "error": str(exc)})
+                    continue
+                vecs.append(image)
+                keep.append((name, sha))
+            if not vecs:
+                return np.zeros((0, svc.embedder.dim), np.float32), keep, errs, dups
+            return svc.embedder.embed_arrays(np.stack(vecs)), keep, errs, dups
+
+        vectors, keep, errs, dups = await svc.run(embed, deadline=deadline)
+        errors.extend(errs)
+        duplicates.extend(dups)
+        added: list[dict[str, str]] = []
+        if len(keep):
+            records = [
+                ReferenceRecord(sha256=sha, uri=uri if (uri and len(keep) == 1) else f"upload:{name}",
+                                labels=labels, added_at=now)
+                for name, sha in keep
+            ]
+            async with svc.write_lock:
+                result = await svc.run(svc.store.add, vectors, records, deadline=deadline)
+            by_sha = dict(zip([r.sha256 for r in records], records))
+            new_shas = [r.sha256 for r in records if r.sha256 not in set(result.duplicates)]
+            added = [{"id": rid, "sha256": sha, "uri": by_sha[sha].uri} for rid, sha in zip(result.added, new_shas)]
+            duplicates.extend(result.duplicates)
+        body = {"added": added, "duplicates": duplicates, "errors": errors}
+        if errors and not added and not duplicates:
+            return JSONResponse(body, status_code=422)
+        return JSONResponse(body, status_code=201 if added else 200)
+
+    @app.delete("/v1/references/{key}", summary="Remove a reference by id or sha256 (bearer token)")
+    async def remove_reference(key: str, request: Request) -> dict[str, Any]:
+        deadline = time.monotonic() + cfg.request_timeout_s
+        svc = service()
+        svc.check_token(request)
+        async with svc.write_lock:
+            n = await svc.run(svc.store.remove, [key], deadline=deadline)
+        if n == 0:
+            raise HTTPException(404, f"no reference with id or sha256 {key!r}")
+        return {"removed": n, "key": key}
+
+    return app
+
+
+def build_identifier(cfg: Config, *, create_store: bool = False) -> Identifier:
+    """Embedder + store + match settings from a full config (``create_store`` creates an empty store)."""
+    from id2_plugin.identify import build_embedder, open_store
+    from id2_plugin.media import MediaLimits
+
+    embedder = build_embedder(cfg.embedder, MediaLimits(cfg.media.max_pixels, cfg.media.max_bytes))
+    store = open_store(cfg.store, embedder_identity=embedder.identity, dim=embedder.dim, create=create_store)
+    return Identifier(embedder, store, k=cfg.match.k, threshold=cfg.match.threshold)
+
+
+def serve(
+    identifier_or_factory: Identifier | Callable[[], Identifier],
+    serve_config: ServeConfig | None = None,
+    *,
+    log_level: str = "info",
+) -> None:
+    """Run the service with uvicorn in this process until interrupted (``id2-plugin serve``)."""
+    import uvicorn
+
+    cfg = serve_config or ServeConfig()
+    app = create_app(identifier_or_factory, cfg)
+    # uvicorn's own connection cap is the last line of defence; the app's admission control answers first.
+    uvicorn.run(
+        app,
+        host=cfg.host,
+        port=cfg.port,
+        log_level=log_level,
+        limit_concurrency=cfg.max_concurrency + cfg.queue_size + 32,
+        timeout_keep_alive=5,
+    )
+
+
+def token_from_env(cfg: ServeConfig) -> ServeConfig:
+    """``$ID2_SERVE_TOKEN`` wins over ``serve.token`` (keeps the secret out of files and process lists)."""
+    env = os.environ.get("ID2_SERVE_TOKEN")
+    return dataclasses.replace(cfg, token=env) if env else cfg
+

@@ -1,0 +1,405 @@
+"""Scale benchmark of the FAISS reference store: build time, memory, latency and recall per index type.
+
+    python benchmarks/scale.py --n 1000000 --queries 1000 --dim 512
+    python benchmarks/scale.py --quick                      # 100k references
+    python benchmarks/scale.py --n 200000 --photos 0        # synthetic only (no model needed)
+
+References: real embeddings of ``--photos`` photos (TAEF2 encoder through the latent cache, then the shipped
+W if there is one, else a seeded random projection to ``--dim``) plus synthetic vectors with the same
+statistics: a Gaussian with the real mean and a low-rank (``--rank``) fit of the real covariance plus an
+isotropic residual, L2-normalised. Synthetic vectors are generated chunk by chunk from per-chunk seeds, so
+memory stays bounded and the ground truth can regenerate them.
+
+Queries are references perturbed to cosine ``--query-similarity`` (like an edited copy of an original);
+ground truth is exact float32 search over all references (numpy, streamed).
+
+Per index type the store is bulk-loaded through ``FaissStore.add`` in ``--batch`` chunks (what
+``id2-plugin index add`` does) and compacted; IVF / HNSW are then tuned (``tune_search``, target recall@1
+``--target-recall``) and measured at the tuned setting. Reported: build time, disk size, RSS of a fresh
+process after loading the store, load time, recall@1 / recall@10 vs exact, end-to-end ``store.query``
+latency p50/p99 at batch 1 and batch 64 (k=10, includes the metadata lookup). The flat index's effective
+memory bandwidth (bytes scanned / raw FAISS search time) is compared with measured memcpy and numpy GEMV
+bandwidth. Output: a markdown table on stdout and in ``--md``, all numbers in ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from id2_plugin.stores.faiss_store import FaissStore
+from id2_plugin.stores.tuning import perturbed_queries, tune_search
+from id2_plugin.types import ReferenceRecord
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("ID2_SHARED_DIR", ROOT.parent / "shared"))
+ALL_TYPES = ("flat", "flat_fp16", "ivf_flat", "ivf_pq", "hnsw")
+IDENTITY = "benchmark-scale"
+
+
+# -- data ----------------------------------------------------------------------------------------------------
+def real_embeddings(n_photos: int, dim: int, seed: int) -> tuple[np.ndarray | None, str]:
+    """Embeddings of the first ``n_photos`` photos, or (None, why) when the model / photos are missing."""
+    if n_photos <= 0:
+        return None, "disabled (--photos 0)"
+    photos = sorted((SHARED / "data" / "photos").glob("*.jpg"))[:n_photos]
+    weights = SHARED / "models" / "taef2"
+    if not photos or not weights.is_dir():
+        return None, f"unavailable (no photos / TAEF2 under {SHARED})"
+    try:
+        from id2_plugin.cache import LatentCache
+        from id2_plugin.embedders.base import Embedder, Projection, l2_normalise
+        from id2_plugin.embedders.taesd import TAEF2Encoder
+        from id2_plugin.identify import default_projection_path
+    except ImportError as exc:
+        return None, f"unavailable ({exc})"
+    encoder = TAEF2Encoder(weights=weights, device="cpu", batch_size=16)
+    cache = LatentCache(encoder)
+    t = time.perf_counter()
+    latents = np.concatenate([cache.encode_arrays(np.stack([encoder.normalise(p) for p in photos[s : s + 32]]))
+                              for s in range(0, len(photos), 32)])
+    secs = time.perf_counter() - t
+    w_path = default_projection_path("taef2")
+    if w_path is not None:
+        emb = Embedder(encoder, Projection.load(w_path))
+        vecs = emb.project(latents)
+        how = f"shipped W {w_path.name} ({emb.projection_id})"
+    else:
+        rng = np.random.default_rng(seed)
+        proj = rng.standard_normal((latents.shape[1], dim)).astype(np.float32) / np.sqrt(dim)
+        vecs = l2_normalise(latents @ proj)
+        how = f"no shipped W: seeded random projection {latents.shape[1]}->{dim}"
+    return vecs.astype(np.float32), f"{len(photos)} photos, TAEF2 latents ({secs:.0f} s incl. cache), {how}"
+
+
+@dataclass
+class Synth:
+    """Gaussian fit (mean + rank-r covariance + isotropic residual) that generates unit vectors by chunk."""
+
+    mean: np.ndarray
+    basis: np.ndarray  # r x d, rows scaled by the component standard deviations
+    residual_std: float
+    seed: int
+
+    @classmethod
+    def fit(cls, x: np.ndarray | None, dim: int, rank: int, seed: int) -> Synth:
+        if x is None:
+            # No real data: a decaying spectrum around a random mean (anisotropic, like learned embeddings).
+            rng = np.random.default_rng(seed)
+            mean = rng.standard_normal(dim).astype(np.float32) * 0.02
+            q, _ = np.linalg.qr(rng.standard_normal((dim, rank)))
+            std = 0.12 / np.sqrt(1 + np.arange(rank))
+            return cls(mean, (q.T * std[:, None]).astype(np.float32), 0.02, seed)
+        mean = x.mean(axis=0)
+        c = x - mean
+        _, s, vt = np.linalg.svd(c, full_matrices=False)
+        r = min(rank, len(x) - 1)
+        var = s**2 / max(len(x) - 1, 1)
+        resid = max(float(var[r:].sum()) / x.shape[1], 1e-8)
+        return cls(mean.astype(np.float32), (vt[:r] * np.sqrt(var[:r])[:, None]).astype(np.float32),
+                   float(np.sqrt(resid)), seed)
+
+    def chunk(self, index: int, size: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, index])
+        z = rng.standard_normal((size, self.basis.shape[0]), dtype=np.float32) @ self.basis
+        z += self.mean
+        z += self.residual_std * rng.standard_normal(z.shape, dtype=np.float32)
+        return z / np.linalg.norm(z, axis=1, keepdims=True)
+
+
+class References:
+    """The reference set: ``real`` rows first, then synthetic chunks, all addressable by chunk."""
+
+    def __init__(self, real: np.ndarray | None, synth: Synth, n: int, chunk: int) -> None:
+        self.real = real if real is not None else np.zeros((0, synth.mean.shape[0]), np.float32)
+        self.synth, self.n, self.chunk_size = synth, n, chunk
+
+    def chunks(self) -> Iterator[tuple[int, np.ndarray]]:
+        """(first id, vectors) in order; memory = one chunk."""
+        start = 0
+        if len(self.real):
+            yield 0, self.real[: self.n]
+            start = min(len(self.real), self.n)
+        i = 0
+        while start < self.n:
+            size = min(self.chunk_size, self.n - start)
+            yield start, self.synth.chunk(i, size)
+            start += size
+            i += 1
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        out = np.empty((len(ids), self.synth.mean.shape[0]), np.float32)
+        for start, x in self.chunks():
+            sel = (ids >= start) & (ids < start + len(x))
+            out[sel] = x[ids[sel] - start]
+        return out
+
+
+def exact_topk(refs: References, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k (scores, ids) over all references, streamed chunk by chunk (float32 numpy)."""
+    best_s = np.full((len(q), k), -np.inf, np.float32)
+    best_i = np.full((len(q), k), -1, np.int64)
+    for start, x in refs.chunks():
+        s = q @ x.T
+        kk = min(k, s.shape[1])
+        part = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
+        cand_s = np.concatenate([best_s, np.take_along_axis(s, part, 1)], axis=1)
+        cand_i = np.concatenate([best_i, part + start], axis=1)
+        order = np.argsort(-cand_s, axis=1, kind="stable")[:, :k]
+        best_s, best_i = np.take_along_axis(cand_s, order, 1), np.take_along_axis(cand_i, order, 1)
+    return best_s, best_i
+
+
+# -- measurements ---------------------------------------------------------------------------------------------
+def bandwidth(n_bytes: int) -> dict[str, float]:
+    """memcpy (bytes copied / s) and numpy GEMV (matrix bytes read / s) on a buffer of ``n_bytes``."""
+    d = 512
+    rows = max(n_bytes // (4 * d), 1)
+    a = np.random.default_rng(0).standard_normal((rows, d), dtype=np.float32)
+    b = np.empty_like(a)
+    np.copyto(b, a)  # first touch
+    v = a[0].copy()
+    a @ v
+    copy_t, gemv_t = [], []
+    for _ in range(5):
+        t = time.perf_counter()
+        np.copyto(b, a)
+        copy_t.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        a @ v
+        gemv_t.append(time.perf_counter() - t)
+    return {"buffer_mb": a.nbytes / 1e6, "memcpy_gb_s": a.nbytes / min(copy_t) / 1e9,
+            "gemv_gb_s": a.nbytes / min(gemv_t) / 1e9}
+
+
+_LOAD_SCRIPT = """
+import json, resource, sys, time
+import numpy as np
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+import faiss
+from id2_plugin.stores.faiss_store import FaissStore
+faiss.omp_set_num_threads(int(sys.argv[3])) if int(sys.argv[3]) > 0 else None
+before = rss()
+t = time.perf_counter()
+s = FaissStore(sys.argv[1])
+s.query(np.load(sys.argv[2])[:1], k=10)
+print(json.dumps({"load_s": time.perf_counter() - t, "rss_mb": rss() - before,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before}))
+"""
+
+
+def load_in_fresh_process(path: Path, q_path: Path, threads: int) -> dict[str, float]:
+    out = subprocess.run([sys.executable, "-c", _LOAD_SCRIPT, str(path), str(q_path), str(threads)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def percentiles(ms: list[float]) -> tuple[float, float]:
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+
+
+def bench_type(kind: str, opts: dict[str, Any], refs: References, q: np.ndarray, gt_i: np.ndarray, workdir: Path,
+               args: argparse.Namespace) -> dict[str, Any]:
+    path = workdir / kind
+    shutil.rmtree(path, ignore_errors=True)
+    dim = q.shape[1]
+    t0 = time.perf_counter()
+    store = FaissStore(path, IDENTITY, dim, index=kind, index_options=opts, create=True)
+    for start, x in refs.chunks():
+        for s in range(0, len(x), args.batch):
+            part = x[s : s + args.batch]
+            recs = [ReferenceRecord(sha256=f"{start + s + i:064x}", uri=f"ref:{start + s + i}") for i in range(len(part))]
+            store.add(part, recs)
+        print(f"  {kind}: {start + len(x):,} added ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+    store.compact()
+    build_s = time.perf_counter() - t0
+    info = store.info()
+    row: dict[str, Any] = {"index": kind, "options": opts, "build_s": build_s, "count": info.count,
+                           "disk_mb": info.extra["disk_bytes"] / 1e6, "search": info.extra["search"]}
+    if kind in ("ivf_flat", "ivf_pq", "hnsw"):
+        t = time.perf_counter()
+        tuned = tune_search(store, None, args.target_recall, n_queries=args.tune_queries,
+                            query_similarity=args.query_similarity, seed=args.seed + 1)
+        row.update(tune_s=time.perf_counter() - t, param=f"{tuned.parameter}={tuned.value}",
+                   tune_recall=tuned.recall_at_1, tune_reached=tuned.reached,
+                   tune_curve=[vars(p) for p in tuned.curve])
+        row.update({k: info.extra[k] for k in ("nlist", "m", "nbits", "trained_on") if k in info.extra})
+    else:
+        row["param"] = "exact"
+    store.close()
+    np.save(workdir / "q.npy", q)
+    row.update(load_in_fresh_process(path, workdir / "q.npy", args.threads))
+    gc.collect()
+    store = FaissStore(path)
+    store.query(q[:1], k=10)  # load
+    res = store.query(q, k=10)
+    ids = np.array([[int(m.reference_id) for m in r] + [-1] * (10 - len(r)) for r in res])
+    row["recall_at_1"] = float(np.mean(ids[:, 0] == gt_i[:, 0]))
+    row["recall_at_10"] = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, gt_i)]))
+    lat1 = []
+    for i in range(min(len(q), args.latency_queries)):
+        t = time.perf_counter()
+        store.query(q[i : i + 1], k=10)
+        lat1.append((time.perf_counter() - t) * 1e3)
+    lat64 = []
+    for s in range(0, len(q) - 63, 64):
+        t = time.perf_counter()
+        store.query(q[s : s + 64], k=10)
+        lat64.append((time.perf_counter() - t) * 1e3)
+    row["b1_p50_ms"], row["b1_p99_ms"] = percentiles(lat1)
+    row["b64_p50_ms"], row["b64_p99_ms"] = percentiles(lat64) if lat64 else (float("nan"), float("nan"))
+    row["b64_qps"] = 64 / (row["b64_p50_ms"] / 1e3) if lat64 else float("nan")
+    if kind in ("flat", "flat_fp16"):
+        # raw FAISS scan time (no metadata lookup) -> effective bandwidth of the exact search
+        index = store._state.buffer  # type: ignore[union-attr]
+        raw = []
+        for i in range(min(len(q), args.latency_queries)):
+            t = time.perf_counter()
+            index.search(q[i : i + 1], 10)
+            raw.append(time.perf_counter() - t)
+        bytes_scanned = info.count * dim * (4 if kind == "flat" else 2)
+        row["faiss_b1_p50_ms"] = float(np.median(raw) * 1e3)
+        row["scan_gb_s"] = bytes_scanned / float(np.median(raw)) / 1e9
+    store.close()
+    if not args.keep:
+        shutil.rmtree(path, ignore_errors=True)
+    return row
+
+
+# -- report ---------------------------------------------------------------------------------------------------
+def markdown(result: dict[str, Any]) -> str:
+    cfg = result["config"]
+    lines = [
+        f"# Reference-store scale benchmark ({cfg['n']:,} references, dim {cfg['dim']}, {cfg['queries']} queries)",
+        "",
+        f"Command: `{result['command']}`  ",
+        f"Machine: {result['machine']}  ",
+        f"References: {result['real']}; synthetic rest: Gaussian fit (mean + rank-{cfg['rank']} covariance + "
+        f"isotropic residual), L2-normalised.  ",
+        f"Queries: references perturbed to cosine {cfg['query_similarity']}; ground truth = exact float32 search.  ",
+        f"Bulk load through `FaissStore.add` in batches of {cfg['batch']:,} then `compact()`; IVF/HNSW tuned with "
+        f"`tune_search` (target recall@1 {cfg['target_recall']}, {cfg['tune_queries']} queries) and measured at "
+        f"the tuned setting. Latency = end-to-end `store.query(k=10)` incl. metadata lookup.",
+        "",
+        "| index | setting | build s | disk MB | RSS MB (fresh load) | load s | recall@1 | recall@10 "
+        "| b1 p50 ms | b1 p99 ms | b64 p50 ms | b64 p99 ms | b64 q/s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['index']} | {r['param']} | {r['build_s']:.1f} | {r['disk_mb']:.0f} | {r['rss_mb']:.0f} | "
+            f"{r['load_s']:.2f} | {r['recall_at_1']:.4f} | {r['recall_at_10']:.4f} | {r['b1_p50_ms']:.2f} | "
+            f"{r['b1_p99_ms']:.2f} | {r['b64_p50_ms']:.1f} | {r['b64_p99_ms']:.1f} | {r['b64_qps']:.0f} |"
+        )
+    bw = result["bandwidth"]
+    lines += ["", f"Memory bandwidth on a {bw['buffer_mb']:.0f} MB buffer: memcpy {bw['memcpy_gb_s']:.2f} GB/s "
+                  f"(bytes copied/s), numpy GEMV {bw['gemv_gb_s']:.2f} GB/s (matrix bytes read/s).", ""]
+    for r in result["rows"]:
+        if "scan_gb_s" in r:
+            lines.append(f"- {r['index']}: raw FAISS batch-1 scan p50 {r['faiss_b1_p50_ms']:.2f} ms over "
+                         f"{r['count']:,} x {cfg['dim']} = {r['scan_gb_s']:.2f} GB/s effective "
+                         f"({r['scan_gb_s'] / bw['gemv_gb_s']:.0%} of GEMV, {r['scan_gb_s'] / bw['memcpy_gb_s']:.0%} of memcpy)")
+    tuned = [r for r in result["rows"] if "tune_curve" in r]
+    if tuned:
+        lines += ["", "Tuning curves (value: recall@1 on the tuning queries):", ""]
+        for r in tuned:
+            curve = ", ".join(f"{p['value']}: {p['recall_at_1']:.3f}" for p in r["tune_curve"])
+            extra = ", ".join(f"{k}={r[k]}" for k in ("nlist", "m", "nbits", "trained_on") if k in r)
+            lines.append(f"- {r['index']} ({extra}{', ' if extra else ''}tuned in {r['tune_s']:.1f} s): {curve}")
+    lines += ["", f"Total wall time {result['total_s']:.0f} s. Note: the machine's 2 cores are shared with other "
+                  "jobs; absolute timings are indicative, ratios between index types are more stable."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=1_000_000, help="number of references")
+    ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--dim", type=int, default=512, help="vector dimension (overridden by a shipped W's)")
+    ap.add_argument("--quick", action="store_true", help="100k references (unless --n is given explicitly)")
+    ap.add_argument("--photos", type=int, default=200, help="real photos embedded for the statistics (0: none)")
+    ap.add_argument("--rank", type=int, default=64, help="rank of the covariance fit")
+    ap.add_argument("--types", default=",".join(ALL_TYPES), help="comma-separated index types")
+    ap.add_argument("--batch", type=int, default=20_000, help="vectors per store.add (commit) during the bulk load")
+    ap.add_argument("--target-recall", type=float, default=0.99)
+    ap.add_argument("--tune-queries", type=int, default=300)
+    ap.add_argument("--query-similarity", type=float, default=0.8)
+    ap.add_argument("--latency-queries", type=int, default=200, help="batch-1 queries timed")
+    ap.add_argument("--hnsw-M", type=int, default=32)
+    ap.add_argument("--hnsw-ef-construction", type=int, default=80)
+    ap.add_argument("--threads", type=int, default=0, help="FAISS OpenMP threads (0: FAISS default)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workdir", default=None, help="where stores are built (default: a temp dir)")
+    ap.add_argument("--keep", action="store_true", help="keep the built stores")
+    ap.add_argument("--json", dest="json_out", default=str(ROOT / "benchmarks" / "results" / "scale.json"))
+    ap.add_argument("--md", dest="md_out", default=str(ROOT / "benchmarks" / "results" / "scale.md"))
+    args = ap.parse_args()
+    if args.quick and "--n" not in sys.argv:
+        args.n = 100_000
+    import faiss
+
+    if args.threads > 0:
+        faiss.omp_set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    real, real_note = real_embeddings(args.photos, args.dim, args.seed)
+    dim = real.shape[1] if real is not None else args.dim
+    print(f"real embeddings: {real_note}", file=sys.stderr)
+    refs = References(real, Synth.fit(real, dim, args.rank, args.seed), args.n, chunk=100_000)
+    rng = np.random.default_rng(args.seed)
+    src = np.sort(rng.choice(args.n, size=args.queries, replace=False))
+    q = perturbed_queries(refs.rows(src), args.query_similarity, rng)
+    t = time.perf_counter()
+    _, gt_i = exact_topk(refs, q, 10)
+    print(f"ground truth: {time.perf_counter() - t:.0f} s", file=sys.stderr)
+    bw = bandwidth(min(args.n * dim * 4, 1 << 30))
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="id2-scale-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    per_type: dict[str, dict[str, Any]] = {
+        "hnsw": {"M": args.hnsw_M, "efConstruction": args.hnsw_ef_construction},
+    }
+    rows = []
+    try:
+        for kind in [k.strip() for k in args.types.split(",") if k.strip()]:
+            print(f"{kind} ...", file=sys.stderr, flush=True)
+            rows.append(bench_type(kind, per_type.get(kind, {}), refs, q, gt_i, workdir, args))
+            print(json.dumps(rows[-1], default=str), file=sys.stderr, flush=True)
+    finally:
+        if not args.keep and not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    result = {
+        "command": "python benchmarks/scale.py " + " ".join(sys.argv[1:]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+                   f"faiss {faiss.__version__} ({faiss.omp_get_max_threads()} OpenMP threads), "
+                   f"load average {os.getloadavg()[0]:.1f} at the end",
+        "config": {**{k: v for k, v in vars(args).items() if k not in ("json_out", "md_out")}, "dim": dim},
+        "real": f"{0 if real is None else len(real)} real embeddings ({real_note})",
+        "bandwidth": bw,
+        "rows": rows,
+        "total_s": time.perf_counter() - t_start,
+    }
+    md = markdown(result)
+    print(md)
+    for out, text in ((args.json_out, json.dumps(result, indent=2, default=str)), (args.md_out, md)):
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()

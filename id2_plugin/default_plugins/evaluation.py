@@ -1,0 +1,248 @@
+"""Built-in commands ``evaluate`` (retrieval metrics of id2 and baselines) and ``calibrate`` (threshold)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+import pluggy
+import yaml
+
+from .._cli_support import EXIT_OK, EXIT_SOFT_FAIL, config_from_flags, config_option_flags, echo_json, handle_errors
+from ..errors import ConfigError
+from ..evaluate import DEFAULT_K, METHOD_NAMES
+
+hookimpl = pluggy.HookimplMarker("id2_plugin")
+
+
+def _report_skipped(skipped: list[str]) -> None:
+    for line in skipped:
+        click.echo(line, err=True)
+
+
+@click.command("evaluate")
+@click.option("--pairs", "pairs_path", required=True, type=click.Path(dir_okay=False),
+              help="Pairs manifest (JSONL {query, origin}); its queries are the queries, its origins references.")
+@click.option("--distractors", multiple=True, type=click.Path(exists=True),
+              help="Extra reference images (folders recurse; repeatable).")
+@click.option("--k", "eval_k", type=int, default=DEFAULT_K, show_default=True,
+              help="Predictions kept per query for micro-AP, mAP and recall@precision.")
+@click.option("--method", "method_names", multiple=True, type=click.Choice(METHOD_NAMES),
+              help="Evaluate only these methods (repeatable; default: all available).")
+@click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object.")
+@config_option_flags
+@click.pass_context
+@handle_errors
+def evaluate_command(ctx: click.Context, pairs_path: str, distractors: tuple[str, ...], eval_k: int,
+                     method_names: tuple[str, ...], as_json: bool, **flags: Any) -> None:
+    """Retrieval metrics (top-1, mAP, micro-AP, recall at 90%/99.9% precision) of id2 and baselines.
+
+    id2 is evaluated when a W is configured (or shipped); vae_raw, pdq and phash always. Exit 1 when
+    some image could not be read (it is reported and skipped).
+    """
+    from ..cache import LatentCache
+    from ..evaluate import default_methods, evaluate_methods, format_table, load_pairs_for_eval, prepare_eval_set
+    from ..identify import build_embedder
+    from ..media import MediaLimits
+
+    if eval_k < 1:
+        raise ConfigError(f"--k must be >= 1, got {eval_k}")
+    cfg = config_from_flags(ctx, **flags)
+    embedder = build_embedder(cfg.embedder, MediaLimits(cfg.media.max_pixels, cfg.media.max_bytes))
+    methods = default_methods(embedder, LatentCache(embedder.encoder))
+    if method_names:
+        if "id2" in method_names and embedder.projection is None:
+            raise ConfigError("--method id2 needs a projection W (embedder.projection is 'none' or none is shipped)")
+        methods = [m for m in methods if m.name in method_names]
+    query_paths, ref_paths, positives = load_pairs_for_eval(pairs_path, distractors)
+    data = prepare_eval_set(query_paths, ref_paths, positives, embedder.encoder.normalise)
+    _report_skipped(data.skipped)
+    if not data.queries or not data.positives.any():
+        raise ConfigError("nothing to evaluate: no readable query with a readable origin")
+    results = evaluate_methods(data.queries, data.positives, data.references, methods, k=eval_k)
+    n_q, n_r = len(data.queries), len(data.references)
+    if as_json:
+        echo_json({
+            "methods": {name: m.to_dict() for name, m in results.items()},
+            "n_queries": n_q,
+            "n_references": n_r,
+            "k": eval_k,
+            "embedder": embedder.identity,
+            "skipped": data.skipped,
+        })
+    else:
+        click.echo(f"{n_q} queries, {n_r} references ({int(data.positives.any(axis=0).sum())} origins), "
+                   f"k={eval_k}, embedder {embedder.identity}")
+        click.echo(format_table(results))
+    sys.exit(EXIT_SOFT_FAIL if data.skipped else EXIT_OK)
+
+
+def _sha256(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+@click.command("calibrate")
+@click.option("--pairs", "pairs_path", required=True, type=click.Path(dir_okay=False),
+              help="Positives: pairs manifest (JSONL {query, origin}); each query is scored against its origin.")
+@click.option("--negatives", "negative_dirs", required=True, multiple=True, type=click.Path(exists=True),
+              help="Images with NO origin among the references (folders recurse; repeatable).")
+@click.option("--distractors", multiple=True, type=click.Path(exists=True),
+              help="Extra references besides the pairs' origins (folders recurse; repeatable).")
+@click.option("--target-fpr", type=float, default=None,
+              help="Target false-match rate (default 1e-3 when no target is given).")
+@click.option("--target-precision", type=float, default=None, help="Target precision instead of a false-match rate.")
+@click.option("--confidence", type=float, default=0.95, show_default=True,
+              help="Confidence of the one-sided Clopper-Pearson bound.")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
+              help="YAML config to write (match.threshold + calibration provenance).")
+@click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False), help="Save a score histogram (PNG).")
+@click.option("--json", "as_json", is_flag=True, help="Print the calibration as one JSON object.")
+@config_option_flags
+@click.pass_context
+@handle_errors
+def calibrate_command(ctx: click.Context, pairs_path: str, negative_dirs: tuple[str, ...], distractors: tuple[str, ...],
+                      target_fpr: float | None, target_precision: float | None, confidence: float, out_path: str,
+                      plot_path: str | None, as_json: bool, **flags: Any) -> None:
+    """Choose match.threshold for a target false-match rate or precision, with a confidence bound.
+
+    Negatives are scored against the reference set = the pairs' origins + --distractors, or, when
+    --store is given, against that existing store (use the production store to calibrate for it).
+    Negatives identical (same bytes) to a reference are dropped. Writes a config that
+    `id2-plugin --config OUT query ...` loads.
+    """
+    from ..cache import LatentCache
+    from ..calibrate import calibrate_threshold, calibration_scores, save_histogram, store_best_scores
+    from ..config import load_config
+    from ..evaluate import EmbedderMethod, embed_images, load_images, load_pairs_for_eval, prepare_eval_set
+    from ..identify import build_embedder, open_store
+    from ..media import MediaLimits, iter_image_files
+
+    if target_fpr is None and target_precision is None:
+        target_fpr = 1e-3
+    if target_fpr is not None and target_precision is not None:
+        raise ConfigError("give --target-fpr or --target-precision, not both")
+    use_store = flags.get("store_path") is not None
+    if use_store and distractors:
+        raise ConfigError("--distractors and --store are alternatives: the store already is the reference set")
+    cfg = config_from_flags(ctx, **flags)
+    embedder = build_embedder(cfg.embedder, MediaLimits(cfg.media.max_pixels, cfg.media.max_bytes))
+    method = EmbedderMethod(embedder, LatentCache(embedder.encoder), name="id2" if embedder.projection else "vae_raw")
+
+    query_paths, ref_paths, positives = load_pairs_for_eval(pairs_path, () if use_store else distractors)
+    data = prepare_eval_set(query_paths, ref_paths, positives, embedder.encoder.normalise)
+    skipped = list(data.skipped)
+    if not data.positives.any():
+        raise ConfigError("no readable query with a readable origin: no positive score")
+
+    # Negatives must have no origin among the references; an exact copy of a reference or query is
+    # certainly mislabelled, so it is dropped rather than counted as a false match.
+    known_paths = {p.resolve() for p in [*query_paths, *ref_paths]}
+    known_hashes = {h for h in (_sha256(p) for p in known_paths) if h}
+    neg_paths: list[Path] = []
+    neg_hashes: list[str] = []
+    dropped = 0
+    for p in iter_image_files(list(negative_dirs)):
+        digest = _sha256(p)
+        if p.resolve() in known_paths or (digest is not None and digest in known_hashes):
+            dropped += 1
+            continue
+        neg_paths.append(p)
+        neg_hashes.append(digest or "")
+
+    store = None
+    if use_store:
+        store = open_store(cfg.store, embedder_identity=embedder.identity, dim=embedder.dim, create=False)
+        store.check_compatible(embedder.identity)
+        in_store = store.contains(neg_hashes)
+        dropped += sum(in_store)
+        neg_paths = [p for p, inside in zip(neg_paths, in_store) if not inside]
+    if dropped:
+        click.echo(f"dropped {dropped} negative(s) identical to a reference or query", err=True)
+    neg_imgs, _kept, neg_err = load_images(neg_paths, embedder.encoder.normalise, "loading negatives")
+    skipped += [f"unreadable, skipped: {e}" for e in neg_err]
+    _report_skipped(skipped)
+    if not neg_imgs:
+        raise ConfigError("no readable negative image")
+
+    if store is None:
+        pos, neg = calibration_scores(method, data.queries, data.references, data.positives, neg_imgs, progress=True)
+        ref_desc = f"{len(data.references)} references (pair origins + distractors)"
+    else:
+        pos, _none = calibration_scores(method, data.queries, data.references, data.positives, None)
+        neg = store_best_scores(store, embed_images(method, neg_imgs, progress="negatives"))
+        ref_desc = f"store {cfg.store.path} ({store.info().count} references)"
+        store.close()
+    cal = calibrate_threshold(pos, neg, target_fpr=target_fpr, target_precision=target_precision, confidence=confidence)
+
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    doc: dict[str, Any] = {"embedder": dataclasses.asdict(cfg.embedder)}
+    if use_store:
+        doc["store"] = dataclasses.asdict(cfg.store)
+    doc["match"] = {"k": cfg.match.k, "threshold": cal.threshold}
+    doc["calibration"] = {
+        "target": cal.target,
+        "target_value": cal.target_value,
+        "confidence": cal.confidence,
+        "threshold": cal.threshold,
+        "fpr_upper_bound": cal.fpr_upper_bound,
+        "fpr": cal.fpr,
+        "recall": cal.recall,
+        "precision": cal.precision,
+        "n_pos": cal.n_pos,
+        "n_neg": cal.n_neg,
+        "false_matches": cal.false_matches,
+        "embedder": embedder.identity,
+        "date": now,
+        "data": f"pairs={Path(pairs_path).resolve()}; negatives={', '.join(str(Path(d).resolve()) for d in negative_dirs)}; "
+                f"references={ref_desc}",
+    }
+    header = (
+        f"# Written by `id2-plugin calibrate` on {now}.\n"
+        f"# match.threshold is valid only for the embedder in calibration.embedder; recalibrate after changing\n"
+        f"# the embedder, W, input size or resize policy.\n"
+    )
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(header + yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    try:
+        load_config(tmp)  # what we write must load; a failure here is a bug, not a user error
+    except ConfigError:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, out)
+    if plot_path:
+        save_histogram(pos, neg, cal.threshold, plot_path,
+                       title=f"{method.name}: threshold {cal.threshold:.4f} ({cal.target} target {cal.target_value:g})")
+
+    if as_json:
+        echo_json(dict(cal.to_dict(), out=str(out), plot=plot_path, embedder=embedder.identity, skipped=skipped))
+    else:
+        goal = (f"false-match rate <= {cal.target_value:g}" if cal.target == "fpr"
+                else f"precision >= {cal.target_value:g}")
+        pct = f"{cal.confidence:.0%}"
+        click.echo(f"threshold {cal.threshold:.6f} for {goal} at {pct} confidence ({method.name}, {embedder.identity})")
+        click.echo(f"  negatives {cal.n_neg}: {cal.false_matches} false match(es), rate {cal.fpr:.4g}, "
+                   f"{pct} upper bound {cal.fpr_upper_bound:.4g}")
+        click.echo(f"  positives {cal.n_pos}: recall {cal.recall:.4f}; precision {cal.precision:.4f} "
+                   f"(conservative {cal.precision_lower_bound:.4f})")
+        click.echo(f"  references: {ref_desc}")
+        click.echo(f"wrote {out}" + (f" and {plot_path}" if plot_path else "")
+                   + f"; use it with: id2-plugin --config {out} query ...")
+    sys.exit(EXIT_SOFT_FAIL if skipped else EXIT_OK)
+
+
+@hookimpl
+def id2_register_commands(cli: click.Group) -> None:
+    cli.add_command(evaluate_command)
+    cli.add_command(calibrate_command)

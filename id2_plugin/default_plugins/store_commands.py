@@ -1,0 +1,82 @@
+"""FAISS store maintenance commands: ``index tune`` and ``index compact`` (added to the ``index`` group)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+import pluggy
+
+from .._cli_support import config_from_flags, config_option_flags, echo_json, handle_errors
+from ..errors import StoreError
+
+hookimpl = pluggy.HookimplMarker("id2_plugin")
+
+
+def _open_faiss(ctx: click.Context, flags: dict[str, Any]) -> Any:
+    from ..identify import open_store
+    from ..stores.faiss_store import FaissStore
+
+    cfg = config_from_flags(ctx, **flags)
+    store = open_store(cfg.store, embedder_identity=None, dim=None, create=False)
+    if not isinstance(store, FaissStore):
+        store.close()
+        raise StoreError(f"this command needs the faiss backend; store.backend is {cfg.store.backend!r}")
+    return store
+
+
+@click.command("tune")
+@click.option("--target-recall", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.99, show_default=True,
+              help="Recall@1 against exact search the chosen setting must reach.")
+@click.option("--queries", "n_queries", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Number of stored vectors sampled (then perturbed) as queries.")
+@click.option("--query-similarity", type=click.FloatRange(-1.0, 1.0), default=0.8, show_default=True,
+              help="Cosine between a tuning query and the stored vector it is made from (1 = unchanged).")
+@click.option("--no-save", is_flag=True, help="Only report; do not store the chosen value.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@config_option_flags
+@click.pass_context
+@handle_errors
+def index_tune(ctx: click.Context, target_recall: float, n_queries: int, query_similarity: float, no_save: bool,
+               as_json: bool, **flags: Any) -> None:
+    """Choose the cheapest nprobe (IVF) / efSearch (HNSW) reaching TARGET recall@1 and save it in the store."""
+    from ..stores.tuning import tune_search
+
+    with _open_faiss(ctx, flags) as store:
+        result = tune_search(store, None, target_recall, n_queries=n_queries, query_similarity=query_similarity,
+                             save=not no_save)
+    if as_json:
+        echo_json(result.to_dict())
+        return
+    if result.parameter is None:
+        click.echo(f"{result.index_type}: {result.note}")
+        return
+    click.echo(f"{result.index_type} over {result.n_vectors} vectors, {result.n_queries} queries "
+               f"(cosine {result.query_similarity} to a stored vector):")
+    click.echo(f"  {result.parameter:>8}  recall@1  ms/query")
+    for p in result.curve:
+        click.echo(f"  {p.value:>8}  {p.recall_at_1:8.4f}  {p.ms_per_query:8.3f}")
+    verdict = "reaches" if result.reached else "does NOT reach (best tried)"
+    click.echo(f"chosen {result.parameter}={result.value}: recall@1 {result.recall_at_1:.4f} {verdict} target "
+               f"{result.target_recall}" + ("; saved to the store" if result.saved else "; not saved"))
+
+
+@click.command("compact")
+@click.option("--rebuild", is_flag=True, help="Retrain / rebuild the ANN index from the raw vectors.")
+@config_option_flags
+@click.pass_context
+@handle_errors
+def index_compact(ctx: click.Context, rebuild: bool, **flags: Any) -> None:
+    """Fold recently added references into the ANN index now (e.g. after a bulk load)."""
+    with _open_faiss(ctx, flags) as store:
+        done = store.compact(rebuild=rebuild)
+        info = store.info()
+    click.echo(f"{done or 'nothing to do'}; {info.extra['search']}")
+
+
+@hookimpl
+def id2_register_commands(cli: click.Group) -> None:
+    from .commands import index_group
+
+    for cmd in (index_tune, index_compact):
+        index_group.add_command(cmd)

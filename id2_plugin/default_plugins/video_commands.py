@@ -1,0 +1,93 @@
+"""The ``scan-video`` command: find reference images inside videos (keyframes or fixed-rate samples)."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import ExitStack
+from typing import Any
+
+import click
+import pluggy
+
+from .._cli_support import EXIT_OK, EXIT_SOFT_FAIL, config_from_flags, config_option_flags, handle_errors
+from ..errors import ConfigError
+
+hookimpl = pluggy.HookimplMarker("id2_plugin")
+
+
+@click.command("scan-video")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--keyframes", "keyframes_only", is_flag=True,
+              help="Embed keyframes only; other frames are skipped at the decoder (the default).")
+@click.option("--fps", type=float, default=None, help="Instead of keyframes, sample F frames per second.")
+@click.option("--json", "fmt", flag_value="jsonl", help="JSON Lines output: one object per video.")
+@click.option("--csv", "fmt", flag_value="csv", help="CSV output: one row per matched frame and reference.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Write results to FILE as each video finishes (default: stdout).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Videos decoded concurrently (threads sharing one model).")
+@click.option("--no-dedupe", is_flag=True, help="Embed near-duplicate consecutive frames too.")
+@click.option("--dedupe-threshold", type=float, default=None,
+              help="Mean 16x16 gray difference (0-255) below which a frame repeats the last kept one [3.0].")
+@click.option("--k", type=int, default=None, help="References per frame (match.k).")
+@click.option("--threshold", type=float, default=None, help="Cosine score a frame needs to match (match.threshold).")
+@click.option("--ray", "use_ray", is_flag=True, help="Run the per-video scans as a Ray Data pipeline.")
+@click.option("--ray-address", default=None,
+              help="Ray cluster to use ('auto', 'ray://host:10001'); default: start a local Ray.")
+@click.option("--ray-workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Ray actors, each loading the model and opening the store once.")
+@click.option("--cpus-per-worker", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="CPUs reserved per Ray actor.")
+@config_option_flags
+@click.pass_context
+@handle_errors
+def scan_video_command(ctx: click.Context, paths: tuple[str, ...], keyframes_only: bool, fps: float | None, fmt: str | None,
+                       out: str | None, workers: int, no_dedupe: bool, dedupe_threshold: float | None,
+                       use_ray: bool, ray_address: str | None, ray_workers: int, cpus_per_worker: float,
+                       **flags: Any) -> None:
+    """Find reference images in videos (folders recurse). Exit 1 if any video could not be fully decoded."""
+    from ..identify import build_embedder, open_store
+    from ..media import MediaLimits
+    from ..video import (DEFAULT_DEDUPE_THRESHOLD, VideoReportWriter, format_report_text, iter_video_files,
+                         scan_videos, scan_videos_ray)
+
+    cfg = config_from_flags(ctx, **flags)
+    if fps is not None and keyframes_only:
+        raise click.UsageError("--keyframes and --fps are alternatives; give one")
+    mode = "fps" if fps is not None else "keyframes"
+    files = iter_video_files(list(paths))
+    if not files:
+        raise ConfigError(f"no video files found under {', '.join(paths)}")
+    options: dict[str, Any] = dict(mode=mode, fps=fps, dedupe=not no_dedupe,
+                                   dedupe_threshold=DEFAULT_DEDUPE_THRESHOLD if dedupe_threshold is None else dedupe_threshold)
+    failed = 0
+    with ExitStack() as stack:
+        stream = stack.enter_context(open(out, "w", encoding="utf-8", newline="")) if out else sys.stdout
+        writer = VideoReportWriter(stream, fmt) if fmt else None  # type: ignore[arg-type]
+        if use_ray:
+            reports = scan_videos_ray(files, cfg, batch_size=cfg.embedder.batch_size, concurrency=ray_workers,
+                                      num_cpus=cpus_per_worker, ray_address=ray_address, progress=True, **options)
+        else:
+            embedder = build_embedder(cfg.embedder, MediaLimits(cfg.media.max_pixels, cfg.media.max_bytes))
+            store = stack.enter_context(
+                open_store(cfg.store, embedder_identity=embedder.identity, dim=embedder.dim, create=False))
+            store.check_compatible(embedder.identity)
+            reports = scan_videos(files, embedder, store, k=cfg.match.k, threshold=cfg.match.threshold,
+                                  batch_size=cfg.embedder.batch_size, workers=workers, progress=True, **options)
+        for report in reports:
+            failed += not report.ok
+            if writer is not None:
+                writer.write(report)
+            else:
+                stream.write(format_report_text(report))
+                stream.flush()
+            if report.error and (out or writer is not None):
+                # Keep failures visible on the terminal even when results go to a file or a data format.
+                click.echo(f"{report.path}: ERROR ({report.error_kind}) {report.error}", err=True)
+    click.echo(f"scanned {len(files)} videos, {failed} failed" + (f"; results in {out}" if out else ""), err=True)
+    sys.exit(EXIT_SOFT_FAIL if failed else EXIT_OK)
+
+
+@hookimpl
+def id2_register_commands(cli: click.Group) -> None:
+    cli.add_command(scan_video_command)

@@ -1,0 +1,329 @@
+"""FAISS index construction, training and search parameters shared by :mod:`.faiss_store` and :mod:`.tuning`.
+
+Nothing here touches the disk: these helpers turn an index type plus options into FAISS objects, train
+them from a sample, and build the per-query search parameters (nprobe, efSearch, deleted-id filter).
+faiss is imported lazily (``require("faiss")``) so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .._lazy import require
+from ..errors import ConfigError
+
+#: Every supported ``store.index`` value.
+INDEX_TYPES: tuple[str, ...] = ("flat", "flat_fp16", "ivf_flat", "ivf_pq", "hnsw")
+#: Types whose FAISS structure (centroids, graph) is persisted as an index file ("snapshot").
+SNAPSHOT_TYPES = frozenset({"ivf_flat", "ivf_pq", "hnsw"})
+#: Types that must be trained before vectors can be added.
+TRAINED_TYPES = frozenset({"ivf_flat", "ivf_pq"})
+
+#: With ``nlist: auto`` an IVF index is trained once the store holds this many vectors. Below it an exact
+#: scan costs a few milliseconds per query, and FAISS's minimum of 39 training points per list
+#: (nlist ~ 2 sqrt(N) -> 283 lists at 20k) is comfortably met.
+AUTO_TRAIN_MIN = 20_000
+
+_COMMON: dict[str, Any] = {
+    # seconds a writer waits for another writer before giving up with StoreError
+    "lock_timeout": 60.0,
+    # the exact buffer is folded into the ANN index once it holds max(merge_min, merge_ratio * indexed)
+    "merge_min": 10_000,
+    "merge_ratio": 0.1,
+    # seed of the training sample and of the tuning queries
+    "seed": 0,
+}
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "flat": {},
+    "flat_fp16": {},
+    "ivf_flat": {"nlist": "auto", "nprobe": "auto", "train_min": "auto", "max_train_per_list": 64,
+                 "retrain_growth": 4.0},
+    "ivf_pq": {"nlist": "auto", "nprobe": "auto", "train_min": "auto", "max_train_per_list": 64,
+               "retrain_growth": 4.0, "m": "auto", "nbits": 8, "rerank": 4},
+    "hnsw": {"M": 32, "efConstruction": 80, "efSearch": 64, "tombstone_ratio": 0.1},
+}
+#: Options fixed when the index is built; changing them needs a rebuild (the stored value wins on open).
+STRUCTURAL_KEYS = frozenset({"nlist", "train_min", "max_train_per_list", "m", "nbits", "M", "efConstruction", "seed"})
+
+
+def _positive_int(key: str, value: Any, allow_auto: bool = False, minimum: int = 1) -> Any:
+    if allow_auto and value == "auto":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"store.index_options.{key}={value!r}: expected an integer >= {minimum}"
+                          + (" or 'auto'" if allow_auto else ""))
+    return value
+
+
+def _nonneg_float(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or not math.isfinite(value):
+        raise ConfigError(f"store.index_options.{key}={value!r}: expected a number >= 0")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """A validated index type with its options (defaults filled in)."""
+
+    kind: str
+    dim: int
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, kind: str, dim: int, options: Mapping[str, Any] | None = None) -> IndexSpec:
+        """Validate ``kind``/``options`` (raising :class:`ConfigError` naming the key) and fill defaults."""
+        if kind not in INDEX_TYPES:
+            raise ConfigError(f"store.index={kind!r}: expected one of {', '.join(INDEX_TYPES)}")
+        allowed = {**_COMMON, **_DEFAULTS[kind]}
+        opts = dict(allowed)
+        for key, value in (options or {}).items():
+            if key not in allowed:
+                raise ConfigError(
+                    f"store.index_options.{key} is not an option of index {kind!r}; valid: {', '.join(sorted(allowed))}"
+                )
+            opts[key] = value
+        for key in ("nlist", "nprobe", "train_min", "m"):
+            if key in opts:
+                opts[key] = _positive_int(key, opts[key], allow_auto=True)
+        for key in ("max_train_per_list", "M", "efConstruction", "efSearch"):
+            if key in opts:
+                opts[key] = _positive_int(key, opts[key])
+        for key in ("merge_min", "seed"):
+            opts[key] = _positive_int(key, opts[key], minimum=0)
+        if "rerank" in opts:
+            opts["rerank"] = _positive_int("rerank", opts["rerank"], minimum=0)
+        if "nbits" in opts:
+            opts["nbits"] = _positive_int("nbits", opts["nbits"])
+            if opts["nbits"] > 16:
+                raise ConfigError(f"store.index_options.nbits={opts['nbits']}: at most 16 bits per PQ code")
+        for key in ("lock_timeout", "merge_ratio", "retrain_growth", "tombstone_ratio"):
+            if key in opts:
+                opts[key] = _nonneg_float(key, opts[key])
+        spec = cls(kind=kind, dim=int(dim), options=opts)
+        if kind == "ivf_pq" and dim % spec.pq_m:
+            raise ConfigError(f"store.index_options.m={spec.pq_m} must divide the vector dimension {dim}")
+        return spec
+
+    def with_runtime(self, overrides: Mapping[str, Any]) -> IndexSpec:
+        """The same index with non-structural options (nprobe, efSearch, rerank, merge policy) overridden."""
+        runtime = {k: v for k, v in overrides.items() if k not in STRUCTURAL_KEYS}
+        return IndexSpec.create(self.kind, self.dim, {**self.options, **runtime})
+
+    # -- derived properties ------------------------------------------------------------------------
+    @property
+    def raw_dtype(self) -> np.dtype:
+        """Dtype of the kept raw vectors: float32 for the exact ``flat`` index, float16 otherwise."""
+        return np.dtype(np.float32 if self.kind == "flat" else np.float16)
+
+    @property
+    def snapshot(self) -> bool:
+        return self.kind in SNAPSHOT_TYPES
+
+    @property
+    def trained(self) -> bool:
+        return self.kind in TRAINED_TYPES
+
+    @property
+    def pq_m(self) -> int:
+        m = self.options.get("m", "auto")
+        if m != "auto":
+            return int(m)
+        # Largest divisor of dim that is <= dim / 8: e.g. 64 sub-quantizers (64 bytes/vector) at dim 512.
+        target = max(1, self.dim // 8)
+        return max(d for d in range(1, target + 1) if self.dim % d == 0)
+
+    def nlist_for(self, n: int) -> int:
+        """Number of inverted lists when training on a store of ``n`` vectors."""
+        nlist = self.options.get("nlist", "auto")
+        if nlist != "auto":
+            return int(nlist)
+        # ~2 sqrt(N) lists balances the centroid scan against the list scans and keeps k-means training
+        # affordable on a CPU (at 1M vectors: 2000 lists trained on 128k points).
+        return max(1, min(int(round(2 * math.sqrt(max(n, 1)))), n // 39))
+
+    @property
+    def train_min(self) -> int:
+        """Vectors needed before training; below it searches stay exact."""
+        tm = self.options.get("train_min", "auto")
+        if tm != "auto":
+            return int(tm)
+        nlist = self.options.get("nlist", "auto")
+        base = AUTO_TRAIN_MIN if nlist == "auto" else 39 * int(nlist)
+        if self.kind == "ivf_pq":
+            base = max(base, 39 * 2 ** int(self.options["nbits"]))
+        return base
+
+    def nprobe_for(self, nlist: int) -> int:
+        nprobe = self.options.get("nprobe", "auto")
+        if nprobe == "auto":
+            nprobe = max(8, nlist // 16)
+        return max(1, min(int(nprobe), nlist))
+
+
+def _faiss() -> Any:
+    return require("faiss")
+
+
+def new_exact_index(kind: str, dim: int) -> Any:
+    """An empty exact index with int64 ids: fp16 scalar-quantised for ``flat_fp16``, float32 otherwise."""
+    faiss = _faiss()
+    if kind == "flat_fp16":
+        inner = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+    else:
+        inner = faiss.IndexFlatIP(dim)
+    index = faiss.IndexIDMap2(inner)
+    # Python owns `inner`; keep it alive as long as the wrapper.
+    index.referenced_objects = [inner]
+    return index
+
+
+def new_ann_index(spec: IndexSpec, n: int) -> tuple[Any, dict[str, Any]]:
+    """An empty (untrained) ANN index sized for ``n`` vectors, plus the facts to record (nlist, m)."""
+    faiss = _faiss()
+    opts = spec.options
+    if spec.kind == "hnsw":
+        index = faiss.index_factory(spec.dim, f"IDMap2,HNSW{opts['M']},Flat", faiss.METRIC_INNER_PRODUCT)
+        faiss.downcast_index(index.index).hnsw.efConstruction = int(opts["efConstruction"])
+        return index, {}
+    nlist = spec.nlist_for(n)
+    if spec.kind == "ivf_flat":
+        desc = f"IVF{nlist},Flat"
+        facts: dict[str, Any] = {"nlist": nlist}
+    else:
+        desc = f"IVF{nlist},PQ{spec.pq_m}x{opts['nbits']}"
+        facts = {"nlist": nlist, "m": spec.pq_m, "nbits": int(opts["nbits"])}
+    return faiss.index_factory(spec.dim, desc, faiss.METRIC_INNER_PRODUCT), facts
+
+
+def build_ann_index(
+    spec: IndexSpec,
+    ids: np.ndarray,
+    fetch: Callable[[np.ndarray], np.ndarray],
+    *,
+    chunk: int = 65_536,
+    progress: bool = False,
+) -> tuple[Any, dict[str, Any]]:
+    """Train (if needed) and fill an ANN index with the vectors of ``ids`` (fetched in chunks).
+
+    ``fetch(ids)`` returns the float32 vectors of a sorted id array. The training sample is a seeded random
+    subset of at most ``max_train_per_list * nlist`` vectors, so memory stays bounded for any store size.
+    """
+    from tqdm.auto import tqdm
+
+    ids = np.asarray(ids, dtype=np.int64)
+    n = len(ids)
+    index, facts = new_ann_index(spec, n)
+    if spec.trained:
+        nlist = facts["nlist"]
+        cap = int(spec.options["max_train_per_list"]) * nlist
+        if spec.kind == "ivf_pq":
+            cap = max(cap, 256 * 2 ** int(spec.options["nbits"]))
+        rng = np.random.default_rng(int(spec.options["seed"]))
+        sample = np.sort(rng.choice(ids, size=min(n, cap), replace=False)) if n > cap else ids
+        index.train(np.ascontiguousarray(fetch(sample), dtype=np.float32))
+        facts["trained_on"] = int(len(sample))
+    bar = tqdm(total=n, desc=f"building {spec.kind}", unit="vec", disable=not progress or n < chunk, leave=False)
+    for start in range(0, n, chunk):
+        part = ids[start : start + chunk]
+        index.add_with_ids(np.ascontiguousarray(fetch(part), dtype=np.float32), part)
+        bar.update(len(part))
+    bar.close()
+    return index, facts
+
+
+def ivf_of(index: Any) -> Any | None:
+    """The IVF layer of ``index`` (None for HNSW / flat)."""
+    faiss = _faiss()
+    try:
+        return faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+
+
+def search_params(kind: str, *, nprobe: int | None = None, ef_search: int | None = None,
+                  selector: Any | None = None) -> Any | None:
+    """Per-call FAISS search parameters (thread-safe: the index object is never mutated to search)."""
+    faiss = _faiss()
+    if kind in TRAINED_TYPES:
+        p = faiss.SearchParametersIVF()
+        if nprobe is not None:
+            p.nprobe = int(nprobe)
+    elif kind == "hnsw":
+        p = faiss.SearchParametersHNSW()
+        if ef_search is not None:
+            p.efSearch = int(ef_search)
+    else:
+        if selector is None:
+            return None
+        p = faiss.SearchParameters()
+    if selector is not None:
+        p.sel = selector
+    return p
+
+
+def exclusion_selector(ids: np.ndarray) -> Any:
+    """A selector rejecting ``ids`` (deleted references still present in an HNSW graph)."""
+    faiss = _faiss()
+    batch = faiss.IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64))
+    sel = faiss.IDSelectorNot(batch)
+    sel.referenced_objects = [batch]
+    return sel
+
+
+def exact_top1(queries: np.ndarray, ids: np.ndarray, fetch: Callable[[np.ndarray], np.ndarray],
+               chunk: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
+    """Exact best (score, id) of each query over the vectors of ``ids``, streamed in chunks."""
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    best = np.full(len(q), -np.inf, dtype=np.float32)
+    best_id = np.full(len(q), -1, dtype=np.int64)
+    for start in range(0, len(ids), chunk):
+        part = ids[start : start + chunk]
+        s = q @ np.ascontiguousarray(fetch(part), dtype=np.float32).T
+        j = s.argmax(axis=1)
+        sj = s[np.arange(len(q)), j]
+        better = sj > best
+        best[better] = sj[better]
+        best_id[better] = part[j[better]]
+    return best, best_id
+
+
+def ann_search(
+    index: Any,
+    kind: str,
+    q: np.ndarray,
+    k: int,
+    *,
+    nprobe: int | None = None,
+    ef_search: int | None = None,
+    rerank: int = 0,
+    fetch: Callable[[np.ndarray], np.ndarray] | None = None,
+    selector: Any | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` (scores, ids) from an ANN index; missing results are (-inf, -1).
+
+    With ``rerank`` > 0 and a ``fetch`` of raw vectors, ``rerank * k`` candidates are re-scored exactly, so
+    the returned scores are true cosines even for PQ codes (thresholds then mean the same on every index).
+    """
+    k_main = k * rerank if rerank and fetch is not None else k
+    ef = max(int(ef_search), k_main) if ef_search is not None else None
+    p = search_params(kind, nprobe=nprobe, ef_search=ef, selector=selector)
+    D, I = index.search(q, k_main, params=p) if p is not None else index.search(q, k_main)
+    D = np.where(I >= 0, D, -np.inf).astype(np.float32)
+    if k_main == k:
+        return D, I
+    assert fetch is not None
+    valid = I >= 0
+    uniq = np.unique(I[valid])
+    if not len(uniq):
+        return D[:, :k], I[:, :k]
+    vecs = fetch(uniq)
+    pos = np.searchsorted(uniq, np.where(valid, I, uniq[0]))
+    exact = np.einsum("qd,qkd->qk", q, vecs[pos])
+    exact = np.where(valid, exact, -np.inf).astype(np.float32)
+    order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(exact, order, 1), np.take_along_axis(I, order, 1)

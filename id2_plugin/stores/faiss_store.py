@@ -1,0 +1,886 @@
+"""The built-in persistent reference store: FAISS for search, SQLite for metadata, one writer at a time.
+
+Layout of a store directory::
+
+    store.sqlite            metadata (WAL): references, removals, store-level meta incl. the generation
+    vectors.<g>.f32|f16     raw vectors, row = reference id (float32 for ``flat``, float16 otherwise)
+    main.<g>.faiss          the trained / graph ANN index (ivf_flat, ivf_pq, hnsw only)
+    write.lock              writers serialise on this file (fcntl lock via ``filelock``)
+
+**Commit protocol.** The SQLite meta row ``generation`` is the single commit point. A writer (holding the
+lock) first appends the new rows to the raw vector file past the committed end and fsyncs it, or writes a
+new index snapshot to a temp file, fsyncs and renames it to ``main.<new generation>.faiss``; only then does
+one SQLite transaction insert the reference rows and advance ``generation``/``next_id``/the snapshot
+pointer. A crash before that transaction leaves bytes nobody references (cleaned up by the next writer);
+a crash after it loses nothing. Committed rows and snapshot files are never modified in place.
+
+**Reads.** Every query reads ``generation`` inside a SQLite read transaction (a snapshot of the meta). If a
+writer committed since the last query, the reader catches up incrementally: new rows are read from the raw
+file into an exact in-memory buffer and removals are applied; only a new snapshot forces a full reload.
+
+**Index types.** ``flat`` / ``flat_fp16`` are exact (the raw file is the index, loaded at open). For
+``ivf_flat`` / ``ivf_pq`` / ``hnsw`` the store keeps an ANN index (``main``) plus an exact buffer of the
+references added since the last snapshot; queries search both and merge. The buffer is folded into the
+ANN index when it holds ``max(merge_min, merge_ratio * indexed)`` vectors, which bounds both the writer's
+snapshot I/O (amortised) and the buffer's brute-force cost.
+
+**Training policy (IVF).** While the store holds fewer than ``train_min`` vectors (``auto``: 20,000 with
+``nlist: auto``, else 39 per list; IVF-PQ also needs 39 per PQ centroid), every search is exact over the
+buffer and ``info().extra`` says so. At the first merge past that size the index is trained on a seeded
+sample of at most ``max_train_per_list * nlist`` stored vectors and filled with all of them. With
+``nlist: auto`` (~2 sqrt N) it is retrained from the raw vectors each time the store grows
+``retrain_growth``-fold (0 disables), so the lists keep up with the data; ``compact(rebuild=True)``
+retrains on demand.
+
+**Removal.** IVF and flat indexes delete ids physically. HNSW graphs cannot, so removed ids become
+tombstones filtered inside the search (a FAISS ``IDSelector``), and the graph is rebuilt from the raw
+vectors once tombstones exceed ``tombstone_ratio`` of it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._lazy import require
+from ..errors import ConfigError, IncompatibleStoreError, StoreError
+from ..types import AddResult, Match, ReferenceRecord, StoreInfo
+from . import _faiss_index as fx
+from .base import ReferenceStore
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "id2-faiss-store"
+FORMAT_VERSION = 1
+DB_NAME = "store.sqlite"
+LOCK_NAME = "write.lock"
+_CHUNK = 65_536
+_SQL_BATCH = 900  # stay below SQLite's host-parameter limit on old builds
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+#: Fault-injection seam for the crash tests: called with a stage name at each step of a commit.
+_fault_hook: Callable[[str], None] | None = None
+
+
+def _checkpoint(stage: str) -> None:
+    if _fault_hook is not None:
+        _fault_hook(stage)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE refs (
+    id INTEGER PRIMARY KEY,
+    sha256 TEXT NOT NULL UNIQUE,
+    uri TEXT NOT NULL,
+    added_at TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    generation INTEGER NOT NULL
+);
+CREATE TABLE removed (id INTEGER PRIMARY KEY, generation INTEGER NOT NULL, in_main INTEGER NOT NULL);
+CREATE INDEX removed_generation ON removed (generation);
+"""
+
+
+@dataclass
+class _Meta:
+    """Store-level metadata as committed in SQLite (one consistent snapshot)."""
+
+    embedder: str
+    dim: int
+    index_type: str
+    index_options: dict[str, Any]
+    raw_file: str
+    generation: int
+    next_id: int
+    count: int
+    snap_gen: int | None
+    prev_snap_gen: int | None
+    snap_next_id: int
+    main_count: int
+    clean_gen: int
+    trained_count: int
+    facts: dict[str, Any]
+    search_params: dict[str, Any]
+    tuned: dict[str, Any] | None
+    created_at: str
+
+    @classmethod
+    def from_rows(cls, rows: dict[str, str]) -> _Meta:
+        v = {k: json.loads(s) for k, s in rows.items()}
+        if v.get("format") != FORMAT:
+            raise StoreError(f"not an id2 FAISS store (format {v.get('format')!r})")
+        if int(v.get("format_version", 0)) > FORMAT_VERSION:
+            raise StoreError(
+                f"store format version {v['format_version']} is newer than this id2-plugin supports ({FORMAT_VERSION}); upgrade"
+            )
+        return cls(**{f: v[f] for f in cls.__dataclass_fields__})
+
+
+@dataclass
+class _State:
+    """What a process holds in memory to answer queries at one committed generation."""
+
+    generation: int
+    epoch: tuple[str, int | None]  # (raw file, snapshot generation): a change forces a full reload
+    next_id: int  # raw rows [0, next_id) are reflected
+    snap_next_id: int
+    main: Any | None
+    buffer: Any
+    tombstones: set[int] = field(default_factory=set)
+    selector: Any | None = None
+    raw: np.ndarray | None = None
+    search_params: dict[str, Any] = field(default_factory=dict)
+
+
+class FaissStore(ReferenceStore):
+    """A persistent FAISS reference store (see the module docstring for layout and guarantees).
+
+    ``embedder_identity`` and ``dim`` are required to create a store; opening an existing one with
+    ``None`` works for read-only use (info, remove, query). When given, they must match the store's
+    (:class:`IncompatibleStoreError` otherwise). ``index``/``index_options`` pick the index type when the
+    store is created; on open the stored type and build options win, while search-time options
+    (``nprobe``, ``efSearch``, ``rerank``, merge policy, ``lock_timeout``) given here apply to this handle.
+    """
+
+    backend = "faiss"
+
+    def __init__(
+        self,
+        location: str | os.PathLike[str],
+        embedder_identity: str | None = None,
+        dim: int | None = None,
+        index: str = "flat",
+        index_options: dict[str, Any] | None = None,
+        create: bool = False,
+    ) -> None:
+        self.location = Path(location).expanduser()
+        self._db_path = self.location / DB_NAME
+        self._mutex = threading.RLock()
+        self._conn_obj: sqlite3.Connection | None = None
+        self._pid = os.getpid()
+        self._state: _State | None = None
+        self._opened_identity = embedder_identity
+        self._lock_timeout = 60.0
+        requested = dict(index_options or {})
+        if not self._db_path.is_file():
+            if not create:
+                raise StoreError(f"no reference store at {self.location}; create it with `id2-plugin index add`")
+            if embedder_identity is None or dim is None:
+                raise StoreError(f"creating the store at {self.location} needs the embedder identity and dimension")
+            spec = fx.IndexSpec.create(index, int(dim), requested)
+            self._create(spec, embedder_identity)
+        meta = self._read_meta()
+        self._embedder = meta.embedder
+        self._dim = int(meta.dim)
+        stored = fx.IndexSpec.create(meta.index_type, self._dim, meta.index_options)
+        ignored = {k: v for k, v in requested.items() if k in fx.STRUCTURAL_KEYS and stored.options.get(k) != v}
+        if create and (index != meta.index_type or ignored):
+            logger.warning("store %s already exists as %r %s; keeping it (rebuild to change the index)",
+                           self.location, meta.index_type, stored.options)
+        runtime = {k: v for k, v in requested.items() if k not in fx.STRUCTURAL_KEYS}
+        try:
+            self._spec = stored.with_runtime(runtime)
+        except ConfigError:
+            # options meant for another index type (config written for e.g. hnsw): keep this store's own
+            logger.warning("ignoring store.index_options %s that do not apply to index %r", runtime, meta.index_type)
+            self._spec = stored
+        self._explicit_search = {k for k in runtime if k in ("nprobe", "efSearch", "rerank")}
+        self._lock_timeout = float(self._spec.options["lock_timeout"])
+        filelock = require("filelock")
+        self._flock = filelock.FileLock(str(self.location / LOCK_NAME))
+        if embedder_identity is not None:
+            self.check_compatible(embedder_identity)
+        if dim is not None and int(dim) != self._dim:
+            raise IncompatibleStoreError(
+                f"the store at {self.location} holds {self._dim}-dim vectors but the embedder produces {dim}-dim ones"
+            )
+
+    # -- properties ----------------------------------------------------------------------------------
+    @property
+    def embedder_identity(self) -> str:
+        return self._embedder
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def index_type(self) -> str:
+        return self._spec.kind
+
+    # -- creation / connection -----------------------------------------------------------------------
+    def _create(self, spec: fx.IndexSpec, embedder_identity: str) -> None:
+        """Create the store atomically: the database appears under its final name fully initialised."""
+        if self.location.exists() and not self.location.is_dir():
+            raise StoreError(f"{self.location} exists and is not a directory")
+        self.location.mkdir(parents=True, exist_ok=True)
+        foreign = [p.name for p in self.location.iterdir() if p.name != LOCK_NAME and not p.name.startswith(DB_NAME)]
+        if foreign and not self._db_path.exists():
+            raise StoreError(f"{self.location} is not empty and is not an id2 reference store ({foreign[0]}, ...)")
+        filelock = require("filelock")
+        lock = filelock.FileLock(str(self.location / LOCK_NAME))
+        try:
+            lock.acquire(timeout=float(spec.options["lock_timeout"]))
+        except filelock.Timeout:
+            raise StoreError(f"timed out waiting for the write lock of {self.location}") from None
+        try:
+            if self._db_path.exists():  # another process created it while we waited
+                return
+            tmp = self.location / f"{DB_NAME}.{os.getpid()}.tmp"
+            tmp.unlink(missing_ok=True)
+            conn = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.executescript(_SCHEMA)
+                raw_ext = "f32" if spec.raw_dtype == np.float32 else "f16"
+                meta = {
+                    "format": FORMAT,
+                    "format_version": FORMAT_VERSION,
+                    "embedder": embedder_identity,
+                    "dim": spec.dim,
+                    "index_type": spec.kind,
+                    "index_options": spec.options,
+                    "raw_file": f"vectors.0.{raw_ext}",
+                    "generation": 0,
+                    "next_id": 0,
+                    "count": 0,
+                    "snap_gen": None,
+                    "prev_snap_gen": None,
+                    "snap_next_id": 0,
+                    "main_count": 0,
+                    "clean_gen": 0,
+                    "trained_count": 0,
+                    "facts": {},
+                    "search_params": {},
+                    "tuned": None,
+                    "created_at": _now(),
+                }
+                conn.execute("BEGIN")
+                conn.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
+                conn.execute("COMMIT")
+            finally:
+                conn.close()
+            for suffix in ("-wal", "-shm"):
+                Path(f"{tmp}{suffix}").unlink(missing_ok=True)
+            _fsync_file(tmp)
+            os.replace(tmp, self._db_path)
+            _fsync_dir(self.location)
+        finally:
+            lock.release()
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        if self._conn_obj is None or self._pid != os.getpid():
+            # A forked child must not share the parent's SQLite connection or cached index.
+            if self._pid != os.getpid():
+                self._state = None
+                self._pid = os.getpid()
+                filelock = require("filelock")
+                self._flock = filelock.FileLock(str(self.location / LOCK_NAME))
+            try:
+                conn = sqlite3.connect(self._db_path, isolation_level=None, check_same_thread=False,
+                                       timeout=max(self._lock_timeout, 1.0))
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot open the store database {self._db_path}: {exc}") from None
+            self._conn_obj = conn
+        return self._conn_obj
+
+    def close(self) -> None:
+        with self._mutex:
+            self._state = None
+            if self._conn_obj is not None:
+                self._conn_obj.close()
+                self._conn_obj = None
+
+    # -- meta ----------------------------------------------------------------------------------------
+    def _read_meta(self) -> _Meta:
+        try:
+            rows = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"the store database {self._db_path} is unreadable: {exc}") from None
+        if not rows:
+            raise StoreError(f"the store at {self.location} is not initialised")
+        return _Meta.from_rows(rows)
+
+    def _generation(self) -> int:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+        return int(json.loads(row[0]))
+
+    @staticmethod
+    def _set_meta(conn: sqlite3.Connection, **values: Any) -> None:
+        conn.executemany("UPDATE meta SET value = ? WHERE key = ?", [(json.dumps(v), k) for k, v in values.items()])
+
+    @contextmanager
+    def _read_txn(self) -> Iterator[sqlite3.Connection]:
+        """A consistent snapshot of the database (WAL readers never block the writer)."""
+        conn = self._conn
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            conn.execute("COMMIT")
+
+    @contextmanager
+    def _write_txn(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    @contextmanager
+    def _writing(self) -> Iterator[_Meta]:
+        """Hold the store's write lock; yields the latest committed meta. Errors drop the cached index."""
+        filelock = require("filelock")
+        with self._mutex:
+            try:
+                self._flock.acquire(timeout=self._lock_timeout)
+            except filelock.Timeout:
+                raise StoreError(
+                    f"the store at {self.location} is locked by another writer (waited {self._lock_timeout:g} s); "
+                    "retry later or raise store.index_options.lock_timeout"
+                ) from None
+            try:
+                meta = self._read_meta()
+                self._cleanup(meta)
+                yield meta
+            except (OSError, sqlite3.Error) as exc:
+                self._state = None
+                raise StoreError(f"writing to the store at {self.location} failed: {exc}") from exc
+            except BaseException:
+                self._state = None
+                raise
+            finally:
+                self._flock.release()
+
+    def _cleanup(self, meta: _Meta) -> None:
+        """Delete files no committed generation references (left by a crashed or superseded writer)."""
+        keep_snaps = {meta.snap_gen, meta.prev_snap_gen}
+        for p in self.location.iterdir():
+            name = p.name
+            if name.endswith(".tmp") and not name.startswith(DB_NAME):
+                p.unlink(missing_ok=True)
+            elif name.startswith("main.") and name.endswith(".faiss"):
+                try:
+                    g = int(name.split(".")[1])
+                except ValueError:
+                    continue
+                if g not in keep_snaps:
+                    p.unlink(missing_ok=True)
+            elif name.startswith("vectors.") and name != meta.raw_file:
+                p.unlink(missing_ok=True)
+
+    # -- raw vectors -----------------------------------------------------------------------------------
+    def _raw_path(self, meta: _Meta) -> Path:
+        return self.location / meta.raw_file
+
+    def _write_raw(self, meta: _Meta, start: int, rows: np.ndarray) -> None:
+        path = self._raw_path(meta)
+        created = not path.exists()
+        data = np.ascontiguousarray(rows, dtype=self._spec.raw_dtype)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            offset = start * self._dim * data.itemsize
+            view = memoryview(data).cast("B")
+            written = 0
+            while written < len(view):
+                written += os.pwrite(fd, view[written:], offset + written)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if created:
+            _fsync_dir(self.location)
+
+    def _open_raw(self, meta: _Meta) -> np.ndarray | None:
+        if meta.next_id == 0:
+            return None
+        path = self._raw_path(meta)
+        try:
+            return np.memmap(path, dtype=self._spec.raw_dtype, mode="r", shape=(meta.next_id, self._dim))
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"raw vector file {path} is missing or truncated: {exc}") from None
+
+    @staticmethod
+    def _fetch(raw: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        def fetch(ids: np.ndarray) -> np.ndarray:
+            ids = np.asarray(ids, dtype=np.int64)
+            if len(ids) and ids[-1] - ids[0] + 1 == len(ids):  # contiguous: a slice avoids a gather
+                return np.asarray(raw[ids[0] : ids[-1] + 1], dtype=np.float32)
+            return np.asarray(raw[ids], dtype=np.float32)
+
+        return fetch
+
+    def _live_ids(self, conn: sqlite3.Connection, lo: int, hi: int) -> np.ndarray:
+        cur = conn.execute("SELECT id FROM refs WHERE id >= ? AND id < ? ORDER BY id", (lo, hi))
+        return np.fromiter((r[0] for r in cur), dtype=np.int64)
+
+    # -- in-memory state ---------------------------------------------------------------------------------
+    def _new_buffer(self) -> Any:
+        kind = self._spec.kind if self._spec.kind in ("flat", "flat_fp16") else "flat"
+        return fx.new_exact_index(kind, self._dim)
+
+    def _fill(self, index: Any, ids: np.ndarray, raw: np.ndarray | None) -> None:
+        if raw is None or not len(ids):
+            return
+        fetch = self._fetch(raw)
+        for start in range(0, len(ids), _CHUNK):
+            part = ids[start : start + _CHUNK]
+            index.add_with_ids(np.ascontiguousarray(fetch(part)), part)
+
+    def _apply_removals(self, state: _State, ids: np.ndarray) -> None:
+        if not len(ids):
+            return
+        in_main = ids[ids < state.snap_next_id]
+        in_buffer = ids[ids >= state.snap_next_id]
+        if len(in_buffer) and state.buffer.ntotal:
+            state.buffer.remove_ids(np.ascontiguousarray(in_buffer))
+        if len(in_main) and state.main is not None:
+            if self._spec.kind == "hnsw":
+                state.tombstones.update(int(i) for i in in_main)
+                state.selector = fx.exclusion_selector(np.fromiter(state.tombstones, dtype=np.int64))
+            else:
+                state.main.remove_ids(np.ascontiguousarray(in_main))
+
+    def _load(self, conn: sqlite3.Connection, meta: _Meta) -> _State:
+        """Full load of the committed generation described by ``meta``."""
+        faiss = require("faiss")
+        raw = self._open_raw(meta)
+        main = None
+        if meta.snap_gen is not None:
+            path = self.location / f"main.{meta.snap_gen}.faiss"
+            main = faiss.read_index(str(path))  # FileNotFoundError is retried by the caller
+        state = _State(generation=meta.generation, epoch=(meta.raw_file, meta.snap_gen), next_id=meta.next_id,
+                       snap_next_id=meta.snap_next_id, main=main, buffer=self._new_buffer(), raw=raw,
+                       search_params=dict(meta.search_params))
+        self._fill(state.buffer, self._live_ids(conn, meta.snap_next_id, meta.next_id), raw)
+        if main is not None:
+            gone = conn.execute("SELECT id FROM removed WHERE generation > ? AND in_main = 1 ORDER BY id",
+                                (meta.clean_gen,)).fetchall()
+            self._apply_removals(state, np.array([r[0] for r in gone], dtype=np.int64))
+        return state
+
+    def _catch_up(self, conn: sqlite3.Connection, state: _State, meta: _Meta) -> None:
+        """Bring ``state`` (same epoch) to ``meta.generation``: new rows into the buffer, apply removals."""
+        raw = self._open_raw(meta)
+        new_ids = self._live_ids(conn, state.next_id, meta.next_id)
+        self._fill(state.buffer, new_ids, raw)
+        gone = conn.execute("SELECT id FROM removed WHERE generation > ? AND generation <= ? ORDER BY id",
+                            (state.generation, meta.generation)).fetchall()
+        self._apply_removals(state, np.array([r[0] for r in gone], dtype=np.int64))
+        state.raw = raw
+        state.next_id = meta.next_id
+        state.generation = meta.generation
+        state.search_params = dict(meta.search_params)
+
+    def _current(self, conn: sqlite3.Connection) -> _State:
+        """The in-memory state at the generation visible in ``conn``'s read snapshot (cheap if unchanged)."""
+        gen = self._generation()
+        state = self._state
+        if state is not None and state.generation == gen:
+            return state
+        meta = self._read_meta()
+        if state is not None and state.epoch == (meta.raw_file, meta.snap_gen) and state.generation < gen:
+            self._catch_up(conn, state, meta)
+            return state
+        self._state = None  # free the old index before loading the new one
+        self._state = self._load(conn, meta)
+        return self._state
+
+    def _with_current(self, fn: Callable[[sqlite3.Connection, _State], Any]) -> Any:
+        """Run ``fn`` on the current state inside one read snapshot; retry if a writer swapped files meanwhile."""
+        with self._mutex:
+            for attempt in range(8):
+                try:
+                    with self._read_txn() as conn:
+                        return fn(conn, self._current(conn))
+                except (FileNotFoundError, StoreError, RuntimeError) as exc:
+                    # A snapshot / raw file referenced by an older generation was deleted between reading the
+                    # meta and opening it: the next attempt reads the newer generation.
+                    self._state = None
+                    if attempt == 7:
+                        if isinstance(exc, StoreError):
+                            raise
+                        raise StoreError(f"cannot load the store at {self.location}: {exc}") from exc
+                    time.sleep(0.01 * (attempt + 1))
+                except sqlite3.Error as exc:
+                    raise StoreError(f"reading the store at {self.location} failed: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    # -- search --------------------------------------------------------------------------------------------
+    def _effective_search(self, tuned: dict[str, Any], nlist: int | None) -> dict[str, int]:
+        """nprobe / efSearch / rerank: explicit option > tuned value saved in the store > default."""
+        opts = self._spec.options
+        out: dict[str, int] = {}
+        if self._spec.trained:
+            nlist = nlist or self._spec.nlist_for(1)
+            if "nprobe" in self._explicit_search or "nprobe" not in tuned:
+                out["nprobe"] = self._spec.nprobe_for(nlist)
+            else:
+                out["nprobe"] = max(1, min(int(tuned["nprobe"]), nlist))
+        if self._spec.kind == "hnsw":
+            use_tuned = "efSearch" in tuned and "efSearch" not in self._explicit_search
+            out["efSearch"] = int(tuned["efSearch"] if use_tuned else opts["efSearch"])
+        if "rerank" in opts:
+            out["rerank"] = int(opts["rerank"])
+        return out
+
+    def _state_search(self, state: _State) -> dict[str, int]:
+        ivf = fx.ivf_of(state.main) if state.main is not None and self._spec.trained else None
+        return self._effective_search(state.search_params, int(ivf.nlist) if ivf is not None else None)
+
+    def _search_main(self, state: _State, q: np.ndarray, k: int, params: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Search the ANN index; with ``rerank`` re-score ``rerank * k`` candidates from the raw vectors."""
+        fetch = self._fetch(state.raw) if state.raw is not None else None
+        return fx.ann_search(state.main, self._spec.kind, q, k, nprobe=params.get("nprobe"),
+                             ef_search=params.get("efSearch"), rerank=params.get("rerank", 0), fetch=fetch,
+                             selector=state.selector)
+
+    def _search(self, state: _State, q: np.ndarray, k: int, params: dict[str, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (scores, ids) over the ANN index and the exact buffer, merged; missing = (-inf, -1)."""
+        params = self._state_search(state) if params is None else params
+        parts: list[tuple[np.ndarray, np.ndarray]] = []
+        if state.main is not None and state.main.ntotal:
+            parts.append(self._search_main(state, q, k, params))
+        if state.buffer.ntotal:
+            parts.append(state.buffer.search(q, min(k, state.buffer.ntotal)))
+        if not parts:
+            return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
+        D = np.concatenate([p[0] for p in parts], axis=1).astype(np.float32)
+        I = np.concatenate([p[1] for p in parts], axis=1).astype(np.int64)
+        D = np.where(I >= 0, D, -np.inf)
+        order = np.argsort(-D, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(D, order, 1), np.take_along_axis(I, order, 1)
+
+    def _check_vectors(self, vectors: np.ndarray) -> np.ndarray:
+        v = np.asarray(vectors, dtype=np.float32)
+        if v.ndim == 1:
+            v = v[None]
+        if v.ndim != 2 or v.shape[1] != self._dim:
+            raise IncompatibleStoreError(
+                f"vectors of shape {tuple(np.shape(vectors))} do not match the store's dimension {self._dim}"
+            )
+        if not np.isfinite(v).all():
+            raise ValueError("vectors contain NaN or infinity")
+        return np.ascontiguousarray(v)
+
+    def query(self, vectors: np.ndarray, k: int = 5, threshold: float | None = None) -> list[list[Match]]:
+        """Up to ``k`` matches per query vector, best first (rank 1), at the latest committed generation."""
+        q = self._check_vectors(vectors)
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+
+        def run(conn: sqlite3.Connection, state: _State) -> list[list[Match]]:
+            D, I = self._search(state, q, k)
+            wanted = sorted({int(i) for i in I[I >= 0]})
+            rows: dict[int, tuple[str, str, str]] = {}
+            for start in range(0, len(wanted), _SQL_BATCH):
+                part = wanted[start : start + _SQL_BATCH]
+                marks = ",".join("?" * len(part))
+                for rid, sha, uri, labels in conn.execute(
+                    f"SELECT id, sha256, uri, labels FROM refs WHERE id IN ({marks})", part
+                ):
+                    rows[rid] = (sha, uri, labels)
+            out: list[list[Match]] = []
+            for d_row, i_row in zip(D, I):
+                matches: list[Match] = []
+                for score, rid in zip(d_row, i_row):
+                    if rid < 0 or int(rid) not in rows or (threshold is not None and score < threshold):
+                        continue
+                    sha, uri, labels = rows[int(rid)]
+                    matches.append(Match(reference_id=str(int(rid)), uri=uri, score=float(score),
+                                         rank=len(matches) + 1, sha256=sha, labels=tuple(json.loads(labels))))
+                out.append(matches)
+            return out
+
+        return self._with_current(run)  # type: ignore[no-any-return]
+
+    # -- writes ----------------------------------------------------------------------------------------------
+    def _known(self, conn: sqlite3.Connection, shas: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for start in range(0, len(shas), _SQL_BATCH):
+            part = list(shas[start : start + _SQL_BATCH])
+            marks = ",".join("?" * len(part))
+            found.update(r[0] for r in conn.execute(f"SELECT sha256 FROM refs WHERE sha256 IN ({marks})", part))
+        return found
+
+    def contains(self, sha256s: Sequence[str]) -> list[bool]:
+        with self._mutex:
+            try:
+                known = self._known(self._conn, [s for s in sha256s if s])
+            except sqlite3.Error as exc:
+                raise StoreError(f"reading the store at {self.location} failed: {exc}") from exc
+        return [bool(s) and s in known for s in sha256s]
+
+    def add(self, vectors: np.ndarray, records: Sequence[ReferenceRecord]) -> AddResult:
+        """Append new references (skipping sha256s already stored or repeated in the batch) and commit.
+
+        Streams: memory use is the batch plus the index being maintained; call it once per batch for bulk
+        loads (an interrupted bulk load re-run with the same inputs adds only what is missing).
+        """
+        if self._opened_identity is None:
+            raise StoreError("this store handle was opened without an embedder identity; open it with the "
+                             "embedder's identity to add references")
+        v = self._check_vectors(vectors)
+        if len(records) != len(v):
+            raise ValueError(f"{len(v)} vectors but {len(records)} records")
+        for r in records:
+            if not r.sha256:
+                raise ValueError(f"record for {r.uri!r} has no sha256")
+        with self._writing() as meta:
+            first: dict[str, int] = {}
+            duplicates: list[str] = []
+            for i, r in enumerate(records):
+                if r.sha256 in first:
+                    duplicates.append(r.sha256)
+                else:
+                    first[r.sha256] = i
+            known = self._known(self._conn, list(first))
+            keep = [i for sha, i in first.items() if sha not in known]
+            duplicates.extend(sha for sha in first if sha in known)
+            if not keep:
+                return AddResult(added=(), duplicates=tuple(duplicates))
+            start = meta.next_id
+            ids = list(range(start, start + len(keep)))
+            self._write_raw(meta, start, v[keep])
+            _checkpoint("add:raw_written")
+            gen = meta.generation + 1
+            now = _now()
+            with self._write_txn() as conn:
+                conn.executemany(
+                    "INSERT INTO refs (id, sha256, uri, added_at, labels, generation) VALUES (?, ?, ?, ?, ?, ?)",
+                    [(rid, records[i].sha256, records[i].uri, records[i].added_at or now,
+                      json.dumps(list(records[i].labels)), gen) for rid, i in zip(ids, keep)],
+                )
+                _checkpoint("add:before_commit")
+                self._set_meta(conn, generation=gen, next_id=start + len(keep), count=meta.count + len(keep))
+            _checkpoint("add:committed")
+            self._maybe_merge(self._read_meta())
+        return AddResult(added=tuple(str(i) for i in ids), duplicates=tuple(duplicates))
+
+    def _resolve(self, conn: sqlite3.Connection, keys: Sequence[str]) -> set[int]:
+        ids: set[int] = set()
+        for key in keys:
+            key = str(key).strip()
+            row = None
+            if key.isdigit() and len(key) < 19:
+                row = conn.execute("SELECT id FROM refs WHERE id = ?", (int(key),)).fetchone()
+            if row is None and _HEX64.match(key.lower()):
+                row = conn.execute("SELECT id FROM refs WHERE sha256 = ?", (key.lower(),)).fetchone()
+            if row is not None:
+                ids.add(int(row[0]))
+        return ids
+
+    def remove(self, keys: Sequence[str]) -> int:
+        """Remove references by reference id or sha256; unknown keys are ignored. Returns how many went."""
+        with self._writing() as meta:
+            ids = sorted(self._resolve(self._conn, keys))
+            if not ids:
+                return 0
+            gen = meta.generation + 1
+            in_main = sum(1 for i in ids if i < meta.snap_next_id)
+            with self._write_txn() as conn:
+                for start in range(0, len(ids), _SQL_BATCH):
+                    part = ids[start : start + _SQL_BATCH]
+                    conn.execute(f"DELETE FROM refs WHERE id IN ({','.join('?' * len(part))})", part)
+                # in_main: the id sits in the ANN index (an HNSW graph keeps it as a tombstone until rebuilt)
+                conn.executemany("INSERT OR REPLACE INTO removed (id, generation, in_main) VALUES (?, ?, ?)",
+                                 [(i, gen, int(i < meta.snap_next_id)) for i in ids])
+                _checkpoint("remove:before_commit")
+                self._set_meta(conn, generation=gen, count=meta.count - len(ids), main_count=meta.main_count - in_main)
+            self._maybe_merge(self._read_meta())
+        return len(ids)
+
+    # -- merge / rebuild ------------------------------------------------------------------------------------
+    def _tombstone_count(self, meta: _Meta) -> int:
+        if self._spec.kind != "hnsw" or meta.snap_gen is None:
+            return 0
+        row = self._conn.execute("SELECT COUNT(*) FROM removed WHERE generation > ? AND in_main = 1",
+                                 (meta.clean_gen,)).fetchone()
+        return int(row[0])
+
+    def _merge_plan(self, meta: _Meta, force: bool = False, rebuild: bool = False) -> str | None:
+        """None, ``"fold"`` (add the buffer to the ANN index) or ``"rebuild"`` (train / rebuild from raw)."""
+        spec = self._spec
+        if not spec.snapshot or meta.count == 0:
+            return None
+        if spec.trained and meta.count < spec.train_min:
+            return None  # too few vectors to train: searches stay exact
+        if meta.snap_gen is None or rebuild:
+            return "rebuild" if (force or rebuild or meta.count - meta.main_count >= spec.options["merge_min"]
+                                 or spec.trained) else None
+        if spec.trained:
+            growth = float(spec.options["retrain_growth"])
+            trained_on = int(meta.facts.get("trained_on", meta.trained_count))
+            cap = int(spec.options["max_train_per_list"]) * spec.nlist_for(meta.count)
+            auto = spec.options["nlist"] == "auto"
+            if growth > 0 and meta.count >= growth * max(meta.trained_count, 1) and (auto or trained_on < cap):
+                return "rebuild"
+        else:
+            tomb = self._tombstone_count(meta)
+            if tomb and tomb >= float(spec.options["tombstone_ratio"]) * (meta.main_count + tomb):
+                return "rebuild"
+        buffered = meta.count - meta.main_count
+        threshold = max(int(spec.options["merge_min"]), float(spec.options["merge_ratio"]) * meta.main_count)
+        if buffered > 0 and (force or buffered >= threshold):
+            return "fold"
+        return None
+
+    def _maybe_merge(self, meta: _Meta, force: bool = False, rebuild: bool = False) -> str | None:
+        plan = self._merge_plan(meta, force=force, rebuild=rebuild)
+        if plan is not None:
+            self._merge(meta, plan)
+        return plan
+
+    def _merge(self, meta: _Meta, plan: str) -> None:
+        """Fold the buffer into (or rebuild) the ANN index, write a snapshot, commit (lock held)."""
+        faiss = require("faiss")
+        gen = meta.generation + 1
+        facts = dict(meta.facts)
+        trained_count = meta.trained_count
+        with self._read_txn() as conn:
+            if plan == "rebuild":
+                self._state = None  # free the old index first: peak memory = one index
+                raw = self._open_raw(meta)
+                ids = self._live_ids(conn, 0, meta.next_id)
+                assert raw is not None
+                main, new_facts = fx.build_ann_index(self._spec, ids, self._fetch(raw), progress=True)
+                facts.update(new_facts)
+                trained_count = meta.count
+                clean_gen = gen
+                state = _State(generation=meta.generation, epoch=("", None), next_id=meta.next_id,
+                               snap_next_id=meta.next_id, main=main, buffer=self._new_buffer(), raw=raw,
+                               search_params=dict(meta.search_params))
+            else:
+                state = self._current(conn)
+                buf_ids = self._live_ids(conn, meta.snap_next_id, meta.next_id)
+                self._fill(state.main, buf_ids, state.raw)
+                # IVF deletes physically, so the snapshot is clean; an HNSW graph keeps its tombstones.
+                clean_gen = meta.clean_gen if self._spec.kind == "hnsw" else gen
+        tmp = self.location / f"main.{gen}.faiss.tmp"
+        final = self.location / f"main.{gen}.faiss"
+        faiss.write_index(state.main, str(tmp))
+        _fsync_file(tmp)
+        _checkpoint("merge:tmp_written")
+        os.replace(tmp, final)
+        _fsync_dir(self.location)
+        _checkpoint("merge:renamed")
+        with self._write_txn() as conn:
+            self._set_meta(conn, generation=gen, snap_gen=gen, prev_snap_gen=meta.snap_gen, snap_next_id=meta.next_id,
+                           main_count=meta.count, clean_gen=clean_gen, trained_count=trained_count, facts=facts)
+        _checkpoint("merge:committed")
+        # Keep the fresh index in memory: it is exactly what the new generation describes.
+        state.generation = gen
+        state.epoch = (meta.raw_file, gen)
+        state.snap_next_id = meta.next_id
+        state.buffer = self._new_buffer()
+        if plan == "rebuild":
+            state.tombstones, state.selector = set(), None
+        self._state = state
+        self._cleanup(self._read_meta())
+
+    def compact(self, rebuild: bool = False) -> str | None:
+        """Fold the exact buffer into the ANN index now (``rebuild``: retrain / rebuild it from raw vectors).
+
+        Returns what was done (``"fold"``, ``"rebuild"``) or None (flat index, or too few vectors to train).
+        """
+        with self._writing() as meta:
+            return self._maybe_merge(meta, force=True, rebuild=rebuild)
+
+    def save_search_params(self, params: dict[str, Any], tuned: dict[str, Any] | None = None) -> None:
+        """Persist search-time parameters (e.g. the tuned ``nprobe``); readers pick them up on their next query."""
+        with self._writing() as meta:
+            with self._write_txn() as conn:
+                self._set_meta(conn, generation=meta.generation + 1, search_params={**meta.search_params, **params},
+                               tuned=tuned)
+        self._explicit_search -= set(params)
+
+    # -- info ---------------------------------------------------------------------------------------------------
+    def info(self) -> StoreInfo:
+        """Summary from the committed metadata (cheap: the index is not loaded)."""
+        with self._mutex:
+            try:
+                with self._read_txn():
+                    meta = self._read_meta()
+                    tombstones = self._tombstone_count(meta)
+            except sqlite3.Error as exc:
+                raise StoreError(f"reading the store at {self.location} failed: {exc}") from exc
+        spec = self._spec
+        buffered = int(meta.count - meta.main_count)
+        indexed = meta.snap_gen is not None
+        extra: dict[str, Any] = {
+            "index_options": dict(spec.options),
+            "search_params": self._effective_search(meta.search_params, meta.facts.get("nlist") if indexed else None),
+            "tuned": meta.tuned,
+            "indexed": int(meta.main_count),
+            "exact_buffer": buffered,
+            "raw_dtype": str(spec.raw_dtype),
+            "disk_bytes": sum(p.stat().st_size for p in self.location.iterdir() if p.is_file()),
+            "created_at": meta.created_at,
+            "format_version": FORMAT_VERSION,
+        }
+        if spec.kind in ("flat", "flat_fp16"):
+            extra["search"] = "exact"
+        elif not indexed:
+            why = (f"untrained: {meta.count} < train_min {spec.train_min}" if spec.trained
+                   else f"graph not built yet: {meta.count} < merge_min {spec.options['merge_min']}")
+            extra["search"] = f"exact ({why})"
+        else:
+            extra["search"] = f"approximate {spec.kind} over {meta.main_count} + exact buffer of {buffered}"
+        if spec.trained:
+            extra["trained"] = indexed
+            extra["train_min"] = spec.train_min
+            extra.update({k: meta.facts[k] for k in ("nlist", "m", "nbits", "trained_on") if k in meta.facts})
+        if spec.kind == "hnsw":
+            extra["tombstones"] = tombstones
+        return StoreInfo(backend=self.backend, location=str(self.location), count=int(meta.count), dim=self._dim,
+                         embedder=self._embedder, index_type=spec.kind, generation=int(meta.generation), extra=extra)
+
+    # -- helpers used by tuning ------------------------------------------------------------------------------
+    def _tuning_view(self) -> tuple[_State, np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+        """Current state, the ids held by the ANN index, and a fetcher of their raw vectors."""
+
+        def run(conn: sqlite3.Connection, state: _State) -> tuple[_State, np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+            ids = self._live_ids(conn, 0, state.snap_next_id) if state.main is not None else np.zeros(0, np.int64)
+            raw = state.raw if state.raw is not None else np.zeros((0, self._dim), np.float32)
+            return state, ids, self._fetch(raw)
+
+        return self._with_current(run)  # type: ignore[no-any-return]

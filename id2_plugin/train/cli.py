@@ -1,0 +1,140 @@
+"""CLI commands ``make-pairs`` and ``train`` (registered through the ``id2_register_commands`` hook)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import pluggy
+
+from .._cli_support import EXIT_OK, echo_json, get_state, handle_errors
+from ..errors import ConfigError
+
+hookimpl = pluggy.HookimplMarker("id2_plugin")
+
+
+def _strength_range(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected LO,HI like 0.05,0.4, got {text!r}") from None
+    return lo, hi
+
+
+@click.command("make-pairs")
+@click.argument("origins", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder: edited/ and pairs.jsonl.")
+@click.option("--model", default=None, help="Diffusers img2img model: hub id or local folder (real diffusion edits).")
+@click.option("--proxy", is_flag=True, help="Offline proxy edits (TAEF2 latent noising + content/style edits), no diffusion model.")
+@click.option("--edits-per-origin", type=int, default=4, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@click.option("--prompts", "prompts_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="[diffusion] One prompt per line (default: a built-in set of generic edits).")
+@click.option("--strength", type=float, default=0.9, show_default=True, help="[diffusion] SDEdit strength (paper: 0.9 for SD 2).")
+@click.option("--guidance", type=float, default=7.5, show_default=True, help="[diffusion] Classifier-free guidance scale.")
+@click.option("--steps", type=int, default=50, show_default=True, help="[diffusion] Inference steps.")
+@click.option("--size", type=int, default=512, show_default=True, help="[diffusion] Longer side of the model input.")
+@click.option("--donors", multiple=True, type=click.Path(exists=True), help="[proxy] Photos that inserted objects/backgrounds come from (default: the origins).")
+@click.option("--latent-prob", type=float, default=0.5, show_default=True, help="[proxy] Fraction of edits regenerated through TAEF2.")
+@click.option("--latent-strength", default="0.05,0.4", show_default=True, help="[proxy] LO,HI range of the latent noising strength.")
+@click.option("--weights", default=None, help="[proxy] TAEF2 weights folder (default: model search path).")
+@handle_errors
+def make_pairs(origins: tuple[str, ...], out: str, model: str | None, proxy: bool, edits_per_origin: int, seed: int, device: str,
+               prompts_file: str | None, strength: float, guidance: float, steps: int, size: int, donors: tuple[str, ...],
+               latent_prob: float, latent_strength: str, weights: str | None) -> None:
+    """Make (edited query, origin) training pairs from ORIGINS (files or folders) into OUT/pairs.jsonl.
+
+    With --model: real text-guided img2img edits (diffusers AutoPipelineForImage2Image). With --proxy: offline
+    proxy edits that only imitate diffusion edits; check a W trained on them against real edits.
+    """
+    from .make_pairs import DEFAULT_PROMPTS, make_diffusion_pairs, make_proxy_pairs, read_prompts
+    from .pairs import load_pairs
+
+    if bool(model) == proxy:
+        raise ConfigError("give exactly one of --model MODEL (diffusion edits) or --proxy (offline proxy edits)")
+    if model:
+        manifest = make_diffusion_pairs(
+            list(origins), out, model=model, prompts=read_prompts(prompts_file) if prompts_file else DEFAULT_PROMPTS,
+            edits_per_origin=edits_per_origin, strength=strength, guidance_scale=guidance, num_inference_steps=steps,
+            size=size, seed=seed, device=device,
+        )
+    else:
+        manifest = make_proxy_pairs(
+            list(origins), out, edits_per_origin=edits_per_origin, seed=seed, donors=list(donors) or None,
+            latent_prob=latent_prob, latent_strength=_strength_range(latent_strength), weights=weights, device=device,
+        )
+    n = len(load_pairs(manifest))
+    click.echo(f"wrote {n} pairs to {manifest}")
+    sys.exit(EXIT_OK)
+
+
+@click.command("train")
+@click.argument("pairs", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output W (.safetensors).")
+@click.option("--val-pairs", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Validation manifest (other origins); default: hold out --val-fraction of the origins.")
+@click.option("--val-fraction", type=float, default=0.15, show_default=True)
+@click.option("--distractors", multiple=True, type=click.Path(exists=True), help="Extra gallery images for validation (files or folders).")
+@click.option("--pool", type=int, default=2, show_default=True, help="Average-pool the latent spatially by this factor before W.")
+@click.option("--out-dim", type=int, default=512, show_default=True)
+@click.option("--epochs", type=int, default=30, show_default=True)
+@click.option("--ids-per-batch", type=int, default=32, show_default=True, help="P identities per batch (K members each).")
+@click.option("--k", "k_members", type=int, default=4, show_default=True)
+@click.option("--steps-per-epoch", type=int, default=None)
+@click.option("--lr", type=float, default=3.5e-4, show_default=True)
+@click.option("--init", type=click.Choice(["random", "pca", "lda"]), default="lda", show_default=True)
+@click.option("--no-augment", is_flag=True, help="Disable latent-space random erasing.")
+@click.option("--patience", type=int, default=0, show_default=True, help="Early stopping on validation mAP (0 = off).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default=None, help="auto, cpu, cuda, cuda:N (embedder.device).")
+@click.option("--embedder", "embedder_name", default=None, help="Embedder name (embedder.name).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Latent matrix folder (default: OUT.latents).")
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=None, help="Default: OUT.ckpt.")
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint of an interrupted run.")
+@click.option("--dtype", "save_dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@click.pass_context
+@handle_errors
+def train(ctx: click.Context, pairs: str, out: str, val_pairs: str | None, val_fraction: float, distractors: tuple[str, ...],
+          pool: int, out_dim: int, epochs: int, ids_per_batch: int, k_members: int, steps_per_epoch: int | None, lr: float,
+          init: str, no_augment: bool, patience: int, seed: int, device: str | None, embedder_name: str | None,
+          cache_dir: str | None, checkpoint_dir: str | None, resume: bool, save_dtype: str, as_json: bool) -> None:
+    """Train the projection W on a PAIRS manifest (CosFace over origin identities) and save it to --out."""
+    from ..cache import LatentCache
+    from ..identify import build_encoder
+    from ..media import iter_image_files
+    from .trainer import TrainConfig, train_projection
+
+    cfg = get_state(ctx).config(**{"embedder.name": embedder_name, "embedder.device": device})
+    encoder = build_encoder(cfg.embedder)
+    tcfg = TrainConfig(
+        out_dim=out_dim, pool=pool, epochs=epochs, ids_per_batch=ids_per_batch, k=k_members, steps_per_epoch=steps_per_epoch,
+        lr=lr, init=init, augment=not no_augment, val_fraction=val_fraction, patience=patience, seed=seed,
+        device=cfg.embedder.device,
+    )
+    result = train_projection(
+        pairs, out, encoder=encoder, config=tcfg, val_pairs_path=val_pairs,
+        distractors=iter_image_files(list(distractors)) if distractors else (),
+        cache_dir=cache_dir, latent_cache=LatentCache(encoder), checkpoint_dir=checkpoint_dir, resume=resume,
+        save_dtype=save_dtype, log=lambda s: click.echo(s, err=as_json),
+    )
+    summary: dict[str, Any] = {
+        "out": str(result.path), "shape": list(result.projection.weight.shape), "pool": result.projection.pool,
+        "best_epoch": result.best_epoch, "size_bytes": Path(result.path).stat().st_size, "validation": result.val_metrics,
+    }
+    if as_json:
+        echo_json(summary)
+        return
+    click.echo(f"saved W {summary['shape'][0]}x{summary['shape'][1]} (pool {summary['pool']}, best epoch {summary['best_epoch']}) "
+               f"to {summary['out']} ({summary['size_bytes'] / 1e6:.1f} MB)")
+    for name, m in result.val_metrics.items():
+        click.echo(f"  validation {name:12s} top1 {m['top1']:.3f}  mAP {m['mAP']:.3f}")
+
+
+@hookimpl
+def id2_register_commands(cli: click.Group) -> None:
+    cli.add_command(make_pairs)
+    cli.add_command(train)

@@ -1,0 +1,386 @@
+"""Make (edited query, origin) training pairs: with a real diffusion model, or with an offline proxy.
+
+Two generators write the same output: image files under ``<out>/edited/`` and a pairs manifest
+(:mod:`.pairs`) at ``<out>/pairs.jsonl``. Both are seeded per (origin content, edit index), so a rerun
+produces the same files and an interrupted run resumes: edits whose file already exists are kept.
+
+* :func:`make_diffusion_pairs` is what the ID2 paper does: SDEdit-style text-guided image-to-image with
+  diffusers' ``AutoPipelineForImage2Image`` (strength 0.9 for SD 2, guidance 7.5, several prompts per
+  origin). It needs the model weights (a hub id or a local folder) and realistically a GPU.
+* :func:`make_proxy_pairs` runs on a CPU without any generative model. **Its edits are proxies for real
+  diffusion edits, not diffusion edits**: pixel-space content edits (objects pasted from other photos,
+  removed, moved or duplicated; background replaced; re-framing, zoom-out; pose-like warps; text and
+  shapes), style edits (colour grading, painterly / cartoon / sketch filters, posterisation), then a
+  "regeneration" through the TAEF2 VAE (encode, noise the latent at strength ``s``, decode), then
+  degradations (JPEG, blur, rescaling, noise). A W trained on them must be checked on real edits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._lazy import require
+from ..errors import ConfigError, MediaError
+from ..media import iter_image_files, load_image
+from .pairs import Pair, write_pairs
+
+MANIFEST_NAME = "pairs.jsonl"
+EDITED_DIR = "edited"
+
+#: Prompts used when none are given: generic text-guided edits of the kinds the paper's prompt set holds.
+DEFAULT_PROMPTS: tuple[str, ...] = (
+    "a watercolor painting",
+    "an oil painting in the style of Van Gogh",
+    "a pencil sketch",
+    "a photo taken at sunset",
+    "a photo in winter with snow",
+    "a cartoon illustration",
+    "a cyberpunk scene with neon lights",
+    "a vintage photograph",
+    "a photo with a dog in the scene",
+    "a detailed 3D render",
+    "an anime style picture",
+    "a photo on a rainy day",
+)
+
+
+def read_prompts(path: str | os.PathLike) -> list[str]:
+    """One prompt per line; blank lines and lines starting with ``#`` are ignored."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"prompts file not found: {p}")
+    prompts = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
+    prompts = [ln for ln in prompts if ln and not ln.startswith("#")]
+    if not prompts:
+        raise ConfigError(f"prompts file {p} has no prompts")
+    return prompts
+
+
+def _content_seed(path: Path) -> int:
+    """A seed from the file's bytes, so an origin's edits do not depend on its path or on list order."""
+    return int.from_bytes(hashlib.sha256(path.read_bytes()).digest()[:8], "little")
+
+
+def _edit_name(origin: Path, k: int, ext: str) -> str:
+    tag = hashlib.sha256(str(origin.resolve()).encode()).hexdigest()[:8]
+    return f"{origin.stem}-{tag}-e{k}.{ext}"
+
+
+def _save(arr: np.ndarray, path: Path, quality: int) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fmt = "PNG" if path.suffix.lower() == ".png" else "JPEG"
+    Image.fromarray(arr).save(tmp, format=fmt, **({"quality": quality} if fmt == "JPEG" else {}))
+    os.replace(tmp, path)
+
+
+def _as_origins(origins: Sequence[str | os.PathLike] | str | os.PathLike) -> list[Path]:
+    paths = iter_image_files([origins] if isinstance(origins, (str, os.PathLike)) else list(origins))
+    if not paths:
+        raise ConfigError(f"no images found in {origins}")
+    return [Path(p).resolve() for p in paths]
+
+
+def _report_skip(bar: Any, origin: Path, exc: Exception) -> None:
+    msg = str(exc) if isinstance(exc, MediaError) else f"{origin}: {exc}"
+    bar.write(f"skipped unreadable origin {msg}", file=sys.stderr)
+
+
+def _progress(total: int, desc: str, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="edit", disable=not enabled)
+
+
+# -- real diffusion edits ---------------------------------------------------------------------------
+def _fit_size(w: int, h: int, size: int, multiple: int = 64) -> tuple[int, int]:
+    """Longer side ``size``, both sides multiples of ``multiple`` (the UNet downsamples by 64)."""
+    s = size / max(w, h)
+    return max(multiple, round(w * s / multiple) * multiple), max(multiple, round(h * s / multiple) * multiple)
+
+
+def make_diffusion_pairs(
+    origins: Sequence[str | os.PathLike] | str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    model: str,
+    prompts: Sequence[str] = DEFAULT_PROMPTS,
+    edits_per_origin: int = 4,
+    strength: float = 0.9,
+    guidance_scale: float = 7.5,
+    num_inference_steps: int = 50,
+    size: int = 512,
+    seed: int = 0,
+    device: str = "auto",
+    dtype: str = "auto",
+    image_format: str = "jpg",
+    quality: int = 95,
+    progress: bool = True,
+    pipeline: Any = None,
+) -> Path:
+    """Edit every origin ``edits_per_origin`` times with a text-guided img2img diffusion model.
+
+    ``model`` is a diffusers hub id or a local folder (``save_pretrained`` layout); ``pipeline`` may pass an
+    already built pipeline instead. Each origin gets distinct prompts drawn (seeded) from ``prompts``.
+    Unreadable origins are reported on stderr and skipped. Returns the manifest path.
+    """
+    torch = require("torch")
+    if not prompts:
+        raise ConfigError("make-pairs needs at least one prompt")
+    if not 0.0 < strength <= 1.0:
+        raise ConfigError(f"strength={strength} must be in (0, 1]")
+    out = Path(out_dir)
+    paths = _as_origins(origins)
+    from ..embedders.base import select_device
+
+    dev, tdtype = select_device(device, dtype)
+    if pipeline is None:
+        diffusers = require("diffusers")
+        try:
+            pipeline = diffusers.AutoPipelineForImage2Image.from_pretrained(model, torch_dtype=tdtype)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot load diffusion model {model!r}: {exc}") from None
+        pipeline = pipeline.to(dev)
+        pipeline.set_progress_bar_config(disable=True)
+    pairs: list[Pair] = []
+    bar = _progress(len(paths) * edits_per_origin, "diffusion edits", progress)
+    for origin in paths:
+        try:
+            image = load_image(origin)
+            base_seed = _content_seed(origin)
+        except (MediaError, OSError) as exc:
+            _report_skip(bar, origin, exc)
+            bar.update(edits_per_origin)
+            continue
+        rng = np.random.default_rng([seed, base_seed])
+        order = rng.permutation(len(prompts))
+        for k in range(edits_per_origin):
+            prompt = prompts[int(order[k % len(prompts)])]
+            target = out / EDITED_DIR / _edit_name(origin, k, image_format)
+            if not target.is_file():
+                w, h = _fit_size(*image.size, size)
+                gen = torch.Generator(device="cpu").manual_seed(int(rng.integers(0, 2**63 - 1)) ^ k)
+                result = pipeline(
+                    prompt=prompt,
+                    image=image.resize((w, h)),
+                    strength=strength,
+                    guidance_scale=guidance_scale,
+                    num_inference_steps=num_inference_steps,
+                    generator=gen,
+                ).images[0]
+                _save(np.asarray(result.convert("RGB")), target, quality)
+            else:
+                rng.integers(0, 2**63 - 1)  # keep the random stream identical whether the file existed or not
+            pairs.append(Pair(query=target, origin=origin, model=model, prompt=prompt, strength=strength, source="diffusers-img2img"))
+            bar.update(1)
+    bar.close()
+    if not pairs:
+        raise ConfigError("no pairs were made: every origin was unreadable")
+    return write_pairs(out / MANIFEST_NAME, pairs)
+
+
+# -- offline proxy edits ----------------------------------------------------------------------------
+@dataclass
+class _Pending:
+    target: Path
+    image: np.ndarray
+    plan: ProxyPlan
+    rng: np.random.Generator
+
+
+class LatentRegenerator:
+    """"Regeneration" through TAEF2: encode, noise the latent at strength ``s``, decode.
+
+    ``z' = mu + sqrt(1 - s) (z - mu) + sqrt(s) sigma eps`` with per-image, per-channel mean ``mu`` and
+    spread ``sigma`` and spatially smoothed Gaussian ``eps``: textures and local colours change the way a
+    partial re-synthesis changes them, while the layout survives (there is no denoiser to restore detail).
+    """
+
+    def __init__(self, weights: str | os.PathLike | None = None, device: str = "auto", size: int = 256) -> None:
+        from ..embedders.taesd import TAEF2Decoder, TAEF2Encoder
+
+        self.size = size
+        self.encoder = TAEF2Encoder(weights=weights, device=device, dtype="float32", input_size=size)
+        self.decoder = TAEF2Decoder(weights=weights, device=device, dtype="float32")
+
+    def __call__(self, images: list[np.ndarray], strengths: list[float], smooths: list[float], rngs: list[np.random.Generator]) -> list[np.ndarray]:
+        torch = require("torch")
+        cv2 = require("cv2")
+        sq = np.stack([cv2.resize(im, (self.size, self.size), interpolation=cv2.INTER_AREA) for im in images])
+        x = torch.from_numpy(sq).permute(0, 3, 1, 2).float().div(127.5).sub(1.0).to(self.encoder.device)
+        with torch.inference_mode():
+            z = self.encoder.model(x).float().cpu()
+        noise = []
+        for zi, sm, rng in zip(z, smooths, rngs):
+            e = rng.standard_normal(zi.shape).astype(np.float32)
+            if sm > 0:
+                e = cv2.GaussianBlur(e.transpose(1, 2, 0), (0, 0), sm).transpose(2, 0, 1)
+                e = e / (e.std(axis=(1, 2), keepdims=True) + 1e-6)
+            noise.append(e)
+        eps = torch.from_numpy(np.stack(noise))
+        s = torch.tensor(strengths, dtype=torch.float32)[:, None, None, None]
+        mu = z.mean(dim=(2, 3), keepdim=True)
+        sd = z.std(dim=(2, 3), keepdim=True)
+        zn = mu + (1 - s).sqrt() * (z - mu) + s.sqrt() * sd * eps
+        y = self.decoder.decode(zn).float().cpu()
+        dec = ((y.permute(0, 2, 3, 1).numpy() + 1.0) * 127.5 + 0.5).clip(0, 255).astype(np.uint8)
+        return [cv2.resize(d, (im.shape[1], im.shape[0]), interpolation=cv2.INTER_CUBIC) for d, im in zip(dec, images)]
+
+
+def _load_rgb(path: Path, max_side: int) -> np.ndarray:
+    img = load_image(path)
+    if max(img.size) > max_side:
+        s = max_side / max(img.size)
+        img = img.resize((max(1, round(img.size[0] * s)), max(1, round(img.size[1] * s))))
+    return np.asarray(img.convert("RGB"))
+
+
+@dataclass(frozen=True)
+class ProxyPlan:
+    """What one proxy edit does, drawn before anything runs (so it is known even for existing files)."""
+
+    seed: tuple[int, ...]
+    pixel_ops: tuple[str, ...]
+    strength: float | None
+    smooth: float
+    degradations: tuple[str, ...]
+
+    def describe(self) -> str:
+        """``proxy:<op>+<op>+latent0.23+jpeg``: the manifest's ``source`` field."""
+        names = list(self.pixel_ops) + ([f"latent{self.strength:.2f}"] if self.strength is not None else []) + list(self.degradations)
+        return "proxy:" + ("+".join(names) or "identity")
+
+
+def sample_plan(seed: tuple[int, ...], *, latent_prob: float, latent_strength: tuple[float, float]) -> ProxyPlan:
+    """The seeded plan of one proxy edit: pixel ops, latent regeneration strength (or None), degradations."""
+    from . import _proxy_ops as ops
+
+    rng = np.random.default_rng([*seed, 0])
+    pixel_ops = ops.sample_recipe(rng)
+    strength = float(rng.uniform(*latent_strength)) if rng.random() < latent_prob else None
+    smooth = float(rng.uniform(0.0, 1.5))
+    return ProxyPlan(tuple(seed), tuple(pixel_ops), strength, smooth, tuple(ops.sample_degradations(rng)))
+
+
+def _donor_sampler(
+    rng: np.random.Generator, exclude: Path, donor_paths: list[Path], cache: dict[Path, np.ndarray], max_side: int
+) -> Callable[[], np.ndarray]:
+    """A callable returning a random readable donor photo other than ``exclude``."""
+
+    def draw() -> np.ndarray:
+        for _ in range(20):
+            p = donor_paths[int(rng.integers(0, len(donor_paths)))]
+            if p == exclude:
+                continue
+            if p not in cache:
+                try:
+                    cache[p] = _load_rgb(p, max_side)
+                except MediaError:
+                    continue
+                if len(cache) > 256:  # bounded memory: forget the oldest donor
+                    cache.pop(next(iter(cache)))
+            return cache[p]
+        raise ConfigError("could not read any donor image (need readable photos besides the origin)")
+
+    return draw
+
+
+def make_proxy_pairs(
+    origins: Sequence[str | os.PathLike] | str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    edits_per_origin: int = 4,
+    seed: int = 0,
+    donors: Sequence[str | os.PathLike] | str | os.PathLike | None = None,
+    latent_prob: float = 0.5,
+    latent_strength: tuple[float, float] = (0.05, 0.4),
+    weights: str | os.PathLike | None = None,
+    device: str = "auto",
+    max_side: int = 384,
+    batch_size: int = 8,
+    quality: int = 95,
+    progress: bool = True,
+    regenerator: Callable[..., list[np.ndarray]] | None = None,
+) -> Path:
+    """Make ``edits_per_origin`` proxy edits of every origin (see the module docstring: NOT diffusion edits).
+
+    ``donors`` are the photos that inserted objects, new backgrounds and mixed halves come from (default:
+    the origins themselves; an origin is never its own donor). With probability ``latent_prob`` an edit is
+    regenerated through TAEF2 at a strength drawn from ``latent_strength``. Each edit's randomness is seeded
+    by (``seed``, the origin's bytes, edit index): the same inputs give the same files. Unreadable origins
+    are reported and skipped; an unreadable donor is replaced by another. Returns the manifest path.
+    """
+    from . import _proxy_ops as ops
+
+    if edits_per_origin < 1:
+        raise ConfigError(f"edits_per_origin={edits_per_origin} must be >= 1")
+    lo, hi = latent_strength
+    if not 0.0 <= lo <= hi < 1.0:
+        raise ConfigError(f"latent_strength={latent_strength} must satisfy 0 <= lo <= hi < 1")
+    out = Path(out_dir)
+    paths = _as_origins(origins)
+    donor_paths = _as_origins(donors) if donors is not None else paths
+    donor_cache: dict[Path, np.ndarray] = {}
+    regen = regenerator
+    pending: list[_Pending] = []
+    pairs: list[Pair] = []
+    bar = _progress(len(paths) * edits_per_origin, "proxy edits", progress)
+
+    def flush() -> None:
+        nonlocal regen
+        todo = [p for p in pending if p.plan.strength is not None]
+        if todo:
+            if regen is None:
+                regen = LatentRegenerator(weights=weights, device=device)
+            noise_rngs = [np.random.default_rng([*p.plan.seed, 2]) for p in todo]
+            regenerated = regen([p.image for p in todo], [p.plan.strength for p in todo], [p.plan.smooth for p in todo], noise_rngs)
+            for p, im in zip(todo, regenerated):
+                p.image = im
+        for p in pending:
+            for name in p.plan.degradations:
+                p.image = ops.apply_op(name, p.image, p.rng, lambda: p.image)
+            _save(p.image, p.target, quality)
+        bar.update(len(pending))
+        pending.clear()
+
+    for origin in paths:
+        try:
+            base_seed = _content_seed(origin)
+            image = _load_rgb(origin, max_side)
+        except (MediaError, OSError) as exc:
+            _report_skip(bar, origin, exc)
+            bar.update(edits_per_origin)
+            continue
+        for k in range(edits_per_origin):
+            plan = sample_plan((seed, base_seed, k), latent_prob=latent_prob, latent_strength=latent_strength)
+            target = out / EDITED_DIR / _edit_name(origin, k, "jpg")
+            if target.is_file():
+                bar.update(1)
+            else:
+                # Ops draw from their own stream, so the plan (and the manifest) never depends on execution.
+                rng = np.random.default_rng([*plan.seed, 1])
+                img = image
+                donor = _donor_sampler(rng, origin, donor_paths, donor_cache, max_side)
+                for name in plan.pixel_ops:
+                    img = ops.apply_op(name, img, rng, donor)
+                pending.append(_Pending(target, img, plan, rng))
+                if len(pending) >= batch_size:
+                    flush()
+            pairs.append(
+                Pair(query=target, origin=origin, model="proxy:taef2", strength=plan.strength or 0.0, source=plan.describe())
+            )
+    flush()
+    bar.close()
+    if not pairs:
+        raise ConfigError("no pairs were made: every origin was unreadable")
+    return write_pairs(out / MANIFEST_NAME, pairs)

@@ -1,0 +1,78 @@
+"""Robustness suite: how identification holds up under common image attacks.
+
+* :mod:`.attacks`: seeded, parameterised attacks (JPEG, blur, downscale, crop, text/logo watermarks,
+  chains) and :func:`default_suite`; more attacks come from plugins through ``id2_register_attacks``.
+* :mod:`.suite`: :func:`run_robustness` attacks the queries at every level and scores id2, raw VAE,
+  PDQ and pHash with :mod:`id2_plugin.evaluate`.
+* :mod:`.report`: ``report.json``, ``curves.csv``, a self-contained ``report.html`` and ``report.pdf``.
+
+Command line: ``id2-plugin robustness --photos DIR --out DIR`` (see ``--help``).
+"""
+
+from __future__ import annotations
+
+from .attacks import (
+    BUILTIN_ATTACKS,
+    DEFAULT_LEVELS,
+    JPEG,
+    Attack,
+    Chain,
+    Crop,
+    Downscale,
+    FunctionAttack,
+    GaussianBlur,
+    Identity,
+    LogoWatermark,
+    SuiteEntry,
+    TextWatermark,
+    default_suite,
+    parse_attack_spec,
+    subsample_levels,
+)
+from .report import render_html, result_to_dict, write_csv, write_html, write_json, write_pdf, write_reports
+from .suite import (
+    CurvePoint,
+    FailureExample,
+    RobustnessResult,
+    RobustnessSet,
+    attack_seed,
+    build_methods,
+    pairs_set,
+    photos_set,
+    run_robustness,
+)
+
+__all__ = [
+    "BUILTIN_ATTACKS",
+    "DEFAULT_LEVELS",
+    "JPEG",
+    "Attack",
+    "Chain",
+    "Crop",
+    "CurvePoint",
+    "Downscale",
+    "FailureExample",
+    "FunctionAttack",
+    "GaussianBlur",
+    "Identity",
+    "LogoWatermark",
+    "RobustnessResult",
+    "RobustnessSet",
+    "SuiteEntry",
+    "TextWatermark",
+    "attack_seed",
+    "build_methods",
+    "default_suite",
+    "pairs_set",
+    "parse_attack_spec",
+    "photos_set",
+    "render_html",
+    "result_to_dict",
+    "run_robustness",
+    "subsample_levels",
+    "write_csv",
+    "write_html",
+    "write_json",
+    "write_pdf",
+    "write_reports",
+]

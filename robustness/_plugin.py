@@ -1,0 +1,139 @@
+"""Built-in plugin of the robustness suite: registers the attacks and the ``robustness`` command.
+
+Listed in :data:`id2_plugin.plugins.DEFAULT_PLUGINS`, so it goes through the same hooks as a third-party
+plugin. Importing it is cheap (numpy and Pillow); models and matplotlib load only when the command runs.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+import pluggy
+
+from id2_plugin._cli_support import EXIT_OK, get_state, handle_errors
+from id2_plugin.errors import ConfigError
+
+from .attacks import BUILTIN_ATTACKS
+
+hookimpl = pluggy.HookimplMarker("id2_plugin")
+
+
+@hookimpl
+def id2_register_attacks(register: Any) -> None:
+    for name, factory in BUILTIN_ATTACKS.items():
+        register(name, factory)
+
+
+@click.command("robustness")
+@click.option("--pairs", "pairs", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Pairs manifest (JSONL query/origin): the edited queries are attacked.")
+@click.option("--photos", "photos", type=click.Path(exists=True), default=None,
+              help="Folder of photos: each unedited photo is a reference and, attacked, a query (image-copy case).")
+@click.option("--distractors", multiple=True, type=click.Path(exists=True),
+              help="Extra reference images/folders (repeatable; may be the --photos folder: queries are skipped there).")
+@click.option("--max-distractors", type=int, default=None, help="Use at most this many distractors.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder for the reports.")
+@click.option("--limit", type=int, default=None, help="Use at most N queries (the first N, sorted by name / manifest order).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the attacks (same seed = same pixels).")
+@click.option("--attack", "attack_specs", multiple=True, metavar="SPEC",
+              help="Attack family instead of the default suite, e.g. 'jpeg:90,50,30', 'blur:1,3' or a chain "
+                   "'downscale:0.5+jpeg:70,30'; names come from the attack registry (plugins included). Repeatable.")
+@click.option("--levels", "n_levels", type=int, default=0,
+              help="Keep N levels per family, spread from mild to the strongest (0 = all).")
+@click.option("--methods", default=None,
+              help="Comma-separated subset of id2, vae_raw, pdq, phash (default: all available; id2 needs a W).")
+@click.option("--compare-resize-policies", is_flag=True,
+              help="Also evaluate id2/vae_raw with the other resize policies (squash, center_crop, pad).")
+@click.option("--failures", "n_failures", type=int, default=3, show_default=True,
+              help="Failure examples kept per method and attack level.")
+@click.option("--pdf/--no-pdf", default=True, show_default=True, help="Also write report.pdf.")
+@click.option("--no-cache", is_flag=True,
+              help="Do not read or write the latent cache (by default reruns reuse it and skip encoding).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="Latent cache root (default $ID2_CACHE_DIR or ~/.cache/id2_plugin).")
+@click.option("--embedder", "embedder_name", default=None, help="Embedder name (embedder.name).")
+@click.option("--projection", default=None, help="'default', 'none' (raw latent only) or a W .safetensors path.")
+@click.option("--device", default=None, help="auto, cpu, cuda, cuda:N (embedder.device).")
+@click.option("--batch-size", type=int, default=None, help="Images per forward pass (embedder.batch_size).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.pass_context
+@handle_errors
+def robustness_command(ctx: click.Context, pairs: str | None, photos: str | None, distractors: tuple[str, ...],
+                       max_distractors: int | None, out_dir: str, limit: int | None, seed: int,
+                       attack_specs: tuple[str, ...], n_levels: int, methods: str | None,
+                       compare_resize_policies: bool, n_failures: int, pdf: bool, no_cache: bool,
+                       cache_dir: str | None, embedder_name: str | None, projection: str | None,
+                       device: str | None, batch_size: int | None, quiet: bool) -> None:
+    """Attack queries at every level and measure id2, raw VAE, PDQ and pHash on them.
+
+    Writes OUT/report.json (every curve point), OUT/curves.csv, a self-contained OUT/report.html (plots,
+    tables, failure examples, provenance) and OUT/report.pdf.
+
+    Resuming: attacks are seeded, so a rerun (or a run with more queries or levels) produces identical
+    pixels, and latents are read from the on-disk latent cache instead of being encoded again. An
+    interrupted run therefore resumes where it stopped: just run the same command again.
+    """
+    from id2_plugin.identify import build_embedder
+    from id2_plugin.media import MediaLimits
+    from id2_plugin.plugins import attack_factories
+
+    from . import attacks as A
+    from .report import write_reports
+    from .suite import RESIZE_POLICIES, build_methods, pairs_set, photos_set, run_robustness
+
+    if (pairs is None) == (photos is None):
+        raise ConfigError("give exactly one of --pairs MANIFEST or --photos DIR")
+    factories = attack_factories()
+    try:
+        suite = [A.parse_attack_spec(s, factories) for s in attack_specs] if attack_specs else A.default_suite()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    suite = [A.SuiteEntry(e.family, A.subsample_levels(e.levels, n_levels)) for e in suite]
+    names = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+
+    cfg = get_state(ctx).config(**{
+        "embedder.name": embedder_name, "embedder.projection": projection, "embedder.device": device,
+        "embedder.batch_size": batch_size,
+    })
+    limits = MediaLimits(cfg.media.max_pixels, cfg.media.max_bytes)
+    needs_model = names is None or bool({"id2", "vae_raw"} & set(names))
+    embedder = build_embedder(cfg.embedder, limits) if needs_model else None
+    method_list = build_methods(embedder, names, cache_root=cache_dir, use_cache=not no_cache)
+    if photos is not None:
+        dataset = photos_set([photos], list(distractors), limit=limit, max_distractors=max_distractors)
+    else:
+        dataset = pairs_set(pairs, list(distractors), limit=limit, max_distractors=max_distractors)  # type: ignore[arg-type]
+    click.echo(
+        f"{dataset.kind}: {len(dataset.query_paths)} queries, {len(dataset.reference_paths)} references; "
+        f"{sum(len(e.levels) for e in suite)} attack levels; methods {', '.join(m.name for m in method_list)}",
+        err=True,
+    )
+    result = run_robustness(
+        dataset, method_list, suite, seed=seed, embedder=embedder,
+        compare_policies=RESIZE_POLICIES if compare_resize_policies else (),
+        cache_root=cache_dir, use_cache=not no_cache, n_failures=n_failures, limits=limits, progress=not quiet,
+    )
+    paths = write_reports(result, out_dir, pdf=pdf)
+    _print_summary(result)
+    for kind, p in paths.items():
+        click.echo(f"wrote {kind}: {p}")
+    sys.exit(EXIT_OK)
+
+
+def _print_summary(result: Any) -> None:
+    from .report import headline_rows
+
+    headers, rows = headline_rows(result)
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+    click.echo("top-1 accuracy")
+    for r in [headers, *rows]:
+        click.echo("  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+    for method, f in result.findings().items():
+        click.echo(f"resize policy, {method}: mean top-1 " + ", ".join(f"{k} {v:.3f}" for k, v in f["mean_top1"].items()))
+
+
+@hookimpl
+def id2_register_commands(cli: click.Group) -> None:
+    cli.add_command(robustness_command)

@@ -1,0 +1,253 @@
+"""The HTTP service, served by a real uvicorn on 127.0.0.1 and called with httpx."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from id2_plugin.config import ServeConfig
+from id2_plugin.identify import Identifier
+from id2_plugin.stores.faiss_store import FaissStore
+
+TOKEN = "s3cret-token"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def running(app, port: int | None = None) -> Iterator[str]:
+    """Run ``app`` with a real uvicorn server in a thread; yields the base URL."""
+    import uvicorn
+
+    port = port or _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture()
+def identifier(small_embedder, tmp_path: Path) -> Identifier:
+    store = FaissStore(tmp_path / "store", embedder_identity=small_embedder.identity, dim=small_embedder.dim, create=True)
+    return Identifier(small_embedder, store, k=3, threshold=0.5)
+
+
+def _app(identifier: Identifier, **serve: object):
+    from id2_plugin.adapters.http import create_app
+
+    return create_app(identifier, ServeConfig(**{"token": TOKEN, **serve}))  # type: ignore[arg-type]
+
+
+def _auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKEN}"}
+
+
+def test_add_references_then_identify_edited_copies(identifier, photo_paths, edited_copies) -> None:
+    refs = photo_paths[:4]
+    with running(_app(identifier)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        files = [("file", (p.name, p.read_bytes(), "image/jpeg")) for p in refs]
+        r = client.post("/v1/references", files=files, data={"label": ["originals"]}, headers=_auth())
+        assert r.status_code == 201, r.text
+        body = r.json()
+        assert [a["sha256"] for a in body["added"]] == [_sha(p.read_bytes()) for p in refs]
+        assert body["duplicates"] == [] and body["errors"] == []
+
+        again = client.post("/v1/references", content=refs[0].read_bytes(), headers=_auth())
+        assert again.status_code == 200 and again.json()["duplicates"] == [_sha(refs[0].read_bytes())]
+
+        for i, p in enumerate(refs):
+            data = edited_copies[p].read_bytes()
+            if i % 2:  # both upload styles: raw body and multipart
+                r = client.post("/v1/identify", content=data, headers={"Content-Type": "image/jpeg"})
+            else:
+                r = client.post("/v1/identify", files={"file": ("query.jpg", data, "image/jpeg")})
+            assert r.status_code == 200, r.text
+            report = r.json()
+            assert report["decision"] == "match"
+            assert report["best"]["sha256"] == _sha(p.read_bytes())
+            assert report["best"]["labels"] == ["originals"]
+            assert report["embedder"] == identifier.context.embedder.encoder.identity
+
+        unrelated = client.post("/v1/identify", content=photo_paths[40].read_bytes())
+        assert unrelated.status_code == 200 and unrelated.json()["decision"] == "no_match"
+
+        info = client.get("/v1/info").json()
+        assert info["store"]["count"] == 4 and info["dim"] == identifier.context.embedder.dim
+        assert info["writes_enabled"] is True and info["load"] == {"admitted": 0, "workers_busy": 0}
+        assert client.get("/healthz").json()["status"] == "ok"
+        schema = client.get("/openapi.json").json()
+        assert {"/v1/identify", "/v1/references", "/v1/references/{key}", "/healthz", "/v1/info"} <= set(schema["paths"])
+        assert "multipart/form-data" in schema["paths"]["/v1/identify"]["post"]["requestBody"]["content"]
+
+
+def test_bad_media_gets_a_clear_422(identifier) -> None:
+    with running(_app(identifier)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        r = client.post("/v1/identify", content=b"GIF89a this is not really an image")
+        assert r.status_code == 422
+        assert "not a usable image" in r.json()["detail"]
+        assert client.post("/v1/identify", content=b"").status_code == 422
+        r = client.post("/v1/identify", files={"other": ("x.txt", b"abc", "text/plain")})
+        assert r.status_code == 422 and "'file'" in r.json()["detail"]
+        r = client.post("/v1/references", files=[("file", ("bad.jpg", b"\xff\xd8\xff broken", "image/jpeg"))],
+                        headers=_auth())
+        assert r.status_code == 422 and r.json()["errors"][0]["name"] == "bad.jpg"
+
+
+def test_upload_limit_413_declared_and_streamed(identifier, photo_paths) -> None:
+    data = photo_paths[0].read_bytes()
+    limit = len(data) // 2
+    with running(_app(identifier, max_upload_bytes=limit)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        assert client.post("/v1/identify", content=data).status_code == 413
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: chunked transfer, counted while streaming
+            for i in range(0, len(data), 4096):
+                yield data[i : i + 4096]
+
+        r = client.post("/v1/identify", content=chunks())
+        assert r.status_code == 413 and "limit" in r.json()["detail"]
+        assert client.post("/v1/identify", content=data[: limit - 10]).status_code == 422  # under the limit
+
+
+def test_writes_need_the_token_and_are_off_without_one(identifier, photo_paths) -> None:
+    from id2_plugin.adapters.http import create_app
+
+    data = photo_paths[5].read_bytes()
+    with running(create_app(identifier, ServeConfig(token=None))) as url, httpx.Client(base_url=url, timeout=60) as c:
+        assert c.post("/v1/references", content=data, headers=_auth()).status_code == 403
+        assert c.delete(f"/v1/references/{_sha(data)}", headers=_auth()).status_code == 403
+        assert c.get("/v1/info").json()["writes_enabled"] is False
+    with running(_app(identifier)) as url, httpx.Client(base_url=url, timeout=60) as c:
+        assert c.post("/v1/references", content=data).status_code == 401
+        bad = c.post("/v1/references", content=data, headers={"Authorization": "Bearer wrong"})
+        assert bad.status_code == 401 and bad.headers["www-authenticate"] == "Bearer"
+        r = c.post("/v1/references", content=data, params={"uri": "s3://bucket/a.jpg", "label": "x"}, headers=_auth())
+        assert r.status_code == 201 and r.json()["added"][0]["uri"] == "s3://bucket/a.jpg"
+        rid = r.json()["added"][0]["id"]
+        assert c.delete(f"/v1/references/{rid}", headers=_auth()).json()["removed"] == 1
+        assert c.delete(f"/v1/references/{rid}", headers=_auth()).status_code == 404
+        assert identifier.context.store.info().count == 0
+
+
+def test_full_queue_gets_503_and_timeouts_504(identifier, photo_paths) -> None:
+    from id2_plugin.adapters import http as http_mod
+
+    data = photo_paths[0].read_bytes()
+    app = _app(identifier, max_concurrency=1, queue_size=1)
+    capacity = next(m.kwargs["capacity"] for m in app.user_middleware if m.cls is http_mod._LimitsMiddleware)
+    with running(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+        assert capacity.try_enter() and capacity.try_enter()  # two requests' worth: workers + queue taken
+        try:
+            r = client.post("/v1/identify", content=data)
+            assert r.status_code == 503 and r.headers["retry-after"] == "1"
+            assert client.get("/healthz").status_code == 200  # read-only endpoints are not admitted against it
+        finally:
+            capacity.leave()
+            capacity.leave()
+        assert client.post("/v1/identify", content=data).status_code == 200
+
+    # A deadline shorter than any forward pass: 504, and the worker comes back once the thread ends.
+    slow = _app(identifier, max_concurrency=1, queue_size=4, request_timeout_s=0.001)
+    with running(slow) as url, httpx.Client(base_url=url, timeout=60) as client:
+        r = client.post("/v1/identify", content=data)
+        assert r.status_code == 504 and "timed out" in r.json()["detail"]
+    fresh = _app(identifier, max_concurrency=1, queue_size=0)
+    with running(fresh) as url, httpx.Client(base_url=url, timeout=60) as client:
+        assert client.post("/v1/identify", content=data).status_code == 200
+
+
+def test_load_200_requests_8_concurrent_and_no_lost_writes(identifier, photo_paths, edited_copies) -> None:
+    """8 clients: 16 concurrent reference uploads all land; then 200 identifications, none fails."""
+    refs = photo_paths[:16]
+    app = _app(identifier, max_concurrency=2, queue_size=8)
+
+    async def scenario(url: str) -> tuple[list[httpx.Response], list[httpx.Response]]:
+        sem = asyncio.Semaphore(8)
+        async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+
+            async def call(method: str, path: str, **kw: object) -> httpx.Response:
+                async with sem:
+                    return await client.request(method, path, **kw)  # type: ignore[arg-type]
+
+            writes = await asyncio.gather(
+                *(call("POST", "/v1/references", content=p.read_bytes(), headers=_auth()) for p in refs)
+            )
+            queries = [edited_copies[refs[i % len(refs)]].read_bytes() for i in range(200)]
+            reads = await asyncio.gather(*(call("POST", "/v1/identify", content=q) for q in queries))
+            return list(writes), list(reads)
+
+    with running(app) as url:
+        writes, reads = asyncio.run(scenario(url))
+    assert [w.status_code for w in writes] == [201] * len(refs), [w.text for w in writes if w.status_code != 201]
+    store = identifier.context.store
+    assert store.info().count == len(refs)
+    assert store.contains([_sha(p.read_bytes()) for p in refs]) == [True] * len(refs)
+    statuses = [r.status_code for r in reads]
+    assert statuses == [200] * 200, {s: statuses.count(s) for s in set(statuses)}
+    expected = [_sha(refs[i % len(refs)].read_bytes()) for i in range(200)]
+    assert [r.json()["best"]["sha256"] for r in reads] == expected
+
+
+@pytest.mark.slow
+def test_cli_serve_subprocess(tmp_path: Path, photo_paths, edited_copies) -> None:
+    """``id2-plugin serve`` as a user runs it: a store created on start, filled and queried over HTTP."""
+    port = _free_port()
+    env = dict(os.environ, ID2_SERVE_TOKEN=TOKEN)
+    cmd = [sys.executable, "-m", "id2_plugin.cli", "--set", "embedder.input_size=64", "--set", "embedder.device=cpu",
+           "serve", "--store", str(tmp_path / "store"), "--create-store", "--projection", "none",
+           "--port", str(port), "--log-level", "warning"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 180
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"serve exited early: {proc.stderr.read() if proc.stderr else ''}")
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("serve did not come up")
+            time.sleep(0.5)
+        with httpx.Client(base_url=url, timeout=60) as client:
+            r = client.post("/v1/references", files=[("file", (p.name, p.read_bytes())) for p in photo_paths[:3]],
+                            headers=_auth())
+            assert r.status_code == 201 and len(r.json()["added"]) == 3
+            report = client.post("/v1/identify", content=edited_copies[photo_paths[2]].read_bytes()).json()
+            assert report["is_match"] and report["best"]["sha256"] == _sha(photo_paths[2].read_bytes())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert proc.returncode is not None
+    err = proc.stderr.read() if proc.stderr else ""
+    assert "serving 0 references" in err and "writes enabled" in err

@@ -1,0 +1,386 @@
+"""Retrieval metrics (hand-computed toy cases, cross-checked against a transcription of ISC-2021's code),
+baseline methods on real photos, evaluation-set loading and the ``evaluate`` command."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image, ImageFilter
+
+from id2_plugin.errors import ConfigError, MediaError
+from id2_plugin.evaluate import (
+    EmbedderMethod,
+    Method,
+    PDQMethod,
+    PHashMethod,
+    compute_metrics,
+    default_methods,
+    evaluate_methods,
+    format_table,
+    hamming_similarity,
+    load_pairs_for_eval,
+    micro_average_precision,
+    prepare_eval_set,
+    recall_at_precision,
+    top_k_predictions,
+)
+from id2_plugin.media import to_rgb_array
+
+# ---------------------------------------------------------------------------------------------------
+# pooled metrics on a hand-computed prediction list
+# ---------------------------------------------------------------------------------------------------
+# Predictions (score, correct), 4 positives in total (one positive was never predicted):
+#   (0.9, T) (0.8, T) (0.8, F) (0.5, T) (0.3, F)
+# Pessimistic order puts the incorrect 0.8 before the correct 0.8:
+#   rank:       1      2      3      4      5
+#   correct:    T      F      T      T      F
+#   precision:  1/1    1/2    2/3    3/4    3/5
+#   recall:     1/4    1/4    2/4    3/4    3/4
+# micro-AP = (1 + 2/3 + 3/4) / 4 = 0.6041667   (an optimistic tie order would give (1 + 1 + 3/4)/4 = 0.6875)
+TOY_SCORES = np.array([0.9, 0.8, 0.8, 0.5, 0.3])
+TOY_CORRECT = np.array([True, True, False, True, False])
+
+
+def test_micro_ap_hand_computed_with_pessimistic_ties() -> None:
+    assert micro_average_precision(TOY_SCORES, TOY_CORRECT, 4) == pytest.approx((1 + 2 / 3 + 3 / 4) / 4)
+    # Input order must not matter (the function sorts).
+    perm = [4, 2, 0, 3, 1]
+    assert micro_average_precision(TOY_SCORES[perm], TOY_CORRECT[perm], 4) == pytest.approx(0.6041667, abs=1e-7)
+    # Without the tie (0.8 -> 0.79 for the incorrect one) the correct prediction ranks 2nd: (1 + 1 + 3/4)/4.
+    untied = np.array([0.9, 0.8, 0.79, 0.5, 0.3])
+    assert micro_average_precision(untied, TOY_CORRECT, 4) == pytest.approx(0.6875)
+
+
+def test_recall_at_precision_hand_computed() -> None:
+    # Operating points exist only at the end of a tie group: after 0.9 (P=1, R=1/4), after both 0.8s
+    # (P=2/3, R=2/4), after 0.5 (P=3/4, R=3/4), after 0.3 (P=3/5, R=3/4).
+    assert recall_at_precision(TOY_SCORES, TOY_CORRECT, 4, 0.9) == (pytest.approx(0.25), 0.9)
+    assert recall_at_precision(TOY_SCORES, TOY_CORRECT, 4, 0.7) == (pytest.approx(0.75), 0.5)
+    assert recall_at_precision(TOY_SCORES, TOY_CORRECT, 4, 0.6) == (pytest.approx(0.75), 0.5)  # higher threshold wins
+    # Best prediction is wrong -> precision 0.999 is never reached.
+    assert recall_at_precision([0.9, 0.8], [False, True], 1, 0.999) == (0.0, None)
+
+
+def test_recall_at_precision_cannot_split_a_tie() -> None:
+    # (0.8, T) and (0.8, F) tied, 1 positive: any threshold <= 0.8 accepts both -> precision 1/2.
+    # A per-position scan with the correct one first would wrongly claim recall 1 at precision 1.
+    assert recall_at_precision([0.8, 0.8], [True, False], 1, 0.9) == (0.0, None)
+    assert recall_at_precision([0.8, 0.8], [True, False], 1, 0.5) == (1.0, 0.8)
+
+
+def test_pooled_metric_input_validation() -> None:
+    with pytest.raises(ValueError, match="n_positive_total"):
+        micro_average_precision([0.5], [False], 0)
+    with pytest.raises(ValueError, match="correct predictions"):
+        micro_average_precision([0.5, 0.4], [True, True], 1)
+    with pytest.raises(ValueError, match="finite"):
+        micro_average_precision([np.nan], [True], 1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# compute_metrics on a hand-computed 3 x 4 matrix
+# ---------------------------------------------------------------------------------------------------
+# q0: scores [0.9, 0.5, 0.2, 0.1], positive {r0}      -> top-1 correct, AP = 1
+# q1: scores [0.7, 0.7, 0.3, 0.6], positives {r1, r3}  -> r0 (negative) ties r1 at 0.7 and goes first:
+#       ranking F(0.7) T(0.7) T(0.6) F(0.3): top-1 WRONG, AP = (1/2 + 2/3) / 2 = 0.5833333
+# q2: scores [0.4, 0.65, 0.1, 0.2], no positive        -> excluded from top1 and mAP, its predictions are
+#       all false in the pooled metrics
+# top1 = 1/2; mAP = (1 + 0.5833333) / 2 = 0.7916667
+# pooled (k = 4), 3 positives: 0.9T 0.7F 0.7T 0.65F 0.6T 0.5F 0.4F 0.3F 0.2F 0.2F 0.1F 0.1F
+#   precision at the correct ones: 1/1, 2/3, 3/5 -> micro-AP = (1 + 2/3 + 3/5) / 3 = 0.7555556
+#   recall@P90: only the point after 0.9 has precision >= 0.9 -> recall 1/3 at threshold 0.9 (same @P99.9)
+# k = 2: q0 keeps 0.9T 0.5F, q1 keeps 0.7F 0.7T (pessimistic), q2 keeps 0.65F 0.4F; r3 of q1 is lost:
+#   micro-AP = (1 + 2/3) / 3 = 0.5555556; AP(q1) = (1/2) / 2 = 0.25 -> mAP = (1 + 0.25) / 2 = 0.625
+SCORES = np.array([[0.9, 0.5, 0.2, 0.1], [0.7, 0.7, 0.3, 0.6], [0.4, 0.65, 0.1, 0.2]])
+POSITIVES = np.array([[1, 0, 0, 0], [0, 1, 0, 1], [0, 0, 0, 0]], dtype=bool)
+
+
+def test_compute_metrics_hand_computed() -> None:
+    m = compute_metrics(SCORES, POSITIVES, k=None)
+    assert m.top1 == pytest.approx(0.5)
+    assert m.mAP == pytest.approx(0.7916667, abs=1e-7)
+    assert m.micro_ap == pytest.approx((1 + 2 / 3 + 3 / 5) / 3)
+    assert m.recall_at_p90 == pytest.approx(1 / 3) and m.threshold_at_p90 == 0.9
+    assert m.recall_at_p999 == pytest.approx(1 / 3) and m.threshold_at_p999 == 0.9
+    assert (m.n_queries, m.n_references, m.n_positive_queries, m.n_positives, m.k) == (3, 4, 2, 3, 4)
+    d = m.to_dict()
+    assert set(d) >= {"top1", "mAP", "micro_ap", "recall_at_p90", "threshold_at_p90", "recall_at_p999",
+                      "threshold_at_p999", "n_queries", "n_references"}
+    json.dumps(d)  # serialisable as is
+
+
+def test_compute_metrics_top_k_cut() -> None:
+    m = compute_metrics(SCORES, POSITIVES, k=2)
+    assert m.micro_ap == pytest.approx((1 + 2 / 3) / 3)
+    assert m.mAP == pytest.approx(0.625)
+    assert m.top1 == pytest.approx(0.5)  # top-1 does not depend on k
+    s, c = top_k_predictions(SCORES, POSITIVES, 2)
+    assert s.tolist() == [[0.9, 0.5], [0.7, 0.7], [0.65, 0.4]]
+    assert c.tolist() == [[True, False], [False, True], [False, False]]
+
+
+def test_distractor_query_lowers_pooled_metrics_only() -> None:
+    # Raising q2's false score above every true one hurts micro-AP but leaves top1 and mAP unchanged:
+    # pooled order becomes 0.95F 0.9T 0.7F 0.7T 0.6T ...: micro-AP = (1/2 + 2/4 + 3/5) / 3 = 0.5333333.
+    s = SCORES.copy()
+    s[2, 1] = 0.95
+    m = compute_metrics(s, POSITIVES, k=None)
+    assert m.micro_ap == pytest.approx((0.5 + 0.5 + 0.6) / 3)
+    assert (m.top1, m.mAP) == (pytest.approx(0.5), pytest.approx(0.7916667, abs=1e-7))
+    assert (m.recall_at_p90, m.threshold_at_p90) == (0.0, None)
+
+
+def test_compute_metrics_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="no query has a positive"):
+        compute_metrics(SCORES, np.zeros_like(POSITIVES))
+    with pytest.raises(ValueError, match="same Q x R shape"):
+        compute_metrics(SCORES, POSITIVES[:, :3])
+    with pytest.raises(ValueError, match="k must be"):
+        compute_metrics(SCORES, POSITIVES, k=0)
+
+
+# An independent transcription of facebookresearch/isc2021 isc/metrics.py (precision_recall,
+# average_precision, find_operating_point), used to cross-check the vectorised implementation.
+def _isc_reference(scores: np.ndarray, correct: np.ndarray, n_pos: int, req: float) -> tuple[float, float, float | None]:
+    order = sorted(range(len(scores)), key=lambda i: (scores[i], not correct[i]))[::-1]
+    y = correct[order]
+    s = scores[order]
+    ntp = np.cumsum(y)
+    precisions = ntp / (np.arange(len(y)) + 1)
+    recalls = ntp / n_pos
+    ap = float(((recalls - np.concatenate([[0], recalls[:-1]])) * precisions).sum())
+    valid = precisions >= req
+    if not valid.any():
+        return ap, 0.0, None
+    best = int(np.argmax(recalls[valid]))
+    return ap, float(recalls[valid][best]), float(s[valid][best])
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_pooled_metrics_match_isc_reference(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = 200
+    scores = rng.integers(0, 25, n) / 25.0  # few distinct values: many ties between right and wrong
+    correct = rng.random(n) < 0.3 + 0.5 * scores  # higher scores more often right
+    n_pos = int(correct.sum()) + int(rng.integers(0, 10))
+    for req in (0.6, 0.8, 0.9):
+        ap, r, t = _isc_reference(scores, correct, n_pos, req)
+        assert micro_average_precision(scores, correct, n_pos) == pytest.approx(ap, abs=1e-12)
+        assert recall_at_precision(scores, correct, n_pos, req) == (pytest.approx(r, abs=1e-12), t)
+
+
+# ---------------------------------------------------------------------------------------------------
+# hashes and methods
+# ---------------------------------------------------------------------------------------------------
+def test_hamming_similarity_hand_computed() -> None:
+    q = np.array([[0b10101010, 0xFF]], dtype=np.uint8)
+    r = np.array([[0b10101010, 0xFF], [0b01010101, 0xFF], [0, 0]], dtype=np.uint8)
+    # distances over 16 bits: 0, 8, 4 + 8 = 12 -> similarities 1, 0.5, 0.25
+    assert hamming_similarity(q, r, 16).tolist() == [[1.0, 0.5, 0.25]]
+    # Chunking over query rows gives the same result.
+    qq = np.repeat(q, 5, axis=0)
+    assert np.array_equal(hamming_similarity(qq, r, 16, chunk_bytes=1), np.repeat([[1.0, 0.5, 0.25]], 5, axis=0))
+
+
+def degrade(path: Path, i: int) -> Image.Image:
+    """A JPEG q35 copy (even i) or a blurred then JPEG q90 copy (odd i) of a photo (deterministic)."""
+    img = Image.open(path).convert("RGB")
+    if i % 2:
+        img = img.filter(ImageFilter.GaussianBlur(1.5))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90 if i % 2 else 35)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+@pytest.fixture(scope="module")
+def real_copies(photo_paths: list[Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]]:
+    """10 origins, their degraded copies (PNG, so decoding is lossless) and 20 distractors."""
+    d = tmp_path_factory.mktemp("copies")
+    copies = []
+    for i, p in enumerate(photo_paths[:10]):
+        out = d / f"copy_{i:02d}.png"
+        degrade(p, i).save(out)
+        copies.append(out)
+    return {"origins": photo_paths[:10], "copies": copies, "distractors": photo_paths[10:30]}
+
+
+def test_methods_on_real_photos(taef2_encoder, latent_cache, real_copies) -> None:
+    from id2_plugin.embedders.base import Embedder, Projection
+
+    norm = taef2_encoder.normalise
+    refs = [norm(p) for p in [*real_copies["origins"], *real_copies["distractors"]]]
+    queries = [norm(p) for p in real_copies["copies"]]
+    origin = list(range(10))
+    # A seeded random W stands in for a trained one: the id2 method must run through it.
+    w = np.random.default_rng(0).standard_normal((taef2_encoder.latent_dim // 16, 64)).astype(np.float32)
+    embedder = Embedder(taef2_encoder, Projection(w, pool=4))
+    methods = default_methods(embedder, latent_cache)
+    assert [m.name for m in methods] == ["id2", "vae_raw", "pdq", "phash"]
+    assert all(isinstance(m, Method) for m in methods)
+    assert [m.name for m in default_methods(Embedder(taef2_encoder, None), latent_cache)] == ["vae_raw", "pdq", "phash"]
+
+    results = evaluate_methods(queries, origin, refs, methods, progress=False)
+    for name in ("vae_raw", "pdq", "phash"):
+        m = results[name]
+        # JPEG / blur copies among 30 unrelated photos: every baseline finds the origin first.
+        assert m.top1 >= 0.9, (name, m)
+        assert m.mAP >= 0.9 and m.micro_ap >= 0.8, (name, m)
+        assert (m.n_queries, m.n_references) == (10, 30)
+    assert 0.0 <= results["id2"].top1 <= 1.0
+    table = format_table(results)
+    assert table.splitlines()[0].split()[:4] == ["method", "top1", "mAP", "micro_ap"]
+    assert len({len(line) for line in table.splitlines()}) == 1  # aligned
+
+    # Hashes of identical pixels are identical; a copy is closer to its origin than to another photo.
+    for method in (PDQMethod(), PHashMethod()):
+        h = method.embed(np.stack([refs[0], refs[0], queries[0], refs[1]]))
+        sim = method.similarity(h[:1], h)
+        assert sim[0, 0] == sim[0, 1] == 1.0
+        assert sim[0, 2] > sim[0, 3]
+
+    # The raw-latent method reuses cached latents: a second run gives identical embeddings.
+    raw = EmbedderMethod(Embedder(taef2_encoder, None), latent_cache)
+    assert raw.name == "vae_raw"
+    e1 = raw.embed(np.stack(queries[:3]))
+    assert np.array_equal(e1, raw.embed(np.stack(queries[:3])))
+    assert np.allclose(np.linalg.norm(e1, axis=1), 1.0, atol=1e-5)
+
+
+def test_evaluate_methods_accepts_positives_matrix() -> None:
+    class Identity:
+        """A trivial method: flattened pixels, negative squared distance."""
+
+        name = "pixels"
+
+        def embed(self, images: np.ndarray) -> np.ndarray:
+            return images.reshape(len(images), -1).astype(np.float64)
+
+        def similarity(self, q: np.ndarray, r: np.ndarray) -> np.ndarray:
+            return -((q[:, None, :] - r[None, :, :]) ** 2).sum(-1)
+
+    rng = np.random.default_rng(1)
+    refs = rng.integers(0, 256, (5, 4, 4, 3), dtype=np.uint8)
+    queries = refs[[0, 2, 4]].copy()
+    pos = np.zeros((3, 5), bool)
+    pos[[0, 1, 2], [0, 2, 4]] = True
+    by_index = evaluate_methods(queries, [0, 2, 4], refs, [Identity()], progress=False)
+    by_matrix = evaluate_methods(queries, pos, refs, [Identity()], progress=False, batch_size=2)
+    assert by_index == by_matrix
+    assert by_index["pixels"].top1 == 1.0 and by_index["pixels"].micro_ap == 1.0
+    with pytest.raises(ValueError, match="outside"):
+        evaluate_methods(queries, [0, 2, 9], refs, [Identity()], progress=False)
+    with pytest.raises(ValueError, match="unique"):
+        evaluate_methods(queries, pos, refs, [Identity(), Identity()], progress=False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# evaluation sets from files
+# ---------------------------------------------------------------------------------------------------
+def _png(path: Path, seed: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_load_pairs_for_eval(tmp_path: Path) -> None:
+    for i in range(3):
+        _png(tmp_path / "q" / f"{i}.png", i)
+    _png(tmp_path / "o" / "a.png", 10)
+    _png(tmp_path / "o" / "b.png", 11)
+    _png(tmp_path / "d" / "x.png", 20)
+    shutil.copy(tmp_path / "o" / "a.png", tmp_path / "d" / "copy_of_a.png")  # same bytes as an origin
+    shutil.copy(tmp_path / "q" / "0.png", tmp_path / "d" / "copy_of_q0.png")  # same bytes as a query
+    manifest = tmp_path / "pairs.jsonl"
+    manifest.write_text(
+        '{"query": "q/0.png", "origin": "o/a.png"}\n'
+        '{"query": "q/1.png", "origin": "o/b.png", "source": "test"}\n'
+        "\n"
+        '{"query": "q/2.png", "origin": "o/a.png"}\n'
+    )
+    queries, refs, pos = load_pairs_for_eval(manifest, [tmp_path / "d"])
+    assert [p.name for p in queries] == ["0.png", "1.png", "2.png"]
+    assert [p.name for p in refs] == ["a.png", "b.png", "x.png"]  # copies dropped
+    assert pos.tolist() == [[True, False, False], [False, True, False], [True, False, False]]
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"query": "q/0.png", "origin": "o/a.png"}\n{"query": "q/9.png", "origin": "o/a.png"}\n')
+    with pytest.raises(ConfigError, match="line 2"):
+        load_pairs_for_eval(bad)
+    bad.write_text('{"query": "q/0.png", "origin": "o/a.png"}\n{"query": \n')
+    with pytest.raises(ConfigError, match=":2"):
+        load_pairs_for_eval(bad)
+
+
+def test_prepare_eval_set_skips_unreadable(tmp_path: Path) -> None:
+    q = [_png(tmp_path / f"q{i}.png", i) for i in range(3)]
+    r = [_png(tmp_path / f"r{i}.png", 10 + i) for i in range(3)]
+    r[1].write_bytes(b"not an image")  # origin of q1
+    q[2].write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    pos = np.eye(3, dtype=bool)
+
+    def norm(p: Path) -> np.ndarray:
+        return to_rgb_array(p, (8, 8))
+
+    es = prepare_eval_set(q, r, pos, norm, progress=False)
+    # r1 unreadable -> column dropped, q1 (its only origin gone) dropped; q2 unreadable -> dropped.
+    assert es.query_paths == [q[0]] and es.reference_paths == [r[0], r[2]]
+    assert es.positives.tolist() == [[True, False]]
+    assert len(es.skipped) == 3
+    assert any("q1.png" in s and "origin could not be read" in s for s in es.skipped)
+    assert any("r1.png" in s for s in es.skipped) and any("q2.png" in s for s in es.skipped)
+    with pytest.raises(MediaError):
+        norm(r[1])
+
+
+# ---------------------------------------------------------------------------------------------------
+# the evaluate command
+# ---------------------------------------------------------------------------------------------------
+def _invoke(args: list[str]):
+    from id2_plugin.cli import _load_plugin_commands, cli
+
+    _load_plugin_commands()
+    return CliRunner().invoke(cli, args, catch_exceptions=False)
+
+
+def test_evaluate_command(real_copies, tmp_path: Path, taef2_encoder) -> None:
+    from id2_plugin.embedders.base import Projection
+
+    manifest = tmp_path / "pairs.jsonl"
+    manifest.write_text(
+        "".join(json.dumps({"query": str(c), "origin": str(o)}) + "\n"
+                for c, o in zip(real_copies["copies"], real_copies["origins"]))
+    )
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
+    distractors = [str(p) for p in real_copies["distractors"]]
+    res = _invoke(["evaluate", "--pairs", str(manifest), "--projection", "none", "--json", "--k", "10",
+                   "--distractors", str(broken), *sum((["--distractors", d] for d in distractors), [])])
+    assert res.exit_code == 1, res.output  # the broken distractor is reported and skipped
+    assert "broken.jpg" in res.stderr
+    out = json.loads(res.stdout)
+    assert set(out["methods"]) == {"vae_raw", "pdq", "phash"}  # no W configured -> no id2
+    assert (out["n_queries"], out["n_references"], out["k"]) == (10, 30, 10)
+    for name, m in out["methods"].items():
+        assert {"top1", "mAP", "micro_ap", "recall_at_p90"} <= set(m)
+        assert m["top1"] >= 0.9, name
+
+    w_path = tmp_path / "w.safetensors"
+    w = np.random.default_rng(0).standard_normal((taef2_encoder.latent_dim // 16, 32)).astype(np.float32)
+    Projection(w, pool=4).save(w_path)
+    res = _invoke(["evaluate", "--pairs", str(manifest), "--projection", str(w_path), "--method", "id2",
+                   "--method", "pdq", *sum((["--distractors", d] for d in distractors), [])])
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("10 queries, 30 references (10 origins), k=100")
+    assert [line.split()[0] for line in lines[3:]] == ["id2", "pdq"]
+
+    res = _invoke(["evaluate", "--pairs", str(tmp_path / "missing.jsonl"), "--projection", "none"])
+    assert res.exit_code == 2 and "not found" in res.stderr
+    res = _invoke(["evaluate", "--pairs", str(manifest), "--projection", "none", "--method", "id2"])
+    assert res.exit_code == 2 and "needs a projection" in res.stderr
