@@ -228,7 +228,7 @@ def to_rgb_array(
     img = load_image(source, limits=limits)
     if size is not None:
         img = resize_rgb(img, size, policy)
-    return np.asarray(img, dtype=np.uint8)
+    return np.array(img, dtype=np.uint8)  # writable: torch.from_numpy warns on read-only buffers
 
 
 def iter_image_files(paths: list[str | os.PathLike] | tuple[str | os.PathLike, ...]) -> list[Path]:

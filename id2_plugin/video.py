@@ -524,7 +524,8 @@ def scan_video(
     except VideoError as exc:
         error = exc
     except MediaError as exc:  # a frame the normaliser refuses (e.g. above the pixel limit)
-        error = VideoError(str(exc), None, kind="corrupt", frames_read=reader.stats.frames_sampled)
+        error = VideoError(f"a decoded frame could not be normalised: {exc}", os.fspath(path), kind="corrupt",
+                           frames_read=reader.stats.frames_sampled)
     flush()
     st = reader.stats
     return VideoReport(

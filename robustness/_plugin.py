@@ -131,7 +131,9 @@ def _print_summary(result: Any) -> None:
     for r in [headers, *rows]:
         click.echo("  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
     for method, f in result.findings().items():
-        click.echo(f"resize policy, {method}: mean top-1 " + ", ".join(f"{k} {v:.3f}" for k, v in f["mean_top1"].items()))
+        for metric in ("top1", "micro_ap", "recall_at_p999"):
+            values = ", ".join(f"{k} {v:.3f}" for k, v in f[f"mean_{metric}"].items())
+            click.echo(f"resize policy, {method}: mean {metric} over attacked levels: {values}")
 
 
 @hookimpl

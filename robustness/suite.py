@@ -232,24 +232,35 @@ class RobustnessResult:
         return sorted(pts, key=lambda p: p.level)
 
     def findings(self) -> dict[str, Any]:
-        """Resize-policy comparison: mean top-1 over all attacked levels per method and policy."""
+        """Resize-policy comparison of each latent method: means over all attacked levels per policy.
+
+        ``mean_<metric>[policy]`` and ``per_family_mean_<metric>[family][policy]`` for top-1, micro-AP and
+        recall at 99.9% precision (ranking and global-threshold behaviour can disagree, so all are kept).
+        """
         out: dict[str, Any] = {}
         attacked = [p for p in self.points if p.attack != "clean"]
-        by: dict[tuple[str, str], list[float]] = {}
-        for p in attacked:
-            by.setdefault((p.method, p.resize_policy), []).append(p.top1)
-        policies = sorted({pol for _, pol in by})
-        if len(policies) > 1:
-            for method in sorted({m for m, _ in by}):
-                row = {pol: float(np.mean(by[(method, pol)])) for pol in policies if (method, pol) in by}
-                if len(row) > 1:
-                    per_family: dict[str, dict[str, float]] = {}
-                    for fam in sorted({p.attack for p in attacked}):
-                        per_family[fam] = {
-                            pol: float(np.mean([p.top1 for p in attacked if p.method == method and p.resize_policy == pol and p.attack == fam]))
-                            for pol in row
-                        }
-                    out[method] = {"mean_top1": row, "per_family_mean_top1": per_family}
+        policies = sorted({p.resize_policy for p in attacked})
+        if len(policies) < 2:
+            return out
+        families = list(dict.fromkeys(p.attack for p in attacked))
+        for method in dict.fromkeys(p.method for p in attacked):
+            mine = [p for p in attacked if p.method == method]
+            pols = [pol for pol in policies if any(p.resize_policy == pol for p in mine)]
+            if len(pols) < 2:
+                continue
+            entry: dict[str, Any] = {}
+            for metric in ("top1", "micro_ap", "recall_at_p999"):
+                entry[f"mean_{metric}"] = {
+                    pol: float(np.mean([getattr(p, metric) for p in mine if p.resize_policy == pol])) for pol in pols
+                }
+                entry[f"per_family_mean_{metric}"] = {
+                    fam: {
+                        pol: float(np.mean([getattr(p, metric) for p in mine if p.resize_policy == pol and p.attack == fam]))
+                        for pol in pols
+                    }
+                    for fam in families
+                }
+            out[method] = entry
         return out
 
 

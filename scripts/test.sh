@@ -10,4 +10,9 @@ VENV="${ID2_VENV:-.venv}"
 # The CPU torch wheel first: an unpinned torch from an extra would pull a multi-GB CUDA build.
 pip install -q torch==2.13.0
 pip install -q -e ".[test]"
+# perception's benchmarking (used by tests/adapters/test_perception.py) needs albumentations, which pins
+# opencv-python-headless; the project's one OpenCV is opencv-contrib-python-headless (same cv2 module), so
+# albumentations/albucore go in without their opencv requirement and their other deps are listed here.
+pip install -q --no-deps "albumentations==2.0.8" "albucore==0.0.24"
+pip install -q ffmpeg-python tabulate simsimd stringzilla
 exec python -m pytest "$@"

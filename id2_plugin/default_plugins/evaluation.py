@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import numpy as np
 import pluggy
 import yaml
 
@@ -121,7 +120,7 @@ def calibrate_command(ctx: click.Context, pairs_path: str, negative_dirs: tuple[
     `id2-plugin --config OUT query ...` loads.
     """
     from ..cache import LatentCache
-    from ..calibrate import calibrate_threshold, calibration_scores, save_histogram, store_best_scores
+    from ..calibrate import calibrate_threshold, calibration_scores, min_negatives_for, save_histogram, store_best_scores
     from ..config import load_config
     from ..evaluate import EmbedderMethod, embed_images, load_images, load_pairs_for_eval, prepare_eval_set
     from ..identify import build_embedder, open_store
@@ -168,6 +167,13 @@ def calibrate_command(ctx: click.Context, pairs_path: str, negative_dirs: tuple[
         neg_paths = [p for p, inside in zip(neg_paths, in_store) if not inside]
     if dropped:
         click.echo(f"dropped {dropped} negative(s) identical to a reference or query", err=True)
+    if target_fpr is not None and 0.0 < target_fpr < 1.0 and 0.0 < confidence < 1.0:
+        need = min_negatives_for(target_fpr, confidence)
+        if len(neg_paths) < need:  # refuse before spending minutes on encoding
+            raise ConfigError(
+                f"too few negatives: {len(neg_paths)} cannot show a false-match rate <= {target_fpr:g} at "
+                f"{confidence:.0%} confidence even with zero false matches; need at least {need} negatives"
+            )
     neg_imgs, _kept, neg_err = load_images(neg_paths, embedder.encoder.normalise, "loading negatives")
     skipped += [f"unreadable, skipped: {e}" for e in neg_err]
     _report_skipped(skipped)

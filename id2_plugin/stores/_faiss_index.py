@@ -197,7 +197,12 @@ def new_ann_index(spec: IndexSpec, n: int) -> tuple[Any, dict[str, Any]]:
     else:
         desc = f"IVF{nlist},PQ{spec.pq_m}x{opts['nbits']}"
         facts = {"nlist": nlist, "m": spec.pq_m, "nbits": int(opts["nbits"])}
-    return faiss.index_factory(spec.dim, desc, faiss.METRIC_INNER_PRODUCT), facts
+    index = faiss.index_factory(spec.dim, desc, faiss.METRIC_INNER_PRODUCT)
+    if spec.kind == "ivf_pq":
+        # Polysemous training (on by default) only serves Hamming pre-filtering, which is not used here, and
+        # dominates training time (minutes for 20k x 512-d on 2 cores vs seconds without).
+        faiss.downcast_index(index).do_polysemous_training = False
+    return index, facts
 
 
 def build_ann_index(

@@ -148,7 +148,9 @@ def _build_split(
     if len(train_items) < 2:
         raise ConfigError(f"need at least 2 training origins, got {len(train_items)}")
     train_groups = [[o, *qs] for o, qs in train_items]
-    return _unique([p for g in train_groups for p in g] + [p for o, qs in val_items for p in (o, *qs)] + list(distractors)), train_groups, val_items, list(distractors)
+    # Sorted, so every split of the same images shares one cached latent matrix.
+    images = sorted(_unique([p for g in train_groups for p in g] + [p for o, qs in val_items for p in (o, *qs)] + list(distractors)))
+    return images, train_groups, val_items, list(distractors)
 
 
 def _unique(paths: list[Path]) -> list[Path]:

@@ -46,11 +46,11 @@ def test_plans_are_seeded_and_mix_content_and_style() -> None:
 
 def test_proxy_pairs_are_deterministic_and_valid(photo_paths: list[Path], tmp_path: Path, regenerator: LatentRegenerator) -> None:
     origins = photo_paths[:2]
-    kw = dict(edits_per_origin=2, seed=3, donors=photo_paths[:30], latent_prob=1.0, progress=False, regenerator=regenerator)
+    kw = dict(edits_per_origin=1, seed=3, donors=photo_paths[:30], latent_prob=1.0, progress=False, regenerator=regenerator)
     m1 = make_proxy_pairs(origins, tmp_path / "a", **kw)
     m2 = make_proxy_pairs(origins, tmp_path / "b", **kw)
     p1, p2 = load_pairs(m1), load_pairs(m2)
-    assert len(p1) == 4 and [p.origin for p in p1] == [o.resolve() for o in origins for _ in range(2)]
+    assert len(p1) == 2 and [p.origin for p in p1] == [o.resolve() for o in origins]
     assert [(p.query.name, p.source, p.strength) for p in p1] == [(p.query.name, p.source, p.strength) for p in p2]
     for a, b in zip(p1, p2):
         assert a.query.read_bytes() == b.query.read_bytes()
@@ -133,6 +133,7 @@ def _tiny_sd_img2img(folder: Path) -> Path:
     return folder / "model"
 
 
+@pytest.mark.slow
 def test_diffusion_pairs_with_a_tiny_img2img_pipeline(photo_paths: list[Path], tmp_path: Path) -> None:
     model = _tiny_sd_img2img(tmp_path)
     prompts = ["a cat", "a snowy day", "an oil painting"]

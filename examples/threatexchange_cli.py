@@ -1,0 +1,75 @@
+"""Example: the ID2 signal type inside the real ``threatexchange`` CLI (python-threatexchange).
+
+Steps, exactly as an operator would type them (run in a throw-away HOME so ~/.threatexchange is untouched):
+
+    threatexchange config extensions add id2_plugin.adapters.threatexchange
+    threatexchange hash -S id2 photo originals/*.jpg           # "id2 <hex>" per file
+    threatexchange config collab edit local_file --create --filename refs.txt id2-refs
+    threatexchange fetch                                        # builds the id2 FAISS index
+    threatexchange match -S id2 --all photo suspect.jpg         # "id2 <distance> (id2-refs) ..."
+
+Usage: ``python examples/threatexchange_cli.py [--photos 4]`` (reads ../shared/data/photos).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("ID2_SHARED_DIR", ROOT.parent / "shared"))
+
+
+def tx(home: Path, *args: str) -> str:
+    print("$ threatexchange " + " ".join(a if len(a) < 60 else a[:57] + "..." for a in args), flush=True)
+    proc = subprocess.run([sys.executable, "-m", "threatexchange.cli.main", *args], cwd=home, text=True,
+                          capture_output=True, env=dict(os.environ, HOME=str(home)))
+    if proc.returncode:
+        sys.exit(f"threatexchange failed:\n{proc.stderr}")
+    return proc.stdout
+
+
+def edited(path: Path, out: Path) -> Path:
+    """Colour shift + JPEG quality 50: a degraded copy."""
+    arr = np.asarray(Image.open(path).convert("RGB")).astype(np.int16)
+    arr[..., 0] += 20
+    arr[..., 2] -= 15
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=50)
+    out.write_bytes(buf.getvalue())
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--photos", type=int, default=4, help="number of reference photos")
+    args = ap.parse_args()
+    photos = sorted((SHARED / "data" / "photos").glob("*.jpg"))[: args.photos + 1]
+    originals, unrelated = photos[:-1], photos[-1]
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp)
+        print(tx(home, "config", "extensions", "add", "id2_plugin.adapters.threatexchange"))
+        out = tx(home, "hash", "-S", "id2", "photo", *map(str, originals))
+        hashes = [line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("id2 ")]
+        print(f"  {len(hashes)} id2 hashes of {len(hashes[0])} hex characters each")
+        refs = home / "refs.txt"
+        refs.write_text("".join(f"id2 {h}\n" for h in hashes))
+        tx(home, "config", "collab", "edit", "local_file", "--create", "--filename", str(refs), "id2-refs")
+        tx(home, "fetch")
+        print(tx(home, "dataset", "--signal-summary"))
+        queries = [edited(p, home / f"{p.stem}_edited.jpg") for p in originals] + [unrelated]
+        for q in queries:
+            result = tx(home, "match", "-S", "id2", "photo", str(q)).strip()
+            print(f"  {q.name}: {result or 'no match'}")
+
+
+if __name__ == "__main__":
+    main()
