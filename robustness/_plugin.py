@@ -114,12 +114,30 @@ def robustness_command(ctx: click.Context, pairs: str | None, photos: str | None
         dataset, method_list, suite, seed=seed, embedder=embedder,
         compare_policies=RESIZE_POLICIES if compare_resize_policies else (),
         cache_root=cache_dir, use_cache=not no_cache, n_failures=n_failures, limits=limits, progress=not quiet,
+        command=_command_line(ctx),
     )
     paths = write_reports(result, out_dir, pdf=pdf)
     _print_summary(result)
     for kind, p in paths.items():
         click.echo(f"wrote {kind}: {p}")
     sys.exit(EXIT_OK)
+
+
+def _command_line(ctx: click.Context) -> list[str]:
+    """The effective invocation, rebuilt from the parsed options (sys.argv is the host's when embedded)."""
+    words = ["id2-plugin", ctx.info_name or "robustness"]
+    for name, value in ctx.params.items():
+        flag = "--" + name.replace("_", "-")
+        if value is None or value is False or value == ():
+            continue
+        if value is True:
+            words.append(flag)
+        elif isinstance(value, tuple):
+            for v in value:
+                words += [flag, str(v)]
+        else:
+            words += [flag, str(value)]
+    return words
 
 
 def _print_summary(result: Any) -> None:

@@ -14,8 +14,8 @@ from id2_plugin.errors import IncompatibleStoreError, MediaError
 from id2_plugin.identify import Identifier, default_projection_path, load_projection
 from id2_plugin.types import ReferenceRecord
 
-N_REFS = 240
-N_QUERIES = 60
+N_REFS = 200
+N_QUERIES = 40
 
 
 def _jpeg50(img: Image.Image) -> Image.Image:

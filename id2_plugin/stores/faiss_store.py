@@ -44,6 +44,7 @@ import logging
 import os
 import re
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -56,7 +57,7 @@ from typing import Any
 import numpy as np
 
 from .._lazy import require
-from ..errors import ConfigError, IncompatibleStoreError, StoreError
+from ..errors import IncompatibleStoreError, StoreError
 from ..types import AddResult, Match, ReferenceRecord, StoreInfo
 from . import _faiss_index as fx
 from .base import ReferenceStore
@@ -85,6 +86,9 @@ def _now() -> str:
 
 
 def _fsync_dir(path: Path) -> None:
+    """Make a rename / file creation durable (POSIX; Windows has no directory handles to fsync)."""
+    if os.name == "nt":
+        return
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -209,15 +213,15 @@ class FaissStore(ReferenceStore):
         stored = fx.IndexSpec.create(meta.index_type, self._dim, meta.index_options)
         ignored = {k: v for k, v in requested.items() if k in fx.STRUCTURAL_KEYS and stored.options.get(k) != v}
         if create and (index != meta.index_type or ignored):
-            logger.warning("store %s already exists as %r %s; keeping it (rebuild to change the index)",
-                           self.location, meta.index_type, stored.options)
-        runtime = {k: v for k, v in requested.items() if k not in fx.STRUCTURAL_KEYS}
-        try:
-            self._spec = stored.with_runtime(runtime)
-        except ConfigError:
-            # options meant for another index type (config written for e.g. hnsw): keep this store's own
-            logger.warning("ignoring store.index_options %s that do not apply to index %r", runtime, meta.index_type)
-            self._spec = stored
+            # The configured type only matters at creation; an existing store keeps what it was built with.
+            logger.info("store %s already exists as %r %s; keeping it (create a new store to change the index)",
+                        self.location, meta.index_type, stored.options)
+        runtime = {k: v for k, v in requested.items() if k not in fx.STRUCTURAL_KEYS and k in stored.options}
+        foreign = sorted(k for k in requested if k not in stored.options)
+        if foreign:
+            logger.warning("ignoring store.index_options %s: not options of this store's index %r", foreign,
+                           meta.index_type)
+        self._spec = stored.with_runtime(runtime)
         self._explicit_search = {k for k in runtime if k in ("nprobe", "efSearch", "rerank")}
         self._lock_timeout = float(self._spec.options["lock_timeout"])
         filelock = require("filelock")
@@ -393,8 +397,14 @@ class FaissStore(ReferenceStore):
                 self._flock.release()
 
     def _cleanup(self, meta: _Meta) -> None:
-        """Delete files no committed generation references (left by a crashed or superseded writer)."""
-        keep_snaps = {meta.snap_gen, meta.prev_snap_gen}
+        """Delete files no committed generation references (left by a crashed or superseded writer).
+
+        The previous snapshot survives only until the next commit after the merge that replaced it, so a
+        reader that read the older generation just before the merge can still open it.
+        """
+        keep_snaps = {meta.snap_gen}
+        if meta.generation == meta.snap_gen:
+            keep_snaps.add(meta.prev_snap_gen)
         for p in self.location.iterdir():
             name = p.name
             if name.endswith(".tmp") and not name.startswith(DB_NAME):
@@ -417,16 +427,12 @@ class FaissStore(ReferenceStore):
         path = self._raw_path(meta)
         created = not path.exists()
         data = np.ascontiguousarray(rows, dtype=self._spec.raw_dtype)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            offset = start * self._dim * data.itemsize
-            view = memoryview(data).cast("B")
-            written = 0
-            while written < len(view):
-                written += os.pwrite(fd, view[written:], offset + written)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        # Rows past the committed end may hold bytes of a crashed write: they are simply overwritten.
+        with open(path, "r+b" if not created else "w+b") as f:
+            f.seek(start * self._dim * data.itemsize)
+            f.write(memoryview(data).cast("B"))
+            f.flush()
+            os.fsync(f.fileno())
         if created:
             _fsync_dir(self.location)
 
@@ -526,32 +532,40 @@ class FaissStore(ReferenceStore):
         return self._state
 
     def _with_current(self, fn: Callable[[sqlite3.Connection, _State], Any]) -> Any:
-        """Run ``fn`` on the current state inside one read snapshot; retry if a writer swapped files meanwhile."""
+        """Run ``fn`` on the current state inside one read snapshot of the database.
+
+        Loading retries when a writer deleted a snapshot file between our reading the meta and opening the
+        file (two merges in quick succession): the next attempt sees the newer generation.
+        """
         with self._mutex:
             for attempt in range(8):
                 try:
                     with self._read_txn() as conn:
-                        return fn(conn, self._current(conn))
-                except (FileNotFoundError, StoreError, RuntimeError) as exc:
-                    # A snapshot / raw file referenced by an older generation was deleted between reading the
-                    # meta and opening it: the next attempt reads the newer generation.
-                    self._state = None
-                    if attempt == 7:
-                        if isinstance(exc, StoreError):
+                        try:
+                            state = self._current(conn)
+                        except (FileNotFoundError, RuntimeError) as exc:
+                            self._state = None
+                            if attempt == 7:
+                                raise StoreError(f"cannot load the store at {self.location}: {exc}") from exc
+                            time.sleep(0.01 * (attempt + 1))
+                            continue
+                        except BaseException:
+                            self._state = None  # a half-applied catch-up must not be reused
                             raise
-                        raise StoreError(f"cannot load the store at {self.location}: {exc}") from exc
-                    time.sleep(0.01 * (attempt + 1))
+                        return fn(conn, state)
                 except sqlite3.Error as exc:
                     raise StoreError(f"reading the store at {self.location} failed: {exc}") from exc
         raise AssertionError("unreachable")
 
     # -- search --------------------------------------------------------------------------------------------
-    def _effective_search(self, tuned: dict[str, Any], nlist: int | None) -> dict[str, int]:
+    def _effective_search(self, tuned: dict[str, Any], nlist: int | None) -> dict[str, Any]:
         """nprobe / efSearch / rerank: explicit option > tuned value saved in the store > default."""
         opts = self._spec.options
-        out: dict[str, int] = {}
-        if self._spec.trained:
-            nlist = nlist or self._spec.nlist_for(1)
+        out: dict[str, Any] = {}
+        if self._spec.trained and nlist is None:
+            out["nprobe"] = opts["nprobe"]  # not trained yet: the setting applies once it is
+        elif self._spec.trained:
+            assert nlist is not None
             if "nprobe" in self._explicit_search or "nprobe" not in tuned:
                 out["nprobe"] = self._spec.nprobe_for(nlist)
             else:
@@ -563,18 +577,18 @@ class FaissStore(ReferenceStore):
             out["rerank"] = int(opts["rerank"])
         return out
 
-    def _state_search(self, state: _State) -> dict[str, int]:
+    def _state_search(self, state: _State) -> dict[str, Any]:
         ivf = fx.ivf_of(state.main) if state.main is not None and self._spec.trained else None
         return self._effective_search(state.search_params, int(ivf.nlist) if ivf is not None else None)
 
-    def _search_main(self, state: _State, q: np.ndarray, k: int, params: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    def _search_main(self, state: _State, q: np.ndarray, k: int, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         """Search the ANN index; with ``rerank`` re-score ``rerank * k`` candidates from the raw vectors."""
         fetch = self._fetch(state.raw) if state.raw is not None else None
         return fx.ann_search(state.main, self._spec.kind, q, k, nprobe=params.get("nprobe"),
                              ef_search=params.get("efSearch"), rerank=params.get("rerank", 0), fetch=fetch,
                              selector=state.selector)
 
-    def _search(self, state: _State, q: np.ndarray, k: int, params: dict[str, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def _search(self, state: _State, q: np.ndarray, k: int, params: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` (scores, ids) over the ANN index and the exact buffer, merged; missing = (-inf, -1)."""
         params = self._state_search(state) if params is None else params
         parts: list[tuple[np.ndarray, np.ndarray]] = []
@@ -653,8 +667,10 @@ class FaissStore(ReferenceStore):
     def add(self, vectors: np.ndarray, records: Sequence[ReferenceRecord]) -> AddResult:
         """Append new references (skipping sha256s already stored or repeated in the batch) and commit.
 
-        Streams: memory use is the batch plus the index being maintained; call it once per batch for bulk
-        loads (an interrupted bulk load re-run with the same inputs adds only what is missing).
+        Reference ids are assigned by the store (consecutive integers, never reused; ``record.reference_id``
+        is ignored). Streams: memory use is the batch plus, for IVF/HNSW, the index being maintained; call
+        it once per batch for bulk loads (an interrupted bulk load re-run with the same inputs adds only
+        what is missing, because duplicates are detected by sha256).
         """
         if self._opened_identity is None:
             raise StoreError("this store handle was opened without an embedder identity; open it with the "
@@ -853,7 +869,9 @@ class FaissStore(ReferenceStore):
             "indexed": int(meta.main_count),
             "exact_buffer": buffered,
             "raw_dtype": str(spec.raw_dtype),
-            "disk_bytes": sum(p.stat().st_size for p in self.location.iterdir() if p.is_file()),
+            "disk_bytes": sum(self._file_size(p.name) for p in self.location.iterdir()),  # racing deletes count 0
+            "raw_bytes": self._file_size(meta.raw_file),
+            "index_bytes": self._file_size(f"main.{meta.snap_gen}.faiss") if indexed else 0,
             "created_at": meta.created_at,
             "format_version": FORMAT_VERSION,
         }
@@ -873,6 +891,14 @@ class FaissStore(ReferenceStore):
             extra["tombstones"] = tombstones
         return StoreInfo(backend=self.backend, location=str(self.location), count=int(meta.count), dim=self._dim,
                          embedder=self._embedder, index_type=spec.kind, generation=int(meta.generation), extra=extra)
+
+    def _file_size(self, name: str) -> int:
+        """Size of a store file; 0 if it is gone (a writer may delete superseded files at any time)."""
+        try:
+            st = (self.location / name).stat()
+        except OSError:
+            return 0
+        return st.st_size if stat.S_ISREG(st.st_mode) else 0
 
     # -- helpers used by tuning ------------------------------------------------------------------------------
     def _tuning_view(self) -> tuple[_State, np.ndarray, Callable[[np.ndarray], np.ndarray]]:

@@ -241,7 +241,8 @@ def test_store_meta_wins_over_config_on_open(tmp_path: Path) -> None:
     with FaissStore(tmp_path / "s", EMB, DIM, index="ivf_flat", index_options={"nlist": 8, "merge_min": 0}, create=True) as s:
         s.add(unit(rng, 400), records(0, 400))
     # a config for another index type: the store keeps its own type and build options
-    with FaissStore(tmp_path / "s", EMB, DIM, index="hnsw", index_options={"nlist": 64, "nprobe": 3}, create=True) as s:
+    opts = {"nlist": 64, "nprobe": 3, "efSearch": 10}
+    with FaissStore(tmp_path / "s", EMB, DIM, index="hnsw", index_options=opts, create=True) as s:
         info = s.info()
         assert info.index_type == "ivf_flat" and info.extra["nlist"] == 8
         assert info.extra["search_params"]["nprobe"] == 3  # search-time options do apply
@@ -291,3 +292,25 @@ print(json.dumps({{"ids": [[m.reference_id for m in r] for r in res], "count": s
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["count"] == 399 and got["ids"] == expected
     assert "7" not in got["ids"][7]
+
+
+def test_reader_retries_when_a_snapshot_vanishes_while_loading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import faiss
+
+    rng = np.random.default_rng(11)
+    x = unit(rng, 400)
+    with FaissStore(tmp_path / "s", EMB, DIM, index="ivf_flat", index_options={"nlist": 8, "merge_min": 0}, create=True) as s:
+        s.add(x, records(0, 400))
+    real = faiss.read_index
+    calls: list[str] = []
+
+    def flaky(path: str, *args: object) -> object:
+        calls.append(path)
+        if len(calls) == 1:  # what a writer deleting the file under us looks like
+            raise RuntimeError(f"Error: could not open {path} for reading: No such file or directory")
+        return real(path, *args)
+
+    monkeypatch.setattr(faiss, "read_index", flaky)
+    with FaissStore(tmp_path / "s") as reader:
+        assert reader.query(x[5], k=1)[0][0].reference_id == "5"
+    assert len(calls) == 2
