@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -17,8 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
-ROOT = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("ID2_SHARED_DIR", ROOT.parent / "shared"))
+from _common import SHARED
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:

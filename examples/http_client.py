@@ -9,7 +9,6 @@ Usage: ``python examples/http_client.py [--photos 4] [--projection default|none]
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import socket
@@ -17,23 +16,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import httpx
-import numpy as np
-from PIL import Image
 
-SHARED = Path(os.environ.get("ID2_SHARED_DIR", Path(__file__).resolve().parent.parent.parent / "shared"))
+from _common import edited_bytes, shared_photos
+
 TOKEN = "example-token"
-
-
-def edited_bytes(path: Path) -> bytes:
-    arr = np.asarray(Image.open(path).convert("RGB")).astype(np.int16)
-    arr[..., 0] += 20
-    arr[..., 2] -= 15
-    buf = io.BytesIO()
-    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=50)
-    return buf.getvalue()
 
 
 def main() -> None:
@@ -41,7 +29,7 @@ def main() -> None:
     ap.add_argument("--photos", type=int, default=4)
     ap.add_argument("--projection", default="default")
     args = ap.parse_args()
-    photos = sorted((SHARED / "data" / "photos").glob("*.jpg"))[: args.photos + 1]
+    photos = shared_photos(args.photos + 1)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

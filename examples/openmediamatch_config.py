@@ -28,31 +28,17 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
-from pathlib import Path
-
-import numpy as np
-from PIL import Image
 
 from id2_plugin.adapters.threatexchange import ID2PhotoIndex, ID2PhotoSignal, index_to_bytes
 
-SHARED = Path(os.environ.get("ID2_SHARED_DIR", Path(__file__).resolve().parent.parent.parent / "shared"))
-
-
-def edited_bytes(path: Path) -> bytes:
-    arr = np.asarray(Image.open(path).convert("RGB")).astype(np.int16)
-    arr[..., 0] += 20
-    arr[..., 2] -= 15
-    buf = io.BytesIO()
-    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=50)
-    return buf.getvalue()
+from _common import edited_bytes, shared_photos
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description="Simulate OMM's use of the id2 signal type.")
     ap.add_argument("--photos", type=int, default=6)
     args = ap.parse_args()
-    photos = sorted((SHARED / "data" / "photos").glob("*.jpg"))[: args.photos + 1]
+    photos = shared_photos(args.photos + 1)
     bank, unrelated = photos[:-1], photos[-1]
 
     # Hasher: bank content -> signals, stored with OMM-style integer content ids.

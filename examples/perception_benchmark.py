@@ -9,25 +9,13 @@ Usage: ``python examples/perception_benchmark.py [--photos 16] [--input-size 256
 from __future__ import annotations
 
 import argparse
-import io
-import os
 import tempfile
 import warnings
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
 
-SHARED = Path(os.environ.get("ID2_SHARED_DIR", Path(__file__).resolve().parent.parent.parent / "shared"))
-
-
-def jpeg50_colour(image: np.ndarray) -> np.ndarray:
-    arr = image.astype(np.int16)
-    arr[..., 0] += 20
-    arr[..., 2] -= 15
-    buf = io.BytesIO()
-    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=50)
-    return np.asarray(Image.open(buf).convert("RGB"))
+from _common import jpeg50_colour, shared_photos
 
 
 def blur3(image: np.ndarray) -> np.ndarray:
@@ -51,7 +39,7 @@ def main() -> None:
     from id2_plugin.adapters.perception import ID2Hasher
     from id2_plugin.config import EmbedderConfig
 
-    photos = sorted((SHARED / "data" / "photos").glob("*.jpg"))[: args.photos]
+    photos = shared_photos(args.photos)
     dataset = BenchmarkImageDataset.from_tuples([(str(p), "photos") for p in photos])
     hashers = {"id2": ID2Hasher(EmbedderConfig(input_size=args.input_size)), "pdq": PDQHash(), "phash": PHash()}
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():

@@ -14,18 +14,13 @@ Usage: ``python examples/threatexchange_cli.py [--photos 4]`` (reads ../shared/d
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
-ROOT = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("ID2_SHARED_DIR", ROOT.parent / "shared"))
+from _common import edited_bytes, shared_photos
 
 
 def tx(home: Path, *args: str) -> str:
@@ -39,12 +34,7 @@ def tx(home: Path, *args: str) -> str:
 
 def edited(path: Path, out: Path) -> Path:
     """Colour shift + JPEG quality 50: a degraded copy."""
-    arr = np.asarray(Image.open(path).convert("RGB")).astype(np.int16)
-    arr[..., 0] += 20
-    arr[..., 2] -= 15
-    buf = io.BytesIO()
-    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=50)
-    out.write_bytes(buf.getvalue())
+    out.write_bytes(edited_bytes(path))
     return out
 
 
@@ -52,7 +42,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--photos", type=int, default=4, help="number of reference photos")
     args = ap.parse_args()
-    photos = sorted((SHARED / "data" / "photos").glob("*.jpg"))[: args.photos + 1]
+    photos = shared_photos(args.photos + 1)
     originals, unrelated = photos[:-1], photos[-1]
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)

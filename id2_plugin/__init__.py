@@ -23,11 +23,14 @@ from .errors import (
     ModelNotFoundError,
     StoreError,
 )
+from .calibrate import Calibration, calibrate_threshold
+from .evaluate import Metrics, compute_metrics, evaluate_methods
 from .identify import IdentifyContext, Identifier, build_embedder, open_store
 from .media import MediaLimits, load_image, to_rgb_array
 from .plugins import get_plugin_manager
 from .stores.base import ReferenceStore
 from .types import AddResult, Match, OriginReport, ReferenceRecord, StoreInfo
+from .video import VideoError, VideoReport, iter_frames, scan_video
 
 try:
     __version__ = version("id2-plugin")
@@ -39,6 +42,7 @@ hookimpl = pluggy.HookimplMarker("id2_plugin")
 
 __all__ = [
     "AddResult",
+    "Calibration",
     "Config",
     "ConfigError",
     "Embedder",
@@ -50,6 +54,7 @@ __all__ = [
     "Match",
     "MediaError",
     "MediaLimits",
+    "Metrics",
     "MissingExtraError",
     "ModelNotFoundError",
     "OriginReport",
@@ -58,12 +63,19 @@ __all__ = [
     "ReferenceStore",
     "StoreError",
     "StoreInfo",
+    "VideoError",
+    "VideoReport",
     "__version__",
     "build_embedder",
+    "calibrate_threshold",
+    "compute_metrics",
+    "evaluate_methods",
     "get_plugin_manager",
     "hookimpl",
+    "iter_frames",
     "load_config",
     "load_image",
     "open_store",
+    "scan_video",
     "to_rgb_array",
 ]

@@ -60,6 +60,7 @@ __all__ = [
     "Metrics",
     "PDQMethod",
     "PHashMethod",
+    "RetrievalScores",
     "compute_metrics",
     "default_methods",
     "format_table",
@@ -79,8 +80,12 @@ __all__ = [
 # metrics
 # --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Metrics:
-    """Retrieval metrics of one method on one evaluation set (see the module docstring for definitions)."""
+class RetrievalScores:
+    """The scores every retrieval result reports (see the module docstring for definitions).
+
+    A base class rather than a copy, so :class:`Metrics` and the robustness suite's curve points
+    (``id2_plugin.robustness.CurvePoint``) cannot drift apart when a metric is added.
+    """
 
     top1: float
     mAP: float
@@ -91,6 +96,12 @@ class Metrics:
     threshold_at_p999: float | None
     n_queries: int
     n_references: int
+
+
+@dataclass(frozen=True)
+class Metrics(RetrievalScores):
+    """Retrieval metrics of one method on one evaluation set (see the module docstring for definitions)."""
+
     #: queries that have at least one positive (the denominator of top1 and mAP)
     n_positive_queries: int = 0
     #: positive (query, reference) pairs (the denominator of micro_ap and the recalls)

@@ -606,6 +606,13 @@ class _SerialModel:
             return self._store.query(vectors, k=k, threshold=threshold)
 
 
+def _video_bar(show: bool, total: int, desc: str) -> Any:
+    """A tqdm bar counting finished videos; when ``show`` is false a disabled one, so callers never branch."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="video", disable=not show)
+
+
 def scan_videos(
     paths: Sequence[str | os.PathLike],
     embedder: Embedder,
@@ -632,29 +639,19 @@ def scan_videos(
                                   dedupe=dedupe, dedupe_threshold=dedupe_threshold)
     # Validate the sampling options once, up front, instead of once per video.
     _FrameReader("", mode, fps, dedupe, dedupe_threshold)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(paths), desc="scanning videos", unit="video")
-    try:
+    with _video_bar(progress, len(paths), "scanning videos") as bar:
         if workers == 1:
             for p in paths:
                 report = scan_video(p, embedder, store, **kwargs)
-                if bar is not None:
-                    bar.update(1)
+                bar.update(1)
                 yield report
             return
         shared = _SerialModel(embedder, store)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="id2-video") as pool:
             futures = [pool.submit(scan_video, p, shared, shared, **kwargs) for p in paths]  # type: ignore[arg-type]
             for fut in as_completed(futures):
-                if bar is not None:
-                    bar.update(1)
+                bar.update(1)
                 yield fut.result()
-    finally:
-        if bar is not None:
-            bar.close()
 
 
 # -- Ray ------------------------------------------------------------------------------------------------
@@ -724,19 +721,10 @@ def scan_videos_ray(
     ds = ray.data.from_items([{"path": os.path.abspath(p), "given": os.fspath(p)} for p in paths])
     ds = ds.map(_RayScanner, fn_constructor_kwargs={"config": config.to_dict(), "options": options},
                 concurrency=concurrency, num_cpus=num_cpus)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(paths), desc="scanning videos (ray)", unit="video")
-    try:
+    with _video_bar(progress, len(paths), "scanning videos (ray)") as bar:
         for row in ds.iter_rows():
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
             yield VideoReport.from_dict(json.loads(row["report"]))
-    finally:
-        if bar is not None:
-            bar.close()
 
 
 def _check_store_on_driver(config: Config) -> None:

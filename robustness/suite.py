@@ -22,7 +22,7 @@ import shlex
 import sys
 import zlib
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from id2_plugin.errors import ConfigError, MediaError
+from id2_plugin.evaluate import RetrievalScores
 from id2_plugin.media import MediaLimits, iter_image_files, load_image, to_rgb_array
 
 from .attacks import Attack, Identity, SuiteEntry
@@ -41,10 +42,7 @@ if TYPE_CHECKING:
 
 RESIZE_POLICIES = ("squash", "center_crop", "pad")
 #: Metric fields copied from :class:`id2_plugin.evaluate.Metrics` into every curve point.
-METRIC_FIELDS = (
-    "top1", "mAP", "micro_ap", "recall_at_p90", "threshold_at_p90", "recall_at_p999", "threshold_at_p999",
-    "n_queries", "n_references",
-)
+METRIC_FIELDS = tuple(f.name for f in fields(RetrievalScores))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -155,9 +153,13 @@ def pairs_set(
 # --------------------------------------------------------------------------------------------------
 # results
 # --------------------------------------------------------------------------------------------------
-@dataclass
-class CurvePoint:
-    """Metrics of one method (at one resize policy) on the queries attacked at one level."""
+@dataclass(frozen=True)
+class CurvePoint(RetrievalScores):
+    """Metrics of one method (at one resize policy) on the queries attacked at one level.
+
+    The metric fields (``top1`` ... ``n_references``) are inherited from
+    :class:`id2_plugin.evaluate.RetrievalScores`.
+    """
 
     series: str
     method: str
@@ -167,18 +169,12 @@ class CurvePoint:
     intensity: float
     #: 0 = clean, then 1..n from mildest to strongest within the family
     level: int
-    top1: float
-    mAP: float
-    micro_ap: float
-    recall_at_p90: float
-    threshold_at_p90: float | None
-    recall_at_p999: float
-    threshold_at_p999: float | None
-    n_queries: int
-    n_references: int
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        # Inheritance puts the metrics first; the JSON reports keep the point's coordinates first.
+        coords = {k: v for k, v in d.items() if k not in METRIC_FIELDS}
+        return {**coords, **{k: d[k] for k in METRIC_FIELDS}}
 
 
 @dataclass

@@ -3,13 +3,8 @@
 # Usage: bash scripts/test.sh [pytest args]   (venv: $ID2_VENV, default .venv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV="${ID2_VENV:-.venv}"
-[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-# shellcheck disable=SC1091
-. "$VENV/bin/activate"
-# The CPU torch wheel first: an unpinned torch from an extra would pull a multi-GB CUDA build.
-pip install -q torch==2.13.0
-pip install -q -e ".[test]"
+# shellcheck source=scripts/_install.sh
+. scripts/_install.sh test
 # perception's benchmarking (used by tests/adapters/test_perception.py) needs albumentations, which pins
 # opencv-python-headless; the project's one OpenCV is opencv-contrib-python-headless (same cv2 module), so
 # albumentations/albucore go in without their opencv requirement and their other deps are listed here.

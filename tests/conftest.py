@@ -94,3 +94,23 @@ def tiny_autoencoder_kl():
         latent_channels=4,
         norm_num_groups=32,
     ).eval()
+
+
+@pytest.fixture(scope="session")
+def degraded_copy():
+    """``degraded_copy(path, i)`` -> PIL image: a JPEG q35 copy (even ``i``) or a blurred then JPEG q90 copy
+    (odd ``i``) of a photo, deterministic; alternating the two keeps the evaluation and calibration sets mixed.
+    """
+    import io
+
+    from PIL import Image, ImageFilter
+
+    def degrade(path: Path, i: int) -> Image.Image:
+        img = Image.open(path).convert("RGB")
+        if i % 2:
+            img = img.filter(ImageFilter.GaussianBlur(1.5))
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=90 if i % 2 else 35)
+        return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+    return degrade

@@ -4,7 +4,6 @@ end to end by the Identifier."""
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image, ImageFilter
+from PIL import Image
 
 from id2_plugin.calibrate import (
     calibrate_threshold,
@@ -142,18 +141,9 @@ def test_calibrate_refusals() -> None:
 N_REF, N_NEG = 30, 70  # 70 negatives >= 59, the minimum for a 5% false-match target at 95%
 
 
-def degrade(path: Path, i: int) -> Image.Image:
-    """A JPEG q35 copy (even i) or a blurred then JPEG q90 copy (odd i) of a photo (deterministic)."""
-    img = Image.open(path).convert("RGB")
-    if i % 2:
-        img = img.filter(ImageFilter.GaussianBlur(1.5))
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=90 if i % 2 else 35)
-    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
-
-
 @pytest.fixture(scope="module")
-def calib_data(photo_paths: list[Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+def calib_data(photo_paths: list[Path], degraded_copy,
+               tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """Pairs manifest of degraded copies (PNG) -> their origins, and a folder of unrelated negatives."""
     d = tmp_path_factory.mktemp("calib")
     (d / "copies").mkdir()
@@ -161,7 +151,7 @@ def calib_data(photo_paths: list[Path], tmp_path_factory: pytest.TempPathFactory
     lines = []
     for i, p in enumerate(photo_paths[:N_REF]):
         out = d / "copies" / f"copy_{i:02d}.png"
-        degrade(p, i).save(out)
+        degraded_copy(p, i).save(out)
         lines.append(json.dumps({"query": f"copies/{out.name}", "origin": str(p)}))
     (d / "pairs.jsonl").write_text("\n".join(lines) + "\n")
     negs = photo_paths[N_REF : N_REF + N_NEG]

@@ -3,7 +3,6 @@ baseline methods on real photos, evaluation-set loading and the ``evaluate`` com
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image, ImageFilter
+from PIL import Image
 
 from id2_plugin.errors import ConfigError, MediaError
 from id2_plugin.evaluate import (
@@ -188,24 +187,15 @@ def test_hamming_similarity_hand_computed() -> None:
     assert np.array_equal(hamming_similarity(qq, r, 16, chunk_bytes=1), np.repeat([[1.0, 0.5, 0.25]], 5, axis=0))
 
 
-def degrade(path: Path, i: int) -> Image.Image:
-    """A JPEG q35 copy (even i) or a blurred then JPEG q90 copy (odd i) of a photo (deterministic)."""
-    img = Image.open(path).convert("RGB")
-    if i % 2:
-        img = img.filter(ImageFilter.GaussianBlur(1.5))
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=90 if i % 2 else 35)
-    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
-
-
 @pytest.fixture(scope="module")
-def real_copies(photo_paths: list[Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]]:
+def real_copies(photo_paths: list[Path], degraded_copy,
+                tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]]:
     """10 origins, their degraded copies (PNG, so decoding is lossless) and 20 distractors."""
     d = tmp_path_factory.mktemp("copies")
     copies = []
     for i, p in enumerate(photo_paths[:10]):
         out = d / f"copy_{i:02d}.png"
-        degrade(p, i).save(out)
+        degraded_copy(p, i).save(out)
         copies.append(out)
     return {"origins": photo_paths[:10], "copies": copies, "distractors": photo_paths[10:30]}
 

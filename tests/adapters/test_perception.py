@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import pickle
 import warnings
 from pathlib import Path
@@ -12,16 +11,6 @@ import pytest
 from PIL import Image
 
 from id2_plugin.adapters.perception import ID2FramewiseHasher, ID2Hasher
-
-
-def _jpeg50_colour(image: np.ndarray) -> np.ndarray:
-    """perception transform (called as ``transform(image=...)``): colour shift then JPEG quality 50."""
-    arr = image.astype(np.int16)
-    arr[..., 0] += 20
-    arr[..., 2] -= 15
-    buf = io.BytesIO()
-    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=50)
-    return np.asarray(Image.open(buf).convert("RGB"))
 
 
 def _crop_10(image: np.ndarray) -> np.ndarray:
@@ -61,7 +50,8 @@ def test_framewise_video_hasher_keeps_one_hash_per_shot(small_embedder, photo_pa
         assert single.compute_distance(single.compute(shot, hash_format="vector"), vec) < 0.1
 
 
-def test_perception_benchmark_runs_id2_next_to_pdq_and_phash(small_embedder, photo_paths, tmp_path: Path) -> None:
+def test_perception_benchmark_runs_id2_next_to_pdq_and_phash(small_embedder, photo_paths, degrade_array,
+                                                            tmp_path: Path) -> None:
     """perception's own benchmark (transform -> compute_hashes -> compute_threshold_recall) on 8 real photos.
 
     The 64 px raw-latent embedder keeps it fast; the default 256 px one is exercised by the test above.
@@ -71,7 +61,7 @@ def test_perception_benchmark_runs_id2_next_to_pdq_and_phash(small_embedder, pho
 
     dataset = benchmarking.BenchmarkImageDataset.from_tuples([(str(p), "photos") for p in photo_paths[100:108]])
     transforms = dataset.transform(
-        {"noop": lambda image: image, "jpeg50_colour": _jpeg50_colour, "crop_10": _crop_10},
+        {"noop": lambda image: image, "jpeg50_colour": degrade_array, "crop_10": _crop_10},
         storage_dir=str(tmp_path / "bench"),
     )
     hashers = {"id2": ID2Hasher(embedder=small_embedder), "pdq": PDQHash(), "phash": PHash()}

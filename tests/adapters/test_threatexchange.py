@@ -73,37 +73,26 @@ def test_photo_signal_conformance_on_real_photos(configured, photo_paths, edited
     assert ID2PhotoSignal.hash_from_file(Path("/nonexistent.jpg")) == ""
 
 
-def test_video_signal_conformance_on_real_videos(small_embedder, photo_paths, make_video, make_frame,
+def test_video_signal_conformance_on_real_videos(small_embedder, photo_paths, edited_copies, make_video, make_frame,
                                                  tmp_path: Path) -> None:
     # The 64 px raw-latent embedder: videos cost one forward pass per keyframe.
     ID2VideoSignal.configure(embedder=small_embedder, cosine_threshold=0.5)
     try:
-        _video_conformance(photo_paths, make_video, make_frame, tmp_path)
+        _video_conformance(photo_paths, edited_copies, make_video, make_frame, tmp_path)
     finally:
         ID2VideoSignal.reset_configuration()
 
 
-def _video_conformance(photo_paths, make_video, make_frame, tmp_path: Path) -> None:
+def _video_conformance(photo_paths, edited_copies, make_video, make_frame, tmp_path: Path) -> None:
     a, b, c = photo_paths[2], photo_paths[3], photo_paths[4]
     original = make_video(tmp_path / "original.mp4", [make_frame(a), make_frame(b)])
     # The re-upload shows an edited copy of the second shot, then something unrelated.
-    edited = make_video(tmp_path / "reupload.mp4", [make_frame(edited_jpeg_bytes(b)), make_frame(c)])
+    edited = make_video(tmp_path / "reupload.mp4", [make_frame(edited_copies[b]), make_frame(c)])
     unrelated = make_video(tmp_path / "unrelated.mp4", [make_frame(photo_paths[5]), make_frame(photo_paths[6])])
     check_signal_type(ID2VideoSignal, matching_files=[(original, edited)], non_matching_files=[(original, unrelated)])
     signal = json.loads(ID2VideoSignal.hash_from_file(original))
     assert [row[:2] for row in signal["frames"]] == [[0.0, 0], [2.0, 8]]  # one entry per keyframe
     assert ID2VideoSignal.hash_from_file(tmp_path / "missing.mp4") == ""
-
-
-def edited_jpeg_bytes(path: Path) -> bytes:
-    from PIL import Image
-
-    arr = np.asarray(Image.open(path).convert("RGB")).astype(np.int16)
-    arr[..., 0] += 20
-    arr[..., 2] -= 15
-    buf = io.BytesIO()
-    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=50)
-    return buf.getvalue()
 
 
 def test_hash_string_codec_and_validation(rng) -> None:
