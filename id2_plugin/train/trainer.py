@@ -14,6 +14,7 @@ Beyond the reference, and measurable through :class:`TrainConfig`:
   with few identities CosFace from random overfits, while a good start only needs fine-tuning.
 * ``center=True`` keeps W orthogonal to the mean latent, which makes ``z @ W == (z - mean) @ W``:
   centring without a bias term, so the saved W stays a plain matrix.
+* ``anchor`` > 0 penalises the distance of W from its closed-form start (a prior, against overfitting).
 * a validation split *by origin* is scored every epoch (top-1 / mAP of held-out queries among held-out
   origins + distractors), next to the raw latent on the same set, and the best epoch is kept
   (early stopping with ``patience``).
@@ -72,6 +73,8 @@ class TrainConfig:
     center: bool = True
     #: latent-space augmentation of training batches: random erasing of a block of latent cells
     augment: bool = True
+    #: weight of ``||W - W_init||^2 / ||W_init||^2`` added to the loss: keeps W near the closed-form start
+    anchor: float = 0.0
     #: origins held out for validation when no validation manifest is given (0 = no validation)
     val_fraction: float = 0.15
     #: stop after this many epochs without a better validation mAP (0 = never stop early)
@@ -420,6 +423,8 @@ def train_projection(
     x = torch.from_numpy(x_np).to(device)
     y_all = torch.from_numpy(labels).to(device)
     w = torch.nn.Parameter(torch.from_numpy(w0.copy()).to(device))
+    w_init = torch.from_numpy(w0).to(device)
+    w_init_sq = float(w_init.pow(2).sum())
     with torch.no_grad():  # imprint class weights with the identities' mean embeddings under the initial W
         e0 = F.normalize(x @ w, dim=1)
         cls0 = torch.zeros(n_ids, cfg.out_dim, device=device).index_add_(0, y_all, e0)
@@ -486,6 +491,8 @@ def train_projection(
             for g in opt.param_groups:
                 g["lr"] = lr
             loss = cosface_loss(xb @ effective(w), cls, torch.as_tensor(lab, device=device), cfg.scale, cfg.margin)
+            if cfg.anchor:
+                loss = loss + cfg.anchor * (w - w_init).pow(2).sum() / w_init_sq
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
