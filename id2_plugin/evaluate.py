@@ -27,7 +27,6 @@ normalised image, 1 - hamming/256) and ``phash`` (imagehash pHash, 1 - hamming/6
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -38,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from ._files import sha256_file_or_none
 from ._lazy import require
 from .errors import MediaError
 from .media import iter_image_files
@@ -439,13 +439,6 @@ class EvalSet:
     skipped: list[str]
 
 
-def _sha256(path: Path) -> str | None:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return None
-
-
 def load_pairs_for_eval(
     manifest: str | os.PathLike, distractors: Sequence[str | os.PathLike] = ()
 ) -> tuple[list[Path], list[Path], np.ndarray]:
@@ -472,14 +465,14 @@ def load_pairs_for_eval(
             r_index[pair.origin] = len(references)
             references.append(pair.origin)
         links.append((q_index[pair.query], r_index[pair.origin]))
-    known = {h for h in (_sha256(p) for p in [*references, *queries]) if h}
+    known = {h for h in (sha256_file_or_none(p) for p in [*references, *queries]) if h}
     dropped = 0
     for path in iter_image_files(list(distractors)):
         path = path.resolve()
         if path in r_index or path in q_index:
             dropped += 1
             continue
-        digest = _sha256(path)
+        digest = sha256_file_or_none(path)
         if digest is not None and digest in known:
             dropped += 1
             continue

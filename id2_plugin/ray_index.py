@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from ._files import sha256_file
 from ._lazy import require
 from .config import EmbedderConfig, StoreConfig
 from .errors import MediaError
@@ -77,11 +78,7 @@ def _hash_batch(batch: dict[str, np.ndarray], max_bytes: int) -> dict[str, np.nd
         try:
             if os.path.getsize(uri) > max_bytes:
                 raise OSError(f"file is larger than media.max_bytes={max_bytes}")
-            h = hashlib.sha256()
-            with open(uri, "rb") as f:
-                while block := f.read(1 << 20):
-                    h.update(block)
-            shas.append(h.hexdigest())
+            shas.append(sha256_file(uri))
             errors.append("")
         except OSError as exc:
             shas.append("")

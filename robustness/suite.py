@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from id2_plugin._files import sha256_file
 from id2_plugin.errors import ConfigError, MediaError
 from id2_plugin.evaluate import RetrievalScores
 from id2_plugin.media import MediaLimits, iter_image_files, load_image, to_rgb_array
@@ -65,18 +66,10 @@ class RobustnessSet:
     skipped: list[str] = field(default_factory=list)
 
 
-def _file_sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _inputs_digest(paths: Sequence[Path], extra: bytes = b"") -> str:
     h = hashlib.sha256(extra)
     for p in paths:
-        h.update(p.name.encode() + b"\0" + _file_sha(p).encode() + b"\n")
+        h.update(p.name.encode() + b"\0" + sha256_file(p).encode() + b"\n")
     return h.hexdigest()
 
 
@@ -88,7 +81,7 @@ def _distractor_paths(distractors: Sequence[str | os.PathLike], exclude: set[str
         if limit is not None and len(out) >= limit:
             break
         try:
-            digest = _file_sha(p)
+            digest = sha256_file(p)
         except OSError:
             continue
         if digest in seen:
@@ -117,7 +110,7 @@ def photos_set(
     # Byte-identical photos would be each other's "wrong" match: keep the first of each.
     unique: dict[str, Path] = {}
     for p in files:
-        unique.setdefault(_file_sha(p), p)
+        unique.setdefault(sha256_file(p), p)
     files = list(unique.values())
     dis = _distractor_paths(distractors, set(unique), max_distractors)
     refs = [*files, *dis]
@@ -141,7 +134,7 @@ def pairs_set(
         queries, pos = queries[:limit], pos[:limit]
         used = pos.any(axis=0)
         origins, pos = [o for o, u in zip(origins, used) if u], pos[:, used]
-    known = {_file_sha(p) for p in [*queries, *origins]}
+    known = {sha256_file(p) for p in [*queries, *origins]}
     dis = _distractor_paths(distractors, known, max_distractors)
     refs = [*origins, *dis]
     full = np.zeros((len(queries), len(refs)), dtype=bool)
@@ -305,7 +298,6 @@ def provenance(
             pass
     w_sha = w_path = None
     if embedder is not None and embedder.projection is not None and embedder.projection.source:
-        from id2_plugin.embedders.base import sha256_file
 
         w_path = embedder.projection.source
         w_sha = sha256_file(w_path)

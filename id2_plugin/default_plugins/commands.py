@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -13,6 +12,7 @@ import click
 import numpy as np
 import pluggy
 
+from .._files import sha256_file_or_none
 from .._cli_support import EXIT_OK, EXIT_SOFT_FAIL, config_from_flags, config_option_flags, echo_json, get_state, handle_errors
 from ..errors import MediaError
 from ..media import describe, iter_image_files
@@ -24,13 +24,6 @@ hookimpl = pluggy.HookimplMarker("id2_plugin")
 @click.group("index")
 def index_group() -> None:
     """Manage the reference store."""
-
-
-def _sha256(path: Path) -> str | None:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return None
 
 
 @index_group.command("add")
@@ -55,7 +48,7 @@ def index_add(ctx: click.Context, paths: tuple[str, ...], labels: tuple[str, ...
     embedder = build_embedder(cfg.embedder, MediaLimits(cfg.media.max_pixels, cfg.media.max_bytes))
     store = open_store(cfg.store, embedder_identity=embedder.identity, dim=embedder.dim, create=True)
     store.check_compatible(embedder.identity)
-    hashes = {f: _sha256(f) for f in files}
+    hashes = {f: sha256_file_or_none(f) for f in files}
     known = dict(zip(files, store.contains([h or "" for h in hashes.values()])))
     todo = [f for f in files if not known[f] and hashes[f] is not None]
     failures = [f for f in files if hashes[f] is None]
@@ -131,7 +124,7 @@ def index_remove(ctx: click.Context, keys: tuple[str, ...], **flags: Any) -> Non
     resolved = []
     for key in keys:
         p = Path(key)
-        resolved.append((_sha256(p) or key) if p.is_file() else key)
+        resolved.append((sha256_file_or_none(p) or key) if p.is_file() else key)
     with open_store(cfg.store, embedder_identity=None, dim=None, create=False) as store:
         n = store.remove(resolved)
     click.echo(f"removed {n} of {len(keys)}")

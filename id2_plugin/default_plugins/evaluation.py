@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import sys
 from datetime import datetime, timezone
@@ -14,6 +13,7 @@ import click
 import pluggy
 import yaml
 
+from .._files import sha256_file_or_none
 from .._cli_support import EXIT_OK, EXIT_SOFT_FAIL, config_from_flags, config_option_flags, echo_json, handle_errors
 from ..errors import ConfigError
 from ..evaluate import DEFAULT_K, METHOD_NAMES
@@ -83,13 +83,6 @@ def evaluate_command(ctx: click.Context, pairs_path: str, distractors: tuple[str
     sys.exit(EXIT_SOFT_FAIL if data.skipped else EXIT_OK)
 
 
-def _sha256(path: Path) -> str | None:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return None
-
-
 @click.command("calibrate")
 @click.option("--pairs", "pairs_path", required=True, type=click.Path(dir_okay=False),
               help="Positives: pairs manifest (JSONL {query, origin}); each query is scored against its origin.")
@@ -146,12 +139,12 @@ def calibrate_command(ctx: click.Context, pairs_path: str, negative_dirs: tuple[
     # Negatives must have no origin among the references; an exact copy of a reference or query is
     # certainly mislabelled, so it is dropped rather than counted as a false match.
     known_paths = {p.resolve() for p in [*query_paths, *ref_paths]}
-    known_hashes = {h for h in (_sha256(p) for p in known_paths) if h}
+    known_hashes = {h for h in (sha256_file_or_none(p) for p in known_paths) if h}
     neg_paths: list[Path] = []
     neg_hashes: list[str] = []
     dropped = 0
     for p in iter_image_files(list(negative_dirs)):
-        digest = _sha256(p)
+        digest = sha256_file_or_none(p)
         if p.resolve() in known_paths or (digest is not None and digest in known_hashes):
             dropped += 1
             continue

@@ -22,7 +22,7 @@ import numpy as np
 
 from .._lazy import require
 from ..errors import ConfigError, MediaError
-from ..media import MediaLike, MediaLimits, ResizePolicy, describe, to_rgb_array
+from ..media import MediaLike, MediaLimits, ResizePolicy, to_rgb_array
 
 
 def select_device(device: str = "auto", dtype: str = "auto") -> tuple[Any, Any]:
@@ -45,14 +45,6 @@ def select_device(device: str = "auto", dtype: str = "auto") -> tuple[Any, Any]:
     except KeyError:
         raise ConfigError(f"embedder.dtype={dtype!r} is not one of auto, float32, float16, bfloat16") from None
     return torch.device(device), tdtype
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass

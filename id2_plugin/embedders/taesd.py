@@ -13,7 +13,8 @@ from typing import Any
 from .._lazy import require
 from ..errors import ConfigError
 from ..models import resolve_model_file
-from .base import LatentEncoder, sha256_file
+from .._files import sha256_file
+from .base import LatentEncoder
 
 ENCODER_FILE = "taef2_encoder.pth"
 DECODER_FILE = "taef2_decoder.pth"

@@ -59,7 +59,7 @@ def test_malformed_lines_name_the_line(files: Path, line: str, message: str) -> 
     m = _write(files / "pairs.jsonl", [json.dumps({"query": "img/e2.jpg", "origin": "img/o2.jpg"}), line])
     with pytest.raises(ManifestError) as exc:
         load_pairs(m)
-    assert f"pairs.jsonl:2:" in str(exc.value)
+    assert "pairs.jsonl:2:" in str(exc.value)
     assert message in str(exc.value)
 
 
