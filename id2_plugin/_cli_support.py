@@ -31,18 +31,12 @@ class CliState:
 
     def config(self, **extra: Any) -> Config:
         """Effective config: file, then ``--set`` overrides, then command flags (``extra``, dotted keys)."""
-        from .config import _merge
+        from .config import _merge, nested_override
 
         overrides = dict(self.overrides)
         for dotted, value in extra.items():
-            if value is None:
-                continue
-            overrides = _merge(overrides, parse_override(f"{dotted}=x"))
-            cur = overrides
-            parts = dotted.split(".")
-            for p in parts[:-1]:
-                cur = cur[p]
-            cur[parts[-1]] = value
+            if value is not None:
+                overrides = _merge(overrides, nested_override(dotted, value))
         return load_config(self.config_path, overrides)
 
 

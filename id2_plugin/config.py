@@ -220,10 +220,14 @@ def parse_override(text: str) -> dict[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like section.key=value")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw != "" else None
+    return nested_override(key.strip(), yaml.safe_load(raw) if raw != "" else None)
+
+
+def nested_override(dotted: str, value: Any) -> dict[str, Any]:
+    """``("match.threshold", 0.6)`` -> ``{"match": {"threshold": 0.6}}``: one override, value taken as is."""
     out: dict[str, Any] = {}
     cur = out
-    parts = key.strip().split(".")
+    parts = dotted.split(".")
     for p in parts[:-1]:
         cur = cur.setdefault(p, {})
     cur[parts[-1]] = value

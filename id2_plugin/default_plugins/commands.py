@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ def index_add(ctx: click.Context, paths: tuple[str, ...], labels: tuple[str, ...
     """Embed images (folders recurse) and add them to the store; duplicates (same bytes) are skipped."""
     from ..identify import build_embedder, open_store
     from ..media import MediaLimits
+    from ..stores._bulk import bulk_add
 
     cfg = config_from_flags(ctx, **flags)
     if index_type:
@@ -54,37 +56,21 @@ def index_add(ctx: click.Context, paths: tuple[str, ...], labels: tuple[str, ...
     failures = [f for f in files if hashes[f] is None]
     for f in failures:
         click.echo(f"skipped {f}: cannot read file", err=True)
-    added = dup = 0
-    pending_vecs: list[np.ndarray] = []
-    pending_recs: list[ReferenceRecord] = []
-    seen: set[str] = set()
-
-    def commit() -> None:
-        nonlocal added, dup
-        if pending_vecs:
-            res = store.add(np.stack(pending_vecs), pending_recs)
-            added += len(res.added)
-            dup += len(res.duplicates)
-            pending_vecs.clear()
-            pending_recs.clear()
-
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    for item in embedder.embed_iter(todo, progress="indexing", total=len(todo)):
-        path = todo[item.index]
-        if item.error is not None:
-            failures.append(path)
-            click.echo(f"skipped {item.error}", err=True)
-            continue
-        sha = hashes[path] or ""
-        if sha in seen:
-            dup += 1
-            continue
-        seen.add(sha)
-        pending_vecs.append(item.vector)  # type: ignore[arg-type]
-        pending_recs.append(ReferenceRecord(sha256=sha, uri=str(path.resolve()), labels=labels, added_at=now))
-        if len(pending_vecs) >= commit_every:
-            commit()
-    commit()
+
+    def batches() -> Iterator[tuple[np.ndarray, list[ReferenceRecord]]]:
+        for item in embedder.embed_iter(todo, progress="indexing", total=len(todo)):
+            path = todo[item.index]
+            if item.error is not None:
+                failures.append(path)
+                click.echo(f"skipped {item.error}", err=True)
+                continue
+            record = ReferenceRecord(sha256=hashes[path] or "", uri=str(path.resolve()), labels=labels, added_at=now)
+            yield np.asarray(item.vector, np.float32)[None, :], [record]
+
+    # bulk_add commits every commit_every references, so an interrupted run keeps what it embedded.
+    res = bulk_add(store, batches(), commit_every=commit_every)
+    added, dup = res.added, res.duplicates
     dup += sum(known.values())
     info = store.info()
     click.echo(f"added {added}, duplicates skipped {dup}, failed {len(failures)}; store now holds {info.count} references")

@@ -122,7 +122,9 @@ class LatentEncoder(ABC):
         with torch.inference_mode():
             for start in range(0, len(images), self.batch_size):
                 chunk = images[start : start + self.batch_size]
-                x = torch.from_numpy(np.array(chunk, copy=True)).to(self.device)
+                # torch.from_numpy refuses read-only and negatively strided arrays: copy only those.
+                chunk = np.ascontiguousarray(chunk)
+                x = torch.from_numpy(chunk if chunk.flags.writeable else chunk.copy()).to(self.device)
                 # [-1, 1] NCHW is the diffusers convention for every VAE encoder.
                 x = x.permute(0, 3, 1, 2).to(self.dtype).div(127.5).sub(1.0)
                 x = x.contiguous(memory_format=torch.channels_last)

@@ -232,6 +232,35 @@ def zoom_out(img: Image, rng: np.random.Generator, donor: Donor) -> Image:
     return _paste(canvas, small, _soft_mask(sh, sw, rng, "rect"), x, y)
 
 
+def restage(img: Image, rng: np.random.Generator, donor: Donor) -> Image:
+    """Re-stage the subject, smaller and possibly re-posed, in a new scene ("the girl riding a bike in a park").
+
+    The hardest edits seen in practice keep the subject but not the layout: the salient part of the photo
+    becomes a third to two thirds of a new picture whose background comes from elsewhere.
+    """
+    cv2 = _cv2()
+    h, w = img.shape[:2]
+    fg = _foreground_mask(img, rng)
+    ys, xs = np.nonzero(fg > 0.5)
+    if len(xs):
+        x0, x1, y0, y1 = int(xs.min()), int(xs.max()) + 1, int(ys.min()), int(ys.max()) + 1
+    else:
+        x0, x1, y0, y1 = w // 6, w - w // 6, h // 6, h - h // 6
+    subject, alpha = img[y0:y1, x0:x1], fg[y0:y1, x0:x1]
+    if rng.random() < 0.6:
+        subject = local_warp(subject, rng)
+    if rng.random() < 0.3:
+        subject, alpha = subject[:, ::-1], alpha[:, ::-1]
+    scale = rng.uniform(0.35, 0.75) * min(h / subject.shape[0], w / subject.shape[1])
+    sw, sh = max(8, int(subject.shape[1] * scale)), max(8, int(subject.shape[0] * scale))
+    subject = _resize(np.ascontiguousarray(subject), sw, sh)
+    alpha = cv2.resize(np.ascontiguousarray(alpha), (sw, sh), interpolation=cv2.INTER_LINEAR)
+    scene = _resize(donor(), w, h)
+    if rng.random() < 0.4:
+        scene = cv2.GaussianBlur(scene, (0, 0), rng.uniform(1.0, 3.0))
+    return _paste(scene, subject, alpha, int(rng.integers(0, max(1, w - sw + 1))), int(rng.integers(0, max(1, h - sh + 1))))
+
+
 def overlay_text(img: Image, rng: np.random.Generator, donor: Donor | None = None) -> Image:
     """Draw 1-3 words in random fonts, sizes and colours (captions, watermarks, signs)."""
     cv2 = _cv2()
@@ -375,6 +404,8 @@ CONTENT_OPS: dict[str, tuple[Op, float]] = {
     "zoomout": (zoom_out, 1.5),
     "text": (overlay_text, 1.0),
     "shapes": (overlay_shapes, 1.0),
+    # Never drawn at random (weight 0): make_proxy_pairs(scene_prob=...) decides it on its own stream.
+    "restage": (restage, 0.0),
 }
 STYLE_OPS: dict[str, tuple[Op, float]] = {
     "grade": (colour_grade, 3.0),

@@ -38,10 +38,34 @@ def test_plans_are_seeded_and_mix_content_and_style() -> None:
     plans = [sample_plan((0, 123, k), latent_prob=0.5, latent_strength=(0.05, 0.4)) for k in range(200)]
     assert plans[7] == sample_plan((0, 123, 7), latent_prob=0.5, latent_strength=(0.05, 0.4))
     names = [n for p in plans for n in p.pixel_ops]
-    assert set(names) >= set(ops.CONTENT_OPS) | set(ops.STYLE_OPS)
+    assert set(names) >= (set(ops.CONTENT_OPS) - {"restage"}) | set(ops.STYLE_OPS)
+    assert "restage" not in names  # only scene_prob asks for it
     regen = [p.strength for p in plans if p.strength is not None]
     assert 60 < len(regen) < 140 and all(0.05 <= s <= 0.4 for s in regen)
     assert plans[0].describe().startswith("proxy:")
+
+
+def test_scene_prob_restages_a_share_of_edits_and_leaves_the_others_alone() -> None:
+    kw = dict(latent_prob=0.5, latent_strength=(0.05, 0.4))
+    base = [sample_plan((0, 123, k), **kw) for k in range(200)]
+    scene = [sample_plan((0, 123, k), scene_prob=0.5, **kw) for k in range(200)]
+    restaged = [s.pixel_ops[:1] == ("restage",) for s in scene]
+    assert 70 < sum(restaged) < 130
+    for b, s, r in zip(base, scene, restaged):
+        assert (s == b) != r  # untouched plans are exactly the plans made without scene_prob
+        if r:  # re-staging replaces the other layout changes rather than stacking on them
+            assert not {"zoomout", "background", "reframe"} & set(s.pixel_ops)
+            assert (s.strength, s.degradations) == (b.strength, b.degradations)
+    assert all(p.pixel_ops[0] == "restage" for p in (sample_plan((1, 5, k), scene_prob=1.0, **kw) for k in range(20)))
+
+
+def test_restage_shrinks_the_subject_into_the_donor_scene(photo_paths: list[Path]) -> None:
+    img = np.asarray(Image.open(photo_paths[10]).convert("RGB"))
+    scene = np.full((300, 200, 3), (20, 200, 40), np.uint8)
+    out = ops.restage(img, np.random.default_rng(0), lambda: scene)
+    assert out.shape == img.shape
+    green = (np.abs(out.astype(int) - (20, 200, 40)).sum(axis=2) < 30).mean()
+    assert 0.25 < green < 0.95  # the new scene fills much of the frame, the subject the rest
 
 
 def test_proxy_pairs_are_deterministic_and_valid(photo_paths: list[Path], tmp_path: Path, regenerator: LatentRegenerator) -> None:
