@@ -232,6 +232,16 @@ def zoom_out(img: Image, rng: np.random.Generator, donor: Donor) -> Image:
     return _paste(canvas, small, _soft_mask(sh, sw, rng, "rect"), x, y)
 
 
+def tight_crop(img: Image, rng: np.random.Generator, donor: Donor | None = None) -> Image:
+    """Keep 45-85% of each side around a random point ("zoom in on the dog"): much tighter than ``reframe``."""
+    h, w = img.shape[:2]
+    keep = rng.uniform(0.45, 0.85)
+    aspect = np.exp(rng.uniform(np.log(0.8), np.log(1.25)))
+    cw, ch = min(w, max(8, int(w * keep * np.sqrt(aspect)))), min(h, max(8, int(h * keep / np.sqrt(aspect))))
+    x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    return _resize(img[y : y + ch, x : x + cw], cw * max(w, h) // max(cw, ch), ch * max(w, h) // max(cw, ch))
+
+
 def restage(img: Image, rng: np.random.Generator, donor: Donor) -> Image:
     """Re-stage the subject, smaller and possibly re-posed, in a new scene ("the girl riding a bike in a park").
 
@@ -404,8 +414,9 @@ CONTENT_OPS: dict[str, tuple[Op, float]] = {
     "zoomout": (zoom_out, 1.5),
     "text": (overlay_text, 1.0),
     "shapes": (overlay_shapes, 1.0),
-    # Never drawn at random (weight 0): make_proxy_pairs(scene_prob=...) decides it on its own stream.
+    # Never drawn at random (weight 0): make_proxy_pairs(scene_prob=..., crop_prob=...) decides them on their own streams.
     "restage": (restage, 0.0),
+    "crop": (tight_crop, 0.0),
 }
 STYLE_OPS: dict[str, tuple[Op, float]] = {
     "grade": (colour_grade, 3.0),

@@ -52,7 +52,12 @@ def make_pairs(origins: tuple[str, ...], out: str, model: str | None, proxy: boo
     With --model: real text-guided img2img edits (diffusers AutoPipelineForImage2Image). With --proxy: offline
     proxy edits that only imitate diffusion edits; check a W trained on them against real edits.
     """
-    from .make_pairs import DEFAULT_PROMPTS, make_diffusion_pairs, make_proxy_pairs, read_prompts
+    from .make_pairs import (
+        DEFAULT_PROMPTS,
+        make_diffusion_pairs,
+        make_proxy_pairs,
+        read_prompts,
+    )
     from .pairs import load_pairs
 
     if bool(model) == proxy:
@@ -88,6 +93,9 @@ def make_pairs(origins: tuple[str, ...], out: str, model: str | None, proxy: boo
 @click.option("--steps-per-epoch", type=int, default=None)
 @click.option("--lr", type=float, default=3.5e-4, show_default=True)
 @click.option("--init", type=click.Choice(["random", "pca", "lda"]), default="lda", show_default=True)
+@click.option("--init-rank", type=int, default=1024, show_default=True, help="PCA subspace kept before LDA.")
+@click.option("--whiten-eps", type=float, default=10.0, show_default=True,
+              help="Within-identity whitening regulariser of the init (x mean eigenvalue); higher keeps more raw-latent geometry.")
 @click.option("--no-augment", is_flag=True, help="Disable latent-space random erasing.")
 @click.option("--anchor", type=float, default=0.0, show_default=True, help="Penalty on the distance of W from its closed-form init.")
 @click.option("--patience", type=int, default=0, show_default=True, help="Early stopping on validation mAP (0 = off).")
@@ -103,7 +111,8 @@ def make_pairs(origins: tuple[str, ...], out: str, model: str | None, proxy: boo
 @handle_errors
 def train(ctx: click.Context, pairs: str, out: str, val_pairs: str | None, val_fraction: float, distractors: tuple[str, ...],
           pool: int, out_dim: int, epochs: int, ids_per_batch: int, k_members: int, steps_per_epoch: int | None, lr: float,
-          init: str, no_augment: bool, anchor: float, patience: int, seed: int, device: str | None, embedder_name: str | None,
+          init: str, init_rank: int, whiten_eps: float, no_augment: bool, anchor: float, patience: int, seed: int,
+          device: str | None, embedder_name: str | None,
           cache_dir: str | None, checkpoint_dir: str | None, resume: bool, save_dtype: str, as_json: bool) -> None:
     """Train the projection W on a PAIRS manifest (CosFace over origin identities) and save it to --out."""
     from ..cache import LatentCache
@@ -115,8 +124,8 @@ def train(ctx: click.Context, pairs: str, out: str, val_pairs: str | None, val_f
     encoder = build_encoder(cfg.embedder)
     tcfg = TrainConfig(
         out_dim=out_dim, pool=pool, epochs=epochs, ids_per_batch=ids_per_batch, k=k_members, steps_per_epoch=steps_per_epoch,
-        lr=lr, init=init, augment=not no_augment, anchor=anchor, val_fraction=val_fraction, patience=patience, seed=seed,
-        device=cfg.embedder.device,
+        lr=lr, init=init, init_rank=init_rank, whiten_eps=whiten_eps, augment=not no_augment, anchor=anchor,
+        val_fraction=val_fraction, patience=patience, seed=seed, device=cfg.embedder.device,
     )
     result = train_projection(
         pairs, out, encoder=encoder, config=tcfg, val_pairs_path=val_pairs,

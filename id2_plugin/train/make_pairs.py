@@ -262,19 +262,31 @@ class ProxyPlan:
 
 
 def sample_plan(
-    seed: tuple[int, ...], *, latent_prob: float, latent_strength: tuple[float, float], scene_prob: float = 0.0
+    seed: tuple[int, ...],
+    *,
+    latent_prob: float,
+    latent_strength: tuple[float, float],
+    scene_prob: float = 0.0,
+    crop_prob: float = 0.0,
 ) -> ProxyPlan:
     """The seeded plan of one proxy edit: pixel ops, latent regeneration strength (or None), degradations.
 
-    With probability ``scene_prob`` the edit starts by re-staging the subject in a new scene (``restage``);
-    that draw has its own random stream, so ``scene_prob=0`` gives exactly the plans made before it existed.
+    With probability ``scene_prob`` the edit starts by re-staging the subject in a new scene (``restage``),
+    else with probability ``crop_prob`` by a tight crop (``crop``); both replace the recipe's other layout
+    changes. Those draws have their own random streams, so with both at 0 the plans are exactly those made
+    before the options existed.
     """
     from . import _proxy_ops as ops
 
     rng = np.random.default_rng([*seed, 0])
     pixel_ops = ops.sample_recipe(rng)
+    lead = None
     if scene_prob and np.random.default_rng([*seed, 3]).random() < scene_prob:
-        pixel_ops = ["restage", *(op for op in pixel_ops if op not in ("zoomout", "background", "reframe"))]
+        lead = "restage"
+    elif crop_prob and np.random.default_rng([*seed, 4]).random() < crop_prob:
+        lead = "crop"
+    if lead:
+        pixel_ops = [lead, *(op for op in pixel_ops if op not in ("zoomout", "background", "reframe"))]
     strength = float(rng.uniform(*latent_strength)) if rng.random() < latent_prob else None
     smooth = float(rng.uniform(0.0, 1.5))
     return ProxyPlan(tuple(seed), tuple(pixel_ops), strength, smooth, tuple(ops.sample_degradations(rng)))
@@ -313,6 +325,7 @@ def make_proxy_pairs(
     latent_prob: float = 0.5,
     latent_strength: tuple[float, float] = (0.05, 0.4),
     scene_prob: float = 0.0,
+    crop_prob: float = 0.0,
     weights: str | os.PathLike | None = None,
     device: str = "auto",
     max_side: int = 384,
@@ -326,7 +339,8 @@ def make_proxy_pairs(
     ``donors`` are the photos that inserted objects, new backgrounds and mixed halves come from (default:
     the origins themselves; an origin is never its own donor). With probability ``latent_prob`` an edit is
     regenerated through TAEF2 at a strength drawn from ``latent_strength``; with probability ``scene_prob`` it
-    re-stages the subject in a new scene first (the hardest, layout-changing kind of edit). Each edit's randomness is seeded
+    re-stages the subject in a new scene first (the hardest, layout-changing kind of edit), else with probability
+    ``crop_prob`` it starts with a tight crop. Each edit's randomness is seeded
     by (``seed``, the origin's bytes, edit index): the same inputs give the same files. Unreadable origins
     are reported and skipped; an unreadable donor is replaced by another. Returns the manifest path.
     """
@@ -337,8 +351,9 @@ def make_proxy_pairs(
     lo, hi = latent_strength
     if not 0.0 <= lo <= hi < 1.0:
         raise ConfigError(f"latent_strength={latent_strength} must satisfy 0 <= lo <= hi < 1")
-    if not 0.0 <= scene_prob <= 1.0:
-        raise ConfigError(f"scene_prob={scene_prob} must be in [0, 1]")
+    for name, prob in (("scene_prob", scene_prob), ("crop_prob", crop_prob)):
+        if not 0.0 <= prob <= 1.0:
+            raise ConfigError(f"{name}={prob} must be in [0, 1]")
     out = Path(out_dir)
     paths = _as_origins(origins)
     donor_paths = _as_origins(donors) if donors is not None else paths
@@ -374,7 +389,8 @@ def make_proxy_pairs(
             bar.update(edits_per_origin)
             continue
         for k in range(edits_per_origin):
-            plan = sample_plan((seed, base_seed, k), latent_prob=latent_prob, latent_strength=latent_strength, scene_prob=scene_prob)
+            plan = sample_plan((seed, base_seed, k), latent_prob=latent_prob, latent_strength=latent_strength,
+                               scene_prob=scene_prob, crop_prob=crop_prob)
             target = out / EDITED_DIR / _edit_name(origin, k, "jpg")
             if target.is_file():
                 bar.update(1)

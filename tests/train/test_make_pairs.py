@@ -38,8 +38,8 @@ def test_plans_are_seeded_and_mix_content_and_style() -> None:
     plans = [sample_plan((0, 123, k), latent_prob=0.5, latent_strength=(0.05, 0.4)) for k in range(200)]
     assert plans[7] == sample_plan((0, 123, 7), latent_prob=0.5, latent_strength=(0.05, 0.4))
     names = [n for p in plans for n in p.pixel_ops]
-    assert set(names) >= (set(ops.CONTENT_OPS) - {"restage"}) | set(ops.STYLE_OPS)
-    assert "restage" not in names  # only scene_prob asks for it
+    assert set(names) >= (set(ops.CONTENT_OPS) - {"restage", "crop"}) | set(ops.STYLE_OPS)
+    assert not {"restage", "crop"} & set(names)  # only scene_prob / crop_prob ask for them
     regen = [p.strength for p in plans if p.strength is not None]
     assert 60 < len(regen) < 140 and all(0.05 <= s <= 0.4 for s in regen)
     assert plans[0].describe().startswith("proxy:")
@@ -57,6 +57,10 @@ def test_scene_prob_restages_a_share_of_edits_and_leaves_the_others_alone() -> N
             assert not {"zoomout", "background", "reframe"} & set(s.pixel_ops)
             assert (s.strength, s.degradations) == (b.strength, b.degradations)
     assert all(p.pixel_ops[0] == "restage" for p in (sample_plan((1, 5, k), scene_prob=1.0, **kw) for k in range(20)))
+    crops = [sample_plan((1, 5, k), crop_prob=1.0, **kw) for k in range(20)]
+    assert all(p.pixel_ops[0] == "crop" and "reframe" not in p.pixel_ops for p in crops)
+    # scene edits take precedence: with both at 1 every edit is re-staged
+    assert all(sample_plan((1, 5, k), scene_prob=1.0, crop_prob=1.0, **kw).pixel_ops[0] == "restage" for k in range(20))
 
 
 def test_restage_shrinks_the_subject_into_the_donor_scene(photo_paths: list[Path]) -> None:
