@@ -41,12 +41,14 @@ def _strength_range(text: str) -> tuple[float, float]:
 @click.option("--latent-prob", type=float, default=0.5, show_default=True, help="[proxy] Fraction of edits regenerated through TAEF2.")
 @click.option("--scene-prob", type=float, default=0.0, show_default=True,
               help="[proxy] Fraction of edits that re-stage the subject, smaller, in another photo's scene.")
+@click.option("--crop-prob", type=float, default=0.0, show_default=True,
+              help="[proxy] Fraction of the other edits that start with a tight crop (45-85% of each side).")
 @click.option("--latent-strength", default="0.05,0.4", show_default=True, help="[proxy] LO,HI range of the latent noising strength.")
 @click.option("--weights", default=None, help="[proxy] TAEF2 weights folder (default: model search path).")
 @handle_errors
 def make_pairs(origins: tuple[str, ...], out: str, model: str | None, proxy: bool, edits_per_origin: int, seed: int, device: str,
                prompts_file: str | None, strength: float, guidance: float, steps: int, size: int, donors: tuple[str, ...],
-               latent_prob: float, scene_prob: float, latent_strength: str, weights: str | None) -> None:
+               latent_prob: float, scene_prob: float, crop_prob: float, latent_strength: str, weights: str | None) -> None:
     """Make (edited query, origin) training pairs from ORIGINS (files or folders) into OUT/pairs.jsonl.
 
     With --model: real text-guided img2img edits (diffusers AutoPipelineForImage2Image). With --proxy: offline
@@ -71,7 +73,7 @@ def make_pairs(origins: tuple[str, ...], out: str, model: str | None, proxy: boo
     else:
         manifest = make_proxy_pairs(
             list(origins), out, edits_per_origin=edits_per_origin, seed=seed, donors=list(donors) or None,
-            latent_prob=latent_prob, scene_prob=scene_prob, latent_strength=_strength_range(latent_strength), weights=weights, device=device,
+            latent_prob=latent_prob, scene_prob=scene_prob, crop_prob=crop_prob, latent_strength=_strength_range(latent_strength), weights=weights, device=device,
         )
     n = len(load_pairs(manifest))
     click.echo(f"wrote {n} pairs to {manifest}")

@@ -18,7 +18,7 @@ from id2_plugin.embedders.base import Embedder, Projection
 from id2_plugin.errors import ConfigError
 from id2_plugin.train.latents import cache_latents
 from id2_plugin.train.make_pairs import make_proxy_pairs
-from id2_plugin.train.pairs import manifest_digest
+from id2_plugin.train.pairs import load_pairs, manifest_digest
 from id2_plugin.train.trainer import (
     TrainConfig,
     cosface_loss,
@@ -211,14 +211,20 @@ def test_cli_train_and_make_pairs(small_set, photo_paths, tmp_path) -> None:
     runner = CliRunner()
     out = tmp_path / "w.safetensors"
     args = ["--set", "embedder.input_size=128", "train", str(manifest), "--out", str(out), "--epochs", "2", "--pool", "2",
-            "--out-dim", "16", "--ids-per-batch", "8", "--val-fraction", "0.25", "--device", "cpu", "--cache-dir", str(cache), "--json"]
+            "--out-dim", "16", "--ids-per-batch", "8", "--val-fraction", "0.25", "--device", "cpu", "--cache-dir", str(cache), "--json",
+            "--init-rank", "48", "--whiten-eps", "0.5"]
     res = runner.invoke(cli, args)
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert summary["shape"] == [2048, 16] and Path(summary["out"]).is_file() and "W" in summary["validation"]
+    trained = json.loads(Projection.load(out).metadata["train_config"])
+    assert (trained["init_rank"], trained["whiten_eps"]) == (48, 0.5)
     res = runner.invoke(cli, ["make-pairs", str(photo_paths[0]), str(photo_paths[1]), "--out", str(tmp_path / "p"), "--proxy",
-                              "--edits-per-origin", "1", "--latent-prob", "0"])
+                              "--edits-per-origin", "1", "--latent-prob", "0", "--scene-prob", "1", "--donors", str(photo_paths[2])])
     assert res.exit_code == 0, res.output
     assert "wrote 2 pairs" in res.output
+    assert all(p.source.startswith("proxy:restage") for p in load_pairs(tmp_path / "p" / "pairs.jsonl"))
+    res = runner.invoke(cli, ["make-pairs", str(photo_paths[0]), "--out", str(tmp_path / "r"), "--proxy", "--crop-prob", "2"])
+    assert res.exit_code == 2 and "crop_prob=2.0 must be in [0, 1]" in res.output
     res = runner.invoke(cli, ["make-pairs", str(photo_paths[0]), "--out", str(tmp_path / "q")])
     assert res.exit_code == 2 and "exactly one of --model" in res.output
