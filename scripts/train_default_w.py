@@ -15,7 +15,7 @@ Steps (each resumable; rerunning skips finished work):
    originals + all photos), and install W only if it is not worse than the raw latent on the real edits
    and the crops (top-1 and mAP), unless ``--force``.
 
-Usage (from the project root; ~1-2 h on 2 CPU cores, mostly encoding)::
+Usage (from the project root; ~2 h on 2 CPU cores, mostly making and encoding ~9,300 images)::
 
     python scripts/train_default_w.py --work-dir /tmp/id2-default-w
 """
