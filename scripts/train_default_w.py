@@ -81,9 +81,12 @@ def measure(projection, cache, photos: list[Path], val: list[Path], val_manifest
     out[f"crop{crop_keep:g}"] = compare(cache.encode_arrays(crops), zg, [col[p.resolve()] for p in val], projection, shape)
     pairs = load_pairs(real_dir / "pairs.jsonl")
     originals = sorted({p.origin for p in pairs})
-    gallery = originals + [p for p in photos if p not in set(originals)]
-    rcol = {p: i for i, p in enumerate(gallery)}
-    out["real_edits_dev"] = compare(cache.encode([p.query for p in pairs], progress="real edits"), cache.encode(gallery),
+    # Gallery: the originals, then the photos already encoded above (minus any that is an original).
+    known = set(originals)
+    others = [i for i, p in enumerate(photos) if p.resolve() not in known]
+    zr = np.concatenate([cache.encode(originals), zg[others]])
+    rcol = {p: i for i, p in enumerate(originals)}
+    out["real_edits_dev"] = compare(cache.encode([p.query for p in pairs], progress="real edits"), zr,
                                     [rcol[p.origin] for p in pairs], projection, shape)
     return out
 
@@ -129,31 +132,30 @@ def main(argv: list[str] | None = None) -> int:
         ("_scene", args.scene_edits, args.scene_val_edits, 10, {"scene_prob": 1.0}),
         ("_crop", args.crop_edits, args.crop_val_edits, 20, {"crop_prob": 1.0}),
     ]
-    manifests: dict[str, list[Path]] = {"train": [], "val": []}
+    # per split: kind suffix -> manifest (kinds with 0 edits are left out)
+    manifests: dict[str, dict[str, Path]] = {"train": {}, "val": {}}
     for suffix, n_train, n_val, offset, options in kinds:
         for split, origins, n, extra in (("train", train, n_train, 0), ("val", val, n_val, 1)):
             if n:
-                manifests[split].append(make_proxy_pairs(
+                manifests[split][suffix] = make_proxy_pairs(
                     origins, work / f"{split}{suffix}", edits_per_origin=n, seed=args.seed + offset + extra, donors=origins,
                     latent_prob=args.latent_prob, device="cpu", **options,
-                ))
-    train_manifest = merge_manifests(manifests["train"], work / "train_all" / "pairs.jsonl")
-    val_manifest = merge_manifests(manifests["val"], work / "val_all" / "pairs.jsonl")
+                )
+    train_manifest = merge_manifests(list(manifests["train"].values()), work / "train_all" / "pairs.jsonl")
+    val_manifest = merge_manifests(list(manifests["val"].values()), work / "val_all" / "pairs.jsonl")
     if args.stage == "pairs":
         return 0
 
     encoder = TAEF2Encoder(device="cpu", batch_size=16)
     cache = LatentCache(encoder)
     cfg = TrainConfig(pool=args.pool, out_dim=args.out_dim, epochs=args.epochs, init=args.init, init_rank=args.init_rank,
-                      whiten_eps=args.whiten_eps,
-                      seed=args.seed, device="cpu")
+                      whiten_eps=args.whiten_eps, seed=args.seed, device="cpu")
     candidate = work / "taef2_w.safetensors"
     result = train_projection(
         train_manifest, candidate, encoder=encoder, config=cfg, val_pairs_path=val_manifest,
         cache_dir=work / "latents", latent_cache=cache, checkpoint_dir=work / "ckpt", resume=True,
     )
-    val_kinds = {suffix: m for (suffix, *_), m in zip([k for k in kinds if k[2]], manifests["val"])}
-    checks = measure(result.projection, cache, photos, val, val_kinds, args.real_edits, args.crop_keep)
+    checks = measure(result.projection, cache, photos, val, manifests["val"], args.real_edits, args.crop_keep)
     report = {
         "checks": checks,
         "best_epoch": result.best_epoch,
