@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from id2_plugin._files import sha256_file
+from id2_plugin._files import sha256_file, sha256_file_or_none
 from id2_plugin.errors import ConfigError, MediaError
 from id2_plugin.evaluate import RetrievalScores
 from id2_plugin.media import MediaLimits, iter_image_files, load_image, to_rgb_array
@@ -80,11 +80,8 @@ def _distractor_paths(distractors: Sequence[str | os.PathLike], exclude: set[str
     for p in iter_image_files(list(distractors)):
         if limit is not None and len(out) >= limit:
             break
-        try:
-            digest = sha256_file(p)
-        except OSError:
-            continue
-        if digest in seen:
+        digest = sha256_file_or_none(p)
+        if digest is None or digest in seen:
             continue
         seen.add(digest)
         out.append(p)
@@ -298,7 +295,6 @@ def provenance(
             pass
     w_sha = w_path = None
     if embedder is not None and embedder.projection is not None and embedder.projection.source:
-
         w_path = embedder.projection.source
         w_sha = sha256_file(w_path)
     return {

@@ -70,8 +70,7 @@ def index_add(ctx: click.Context, paths: tuple[str, ...], labels: tuple[str, ...
 
     # bulk_add commits every commit_every references, so an interrupted run keeps what it embedded.
     res = bulk_add(store, batches(), commit_every=commit_every)
-    added, dup = res.added, res.duplicates
-    dup += sum(known.values())
+    added, dup = res.added, res.duplicates + sum(known.values())
     info = store.info()
     click.echo(f"added {added}, duplicates skipped {dup}, failed {len(failures)}; store now holds {info.count} references")
     store.close()
