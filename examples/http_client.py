@@ -19,7 +19,9 @@ import time
 
 import httpx
 
-from _common import edited_bytes, shared_photos
+from id2_plugin.testing import reupload_jpeg
+
+from _common import shared_photos
 
 TOKEN = "example-token"
 
@@ -53,7 +55,7 @@ def main() -> None:
                 r = client.post("/v1/references", files=files, headers={"Authorization": f"Bearer {TOKEN}"})
                 print("POST /v1/references ->", r.status_code, json.dumps(r.json())[:300])
                 for p in photos[:-1]:
-                    report = client.post("/v1/identify", content=edited_bytes(p)).json()
+                    report = client.post("/v1/identify", content=reupload_jpeg(p)).json()
                     best = report["best"] or {}
                     print(f"POST /v1/identify (edited {p.name}) -> {report['decision']} "
                           f"{best.get('uri')} score={best.get('score', float('nan')):.3f}")

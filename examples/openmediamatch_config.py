@@ -30,8 +30,9 @@ import argparse
 import io
 
 from id2_plugin.adapters.threatexchange import ID2PhotoIndex, ID2PhotoSignal, index_to_bytes
+from id2_plugin.testing import reupload_jpeg
 
-from _common import edited_bytes, shared_photos
+from _common import shared_photos
 
 
 def main() -> None:
@@ -48,7 +49,7 @@ def main() -> None:
     print(f"index of {len(signals)} signals: {len(blob)} bytes")
     # Matcher: load the index, hash uploads, look them up.
     index = ID2PhotoIndex.deserialize(io.BytesIO(blob))
-    for name, data in [(f"{p.name} (edited)", edited_bytes(p)) for p in bank] + [(unrelated.name, unrelated.read_bytes())]:
+    for name, data in [(f"{p.name} (edited)", reupload_jpeg(p)) for p in bank] + [(unrelated.name, unrelated.read_bytes())]:
         matches = index.query(ID2PhotoSignal.hash_from_bytes(data))
         found = ", ".join(f"content {m.metadata} at distance {m.similarity_info.pretty_str()}" for m in matches)
         print(f"{name}: {found or 'no match'}")

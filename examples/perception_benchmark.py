@@ -15,7 +15,9 @@ import warnings
 import numpy as np
 from PIL import Image, ImageFilter
 
-from _common import jpeg50_colour, shared_photos
+from id2_plugin.testing import reupload_pixels
+
+from _common import shared_photos
 
 
 def blur3(image: np.ndarray) -> np.ndarray:
@@ -45,7 +47,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         transforms = dataset.transform(
-            {"noop": lambda image: image, "jpeg50_colour": jpeg50_colour, "blur3": blur3, "crop_10": crop_10},
+            {"noop": lambda image: image, "jpeg50_colour": reupload_pixels, "blur3": blur3, "crop_10": crop_10},
             storage_dir=tmp,
         )
         hashes = transforms.compute_hashes(hashers, max_workers=2)

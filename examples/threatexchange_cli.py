@@ -20,7 +20,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import edited_bytes, shared_photos
+from id2_plugin.testing import reupload_jpeg
+
+from _common import shared_photos
 
 
 def tx(home: Path, *args: str) -> str:
@@ -34,7 +36,7 @@ def tx(home: Path, *args: str) -> str:
 
 def edited(path: Path, out: Path) -> Path:
     """Colour shift + JPEG quality 50: a degraded copy."""
-    out.write_bytes(edited_bytes(path))
+    out.write_bytes(reupload_jpeg(path))
     return out
 
 

@@ -1,6 +1,10 @@
-"""Deterministic synthetic pictures: conformance checks and demo signals need images but no files."""
+"""Test pictures: deterministic synthetic ones (checks need images but no files) and the standard
+"re-uploaded copy" of a real one that adapter tests and examples identify."""
 
 from __future__ import annotations
+
+import io
+import os
 
 import numpy as np
 
@@ -18,3 +22,24 @@ def synthetic_images(n: int = 3, size: int = 256) -> list[np.ndarray]:
         img = np.stack([r, g, 0.3 + 0.4 * checker], axis=-1)
         out.append((img * 255 + 0.5).astype(np.uint8))
     return out
+
+
+def reupload_jpeg(image: np.ndarray | str | os.PathLike) -> bytes:
+    """JPEG bytes of a typical re-upload of ``image`` (RGB array or image file): red +20 / blue -15, quality 50."""
+    from PIL import Image
+
+    if not isinstance(image, np.ndarray):
+        image = np.asarray(Image.open(image).convert("RGB"))
+    arr = image.astype(np.int16)
+    arr[..., 0] += 20
+    arr[..., 2] -= 15
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=50)
+    return buf.getvalue()
+
+
+def reupload_pixels(image: np.ndarray | str | os.PathLike) -> np.ndarray:
+    """:func:`reupload_jpeg` decoded back to an RGB array (for in-memory pipelines such as benchmarks)."""
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(reupload_jpeg(image))).convert("RGB"))

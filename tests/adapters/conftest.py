@@ -9,20 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-
-def colour_jpeg50(image: np.ndarray) -> bytes:
-    """The adapters' degraded copy of an RGB array: red +20 / blue -15 colour shift, then JPEG quality 50."""
-    arr = image.astype(np.int16)
-    arr[..., 0] += 20
-    arr[..., 2] -= 15
-    buf = io.BytesIO()
-    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=50)
-    return buf.getvalue()
-
-
-def edited_jpeg(path: Path) -> bytes:
-    """The degraded copy (:func:`colour_jpeg50`) of an image file."""
-    return colour_jpeg50(np.asarray(Image.open(path).convert("RGB")))
+from id2_plugin.testing import reupload_jpeg, reupload_pixels
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +19,7 @@ def edited_copies(photo_paths: list[Path], tmp_path_factory: pytest.TempPathFact
     out = {}
     for p in photo_paths[:24]:
         q = out_dir / f"{p.stem}_edit.jpg"
-        q.write_bytes(edited_jpeg(p))
+        q.write_bytes(reupload_jpeg(p))
         out[p] = q
     return out
 
@@ -40,11 +27,7 @@ def edited_copies(photo_paths: list[Path], tmp_path_factory: pytest.TempPathFact
 @pytest.fixture(scope="session")
 def degrade_array():
     """``degrade_array(rgb)`` -> RGB array of the degraded copy (a perception benchmark transform)."""
-
-    def transform(image: np.ndarray) -> np.ndarray:
-        return np.asarray(Image.open(io.BytesIO(colour_jpeg50(image))).convert("RGB"))
-
-    return transform
+    return reupload_pixels
 
 
 @pytest.fixture(scope="session")

@@ -85,3 +85,18 @@ def test_synthetic_images_are_deterministic_and_distinct() -> None:
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert all(x.shape == (64, 64, 3) and x.dtype == np.uint8 for x in a)
     assert not np.array_equal(a[0], a[1]) and not np.array_equal(a[1], a[2])
+
+
+def test_reupload_copy_is_a_colour_shifted_jpeg_of_the_photo(photo_paths) -> None:
+    from PIL import Image
+
+    from id2_plugin.testing import reupload_jpeg, reupload_pixels
+
+    path = photo_paths[3]
+    rgb = np.asarray(Image.open(path).convert("RGB"))
+    data = reupload_jpeg(path)
+    assert data[:2] == b"\xff\xd8" and data == reupload_jpeg(rgb)  # file or pixels: the same copy
+    out = reupload_pixels(rgb).astype(np.int16)
+    assert out.shape == rgb.shape
+    shift = (out - rgb.astype(np.int16)).reshape(-1, 3).mean(axis=0)
+    assert shift[0] > 10 and shift[2] < -7 and abs(shift[1]) < 3  # red up, blue down, green kept
