@@ -26,7 +26,7 @@ from id2_plugin.media import MediaLike, MediaLimits
 from id2_plugin.testing import synthetic_images
 
 if TYPE_CHECKING:
-    from id2_plugin.embedders.base import Embedder, LatentEncoder
+    from id2_plugin.embedders.base import ImageEmbedder as Embedder
 
 __all__ = [
     "SerialEmbedder",
@@ -53,17 +53,24 @@ _build_locks: dict[Any, threading.Lock] = {}
 class SerialEmbedder:
     """An :class:`~id2_plugin.Embedder` whose forward passes are serialised by a lock (thread-safe).
 
-    Exposes the attributes :func:`id2_plugin.video.embed_keyframes` and the adapters use: ``encoder``,
-    ``dim``, ``identity``, ``embed_arrays``, plus :meth:`embed` and :meth:`embed_one`.
+    Exposes the attributes :func:`id2_plugin.video.embed_keyframes` and the adapters use: ``normalise``,
+    ``input_size``, ``dim``, ``identity``, ``signals``, ``embed_arrays``, plus :meth:`embed` and :meth:`embed_one`.
     """
 
     def __init__(self, embedder: Embedder) -> None:
         self.embedder = embedder
         self._model_lock = threading.Lock()
 
+    def normalise(self, source: MediaLike) -> np.ndarray:
+        return self.embedder.normalise(source)
+
     @property
-    def encoder(self) -> LatentEncoder:
-        return self.embedder.encoder
+    def input_size(self) -> int:
+        return self.embedder.input_size
+
+    @property
+    def signals(self) -> dict[str, tuple[int, int, float]]:
+        return self.embedder.signals
 
     @property
     def dim(self) -> int:
@@ -82,7 +89,7 @@ class SerialEmbedder:
         """Decode ``sources`` (raises :class:`~id2_plugin.MediaError`) then embed them: ``N x dim`` float32."""
         if not len(sources):
             return np.zeros((0, self.dim), np.float32)
-        return self.embed_arrays(np.stack([self.encoder.normalise(s) for s in sources]))
+        return self.embed_arrays(np.stack([self.embedder.normalise(s) for s in sources]))
 
     def embed_one(self, source: MediaLike) -> np.ndarray:
         return self.embed([source])[0]

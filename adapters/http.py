@@ -392,7 +392,7 @@ def create_app(
                     dups.append(sha)
                     continue
                 try:
-                    image = svc.embedder.encoder.normalise(data)
+                    image = svc.embedder.normalise(data)
                 except MediaError as exc:
                     errs.append({"name": name, "error": str(exc)})
                     continue

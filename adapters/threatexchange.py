@@ -253,8 +253,8 @@ def _example_hashes(emb: SerialEmbedder) -> list[str]:
     with _settings.lock:
         found = _settings.examples.get(key)
     if found is None:
-        size = emb.encoder.input_size
-        vecs = emb.embed_arrays(np.stack([emb.encoder.normalise(img) for img in synthetic_images(3, size)]))
+        size = emb.input_size
+        vecs = emb.embed_arrays(np.stack([emb.normalise(img) for img in synthetic_images(3, size)]))
         found = [encode_vector(v) for v in vecs]
         with _settings.lock:
             _settings.examples[key] = found

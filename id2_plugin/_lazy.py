@@ -26,6 +26,7 @@ _EXTRAS: dict[str, tuple[str, str]] = {
     "httpx": ("http", "httpx"),
     "qdrant_client": ("qdrant", "qdrant-client"),
     "ray": ("ray", "ray[data]"),
+    "onnxruntime": ("sscd", "onnxruntime"),
 }
 
 

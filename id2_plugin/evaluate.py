@@ -44,7 +44,8 @@ from .media import iter_image_files
 
 if TYPE_CHECKING:
     from .cache import LatentCache
-    from .embedders.base import Embedder
+    from .embedders.base import ImageEmbedder
+    from .embedders.fused import FusedEmbedder
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +65,14 @@ __all__ = [
     "compute_metrics",
     "default_methods",
     "format_table",
+    "FusedMethod",
     "embed_images",
     "evaluate_methods",
+    "evaluate_methods_by_group",
+    "query_labels",
     "hamming_similarity",
     "load_images",
+    "latent_part",
     "load_pairs_for_eval",
     "micro_average_precision",
     "prepare_eval_set",
@@ -253,25 +258,46 @@ class Method(Protocol):
 
 
 class EmbedderMethod:
-    """An :class:`~id2_plugin.embedders.base.Embedder` as a method: ``id2`` with W, ``vae_raw`` without.
+    """An :class:`~id2_plugin.embedders.base.ImageEmbedder` as a method (cosine of its vectors).
 
-    Latents go through ``cache`` (a :class:`~id2_plugin.cache.LatentCache`) when given, so a photo is
-    encoded once across methods, runs and processes. Similarity is the cosine (embeddings are normalised).
+    ``id2`` (VAE latent with W), ``vae_raw`` (without), ``sscd``, or any other embedder. For a VAE embedder
+    latents go through ``cache`` (a :class:`~id2_plugin.cache.LatentCache`) when given, so a photo is
+    encoded once across methods of one run.
     """
 
-    def __init__(self, embedder: Embedder, cache: LatentCache | None = None, name: str | None = None) -> None:
-        if cache is not None and cache.encoder is not embedder.encoder and cache.encoder.identity != embedder.encoder.identity:
+    def __init__(self, embedder: ImageEmbedder, cache: LatentCache | None = None, name: str | None = None) -> None:
+        encoder = getattr(embedder, "encoder", None)
+        if cache is not None and (encoder is None or (cache.encoder is not encoder and cache.encoder.identity != encoder.identity)):
             raise ValueError("the latent cache belongs to another encoder than the embedder's")
         self.embedder = embedder
         self.cache = cache
-        self.name = name or ("id2" if embedder.projection is not None else "vae_raw")
+        self.name = name or embedder.name
 
     def embed(self, images: np.ndarray) -> np.ndarray:
-        latents = self.cache.encode_arrays(images) if self.cache is not None else self.embedder.encoder.encode_arrays(images)
-        return self.embedder.project(latents)
+        if self.cache is None:
+            return self.embedder.embed_arrays(images)
+        from .embedders.base import fit_arrays
+
+        return self.embedder.project(self.cache.encode_arrays(fit_arrays(images, self.embedder.input_size)))  # type: ignore[attr-defined]
 
     def similarity(self, q: np.ndarray, r: np.ndarray) -> np.ndarray:
         return np.asarray(q, np.float32) @ np.asarray(r, np.float32).T
+
+
+class FusedMethod(EmbedderMethod):
+    """The ``fused`` embedder as a method; in :func:`evaluate_methods` its descriptors are assembled from
+    those of its signals' methods when they are evaluated in the same run (nothing is embedded twice)."""
+
+    def __init__(self, embedder: FusedEmbedder, part_methods: Sequence[Method]) -> None:
+        super().__init__(embedder, None, "fused")
+        self.parts = [m.name for m in part_methods]
+        self.part_methods = list(part_methods)
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        return self.combine([m.embed(images) for m in self.part_methods])
+
+    def combine(self, descriptors: Sequence[np.ndarray]) -> np.ndarray:
+        return self.embedder.combine(descriptors)  # type: ignore[attr-defined]
 
 
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
@@ -335,21 +361,49 @@ class PHashMethod:
         return hamming_similarity(q, r, self.n_bits)
 
 
+def latent_part(embedder: ImageEmbedder) -> Any:
+    """The VAE (+ W) :class:`~id2_plugin.Embedder` inside ``embedder``: itself, a fused embedder's part, or None."""
+    if hasattr(embedder, "encoder"):
+        return embedder
+    return next((p for p in getattr(embedder, "parts", ()) if hasattr(p, "encoder")), None)
+
+
 #: Names of the methods :func:`default_methods` can build, in report order.
-METHOD_NAMES = ("id2", "vae_raw", "pdq", "phash")
+METHOD_NAMES = ("fused", "id2", "vae_raw", "sscd", "pdq", "phash")
 
 
-def default_methods(embedder: Embedder, cache: LatentCache | None = None) -> list[Method]:
-    """``id2`` (only if ``embedder`` has a projection W), ``vae_raw``, ``pdq`` and ``phash``."""
+def default_methods(embedder: ImageEmbedder, cache: LatentCache | None = None, sscd: ImageEmbedder | None = None) -> list[Method]:
+    """Every method the embedder makes possible: ``fused`` (a fused embedder, or a VAE embedder with W plus
+    ``sscd`` given, fused with the default fit), ``id2`` (VAE + W), ``vae_raw``, ``sscd``, ``pdq``, ``phash``.
+
+    ``cache`` is a latent cache of the VAE encoder (optional).
+    """
     from .embedders.base import Embedder as _Embedder
+    from .embedders.fused import FusedEmbedder
 
-    methods: list[Method] = []
-    if embedder.projection is not None:
-        methods.append(EmbedderMethod(embedder, cache, name="id2"))
-    methods.append(EmbedderMethod(_Embedder(embedder.encoder, None), cache, name="vae_raw"))
-    methods.append(PDQMethod())
-    methods.append(PHashMethod())
-    return methods
+    latent = embedder if isinstance(embedder, _Embedder) else None
+    fused = embedder if isinstance(embedder, FusedEmbedder) else None
+    if fused is not None:
+        latent = next((p for p in fused.parts if isinstance(p, _Embedder)), None)
+        sscd = fused.part("sscd") or sscd
+    elif embedder.name == "sscd":
+        sscd = embedder
+    by_name: dict[str, Method] = {}
+    if latent is not None and latent.projection is not None:
+        by_name["id2"] = EmbedderMethod(latent, cache, name="id2")
+    if latent is not None:
+        by_name["vae_raw"] = EmbedderMethod(_Embedder(latent.encoder, None), cache, name="vae_raw")
+    if sscd is not None:
+        by_name["sscd"] = EmbedderMethod(sscd, None, name="sscd")
+    if fused is None and latent is not None and latent.projection is not None and sscd is not None:
+        from .identify import load_fusion
+
+        fused = FusedEmbedder([latent, sscd], load_fusion("default"), resize_policy=latent.encoder.resize_policy)
+    if fused is not None and all(p.name in by_name for p in fused.parts):
+        by_name["fused"] = FusedMethod(fused, [by_name[p.name] for p in fused.parts])
+    by_name["pdq"] = PDQMethod()
+    by_name["phash"] = PHashMethod()
+    return [by_name[n] for n in METHOD_NAMES if n in by_name]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -411,16 +465,62 @@ def evaluate_methods(
     array). ``query_origin``: per query the index of its origin in ``references`` (None = no origin), or a
     ``Q x R`` boolean matrix of positives (several origins per query).
     """
+    return evaluate_methods_by_group(queries, query_origin, references, methods, k=k, batch_size=batch_size, progress=progress)[0]
+
+
+def evaluate_methods_by_group(
+    queries: Sequence[np.ndarray],
+    query_origin: Sequence[int | None] | np.ndarray,
+    references: Sequence[np.ndarray],
+    methods: Sequence[Method],
+    *,
+    groups: dict[str, Sequence[str | None]] | None = None,
+    k: int | None = DEFAULT_K,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> tuple[dict[str, Metrics], dict[str, dict[str, dict[str, Metrics]]]]:
+    """:func:`evaluate_methods`, plus metrics per query group: ``groups`` maps a grouping (``source``,
+    ``family``) to one label per query; returns ``(overall, {grouping: {label: {method: Metrics}}})``.
+
+    A method with ``parts`` and ``combine`` (:class:`FusedMethod`) is assembled from its parts'
+    descriptors when they were computed in this run.
+    """
     positives = _positives_matrix(query_origin, len(queries), len(references))
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
         raise ValueError(f"method names must be unique, got {names}")
     results: dict[str, Metrics] = {}
+    sims: dict[str, np.ndarray] = {}
+    done: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for method in methods:
-        ref = embed_images(method, references, batch_size, f"{method.name}: references" if progress else False)
-        qry = embed_images(method, queries, batch_size, f"{method.name}: queries" if progress else False)
-        results[method.name] = compute_metrics(method.similarity(qry, ref), positives, k=k)
-    return results
+        parts = getattr(method, "parts", None)
+        if parts and all(p in done for p in parts):
+            ref = method.combine([done[p][0] for p in parts])  # type: ignore[attr-defined]
+            qry = method.combine([done[p][1] for p in parts])  # type: ignore[attr-defined]
+        else:
+            ref = embed_images(method, references, batch_size, f"{method.name}: references" if progress else False)
+            qry = embed_images(method, queries, batch_size, f"{method.name}: queries" if progress else False)
+        done[method.name] = (ref, qry)
+        sims[method.name] = method.similarity(qry, ref)
+        results[method.name] = compute_metrics(sims[method.name], positives, k=k)
+    return results, _group_metrics(sims, positives, groups or {}, k)
+
+
+def _group_metrics(
+    sims: dict[str, np.ndarray], positives: np.ndarray, groups: dict[str, Sequence[str | None]], k: int | None
+) -> dict[str, dict[str, dict[str, Metrics]]]:
+    out: dict[str, dict[str, dict[str, Metrics]]] = {}
+    for grouping, labels in groups.items():
+        labels_arr = np.array([lab if lab is not None else "" for lab in labels], dtype=object)
+        if len(labels_arr) != len(positives):
+            raise ValueError(f"{grouping}: {len(labels_arr)} labels for {len(positives)} queries")
+        table: dict[str, dict[str, Metrics]] = {}
+        for label in sorted({lab for lab in labels_arr if lab}):
+            sel = np.flatnonzero(labels_arr == label)
+            if positives[sel].any():
+                table[label] = {name: compute_metrics(s[sel], positives[sel], k=k) for name, s in sims.items()}
+        out[grouping] = table
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -440,9 +540,9 @@ class EvalSet:
 
 
 def load_pairs_for_eval(
-    manifest: str | os.PathLike, distractors: Sequence[str | os.PathLike] = ()
+    manifest: str | os.PathLike | Sequence[str | os.PathLike], distractors: Sequence[str | os.PathLike] = ()
 ) -> tuple[list[Path], list[Path], np.ndarray]:
-    """Queries, references and ground truth from a pairs manifest plus distractor folders/files.
+    """Queries, references and ground truth from a pairs manifest (or several, pooled) plus distractor folders/files.
 
     References are the manifest's distinct origins (in order of first appearance) followed by the
     distractor images. A distractor whose bytes equal an origin or a query is dropped (with a log
@@ -451,7 +551,8 @@ def load_pairs_for_eval(
     """
     from .train.pairs import load_pairs
 
-    pairs = load_pairs(manifest)
+    manifests = [manifest] if isinstance(manifest, (str, os.PathLike)) else list(manifest)
+    pairs = [p for m in manifests for p in load_pairs(m)]
     queries: list[Path] = []
     q_index: dict[Path, int] = {}
     references: list[Path] = []
@@ -486,6 +587,18 @@ def load_pairs_for_eval(
     for qi, ri in links:
         positives[qi, ri] = True
     return queries, references, positives
+
+
+def query_labels(manifest: str | os.PathLike | Sequence[str | os.PathLike], query_paths: Sequence[Path], key: str) -> list[str | None]:
+    """Per query the manifest's ``key`` (``source``, ``family``, ``model``) of its first pair (None if absent)."""
+    from .train.pairs import load_pairs
+
+    found: dict[Path, str | None] = {}
+    manifests = [manifest] if isinstance(manifest, (str, os.PathLike)) else list(manifest)
+    for pair in (p for m in manifests for p in load_pairs(m)):
+        value = getattr(pair, key, None) if key in ("source", "model", "prompt") else pair.extra.get(key)
+        found.setdefault(pair.query, None if value is None else str(value))
+    return [found.get(Path(q)) for q in query_paths]
 
 
 def load_images(

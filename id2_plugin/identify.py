@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import Config, EmbedderConfig, StoreConfig
-from .errors import ConfigError
+from ._lazy import require
+from .errors import ConfigError, Id2Error
 from .media import MediaLike, MediaLimits
 from .plugins import embedder_factories, get_plugin_manager, store_factories
-from .types import OriginReport
+from .types import Match, OriginReport
 
 if TYPE_CHECKING:
-    from .embedders.base import Embedder, LatentEncoder, Projection
+    from .embedders.base import ImageEmbedder, LatentEncoder, Projection
+    from .embedders.fused import FusionFit
     from .stores.base import ReferenceStore
+
+log = logging.getLogger(__name__)
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
@@ -26,12 +32,24 @@ def default_projection_path(encoder_name: str) -> Path | None:
     return p if p.is_file() else None
 
 
+#: embedder.name values that are not one registered encoder but a choice or a combination of signals
+COMPOSITE_NAMES = ("auto", "fused")
+SSCD = "sscd"
+
+
 def build_encoder(cfg: EmbedderConfig, limits: MediaLimits | None = None) -> LatentEncoder:
+    """The latent encoder (for ``auto``/``fused``: the one named by ``embedder.vae``)."""
+    name = cfg.vae if cfg.name in COMPOSITE_NAMES else cfg.name
+    return _build_registered(name, cfg, cfg.weights, limits)
+
+
+def _build_registered(name: str, cfg: EmbedderConfig, weights: str | None, limits: MediaLimits | None, **extra: Any) -> Any:
     factories = embedder_factories()
-    if cfg.name not in factories:
-        raise ConfigError(f"embedder.name={cfg.name!r} is not registered; available: {', '.join(sorted(factories))}")
+    if name not in factories:
+        choices = ", ".join([*COMPOSITE_NAMES, *sorted(factories)])
+        raise ConfigError(f"embedder.name={name!r} is not registered; available: {choices}")
     kwargs: dict[str, Any] = dict(
-        weights=cfg.weights,
+        weights=weights,
         input_size=cfg.input_size,
         batch_size=cfg.batch_size,
         device=cfg.device,
@@ -39,9 +57,10 @@ def build_encoder(cfg: EmbedderConfig, limits: MediaLimits | None = None) -> Lat
         resize_policy=cfg.resize_policy,
         limits=limits,
     )
-    if cfg.subfolder is not None:
+    if cfg.subfolder is not None and name == "sd-vae":
         kwargs["subfolder"] = cfg.subfolder
-    return factories[cfg.name](**kwargs)  # type: ignore[no-any-return]
+    kwargs.update(extra)
+    return factories[name](**kwargs)
 
 
 def load_projection(spec: str, encoder_name: str) -> Projection | None:
@@ -56,12 +75,75 @@ def load_projection(spec: str, encoder_name: str) -> Projection | None:
     return Projection.load(spec)
 
 
-def build_embedder(cfg: EmbedderConfig, limits: MediaLimits | None = None) -> Embedder:
-    """Latent encoder + W (or raw latent) from the ``embedder`` config section."""
+def build_embedder(cfg: EmbedderConfig, limits: MediaLimits | None = None) -> ImageEmbedder:
+    """The embedder the ``embedder`` config section names (see :func:`resolve_embedder_name` for ``auto``)."""
+    from .embedders.base import Embedder
+    from .embedders.fused import FusedEmbedder
+
+    name = resolve_embedder_name(cfg)
+    if name == SSCD:
+        return _build_sscd(cfg, cfg.weights, limits)
+    if name == "fused":
+        return FusedEmbedder(build_signals(cfg, limits), load_fusion(cfg.fusion), resize_policy=cfg.resize_policy, limits=limits)  # type: ignore[arg-type]
+    encoder = build_encoder(cfg, limits)
+    return Embedder(encoder, load_projection(cfg.projection, encoder.name))
+
+
+def build_signals(cfg: EmbedderConfig, limits: MediaLimits | None = None) -> list[ImageEmbedder]:
+    """The signals a fused embedder combines: the VAE encoder (``embedder.vae``) with its W, and SSCD."""
     from .embedders.base import Embedder
 
-    encoder = build_encoder(cfg, limits)
-    return Embedder(encoder, load_projection(cfg.projection, cfg.name))
+    encoder = build_encoder(replace(cfg, name="fused"), limits)
+    return [Embedder(encoder, load_projection(cfg.projection, encoder.name)), _build_sscd(cfg, cfg.sscd_weights, limits)]
+
+
+def _build_sscd(cfg: EmbedderConfig, weights: str | None, limits: MediaLimits | None) -> ImageEmbedder:
+    sscd = replace(cfg, input_size=cfg.sscd_input_size)
+    return _build_registered(SSCD, sscd, weights, limits)  # type: ignore[no-any-return]
+
+
+def sscd_available(cfg: EmbedderConfig) -> str | None:
+    """None when an SSCD model and ONNX Runtime resolve for ``cfg``, else the reason they do not."""
+    from .embedders.sscd import resolve_sscd_model
+
+    try:
+        require("onnxruntime")
+        resolve_sscd_model(cfg.sscd_weights)
+    except Id2Error as exc:
+        return str(exc)
+    return None
+
+
+_notified: set[str] = set()
+
+
+def resolve_embedder_name(cfg: EmbedderConfig) -> str:
+    """``auto`` -> ``fused`` when SSCD resolves, else the VAE signal alone (with a one-line notice); else the name.
+
+    ``auto`` with ``projection: none`` asks for the raw latent: that signal alone, never fused.
+    """
+    if cfg.name != "auto":
+        return cfg.name
+    if cfg.projection == "none":
+        return cfg.vae
+    reason = sscd_available(cfg)
+    if reason is None:
+        return "fused"
+    if reason not in _notified:  # once per process, not once per request
+        _notified.add(reason)
+        log.warning("embedder: SSCD unavailable, using %s + W alone (%s)", cfg.vae, reason.splitlines()[0])
+    return cfg.vae
+
+
+def default_fusion_path() -> Path:
+    return WEIGHTS_DIR / "fusion.json"
+
+
+def load_fusion(spec: str) -> FusionFit:
+    """``default`` -> the fit shipped with the package, else a JSON path written by ``fit-fusion``."""
+    from .embedders.fused import FusionFit
+
+    return FusionFit.load(default_fusion_path() if spec == "default" else spec)
 
 
 def open_store(cfg: StoreConfig, *, embedder_identity: str | None, dim: int | None, create: bool) -> ReferenceStore:
@@ -85,7 +167,7 @@ def open_store(cfg: StoreConfig, *, embedder_identity: str | None, dim: int | No
 class IdentifyContext:
     """What :func:`id2_identify_origin` implementations get besides the media."""
 
-    embedder: Embedder
+    embedder: ImageEmbedder
     store: ReferenceStore
     k: int = 5
     threshold: float = 0.5
@@ -94,7 +176,7 @@ class IdentifyContext:
 class Identifier:
     """A ready pipeline: reuse one instance for many queries (the model loads once)."""
 
-    def __init__(self, embedder: Embedder, store: ReferenceStore, *, k: int = 5, threshold: float = 0.5) -> None:
+    def __init__(self, embedder: ImageEmbedder, store: ReferenceStore, *, k: int = 5, threshold: float = 0.5) -> None:
         store.check_compatible(embedder.identity)
         self.context = IdentifyContext(embedder=embedder, store=store, k=k, threshold=threshold)
 
@@ -113,23 +195,34 @@ class Identifier:
         return report  # type: ignore[no-any-return]
 
 
+def with_signal_scores(embedder: ImageEmbedder, store: ReferenceStore, vector: Any, matches: list[Match]) -> list[Match]:
+    """``matches`` with each signal's own cosine attached, when the embedding has several signals."""
+    if len(embedder.signals) < 2 or not matches:
+        return matches
+    refs = store.fetch_vectors([m.reference_id for m in matches])
+    if refs is None:
+        return matches
+    per = embedder.signal_scores(vector, refs)
+    return [dataclasses.replace(m, signals=tuple(s.items())) for m, s in zip(matches, per)]
+
+
 def search(media: MediaLike, context: IdentifyContext) -> OriginReport:
     """The built-in identification: normalise, embed, query the store, decide against the threshold."""
     from .media import describe
 
     t0 = time.perf_counter()
-    image = context.embedder.encoder.normalise(media)
+    image = context.embedder.normalise(media)
     t1 = time.perf_counter()
     vec = context.embedder.embed_arrays(image[None])
     t2 = time.perf_counter()
-    matches = context.store.query(vec, k=context.k)[0]
+    matches = with_signal_scores(context.embedder, context.store, vec[0], context.store.query(vec, k=context.k)[0])
     t3 = time.perf_counter()
     best = matches[0].score if matches else float("-inf")
     return OriginReport(
         matches=tuple(matches),
         is_match=bool(matches) and best >= context.threshold,
         threshold=context.threshold,
-        embedder=context.embedder.encoder.identity,
+        embedder=context.embedder.identity,
         projection=context.embedder.projection_id,
         timings_ms={
             "normalise": (t1 - t0) * 1e3,

@@ -23,6 +23,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "id2_plugin.robustness._plugin",
     "id2_plugin.default_plugins.video_commands",
     "id2_plugin.default_plugins.evaluation",
+    "id2_plugin.default_plugins.fusion_commands",
     "id2_plugin.default_plugins.ray_commands",
     "id2_plugin.train.cli",
 )

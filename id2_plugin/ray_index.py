@@ -112,7 +112,7 @@ class _EmbedActor:
                 if len(data) > self.limits.max_bytes:
                     raise MediaError(f"file is larger than media.max_bytes={self.limits.max_bytes}", uri)
                 shas[i] = hashlib.sha256(data).hexdigest()
-                images.append(self.embedder.encoder.normalise(data))
+                images.append(self.embedder.normalise(data))
                 good.append(i)
             except MediaError as exc:
                 # The error names its source "<N bytes>" (it was decoded from memory); the uri is reported beside it.

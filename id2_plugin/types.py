@@ -17,10 +17,13 @@ class Match:
     rank: int
     sha256: str = ""
     labels: tuple[str, ...] = ()
+    #: each signal's own cosine, e.g. (("id2", 0.81), ("sscd", 0.42)), for a fused embedding (empty otherwise)
+    signals: tuple[tuple[str, float], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["labels"] = list(self.labels)
+        d["signals"] = dict(self.signals)
         return d
 
 

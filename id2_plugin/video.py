@@ -481,7 +481,7 @@ def scan_video(
 ) -> VideoReport:
     """Sample, embed and search one video; never raises for bad media (the report carries the error).
 
-    Frames are normalised exactly like images (``embedder.encoder.normalise``), embedded ``batch_size`` at
+    Frames are normalised exactly like images (``embedder.normalise``), embedded ``batch_size`` at
     a time with :meth:`Embedder.embed_arrays` and queried with ``store.query(k=k, threshold=threshold)``.
     Configuration mistakes (bad ``mode``/``fps``/``batch_size``) raise :class:`ConfigError`.
     """
@@ -520,7 +520,7 @@ def scan_video(
             if len(pending) >= batch_size:
                 flush()
             pending.append(_Pending(frame.index, frame.pts_seconds, frame.is_key,
-                                    embedder.encoder.normalise(frame.rgb), frame.pts_seconds))
+                                    embedder.normalise(frame.rgb), frame.pts_seconds))
     except VideoError as exc:
         error = exc
     except MediaError as exc:  # a frame the normaliser refuses (e.g. above the pixel limit)
@@ -560,7 +560,7 @@ def embed_keyframes(
             batch.clear()
 
     for frame in iter_frames(path, "keyframes", dedupe=dedupe):
-        batch.append((frame.pts_seconds, frame.index, embedder.encoder.normalise(frame.rgb)))
+        batch.append((frame.pts_seconds, frame.index, embedder.normalise(frame.rgb)))
         if len(batch) >= batch_size:
             flush()
     flush()

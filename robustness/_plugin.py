@@ -98,7 +98,7 @@ def robustness_command(ctx: click.Context, pairs: str | None, photos: str | None
         "embedder.batch_size": batch_size,
     })
     limits = MediaLimits(cfg.media.max_pixels, cfg.media.max_bytes)
-    needs_model = names is None or bool({"id2", "vae_raw"} & set(names))
+    needs_model = names is None or bool({"id2", "vae_raw", "sscd", "fused"} & set(names))
     embedder = build_embedder(cfg.embedder, limits) if needs_model else None
     method_list = build_methods(embedder, names, cache_root=cache_dir, use_cache=not no_cache)
     if photos is not None:

@@ -31,7 +31,7 @@ import numpy as np
 
 from id2_plugin._files import sha256_file, sha256_file_or_none
 from id2_plugin.errors import ConfigError, MediaError
-from id2_plugin.evaluate import RetrievalScores
+from id2_plugin.evaluate import RetrievalScores, latent_part
 from id2_plugin.media import MediaLimits, iter_image_files, load_image, to_rgb_array
 
 from .attacks import Attack, Identity, SuiteEntry
@@ -294,20 +294,23 @@ def provenance(
         except ImportError:
             pass
     w_sha = w_path = None
-    if embedder is not None and embedder.projection is not None and embedder.projection.source:
-        w_path = embedder.projection.source
+    latent = latent_part(embedder) if embedder is not None else None
+    w = latent.projection if latent is not None else None
+    if w is not None and w.source:
+        w_path = w.source
         w_sha = sha256_file(w_path)
     return {
         "package": "id2-plugin",
         "version": id2_plugin.__version__,
-        "embedder": embedder.encoder.identity if embedder is not None else None,
+        "embedder": latent.encoder.identity if latent is not None else None,
         "embedder_identity": embedder.identity if embedder is not None else None,
-        "encoder_weights_sha256": getattr(embedder.encoder, "weights_digest", None) if embedder is not None else None,
-        "projection": embedder.projection_id if embedder is not None else None,
+        "default_method": embedder.name if embedder is not None else None,
+        "encoder_weights_sha256": getattr(latent.encoder, "weights_digest", None) if latent is not None else None,
+        "projection": latent.projection_id if latent is not None else None,
         "projection_path": w_path,
         "projection_sha256": w_sha,
         # Content digest of W (weights + pool), defined even for an in-memory W that has no file.
-        "projection_digest": embedder.projection.digest if embedder is not None and embedder.projection is not None else None,
+        "projection_digest": w.digest if w is not None else None,
         "manifest_digest": dataset.manifest_digest,
         "seed": int(seed),
         "command": shlex.join(command if command is not None else sys.argv),
@@ -342,16 +345,17 @@ def build_methods(
         methods: list[Method] = [PDQMethod(), PHashMethod()]
     else:
         cache = None
-        if use_cache:
+        latent = latent_part(embedder)
+        if use_cache and latent is not None:
             from id2_plugin.cache import LatentCache
 
-            cache = LatentCache(embedder.encoder, root=cache_root)
+            cache = LatentCache(latent.encoder, root=cache_root)
         methods = default_methods(embedder, cache)
     if names is None:
         return methods
     available = {m.name: m for m in methods}
     missing = [n for n in names if n not in available]
-    if "id2" in missing and embedder is not None and embedder.projection is None:
+    if "id2" in missing and embedder is not None and getattr(latent_part(embedder), "projection", None) is None:
         raise ConfigError("method id2 needs a projection W: none is shipped for this embedder; pass --projection PATH")
     if missing:
         raise ConfigError(f"unknown or unavailable method(s) {', '.join(missing)}; available: {', '.join(available)}")
@@ -362,7 +366,10 @@ def _policy_methods(methods: Sequence[Method], embedder: Embedder, policy: str, 
     """Copies of the latent methods (``id2``/``vae_raw``) whose encoder uses ``policy``."""
     from id2_plugin.evaluate import EmbedderMethod
 
-    emb = _encoder_for_policy(embedder, policy)
+    latent = latent_part(embedder)
+    if latent is None:
+        return []
+    emb = _encoder_for_policy(latent, policy)
     cache = None
     if use_cache:
         from id2_plugin.cache import LatentCache
@@ -370,7 +377,7 @@ def _policy_methods(methods: Sequence[Method], embedder: Embedder, policy: str, 
         cache = LatentCache(emb.encoder, root=cache_root)
     out: list[Method] = []
     for m in methods:
-        if isinstance(m, EmbedderMethod):
+        if isinstance(m, EmbedderMethod) and m.name in ("id2", "vae_raw"):
             from id2_plugin.embedders.base import Embedder as _Embedder
 
             out.append(EmbedderMethod(_Embedder(emb.encoder, m.embedder.projection), cache, name=m.name))
@@ -412,9 +419,9 @@ def run_robustness(
     from id2_plugin.evaluate import compute_metrics, embed_images
 
     if input_size is None:
-        input_size = embedder.encoder.input_size if embedder is not None else 256
+        input_size = embedder.input_size if embedder is not None else 256
     if embedder is not None:
-        resize_policy = embedder.encoder.resize_policy
+        resize_policy = embedder.resize_policy
     for pol in (resize_policy, *compare_policies):
         if pol not in RESIZE_POLICIES:
             raise ConfigError(f"resize policy {pol!r}: expected one of {', '.join(RESIZE_POLICIES)}")

@@ -47,7 +47,9 @@ def test_index_query_remove_cycle(runner: CliRunner, library: Path, tmp_path: Pa
     assert "added 0" in again.output and "duplicates skipped 4" in again.output
 
     info = json.loads(invoke(runner, store, "index", "info", "--json").output)
-    assert info["count"] == 10 and info["backend"] == "faiss" and info["embedder"].startswith("taef2@")
+    # the default embedder: id2 (TAEF2 + W) fused with SSCD, since the SSCD model resolves here
+    assert info["count"] == 10 and info["backend"] == "faiss" and info["embedder"].startswith("fused[id2=")
+    assert info["method"].startswith("fused (id2 ") and "sscd" in info["method"]
 
     query_img = tmp_path / "q.jpg"
     Image.open(photo_paths[102]).convert("RGB").resize((200, 150)).save(query_img, quality=40)
@@ -55,6 +57,14 @@ def test_index_query_remove_cycle(runner: CliRunner, library: Path, tmp_path: Pa
     assert res.exit_code == 0, res.output
     report = json.loads(res.output.strip().splitlines()[-1])
     assert Path(report["best"]["uri"]).name == photo_paths[102].name and len(report["matches"]) == 3
+    # per-signal evidence: the fused score is the weighted mean of the signals' own cosines
+    from id2_plugin.identify import load_fusion
+
+    weights = load_fusion("default").weights
+    for m in report["matches"]:
+        assert set(m["signals"]) == {"id2", "sscd"}
+        assert m["score"] == pytest.approx(sum(weights[k] * v for k, v in m["signals"].items()), abs=1e-3)
+    assert report["best"]["signals"]["sscd"] > 0.5
 
     res = invoke(runner, store, "query", "--threshold", "0.99999", str(photo_paths[700]), str(library / "sub" / "broken.jpg"))
     assert res.exit_code == 1 and "NO_MATCH" in res.output and "ERROR" in res.output

@@ -354,7 +354,8 @@ def test_evaluate_command(real_copies, tmp_path: Path, taef2_encoder) -> None:
     assert res.exit_code == 1, res.output  # the broken distractor is reported and skipped
     assert "broken.jpg" in res.stderr
     out = json.loads(res.stdout)
-    assert set(out["methods"]) == {"vae_raw", "pdq", "phash"}  # no W configured -> no id2
+    # no W configured -> no id2 and nothing to fuse; SSCD is scored beside the raw latent
+    assert set(out["methods"]) == {"vae_raw", "sscd", "pdq", "phash"} and out["default"] == "vae_raw"
     assert (out["n_queries"], out["n_references"], out["k"]) == (10, 30, 10)
     for name, m in out["methods"].items():
         assert {"top1", "mAP", "micro_ap", "recall_at_p90"} <= set(m)
@@ -373,4 +374,21 @@ def test_evaluate_command(real_copies, tmp_path: Path, taef2_encoder) -> None:
     res = _invoke(["evaluate", "--pairs", str(tmp_path / "missing.jsonl"), "--projection", "none"])
     assert res.exit_code == 2 and "not found" in res.stderr
     res = _invoke(["evaluate", "--pairs", str(manifest), "--projection", "none", "--method", "id2"])
-    assert res.exit_code == 2 and "needs a projection" in res.stderr
+    assert res.exit_code == 2 and "not available" in res.stderr
+
+
+def test_evaluate_command_default_is_fused_with_per_source_breakdown(real_copies, tmp_path: Path) -> None:
+    manifest = tmp_path / "pairs.jsonl"
+    manifest.write_text("".join(
+        json.dumps({"query": str(c), "origin": str(o), "source": "jpeg" if i % 2 == 0 else "blur"}) + "\n"
+        for i, (c, o) in enumerate(zip(real_copies["copies"], real_copies["origins"]))))
+    res = _invoke(["evaluate", "--pairs", str(manifest), "--json",
+                   *sum((["--distractors", str(d)] for d in real_copies["distractors"]), [])])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["default"] == "fused" and out["embedder"].startswith("fused[")
+    assert list(out["methods"]) == ["fused", "id2", "vae_raw", "sscd", "pdq", "phash"]
+    assert set(out["per_source"]) == {"jpeg", "blur"}
+    assert out["per_source"]["jpeg"]["fused"]["n_queries"] == 5
+    for m in ("fused", "id2", "sscd"):
+        assert out["methods"][m]["top1"] >= 0.9, m

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import io
 from pathlib import Path
 
@@ -66,7 +68,7 @@ def test_identifier_hook_report(indexed, photo_paths: list[Path]) -> None:
     assert report.matches[0].score >= report.matches[1].score
     assert report.is_match and report.decision == "match"
     assert set(report.timings_ms) == {"normalise", "embed", "search", "total"}
-    assert report.embedder == embedder.encoder.identity and report.projection == embedder.projection_id
+    assert report.embedder == embedder.identity and report.projection == embedder.projection_id
     strict = Identifier(embedder, store, k=3, threshold=0.9999)
     unrelated = strict.identify(photo_paths[-1])  # not in the store
     assert not unrelated.is_match and unrelated.decision == "no_match"
@@ -94,7 +96,7 @@ def test_plugin_can_preempt_builtin(indexed) -> None:
     try:
         ident = Identifier(embedder, store)
         assert ident.identify(b"known").embedder == "fast"
-        assert ident.identify(refs[0]).embedder == embedder.encoder.identity  # deferred to the built-in
+        assert ident.identify(refs[0]).embedder == embedder.identity  # deferred to the built-in
     finally:
         pm.unregister(plugin)
 
@@ -110,6 +112,10 @@ def test_store_refuses_other_embedder(indexed) -> None:
 
 def test_default_projection_shipped() -> None:
     path = default_projection_path("taef2")
-    assert path is not None and path.stat().st_size <= 10 * 1024 * 1024
+    assert path is not None and path.stat().st_size <= 64 * 1024 * 1024
     proj = load_projection("default", "taef2")
     assert proj is not None and proj.metadata.get("embedder_name") == "taef2"
+    # chosen by grouped cross-validation on real pairs, never below the raw latent there
+    cv, raw = json.loads(proj.metadata["cross_validated"]), json.loads(proj.metadata["raw_latent_cross_validated"])
+    assert cv["top1"] >= raw["top1"] and cv["mAP"] >= raw["mAP"]
+    assert proj.mean is not None and json.loads(proj.metadata["recipe"])["kind"] in ("pca", "pair-whiten", "cosface")

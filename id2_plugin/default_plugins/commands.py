@@ -87,12 +87,15 @@ def index_info(ctx: click.Context, as_json: bool, **flags: Any) -> None:
     from ..identify import open_store
 
     cfg = config_from_flags(ctx, **flags)
+    from ..stores.base import embedder_kind
+
     with open_store(cfg.store, embedder_identity=None, dim=None, create=False) as store:
         info = store.info()
+    doc = dict(info.to_dict(), method=embedder_kind(info.embedder))
     if as_json:
-        echo_json(info.to_dict())
+        echo_json(doc)
         return
-    for k, v in info.to_dict().items():
+    for k, v in doc.items():
         click.echo(f"{k}: {v}")
 
 
@@ -155,7 +158,8 @@ def _query_paths(ident: Any, paths: list[Path], as_json: bool) -> bool:
             continue
         click.echo(f"{path}: {report.decision.upper()} (threshold {report.threshold:.3f})")
         for m in report.matches:
-            click.echo(f"  #{m.rank} score={m.score:.4f} id={m.reference_id} {m.uri}")
+            evidence = "".join(f" {name}={score:.3f}" for name, score in m.signals)
+            click.echo(f"  #{m.rank} score={m.score:.4f}{evidence} id={m.reference_id} {m.uri}")
     return soft_fail
 
 
@@ -196,8 +200,14 @@ def config_group() -> None:
 @handle_errors
 def config_show(ctx: click.Context) -> None:
     """Print the effective configuration (file + --set overrides) as YAML."""
+    from ..identify import resolve_embedder_name, sscd_available
+
     cfg = get_state(ctx).config()
     click.echo(f"# source: {cfg.source or 'defaults'}")
+    active = resolve_embedder_name(cfg.embedder)
+    why = "" if cfg.embedder.name != "auto" else (
+        " (SSCD resolved)" if active == "fused" else f" (SSCD unavailable: {(sscd_available(cfg.embedder) or '').splitlines()[0]})")
+    click.echo(f"# active embedder: {active}{why}")
     click.echo(cfg.to_yaml(), nl=False)
 
 

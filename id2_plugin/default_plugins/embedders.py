@@ -1,4 +1,4 @@
-"""Built-in latent encoders: the TAEF2 tiny VAE (offline default) and diffusers ``AutoencoderKL`` (SD2/SDXL/SD3)."""
+"""Built-in signals: the TAEF2 tiny VAE (offline default), diffusers ``AutoencoderKL`` (SD2/SDXL/SD3) and SSCD."""
 
 from __future__ import annotations
 
@@ -21,7 +21,14 @@ def _sd_vae(**kwargs: Any) -> Any:
     return SDVAEEncoder(**kwargs)
 
 
+def _sscd(**kwargs: Any) -> Any:
+    from ..embedders.sscd import SSCDEmbedder
+
+    return SSCDEmbedder(**kwargs)
+
+
 @hookimpl
 def id2_register_embedders(register: Any) -> None:
     register("taef2", _taef2)
     register("sd-vae", _sd_vae)
+    register("sscd", _sscd)

@@ -21,6 +21,30 @@ from ..evaluate import DEFAULT_K, METHOD_NAMES
 hookimpl = pluggy.HookimplMarker("id2_plugin")
 
 
+def comparison_methods(embedder: Any, cfg: Any) -> list[Any]:
+    """The configured embedder's methods, plus ``sscd`` and ``fused`` whenever SSCD resolves, and baselines."""
+    from ..cache import LatentCache
+    from ..evaluate import default_methods, latent_part
+    from ..identify import build_embedder, sscd_available
+
+    sscd = None
+    if "sscd" not in embedder.signals and embedder.name != "fused" and sscd_available(cfg.embedder) is None:
+        sscd = build_embedder(dataclasses.replace(cfg.embedder, name="sscd", weights=cfg.embedder.sscd_weights,
+                                                  input_size=cfg.embedder.sscd_input_size))
+    latent = latent_part(embedder)
+    return default_methods(embedder, LatentCache(latent.encoder) if latent is not None else None, sscd=sscd)
+
+
+def format_group_table(table: dict[str, dict[str, Any]]) -> str:
+    """Rows = group labels, columns = methods, cells ``top1 / mAP``."""
+    methods = list(next(iter(table.values())))
+    header = ["group", "n", *methods]
+    rows = [[label[:60], str(next(iter(ms.values())).n_positive_queries), *(f"{ms[m].top1:.3f} / {ms[m].mAP:.3f}" for m in methods)]
+            for label, ms in table.items()]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in [header, *rows])
+
+
 def _report_skipped(skipped: list[str]) -> None:
     for line in skipped:
         click.echo(line, err=True)
@@ -46,8 +70,7 @@ def evaluate_command(ctx: click.Context, pairs_path: str, distractors: tuple[str
     id2 is evaluated when a W is configured (or shipped); vae_raw, pdq and phash always. Exit 1 when
     some image could not be read (it is reported and skipped).
     """
-    from ..cache import LatentCache
-    from ..evaluate import default_methods, evaluate_methods, format_table, load_pairs_for_eval, prepare_eval_set
+    from ..evaluate import evaluate_methods_by_group, format_table, load_pairs_for_eval, prepare_eval_set, query_labels
     from ..identify import build_embedder
     from ..media import MediaLimits
 
@@ -55,31 +78,43 @@ def evaluate_command(ctx: click.Context, pairs_path: str, distractors: tuple[str
         raise ConfigError(f"--k must be >= 1, got {eval_k}")
     cfg = config_from_flags(ctx, **flags)
     embedder = build_embedder(cfg.embedder, MediaLimits(cfg.media.max_pixels, cfg.media.max_bytes))
-    methods = default_methods(embedder, LatentCache(embedder.encoder))
+    methods = comparison_methods(embedder, cfg)
     if method_names:
-        if "id2" in method_names and embedder.projection is None:
-            raise ConfigError("--method id2 needs a projection W (embedder.projection is 'none' or none is shipped)")
+        unknown = [n for n in method_names if n not in {m.name for m in methods}]
+        if unknown:
+            raise ConfigError(f"--method {', '.join(unknown)} is not available with this configuration "
+                              f"(available: {', '.join(m.name for m in methods)})")
         methods = [m for m in methods if m.name in method_names]
     query_paths, ref_paths, positives = load_pairs_for_eval(pairs_path, distractors)
-    data = prepare_eval_set(query_paths, ref_paths, positives, embedder.encoder.normalise)
+    data = prepare_eval_set(query_paths, ref_paths, positives, embedder.normalise)
     _report_skipped(data.skipped)
     if not data.queries or not data.positives.any():
         raise ConfigError("nothing to evaluate: no readable query with a readable origin")
-    results = evaluate_methods(data.queries, data.positives, data.references, methods, k=eval_k)
+    groups = {key: query_labels(pairs_path, data.query_paths, key) for key in ("source", "family")}
+    groups = {key: labels for key, labels in groups.items() if any(labels)}
+    results, by_group = evaluate_methods_by_group(data.queries, data.positives, data.references, methods, groups=groups, k=eval_k)
     n_q, n_r = len(data.queries), len(data.references)
     if as_json:
-        echo_json({
+        doc: dict[str, Any] = {
             "methods": {name: m.to_dict() for name, m in results.items()},
+            "default": embedder.name,
             "n_queries": n_q,
             "n_references": n_r,
             "k": eval_k,
             "embedder": embedder.identity,
             "skipped": data.skipped,
-        })
+        }
+        for key, table in by_group.items():
+            doc[f"per_{key}"] = {label: {name: m.to_dict() for name, m in ms.items()} for label, ms in table.items()}
+        echo_json(doc)
     else:
         click.echo(f"{n_q} queries, {n_r} references ({int(data.positives.any(axis=0).sum())} origins), "
-                   f"k={eval_k}, embedder {embedder.identity}")
+                   f"k={eval_k}, default method {embedder.name} ({embedder.identity})")
         click.echo(format_table(results))
+        for key, table in by_group.items():
+            if len(table) > 1:
+                click.echo(f"\nper {key} (top1 / mAP):")
+                click.echo(format_group_table(table))
     sys.exit(EXIT_SOFT_FAIL if data.skipped else EXIT_OK)
 
 

@@ -156,11 +156,17 @@ class Projection:
     metadata: dict[str, str] = field(default_factory=dict)
     pool: int = 1
     source: str | None = None
+    #: subtracted from the pooled latent before W (centring); None = no centring
+    mean: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.weight = np.ascontiguousarray(self.weight, dtype=np.float32)
         if self.weight.ndim != 2:
             raise ConfigError(f"projection weight must be 2-D, got shape {self.weight.shape}")
+        if self.mean is not None:
+            self.mean = np.ascontiguousarray(self.mean, dtype=np.float32).ravel()
+            if self.mean.shape != (self.in_dim,):
+                raise ConfigError(f"projection mean has {self.mean.size} values but W has {self.in_dim} inputs")
         self.metadata = {str(k): str(v) for k, v in self.metadata.items()}
         self.metadata.setdefault("pool", str(self.pool))
         self.metadata.setdefault("out_dim", str(self.out_dim))
@@ -177,6 +183,8 @@ class Projection:
     def digest(self) -> str:
         h = hashlib.sha256(self.weight.tobytes())
         h.update(json.dumps({"pool": self.pool}, sort_keys=True).encode())
+        if self.mean is not None:
+            h.update(self.mean.tobytes())
         return h.hexdigest()
 
     @property
@@ -199,7 +207,8 @@ class Projection:
         if "weight" not in tensors:
             raise ConfigError(f"projection {path} has no 'weight' tensor (found {sorted(tensors)})")
         meta = header.get("__metadata__", {}) or {}
-        return cls(weight=tensors["weight"].astype(np.float32), metadata=meta, pool=int(meta.get("pool", 1)), source=str(path))
+        mean = tensors["mean"].astype(np.float32) if "mean" in tensors else None
+        return cls(weight=tensors["weight"].astype(np.float32), metadata=meta, pool=int(meta.get("pool", 1)), source=str(path), mean=mean)
 
     def save(self, path: str | os.PathLike, dtype: str = "float32") -> Path:
         safetensors_numpy = require("safetensors.numpy")
@@ -207,7 +216,10 @@ class Projection:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
         meta = dict(self.metadata, pool=str(self.pool), out_dim=str(self.out_dim), in_dim=str(self.in_dim))
-        safetensors_numpy.save_file({"weight": self.weight.astype(dtype)}, str(tmp), metadata=meta)
+        tensors = {"weight": self.weight.astype(dtype)}
+        if self.mean is not None:  # float32 always: the mean is large next to W's columns and small in bytes
+            tensors["mean"] = self.mean
+        safetensors_numpy.save_file(tensors, str(tmp), metadata=meta)
         os.replace(tmp, path)
         return path
 
@@ -229,7 +241,7 @@ class Projection:
                 f"projection expects {self.in_dim}-dim inputs but the latent {latent_shape} pooled by "
                 f"{self.pool} has {z.shape[1]}: W was trained for another embedder or input size"
             )
-        return z @ self.weight
+        return (z - self.mean) @ self.weight if self.mean is not None else z @ self.weight
 
 
 def l2_normalise(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -237,50 +249,87 @@ def l2_normalise(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), eps)
 
 
-class Embedder:
-    """Media -> L2-normalised embedding: ``normalise(latent_encoder(media)) @ W``.
+def fit_arrays(images: np.ndarray, size: int) -> np.ndarray:
+    """``N x s x s x 3`` uint8 images resized (bicubic) to ``size`` squares; returned as is when ``s == size``.
 
-    Without a projection the raw flattened latent is returned, L2-normalised (the paper's
-    "VAE embedding" baseline).
+    Lets signals with different input sizes share one normalised image (a fused embedder normalises once,
+    at its largest input size, and each signal takes its own size from that).
+    """
+    if images.ndim != 4 or images.shape[3] != 3 or images.shape[1] != images.shape[2]:
+        raise ValueError(f"expected N x S x S x 3 images, got {images.shape}")
+    if images.shape[1] == size:
+        return images
+    from PIL import Image
+
+    out = np.empty((len(images), size, size, 3), np.uint8)
+    for i, im in enumerate(images):
+        out[i] = np.asarray(Image.fromarray(np.ascontiguousarray(im)).resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0))
+    return out
+
+
+class ImageEmbedder(ABC):
+    """Media -> L2-normalised vector, the contract every store, adapter and evaluation relies on.
+
+    Subclasses write :meth:`normalise` (any media -> the square RGB array the model takes) and
+    :meth:`embed_arrays` (a batch of such arrays -> vectors); listing, streaming and error reporting are
+    done here once. :attr:`signals` names the slices of the vector that come from separate signals (one
+    slice for a single signal), so a match can report each signal's cosine.
     """
 
-    def __init__(self, encoder: LatentEncoder, projection: Projection | None = None) -> None:
-        self.encoder = encoder
-        self.projection = projection
-        if projection is not None:
-            expected = projection.metadata.get("embedder_name")
-            if expected and expected != encoder.name:
-                raise ConfigError(
-                    f"projection {projection.source or ''} was trained for embedder {expected!r}, not {encoder.name!r}"
-                )
-            # Validates dimensions eagerly so a wrong W fails at start-up, not on the first query.
-            projection.apply(np.zeros((1, encoder.latent_dim), np.float32), encoder.latent_shape)
+    #: signal name as reported in matches and evaluations, e.g. ``id2``, ``vae_raw``, ``sscd``, ``fused``
+    name: str = "embedder"
+    #: images per forward pass in :meth:`embed_iter`
+    batch_size: int = 16
+    #: how :meth:`normalise` makes the image square
+    resize_policy: ResizePolicy = "squash"
 
     @property
+    @abstractmethod
+    def identity(self) -> str:
+        """What a store records and checks: everything that changes the vectors."""
+
+    @property
+    @abstractmethod
     def dim(self) -> int:
-        return self.projection.out_dim if self.projection else self.encoder.latent_dim
+        """Vector dimension."""
+
+    @property
+    @abstractmethod
+    def input_size(self) -> int:
+        """Side of the square array :meth:`normalise` returns."""
+
+    @abstractmethod
+    def normalise(self, source: MediaLike) -> np.ndarray:
+        """Public edge: any media -> ``input_size`` square RGB uint8 array (raises :class:`MediaError`)."""
+
+    @abstractmethod
+    def embed_arrays(self, images: np.ndarray) -> np.ndarray:
+        """``N x S x S x 3`` uint8 arrays (any ``S``; resized when it is not ``input_size``) -> ``N x dim`` vectors."""
 
     @property
     def projection_id(self) -> str | None:
-        return self.projection.identity if self.projection else None
+        """Identity of the learned W inside this embedding, if any (reported with every answer)."""
+        return None
 
     @property
-    def identity(self) -> str:
-        """What a store records and checks: encoder identity plus W identity (or ``raw``)."""
-        return f"{self.encoder.identity}+{self.projection_id or 'raw'}"
+    def signals(self) -> dict[str, tuple[int, int, float]]:
+        """Signal name -> (start, stop, weight) of its slice; the slice's dot product / weight is its cosine."""
+        return {self.name: (0, self.dim, 1.0)}
 
-    def project(self, latents: np.ndarray) -> np.ndarray:
-        """Latents -> L2-normalised embeddings (applies W when present)."""
-        z = latents if self.projection is None else self.projection.apply(latents, self.encoder.latent_shape)
-        return l2_normalise(z)
+    def signal_scores(self, query: np.ndarray, references: np.ndarray) -> list[dict[str, float]]:
+        """Each signal's cosine between one query vector and each row of ``references``."""
+        out: list[dict[str, float]] = [{} for _ in range(len(references))]
+        for name, (a, b, w) in self.signals.items():
+            cos = references[:, a:b] @ query[a:b] / max(w, 1e-12)
+            for row, c in zip(out, cos):
+                row[name] = round(float(c), 6)
+        return out
 
     def embed(self, sources: Sequence[MediaLike]) -> np.ndarray:
         """Embed a list of media; raises :class:`MediaError` on the first bad input."""
-        return self.project(self.encoder.encode(sources))
-
-    def embed_arrays(self, images: np.ndarray) -> np.ndarray:
-        """Embed already-normalised ``N x S x S x 3`` uint8 arrays."""
-        return self.project(self.encoder.encode_arrays(images))
+        if not len(sources):
+            return np.zeros((0, self.dim), np.float32)
+        return self.embed_arrays(np.stack([self.normalise(s) for s in sources]))
 
     def embed_iter(
         self,
@@ -296,7 +345,7 @@ class Embedder:
         Decoding runs in a small thread pool while the model works, and memory stays bounded to a few
         batches however many sources there are.
         """
-        bs = batch_size or self.encoder.batch_size
+        bs = batch_size or self.batch_size
         bar = None
         if progress:
             from tqdm import tqdm
@@ -306,7 +355,7 @@ class Embedder:
         def _norm(item: tuple[int, Any]) -> EmbedItem | tuple[int, Any, np.ndarray]:
             i, src = item
             try:
-                return (i, src, self.encoder.normalise(src))
+                return (i, src, self.normalise(src))
             except MediaError as exc:
                 return EmbedItem(i, src, error=exc)
 
@@ -337,3 +386,58 @@ class Embedder:
             bar.close()
 
 
+
+
+class Embedder(ImageEmbedder):
+    """Media -> L2-normalised embedding: ``normalise((pool(latent_encoder(media)) - mean) @ W)``.
+
+    Without a projection the raw flattened latent is returned, L2-normalised (the paper's
+    "VAE embedding" baseline).
+    """
+
+    def __init__(self, encoder: LatentEncoder, projection: Projection | None = None) -> None:
+        self.encoder = encoder
+        self.projection = projection
+        self.name = "id2" if projection is not None else "vae_raw"
+        self.batch_size = encoder.batch_size
+        if projection is not None:
+            expected = projection.metadata.get("embedder_name")
+            if expected and expected != encoder.name:
+                raise ConfigError(
+                    f"projection {projection.source or ''} was trained for embedder {expected!r}, not {encoder.name!r}"
+                )
+            # Validates dimensions eagerly so a wrong W fails at start-up, not on the first query.
+            projection.apply(np.zeros((1, encoder.latent_dim), np.float32), encoder.latent_shape)
+
+    @property
+    def dim(self) -> int:
+        return self.projection.out_dim if self.projection else self.encoder.latent_dim
+
+    @property
+    def input_size(self) -> int:
+        return self.encoder.input_size
+
+    @property
+    def projection_id(self) -> str | None:
+        return self.projection.identity if self.projection else None
+
+    @property
+    def resize_policy(self) -> ResizePolicy:
+        return self.encoder.resize_policy
+
+    @property
+    def identity(self) -> str:
+        """What a store records and checks: encoder identity plus W identity (or ``raw``)."""
+        return f"{self.encoder.identity}+{self.projection_id or 'raw'}"
+
+    def normalise(self, source: MediaLike) -> np.ndarray:
+        return self.encoder.normalise(source)
+
+    def project(self, latents: np.ndarray) -> np.ndarray:
+        """Latents -> L2-normalised embeddings (applies W when present)."""
+        z = latents if self.projection is None else self.projection.apply(latents, self.encoder.latent_shape)
+        return l2_normalise(z)
+
+    def embed_arrays(self, images: np.ndarray) -> np.ndarray:
+        """Embed already-normalised ``N x S x S x 3`` uint8 arrays."""
+        return self.project(self.encoder.encode_arrays(fit_arrays(images, self.input_size)))

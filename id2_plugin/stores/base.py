@@ -11,6 +11,16 @@ from ..errors import IncompatibleStoreError
 from ..types import AddResult, Match, ReferenceRecord, StoreInfo
 
 
+def embedder_kind(identity: str) -> str:
+    """A short reading of an embedder identity: ``fused (id2 0.40 + sscd 0.60)``, ``sscd``, ``id2``, ``vae_raw``."""
+    if identity.startswith("fused[") and identity.endswith("]"):
+        parts = [p.split(":", 1)[0].split("=") for p in identity[6:-1].split(";")]
+        return "fused (" + " + ".join(f"{name} {float(w):.2f}" for name, w in parts) + ")"
+    if identity.startswith("sscd@"):
+        return "sscd"
+    return "vae_raw" if identity.endswith("+raw") else "id2"
+
+
 class ReferenceStore(ABC):
     """A persistent collection of L2-normalised reference embeddings with metadata.
 
@@ -53,12 +63,21 @@ class ReferenceStore(ABC):
     def info(self) -> StoreInfo:
         """Count, dimension, embedder identity, index type and backend-specific details."""
 
+    def fetch_vectors(self, reference_ids: Sequence[str]) -> np.ndarray | None:
+        """The stored vectors of ``reference_ids`` (``N x dim`` float32), or None if the backend cannot say.
+
+        Used to report each signal's own cosine for a match of a fused embedding (its slices); a backend
+        that returns None simply reports matches without that evidence.
+        """
+        return None
+
     def check_compatible(self, embedder_identity: str) -> None:
         """Raise :class:`IncompatibleStoreError` unless the store was built by ``embedder_identity``."""
         if embedder_identity != self.embedder_identity:
             raise IncompatibleStoreError(
-                f"this store was built with embedder {self.embedder_identity!r} but the configured embedder is "
-                f"{embedder_identity!r}; query with the same embedder and W, or rebuild the store"
+                f"this store was built with the {embedder_kind(self.embedder_identity)} embedder "
+                f"{self.embedder_identity!r} but the configured embedder is {embedder_kind(embedder_identity)} "
+                f"{embedder_identity!r}; query with the same embedder (embedder.name, W, fusion fit), or rebuild the store"
             )
 
     def close(self) -> None:

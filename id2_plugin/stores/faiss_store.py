@@ -647,6 +647,17 @@ class FaissStore(ReferenceStore):
 
         return self._with_current(run)  # type: ignore[no-any-return]
 
+    def fetch_vectors(self, reference_ids: Sequence[str]) -> np.ndarray | None:
+        """Stored rows of ``reference_ids`` at the latest committed generation (float32)."""
+        ids = np.array([int(r) for r in reference_ids], dtype=np.int64)
+
+        def run(_conn: sqlite3.Connection, state: _State) -> np.ndarray:
+            if len(ids) and (state.raw is None or ids.min() < 0 or ids.max() >= state.next_id):
+                raise StoreError(f"unknown reference id among {list(reference_ids)[:5]}")
+            return np.asarray(state.raw[ids], dtype=np.float32) if len(ids) else np.zeros((0, self._dim), np.float32)
+
+        return self._with_current(run)  # type: ignore[no-any-return]
+
     # -- writes ----------------------------------------------------------------------------------------------
     def _known(self, conn: sqlite3.Connection, shas: Sequence[str]) -> set[str]:
         found: set[str] = set()

@@ -282,6 +282,19 @@ class QdrantStore(ReferenceStore):
             found.update(str(r.id) for r in recs)
         return found
 
+    def fetch_vectors(self, reference_ids: Sequence[str]) -> np.ndarray | None:
+        """Stored vectors of ``reference_ids`` (retrieved with their points), in the order asked."""
+        ids = [str(uuid.UUID(r)) for r in reference_ids]
+        got: dict[str, np.ndarray] = {}
+        for start in range(0, len(ids), _RETRIEVE_CHUNK):
+            chunk = ids[start : start + _RETRIEVE_CHUNK]
+            recs = self._call("retrieve", self._client.retrieve, self._collection, ids=chunk, with_payload=False, with_vectors=True)
+            got.update((str(r.id), np.asarray(r.vector, np.float32)) for r in recs)
+        missing = [i for i in ids if i not in got]
+        if missing:
+            raise StoreError(f"unknown reference id(s) {missing[:5]}")
+        return np.stack([got[i] for i in ids]) if ids else np.zeros((0, self._dim), np.float32)
+
     def _search_params(self) -> Any:
         m = self._models
         if self._index == "flat":

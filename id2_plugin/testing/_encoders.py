@@ -114,7 +114,7 @@ def check_embedder(embedder: Embedder, *, n_images: int = 3) -> None:
     norms = np.linalg.norm(v, axis=1)
     if not np.allclose(norms, 1.0, atol=1e-4):
         _fail(f"embeddings must be L2-normalised, norms {norms}")
-    arrays = np.stack([embedder.encoder.normalise(r) for r in raw])
+    arrays = np.stack([embedder.normalise(r) for r in raw])
     w = embedder.embed_arrays(arrays)
     if float(np.abs(v - w).max()) > 1e-4:
         _fail("embed(media) and embed_arrays(normalise(media)) disagree")

@@ -80,14 +80,32 @@ def make_pairs(origins: tuple[str, ...], out: str, model: str | None, proxy: boo
     sys.exit(EXIT_OK)
 
 
+RECIPES = ("paper", "auto", "pca", "pair-whiten", "cosface")
+
+
 @click.command("train")
-@click.argument("pairs", type=click.Path(exists=True, dir_okay=False))
+@click.argument("pairs", nargs=-1, type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output W (.safetensors).")
+@click.option("--recipe", type=click.Choice(RECIPES), default=None,
+              help="paper: CosFace W on PAIRS (the reference recipe); auto: choose among pca / pair-whiten / cosface by "
+                   "grouped cross-validation on --real pairs; pca, pair-whiten, cosface: that recipe, settings as given. "
+                   "Default: auto with --real, else paper.")
+@click.option("--real", "real_pairs", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Manifest of REAL edit pairs (repeatable): fitted on and cross-validated by origin group.")
+@click.option("--unlabelled", multiple=True, type=click.Path(exists=True),
+              help="Photos without labels for the PCA map (folders recurse; repeatable); they are also the CV distractors.")
+@click.option("--folds", "n_folds", type=int, default=5, show_default=True, help="Grouped cross-validation folds on --real.")
+@click.option("--rank", type=int, default=768, show_default=True, help="[pca recipes] Principal directions kept (= output dim).")
+@click.option("--eps", type=float, default=0.1, show_default=True, help="[pca recipes] Whitening regulariser (x mean variance).")
+@click.option("--power", type=float, default=0.5, show_default=True, help="[pca recipes] 0.5 whitens, 0 only rotates.")
+@click.option("--shrink", type=float, default=0.6, show_default=True, help="[pair-whiten] Shrinkage of the edit scatter to identity.")
+@click.option("--proxy-weight", type=float, default=0.0, show_default=True,
+              help="[cosface] Loss weight of a PAIRS (proxy) pair relative to a real pair (0: real pairs only).")
 @click.option("--val-pairs", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Validation manifest (other origins); default: hold out --val-fraction of the origins.")
 @click.option("--val-fraction", type=float, default=0.15, show_default=True)
 @click.option("--distractors", multiple=True, type=click.Path(exists=True), help="Extra gallery images for validation (files or folders).")
-@click.option("--pool", type=int, default=2, show_default=True, help="Average-pool the latent spatially by this factor before W.")
+@click.option("--pool", type=int, default=None, help="Average-pool the latent spatially by this factor before W (paper: 2, pca recipes: 1).")
 @click.option("--out-dim", type=int, default=512, show_default=True)
 @click.option("--epochs", type=int, default=30, show_default=True)
 @click.option("--ids-per-batch", type=int, default=32, show_default=True, help="P identities per batch (K members each).")
@@ -111,12 +129,20 @@ def make_pairs(origins: tuple[str, ...], out: str, model: str | None, proxy: boo
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @click.pass_context
 @handle_errors
-def train(ctx: click.Context, pairs: str, out: str, val_pairs: str | None, val_fraction: float, distractors: tuple[str, ...],
-          pool: int, out_dim: int, epochs: int, ids_per_batch: int, k_members: int, steps_per_epoch: int | None, lr: float,
+def train(ctx: click.Context, pairs: tuple[str, ...], out: str, recipe: str | None, real_pairs: tuple[str, ...],
+          unlabelled: tuple[str, ...], n_folds: int, rank: int, eps: float, power: float, shrink: float, proxy_weight: float,
+          val_pairs: str | None, val_fraction: float, distractors: tuple[str, ...],
+          pool: int | None, out_dim: int, epochs: int, ids_per_batch: int, k_members: int, steps_per_epoch: int | None, lr: float,
           init: str, init_rank: int, whiten_eps: float, no_augment: bool, anchor: float, patience: int, seed: int,
           device: str | None, embedder_name: str | None,
           cache_dir: str | None, checkpoint_dir: str | None, resume: bool, save_dtype: str, as_json: bool) -> None:
-    """Train the projection W on a PAIRS manifest (CosFace over origin identities) and save it to --out."""
+    """Train the projection W and save it to --out.
+
+    With --real (real edit pairs) and --unlabelled (photos), the default recipe is `auto`: candidates
+    (pca whitening; pair-whiten; PCA + anchored CosFace on real and, with PAIRS, proxy pairs) are scored by
+    grouped cross-validation on the real pairs and the best is fitted on all of them, never one below the
+    unsupervised PCA map. Without --real, `paper`: CosFace W on the PAIRS manifest (the reference recipe).
+    """
     from ..cache import LatentCache
     from ..identify import build_encoder
     from ..media import iter_image_files
@@ -124,13 +150,23 @@ def train(ctx: click.Context, pairs: str, out: str, val_pairs: str | None, val_f
 
     cfg = get_state(ctx).config(**{"embedder.name": embedder_name, "embedder.device": device})
     encoder = build_encoder(cfg.embedder)
+    recipe = recipe or ("auto" if real_pairs else "paper")
+    if recipe != "paper":
+        _train_real(recipe, real_pairs, unlabelled, pairs, out, encoder=encoder, n_folds=n_folds, pool=pool, rank=rank, eps=eps,
+                    power=power, shrink=shrink, anchor=anchor, proxy_weight=proxy_weight, seed=seed, cache_dir=cache_dir,
+                    save_dtype=save_dtype, as_json=as_json)
+        return
+    if len(pairs) != 1:
+        raise ConfigError("the paper recipe trains on exactly one PAIRS manifest")
+    pairs_path = pairs[0]
+    pool = pool or 2
     tcfg = TrainConfig(
         out_dim=out_dim, pool=pool, epochs=epochs, ids_per_batch=ids_per_batch, k=k_members, steps_per_epoch=steps_per_epoch,
         lr=lr, init=init, init_rank=init_rank, whiten_eps=whiten_eps, augment=not no_augment, anchor=anchor,
         val_fraction=val_fraction, patience=patience, seed=seed, device=cfg.embedder.device,
     )
     result = train_projection(
-        pairs, out, encoder=encoder, config=tcfg, val_pairs_path=val_pairs,
+        pairs_path, out, encoder=encoder, config=tcfg, val_pairs_path=val_pairs,
         distractors=iter_image_files(list(distractors)) if distractors else (),
         cache_dir=cache_dir, latent_cache=LatentCache(encoder), checkpoint_dir=checkpoint_dir, resume=resume,
         save_dtype=save_dtype, log=lambda s: click.echo(s, err=as_json),
@@ -146,6 +182,32 @@ def train(ctx: click.Context, pairs: str, out: str, val_pairs: str | None, val_f
                f"to {summary['out']} ({summary['size_bytes'] / 1e6:.1f} MB)")
     for name, m in result.val_metrics.items():
         click.echo(f"  validation {name:12s} top1 {m['top1']:.3f}  mAP {m['mAP']:.3f}")
+
+
+def _train_real(recipe: str, real_pairs: tuple[str, ...], unlabelled: tuple[str, ...], proxies: tuple[str, ...], out: str, *,
+                encoder: Any, n_folds: int, pool: int | None, rank: int, eps: float, power: float, shrink: float, anchor: float,
+                proxy_weight: float, seed: int, cache_dir: str | None, save_dtype: str, as_json: bool) -> None:
+    from .real_pairs import Recipe, train_on_real_pairs
+
+    if not real_pairs or not unlabelled:
+        raise ConfigError(f"--recipe {recipe} needs --real MANIFEST (real edit pairs) and --unlabelled PHOTOS")
+    candidates = None
+    if recipe != "auto":
+        candidates = [Recipe("pca", pool=pool or 1, rank=rank, eps=eps, power=power)]
+        if recipe != "pca":
+            candidates.append(Recipe(recipe, pool=pool or 1, rank=rank, eps=eps, power=power, shrink=shrink, anchor=anchor or 1.0,
+                                     proxy_weight=proxy_weight))
+    log = (lambda s: click.echo(s, err=True)) if as_json else click.echo
+    result = train_on_real_pairs(real_pairs, unlabelled, out, encoder=encoder, candidates=candidates, proxy_manifests=proxies,
+                                 n_folds=n_folds, seed=seed, cache_dir=cache_dir, save_dtype=save_dtype, log=log)
+    if as_json:
+        echo_json(dict(result.report(), out=out))
+        return
+    chosen = next(r for r in result.results if r.name == result.recipe.name)
+    mean, lo, hi = chosen.spread("mAP")
+    click.echo(f"saved W {result.projection.in_dim}x{result.projection.out_dim} (pool {result.projection.pool}) to {out}: "
+               f"{result.recipe.name}; cross-validated top1 {chosen.pooled['top1']:.3f} mAP {chosen.pooled['mAP']:.3f} "
+               f"(fold mAP {lo:.2f}-{hi:.2f}; raw latent {result.raw.pooled['top1']:.3f} / {result.raw.pooled['mAP']:.3f})")
 
 
 @hookimpl
