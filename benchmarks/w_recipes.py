@@ -36,6 +36,8 @@ def candidates(grid: str):
     from id2_plugin.train.real_pairs import Recipe
 
     out = []
+    if grid == "shipped":  # the recipe scripts/train_default_w.py chose
+        return [Recipe("pca", pool=1, rank=768, eps=0.03)]
     if grid == "pca":
         for pool in (1, 2):
             for rank in (256, 512, 768, 792):
@@ -63,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work-dir", type=Path, required=True)
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--grid", choices=["pca", "learned"], default="learned")
+    ap.add_argument("--grid", choices=["pca", "learned", "shipped"], default="learned")
+    ap.add_argument("--compare-w", type=Path, default=ROOT / "id2_plugin" / "weights" / "taef2_w.safetensors",
+                    help="A W file scored beside the recipes (e.g. the previous proxy-trained W).")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
 
@@ -75,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(d.query_rows)} real edits, {len(d.origin_set_rows)} origins in {len(set(groups.values()))} groups, "
           f"gallery {len(d.gallery_rows)}, {args.folds} folds")
     raw = raw_baseline(data, folds)
-    shipped = Projection.load(ROOT / "id2_plugin" / "weights" / "taef2_w.safetensors")
-    ship = cross_validate("shipped W", lambda _t: (lambda rows: l2_normalise(shipped.apply(z[rows], (32, 32, 32)))),
+    shipped = Projection.load(args.compare_w)
+    ship = cross_validate(f"W {args.compare_w.name}", lambda _t: (lambda rows: l2_normalise(shipped.apply(z[rows], (32, 32, 32)))),
                           d.query_rows, data.origin_col, d.gallery_rows, folds, d.families)
     for r in (raw, ship):
         print(f"{r.name:60s} top1 {r.pooled['top1']:.3f} mAP {r.pooled['mAP']:.3f} micro-AP {r.pooled['micro_ap']:.3f}")

@@ -75,6 +75,8 @@ def main() -> int:
             (to_index / p.name).symlink_to(p.resolve())
     else:
         to_index = photos_dir
+    show = cli("config", "show")
+    print(next((line for line in show.stdout.splitlines() if line.startswith("# active embedder")), ""))
     print(f"1) index {len(photos)} real photos and the 15 originals of the real-edit set (cached re-runs skip known files)")
     res = cli("--set", f"store.path={args.store}", "index", "add", str(to_index), str(edits_dir / "originals"))
     print(res.stdout)
@@ -97,8 +99,9 @@ def main() -> int:
         ok = best.get("uri") == truth.get(name)
         correct += ok
         total += 1
-        print(f"  {'OK  ' if ok else 'MISS'} {name[:48]:48s} -> {Path(best.get('uri', '?')).name[:40]:40s} "
-              f"score={best.get('score', float('nan')):.3f} {report.get('decision', report.get('error'))}")
+        evidence = " ".join(f"{k}={v:.2f}" for k, v in (best.get("signals") or {}).items())
+        print(f"  {'OK  ' if ok else 'MISS'} {name[:44]:44s} -> {Path(best.get('uri', '?')).name[:36]:36s} "
+              f"score={best.get('score', float('nan')):.3f} {evidence} {report.get('decision', report.get('error'))}")
     print(f"\ntop-1 correct: {correct}/{total}")
     return 0
 

@@ -13,7 +13,8 @@ from importlib.metadata import PackageNotFoundError, version
 import pluggy
 
 from .config import Config, load_config
-from .embedders.base import Embedder, LatentEncoder, Projection
+from .embedders.base import Embedder, ImageEmbedder, LatentEncoder, Projection
+from .embedders.fused import FusedEmbedder, FusionFit
 from .errors import (
     ConfigError,
     Id2Error,
@@ -46,8 +47,11 @@ __all__ = [
     "Config",
     "ConfigError",
     "Embedder",
+    "FusedEmbedder",
+    "FusionFit",
     "Id2Error",
     "IdentifyContext",
+    "ImageEmbedder",
     "Identifier",
     "IncompatibleStoreError",
     "LatentEncoder",

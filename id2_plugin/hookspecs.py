@@ -29,11 +29,12 @@ Register = Callable[[str, Callable[..., Any]], None]
 
 @hookspec
 def id2_register_embedders(register: Register) -> None:
-    """Register latent encoders by name.
+    """Register signals by name: latent encoders (a VAE, used with a W) or whole image embedders.
 
     Call ``register("my-vae", factory)``; ``factory(weights=..., input_size=..., batch_size=..., device=...,
-    dtype=..., resize_policy=...)`` must return a :class:`id2_plugin.LatentEncoder`. The name is what users
-    put in ``embedder.name``.
+    dtype=..., resize_policy=..., limits=...)`` must return a :class:`id2_plugin.LatentEncoder` (wrapped
+    with the configured W) or, like the built-in ``sscd``, an :class:`id2_plugin.embedders.ImageEmbedder`.
+    The name is what users put in ``embedder.name`` (or ``embedder.vae`` for the fused embedder's latent).
     """
 
 

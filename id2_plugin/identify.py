@@ -43,7 +43,7 @@ def build_encoder(cfg: EmbedderConfig, limits: MediaLimits | None = None) -> Lat
     return _build_registered(name, cfg, cfg.weights, limits)
 
 
-def _build_registered(name: str, cfg: EmbedderConfig, weights: str | None, limits: MediaLimits | None, **extra: Any) -> Any:
+def _build_registered(name: str, cfg: EmbedderConfig, weights: str | None, limits: MediaLimits | None) -> Any:
     factories = embedder_factories()
     if name not in factories:
         choices = ", ".join([*COMPOSITE_NAMES, *sorted(factories)])
@@ -59,7 +59,6 @@ def _build_registered(name: str, cfg: EmbedderConfig, weights: str | None, limit
     )
     if cfg.subfolder is not None and name == "sd-vae":
         kwargs["subfolder"] = cfg.subfolder
-    kwargs.update(extra)
     return factories[name](**kwargs)
 
 
@@ -77,7 +76,7 @@ def load_projection(spec: str, encoder_name: str) -> Projection | None:
 
 def build_embedder(cfg: EmbedderConfig, limits: MediaLimits | None = None) -> ImageEmbedder:
     """The embedder the ``embedder`` config section names (see :func:`resolve_embedder_name` for ``auto``)."""
-    from .embedders.base import Embedder
+    from .embedders.base import Embedder, ImageEmbedder
     from .embedders.fused import FusedEmbedder
 
     name = resolve_embedder_name(cfg)
@@ -85,8 +84,10 @@ def build_embedder(cfg: EmbedderConfig, limits: MediaLimits | None = None) -> Im
         return _build_sscd(cfg, cfg.weights, limits)
     if name == "fused":
         return FusedEmbedder(build_signals(cfg, limits), load_fusion(cfg.fusion), resize_policy=cfg.resize_policy, limits=limits)  # type: ignore[arg-type]
-    encoder = build_encoder(cfg, limits)
-    return Embedder(encoder, load_projection(cfg.projection, encoder.name))
+    built = _build_registered(name, cfg, cfg.weights, limits)
+    if isinstance(built, ImageEmbedder):  # a whole signal (like sscd): no W to add
+        return built
+    return Embedder(built, load_projection(cfg.projection, built.name))
 
 
 def build_signals(cfg: EmbedderConfig, limits: MediaLimits | None = None) -> list[ImageEmbedder]:

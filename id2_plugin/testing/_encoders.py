@@ -10,7 +10,7 @@ from ..errors import MediaError
 from ._images import synthetic_images
 
 if TYPE_CHECKING:
-    from ..embedders.base import Embedder, LatentEncoder
+    from ..embedders.base import ImageEmbedder, LatentEncoder
 
 
 def _fail(msg: str) -> None:
@@ -99,8 +99,8 @@ def check_latent_encoder(encoder: LatentEncoder, *, n_images: int = 3, atol: flo
         _fail("encode_arrays accepted an array of the wrong size; it must raise ValueError")
 
 
-def check_embedder(embedder: Embedder, *, n_images: int = 3) -> None:
-    """Assert the :class:`~id2_plugin.Embedder` contract: ``N x dim`` unit vectors, deterministic, identity.
+def check_embedder(embedder: ImageEmbedder, *, n_images: int = 3) -> None:
+    """Assert the :class:`~id2_plugin.ImageEmbedder` contract: ``N x dim`` unit vectors, deterministic, identity.
 
     Also checks that ``embed`` (media in) and ``embed_arrays`` (normalised arrays in) agree and that
     ``embed_iter`` reports bad media per item instead of raising.

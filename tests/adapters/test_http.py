@@ -95,7 +95,7 @@ def test_add_references_then_identify_edited_copies(identifier, photo_paths, edi
             assert report["decision"] == "match"
             assert report["best"]["sha256"] == _sha(p.read_bytes())
             assert report["best"]["labels"] == ["originals"]
-            assert report["embedder"] == identifier.context.embedder.encoder.identity
+            assert report["embedder"] == identifier.context.embedder.identity
 
         unrelated = client.post("/v1/identify", content=photo_paths[40].read_bytes())
         assert unrelated.status_code == 200 and unrelated.json()["decision"] == "no_match"

@@ -35,7 +35,7 @@ def _jpeg(path, q=40) -> Image.Image:
 
 
 def test_fused_cosine_is_the_weighted_mean_of_the_signals(fused, parts, photo_paths):
-    assert fused.dim == 512 + 512 and fused.input_size == 320
+    assert fused.dim == parts[0].dim + 512 and fused.input_size == 320
     imgs = np.stack([fused.normalise(p) for p in photo_paths[:4]])
     assert imgs.shape == (4, 320, 320, 3)
     v = fused.embed_arrays(imgs)

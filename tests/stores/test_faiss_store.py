@@ -314,3 +314,18 @@ def test_reader_retries_when_a_snapshot_vanishes_while_loading(tmp_path: Path, m
     with FaissStore(tmp_path / "s") as reader:
         assert reader.query(x[5], k=1)[0][0].reference_id == "5"
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf_pq"])
+def test_fetch_vectors_returns_the_stored_rows(tmp_path: Path, kind: str) -> None:
+    rng = np.random.default_rng(5)
+    x = unit(rng, 300)
+    store = FaissStore(tmp_path / "s", EMB, DIM, index=kind, index_options=SMALL[kind], create=True)
+    ids = store.add(x, records(0, 300)).added
+    got = store.fetch_vectors([ids[7], ids[250], ids[7]])
+    # the raw vectors, not the compressed index codes: exact for flat, float16 for the others
+    np.testing.assert_allclose(got, x[[7, 250, 7]], atol=1e-3 if kind != "flat" else 0)
+    assert store.fetch_vectors([]).shape == (0, DIM)
+    with pytest.raises(StoreError, match="unknown reference id"):
+        store.fetch_vectors(["999999"])
+    store.close()

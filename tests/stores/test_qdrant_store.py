@@ -143,7 +143,7 @@ def test_persists_across_reopen(tmp_path: Path, rng: np.random.Generator) -> Non
 def test_incompatible_embedder_is_refused(tmp_path: Path, rng: np.random.Generator) -> None:
     loc = str(tmp_path / "q")
     QdrantStore(loc, embedder_identity=EMB, dim=DIM, create=True).close()
-    with pytest.raises(IncompatibleStoreError, match="built with embedder"):
+    with pytest.raises(IncompatibleStoreError, match="built with the"):
         QdrantStore(loc, embedder_identity="other-embedder+W@1", dim=DIM, create=True)
     with pytest.raises(IncompatibleStoreError, match="64-dim"):
         QdrantStore(loc, embedder_identity=EMB, dim=128)
@@ -248,3 +248,12 @@ def test_cli_index_and_query_real_photos(tmp_path: Path, photo_paths: list[Path]
     gc.collect()
     r = runner.invoke(cli, [*base, "index", "remove", str(refs[3])])
     assert r.exit_code == 0 and "removed 1 of 1" in r.output, r.output
+
+
+def test_fetch_vectors_returns_the_stored_points(store: QdrantStore, rng: np.random.Generator) -> None:
+    refs = unit(rng, 20)
+    ids = store.add(refs, records(20)).added
+    got = store.fetch_vectors([ids[3], ids[11]])
+    np.testing.assert_allclose(got, refs[[3, 11]], atol=1e-6)
+    with pytest.raises(StoreError, match="unknown reference id"):
+        store.fetch_vectors([point_id("0" * 64)])

@@ -121,6 +121,9 @@ class _MeanColourEmbedder:
         self.embedded = 0
         self.calls: list[int] = []
 
+    def normalise(self, source):
+        return self.encoder.normalise(source)
+
     def embed_arrays(self, images: np.ndarray) -> np.ndarray:
         # Frames pulled from the decoder but not embedded yet: the batch plus the frame that triggered it.
         assert self.pulled[0] - self.embedded <= self.batch_size + 1
