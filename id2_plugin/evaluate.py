@@ -492,7 +492,8 @@ def evaluate_methods_by_group(
     results: dict[str, Metrics] = {}
     sims: dict[str, np.ndarray] = {}
     done: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for method in methods:
+    # Combined methods go after the signals they combine, whatever the report order.
+    for method in sorted(methods, key=lambda m: bool(getattr(m, "parts", None))):
         parts = getattr(method, "parts", None)
         if parts and all(p in done for p in parts):
             ref = method.combine([done[p][0] for p in parts])  # type: ignore[attr-defined]
@@ -503,6 +504,8 @@ def evaluate_methods_by_group(
         done[method.name] = (ref, qry)
         sims[method.name] = method.similarity(qry, ref)
         results[method.name] = compute_metrics(sims[method.name], positives, k=k)
+    results = {name: results[name] for name in names}
+    sims = {name: sims[name] for name in names}
     return results, _group_metrics(sims, positives, groups or {}, k)
 
 

@@ -43,7 +43,7 @@ def id2_register_attacks(register: Any) -> None:
 @click.option("--levels", "n_levels", type=int, default=0,
               help="Keep N levels per family, spread from mild to the strongest (0 = all).")
 @click.option("--methods", default=None,
-              help="Comma-separated subset of id2, vae_raw, pdq, phash (default: all available; id2 needs a W).")
+              help="Comma-separated subset of fused, id2, vae_raw, sscd, pdq, phash (default: all available; id2 needs a W).")
 @click.option("--compare-resize-policies", is_flag=True,
               help="Also evaluate id2/vae_raw with the other resize policies (squash, center_crop, pad).")
 @click.option("--failures", "n_failures", type=int, default=3, show_default=True,

