@@ -74,7 +74,7 @@ def real_embeddings(n_photos: int, dim: int, seed: int) -> tuple[np.ndarray | No
                               for s in range(0, len(photos), 32)])
     secs = time.perf_counter() - t
     w_path = default_projection_path("taef2")
-    if w_path is not None:
+    if w_path is not None and Projection.load(w_path).out_dim == dim:
         emb = Embedder(encoder, Projection.load(w_path))
         vecs = emb.project(latents)
         how = f"shipped W {w_path.name} ({emb.projection_id})"
@@ -82,7 +82,7 @@ def real_embeddings(n_photos: int, dim: int, seed: int) -> tuple[np.ndarray | No
         rng = np.random.default_rng(seed)
         proj = rng.standard_normal((latents.shape[1], dim)).astype(np.float32) / np.sqrt(dim)
         vecs = l2_normalise(latents @ proj)
-        how = f"no shipped W: seeded random projection {latents.shape[1]}->{dim}"
+        how = f"no shipped W of {dim} outputs: seeded random projection {latents.shape[1]}->{dim}"
     return vecs.astype(np.float32), f"{len(photos)} photos, TAEF2 latents ({secs:.0f} s incl. cache), {how}"
 
 

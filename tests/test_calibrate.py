@@ -224,6 +224,14 @@ def test_calibrate_command_and_identifier_end_to_end(
     assert cfg.embedder.projection == "none"
     assert Image.open(plot).format == "PNG"
 
+    # 1b. The default (fused) embedder calibrates the same way; the threshold is valid for its identity only.
+    fused_out = tmp_path / "cal_fused.yaml"
+    res = _invoke(["calibrate", "--pairs", str(d / "pairs.jsonl"), "--negatives", str(d / "negatives"),
+                   "--target-fpr", "0.05", "--out", str(fused_out)])
+    assert res.exit_code == 0, res.output
+    fused_cfg = load_config(fused_out)
+    assert fused_cfg.calibration.embedder.startswith("fused[id2=") and fused_cfg.calibration.recall >= 0.8
+
     # 2. Too few negatives for 1e-3: refused with exit 2 and nothing written.
     refused = tmp_path / "refused.yaml"
     res = _invoke(["calibrate", "--pairs", str(d / "pairs.jsonl"), "--negatives", str(d / "negatives"),

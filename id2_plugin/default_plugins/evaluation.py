@@ -163,10 +163,11 @@ def calibrate_command(ctx: click.Context, pairs_path: str, negative_dirs: tuple[
         raise ConfigError("--distractors and --store are alternatives: the store already is the reference set")
     cfg = config_from_flags(ctx, **flags)
     embedder = build_embedder(cfg.embedder, MediaLimits(cfg.media.max_pixels, cfg.media.max_bytes))
-    method = EmbedderMethod(embedder, LatentCache(embedder.encoder), name="id2" if embedder.projection else "vae_raw")
+    # A VAE embedder's latents go through the cache; a fused or SSCD embedder embeds directly.
+    method = EmbedderMethod(embedder, LatentCache(embedder.encoder) if hasattr(embedder, "encoder") else None)
 
     query_paths, ref_paths, positives = load_pairs_for_eval(pairs_path, () if use_store else distractors)
-    data = prepare_eval_set(query_paths, ref_paths, positives, embedder.encoder.normalise)
+    data = prepare_eval_set(query_paths, ref_paths, positives, embedder.normalise)
     skipped = list(data.skipped)
     if not data.positives.any():
         raise ConfigError("no readable query with a readable origin: no positive score")
@@ -202,7 +203,7 @@ def calibrate_command(ctx: click.Context, pairs_path: str, negative_dirs: tuple[
                 f"too few negatives: {len(neg_paths)} cannot show a false-match rate <= {target_fpr:g} at "
                 f"{confidence:.0%} confidence even with zero false matches; need at least {need} negatives"
             )
-    neg_imgs, _kept, neg_err = load_images(neg_paths, embedder.encoder.normalise, "loading negatives")
+    neg_imgs, _kept, neg_err = load_images(neg_paths, embedder.normalise, "loading negatives")
     skipped += [f"unreadable, skipped: {e}" for e in neg_err]
     _report_skipped(skipped)
     if not neg_imgs:
