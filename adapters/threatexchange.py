@@ -11,8 +11,8 @@ or list the classes in OpenMediaMatch's ``omm_config.py`` (OMM does not read ``T
     STORAGE_IFACE_INSTANCE = DefaultOMMStore(signal_types=[PdqSignal, VideoMD5Signal, ID2PhotoSignal])
 
 **Signals.** ``id2`` (photos): the L2-normalised ID2 embedding as little-endian float16 hex (see
-:mod:`id2_plugin.adapters._shared`: 2,048 characters with the shipped 512-d W, 128 KB for the raw
-32,768-d latent when no W is installed). ``id2_video``: compact JSON ``{"id2_video": 1, "frames":
+:mod:`id2_plugin.adapters._shared`: 5,120 characters for the default fused 1,280-d embedding, 3,072
+for the id2 signal alone (768-d W), 128 KB for the raw 32,768-d latent). ``id2_video``: compact JSON ``{"id2_video": 1, "frames":
 [[timestamp, frame_index, hex], ...]}`` of the kept keyframes (:func:`id2_plugin.video.embed_keyframes`).
 
 **Distance.** ``1 - cosine`` (0 = same embedding, 2 = opposite); for videos the smallest distance between
