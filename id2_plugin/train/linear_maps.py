@@ -51,14 +51,13 @@ def pca_whitening(x: np.ndarray, *, rank: int = 512, eps: float = 1.0, power: fl
 
 
 def pair_whitening(
-    mean: np.ndarray, w0: np.ndarray, query: np.ndarray, origin: np.ndarray, *, shrink: float = 0.5, weights: np.ndarray | None = None
+    w0: np.ndarray, query: np.ndarray, origin: np.ndarray, *, shrink: float = 0.5, weights: np.ndarray | None = None
 ) -> np.ndarray:
     """W = ``w0 @ S^(-1/2)`` where ``S`` is the (weighted) scatter of ``(query - origin) @ w0``, shrunk to the identity.
 
-    ``S = (1 - shrink) * C / mean(diag C) + shrink * I``. The mean cancels in the differences; it is an
-    argument so that the call reads like the map it corrects.
+    ``S = (1 - shrink) * C / mean(diag C) + shrink * I``. The centring mean cancels in the differences, so
+    the corrected map keeps the mean of ``w0``.
     """
-    del mean
     if not 0.0 <= shrink <= 1.0:
         raise ValueError(f"shrink={shrink} must be in [0, 1]")
     d = (query - origin) @ w0

@@ -100,7 +100,7 @@ def fit_map(recipe: Recipe, data: PairData, train: np.ndarray, _pca_cache: dict[
         return mean, w0
     q, o = data.real_query[train], data.real_origin[train]
     if recipe.kind == "pair-whiten":
-        return mean, pair_whitening(mean, w0, z[q], z[o], shrink=recipe.shrink)
+        return mean, pair_whitening(w0, z[q], z[o], shrink=recipe.shrink)
     rows, labels, weights = [q, o], [o, o], [np.ones(len(q)), np.ones(len(o))]
     if recipe.proxy_weight > 0 and len(data.proxy_query):
         # Proxy identities are offset so they never merge with a real origin of the same row number.

@@ -42,8 +42,8 @@ def test_pair_whitening_shrink_one_is_the_pca_map_and_lower_shrink_discounts_edi
     # "edits": the same photo with one block of latent cells changed
     q = photo_latents[:30].copy()
     q[:, :200] += rng.normal(0, 2.0, (30, 200)).astype(np.float32)
-    assert np.allclose(pair_whitening(mean, w0, q, photo_latents[:30], shrink=1.0), w0, atol=1e-5)
-    w = pair_whitening(mean, w0, q, photo_latents[:30], shrink=0.2)
+    assert np.allclose(pair_whitening(w0, q, photo_latents[:30], shrink=1.0), w0, atol=1e-5)
+    w = pair_whitening(w0, q, photo_latents[:30], shrink=0.2)
 
     def gap(m):  # how far each edit moves from its origin, relative to the distance between photos
         e_q, e_o = embed(q, mean, m), embed(photo_latents[:30], mean, m)
