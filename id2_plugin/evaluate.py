@@ -381,10 +381,9 @@ def default_methods(embedder: ImageEmbedder, cache: LatentCache | None = None, s
     from .embedders.base import Embedder as _Embedder
     from .embedders.fused import FusedEmbedder
 
-    latent = embedder if isinstance(embedder, _Embedder) else None
+    latent = latent_part(embedder)
     fused = embedder if isinstance(embedder, FusedEmbedder) else None
     if fused is not None:
-        latent = next((p for p in fused.parts if isinstance(p, _Embedder)), None)
         sscd = fused.part("sscd") or sscd
     elif embedder.name == "sscd":
         sscd = embedder

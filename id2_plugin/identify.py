@@ -94,7 +94,7 @@ def build_signals(cfg: EmbedderConfig, limits: MediaLimits | None = None) -> lis
     """The signals a fused embedder combines: the VAE encoder (``embedder.vae``) with its W, and SSCD."""
     from .embedders.base import Embedder
 
-    encoder = build_encoder(replace(cfg, name="fused"), limits)
+    encoder = _build_registered(cfg.vae, cfg, cfg.weights, limits)
     return [Embedder(encoder, load_projection(cfg.projection, encoder.name)), _build_sscd(cfg, cfg.sscd_weights, limits)]
 
 

@@ -29,8 +29,7 @@ def comparison_methods(embedder: Any, cfg: Any) -> list[Any]:
 
     sscd = None
     if "sscd" not in embedder.signals and embedder.name != "fused" and sscd_available(cfg.embedder) is None:
-        sscd = build_embedder(dataclasses.replace(cfg.embedder, name="sscd", weights=cfg.embedder.sscd_weights,
-                                                  input_size=cfg.embedder.sscd_input_size))
+        sscd = build_embedder(dataclasses.replace(cfg.embedder, name="sscd", weights=cfg.embedder.sscd_weights))
     latent = latent_part(embedder)
     return default_methods(embedder, LatentCache(latent.encoder) if latent is not None else None, sscd=sscd)
 
