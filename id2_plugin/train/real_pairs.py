@@ -239,7 +239,9 @@ def load_pair_data(
     latents, ok = cache_latents(paths, encoder, cache_dir, progress=progress)
     bad = [str(paths[i]) for i in np.flatnonzero(~ok)]
     if bad:
-        raise ValueError(f"{len(bad)} image(s) could not be read, e.g. {bad[0]}")
+        from ..errors import ConfigError
+
+        raise ConfigError(f"{len(bad)} image(s) could not be read, e.g. {bad[0]}; fix or drop them from the manifests / folders")
     all_rows = np.arange(len(paths))
     pooled = {p: pool_rows(latents, all_rows, encoder.latent_shape, p) for p in sorted(set(pools) | {1})}
     origins = sorted(set(ro))
