@@ -23,7 +23,7 @@ import numpy as np
 
 from id2_plugin.config import Config, EmbedderConfig, load_config
 from id2_plugin.media import MediaLike, MediaLimits
-from id2_plugin.testing import synthetic_images
+from id2_plugin.samples import synthetic_images
 
 if TYPE_CHECKING:
     from id2_plugin.embedders.base import ImageEmbedder as Embedder

@@ -9,11 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 import click
-import pluggy
 
-from id2_plugin._cli_support import get_state, handle_errors
-
-hookimpl = pluggy.HookimplMarker("id2_plugin")
+from id2_plugin._cli_support import config_from_flags, config_option_flags, handle_errors, match_option_flags
+from id2_plugin.hookspecs import hookimpl
 
 
 @click.command("serve")
@@ -25,12 +23,8 @@ hookimpl = pluggy.HookimplMarker("id2_plugin")
               help="Seconds before a request gets 504 (serve.request_timeout_s).")
 @click.option("--max-upload-bytes", type=int, default=None, help="Largest accepted body (serve.max_upload_bytes).")
 @click.option("--create-store", is_flag=True, help="Create an empty store if none exists, to fill it over HTTP.")
-@click.option("--k", type=int, default=None, help="Matches returned per query (match.k).")
-@click.option("--threshold", type=float, default=None, help="Decision threshold on the cosine score (match.threshold).")
-@click.option("--store", "store_path", default=None, help="Reference store folder (store.path).")
-@click.option("--embedder", "embedder_name", default=None, help="Embedder name (embedder.name).")
-@click.option("--projection", default=None, help="'default', 'none' (raw latent) or a W .safetensors path.")
-@click.option("--device", default=None, help="auto, cpu, cuda, cuda:N (embedder.device).")
+@match_option_flags
+@config_option_flags
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 @click.pass_context
@@ -41,26 +35,23 @@ def serve_command(ctx: click.Context, create_store: bool, log_level: str, **flag
     Writes (adding / removing references) need a bearer token: set serve.token in the config or, better,
     the ID2_SERVE_TOKEN environment variable. Without one the service is read-only.
     """
-    from .http import build_identifier, serve, token_from_env
+    from id2_plugin.pipeline import Pipeline
 
-    keys = {
-        "serve.host": "host", "serve.port": "port", "serve.max_concurrency": "max_concurrency",
-        "serve.queue_size": "queue_size", "serve.request_timeout_s": "request_timeout_s",
-        "serve.max_upload_bytes": "max_upload_bytes", "match.k": "k", "match.threshold": "threshold",
-        "store.path": "store_path", "embedder.name": "embedder_name", "embedder.projection": "projection",
-        "embedder.device": "device",
-    }
-    cfg = get_state(ctx).config(**{dotted: flags.get(name) for dotted, name in keys.items()})
+    from .http import serve, token_from_env
+
+    serve_keys = {name: f"serve.{name}" for name in
+                  ("host", "port", "max_concurrency", "queue_size", "request_timeout_s", "max_upload_bytes")}
+    cfg = config_from_flags(ctx, extra_keys=serve_keys, **flags)
     serve_cfg = token_from_env(cfg.serve)
     # Loaded before the server starts, so a missing store or model is a clean CLI error, not a traceback.
-    identifier = build_identifier(cfg, create_store=create_store)
-    info = identifier.context.store.info()
+    pipeline = Pipeline.from_config(cfg, create_store=create_store)
+    info = pipeline.store.info()
     click.echo(
-        f"id2-plugin serving {info.count} references ({identifier.context.embedder.identity}) on "
+        f"id2-plugin serving {info.count} references ({pipeline.embedder.identity}) on "
         f"http://{serve_cfg.host}:{serve_cfg.port} — writes {'enabled' if serve_cfg.token else 'disabled (no token)'}",
         err=True,
     )
-    serve(identifier, serve_cfg, log_level=log_level)
+    serve(pipeline, serve_cfg, log_level=log_level)
 
 
 @hookimpl

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import hmac
 import os
 import threading
@@ -36,10 +35,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from datetime import datetime, timezone
 from typing import Any, TypeVar
 
-import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
@@ -48,7 +45,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from id2_plugin.config import Config, ServeConfig
 from id2_plugin.errors import ConfigError, Id2Error, MediaError, StoreError
 from id2_plugin.identify import Identifier
-from id2_plugin.types import ReferenceRecord
+from id2_plugin.pipeline import Pipeline, Upload
 
 __all__ = ["build_identifier", "create_app", "serve", "token_from_env"]
 
@@ -162,10 +159,10 @@ class _LimitsMiddleware:
 
 
 class _Service:
-    """Runtime state: the identifier, the worker pool, the write lock."""
+    """Runtime state: the pipeline, the worker pool, the write lock."""
 
-    def __init__(self, identifier: Identifier, cfg: ServeConfig) -> None:
-        self.identifier = identifier
+    def __init__(self, pipeline: Pipeline, cfg: ServeConfig) -> None:
+        self.pipeline = pipeline
         self.cfg = cfg
         self.pool = ThreadPoolExecutor(max_workers=cfg.max_concurrency, thread_name_prefix="id2-http")
         self.slots = asyncio.Semaphore(cfg.max_concurrency)
@@ -176,11 +173,11 @@ class _Service:
 
     @property
     def store(self) -> Any:
-        return self.identifier.context.store
+        return self.pipeline.store
 
-    @property
-    def embedder(self) -> Any:
-        return self.identifier.context.embedder
+    def deadline(self) -> float:
+        """The monotonic time by which a request arriving now must be answered."""
+        return time.monotonic() + self.cfg.request_timeout_s
 
     async def run(self, fn: Callable[..., T], *args: Any, deadline: float) -> T:
         """Run ``fn`` on a worker once one is free; 504 when ``deadline`` (monotonic) passes first."""
@@ -253,37 +250,34 @@ async def _read_uploads(request: Request, *, many: bool) -> tuple[list[tuple[str
     return [("upload", body)], []
 
 
-def _report_json(identifier: Identifier, data: bytes, name: str) -> dict[str, Any]:
-    report = identifier.identify(data)
+def _report_json(pipeline: Pipeline, data: bytes, name: str) -> dict[str, Any]:
+    report = pipeline.identify(data)
     return dataclasses.replace(report, query=name).to_dict()
 
 
 def create_app(
-    identifier_or_factory: Identifier | Callable[[], Identifier],
+    identifier_or_factory: Pipeline | Identifier | Callable[[], Pipeline | Identifier],
     serve_config: ServeConfig | None = None,
 ) -> FastAPI:
     """Build the FastAPI application.
 
-    ``identifier_or_factory`` is a ready :class:`~id2_plugin.Identifier` or a zero-argument callable
-    returning one; a callable runs (in a thread) when the server starts, so the model is loaded before
-    the first request is accepted and never at import.
+    ``identifier_or_factory`` is a ready :class:`~id2_plugin.pipeline.Pipeline` (or
+    :class:`~id2_plugin.Identifier`) or a zero-argument callable returning one; a callable runs (in a
+    thread) when the server starts, so the model is loaded before the first request is accepted and never
+    at import.
     """
     cfg = serve_config or ServeConfig()
-    if cfg.max_concurrency < 1 or cfg.queue_size < 0:
-        raise ConfigError(f"serve.max_concurrency={cfg.max_concurrency} must be >= 1 and serve.queue_size="
-                          f"{cfg.queue_size} >= 0")
-    if cfg.max_upload_bytes < 1 or cfg.request_timeout_s <= 0:
-        raise ConfigError("serve.max_upload_bytes and serve.request_timeout_s must be positive")
+    _check_serve_config(cfg)
     capacity = _Capacity(cfg.max_concurrency, cfg.queue_size)
     holder: dict[str, _Service] = {}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
-        if isinstance(identifier_or_factory, Identifier):
-            identifier = identifier_or_factory
+        if isinstance(identifier_or_factory, (Identifier, Pipeline)):
+            built = identifier_or_factory
         else:
-            identifier = await asyncio.get_running_loop().run_in_executor(None, identifier_or_factory)
-        service = _Service(identifier, cfg)
+            built = await asyncio.get_running_loop().run_in_executor(None, identifier_or_factory)
+        service = _Service(_as_pipeline(built), cfg)
         holder["service"] = service
         try:
             yield
@@ -306,6 +300,23 @@ def create_app(
             raise HTTPException(503, "the model is still loading")
         return svc
 
+    _add_error_handlers(app)
+    _add_read_routes(app, service, capacity)
+    _add_write_routes(app, service)
+    return app
+
+
+def _check_serve_config(cfg: ServeConfig) -> None:
+    if cfg.max_concurrency < 1 or cfg.queue_size < 0:
+        raise ConfigError(f"serve.max_concurrency={cfg.max_concurrency} must be >= 1 and serve.queue_size="
+                          f"{cfg.queue_size} >= 0")
+    if cfg.max_upload_bytes < 1 or cfg.request_timeout_s <= 0:
+        raise ConfigError("serve.max_upload_bytes and serve.request_timeout_s must be positive")
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Library errors as HTTP answers: bad media 422, store trouble 503, anything else of ours 500."""
+
     @app.exception_handler(MediaError)
     async def _media_error(_: Request, exc: MediaError) -> JSONResponse:
         return _error(422, f"not a usable image: {exc}")
@@ -318,6 +329,10 @@ def create_app(
     async def _id2_error(_: Request, exc: Id2Error) -> JSONResponse:
         return _error(500, str(exc))
 
+
+def _add_read_routes(app: FastAPI, service: Callable[[], _Service], capacity: _Capacity) -> None:
+    """``/healthz``, ``/v1/info`` and ``/v1/identify``: open to every client."""
+
     @app.get("/healthz", summary="Liveness: 200 once the model is loaded")
     async def healthz() -> dict[str, Any]:
         svc = service()
@@ -326,35 +341,45 @@ def create_app(
     @app.get("/v1/info", summary="Model, store and limits in use")
     async def info() -> dict[str, Any]:
         svc = service()
-        ctx = svc.identifier.context
-        store_info = await svc.run(svc.store.info, deadline=time.monotonic() + cfg.request_timeout_s)
-        return {
-            "version": __version__,
-            "embedder": ctx.embedder.identity,
-            "dim": ctx.embedder.dim,
-            "k": ctx.k,
-            "threshold": ctx.threshold,
-            "store": store_info.to_dict(),
-            "writes_enabled": bool(cfg.token),
-            "load": {"admitted": capacity.inflight, "workers_busy": svc.busy},
-            "limits": {
-                "max_upload_bytes": cfg.max_upload_bytes,
-                "request_timeout_s": cfg.request_timeout_s,
-                "max_concurrency": cfg.max_concurrency,
-                "queue_size": cfg.queue_size,
-            },
-        }
+        store_info = await svc.run(svc.store.info, deadline=svc.deadline())
+        return _info_json(svc, store_info, capacity)
 
     @app.post("/v1/identify", summary="Identify the original of an uploaded image",
               openapi_extra={"requestBody": _IMAGE_BODY})
     async def identify(request: Request) -> dict[str, Any]:
-        deadline = time.monotonic() + cfg.request_timeout_s
         svc = service()
+        deadline = svc.deadline()
         uploads, _ = await _read_uploads(request, many=False)
         name, data = uploads[0]
         if not data:
             raise HTTPException(422, "empty upload: send the image bytes")
-        return await svc.run(_report_json, svc.identifier, data, name, deadline=deadline)
+        return await svc.run(_report_json, svc.pipeline, data, name, deadline=deadline)
+
+
+def _info_json(svc: _Service, store_info: Any, capacity: _Capacity) -> dict[str, Any]:
+    from id2_plugin import __version__
+
+    p, cfg = svc.pipeline, svc.cfg
+    return {
+        "version": __version__,
+        "embedder": p.embedder.identity,
+        "dim": p.embedder.dim,
+        "k": p.k,
+        "threshold": p.threshold,
+        "store": store_info.to_dict(),
+        "writes_enabled": bool(cfg.token),
+        "load": {"admitted": capacity.inflight, "workers_busy": svc.busy},
+        "limits": {
+            "max_upload_bytes": cfg.max_upload_bytes,
+            "request_timeout_s": cfg.request_timeout_s,
+            "max_concurrency": cfg.max_concurrency,
+            "queue_size": cfg.queue_size,
+        },
+    }
+
+
+def _add_write_routes(app: FastAPI, service: Callable[[], _Service]) -> None:
+    """Adding and removing references: bearer token only, one write at a time."""
 
     @app.post("/v1/references", summary="Add one or more reference images (bearer token)",
               openapi_extra={"requestBody": _REFERENCES_BODY})
@@ -363,70 +388,28 @@ def create_app(
         uri: str | None = Query(None, description="URI recorded for a single uploaded image"),
         label: list[str] | None = Query(None, description="Label stored with every added reference (repeatable)"),
     ) -> JSONResponse:
-        deadline = time.monotonic() + cfg.request_timeout_s
         svc = service()
+        deadline = svc.deadline()
         svc.check_token(request)
         uploads, form_labels = await _read_uploads(request, many=True)
         labels = tuple(form_labels or label or ())
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        errors: list[dict[str, str]] = []
-        todo: list[tuple[str, bytes, str]] = []
-        seen: set[str] = set()
-        duplicates: list[str] = []
-        for name, data in uploads:
-            if not data:
-                errors.append({"name": name, "error": "empty upload"})
-                continue
-            sha = hashlib.sha256(data).hexdigest()
-            if sha in seen:
-                duplicates.append(sha)
-                continue
-            seen.add(sha)
-            todo.append((name, data, sha))
-
-        def embed() -> tuple[np.ndarray, list[tuple[str, str]], list[dict[str, str]], list[str]]:
-            known = svc.store.contains([sha for _, _, sha in todo])
-            vecs, keep, errs, dups = [], [], [], []
-            for (name, data, sha), is_known in zip(todo, known):
-                if is_known:
-                    dups.append(sha)
-                    continue
-                try:
-                    image = svc.embedder.normalise(data)
-                except MediaError as exc:
-                    errs.append({"name": name, "error": str(exc)})
-                    continue
-                vecs.append(image)
-                keep.append((name, sha))
-            if not vecs:
-                return np.zeros((0, svc.embedder.dim), np.float32), keep, errs, dups
-            return svc.embedder.embed_arrays(np.stack(vecs)), keep, errs, dups
-
-        vectors, keep, errs, dups = await svc.run(embed, deadline=deadline)
-        errors.extend(errs)
-        duplicates.extend(dups)
-        added: list[dict[str, str]] = []
-        if len(keep):
-            records = [
-                ReferenceRecord(sha256=sha, uri=uri if (uri and len(keep) == 1) else f"upload:{name}",
-                                labels=labels, added_at=now)
-                for name, sha in keep
-            ]
-            async with svc.write_lock:
-                result = await svc.run(svc.store.add, vectors, records, deadline=deadline)
-            by_sha = dict(zip([r.sha256 for r in records], records))
-            new_shas = [r.sha256 for r in records if r.sha256 not in set(result.duplicates)]
-            added = [{"id": rid, "sha256": sha, "uri": by_sha[sha].uri} for rid, sha in zip(result.added, new_shas)]
-            duplicates.extend(result.duplicates)
-        body = {"added": added, "duplicates": duplicates, "errors": errors}
-        if errors and not added and not duplicates:
+        items = [Upload(data, uri if (uri and len(uploads) == 1) else f"upload:{name}", name=name)
+                 for name, data in uploads]
+        async with svc.write_lock:
+            res = await svc.run(svc.pipeline.add_uploads, items, labels, deadline=deadline)
+        body = {
+            "added": [{"id": rid, "sha256": rec.sha256, "uri": rec.uri} for rid, rec in res.added],
+            "duplicates": res.duplicates,
+            "errors": [{"name": name, "error": why} for name, why in res.failures],
+        }
+        if res.failures and not res.added and not res.duplicates:
             return JSONResponse(body, status_code=422)
-        return JSONResponse(body, status_code=201 if added else 200)
+        return JSONResponse(body, status_code=201 if res.added else 200)
 
     @app.delete("/v1/references/{key}", summary="Remove a reference by id or sha256 (bearer token)")
     async def remove_reference(key: str, request: Request) -> dict[str, Any]:
-        deadline = time.monotonic() + cfg.request_timeout_s
         svc = service()
+        deadline = svc.deadline()
         svc.check_token(request)
         async with svc.write_lock:
             n = await svc.run(svc.store.remove, [key], deadline=deadline)
@@ -434,21 +417,21 @@ def create_app(
             raise HTTPException(404, f"no reference with id or sha256 {key!r}")
         return {"removed": n, "key": key}
 
-    return app
-
 
 def build_identifier(cfg: Config, *, create_store: bool = False) -> Identifier:
     """Embedder + store + match settings from a full config (``create_store`` creates an empty store)."""
-    from id2_plugin.identify import build_embedder, open_store
-    from id2_plugin.media import MediaLimits
+    return Pipeline.from_config(cfg, create_store=create_store).identifier
 
-    embedder = build_embedder(cfg.embedder, MediaLimits(cfg.media.max_pixels, cfg.media.max_bytes))
-    store = open_store(cfg.store, embedder_identity=embedder.identity, dim=embedder.dim, create=create_store)
-    return Identifier(embedder, store, k=cfg.match.k, threshold=cfg.match.threshold)
+
+def _as_pipeline(built: Pipeline | Identifier) -> Pipeline:
+    if isinstance(built, Pipeline):
+        return built
+    ctx = built.context
+    return Pipeline(ctx.embedder, ctx.store, k=ctx.k, threshold=ctx.threshold)
 
 
 def serve(
-    identifier_or_factory: Identifier | Callable[[], Identifier],
+    identifier_or_factory: Pipeline | Identifier | Callable[[], Pipeline | Identifier],
     serve_config: ServeConfig | None = None,
     *,
     log_level: str = "info",

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-import pluggy
-
 from .config import Config, load_config
 from .embedders.base import Embedder, ImageEmbedder, LatentEncoder, Projection
 from .embedders.fused import FusedEmbedder, FusionFit
@@ -28,6 +26,8 @@ from .calibrate import Calibration, calibrate_threshold
 from .evaluate import Metrics, compute_metrics, evaluate_methods
 from .identify import IdentifyContext, Identifier, build_embedder, open_store
 from .media import MediaLimits, load_image, to_rgb_array
+from .pipeline import IngestResult, Pipeline, Upload
+from .hookspecs import hookimpl
 from .plugins import get_plugin_manager
 from .stores.base import ReferenceStore
 from .types import AddResult, Match, OriginReport, ReferenceRecord, StoreInfo
@@ -38,8 +38,6 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-#: Decorate hook implementations with this marker (``@id2_plugin.hookimpl``).
-hookimpl = pluggy.HookimplMarker("id2_plugin")
 
 __all__ = [
     "AddResult",
@@ -54,6 +52,7 @@ __all__ = [
     "ImageEmbedder",
     "Identifier",
     "IncompatibleStoreError",
+    "IngestResult",
     "LatentEncoder",
     "Match",
     "MediaError",
@@ -62,11 +61,13 @@ __all__ = [
     "MissingExtraError",
     "ModelNotFoundError",
     "OriginReport",
+    "Pipeline",
     "Projection",
     "ReferenceRecord",
     "ReferenceStore",
     "StoreError",
     "StoreInfo",
+    "Upload",
     "VideoError",
     "VideoReport",
     "__version__",

@@ -24,19 +24,19 @@ class CliState:
         self.config_path = config_path
         self.overrides: dict[str, Any] = {}
         for text in overrides:
-            from .config import _merge
+            from .config import merge_overrides
 
-            self.overrides = _merge(self.overrides, parse_override(text))
+            self.overrides = merge_overrides(self.overrides, parse_override(text))
         self._cache: dict[str, Any] = {}
 
     def config(self, **extra: Any) -> Config:
         """Effective config: file, then ``--set`` overrides, then command flags (``extra``, dotted keys)."""
-        from .config import _merge, nested_override
+        from .config import merge_overrides, nested_override
 
         overrides = dict(self.overrides)
         for dotted, value in extra.items():
             if value is not None:
-                overrides = _merge(overrides, nested_override(dotted, value))
+                overrides = merge_overrides(overrides, nested_override(dotted, value))
         return load_config(self.config_path, overrides)
 
 
@@ -68,10 +68,9 @@ def echo_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=None, default=str))
 
 
-def config_option_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Common flags that override the embedder / store / match sections."""
+def embedder_option_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The flags that override the embedder section."""
     opts = [
-        click.option("--store", "store_path", default=None, help="Reference store folder (store.path)."),
         click.option("--embedder", "embedder_name", default=None, help="Embedder name (embedder.name)."),
         click.option("--projection", default=None, help="'default', 'none' (raw latent) or a W .safetensors path."),
         click.option("--device", default=None, help="auto, cpu, cuda, cuda:N (embedder.device)."),
@@ -82,15 +81,32 @@ def config_option_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def config_from_flags(ctx: click.Context, **flags: Any) -> Config:
-    return get_state(ctx).config(
-        **{
-            "store.path": flags.get("store_path"),
-            "embedder.name": flags.get("embedder_name"),
-            "embedder.projection": flags.get("projection"),
-            "embedder.device": flags.get("device"),
-            "embedder.batch_size": flags.get("batch_size"),
-            "match.k": flags.get("k"),
-            "match.threshold": flags.get("threshold"),
-        }
-    )
+def config_option_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The shared flags of every command that uses a store: ``--store`` and the embedder flags."""
+    fn = embedder_option_flags(fn)
+    return click.option("--store", "store_path", default=None, help="Reference store folder (store.path).")(fn)
+
+
+def match_option_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--k`` and ``--threshold``: the match section, for commands that decide matches."""
+    fn = click.option("--threshold", type=float, default=None,
+                      help="Decision threshold on the cosine score (match.threshold).")(fn)
+    return click.option("--k", type=int, default=None, help="Matches to return per query (match.k).")(fn)
+
+
+#: command flag -> the config key it overrides (flags left at None keep the file's value)
+FLAG_KEYS = {
+    "store_path": "store.path",
+    "embedder_name": "embedder.name",
+    "projection": "embedder.projection",
+    "device": "embedder.device",
+    "batch_size": "embedder.batch_size",
+    "k": "match.k",
+    "threshold": "match.threshold",
+}
+
+
+def config_from_flags(ctx: click.Context, *, extra_keys: dict[str, str] | None = None, **flags: Any) -> Config:
+    """The effective config with the shared flags (and ``extra_keys``: flag -> config key) applied."""
+    keys = {**FLAG_KEYS, **(extra_keys or {})}
+    return get_state(ctx).config(**{dotted: flags.get(flag) for flag, dotted in keys.items()})

@@ -21,8 +21,10 @@ highest rejected score is returned, so a tiny score perturbation does not flip a
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -354,3 +356,79 @@ def save_histogram(
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
+
+
+# -- the calibrate use case: choosing negatives, writing the config ------------------------------------------
+def select_negatives(negative_dirs: Sequence[str | os.PathLike], known: Sequence[Path]) -> tuple[list[Path], list[str], int]:
+    """Images under ``negative_dirs`` that are not one of ``known`` (same path or same bytes).
+
+    Negatives must have no origin among the references; an exact copy of a reference or query is certainly
+    mislabelled, so it is dropped rather than counted as a false match. Returns (paths, their sha256, dropped).
+    """
+    from ._files import sha256_file_or_none
+    from .media import iter_image_files
+
+    known_paths = {Path(p).resolve() for p in known}
+    known_hashes = {h for h in (sha256_file_or_none(p) for p in known_paths) if h}
+    paths: list[Path] = []
+    hashes: list[str] = []
+    dropped = 0
+    for p in iter_image_files(list(negative_dirs)):
+        digest = sha256_file_or_none(p)
+        if p.resolve() in known_paths or (digest is not None and digest in known_hashes):
+            dropped += 1
+            continue
+        paths.append(p)
+        hashes.append(digest or "")
+    return paths, hashes, dropped
+
+
+def check_enough_negatives(n: int, target_fpr: float | None, confidence: float) -> None:
+    """Refuse (before minutes of encoding) a negative set too small to show ``target_fpr`` at ``confidence``."""
+    if target_fpr is None or not (0.0 < target_fpr < 1.0 and 0.0 < confidence < 1.0):
+        return
+    need = min_negatives_for(target_fpr, confidence)
+    if n < need:
+        raise ConfigError(
+            f"too few negatives: {n} cannot show a false-match rate <= {target_fpr:g} at "
+            f"{confidence:.0%} confidence even with zero false matches; need at least {need} negatives"
+        )
+
+
+def calibration_config(cal: Calibration, *, embedder: dict[str, Any], store: dict[str, Any] | None, k: int,
+                       embedder_identity: str, data: str, date: str) -> dict[str, Any]:
+    """The config document a calibration writes: the embedder it holds for, match.threshold, provenance."""
+    doc: dict[str, Any] = {"embedder": embedder}
+    if store is not None:
+        doc["store"] = store
+    doc["match"] = {"k": k, "threshold": cal.threshold}
+    fields = ("target", "target_value", "confidence", "threshold", "fpr_upper_bound", "fpr", "recall", "precision",
+              "n_pos", "n_neg", "false_matches")
+    doc["calibration"] = {**{f: getattr(cal, f) for f in fields}, "embedder": embedder_identity, "date": date,
+                          "data": data}
+    return doc
+
+
+def write_calibration_config(path: str | os.PathLike, doc: dict[str, Any]) -> Path:
+    """Write ``doc`` as YAML atomically, after checking that it loads as a config."""
+    import yaml
+
+    from .config import load_config
+
+    header = (
+        f"# Written by `id2-plugin calibrate` on {doc['calibration']['date']}.\n"
+        f"# match.threshold is valid only for the embedder in calibration.embedder; recalibrate after changing\n"
+        f"# the embedder, W, input size or resize policy.\n"
+    )
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(header + yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    try:
+        load_config(tmp)  # what we write must load; a failure here is a bug, not a user error
+    except ConfigError:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, out)
+    return out
+

@@ -13,9 +13,12 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from .media import MediaLimits
 
 from .errors import ConfigError
 
@@ -72,6 +75,11 @@ class StoreConfig:
     collection: str = "id2"
     api_key: str | None = None
 
+    @property
+    def location(self) -> str:
+        """What the backend opens: ``url`` when given (a server), else ``path``."""
+        return self.url or self.path
+
 
 @dataclass(frozen=True)
 class MatchConfig:
@@ -94,6 +102,12 @@ class MediaConfig:
 
     max_pixels: int = 64_000_000
     max_bytes: int = 100 * 1024 * 1024
+
+    def limits(self) -> MediaLimits:
+        """These limits as the :class:`~id2_plugin.media.MediaLimits` the normaliser takes."""
+        from .media import MediaLimits
+
+        return MediaLimits(max_pixels=self.max_pixels, max_bytes=self.max_bytes)
 
 
 @dataclass(frozen=True)
@@ -217,11 +231,12 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     return obj
 
 
-def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+def merge_overrides(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` merged in, nested mappings merged key by key (``extra`` wins)."""
     out = dict(base)
     for k, v in extra.items():
         if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
-            out[k] = _merge(dict(out[k]), v)
+            out[k] = merge_overrides(dict(out[k]), v)
         else:
             out[k] = v
     return out
@@ -273,6 +288,6 @@ def load_config(path: str | os.PathLike | None = None, overrides: Mapping[str, A
             raise ConfigError(f"config file {source}: top level must be a mapping, got {type(loaded).__name__}")
         data = dict(loaded)
     if overrides:
-        data = _merge(data, overrides)
+        data = merge_overrides(data, overrides)
     cfg = _build(Config, data, "")
     return dataclasses.replace(cfg, source=str(source) if source else None)

@@ -412,19 +412,14 @@ def embed_images(
     method: Method, images: Sequence[np.ndarray], batch_size: int = 64, progress: bool | str = False
 ) -> np.ndarray:
     """Descriptors of ``images`` (a sequence of ``S x S x 3`` arrays or an ``N x S x S x 3`` array), in chunks."""
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    from ._progress import progress_bar
 
-        bar = tqdm(total=len(images), desc=progress if isinstance(progress, str) else method.name, unit="img", leave=False)
     parts = []
-    for s in range(0, len(images), batch_size):
-        chunk = np.stack([images[i] for i in range(s, min(s + batch_size, len(images)))])
-        parts.append(method.embed(chunk))
-        if bar is not None:
+    with progress_bar(progress, len(images), method.name, leave=False) as bar:
+        for s in range(0, len(images), batch_size):
+            chunk = np.stack([images[i] for i in range(s, min(s + batch_size, len(images)))])
+            parts.append(method.embed(chunk))
             bar.update(len(chunk))
-    if bar is not None:
-        bar.close()
     if not parts:
         raise ValueError(f"{method.name}: no images to embed")
     return np.concatenate(parts)

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 PROJECT_NAME = "id2_plugin"
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+#: The one marker for hook implementations, built-in and third-party (re-exported as ``id2_plugin.hookimpl``).
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 #: ``register(name, factory)``: ``factory(**options)`` builds the component named ``name``.
 Register = Callable[[str, Callable[..., Any]], None]
@@ -40,10 +42,22 @@ def id2_register_embedders(register: Register) -> None:
 
 @hookspec
 def id2_register_stores(register: Register) -> None:
-    """Register reference-store backends by name.
+    """Register reference-store backends by name (what users put in ``store.backend``).
 
-    Call ``register("my-backend", factory)``; ``factory(location=..., embedder_identity=..., dim=...,
-    index=..., index_options=..., create=...)`` must return a :class:`id2_plugin.ReferenceStore`.
+    Call ``register("my-backend", factory)``. Every backend, built-in or not, is opened with the same
+    keyword arguments, all of them always passed::
+
+        factory(location=str,                 # store.url when set, else store.path
+                embedder_identity=str | None,  # identity the store must have been built with; None = any
+                dim=int | None,                # vector dimension for a new store; None when only reading
+                index=str,                     # store.index, e.g. "flat"
+                index_options=dict,            # store.index_options
+                create=bool,                   # create the store when it does not exist
+                collection=str,                # store.collection (a namespace inside ``location``)
+                api_key=str | None)            # store.api_key for remote backends
+
+    and must return an :class:`id2_plugin.ReferenceStore`. A backend ignores what it has no use for, and
+    raises :class:`id2_plugin.StoreError` when the store is missing (``create=False``) or unusable.
     """
 
 

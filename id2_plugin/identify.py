@@ -5,13 +5,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from .config import Config, EmbedderConfig, StoreConfig
 from ._lazy import require
-from .errors import ConfigError, Id2Error
+from .errors import ConfigError, Id2Error, MediaError
 from .media import MediaLike, MediaLimits
 from .plugins import embedder_factories, get_plugin_manager, store_factories
 from .types import Match, OriginReport
@@ -153,7 +156,7 @@ def open_store(cfg: StoreConfig, *, embedder_identity: str | None, dim: int | No
     if cfg.backend not in factories:
         raise ConfigError(f"store.backend={cfg.backend!r} is not registered; available: {', '.join(sorted(factories))}")
     return factories[cfg.backend](  # type: ignore[no-any-return]
-        location=cfg.path if cfg.backend == "faiss" else (cfg.url or cfg.path),
+        location=cfg.location,
         embedder_identity=embedder_identity,
         dim=dim,
         index=cfg.index,
@@ -183,8 +186,7 @@ class Identifier:
 
     @classmethod
     def from_config(cls, cfg: Config) -> Identifier:
-        limits = MediaLimits(max_pixels=cfg.media.max_pixels, max_bytes=cfg.media.max_bytes)
-        embedder = build_embedder(cfg.embedder, limits)
+        embedder = build_embedder(cfg.embedder, cfg.media.limits())
         store = open_store(cfg.store, embedder_identity=embedder.identity, dim=embedder.dim, create=False)
         return cls(embedder, store, k=cfg.match.k, threshold=cfg.match.threshold)
 
@@ -194,6 +196,24 @@ class Identifier:
         if report is None:
             raise RuntimeError("no plugin answered id2_identify_origin (is the built-in plugin disabled?)")
         return report  # type: ignore[no-any-return]
+
+    def identify_many(self, media: Sequence[MediaLike]) -> list[OriginReport | MediaError]:
+        """:meth:`identify` for each query (an unusable one gives its :class:`MediaError`), batched when the
+        built-in search is the only ``id2_identify_origin`` implementation."""
+        if len(get_plugin_manager().hook.id2_identify_origin.get_hookimpls()) > 1:
+            return [_or_error(self.identify, m) for m in media]
+        out: list[OriginReport | MediaError] = []
+        bs = max(1, self.context.embedder.batch_size)
+        for start in range(0, len(media), bs):
+            out.extend(search_many(media[start:start + bs], self.context))
+        return out
+
+
+def _or_error(fn: Any, media: MediaLike) -> Any:
+    try:
+        return fn(media)
+    except MediaError as exc:
+        return exc
 
 
 def with_signal_scores(embedder: ImageEmbedder, store: ReferenceStore, vector: Any, matches: list[Match]) -> list[Match]:
@@ -209,15 +229,37 @@ def with_signal_scores(embedder: ImageEmbedder, store: ReferenceStore, vector: A
 
 def search(media: MediaLike, context: IdentifyContext) -> OriginReport:
     """The built-in identification: normalise, embed, query the store, decide against the threshold."""
+    report = search_many([media], context)[0]
+    if isinstance(report, MediaError):
+        raise report
+    return report
+
+
+def search_many(media: Sequence[MediaLike], context: IdentifyContext) -> list[OriginReport | MediaError]:
+    """:func:`search` for a batch: one forward pass and one store query for every usable query."""
     from .media import describe
 
     t0 = time.perf_counter()
-    image = context.embedder.normalise(media)
+    images = [_or_error(context.embedder.normalise, m) for m in media]
+    ok = [i for i, im in enumerate(images) if not isinstance(im, MediaError)]
     t1 = time.perf_counter()
-    vec = context.embedder.embed_arrays(image[None])
+    out: list[Any] = list(images)  # errors stay; the usable ones are replaced by their reports below
+    if not ok:
+        return out
+    vecs = context.embedder.embed_arrays(np.stack([images[i] for i in ok]))
     t2 = time.perf_counter()
-    matches = with_signal_scores(context.embedder, context.store, vec[0], context.store.query(vec, k=context.k)[0])
+    found = context.store.query(vecs, k=context.k)
     t3 = time.perf_counter()
+    share = 1e3 / len(ok)  # a batch's time, shared equally by its queries
+    timings = {"normalise": (t1 - t0) * share, "embed": (t2 - t1) * share, "search": (t3 - t2) * share,
+               "total": (t3 - t0) * share}
+    for row, i in enumerate(ok):
+        matches = with_signal_scores(context.embedder, context.store, vecs[row], found[row])
+        out[i] = _report(matches, context, timings, describe(media[i]))
+    return out
+
+
+def _report(matches: list[Match], context: IdentifyContext, timings: dict[str, float], query: str) -> OriginReport:
     best = matches[0].score if matches else float("-inf")
     return OriginReport(
         matches=tuple(matches),
@@ -225,11 +267,6 @@ def search(media: MediaLike, context: IdentifyContext) -> OriginReport:
         threshold=context.threshold,
         embedder=context.embedder.identity,
         projection=context.embedder.projection_id,
-        timings_ms={
-            "normalise": (t1 - t0) * 1e3,
-            "embed": (t2 - t1) * 1e3,
-            "search": (t3 - t2) * 1e3,
-            "total": (t3 - t0) * 1e3,
-        },
-        query=describe(media),
+        timings_ms=timings,
+        query=query,
     )

@@ -665,19 +665,15 @@ class _RayScanner:
 
     def __init__(self, config: dict[str, Any], options: dict[str, Any]) -> None:
         from .config import load_config
-        from .identify import build_embedder, open_store
-        from .media import MediaLimits
+        from .pipeline import Pipeline
 
         cfg = load_config(None, config)
-        self.embedder = build_embedder(cfg.embedder, MediaLimits(cfg.media.max_pixels, cfg.media.max_bytes))
-        self.store = open_store(cfg.store, embedder_identity=self.embedder.identity, dim=self.embedder.dim,
-                                create=False)
-        self.store.check_compatible(self.embedder.identity)
+        self.pipeline = Pipeline.from_config(cfg)
         self.options = dict(options, k=cfg.match.k, threshold=cfg.match.threshold,
                             batch_size=options.get("batch_size") or cfg.embedder.batch_size)
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        report = scan_video(row["path"], self.embedder, self.store, **self.options)
+        report = scan_video(row["path"], self.pipeline.embedder, self.pipeline.store, **self.options)
         report.path = row["given"]  # report the path as the caller wrote it; workers needed it absolute
         # One JSON string column: Arrow cannot hold the ragged, nullable report structure reliably.
         return {"path": row["given"], "report": json.dumps(report.to_dict())}
@@ -729,11 +725,9 @@ def scan_videos_ray(
 
 
 def _check_store_on_driver(config: Config) -> None:
-    from .identify import build_embedder, open_store
+    from .pipeline import Pipeline
 
-    embedder = build_embedder(config.embedder)
-    with open_store(config.store, embedder_identity=embedder.identity, dim=embedder.dim, create=False) as store:
-        store.check_compatible(embedder.identity)
+    Pipeline.from_config(config).close()
 
 
 # -- streaming output -------------------------------------------------------------------------------------

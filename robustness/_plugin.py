@@ -10,14 +10,13 @@ import sys
 from typing import Any
 
 import click
-import pluggy
 
-from id2_plugin._cli_support import EXIT_OK, get_state, handle_errors
+from id2_plugin._cli_support import EXIT_OK, config_from_flags, embedder_option_flags, handle_errors
 from id2_plugin.errors import ConfigError
 
 from .attacks import BUILTIN_ATTACKS
 
-hookimpl = pluggy.HookimplMarker("id2_plugin")
+from id2_plugin.hookspecs import hookimpl
 
 
 @hookimpl
@@ -53,10 +52,7 @@ def id2_register_attacks(register: Any) -> None:
               help="Do not read or write the latent cache (by default reruns reuse it and skip encoding).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Latent cache root (default $ID2_CACHE_DIR or ~/.cache/id2_plugin).")
-@click.option("--embedder", "embedder_name", default=None, help="Embedder name (embedder.name).")
-@click.option("--projection", default=None, help="'default', 'none' (raw latent only) or a W .safetensors path.")
-@click.option("--device", default=None, help="auto, cpu, cuda, cuda:N (embedder.device).")
-@click.option("--batch-size", type=int, default=None, help="Images per forward pass (embedder.batch_size).")
+@embedder_option_flags
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.pass_context
 @handle_errors
@@ -64,8 +60,7 @@ def robustness_command(ctx: click.Context, pairs: str | None, photos: str | None
                        max_distractors: int | None, out_dir: str, limit: int | None, seed: int,
                        attack_specs: tuple[str, ...], n_levels: int, methods: str | None,
                        compare_resize_policies: bool, n_failures: int, pdf: bool, no_cache: bool,
-                       cache_dir: str | None, embedder_name: str | None, projection: str | None,
-                       device: str | None, batch_size: int | None, quiet: bool) -> None:
+                       cache_dir: str | None, quiet: bool, **flags: Any) -> None:
     """Attack queries at every level and measure id2, raw VAE, PDQ and pHash on them.
 
     Writes OUT/report.json (every curve point), OUT/curves.csv, a self-contained OUT/report.html (plots,
@@ -75,8 +70,7 @@ def robustness_command(ctx: click.Context, pairs: str | None, photos: str | None
     pixels, and latents are read from the on-disk latent cache instead of being encoded again. An
     interrupted run therefore resumes where it stopped: just run the same command again.
     """
-    from id2_plugin.identify import build_embedder
-    from id2_plugin.media import MediaLimits
+    from id2_plugin.pipeline import embedder_from_config
     from id2_plugin.plugins import attack_factories
 
     from . import attacks as A
@@ -93,13 +87,10 @@ def robustness_command(ctx: click.Context, pairs: str | None, photos: str | None
     suite = [A.SuiteEntry(e.family, A.subsample_levels(e.levels, n_levels)) for e in suite]
     names = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
 
-    cfg = get_state(ctx).config(**{
-        "embedder.name": embedder_name, "embedder.projection": projection, "embedder.device": device,
-        "embedder.batch_size": batch_size,
-    })
-    limits = MediaLimits(cfg.media.max_pixels, cfg.media.max_bytes)
+    cfg = config_from_flags(ctx, **flags)
+    limits = cfg.media.limits()
     needs_model = names is None or bool({"id2", "vae_raw", "sscd", "fused"} & set(names))
-    embedder = build_embedder(cfg.embedder, limits) if needs_model else None
+    embedder = embedder_from_config(cfg) if needs_model else None
     method_list = build_methods(embedder, names, cache_root=cache_dir, use_cache=not no_cache)
     if photos is not None:
         dataset = photos_set([photos], list(distractors), limit=limit, max_distractors=max_distractors)

@@ -416,7 +416,7 @@ def run_robustness(
     Failures: for every series and level, the ``n_failures`` queries whose wrong top match scored highest
     above their origin; thumbnails are kept for the strongest level of each family.
     """
-    from id2_plugin.evaluate import compute_metrics, embed_images
+    from id2_plugin.evaluate import embed_images
 
     if input_size is None:
         input_size = embedder.input_size if embedder is not None else 256
@@ -430,99 +430,18 @@ def run_robustness(
         raise ConfigError(f"method names must be unique and non-empty, got {names}")
     limits = limits or MediaLimits()
     size = (input_size, input_size)
-
-    # Variants: (policy, [(series, method)]); the primary policy carries every method.
-    variants: list[tuple[str, list[tuple[Series, Method]]]] = [
-        (resize_policy, [(Series(m.name, m.name, resize_policy, True), m) for m in methods])
-    ]
     notes: list[str] = []
-    for pol in dict.fromkeys(compare_policies):
-        if pol == resize_policy:
-            continue
-        if embedder is None:
-            raise ConfigError("comparing resize policies needs an embedder method (id2 or vae_raw)")
-        pms = _policy_methods(methods, embedder, pol, cache_root, use_cache)
-        if not pms:
-            notes.append("resize-policy comparison skipped: no latent method (id2/vae_raw) selected")
-            continue
-        variants.append((pol, [(Series(f"{m.name} [{pol}]", m.name, pol, False), m) for m in pms]))
-
-    # Raw queries at native size (what gets attacked); unreadable files are dropped with a note.
-    queries: list[np.ndarray] = []
-    q_keep: list[int] = []
-    for i, p in enumerate(dataset.query_paths):
-        try:
-            queries.append(np.asarray(load_image(p, limits=limits)))
-            q_keep.append(i)
-        except MediaError as exc:
-            notes.append(f"query skipped: {exc}")
-    q_names = [dataset.query_paths[i].name for i in q_keep]
-
-    # References: normalised once per policy, embedded once per method.
-    ref_arrays: dict[str, np.ndarray] = {}
-    r_keep: list[int] | None = None
-    for pol, _ in variants:
-        arrs, kept = [], []
-        for j, p in enumerate(dataset.reference_paths):
-            try:
-                arrs.append(to_rgb_array(p, size, policy=pol, limits=limits))  # type: ignore[arg-type]
-                kept.append(j)
-            except MediaError as exc:
-                if pol == resize_policy:
-                    notes.append(f"reference skipped: {exc}")
-        r_keep = kept if r_keep is None else r_keep
-        ref_arrays[pol] = np.stack(arrs) if arrs else np.zeros((0, *size, 3), np.uint8)
-    assert r_keep is not None
+    variants = _variants(methods, resize_policy, compare_policies, embedder, cache_root, use_cache, notes)
+    queries, q_keep = _load_queries(dataset.query_paths, limits, notes)
+    ref_arrays, r_keep = _load_references(dataset.reference_paths, [pol for pol, _ in variants], size, limits, notes)
     positives = dataset.positives[np.ix_(q_keep, r_keep)]
-    has_pos = positives.any(axis=1)
-    if not has_pos.any():
+    if not positives.any(axis=1).any():
         raise ConfigError("no query has a readable origin among the references")
-    ref_names = [str(dataset.reference_paths[j]) for j in r_keep]
-
-    ref_emb: dict[str, np.ndarray] = {}
-    for pol, members in variants:
-        for series, method in members:
-            ref_emb[series.name] = embed_images(
-                method, ref_arrays[pol], progress=f"{series.name}: references" if progress else False
-            )
-
-    levels: list[tuple[str, int, Attack]] = [("clean", 0, Identity())]
-    for entry in suite:
-        levels.extend((entry.family, i + 1, a) for i, a in enumerate(entry.levels))
-    strongest = {entry.family: entry.levels[-1].label for entry in suite if entry.levels}
-    strongest["clean"] = "clean"
-
-    points: list[CurvePoint] = []
-    failures: list[FailureExample] = []
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(levels), desc="attack levels", unit="level")
-    for family, level, attack in levels:
-        if bar is not None:
-            bar.set_postfix_str(attack.label)
-        attacked = [attack(img, attack_seed(seed, attack, name)) for img, name in zip(queries, q_names)]
-        for pol, members in variants:
-            q_arr = np.stack([to_rgb_array(a, size, policy=pol) for a in attacked])  # type: ignore[arg-type]
-            for series, method in members:
-                q_emb = embed_images(method, q_arr, progress=f"{series.name}: {attack.label}" if progress else False)
-                scores = np.asarray(method.similarity(q_emb, ref_emb[series.name]), dtype=np.float64)
-                points.append(_metrics_point(series, attack, family, level, compute_metrics(scores, positives)))
-                keep_thumbs = attack.label == strongest.get(family)
-                failures.extend(
-                    _failures(series, family, attack, scores, positives, has_pos, q_names, ref_names,
-                              attacked if keep_thumbs else None, limits if keep_thumbs else None, n_failures)
-                )
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-
-    suite_desc = [{"family": "clean", "levels": [{"label": "clean", "intensity": 0.0, "repr": "Identity()"}]}] + [
-        {"family": e.family, "levels": [{"label": a.label, "intensity": a.intensity, "repr": repr(a)} for a in e.levels]}
-        for e in suite
-    ]
+    ref_emb = {series.name: embed_images(method, ref_arrays[pol], progress=f"{series.name}: references" if progress else False)
+               for pol, members in variants for series, method in members}
+    run = _LevelRun(variants, ref_emb, positives, [dataset.query_paths[i].name for i in q_keep],
+                    [str(dataset.reference_paths[j]) for j in r_keep], size, seed, limits, n_failures, progress)
+    points, failures = run.all_levels(queries, suite)
     ds = {
         "kind": dataset.kind,
         "n_queries": len(q_keep),
@@ -536,12 +455,123 @@ def run_robustness(
     return RobustnessResult(
         points=points,
         failures=failures,
-        suite=suite_desc,
+        suite=_suite_description(suite),
         series=[s for _, members in variants for s, _ in members],
         provenance=provenance(embedder=embedder, seed=seed, dataset=dataset, command=command),
         dataset=ds,
         notes=notes + dataset.skipped,
     )
+
+
+if TYPE_CHECKING:
+    Variant = tuple[str, list[tuple[Series, Method]]]
+
+
+def _variants(methods: Sequence[Method], resize_policy: str, compare_policies: Sequence[str], embedder: Embedder | None,
+              cache_root: Any, use_cache: bool, notes: list[str]) -> list[Variant]:
+    """(policy, [(series, method)]) to evaluate; the primary policy carries every method."""
+    variants: list[Variant] = [(resize_policy, [(Series(m.name, m.name, resize_policy, True), m) for m in methods])]
+    for pol in dict.fromkeys(compare_policies):
+        if pol == resize_policy:
+            continue
+        if embedder is None:
+            raise ConfigError("comparing resize policies needs an embedder method (id2 or vae_raw)")
+        pms = _policy_methods(methods, embedder, pol, cache_root, use_cache)
+        if not pms:
+            notes.append("resize-policy comparison skipped: no latent method (id2/vae_raw) selected")
+            continue
+        variants.append((pol, [(Series(f"{m.name} [{pol}]", m.name, pol, False), m) for m in pms]))
+    return variants
+
+
+def _load_queries(paths: Sequence[Path], limits: MediaLimits, notes: list[str]) -> tuple[list[np.ndarray], list[int]]:
+    """Queries at native size (what gets attacked) and their indices; unreadable files dropped with a note."""
+    queries, keep = [], []
+    for i, p in enumerate(paths):
+        try:
+            queries.append(np.asarray(load_image(p, limits=limits)))
+            keep.append(i)
+        except MediaError as exc:
+            notes.append(f"query skipped: {exc}")
+    return queries, keep
+
+
+def _load_references(paths: Sequence[Path], policies: Sequence[str], size: tuple[int, int], limits: MediaLimits,
+                     notes: list[str]) -> tuple[dict[str, np.ndarray], list[int]]:
+    """References normalised once per policy, and the indices readable under the primary (first) policy."""
+    arrays: dict[str, np.ndarray] = {}
+    keep: list[int] | None = None
+    for pol in policies:
+        arrs, kept = [], []
+        for j, p in enumerate(paths):
+            try:
+                arrs.append(to_rgb_array(p, size, policy=pol, limits=limits))  # type: ignore[arg-type]
+                kept.append(j)
+            except MediaError as exc:
+                if pol == policies[0]:
+                    notes.append(f"reference skipped: {exc}")
+        keep = kept if keep is None else keep
+        arrays[pol] = np.stack(arrs) if arrs else np.zeros((0, *size, 3), np.uint8)
+    return arrays, keep or []
+
+
+def _suite_description(suite: Sequence[SuiteEntry]) -> list[dict[str, Any]]:
+    clean = {"family": "clean", "levels": [{"label": "clean", "intensity": 0.0, "repr": "Identity()"}]}
+    return [clean] + [
+        {"family": e.family, "levels": [{"label": a.label, "intensity": a.intensity, "repr": repr(a)} for a in e.levels]}
+        for e in suite
+    ]
+
+
+@dataclass
+class _LevelRun:
+    """Everything fixed across attack levels; :meth:`all_levels` attacks, embeds and scores each level."""
+
+    variants: list[Variant]
+    ref_emb: dict[str, np.ndarray]
+    positives: np.ndarray
+    q_names: list[str]
+    ref_names: list[str]
+    size: tuple[int, int]
+    seed: int
+    limits: MediaLimits
+    n_failures: int
+    progress: bool
+
+    def all_levels(self, queries: list[np.ndarray], suite: Sequence[SuiteEntry]) -> tuple[list[CurvePoint], list[FailureExample]]:
+        from tqdm import tqdm
+
+        levels: list[tuple[str, int, Attack]] = [("clean", 0, Identity())]
+        for entry in suite:
+            levels.extend((entry.family, i + 1, a) for i, a in enumerate(entry.levels))
+        strongest = {entry.family: entry.levels[-1].label for entry in suite if entry.levels}
+        strongest["clean"] = "clean"
+        points: list[CurvePoint] = []
+        failures: list[FailureExample] = []
+        with tqdm(total=len(levels), desc="attack levels", unit="level", disable=not self.progress) as bar:
+            for family, level, attack in levels:
+                bar.set_postfix_str(attack.label)
+                self.one_level(queries, family, level, attack, attack.label == strongest.get(family), points, failures)
+                bar.update(1)
+        return points, failures
+
+    def one_level(self, queries: list[np.ndarray], family: str, level: int, attack: Attack, keep_thumbs: bool,
+                  points: list[CurvePoint], failures: list[FailureExample]) -> None:
+        """Attack every query once, then score every series on the attacked images."""
+        from id2_plugin.evaluate import compute_metrics, embed_images
+
+        attacked = [attack(img, attack_seed(self.seed, attack, name)) for img, name in zip(queries, self.q_names)]
+        has_pos = self.positives.any(axis=1)
+        for pol, members in self.variants:
+            q_arr = np.stack([to_rgb_array(a, self.size, policy=pol) for a in attacked])  # type: ignore[arg-type]
+            for series, method in members:
+                q_emb = embed_images(method, q_arr, progress=f"{series.name}: {attack.label}" if self.progress else False)
+                scores = np.asarray(method.similarity(q_emb, self.ref_emb[series.name]), dtype=np.float64)
+                points.append(_metrics_point(series, attack, family, level, compute_metrics(scores, self.positives)))
+                failures.extend(
+                    _failures(series, family, attack, scores, self.positives, has_pos, self.q_names, self.ref_names,
+                              attacked if keep_thumbs else None, self.limits if keep_thumbs else None, self.n_failures)
+                )
 
 
 def _failures(

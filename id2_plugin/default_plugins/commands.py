@@ -4,22 +4,25 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Iterator
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import click
 import numpy as np
-import pluggy
 
-from .._files import sha256_file_or_none
-from .._cli_support import EXIT_OK, EXIT_SOFT_FAIL, config_from_flags, config_option_flags, echo_json, get_state, handle_errors
+from .._cli_support import (
+    EXIT_OK,
+    EXIT_SOFT_FAIL,
+    config_from_flags,
+    config_option_flags,
+    echo_json,
+    get_state,
+    handle_errors,
+    match_option_flags,
+)
 from ..errors import MediaError
+from ..hookspecs import hookimpl
 from ..media import describe, iter_image_files
-from ..types import ReferenceRecord
-
-hookimpl = pluggy.HookimplMarker("id2_plugin")
 
 
 @click.group("index")
@@ -39,42 +42,20 @@ def index_group() -> None:
 def index_add(ctx: click.Context, paths: tuple[str, ...], labels: tuple[str, ...], index_type: str | None,
               commit_every: int, **flags: Any) -> None:
     """Embed images (folders recurse) and add them to the store; duplicates (same bytes) are skipped."""
-    from ..identify import build_embedder, open_store
-    from ..media import MediaLimits
-    from ..stores._bulk import bulk_add
+    from ..pipeline import Pipeline
 
     cfg = config_from_flags(ctx, **flags)
     if index_type:
         cfg = dataclasses.replace(cfg, store=dataclasses.replace(cfg.store, index=index_type))
     files = iter_image_files(list(paths))
-    embedder = build_embedder(cfg.embedder, MediaLimits(cfg.media.max_pixels, cfg.media.max_bytes))
-    store = open_store(cfg.store, embedder_identity=embedder.identity, dim=embedder.dim, create=True)
-    store.check_compatible(embedder.identity)
-    hashes = {f: sha256_file_or_none(f) for f in files}
-    known = dict(zip(files, store.contains([h or "" for h in hashes.values()])))
-    todo = [f for f in files if not known[f] and hashes[f] is not None]
-    failures = [f for f in files if hashes[f] is None]
-    for f in failures:
-        click.echo(f"skipped {f}: cannot read file", err=True)
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-    def batches() -> Iterator[tuple[np.ndarray, list[ReferenceRecord]]]:
-        for item in embedder.embed_iter(todo, progress="indexing", total=len(todo)):
-            path = todo[item.index]
-            if item.error is not None:
-                failures.append(path)
-                click.echo(f"skipped {item.error}", err=True)
-                continue
-            record = ReferenceRecord(sha256=hashes[path] or "", uri=str(path.resolve()), labels=labels, added_at=now)
-            yield np.asarray(item.vector, np.float32)[None, :], [record]
-
-    # bulk_add commits every commit_every references, so an interrupted run keeps what it embedded.
-    res = bulk_add(store, batches(), commit_every=commit_every)
-    added, dup = res.added, res.duplicates + sum(known.values())
-    info = store.info()
-    click.echo(f"added {added}, duplicates skipped {dup}, failed {len(failures)}; store now holds {info.count} references")
-    store.close()
-    sys.exit(EXIT_SOFT_FAIL if failures else EXIT_OK)
+    with Pipeline.from_config(cfg, create_store=True) as pipeline:
+        # Commits every commit_every references, so an interrupted run keeps what it embedded.
+        res = pipeline.add_files(files, labels=labels, commit_every=commit_every, progress=True)
+    for what, why in res.failures:
+        click.echo(f"skipped {what}: {why}", err=True)
+    click.echo(f"added {len(res.added)}, duplicates skipped {len(res.duplicates)}, failed {len(res.failures)}; "
+               f"store now holds {res.store_count} references")
+    sys.exit(EXIT_SOFT_FAIL if res.failures else EXIT_OK)
 
 
 @index_group.command("info")
@@ -107,60 +88,64 @@ def index_info(ctx: click.Context, as_json: bool, **flags: Any) -> None:
 def index_remove(ctx: click.Context, keys: tuple[str, ...], **flags: Any) -> None:
     """Remove references by reference id, sha256, or the path of the original file."""
     from ..identify import open_store
+    from ..pipeline import remove_references
 
     cfg = config_from_flags(ctx, **flags)
-    resolved = []
-    for key in keys:
-        p = Path(key)
-        resolved.append((sha256_file_or_none(p) or key) if p.is_file() else key)
+    # Removing needs no model: the store is opened for any embedder.
     with open_store(cfg.store, embedder_identity=None, dim=None, create=False) as store:
-        n = store.remove(resolved)
+        n = remove_references(store, keys)
     click.echo(f"removed {n} of {len(keys)}")
     sys.exit(EXIT_OK if n == len(keys) else EXIT_SOFT_FAIL)
 
 
 @click.command("query")
 @click.argument("files", nargs=-1, required=True, type=click.Path())
-@click.option("--k", type=int, default=None, help="Matches to return per query (match.k).")
-@click.option("--threshold", type=float, default=None, help="Decision threshold on the cosine score (match.threshold).")
+@match_option_flags
 @click.option("--json", "as_json", is_flag=True, help="One JSON report per line.")
 @config_option_flags
 @click.pass_context
 @handle_errors
 def query(ctx: click.Context, files: tuple[str, ...], as_json: bool, **flags: Any) -> None:
     """Identify the origin of each FILE (folders recurse). Exit 1 if any file has no match or is bad media."""
-    from ..identify import Identifier
+    from ..pipeline import Pipeline
 
     cfg = config_from_flags(ctx, **flags)
-    ident = Identifier.from_config(cfg)
-    soft_fail = False
     paths = iter_image_files(list(files))
-    with ident.context.store:
-        soft_fail = _query_paths(ident, paths, as_json)
+    with Pipeline.from_config(cfg) as pipeline:
+        soft_fail = _query_paths(pipeline, paths, as_json)
     sys.exit(EXIT_SOFT_FAIL if soft_fail else EXIT_OK)
 
 
-def _query_paths(ident: Any, paths: list[Path], as_json: bool) -> bool:
+def _query_paths(pipeline: Any, paths: list[Path], as_json: bool) -> bool:
+    """Print each report as its batch finishes; True when some file had no match or was unusable."""
+    from tqdm import tqdm
+
     soft_fail = False
-    for path in paths:
-        try:
-            report = ident.identify(path)
-        except MediaError as exc:
-            soft_fail = True
-            if as_json:
-                echo_json({"query": str(path), "error": str(exc)})
-            else:
-                click.echo(f"{path}: ERROR {exc}", err=True)
-            continue
-        soft_fail |= not report.is_match
-        if as_json:
-            echo_json(report.to_dict())
-            continue
-        click.echo(f"{path}: {report.decision.upper()} (threshold {report.threshold:.3f})")
-        for m in report.matches:
-            evidence = "".join(f" {name}={score:.3f}" for name, score in m.signals)
-            click.echo(f"  #{m.rank} score={m.score:.4f}{evidence} id={m.reference_id} {m.uri}")
+    bs = max(1, pipeline.embedder.batch_size)
+    with tqdm(total=len(paths), desc="querying", unit="img", disable=len(paths) < 2 or as_json) as bar:
+        for start in range(0, len(paths), bs):
+            chunk = paths[start:start + bs]
+            for path, report in zip(chunk, pipeline.identify_many(chunk)):
+                soft_fail |= _print_report(path, report, as_json)
+            bar.update(len(chunk))
     return soft_fail
+
+
+def _print_report(path: Path, report: Any, as_json: bool) -> bool:
+    if isinstance(report, MediaError):
+        if as_json:
+            echo_json({"query": str(path), "error": str(report)})
+        else:
+            click.echo(f"{path}: ERROR {report}", err=True)
+        return True
+    if as_json:
+        echo_json(report.to_dict())
+        return not report.is_match
+    click.echo(f"{path}: {report.decision.upper()} (threshold {report.threshold:.3f})")
+    for m in report.matches:
+        evidence = "".join(f" {name}={score:.3f}" for name, score in m.signals)
+        click.echo(f"  #{m.rank} score={m.score:.4f}{evidence} id={m.reference_id} {m.uri}")
+    return not report.is_match
 
 
 @click.command("embed")
@@ -171,10 +156,10 @@ def _query_paths(ident: Any, paths: list[Path], as_json: bool) -> bool:
 @handle_errors
 def embed(ctx: click.Context, files: tuple[str, ...], out: str, **flags: Any) -> None:
     """Embed FILEs (folders recurse) into an .npz with arrays ``embeddings`` and ``paths``."""
-    from ..identify import build_embedder
+    from ..pipeline import embedder_from_config
 
     cfg = config_from_flags(ctx, **flags)
-    embedder = build_embedder(cfg.embedder)
+    embedder = embedder_from_config(cfg)
     paths = iter_image_files(list(files))
     vecs, names, bad = [], [], 0
     for item in embedder.embed_iter(paths, progress="embedding", total=len(paths)):

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import pluggy
 
-hookimpl = pluggy.HookimplMarker("id2_plugin")
+from ..hookspecs import hookimpl
 
 
 def _taef2(**kwargs: Any) -> Any:

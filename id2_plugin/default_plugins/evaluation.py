@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import click
-import pluggy
-import yaml
 
-from .._files import sha256_file_or_none
 from .._cli_support import EXIT_OK, EXIT_SOFT_FAIL, config_from_flags, config_option_flags, echo_json, handle_errors
 from ..errors import ConfigError
-from ..evaluate import DEFAULT_K, METHOD_NAMES
+from ..calibrate import save_histogram
+from ..evaluate import DEFAULT_K, METHOD_NAMES, EmbedderMethod, load_images, load_pairs_for_eval, prepare_eval_set
+from ..pipeline import Pipeline, embedder_from_config
 
-hookimpl = pluggy.HookimplMarker("id2_plugin")
+from ..hookspecs import hookimpl
 
 
 def comparison_methods(embedder: Any, cfg: Any) -> list[Any]:
@@ -70,13 +68,11 @@ def evaluate_command(ctx: click.Context, pairs_path: str, distractors: tuple[str
     some image could not be read (it is reported and skipped).
     """
     from ..evaluate import evaluate_methods_by_group, format_table, load_pairs_for_eval, prepare_eval_set, query_labels
-    from ..identify import build_embedder
-    from ..media import MediaLimits
 
     if eval_k < 1:
         raise ConfigError(f"--k must be >= 1, got {eval_k}")
     cfg = config_from_flags(ctx, **flags)
-    embedder = build_embedder(cfg.embedder, MediaLimits(cfg.media.max_pixels, cfg.media.max_bytes))
+    embedder = embedder_from_config(cfg)
     methods = comparison_methods(embedder, cfg)
     if method_names:
         unknown = [n for n in method_names if n not in {m.name for m in methods}]
@@ -147,11 +143,7 @@ def calibrate_command(ctx: click.Context, pairs_path: str, negative_dirs: tuple[
     `id2-plugin --config OUT query ...` loads.
     """
     from ..cache import LatentCache
-    from ..calibrate import calibrate_threshold, calibration_scores, min_negatives_for, save_histogram, store_best_scores
-    from ..config import load_config
-    from ..evaluate import EmbedderMethod, embed_images, load_images, load_pairs_for_eval, prepare_eval_set
-    from ..identify import build_embedder, open_store
-    from ..media import MediaLimits, iter_image_files
+    from ..calibrate import calibrate_threshold, check_enough_negatives, select_negatives
 
     if target_fpr is None and target_precision is None:
         target_fpr = 1e-3
@@ -161,7 +153,8 @@ def calibrate_command(ctx: click.Context, pairs_path: str, negative_dirs: tuple[
     if use_store and distractors:
         raise ConfigError("--distractors and --store are alternatives: the store already is the reference set")
     cfg = config_from_flags(ctx, **flags)
-    embedder = build_embedder(cfg.embedder, MediaLimits(cfg.media.max_pixels, cfg.media.max_bytes))
+    pipeline = Pipeline.from_config(cfg) if use_store else None
+    embedder = pipeline.embedder if pipeline is not None else embedder_from_config(cfg)
     # A VAE embedder's latents go through the cache; a fused or SSCD embedder embeds directly.
     method = EmbedderMethod(embedder, LatentCache(embedder.encoder) if hasattr(embedder, "encoder") else None)
 
@@ -170,110 +163,69 @@ def calibrate_command(ctx: click.Context, pairs_path: str, negative_dirs: tuple[
     skipped = list(data.skipped)
     if not data.positives.any():
         raise ConfigError("no readable query with a readable origin: no positive score")
-
-    # Negatives must have no origin among the references; an exact copy of a reference or query is
-    # certainly mislabelled, so it is dropped rather than counted as a false match.
-    known_paths = {p.resolve() for p in [*query_paths, *ref_paths]}
-    known_hashes = {h for h in (sha256_file_or_none(p) for p in known_paths) if h}
-    neg_paths: list[Path] = []
-    neg_hashes: list[str] = []
-    dropped = 0
-    for p in iter_image_files(list(negative_dirs)):
-        digest = sha256_file_or_none(p)
-        if p.resolve() in known_paths or (digest is not None and digest in known_hashes):
-            dropped += 1
-            continue
-        neg_paths.append(p)
-        neg_hashes.append(digest or "")
-
-    store = None
-    if use_store:
-        store = open_store(cfg.store, embedder_identity=embedder.identity, dim=embedder.dim, create=False)
-        store.check_compatible(embedder.identity)
-        in_store = store.contains(neg_hashes)
+    neg_paths, neg_hashes, dropped = select_negatives(negative_dirs, [*query_paths, *ref_paths])
+    if pipeline is not None:
+        in_store = pipeline.store.contains(neg_hashes)
         dropped += sum(in_store)
         neg_paths = [p for p, inside in zip(neg_paths, in_store) if not inside]
     if dropped:
         click.echo(f"dropped {dropped} negative(s) identical to a reference or query", err=True)
-    if target_fpr is not None and 0.0 < target_fpr < 1.0 and 0.0 < confidence < 1.0:
-        need = min_negatives_for(target_fpr, confidence)
-        if len(neg_paths) < need:  # refuse before spending minutes on encoding
-            raise ConfigError(
-                f"too few negatives: {len(neg_paths)} cannot show a false-match rate <= {target_fpr:g} at "
-                f"{confidence:.0%} confidence even with zero false matches; need at least {need} negatives"
-            )
+    check_enough_negatives(len(neg_paths), target_fpr, confidence)
     neg_imgs, _kept, neg_err = load_images(neg_paths, embedder.normalise, "loading negatives")
     skipped += [f"unreadable, skipped: {e}" for e in neg_err]
     _report_skipped(skipped)
     if not neg_imgs:
         raise ConfigError("no readable negative image")
-
-    if store is None:
-        pos, neg = calibration_scores(method, data.queries, data.references, data.positives, neg_imgs, progress=True)
-        ref_desc = f"{len(data.references)} references (pair origins + distractors)"
-    else:
-        pos, _none = calibration_scores(method, data.queries, data.references, data.positives, None)
-        neg = store_best_scores(store, embed_images(method, neg_imgs, progress="negatives"))
-        ref_desc = f"store {cfg.store.path} ({store.info().count} references)"
-        store.close()
+    pos, neg, ref_desc = _scores(method, data, neg_imgs, pipeline, cfg.store.path)
     cal = calibrate_threshold(pos, neg, target_fpr=target_fpr, target_precision=target_precision, confidence=confidence)
-
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    doc: dict[str, Any] = {"embedder": dataclasses.asdict(cfg.embedder)}
-    if use_store:
-        doc["store"] = dataclasses.asdict(cfg.store)
-    doc["match"] = {"k": cfg.match.k, "threshold": cal.threshold}
-    doc["calibration"] = {
-        "target": cal.target,
-        "target_value": cal.target_value,
-        "confidence": cal.confidence,
-        "threshold": cal.threshold,
-        "fpr_upper_bound": cal.fpr_upper_bound,
-        "fpr": cal.fpr,
-        "recall": cal.recall,
-        "precision": cal.precision,
-        "n_pos": cal.n_pos,
-        "n_neg": cal.n_neg,
-        "false_matches": cal.false_matches,
-        "embedder": embedder.identity,
-        "date": now,
-        "data": f"pairs={Path(pairs_path).resolve()}; negatives={', '.join(str(Path(d).resolve()) for d in negative_dirs)}; "
-                f"references={ref_desc}",
-    }
-    header = (
-        f"# Written by `id2-plugin calibrate` on {now}.\n"
-        f"# match.threshold is valid only for the embedder in calibration.embedder; recalibrate after changing\n"
-        f"# the embedder, W, input size or resize policy.\n"
-    )
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(header + yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
-    try:
-        load_config(tmp)  # what we write must load; a failure here is a bug, not a user error
-    except ConfigError:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, out)
+    out = _write_calibration(cfg, cal, embedder.identity, use_store, pairs_path, negative_dirs, ref_desc, out_path)
     if plot_path:
         save_histogram(pos, neg, cal.threshold, plot_path,
                        title=f"{method.name}: threshold {cal.threshold:.4f} ({cal.target} target {cal.target_value:g})")
-
     if as_json:
         echo_json(dict(cal.to_dict(), out=str(out), plot=plot_path, embedder=embedder.identity, skipped=skipped))
     else:
-        goal = (f"false-match rate <= {cal.target_value:g}" if cal.target == "fpr"
-                else f"precision >= {cal.target_value:g}")
-        pct = f"{cal.confidence:.0%}"
-        click.echo(f"threshold {cal.threshold:.6f} for {goal} at {pct} confidence ({method.name}, {embedder.identity})")
-        click.echo(f"  negatives {cal.n_neg}: {cal.false_matches} false match(es), rate {cal.fpr:.4g}, "
-                   f"{pct} upper bound {cal.fpr_upper_bound:.4g}")
-        click.echo(f"  positives {cal.n_pos}: recall {cal.recall:.4f}; precision {cal.precision:.4f} "
-                   f"(conservative {cal.precision_lower_bound:.4f})")
-        click.echo(f"  references: {ref_desc}")
-        click.echo(f"wrote {out}" + (f" and {plot_path}" if plot_path else "")
-                   + f"; use it with: id2-plugin --config {out} query ...")
+        _print_calibration(cal, method.name, embedder.identity, ref_desc, out, plot_path)
     sys.exit(EXIT_SOFT_FAIL if skipped else EXIT_OK)
+
+
+def _scores(method: Any, data: Any, neg_imgs: Any, pipeline: Any, store_path: str) -> tuple[Any, Any, str]:
+    """Positive and negative scores, against the pairs' references or (with a pipeline) its store."""
+    from ..calibrate import calibration_scores, store_best_scores
+    from ..evaluate import embed_images
+
+    if pipeline is None:
+        pos, neg = calibration_scores(method, data.queries, data.references, data.positives, neg_imgs, progress=True)
+        return pos, neg, f"{len(data.references)} references (pair origins + distractors)"
+    with pipeline:
+        pos, _none = calibration_scores(method, data.queries, data.references, data.positives, None)
+        neg = store_best_scores(pipeline.store, embed_images(method, neg_imgs, progress="negatives"))
+        return pos, neg, f"store {store_path} ({pipeline.store.info().count} references)"
+
+
+def _write_calibration(cfg: Any, cal: Any, identity: str, use_store: bool, pairs_path: str,
+                       negative_dirs: tuple[str, ...], ref_desc: str, out_path: str) -> Path:
+    from ..calibrate import calibration_config, write_calibration_config
+
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    data = (f"pairs={Path(pairs_path).resolve()}; negatives={', '.join(str(Path(d).resolve()) for d in negative_dirs)}; "
+            f"references={ref_desc}")
+    doc = calibration_config(cal, embedder=dataclasses.asdict(cfg.embedder),
+                             store=dataclasses.asdict(cfg.store) if use_store else None, k=cfg.match.k,
+                             embedder_identity=identity, data=data, date=now)
+    return write_calibration_config(out_path, doc)
+
+
+def _print_calibration(cal: Any, method: str, identity: str, ref_desc: str, out: Path, plot_path: str | None) -> None:
+    goal = f"false-match rate <= {cal.target_value:g}" if cal.target == "fpr" else f"precision >= {cal.target_value:g}"
+    pct = f"{cal.confidence:.0%}"
+    click.echo(f"threshold {cal.threshold:.6f} for {goal} at {pct} confidence ({method}, {identity})")
+    click.echo(f"  negatives {cal.n_neg}: {cal.false_matches} false match(es), rate {cal.fpr:.4g}, "
+               f"{pct} upper bound {cal.fpr_upper_bound:.4g}")
+    click.echo(f"  positives {cal.n_pos}: recall {cal.recall:.4f}; precision {cal.precision:.4f} "
+               f"(conservative {cal.precision_lower_bound:.4f})")
+    click.echo(f"  references: {ref_desc}")
+    click.echo(f"wrote {out}" + (f" and {plot_path}" if plot_path else "") + f"; use it with: id2-plugin --config {out} query ...")
 
 
 @hookimpl

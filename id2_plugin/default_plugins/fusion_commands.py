@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from .. import hookimpl
+from ..hookspecs import hookimpl
 from .._cli_support import EXIT_OK, EXIT_SOFT_FAIL, config_from_flags, config_option_flags, echo_json, handle_errors
 from ..errors import ConfigError
 

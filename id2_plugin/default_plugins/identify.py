@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import pluggy
 
 from ..identify import IdentifyContext, search
 from ..types import OriginReport
 
-hookimpl = pluggy.HookimplMarker("id2_plugin")
+from ..hookspecs import hookimpl
 
 
 @hookimpl(trylast=True)

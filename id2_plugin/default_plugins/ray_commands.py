@@ -7,12 +7,11 @@ import sys
 from typing import Any
 
 import click
-import pluggy
 
 from .._cli_support import EXIT_OK, EXIT_SOFT_FAIL, config_from_flags, config_option_flags, handle_errors
 from .commands import index_group
 
-hookimpl = pluggy.HookimplMarker("id2_plugin")
+from ..hookspecs import hookimpl
 
 
 @click.command("add-ray")

@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import click
-import pluggy
 
 from .._cli_support import config_from_flags, config_option_flags, echo_json, handle_errors
 from ..errors import StoreError
 
-hookimpl = pluggy.HookimplMarker("id2_plugin")
+from ..hookspecs import hookimpl
 
 
 def _open_faiss(ctx: click.Context, flags: dict[str, Any]) -> Any:

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import pluggy
 
-hookimpl = pluggy.HookimplMarker("id2_plugin")
+from ..hookspecs import hookimpl
 
 
-def _faiss(**kwargs: Any) -> Any:
+def _faiss(*, collection: str, api_key: str | None, **kwargs: Any) -> Any:
     from ..stores.faiss_store import FaissStore
 
-    kwargs.pop("collection", None)
-    kwargs.pop("api_key", None)
+    # A FAISS store is one folder: no namespace inside it and no credentials.
+    del collection, api_key
     return FaissStore(**kwargs)
 
 

@@ -7,12 +7,11 @@ from contextlib import ExitStack
 from typing import Any
 
 import click
-import pluggy
 
-from .._cli_support import EXIT_OK, EXIT_SOFT_FAIL, config_from_flags, config_option_flags, handle_errors
+from .._cli_support import EXIT_OK, EXIT_SOFT_FAIL, config_from_flags, config_option_flags, handle_errors, match_option_flags
 from ..errors import ConfigError
 
-hookimpl = pluggy.HookimplMarker("id2_plugin")
+from ..hookspecs import hookimpl
 
 
 @click.command("scan-video")
@@ -29,8 +28,7 @@ hookimpl = pluggy.HookimplMarker("id2_plugin")
 @click.option("--no-dedupe", is_flag=True, help="Embed near-duplicate consecutive frames too.")
 @click.option("--dedupe-threshold", type=float, default=None,
               help="Mean 16x16 gray difference (0-255) below which a frame repeats the last kept one [3.0].")
-@click.option("--k", type=int, default=None, help="References per frame (match.k).")
-@click.option("--threshold", type=float, default=None, help="Cosine score a frame needs to match (match.threshold).")
+@match_option_flags
 @click.option("--ray", "use_ray", is_flag=True, help="Run the per-video scans as a Ray Data pipeline.")
 @click.option("--ray-address", default=None,
               help="Ray cluster to use ('auto', 'ray://host:10001'); default: start a local Ray.")
@@ -46,10 +44,8 @@ def scan_video_command(ctx: click.Context, paths: tuple[str, ...], keyframes_onl
                        use_ray: bool, ray_address: str | None, ray_workers: int, cpus_per_worker: float,
                        **flags: Any) -> None:
     """Find reference images in videos (folders recurse). Exit 1 if any video could not be fully decoded."""
-    from ..identify import build_embedder, open_store
-    from ..media import MediaLimits
-    from ..video import (DEFAULT_DEDUPE_THRESHOLD, VideoReportWriter, format_report_text, iter_video_files,
-                         scan_videos, scan_videos_ray)
+    from ..pipeline import Pipeline
+    from ..video import DEFAULT_DEDUPE_THRESHOLD, VideoReportWriter, format_report_text, iter_video_files, scan_videos_ray
 
     cfg = config_from_flags(ctx, **flags)
     if fps is not None and keyframes_only:
@@ -68,12 +64,9 @@ def scan_video_command(ctx: click.Context, paths: tuple[str, ...], keyframes_onl
             reports = scan_videos_ray(files, cfg, batch_size=cfg.embedder.batch_size, concurrency=ray_workers,
                                       num_cpus=cpus_per_worker, ray_address=ray_address, progress=True, **options)
         else:
-            embedder = build_embedder(cfg.embedder, MediaLimits(cfg.media.max_pixels, cfg.media.max_bytes))
-            store = stack.enter_context(
-                open_store(cfg.store, embedder_identity=embedder.identity, dim=embedder.dim, create=False))
-            store.check_compatible(embedder.identity)
-            reports = scan_videos(files, embedder, store, k=cfg.match.k, threshold=cfg.match.threshold,
-                                  batch_size=cfg.embedder.batch_size, workers=workers, progress=True, **options)
+            pipeline = stack.enter_context(Pipeline.from_config(cfg))
+            reports = pipeline.scan_videos(files, batch_size=cfg.embedder.batch_size, workers=workers, progress=True,
+                                           **options)
         for report in reports:
             failed += not report.ok
             if writer is not None:

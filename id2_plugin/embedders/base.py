@@ -345,12 +345,9 @@ class ImageEmbedder(ABC):
         Decoding runs in a small thread pool while the model works, and memory stays bounded to a few
         batches however many sources there are.
         """
-        bs = batch_size or self.batch_size
-        bar = None
-        if progress:
-            from tqdm import tqdm
+        from .._progress import progress_bar
 
-            bar = tqdm(total=total, desc=progress if isinstance(progress, str) else "embedding", unit="img")
+        bs = batch_size or self.batch_size
 
         def _norm(item: tuple[int, Any]) -> EmbedItem | tuple[int, Any, np.ndarray]:
             i, src = item
@@ -363,7 +360,7 @@ class ImageEmbedder(ABC):
             vecs = self.embed_arrays(np.stack([p[2] for p in pending]))
             return [EmbedItem(i, s, vector=v) for (i, s, _), v in zip(pending, vecs)]
 
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, progress_bar(progress, total, "embedding") as bar:
             it = iter(enumerate(sources))
             while True:
                 chunk = []
@@ -380,10 +377,7 @@ class ImageEmbedder(ABC):
                 for r in results:
                     item = done[r[0]] if isinstance(r, tuple) else r
                     yield item
-                if bar is not None:
-                    bar.update(len(chunk))
-        if bar is not None:
-            bar.close()
+                bar.update(len(chunk))
 
 
 

@@ -37,13 +37,18 @@ def bulk_add(
     progress: bool | str = False,
     total: int | None = None,
     on_commit: Callable[[AddResult], None] | None = None,
+    on_added: Callable[[list[tuple[str, ReferenceRecord]]], None] | None = None,
+    skip_known: bool = True,
 ) -> BulkAddResult:
     """Add a stream of ``(vectors, records)`` batches to ``store``, skipping content it already holds.
 
     Resume semantics: before buffering, every batch is checked with ``store.contains`` and content seen
     earlier in this run is skipped too, so re-running the same input after an interruption adds only what
     is missing and never creates duplicates. Memory holds at most ``commit_every`` buffered references plus
-    one incoming batch. ``on_commit`` is called with each commit's :class:`AddResult` (e.g. to log ids).
+    one incoming batch. ``on_commit`` is called with each commit's :class:`AddResult` (e.g. to log ids),
+    ``on_added`` with the ``(id, record)`` of each reference a commit added. A caller that already dropped
+    stored content before embedding passes ``skip_known=False``: the store's own ``add`` still refuses
+    duplicates atomically, so nothing is checked twice for nothing.
     """
     if commit_every < 1:
         raise ValueError(f"commit_every must be >= 1, got {commit_every}")
@@ -52,11 +57,9 @@ def bulk_add(
     pending_recs: list[ReferenceRecord] = []
     # sha256s buffered but not committed yet: store.contains cannot see them.
     pending_sha: set[str] = set()
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    from .._progress import progress_bar
 
-        bar = tqdm(total=total, desc=progress if isinstance(progress, str) else "adding", unit="ref")
+    bar = progress_bar(progress, total, "adding", unit="ref")
 
     def commit() -> None:
         if not pending_recs:
@@ -66,6 +69,9 @@ def bulk_add(
         # The store reports anything another writer committed in the meantime as a duplicate.
         result.duplicates += len(res.duplicates)
         result.commits += 1
+        if on_added is not None:
+            refused = set(res.duplicates)
+            on_added(list(zip(res.added, [r for r in pending_recs if r.sha256 not in refused])))
         pending_vecs.clear()
         pending_recs.clear()
         pending_sha.clear()
@@ -79,7 +85,7 @@ def bulk_add(
                 raise ValueError(f"batch of {len(records)} records has vectors of shape {vecs.shape}")
             if not len(records):
                 continue
-            known = store.contains([r.sha256 for r in records])
+            known = store.contains([r.sha256 for r in records]) if skip_known else [False] * len(records)
             keep: list[int] = []
             for i, (rec, is_known) in enumerate(zip(records, known)):
                 if is_known or rec.sha256 in pending_sha:
@@ -92,10 +98,8 @@ def bulk_add(
                 pending_recs.extend(records[i] for i in keep)
             if len(pending_recs) >= commit_every:
                 commit()
-            if bar is not None:
-                bar.update(len(records))
+            bar.update(len(records))
         commit()
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     return result

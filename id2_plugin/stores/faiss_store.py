@@ -154,6 +154,17 @@ class _Meta:
         return cls(**{f: v[f] for f in cls.__dataclass_fields__})
 
 
+@dataclass(frozen=True)
+class TuningView:
+    """What tuning needs of a FAISS store: its ANN index, the ids in it, their raw vectors, a search."""
+
+    index: Any  # the built ANN index; None while searches are exact
+    ids: np.ndarray
+    fetch: Callable[[np.ndarray], np.ndarray]
+    params: dict[str, Any]  # the search parameters in effect
+    search: Callable[[np.ndarray, int, dict[str, Any]], tuple[np.ndarray, np.ndarray]]
+
+
 @dataclass
 class _State:
     """What a process holds in memory to answer queries at one committed generation."""
@@ -911,13 +922,17 @@ class FaissStore(ReferenceStore):
             return 0
         return st.st_size if stat.S_ISREG(st.st_mode) else 0
 
-    # -- helpers used by tuning ------------------------------------------------------------------------------
-    def _tuning_view(self) -> tuple[_State, np.ndarray, Callable[[np.ndarray], np.ndarray]]:
-        """Current state, the ids held by the ANN index, and a fetcher of their raw vectors."""
+    # -- the view `index tune` measures ------------------------------------------------------------------
+    @contextmanager
+    def tuning_view(self) -> Iterator[TuningView]:
+        """The current ANN index held still (not refreshed) while a caller measures it."""
+        with self._mutex:
 
-        def run(conn: sqlite3.Connection, state: _State) -> tuple[_State, np.ndarray, Callable[[np.ndarray], np.ndarray]]:
-            ids = self._live_ids(conn, 0, state.snap_next_id) if state.main is not None else np.zeros(0, np.int64)
-            raw = state.raw if state.raw is not None else np.zeros((0, self._dim), np.float32)
-            return state, ids, self._fetch(raw)
+            def run(conn: sqlite3.Connection, state: _State) -> TuningView:
+                ids = self._live_ids(conn, 0, state.snap_next_id) if state.main is not None else np.zeros(0, np.int64)
+                raw = state.raw if state.raw is not None else np.zeros((0, self._dim), np.float32)
+                params = self._state_search(state) if state.main is not None else {}
+                return TuningView(state.main, ids, self._fetch(raw), params,
+                                  lambda q, k, p: self._search_main(state, q, k, p))
 
-        return self._with_current(run)  # type: ignore[no-any-return]
+            yield self._with_current(run)

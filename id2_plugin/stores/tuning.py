@@ -219,21 +219,20 @@ def _tune_store(store: FaissStore, queries: np.ndarray | None, target: float, n_
                 save: bool, seed: int) -> TuneResult:
     kind = store.index_type
     base = dict(index_type=kind, target_recall=target)
-    with store._mutex:  # the cached index must not be refreshed (mutated) while it is being measured
-        state, ids, fetch = store._tuning_view()
-        if state.main is None:
+    with store.tuning_view() as view:  # the index must not be refreshed (mutated) while it is being measured
+        ids, fetch = view.ids, view.fetch
+        if view.index is None:
             note = ("exact index: nothing to tune" if kind in ("flat", "flat_fp16")
                     else f"{kind} index not built yet (store below its training/merge size): searches are exact")
             return TuneResult(parameter=None, value=None, recall_at_1=1.0, reached=True, n_queries=0,
                               n_vectors=len(ids), query_similarity=None, note=note, **base)  # type: ignore[arg-type]
-        ivf = fx.ivf_of(state.main)
+        ivf = fx.ivf_of(view.index)
         param, values = _grid(kind, int(ivf.nlist) if ivf is not None else None)
         q = _queries(queries, ids, fetch, store.dim, n_queries, similarity, seed)
         gt_scores, gt_ids = fx.exact_top1(q, ids, fetch)
-        current = store._state_search(state)
 
         def search(qq: np.ndarray, value: int) -> np.ndarray:
-            return store._search_main(state, qq, 1, {**current, param: value})[1][:, 0]
+            return view.search(qq, 1, {**view.params, param: value})[1][:, 0]
 
         curve = sweep(search, values, q, gt_ids, gt_scores, fetch, target)
     chosen, reached = _choose(curve, target)

@@ -18,7 +18,8 @@ that needs them runs).
 from __future__ import annotations
 
 from ._encoders import check_embedder, check_latent_encoder
-from ._images import reupload_jpeg, reupload_pixels, synthetic_images
+from ..samples import synthetic_images
+from ._images import reupload_jpeg, reupload_pixels
 from ._signals import check_signal_type
 from ._stores import StoreFactory, check_reference_store
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import MediaError
-from ._images import synthetic_images
+from ..samples import synthetic_images
 
 if TYPE_CHECKING:
     from ..embedders.base import ImageEmbedder, LatentEncoder

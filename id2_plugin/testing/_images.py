@@ -8,22 +8,6 @@ import os
 
 import numpy as np
 
-
-def synthetic_images(n: int = 3, size: int = 256) -> list[np.ndarray]:
-    """``n`` deterministic, clearly different ``size x size`` RGB uint8 pictures (waves, rings, checkers)."""
-    if n < 1 or size < 8:
-        raise ValueError(f"synthetic_images needs n >= 1 and size >= 8, got n={n}, size={size}")
-    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / (size - 1)
-    out = []
-    for i in range(n):
-        r = 0.5 + 0.5 * np.sin(2 * np.pi * (x * (i + 1) + 1.7 * i))
-        g = 0.5 + 0.5 * np.cos(2 * np.pi * np.hypot(x - 0.5, y - 0.5) * (3 + 2 * i))
-        checker = (np.floor(x * (4 + i)) + np.floor(y * (4 + i))) % 2
-        img = np.stack([r, g, 0.3 + 0.4 * checker], axis=-1)
-        out.append((img * 255 + 0.5).astype(np.uint8))
-    return out
-
-
 def reupload_jpeg(image: np.ndarray | str | os.PathLike) -> bytes:
     """JPEG bytes of a typical re-upload of ``image`` (RGB array or image file): red +20 / blue -15, quality 50."""
     from PIL import Image
@@ -36,7 +20,6 @@ def reupload_jpeg(image: np.ndarray | str | os.PathLike) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=50)
     return buf.getvalue()
-
 
 def reupload_pixels(image: np.ndarray | str | os.PathLike) -> np.ndarray:
     """:func:`reupload_jpeg` decoded back to an RGB array (for in-memory pipelines such as benchmarks)."""

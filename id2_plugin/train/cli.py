@@ -7,12 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-import pluggy
 
 from .._cli_support import EXIT_OK, echo_json, get_state, handle_errors
 from ..errors import ConfigError
 
-hookimpl = pluggy.HookimplMarker("id2_plugin")
+from ..hookspecs import hookimpl
 
 
 def _strength_range(text: str) -> tuple[float, float]:

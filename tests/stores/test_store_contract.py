@@ -1,0 +1,127 @@
+"""A third-party store written only from ``hookspecs.py`` works end to end: registered through the hook,
+opened with the documented keyword arguments, filled and queried from the command line on real photos."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+import id2_plugin
+from id2_plugin.cli import _load_plugin_commands, cli
+from id2_plugin.errors import StoreError
+from id2_plugin.plugins import get_plugin_manager
+from id2_plugin.types import AddResult, Match, ReferenceRecord, StoreInfo
+
+#: location -> (identity, dim, vectors, records); a dict stands for the backend's server
+_SERVERS: dict[str, dict[str, Any]] = {}
+#: every set of keyword arguments the factory was called with
+CALLS: list[dict[str, Any]] = []
+
+
+class DictStore(id2_plugin.ReferenceStore):
+    """Only what the ReferenceStore ABC and the hookspec ask for."""
+
+    backend = "dictstore"
+
+    def __init__(self, db: dict[str, Any], location: str) -> None:
+        self.db, self.location = db, location
+
+    @property
+    def embedder_identity(self) -> str:
+        return self.db["identity"]
+
+    @property
+    def dim(self) -> int:
+        return self.db["dim"]
+
+    def add(self, vectors: np.ndarray, records: Sequence[ReferenceRecord]) -> AddResult:
+        added, dups = [], []
+        for v, r in zip(vectors, records):
+            if r.sha256 in {x.sha256 for x in self.db["records"]}:
+                dups.append(r.sha256)
+                continue
+            self.db["vectors"].append(np.asarray(v, np.float32))
+            self.db["records"].append(r)
+            added.append(str(len(self.db["records"]) - 1))
+        return AddResult(tuple(added), tuple(dups))
+
+    def remove(self, keys: Sequence[str]) -> int:
+        return 0
+
+    def query(self, vectors: np.ndarray, k: int = 5, threshold: float | None = None) -> list[list[Match]]:
+        refs = np.stack(self.db["vectors"])
+        out = []
+        for q in np.asarray(vectors, np.float32):
+            scores = refs @ q
+            order = np.argsort(-scores)[:k]
+            out.append([Match(str(i), self.db["records"][i].uri, float(scores[i]), rank + 1, self.db["records"][i].sha256)
+                        for rank, i in enumerate(order) if threshold is None or scores[i] >= threshold])
+        return out
+
+    def contains(self, sha256s: Sequence[str]) -> list[bool]:
+        held = {r.sha256 for r in self.db["records"]}
+        return [s in held for s in sha256s]
+
+    def info(self) -> StoreInfo:
+        return StoreInfo(self.backend, self.location, len(self.db["records"]), self.dim, self.embedder_identity, "dict")
+
+
+def open_dict_store(*, location: str, embedder_identity: str | None, dim: int | None, index: str,
+                    index_options: dict[str, Any], create: bool, collection: str, api_key: str | None) -> DictStore:
+    """Keyword-only, exactly the arguments the hookspec documents: an extra or a missing one is a TypeError."""
+    CALLS.append(dict(location=location, embedder_identity=embedder_identity, dim=dim, index=index,
+                      index_options=index_options, create=create, collection=collection, api_key=api_key))
+    key = f"{location}/{collection}"
+    if key not in _SERVERS:
+        if not create:
+            raise StoreError(f"no dict store at {key}")
+        _SERVERS[key] = {"identity": embedder_identity, "dim": dim, "vectors": [], "records": []}
+    return DictStore(_SERVERS[key], location)
+
+
+class DictStorePlugin:
+    @id2_plugin.hookimpl
+    def id2_register_stores(self, register: Any) -> None:
+        register("dictstore", open_dict_store)
+
+
+@pytest.fixture(scope="module")
+def runner() -> CliRunner:
+    _load_plugin_commands()
+    pm = get_plugin_manager()
+    plugin = DictStorePlugin()
+    pm.register(plugin, name="test-dictstore")
+    yield CliRunner()
+    pm.unregister(name="test-dictstore")
+
+
+def test_documented_store_factory_works_end_to_end(runner: CliRunner, photo_paths: list[Path], tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for p in photo_paths[200:204]:
+        shutil.copy(p, lib / p.name)
+    common = ["--set", "store.backend=dictstore", "--set", "store.url=mem://contract", "--set", "store.collection=c1",
+              "--set", "embedder.name=taef2"]
+    res = runner.invoke(cli, [*common, "index", "add", str(lib)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "added 4" in res.output
+
+    query = tmp_path / "q.jpg"
+    Image.open(photo_paths[201]).convert("RGB").resize((180, 130)).save(query, quality=35)
+    res = runner.invoke(cli, [*common, "query", "--json", "--threshold", "0", str(query)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output.strip().splitlines()[-1])
+    assert Path(report["best"]["uri"]).name == photo_paths[201].name
+
+    # the factory got every documented argument, with the configured values, every time
+    assert CALLS and all(c["location"] == "mem://contract" and c["collection"] == "c1" for c in CALLS)
+    assert CALLS[0]["create"] is True and CALLS[-1]["create"] is False
+    assert isinstance(CALLS[0]["dim"], int) and CALLS[0]["index"] == "flat"
