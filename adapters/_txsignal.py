@@ -8,9 +8,9 @@ Version 2 (written since id2-plugin 0.2)::
 ``digest`` is the first 12 hex digits of ``sha256(embedder.identity)`` (encoder weights, input size, W,
 fusion weights): two hashes with different digests were made by different embedders and their distance
 means nothing, so they are never compared. ``payload`` is the unit embedding scaled so its largest
-component is +-127, as int8, base64url without padding: ``4 * dim / 3`` characters (683 for the 512-d id2
-signal, 1,707 for the fused 1,280-d default) instead of ``4 * dim`` hex digits; it moves a cosine by
-< 1e-3. ``ms`` / ``frame`` are the keyframe's timestamp in milliseconds and its frame index. Every
+component is +-127, as int8, base64url without padding: ``4 * dim / 3`` characters (1,024 for the 768-d
+id2 signal with the shipped W, 1,707 for the fused 1,280-d default) instead of ``4 * dim`` hex digits; it
+moves a cosine by < 1e-3. ``ms`` / ``frame`` are the keyframe's timestamp in milliseconds and its frame index. Every
 character is URL-safe, so a signal can travel in a query string unescaped.
 
 Version 1 (bare float16 hex for photos, ``{"id2_video": 1, ...}`` JSON for videos) still *parses*, as

@@ -451,11 +451,12 @@ def parse_video_signal(signal_str: str) -> list[tuple[float, int, np.ndarray]]:
     return [(ts, i, v) for (ts, i), v in zip(parsed.frames, parsed.vectors)]
 
 
-def warm_up() -> dict[str, t.Any]:
-    """Build the embedder and run one forward pass now (call it from the host's start-up hook).
+def warm_up(app: t.Any = None) -> dict[str, t.Any]:
+    """Build the embedder and run one forward pass now; ``APP_HOOK = warm_up`` in OMM's config.
 
-    The first hash otherwise pays the model load (5-20 s) inside a request. Returns what an operator
-    wants in the start-up log: identity, digest, dimension, threshold and its source.
+    The first hash otherwise pays the model load (5-20 s) inside a request, close to gunicorn's 30 s
+    worker timeout. ``app`` (the Flask app OMM passes to its hook) is not used. Returns what an operator
+    wants in the start-up log: identity, digest, dimension, threshold and its source, torch threads.
     """
     emb = ID2PhotoSignal.embedder()
     _example_vectors(emb)

@@ -18,12 +18,13 @@ that needs them runs).
 from __future__ import annotations
 
 from ._encoders import check_embedder, check_latent_encoder
-from ._images import reupload_jpeg, reupload_pixels, synthetic_images
+from ._images import centre_crop_jpeg, reupload_jpeg, reupload_pixels, synthetic_images
 from ._signals import check_signal_type
 from ._stores import StoreFactory, check_reference_store
 
 __all__ = [
     "StoreFactory",
+    "centre_crop_jpeg",
     "check_embedder",
     "check_latent_encoder",
     "check_reference_store",

@@ -256,7 +256,10 @@ def test_video_index_matches_on_the_best_keyframe_pair(small, rng) -> None:
 
 def test_a_three_keyframe_video_signal_fits_a_gunicorn_get_request_line(configured, photo_paths, make_video,
                                                                         make_frame, tmp_path: Path) -> None:
-    """The id2 signal with the shipped W: 3 keyframes were 6,204 characters as hex JSON, over the 4,094 limit."""
+    """The id2 signal with the shipped W (768-d): 3 keyframes took over 9,000 characters as hex JSON, now ~3,100.
+
+    (The fused 1,280-d default fits 2 keyframes in a GET request line; the README says what to do beyond.)
+    """
     video = make_video(tmp_path / "three.mp4", [make_frame(p) for p in photo_paths[8:11]])
     signal = ID2VideoSignal.hash_from_file(video)
     assert len(parse_video_signal(signal)) == 3
@@ -354,3 +357,7 @@ def test_threatexchange_cli_hash_fetch_match(tmp_path: Path, photo_paths, edited
         name, dist, collab, *_ = line.split()
         assert name == "id2" and collab == "(id2-refs)"
         assert float(dist) == pytest.approx(exp[0][1], abs=1e-6)
+    bad = home / "bad.jpg"
+    bad.write_text("not a jpeg")
+    proc = _run_tx(["match", "-S", "id2", "photo", str(bad)], home)
+    assert proc.returncode == 2 and f"id2: cannot hash {bad}" in proc.stderr and "Traceback" not in proc.stderr

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 from threatexchange.signal_type.index import SignalTypeIndex
 
 from id2_plugin.adapters._shared import encode_vector
 from id2_plugin.adapters.threatexchange import ID2PhotoIndex, ID2PhotoSignal, ID2VideoIndex, index_to_bytes
+from id2_plugin.testing import centre_crop_jpeg
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,16 +31,6 @@ def small(small_embedder):
     ID2PhotoSignal.configure(embedder=small_embedder, cosine_threshold=0.5)
     yield ID2PhotoSignal.embedder()
     ID2PhotoSignal.reset_configuration()
-
-
-def _crop80(path: Path) -> bytes:
-    """The centre 80% of each side, re-encoded: the edit PDQ misses."""
-    img = Image.open(path).convert("RGB")
-    w, h = img.size
-    dx, dy = w // 10, h // 10
-    buf = io.BytesIO()
-    img.crop((dx, dy, w - dx, h - dy)).save(buf, "JPEG", quality=90)
-    return buf.getvalue()
 
 
 def _omm_round_trip(idx: ID2PhotoIndex) -> object:
@@ -57,7 +47,7 @@ def test_openmediamatch_loader_restores_the_index_and_crops_match(small, photo_p
     assert isinstance(loaded, ID2PhotoIndex) and len(loaded) == len(bank)
     assert loaded.digest == ID2PhotoSignal.identity_digest()
     for content_id, p in enumerate(bank, start=1000):
-        found = loaded.query(ID2PhotoSignal.hash_from_bytes(_crop80(p)))
+        found = loaded.query(ID2PhotoSignal.hash_from_bytes(centre_crop_jpeg(p)))
         assert [m.metadata for m in found][:1] == [content_id], p.name
 
 
@@ -125,7 +115,7 @@ def test_loading_refuses_foreign_pickles_and_invalid_bytes(small, photo_paths, t
 
 def test_threshold_is_read_at_match_time_not_frozen_in_the_stored_index(small, photo_paths, tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    ref, query = photo_paths[0], _crop80(photo_paths[0])
+    ref, query = photo_paths[0], centre_crop_jpeg(photo_paths[0])
     loaded = _omm_round_trip(ID2PhotoIndex.build([(ID2PhotoSignal.hash_from_file(ref), 7)]))
     q = ID2PhotoSignal.hash_from_bytes(query)
     dist = loaded.query(q)[0].similarity_info.distance
