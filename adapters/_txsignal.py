@@ -1,6 +1,6 @@
 """Versioned signal strings for the ThreatExchange adapter: format version, embedder identity, compact payload.
 
-Version 2 (written since id2-plugin 0.2)::
+Version 2 (what the adapter writes)::
 
     photo:  id2:2:<digest>:<payload>
     video:  id2_video:2:<digest>:<ms>.<frame>.<payload>~<ms>.<frame>.<payload>...
@@ -40,7 +40,7 @@ _DIGEST_LEN = 12
 _MIN_DIM = 8
 _B64URL = re.compile(r"^[A-Za-z0-9_-]+$")
 _DIGEST = re.compile(rf"^[0-9a-f]{{{_DIGEST_LEN}}}$")
-_FRAME = re.compile(r"^(\d+)\.(\d+)\.([A-Za-z0-9_-]+)$")
+_FRAME = re.compile(r"^(-?\d+)\.(\d+)\.([A-Za-z0-9_-]+)$")
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,14 @@ def _decode_payload(payload: str) -> np.ndarray:
     return v / norm
 
 
+def _versioned(signal: str, name: str) -> tuple[str, tuple[str, str] | None]:
+    """The stripped signal and its ``(digest, body)``, or None there when it is not in version 2."""
+    s = signal.strip()
+    if not s:
+        raise ValueError(f"empty {name} hash (the media could not be hashed?)")
+    return s, _split(s, name)
+
+
 def _split(signal: str, name: str) -> tuple[str, str] | None:
     """``name:2:digest:body`` -> ``(digest, body)``; None when the string does not start with ``name:``."""
     parts = signal.split(":")
@@ -108,14 +116,10 @@ def format_photo(vector: np.ndarray, digest: str) -> str:
 
 def parse_photo(signal: str) -> Parsed:
     """A photo signal (version 2, or a version-1 bare hex hash); :class:`ValueError` if malformed."""
-    s = signal.strip()
-    if not s:
-        raise ValueError("empty id2 hash (the file could not be hashed?)")
-    split = _split(s, "id2")
+    s, split = _versioned(signal, "id2")
     if split is None:
         return Parsed(LEGACY, None, decode_vector(s)[None, :])
-    digest, body = split
-    return Parsed(VERSION, digest, _decode_payload(body)[None, :])
+    return Parsed(VERSION, split[0], _decode_payload(split[1])[None, :])
 
 
 def format_video(frames: t.Sequence[tuple[float, int, np.ndarray]], digest: str) -> str:
@@ -127,10 +131,7 @@ def format_video(frames: t.Sequence[tuple[float, int, np.ndarray]], digest: str)
 
 def parse_video(signal: str) -> Parsed:
     """A video signal (version 2, or version-1 JSON); :class:`ValueError` if malformed."""
-    s = signal.strip()
-    if not s:
-        raise ValueError("empty id2_video hash (the video could not be hashed?)")
-    split = _split(s, "id2_video")
+    s, split = _versioned(signal, "id2_video")
     if split is None:
         return _parse_video_v1(s)
     digest, body = split

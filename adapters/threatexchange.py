@@ -320,6 +320,8 @@ def _apply_thread_cap() -> None:
         env = os.environ.get(THREADS_ENV)
         if not env:
             return
+        if not env.isdigit() or int(env) < 1:
+            raise ValueError(f"${THREADS_ENV}={env!r} must be a positive integer")
         threads = int(env)
     os.environ[THREADS_ENV] = str(threads)  # read by the SSCD session builder
     torch = require("torch")
@@ -617,7 +619,7 @@ class _ID2Index(index.SignalTypeIndex[index.T]):
     def deserialize(cls, fin: t.BinaryIO) -> t.Any:
         """Load what :meth:`serialize` wrote, refusing any pickle that references anything but this adapter."""
         data = fin.read()
-        if data.startswith(_MAGIC[:-1]):  # the bare bytes, as id2-plugin < 0.2 wrote them
+        if data.startswith(_MAGIC[:-1]):  # the bare bytes (format 1 was written that way)
             out = _restore_index(data)
         else:
             try:
@@ -688,7 +690,7 @@ def _restore_index(blob: bytes) -> _ID2Index[t.Any]:
     if magic[:-1] != _MAGIC[:-1]:
         raise ValueError("not an id2 index (bad magic)")
     if magic != _MAGIC:
-        raise ValueError("id2 index written by id2-plugin < 0.2 (unversioned signals): rebuild it")
+        raise ValueError("id2 index in the unversioned format 1 (its signals do not name their embedder): rebuild it")
     header = json.loads(_read_block(fin))
     if header.get("format") != _FORMAT or header.get("version") != _FORMAT_VERSION:
         raise ValueError(f"unsupported id2 index format {header.get('format')!r} v{header.get('version')}")

@@ -23,7 +23,6 @@ from id2_plugin.adapters._shared import encode_vector
 from id2_plugin.adapters.threatexchange import ID2PhotoIndex, ID2PhotoSignal, ID2VideoIndex, index_to_bytes
 from id2_plugin.testing import centre_crop_jpeg
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture()
