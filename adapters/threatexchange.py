@@ -62,8 +62,9 @@ from threatexchange.signal_type import index
 from threatexchange.signal_type.signal_base import BytesHasher, FileHasher, SignalComparisonResult, SignalType
 
 from id2_plugin._lazy import require
-from id2_plugin.config import MatchConfig, default_config_path, load_config
+from id2_plugin.config import Config, MatchConfig, default_config_path, load_config
 from id2_plugin.errors import MediaError
+from id2_plugin.media import MediaLimits
 
 from . import _jsoncodec, _txsignal
 from ._shared import SerialEmbedder, get_embedder, synthetic_images
@@ -115,6 +116,8 @@ class _Settings:
         self.embedder: SerialEmbedder | None = None
         self.cosine_threshold: float | None = None
         self.config_path: pathlib.Path | None = None
+        #: the embedder section of ``config_path``, read once (the threshold is re-read, not this)
+        self.config: Config | None = None
         self.threads: int | None = None
         self.examples: dict[str, list[np.ndarray]] = {}
         #: (resolved config path, mtime_ns) -> its match.threshold, so an edited file is picked up
@@ -149,15 +152,14 @@ class _ID2SignalBase(SignalType):
         if threads is not None and threads < 1:
             raise ValueError(f"threads={threads} must be >= 1")
         path = pathlib.Path(config).resolve() if config is not None else None
-        if path is not None:
-            load_config(path)  # fail now, in the host's start-up, not on the first match
+        loaded = load_config(path) if path is not None else None  # fails now, in the host's start-up
         with _settings.lock:
             if embedder is not None:
                 _settings.embedder = embedder if isinstance(embedder, SerialEmbedder) else SerialEmbedder(embedder)
             if cosine_threshold is not None:
                 _settings.cosine_threshold = float(cosine_threshold)
-            if path is not None:
-                _settings.config_path = path
+            if loaded is not None:
+                _settings.config_path, _settings.config = path, loaded
             if threads is not None:
                 _settings.threads = int(threads)
 
@@ -168,6 +170,7 @@ class _ID2SignalBase(SignalType):
             _settings.embedder = None
             _settings.cosine_threshold = None
             _settings.config_path = None
+            _settings.config = None
             _settings.threads = None
             _settings.examples.clear()
             _settings.file_threshold = None
@@ -176,14 +179,13 @@ class _ID2SignalBase(SignalType):
     def embedder(cls) -> SerialEmbedder:
         """The embedder in use (built on first call, after applying the thread cap)."""
         with _settings.lock:
-            configured, path = _settings.embedder, _settings.config_path
+            configured, cfg = _settings.embedder, _settings.config
         if configured is not None:
             return configured
         _apply_thread_cap()
-        if path is None:
+        if cfg is None:
             return get_embedder()
-        cfg = load_config(path)
-        return get_embedder(cfg.embedder)
+        return get_embedder(cfg.embedder, MediaLimits(cfg.media.max_pixels, cfg.media.max_bytes))
 
     @classmethod
     def identity_digest(cls) -> str:
