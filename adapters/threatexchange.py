@@ -63,7 +63,7 @@ from threatexchange.signal_type.signal_base import BytesHasher, FileHasher, Sign
 
 from id2_plugin._lazy import require
 from id2_plugin.config import Config, MatchConfig, default_config_path, load_config
-from id2_plugin.errors import MediaError
+from id2_plugin.errors import MediaError, MissingExtraError
 from id2_plugin.media import MediaLimits
 
 from . import _jsoncodec, _txsignal
@@ -292,7 +292,7 @@ def _distance(cos: float) -> float:
 
 
 def _cosine_threshold() -> tuple[float, str]:
-    """``(cosine threshold, where it came from)``, re-reading the config file when it changed."""
+    """``(cosine threshold, where it came from)``: configure(), else the config file, else the default."""
     with _settings.lock:
         if _settings.cosine_threshold is not None:
             return _settings.cosine_threshold, "configure()"
@@ -302,7 +302,13 @@ def _cosine_threshold() -> tuple[float, str]:
         if found is None:
             return MatchConfig().threshold, "built-in default"
         path = found.resolve()
-    key = (str(path), path.stat().st_mtime_ns)
+    return _file_threshold(path), str(path)
+
+
+def _file_threshold(path: pathlib.Path) -> float:
+    """``match.threshold`` of ``path``, parsed again only when its mtime changed (a stat per match)."""
+    # A missing file gets a key of its own; load_config then raises a ConfigError naming it.
+    key = (str(path), path.stat().st_mtime_ns if path.exists() else -1)
     with _settings.lock:
         cached = _settings.file_threshold
     if cached is None or cached[0] != key:
@@ -311,7 +317,7 @@ def _cosine_threshold() -> tuple[float, str]:
         cached = (key, value)
         with _settings.lock:
             _settings.file_threshold = cached
-    return cached[1], str(path)
+    return cached[1]
 
 
 def _apply_thread_cap() -> None:
@@ -326,7 +332,10 @@ def _apply_thread_cap() -> None:
             raise ValueError(f"${THREADS_ENV}={env!r} must be a positive integer")
         threads = int(env)
     os.environ[THREADS_ENV] = str(threads)  # read by the SSCD session builder
-    torch = require("torch")
+    try:
+        torch = require("torch")
+    except MissingExtraError:  # an SSCD-only install: the environment variable is all there is to cap
+        return
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
 

@@ -172,3 +172,19 @@ def test_upgraded_legacy_bank_loads_through_the_base_loader(small, photo_paths) 
     for i, p in enumerate(photo_paths[:3]):
         assert [m.metadata for m in loaded.query(ID2PhotoSignal.hash_from_file(p))][:1] == [i]
     assert np.isfinite([m.similarity_info.distance for m in loaded.query(upgraded[0])]).all()
+
+
+def test_configure_refuses_bad_settings_at_start_up(tmp_path: Path) -> None:
+    """Errors belong in the host's start-up (omm_config.py), not in its first match."""
+    from id2_plugin.errors import ConfigError
+
+    with pytest.raises(ValueError, match="threads=0"):
+        ID2PhotoSignal.configure(threads=0)
+    with pytest.raises(ValueError, match="cosine_threshold=1.5"):
+        ID2PhotoSignal.configure(cosine_threshold=1.5)
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        ID2PhotoSignal.configure(config=tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("match:\n  threshold: 7\n")
+    with pytest.raises(ConfigError, match="match.threshold"):
+        ID2PhotoSignal.configure(config=tmp_path / "bad.yaml")
+    assert ID2PhotoSignal.threshold_source() != str(tmp_path / "bad.yaml")
