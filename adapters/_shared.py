@@ -5,15 +5,14 @@ HMA workers). The model is built once, on first use, under a lock; forward passe
 :class:`SerialEmbedder` while media decoding, the cheap and parallel part, runs outside the lock. On a
 CPU this costs nothing (torch already uses every core for one forward pass) and keeps memory bounded.
 
-Hash strings are the embedding as little-endian float16, hex encoded: ``4 * dim`` characters. With the
-shipped W (``id2_plugin/weights/taef2_w.safetensors``) that is a 512-d vector, 2,048 characters; without
-a W the raw TAEF2 latent is used (32,768-d at 256 px), 131,072 characters (128 KB) per hash — valid, but
-ship or configure a W for compact signals. float16 keeps ~3 significant digits, which moves a cosine by
-< 1e-3: far below the gap between matches and non-matches.
+``encode_vector`` / ``decode_vector`` are the version-1 hash strings (little-endian float16, hex encoded:
+``4 * dim`` characters, no embedder identity). The ThreatExchange adapter now writes versioned strings
+(:mod:`id2_plugin.adapters._txsignal`) and only reads these to refuse or explicitly upgrade them.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from collections.abc import Sequence
@@ -76,8 +75,10 @@ class SerialEmbedder:
     def dim(self) -> int:
         return self.embedder.dim
 
-    @property
+    @functools.cached_property
     def identity(self) -> str:
+        # Once per embedder: identities hash the weights (~0.4 s for the shipped 100 MB W) and the
+        # ThreatExchange adapter stamps it into every hash it makes.
         return self.embedder.identity
 
     def embed_arrays(self, images: np.ndarray) -> np.ndarray:

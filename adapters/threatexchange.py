@@ -3,45 +3,57 @@
 Use from the ``threatexchange`` CLI::
 
     threatexchange config extensions add id2_plugin.adapters.threatexchange
-    threatexchange hash photo original.jpg             # -> "id2 <hex>"
+    threatexchange hash photo original.jpg             # -> "id2 id2:2:<digest>:<payload>"
     threatexchange match photo suspected_edit.jpg      # -> "id2 0.1412 (collab) ..."
 
-or list the classes in OpenMediaMatch's ``omm_config.py`` (OMM does not read ``TX_MANIFEST``)::
+or list the classes in OpenMediaMatch's ``omm_config.py`` (OMM does not read ``TX_MANIFEST``; see
+``examples/openmediamatch_config.py`` and the README section "OpenMediaMatch")::
 
     STORAGE_IFACE_INSTANCE = DefaultOMMStore(signal_types=[PdqSignal, VideoMD5Signal, ID2PhotoSignal])
 
-**Signals.** ``id2`` (photos): the L2-normalised ID2 embedding as little-endian float16 hex (see
-:mod:`id2_plugin.adapters._shared`: 5,120 characters for the default fused 1,280-d embedding, 3,072
-for the id2 signal alone (768-d W), 128 KB for the raw 32,768-d latent). ``id2_video``: compact JSON ``{"id2_video": 1, "frames":
-[[timestamp, frame_index, hex], ...]}`` of the kept keyframes (:func:`id2_plugin.video.embed_keyframes`).
+**Signals** (:mod:`id2_plugin.adapters._txsignal`): ``id2:2:<digest>:<payload>`` for photos and
+``id2_video:2:<digest>:<ms>.<frame>.<payload>~...`` for the kept keyframes of a video. ``digest`` names the
+embedder (encoder, input size, W, fusion weights) that made the hash; hashes of different embedders are
+never compared, and a signal of another embedder (or dimension) is refused by ``validate_signal_str``.
+Version-1 strings (bare float16 hex, JSON videos) are refused with a message pointing to
+:meth:`~_ID2SignalBase.upgrade_legacy_signal`.
 
 **Distance.** ``1 - cosine`` (0 = same embedding, 2 = opposite); for videos the smallest distance between
-any query keyframe and any reference keyframe. A match is ``distance <= 1 - match.threshold`` with the
-cosine threshold from the id2 config (``$ID2_CONFIG`` / ``./id2.yaml``, default 0.5), or the value given
-to :meth:`ID2PhotoSignal.configure`.
+any query keyframe and any reference keyframe. A match is ``distance <= 1 - cosine_threshold``, the cosine
+threshold being, in this order: :meth:`~_ID2SignalBase.configure` ``(cosine_threshold=...)``, else
+``match.threshold`` of the config file given to ``configure(config=...)``, ``$ID2_CONFIG`` or
+``./id2.yaml`` (relative to the worker's cwd; re-read when the file changes), else 0.5. It is read at
+every match, never frozen into a stored index (:meth:`~_ID2SignalBase.threshold_source` says which).
 
 **Index.** :class:`ID2PhotoIndex` / :class:`ID2VideoIndex` keep vectors in a FAISS inner-product index
-(exact) and serialise without pickle: ``faiss.serialize_index`` plus JSON for the entries
-(:mod:`id2_plugin.adapters._jsoncodec`).
+(exact). They pickle (what ``SignalTypeIndex.serialize`` / ``deserialize`` and so OpenMediaMatch do) as one
+call to :func:`_restore_index` on the adapter's own validated bytes (``faiss.serialize_index`` plus JSON
+entries, :mod:`id2_plugin.adapters._jsoncodec`); nothing else is referenced by the pickle. A build keeps
+the signals of the embedder in use and skips (counts in ``skipped``, logs) the others.
 
 **Model.** Nothing is loaded at import. The embedder (:func:`id2_plugin.identify.build_embedder` on the
-config's ``embedder`` section: TAEF2 + the shipped W if present) is built on the first hash, once per
-process; ``get_examples()`` embeds three synthetic pictures on first call and caches them, so example
-signals always have the dimension of the embedder actually in use.
+config's ``embedder`` section) is built on first use, once per process, or by :func:`warm_up` (call it
+from the host's start-up hook). ``configure(threads=N)`` or ``$ID2_THREADS`` caps torch / ONNX Runtime
+threads.
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import io
 import json
 import logging
+import os
 import pathlib
+import pickle
 import struct
+import sys
 import threading
 import typing as t
 
 import numpy as np
+from threatexchange.cli.exceptions import CommandError
 from threatexchange.content_type.content_base import ContentType
 from threatexchange.content_type.photo import PhotoContent
 from threatexchange.content_type.video import VideoContent
@@ -50,27 +62,50 @@ from threatexchange.signal_type import index
 from threatexchange.signal_type.signal_base import BytesHasher, FileHasher, SignalComparisonResult, SignalType
 
 from id2_plugin._lazy import require
-from id2_plugin.errors import MediaError
+from id2_plugin.config import Config, MatchConfig, default_config_path, load_config
+from id2_plugin.errors import MediaError, MissingExtraError
+from id2_plugin.media import MediaLimits
 
-from . import _jsoncodec
-from ._shared import SerialEmbedder, check_same_dim, decode_vector, encode_vector, get_config, get_embedder, synthetic_images
+from . import _jsoncodec, _txsignal
+from ._shared import SerialEmbedder, get_embedder, synthetic_images
 
 __all__ = [
+    "THREADS_ENV",
+    "HashError",
     "ID2PhotoIndex",
     "ID2PhotoSignal",
     "ID2VideoIndex",
     "ID2VideoSignal",
+    "SignalIdentityError",
     "TX_MANIFEST",
     "format_video_signal",
     "index_to_bytes",
     "parse_video_signal",
+    "warm_up",
 ]
 
 logger = logging.getLogger(__name__)
 
+#: Environment variable capping the threads torch and ONNX Runtime use per process.
+THREADS_ENV = "ID2_THREADS"
 #: Distances are rounded so the CLI prints short, stable numbers (6 decimals is far below any threshold).
 _DIST_DECIMALS = 6
-_VIDEO_FORMAT = 1
+
+
+class HashError(CommandError, ValueError):
+    """A file or bytes could not be hashed: the ``threatexchange`` CLI prints it and exits 2."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 2)
+
+
+class SignalIdentityError(ValueError):
+    """A well-formed signal that cannot be used here: unversioned, or made by another embedder / dimension."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        #: ``"unversioned"`` or ``"other embedder"`` (how an index build counts what it skipped)
+        self.reason = reason
 
 
 class _Settings:
@@ -80,29 +115,53 @@ class _Settings:
         self.lock = threading.Lock()
         self.embedder: SerialEmbedder | None = None
         self.cosine_threshold: float | None = None
-        self.examples: dict[tuple[str, str], list[str]] = {}
+        self.config_path: pathlib.Path | None = None
+        #: the embedder section of ``config_path``, read once (the threshold is re-read, not this)
+        self.config: Config | None = None
+        self.threads: int | None = None
+        self.examples: dict[str, list[np.ndarray]] = {}
+        #: (resolved config path, mtime_ns) -> its match.threshold, so an edited file is picked up
+        self.file_threshold: tuple[tuple[str, int], float] | None = None
 
 
 _settings = _Settings()
 
 
 class _ID2SignalBase(SignalType):
-    """What the photo and video signals share: configuration, distance and the vector view of a signal."""
+    """What the photo and video signals share: configuration, identity checks, distance."""
 
     @classmethod
-    def configure(cls, *, embedder: t.Any = None, cosine_threshold: float | None = None) -> None:
-        """Use a ready :class:`~id2_plugin.Embedder` and / or a cosine match threshold in this process.
+    def configure(
+        cls,
+        *,
+        embedder: t.Any = None,
+        cosine_threshold: float | None = None,
+        config: str | os.PathLike[str] | None = None,
+        threads: int | None = None,
+    ) -> None:
+        """Set, for this process, what the id2 config would otherwise decide.
 
-        Hosts that already hold an embedder (or tests) call this instead of relying on the id2 config.
-        ``None`` leaves a setting unchanged; applies to both the photo and the video signal.
+        ``embedder``: a ready :class:`~id2_plugin.Embedder`; ``cosine_threshold``: the match threshold;
+        ``config``: the id2 YAML to read (embedder section and ``match.threshold``) instead of
+        ``$ID2_CONFIG`` / ``./id2.yaml``; ``threads``: cap on torch / ONNX Runtime threads (the same as
+        ``$ID2_THREADS``; applies to models built afterwards). ``None`` leaves a setting unchanged;
+        applies to both the photo and the video signal.
         """
+        if cosine_threshold is not None and not -1.0 <= cosine_threshold <= 1.0:
+            raise ValueError(f"cosine_threshold={cosine_threshold} must lie in [-1, 1]")
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads={threads} must be >= 1")
+        path = pathlib.Path(config).resolve() if config is not None else None
+        loaded = load_config(path) if path is not None else None  # fails now, in the host's start-up
         with _settings.lock:
             if embedder is not None:
                 _settings.embedder = embedder if isinstance(embedder, SerialEmbedder) else SerialEmbedder(embedder)
             if cosine_threshold is not None:
-                if not -1.0 <= cosine_threshold <= 1.0:
-                    raise ValueError(f"cosine_threshold={cosine_threshold} must lie in [-1, 1]")
                 _settings.cosine_threshold = float(cosine_threshold)
+            if loaded is not None:
+                _settings.config_path, _settings.config = path, loaded
+            if threads is not None:
+                _settings.threads = int(threads)
 
     @classmethod
     def reset_configuration(cls) -> None:
@@ -110,46 +169,181 @@ class _ID2SignalBase(SignalType):
         with _settings.lock:
             _settings.embedder = None
             _settings.cosine_threshold = None
+            _settings.config_path = None
+            _settings.config = None
+            _settings.threads = None
             _settings.examples.clear()
+            _settings.file_threshold = None
 
     @classmethod
     def embedder(cls) -> SerialEmbedder:
-        """The embedder in use (built on first call)."""
+        """The embedder in use (built on first call, after applying the thread cap)."""
         with _settings.lock:
-            configured = _settings.embedder
-        return configured if configured is not None else get_embedder()
+            configured, cfg = _settings.embedder, _settings.config
+        if configured is not None:
+            return configured
+        _apply_thread_cap()
+        if cfg is None:
+            return get_embedder()
+        return get_embedder(cfg.embedder, MediaLimits(cfg.media.max_pixels, cfg.media.max_bytes))
+
+    @classmethod
+    def identity_digest(cls) -> str:
+        """Digest of the embedder in use, as written into every signal it makes."""
+        return _txsignal.identity_digest(cls.embedder().identity)
 
     @classmethod
     def distance_threshold(cls) -> float:
-        """Largest ``1 - cosine`` distance that is a match."""
-        with _settings.lock:
-            cos = _settings.cosine_threshold
-        if cos is None:
-            cos = get_config().match.threshold
-        return 1.0 - cos
+        """Largest ``1 - cosine`` distance that is a match, read now (see the module docstring)."""
+        return 1.0 - _cosine_threshold()[0]
+
+    @classmethod
+    def threshold_source(cls) -> str:
+        """Where :meth:`distance_threshold` comes from: ``configure()``, a config file path, or the default."""
+        return _cosine_threshold()[1]
+
+    @classmethod
+    def parse(cls, signal_str: str) -> _txsignal.Parsed:
+        """Decode a signal string of either format version; :class:`ValueError` if malformed."""
+        raise NotImplementedError
 
     @classmethod
     def vectors(cls, signal_str: str) -> np.ndarray:
         """The signal as ``N x dim`` unit vectors (one row for a photo, one per keyframe for a video)."""
-        raise NotImplementedError
+        return cls.parse(signal_str).vectors
 
     @classmethod
-    def compare_hash(cls, hash1: str, hash2: str) -> SignalComparisonResult:
-        a, b = cls.vectors(hash1), cls.vectors(hash2)
-        check_same_dim(a, b)
-        cos = float(np.max(a @ b.T))
-        return SignalComparisonResult.from_simple_dist(_distance(cos), cls.distance_threshold())
+    def check_current(cls, parsed: _txsignal.Parsed) -> None:
+        """Raise :class:`SignalIdentityError` unless ``parsed`` was made by the embedder in use."""
+        _check_versioned(cls.get_name(), parsed)
+        emb = cls.embedder()
+        digest = _txsignal.identity_digest(emb.identity)
+        if parsed.digest != digest or parsed.dim != emb.dim:
+            raise SignalIdentityError(
+                f"{cls.get_name()} signal was made by embedder {parsed.digest} ({parsed.dim}-d); this process uses "
+                f"{digest} ({emb.dim}-d, {emb.identity}): re-hash the content with this embedder",
+                "other embedder",
+            )
 
     @classmethod
     def validate_signal_str(cls, signal_str: str) -> str:
-        s = super().validate_signal_str(signal_str)
-        cls.vectors(s)
+        """Accept only well-formed signals of the embedder in use (identity and dimension)."""
+        s = signal_str.strip()
+        cls.check_current(cls.parse(s))
         return s
+
+    @classmethod
+    def compare_hash(cls, hash1: str, hash2: str) -> SignalComparisonResult:
+        a, b = cls.parse(hash1), cls.parse(hash2)
+        _check_comparable(cls.get_name(), a, b)
+        cos = float(np.max(a.vectors @ b.vectors.T))
+        return SignalComparisonResult.from_simple_dist(_distance(cos), cls.distance_threshold())
+
+    @classmethod
+    def upgrade_legacy_signal(cls, signal_str: str) -> str:
+        """A version-1 (unversioned) signal restamped with the digest of the embedder in use.
+
+        Only call it for strings you know this embedder made (same encoder, W and fusion weights as when
+        they were hashed): the old format does not record it, which is why it is refused everywhere else.
+        Raises :class:`SignalIdentityError` when the dimension does not fit the embedder in use.
+        """
+        parsed = cls.parse(signal_str)
+        if parsed.version == _txsignal.VERSION:
+            cls.check_current(parsed)
+            return signal_str.strip()
+        emb = cls.embedder()
+        if parsed.dim != emb.dim:
+            raise SignalIdentityError(
+                f"unversioned {cls.get_name()} signal is {parsed.dim}-d; the embedder in use makes {emb.dim}-d "
+                "hashes, so another embedder made it: re-hash the content",
+                "other embedder",
+            )
+        return cls._format(parsed, _txsignal.identity_digest(emb.identity))
+
+    @classmethod
+    def _format(cls, parsed: _txsignal.Parsed, digest: str) -> str:
+        raise NotImplementedError
+
+
+def _check_versioned(name: str, parsed: _txsignal.Parsed) -> None:
+    if parsed.version != _txsignal.VERSION:
+        raise SignalIdentityError(
+            f"unversioned (format 1) {name} signal: it does not record which embedder made it, so it cannot be "
+            f"compared safely. Re-hash the content, or, if this embedder made it, convert it with "
+            f"upgrade_legacy_signal() (README: OpenMediaMatch, upgrading)",
+            "unversioned",
+        )
+
+
+def _check_comparable(name: str, a: _txsignal.Parsed, b: _txsignal.Parsed) -> None:
+    _check_versioned(name, a)
+    _check_versioned(name, b)
+    if a.digest != b.digest or a.dim != b.dim:
+        raise SignalIdentityError(
+            f"{name} hashes were made by different embedders ({a.digest}, {a.dim}-d vs {b.digest}, {b.dim}-d): "
+            "their distance means nothing, so they are not compared",
+            "other embedder",
+        )
 
 
 def _distance(cos: float) -> float:
     # Clamped: float rounding can push the cosine of a vector with itself a hair above 1.
     return round(min(2.0, max(0.0, 1.0 - cos)), _DIST_DECIMALS)
+
+
+def _cosine_threshold() -> tuple[float, str]:
+    """``(cosine threshold, where it came from)``: configure(), else the config file, else the default."""
+    with _settings.lock:
+        if _settings.cosine_threshold is not None:
+            return _settings.cosine_threshold, "configure()"
+        path = _settings.config_path
+    if path is None:
+        found = default_config_path()
+        if found is None:
+            return MatchConfig().threshold, "built-in default"
+        path = found.resolve()
+    return _file_threshold(path), str(path)
+
+
+def _file_threshold(path: pathlib.Path) -> float:
+    """``match.threshold`` of ``path``, parsed again only when its mtime changed (a stat per match)."""
+    # A missing file gets a key of its own; load_config then raises a ConfigError naming it.
+    key = (str(path), path.stat().st_mtime_ns if path.exists() else -1)
+    with _settings.lock:
+        cached = _settings.file_threshold
+    if cached is None or cached[0] != key:
+        value = load_config(path).match.threshold
+        logger.info("id2: match threshold %.4f (cosine) from %s", value, path)
+        cached = (key, value)
+        with _settings.lock:
+            _settings.file_threshold = cached
+    return cached[1]
+
+
+def _apply_thread_cap() -> None:
+    """Cap torch (and, through ``$ID2_THREADS``, ONNX Runtime) threads before a model is built."""
+    with _settings.lock:
+        threads = _settings.threads
+    if threads is None:
+        env = os.environ.get(THREADS_ENV)
+        if not env:
+            return
+        if not env.isdigit() or int(env) < 1:
+            raise ValueError(f"${THREADS_ENV}={env!r} must be a positive integer")
+        threads = int(env)
+    os.environ[THREADS_ENV] = str(threads)  # read by the SSCD session builder
+    try:
+        torch = require("torch")
+    except MissingExtraError:  # an SSCD-only install: the environment variable is all there is to cap
+        return
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+def _hash_error(name: str, reason: object) -> HashError:
+    """``reason`` names the file (MediaError messages start with it)."""
+    logger.warning("%s: cannot hash %s", name, reason)
+    return HashError(f"{name}: cannot hash {reason}")
 
 
 class ID2PhotoSignal(_ID2SignalBase, BytesHasher):
@@ -168,37 +362,38 @@ class ID2PhotoSignal(_ID2SignalBase, BytesHasher):
         return ID2PhotoIndex
 
     @classmethod
-    def validate_signal_str(cls, signal_str: str) -> str:
-        s = signal_str.strip().lower()
-        decode_vector(s)
-        return s
+    def parse(cls, signal_str: str) -> _txsignal.Parsed:
+        return _txsignal.parse_photo(signal_str)
 
     @classmethod
-    def vectors(cls, signal_str: str) -> np.ndarray:
-        return decode_vector(signal_str)[None, :]
+    def _format(cls, parsed: _txsignal.Parsed, digest: str) -> str:
+        return _txsignal.format_photo(parsed.vectors[0], digest)
 
     @classmethod
     def hash_from_bytes(cls, bytes_: bytes) -> str:
-        """Embed encoded image bytes; ``""`` (the ThreatExchange convention) if they are not an image."""
-        try:
-            return encode_vector(cls.embedder().embed_one(bytes_))
-        except MediaError as exc:
-            logger.warning("id2: cannot hash %s", exc)
-            return ""
+        """Embed encoded image bytes; :class:`HashError` if they are not a readable image."""
+        return cls._hash(bytes_)
 
     @classmethod
     def hash_from_file(cls, file: pathlib.Path) -> str:
+        """Embed an image file; :class:`HashError` (the CLI exits 2 with its message) if that fails."""
+        return cls._hash(pathlib.Path(file))
+
+    @classmethod
+    def _hash(cls, source: bytes | pathlib.Path) -> str:
+        emb = cls.embedder()
         try:
-            data = pathlib.Path(file).read_bytes()
-        except OSError as exc:
-            logger.warning("id2: cannot read %s: %s", file, exc)
-            return ""
-        return cls.hash_from_bytes(data)
+            vec = emb.embed_one(source)
+        except MediaError as exc:
+            raise _hash_error("id2", exc) from None
+        return _txsignal.format_photo(vec, _txsignal.identity_digest(emb.identity))
 
     @staticmethod
     def get_examples() -> list[str]:
         """Embeddings of three deterministic synthetic pictures, computed once per process and embedder."""
-        return _example_hashes(ID2PhotoSignal.embedder())
+        emb = ID2PhotoSignal.embedder()
+        digest = _txsignal.identity_digest(emb.identity)
+        return [_txsignal.format_photo(v, digest) for v in _example_vectors(emb)]
 
 
 class ID2VideoSignal(_ID2SignalBase, FileHasher):
@@ -217,103 +412,106 @@ class ID2VideoSignal(_ID2SignalBase, FileHasher):
         return ID2VideoIndex
 
     @classmethod
-    def vectors(cls, signal_str: str) -> np.ndarray:
-        return np.stack([decode_vector(h) for _, _, h in parse_video_signal(signal_str)])
+    def parse(cls, signal_str: str) -> _txsignal.Parsed:
+        return _txsignal.parse_video(signal_str)
 
     @classmethod
-    def validate_signal_str(cls, signal_str: str) -> str:
-        # Re-serialised so equal signals compare equal as strings (whitespace, hex case).
-        return format_video_signal(parse_video_signal(signal_str))
+    def _format(cls, parsed: _txsignal.Parsed, digest: str) -> str:
+        return _txsignal.format_video([(ts, i, v) for (ts, i), v in zip(parsed.frames, parsed.vectors)], digest)
 
     @classmethod
     def hash_from_file(cls, file: pathlib.Path) -> str:
-        """Embed the kept keyframes of a video file; ``""`` if it cannot be decoded or has no frame."""
+        """Embed the kept keyframes of a video file; :class:`HashError` if it cannot be decoded or has none."""
         from id2_plugin.video import embed_keyframes
 
+        emb = cls.embedder()
         try:
-            frames = embed_keyframes(file, cls.embedder())  # type: ignore[arg-type]
+            frames = embed_keyframes(file, emb)  # type: ignore[arg-type]
         except MediaError as exc:
-            logger.warning("id2_video: cannot hash %s", exc)
-            return ""
+            raise _hash_error("id2_video", exc) from None
         if not frames:
-            logger.warning("id2_video: no decodable keyframe in %s", file)
-            return ""
-        return format_video_signal(frames)
+            raise _hash_error("id2_video", f"{file}: no decodable keyframe")
+        return format_video_signal(frames, _txsignal.identity_digest(emb.identity))
 
     @staticmethod
     def get_examples() -> list[str]:
         """One synthetic three-keyframe "video" (the synthetic pictures at 0, 1 and 2 s)."""
-        hashes = _example_hashes(ID2VideoSignal.embedder())
-        return [format_video_signal([(float(i), i * 25, h) for i, h in enumerate(hashes)])]
+        emb = ID2VideoSignal.embedder()
+        frames = [(float(i), i * 25, v) for i, v in enumerate(_example_vectors(emb))]
+        return [format_video_signal(frames, _txsignal.identity_digest(emb.identity))]
 
 
-def _example_hashes(emb: SerialEmbedder) -> list[str]:
-    """Hashes of three synthetic pictures, computed once per process and embedder (both signals use them)."""
-    key = ("__pictures__", emb.identity)
+def _example_vectors(emb: SerialEmbedder) -> list[np.ndarray]:
+    """Embeddings of three synthetic pictures, computed once per process and embedder (both signals use them)."""
     with _settings.lock:
-        found = _settings.examples.get(key)
+        found = _settings.examples.get(emb.identity)
     if found is None:
         size = emb.input_size
-        vecs = emb.embed_arrays(np.stack([emb.normalise(img) for img in synthetic_images(3, size)]))
-        found = [encode_vector(v) for v in vecs]
+        found = list(emb.embed_arrays(np.stack([emb.normalise(img) for img in synthetic_images(3, size)])))
         with _settings.lock:
-            _settings.examples[key] = found
+            _settings.examples[emb.identity] = found
     return list(found)
 
 
-def format_video_signal(frames: t.Sequence[tuple[float, int, np.ndarray | str]]) -> str:
-    """``[(timestamp, frame_index, unit vector or its hex), ...]`` -> ``id2_video`` signal (one line)."""
-    if not frames:
-        raise ValueError("a video signal needs at least one frame")
-    rows = [[round(float(ts), 6), int(idx), v if isinstance(v, str) else encode_vector(v)] for ts, idx, v in frames]
-    return json.dumps({"id2_video": _VIDEO_FORMAT, "frames": rows}, separators=(",", ":"))
+def format_video_signal(frames: t.Sequence[tuple[float, int, np.ndarray]], digest: str | None = None) -> str:
+    """``[(timestamp_s, frame_index, unit vector), ...]`` -> ``id2_video`` signal (default digest: the embedder in use)."""
+    return _txsignal.format_video(frames, digest or ID2VideoSignal.identity_digest())
 
 
-def parse_video_signal(signal_str: str) -> list[tuple[float, int, str]]:
-    """``id2_video`` signal -> ``[(timestamp, frame_index, lowercase hex)]``; :class:`ValueError` if malformed.
+def parse_video_signal(signal_str: str) -> list[tuple[float, int, np.ndarray]]:
+    """``id2_video`` signal (either version) -> ``[(timestamp_s, frame_index, unit vector)]``."""
+    parsed = _txsignal.parse_video(signal_str)
+    return [(ts, i, v) for (ts, i), v in zip(parsed.frames, parsed.vectors)]
 
-    The hex strings are kept as they are (not re-encoded), so validating a signal twice gives the same
-    string and duplicates are recognised.
+
+def warm_up(app: t.Any = None) -> dict[str, t.Any]:
+    """Build the embedder and run one forward pass now; ``APP_HOOK = warm_up`` in OMM's config.
+
+    The first hash otherwise pays the model load (5-20 s) inside a request, close to gunicorn's 30 s
+    worker timeout. ``app`` (the Flask app OMM passes to its hook) is not used. Returns what an operator
+    wants in the start-up log: identity, digest, dimension, threshold and its source, torch threads.
     """
-    try:
-        doc = json.loads(signal_str)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"id2_video signal is not JSON: {exc}") from None
-    if not isinstance(doc, dict) or doc.get("id2_video") != _VIDEO_FORMAT or not isinstance(doc.get("frames"), list):
-        raise ValueError('id2_video signal must look like {"id2_video": 1, "frames": [[t, index, hex], ...]}')
-    frames = []
-    dims = set()
-    for row in doc["frames"]:
-        if not (isinstance(row, list) and len(row) == 3 and isinstance(row[2], str)):
-            raise ValueError("each id2_video frame must be [timestamp, frame_index, hex]")
-        hex_ = row[2].strip().lower()
-        dims.add(len(decode_vector(hex_)))
-        frames.append((float(row[0]), int(row[1]), hex_))
-    if not frames:
-        raise ValueError("id2_video signal has no frame")
-    if len(dims) != 1:
-        raise ValueError("id2_video frames have different dimensions")
-    return frames
+    emb = ID2PhotoSignal.embedder()
+    _example_vectors(emb)
+    info = {
+        "identity": emb.identity,
+        "digest": _txsignal.identity_digest(emb.identity),
+        "dim": emb.dim,
+        "cosine_threshold": 1.0 - ID2PhotoSignal.distance_threshold(),
+        "threshold_source": ID2PhotoSignal.threshold_source(),
+    }
+    if "torch" in sys.modules:
+        info["torch_threads"] = sys.modules["torch"].get_num_threads()
+    logger.info("id2 ready: %s", info)
+    return info
 
 
 # -- index ----------------------------------------------------------------------------------------------
-_MAGIC = b"ID2TXIX\x01"
+_MAGIC = b"ID2TXIX\x02"
+_FORMAT = "id2-threatexchange-index"
+_FORMAT_VERSION = 2
 _U64 = struct.Struct("<Q")
 
 
 class _ID2Index(index.SignalTypeIndex[index.T]):
     """Exact FAISS inner-product index over the signal vectors, with per-signal entry lists.
 
-    A signal string added twice keeps one set of vectors and appends the entry (as the interface asks).
-    ``query`` returns every signal within the distance threshold, best (smallest distance) first, each
+    Holds the signals of one embedder (``digest``: the embedder in use when the first signal was added).
+    Signals of another embedder, or unversioned ones, are skipped and counted in ``skipped`` (a changed W
+    must not make the whole bank's index fail). A signal string added twice keeps one set of vectors and
+    appends the entry. ``query`` returns every signal within the distance threshold, best first, each
     signal's entries in insertion order.
     """
 
     _SIGNAL_TYPE: type[_ID2SignalBase]
 
     def __init__(self, threshold: float | None = None) -> None:
-        #: largest ``1 - cosine`` distance returned by :meth:`query` (default: the signal type's)
-        self.threshold = self._SIGNAL_TYPE.distance_threshold() if threshold is None else float(threshold)
+        #: fixed ``1 - cosine`` threshold; None = the signal type's, read at every query
+        self.fixed_threshold = None if threshold is None else float(threshold)
+        #: identity digest of the embedder whose signals this index holds
+        self.digest: str | None = None
+        #: signals a build refused, by reason ("other embedder", "unversioned", "malformed")
+        self.skipped: collections.Counter[str] = collections.Counter()
         self._faiss: t.Any = None
         self._dim: int | None = None
         self._row_slot: list[int] = []
@@ -327,98 +525,144 @@ class _ID2Index(index.SignalTypeIndex[index.T]):
     def dim(self) -> int | None:
         return self._dim
 
+    @property
+    def threshold(self) -> float:
+        """Largest ``1 - cosine`` distance :meth:`query` returns, as of now."""
+        return self._SIGNAL_TYPE.distance_threshold() if self.fixed_threshold is None else self.fixed_threshold
+
     @staticmethod
     def _key(signal: str) -> str:
         return hashlib.sha256(signal.encode()).hexdigest()
-
-    def _ensure(self, dim: int) -> None:
-        if self._faiss is None:
-            faiss = require("faiss")
-            self._faiss, self._dim = faiss.IndexFlatIP(dim), dim
-        elif dim != self._dim:
-            raise ValueError(
-                f"{self._SIGNAL_TYPE.get_name()} index holds {self._dim}-dim signals; got a {dim}-dim one (made "
-                "by another embedder)"
-            )
 
     def add(self, signal_str: str, entry: index.T) -> None:
         self.add_all([(signal_str, entry)])
 
     def add_all(self, entries: t.Iterable[tuple[str, index.T]]) -> None:
         pending: list[np.ndarray] = []
+        skipped: collections.Counter[str] = collections.Counter()
         for signal_str, entry in entries:
-            sig = self._SIGNAL_TYPE.validate_signal_str(signal_str)
+            sig = signal_str.strip()
             key = self._key(sig)
             slot = self._slot_of.get(key)
             if slot is None:
-                vecs = self._SIGNAL_TYPE.vectors(sig)
-                self._ensure(vecs.shape[1])
-                slot = len(self._slots)
-                self._slot_of[key] = slot
-                self._slots.append([])
-                self._row_slot.extend([slot] * len(vecs))
+                vecs = self._admit(sig, skipped)
+                if vecs is None:
+                    continue
+                slot = self._new_slot(key, len(vecs))
                 pending.append(vecs)
             self._slots[slot].append(entry)
         if pending:
             self._faiss.add(np.ascontiguousarray(np.concatenate(pending), dtype=np.float32))
+        self._report(skipped)
+
+    def _admit(self, sig: str, skipped: collections.Counter[str]) -> np.ndarray | None:
+        """The vectors of ``sig`` if it belongs in this index, else None (counted in ``skipped``)."""
+        try:
+            parsed = self._SIGNAL_TYPE.parse(sig)
+            if self.digest is None:
+                self._SIGNAL_TYPE.check_current(parsed)
+                self._start(parsed)
+            else:
+                self._check_held(parsed)
+        except SignalIdentityError as exc:
+            skipped[exc.reason] += 1
+            return None
+        except ValueError:
+            skipped["malformed"] += 1
+            return None
+        return parsed.vectors
+
+    def _start(self, parsed: _txsignal.Parsed) -> None:
+        faiss = require("faiss")
+        self._faiss, self._dim, self.digest = faiss.IndexFlatIP(parsed.dim), parsed.dim, parsed.digest
+
+    def _check_held(self, parsed: _txsignal.Parsed) -> None:
+        _check_versioned(self._SIGNAL_TYPE.get_name(), parsed)
+        if parsed.digest != self.digest or parsed.dim != self._dim:
+            raise SignalIdentityError(
+                f"{self._SIGNAL_TYPE.get_name()} index holds signals of embedder {self.digest} ({self._dim}-d); "
+                f"got one of {parsed.digest} ({parsed.dim}-d): rebuild the index after changing the embedder or W",
+                "other embedder",
+            )
+
+    def _new_slot(self, key: str, rows: int) -> int:
+        slot = len(self._slots)
+        self._slot_of[key] = slot
+        self._slots.append([])
+        self._row_slot.extend([slot] * rows)
+        return slot
+
+    def _report(self, skipped: collections.Counter[str]) -> None:
+        if skipped:
+            self.skipped.update(skipped)
+            logger.warning(
+                "%s index (embedder %s): skipped %s; re-hash that content with the embedder in use",
+                self._SIGNAL_TYPE.get_name(), self.digest, ", ".join(f"{n} {r}" for r, n in sorted(skipped.items())),
+            )
 
     def query(self, query: str) -> list[index.IndexMatch[index.T]]:
+        parsed = self._SIGNAL_TYPE.parse(query)
         if self._faiss is None or not self._slots:
             return []
-        q = self._SIGNAL_TYPE.vectors(self._SIGNAL_TYPE.validate_signal_str(query))
-        if q.shape[1] != self._dim:
-            raise ValueError(f"query has {q.shape[1]} dims but the index holds {self._dim}-dim signals")
+        self._check_held(parsed)
+        threshold = self.threshold
         # IndexFlatIP.range_search keeps scores strictly above the radius; the tiny margin makes the
         # threshold inclusive like compare_hash, and the exact test below decides.
-        radius = 1.0 - self.threshold - 1e-6
-        lims, scores, rows = self._faiss.range_search(np.ascontiguousarray(q, dtype=np.float32), radius)
+        lims, scores, rows = self._faiss.range_search(np.ascontiguousarray(parsed.vectors, dtype=np.float32),
+                                                      1.0 - threshold - 1e-6)
         best: dict[int, float] = {}
         for score, row in zip(scores[: lims[-1]], rows[: lims[-1]]):
             slot = self._row_slot[int(row)]
-            if float(score) > best.get(slot, -np.inf):
-                best[slot] = float(score)
-        ranked = sorted(((_distance(cos), slot) for slot, cos in best.items()), key=lambda x: (x[0], x[1]))
+            best[slot] = max(float(score), best.get(slot, -np.inf))
+        ranked = sorted((_distance(cos), slot) for slot, cos in best.items())
         out: list[index.IndexMatch[index.T]] = []
         for dist, slot in ranked:
-            if dist > self.threshold:
-                continue
-            info = index.SignalSimilarityInfoWithSingleDistance[float](dist)
-            out.extend(index.IndexMatch(info, entry) for entry in self._slots[slot])
+            if dist <= threshold:
+                info = index.SignalSimilarityInfoWithSingleDistance[float](dist)
+                out.extend(index.IndexMatch(info, entry) for entry in self._slots[slot])
         return out
 
-    def serialize(self, fout: t.BinaryIO) -> None:
-        """Write ``magic | u64 len | JSON header+entries | u64 len | faiss.serialize_index bytes``."""
+    # -- serialisation: a pickle that only calls _restore_index on the adapter's own bytes -------------
+    def __reduce__(self) -> tuple[t.Any, tuple[bytes]]:
+        return _restore_index, (self._to_bytes(),)
+
+    @classmethod
+    def deserialize(cls, fin: t.BinaryIO) -> t.Any:
+        """Load what :meth:`serialize` wrote, refusing any pickle that references anything but this adapter."""
+        data = fin.read()
+        if data.startswith(_MAGIC[:-1]):  # the bare bytes (format 1 was written that way)
+            out = _restore_index(data)
+        else:
+            try:
+                out = _IndexUnpickler(io.BytesIO(data)).load()
+            except (pickle.UnpicklingError, EOFError) as exc:
+                raise ValueError(f"not an id2 {cls._SIGNAL_TYPE.get_name()} index: {exc}") from None
+        if not isinstance(out, cls):
+            raise ValueError(f"index holds {type(out).__name__}, not {cls.__name__}")
+        return out
+
+    def _to_bytes(self) -> bytes:
+        """``magic | u64 len | JSON header+entries | u64 len | faiss.serialize_index bytes``."""
         header = {
-            "format": "id2-threatexchange-index",
-            "version": 1,
+            "format": _FORMAT,
+            "version": _FORMAT_VERSION,
             "signal_type": self._SIGNAL_TYPE.get_name(),
+            "digest": self.digest,
             "dim": self._dim,
+            "fixed_threshold": self.fixed_threshold,
+            "skipped": dict(self.skipped),
             "row_slot": self._row_slot,
             "keys": list(self._slot_of),
             "entries": _jsoncodec.encode(self._slots),
         }
         blob = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
-        faiss_bytes = b""
-        if self._faiss is not None:
-            faiss_bytes = require("faiss").serialize_index(self._faiss).tobytes()
-        fout.write(_MAGIC)
-        fout.write(_U64.pack(len(blob)))
-        fout.write(blob)
-        fout.write(_U64.pack(len(faiss_bytes)))
-        fout.write(faiss_bytes)
+        faiss_bytes = b"" if self._faiss is None else require("faiss").serialize_index(self._faiss).tobytes()
+        return b"".join([_MAGIC, _U64.pack(len(blob)), blob, _U64.pack(len(faiss_bytes)), faiss_bytes])
 
     @classmethod
-    def deserialize(cls, fin: t.BinaryIO) -> t.Any:
+    def _from_bytes(cls, header: dict[str, t.Any], faiss_bytes: bytes) -> _ID2Index[t.Any]:
         name = cls._SIGNAL_TYPE.get_name()
-        if fin.read(len(_MAGIC)) != _MAGIC:
-            raise ValueError(f"not an id2 {name} index (bad magic): was it written by another index class?")
-        header = json.loads(_read_block(fin, name))
-        if header.get("format") != "id2-threatexchange-index" or header.get("version") != 1:
-            raise ValueError(f"unsupported id2 index format {header.get('format')!r} v{header.get('version')}")
-        if header.get("signal_type") != name:
-            raise ValueError(f"index was built for signal type {header.get('signal_type')!r}, not {name!r}")
-        faiss_bytes = _read_block(fin, name)
-        out = cls()
+        out = cls(header.get("fixed_threshold"))
         slots = _jsoncodec.decode(header["entries"])
         keys, row_slot = header["keys"], header["row_slot"]
         if not (isinstance(slots, list) and len(keys) == len(slots) and all(0 <= s < len(slots) for s in row_slot)):
@@ -426,7 +670,7 @@ class _ID2Index(index.SignalTypeIndex[index.T]):
         if faiss_bytes:
             faiss = require("faiss")
             out._faiss = faiss.deserialize_index(np.frombuffer(faiss_bytes, dtype=np.uint8))
-            out._dim = int(header["dim"])
+            out._dim, out.digest = int(header["dim"]), str(header["digest"])
             if out._faiss.ntotal != len(row_slot) or out._faiss.d != out._dim:
                 raise ValueError(f"corrupt id2 {name} index: FAISS holds {out._faiss.ntotal} vectors, header {len(row_slot)}")
         elif row_slot:
@@ -434,20 +678,48 @@ class _ID2Index(index.SignalTypeIndex[index.T]):
         out._slots = slots
         out._row_slot = [int(s) for s in row_slot]
         out._slot_of = {k: i for i, k in enumerate(keys)}
+        out.skipped.update({str(k): int(v) for k, v in header.get("skipped", {}).items()})
         return out
 
     def dispose(self) -> None:
         self._faiss = None
 
 
-def _read_block(fin: t.BinaryIO, name: str) -> bytes:
+class _IndexUnpickler(pickle.Unpickler):
+    """Resolves exactly one global, :func:`_restore_index`; any other reference is refused."""
+
+    def find_class(self, module: str, name: str) -> t.Any:
+        if (module, name) == (__name__, "_restore_index"):
+            return _restore_index
+        raise pickle.UnpicklingError(f"refusing {module}.{name}: an id2 index pickle only calls _restore_index")
+
+
+def _restore_index(blob: bytes) -> _ID2Index[t.Any]:
+    """Rebuild an index from :meth:`_ID2Index._to_bytes` output (what the index pickle calls)."""
+    fin = io.BytesIO(blob)
+    magic = fin.read(len(_MAGIC))
+    if magic[:-1] != _MAGIC[:-1]:
+        raise ValueError("not an id2 index (bad magic)")
+    if magic != _MAGIC:
+        raise ValueError("id2 index in the unversioned format 1 (its signals do not name their embedder): rebuild it")
+    header = json.loads(_read_block(fin))
+    if header.get("format") != _FORMAT or header.get("version") != _FORMAT_VERSION:
+        raise ValueError(f"unsupported id2 index format {header.get('format')!r} v{header.get('version')}")
+    classes = {c._SIGNAL_TYPE.get_name(): c for c in (ID2PhotoIndex, ID2VideoIndex)}
+    cls = classes.get(header.get("signal_type"))  # type: ignore[arg-type]
+    if cls is None:
+        raise ValueError(f"id2 index for unknown signal type {header.get('signal_type')!r}")
+    return cls._from_bytes(header, _read_block(fin))
+
+
+def _read_block(fin: t.BinaryIO) -> bytes:
     raw = fin.read(_U64.size)
     if len(raw) != _U64.size:
-        raise ValueError(f"truncated id2 {name} index")
+        raise ValueError("truncated id2 index")
     n = _U64.unpack(raw)[0]
     data = fin.read(n)
     if len(data) != n:
-        raise ValueError(f"truncated id2 {name} index: expected {n} bytes, got {len(data)}")
+        raise ValueError(f"truncated id2 index: expected {n} bytes, got {len(data)}")
     return data
 
 

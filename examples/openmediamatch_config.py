@@ -1,27 +1,28 @@
-"""Example: adding the ID2 signal type to OpenMediaMatch (Hasher-Matcher-Actioner 2.0).
+"""Example: adding the ID2 signal types to OpenMediaMatch (Hasher-Matcher-Actioner 2.0).
 
 OMM does not read ``TX_MANIFEST``; it takes the signal types listed in its ``omm_config.py``. Copy the
-block between the markers into your OMM config (OMM itself is not a dependency of id2-plugin)::
+block between the markers into your OMM config (OMM itself is not a dependency of id2-plugin); the README
+section "OpenMediaMatch" explains each line::
 
     # --- omm_config.py ---------------------------------------------------------------------------
     from threatexchange.signal_type.pdq.signal import PdqSignal
     from threatexchange.signal_type.md5 import VideoMD5Signal
-    from id2_plugin.adapters.threatexchange import ID2PhotoSignal, ID2VideoSignal
+    from id2_plugin.adapters.threatexchange import ID2PhotoSignal, ID2VideoSignal, warm_up
     from OpenMediaMatch.storage.postgres.impl import DefaultOMMStore
 
     STORAGE_IFACE_INSTANCE = DefaultOMMStore(
         signal_types=[PdqSignal, VideoMD5Signal, ID2PhotoSignal, ID2VideoSignal],
     )
-    # Optional: the cosine threshold for a match (else match.threshold from $ID2_CONFIG / ./id2.yaml).
-    ID2PhotoSignal.configure(cosine_threshold=0.5)
+    # Which id2 YAML every worker reads (embedder + match.threshold), whatever its cwd; an absolute path.
+    ID2PhotoSignal.configure(config="/etc/hma/id2.yaml", threads=2)
+    # Load the model when each worker starts, not inside its first request (gunicorn's 30 s timeout).
+    APP_HOOK = warm_up
     # ------------------------------------------------------------------------------------------------
 
-Every OMM worker process loads the model on its first hash (never at import). The index OMM builds and
-stores is :class:`~id2_plugin.adapters.threatexchange.ID2PhotoIndex` (FAISS, serialised without pickle).
-
-Running this file does what OMM does with a signal type, without OMM: hash bank content, build the index
-with integer content ids, serialise it to bytes (OMM keeps them in Postgres), load it in a "matcher", and
-match edited uploads: ``python examples/openmediamatch_config.py [--photos 6]``.
+Running this file does what OMM does with the signal type, without OMM: hash bank content, build the
+index with integer content ids, ``serialize`` it (OMM keeps the bytes in Postgres), load it back with the
+*base* ``SignalTypeIndex.deserialize`` as OMM's matcher does, and match 80% crops of the bank photos:
+``python examples/openmediamatch_config.py [--photos 6] [--config id2.yaml]``.
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ from __future__ import annotations
 import argparse
 import io
 
-from id2_plugin.adapters.threatexchange import ID2PhotoIndex, ID2PhotoSignal, index_to_bytes
-from id2_plugin.testing import reupload_jpeg
+from threatexchange.signal_type.index import SignalTypeIndex
+
+from id2_plugin.adapters.threatexchange import ID2PhotoIndex, ID2PhotoSignal, warm_up
+from id2_plugin.testing import centre_crop_jpeg
 
 from _common import shared_photos
 
@@ -38,18 +41,25 @@ from _common import shared_photos
 def main() -> None:
     ap = argparse.ArgumentParser(description="Simulate OMM's use of the id2 signal type.")
     ap.add_argument("--photos", type=int, default=6)
+    ap.add_argument("--config", help="id2 YAML (else $ID2_CONFIG / ./id2.yaml / defaults)")
     args = ap.parse_args()
+    if args.config:
+        ID2PhotoSignal.configure(config=args.config)
+    print("warm-up:", warm_up())
     photos = shared_photos(args.photos + 1)
     bank, unrelated = photos[:-1], photos[-1]
 
     # Hasher: bank content -> signals, stored with OMM-style integer content ids.
     signals = [(ID2PhotoSignal.hash_from_file(p), content_id) for content_id, p in enumerate(bank, start=100)]
+    print(f"signal: {signals[0][0][:40]}... ({len(signals[0][0])} characters)")
     # Index builder: build and serialise (OMM stores the bytes and ships them to matchers).
-    blob = index_to_bytes(ID2PhotoIndex.build(signals))
-    print(f"index of {len(signals)} signals: {len(blob)} bytes")
-    # Matcher: load the index, hash uploads, look them up.
-    index = ID2PhotoIndex.deserialize(io.BytesIO(blob))
-    for name, data in [(f"{p.name} (edited)", reupload_jpeg(p)) for p in bank] + [(unrelated.name, unrelated.read_bytes())]:
+    stored = io.BytesIO()
+    ID2PhotoIndex.build(signals).serialize(stored)
+    print(f"index of {len(signals)} signals: {len(stored.getvalue())} bytes")
+    # Matcher: OMM's loader is the base class's, whatever the signal type.
+    index = SignalTypeIndex.deserialize(io.BytesIO(stored.getvalue()))
+    queries = [(f"{p.name} (80% crop)", centre_crop_jpeg(p)) for p in bank] + [(unrelated.name, unrelated.read_bytes())]
+    for name, data in queries:
         matches = index.query(ID2PhotoSignal.hash_from_bytes(data))
         found = ", ".join(f"content {m.metadata} at distance {m.similarity_info.pretty_str()}" for m in matches)
         print(f"{name}: {found or 'no match'}")

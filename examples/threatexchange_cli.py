@@ -3,7 +3,7 @@
 Steps, exactly as an operator would type them (run in a throw-away HOME so ~/.threatexchange is untouched):
 
     threatexchange config extensions add id2_plugin.adapters.threatexchange
-    threatexchange hash -S id2 photo originals/*.jpg           # "id2 <hex>" per file
+    threatexchange hash -S id2 photo originals/*.jpg           # "id2 id2:2:<digest>:<payload>" per file
     threatexchange config collab edit local_file --create --filename refs.txt id2-refs
     threatexchange fetch                                        # builds the id2 FAISS index
     threatexchange match -S id2 --all photo suspect.jpg         # "id2 <distance> (id2-refs) ..."
@@ -51,7 +51,7 @@ def main() -> None:
         print(tx(home, "config", "extensions", "add", "id2_plugin.adapters.threatexchange"))
         out = tx(home, "hash", "-S", "id2", "photo", *map(str, originals))
         hashes = [line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("id2 ")]
-        print(f"  {len(hashes)} id2 hashes of {len(hashes[0])} hex characters each")
+        print(f"  {len(hashes)} id2 hashes of {len(hashes[0])} characters each (embedder digest {hashes[0].split(':')[2]})")
         refs = home / "refs.txt"
         refs.write_text("".join(f"id2 {h}\n" for h in hashes))
         tx(home, "config", "collab", "edit", "local_file", "--create", "--filename", str(refs), "id2-refs")

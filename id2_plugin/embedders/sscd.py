@@ -172,7 +172,8 @@ class SSCDEmbedder(ImageEmbedder):
         else:
             providers = ["CPUExecutionProvider"]
         opts = ort.SessionOptions()
-        threads = os.cpu_count()
+        # $ID2_THREADS caps threads per process (hosts run several workers per machine).
+        threads = int(os.environ.get("ID2_THREADS") or 0) or os.cpu_count()
         if threads:
             opts.intra_op_num_threads = threads
         try:

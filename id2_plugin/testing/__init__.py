@@ -19,12 +19,13 @@ from __future__ import annotations
 
 from ._encoders import check_embedder, check_latent_encoder
 from ..samples import synthetic_images
-from ._images import reupload_jpeg, reupload_pixels
+from ._images import centre_crop_jpeg, reupload_jpeg, reupload_pixels
 from ._signals import check_signal_type
 from ._stores import StoreFactory, check_reference_store
 
 __all__ = [
     "StoreFactory",
+    "centre_crop_jpeg",
     "check_embedder",
     "check_latent_encoder",
     "check_reference_store",

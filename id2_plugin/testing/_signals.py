@@ -32,7 +32,8 @@ def check_signal_type(
     Checks the name (``lower_with_underscore``), content types, index class; that ``get_examples()`` is
     non-empty and every example validates (idempotently) and matches itself; that ``invalid_signals`` are
     rejected by ``validate_signal_str``; that an index built from the examples returns each example's
-    entry (best match first) and still does after ``serialize``/``deserialize``; and, for file hashers,
+    entry (best match first) and still does after ``serialize`` then the subclass's ``deserialize`` or the
+    base ``SignalTypeIndex.deserialize`` (what OpenMediaMatch calls); and, for file hashers,
     that each pair in ``matching_files`` matches and each pair in ``non_matching_files`` does not.
     """
     signal_base = require("threatexchange.signal_type.signal_base")
@@ -79,6 +80,9 @@ def check_signal_type(
     buf.seek(0)
     restored = index_cls.deserialize(buf)
     _check_index_finds(restored, entries, "deserialised index")
+    # OpenMediaMatch loads every stored index through the base class, whatever its signal type.
+    buf.seek(0)
+    _check_index_finds(index_mod.SignalTypeIndex.deserialize(buf), entries, "index loaded by SignalTypeIndex.deserialize")
     dup = index_cls.build(entries + [(normalised[0], {"example": "again"})])
     got = [m.metadata for m in dup.query(normalised[0])]
     if {"example": 0} not in got or {"example": "again"} not in got:
