@@ -42,7 +42,7 @@ class RealEdits:
 
 def load_real_edits(manifests: dict[str, Path] = MANIFESTS, photos: Path = PHOTOS) -> RealEdits:
     from id2_plugin.media import iter_image_files
-    from id2_plugin.train.pairs import load_pairs
+    from id2_plugin.pairs import load_pairs
 
     row: dict[Path, int] = {}
 

@@ -546,7 +546,7 @@ def load_pairs_for_eval(
     warning): it would be an unlabelled copy and turn a correct answer into a "wrong" one. Manifest errors
     (malformed line, missing file) raise :class:`~id2_plugin.errors.ConfigError` naming the line.
     """
-    from .train.pairs import load_pairs
+    from .pairs import load_pairs
 
     manifests = [manifest] if isinstance(manifest, (str, os.PathLike)) else list(manifest)
     pairs = [p for m in manifests for p in load_pairs(m)]
@@ -588,7 +588,7 @@ def load_pairs_for_eval(
 
 def query_labels(manifest: str | os.PathLike | Sequence[str | os.PathLike], query_paths: Sequence[Path], key: str) -> list[str | None]:
     """Per query the manifest's ``key`` (``source``, ``family``, ``model``) of its first pair (None if absent)."""
-    from .train.pairs import load_pairs
+    from .pairs import load_pairs
 
     found: dict[Path, str | None] = {}
     manifests = [manifest] if isinstance(manifest, (str, os.PathLike)) else list(manifest)

@@ -44,7 +44,7 @@ def fit_fusion_command(ctx: click.Context, pairs_paths: tuple[str, ...], distrac
     from ..fusion import fit_fusion
     from ..identify import build_signals
     from ..train.crossval import grouped_folds, origin_groups
-    from ..train.pairs import manifest_digest
+    from ..pairs import manifest_digest
 
     if not 0.0 < step <= 0.5:
         raise ConfigError(f"--step must be in (0, 0.5], got {step}")

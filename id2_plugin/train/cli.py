@@ -59,7 +59,7 @@ def make_pairs(origins: tuple[str, ...], out: str, model: str | None, proxy: boo
         make_proxy_pairs,
         read_prompts,
     )
-    from .pairs import load_pairs
+    from ..pairs import load_pairs
 
     if bool(model) == proxy:
         raise ConfigError("give exactly one of --model MODEL (diffusion edits) or --proxy (offline proxy edits)")

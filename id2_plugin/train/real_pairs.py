@@ -222,7 +222,7 @@ def load_pair_data(
     """Encode every image once (memory-mapped in ``cache_dir``) and lay out the rows of :class:`PairData`."""
     from ..media import iter_image_files
     from .latents import cache_latents
-    from .pairs import load_pairs
+    from ..pairs import load_pairs
     from .trainer import pool_rows
 
     row: dict[Any, int] = {}
@@ -273,7 +273,7 @@ def train_on_real_pairs(
     from pathlib import Path
 
     from .crossval import grouped_folds, origin_groups
-    from .pairs import manifest_digest
+    from ..pairs import manifest_digest
 
     cands = list(candidates) if candidates is not None else default_candidates(proxies=bool(proxy_manifests))
     tmp = None if cache_dir is not None else tempfile.TemporaryDirectory(prefix="id2-train-")

@@ -12,7 +12,7 @@ from PIL import Image
 
 from id2_plugin.train import _proxy_ops as ops
 from id2_plugin.train.make_pairs import LatentRegenerator, make_diffusion_pairs, make_proxy_pairs, read_prompts, sample_plan
-from id2_plugin.train.pairs import load_pairs
+from id2_plugin.pairs import load_pairs
 
 ALL_OPS = [*ops.CONTENT_OPS, *ops.STYLE_OPS, *ops.DEGRADE_OPS, "flip"]
 

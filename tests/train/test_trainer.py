@@ -18,7 +18,7 @@ from id2_plugin.embedders.base import Embedder, Projection
 from id2_plugin.errors import ConfigError
 from id2_plugin.train.latents import cache_latents
 from id2_plugin.train.make_pairs import make_proxy_pairs
-from id2_plugin.train.pairs import load_pairs, manifest_digest
+from id2_plugin.pairs import load_pairs, manifest_digest
 from id2_plugin.train.trainer import (
     TrainConfig,
     cosface_loss,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from id2_plugin.errors import ConfigError
-from id2_plugin.train.pairs import ManifestError, Pair, group_by_origin, load_pairs, manifest_digest, write_pairs
+from id2_plugin.pairs import ManifestError, Pair, group_by_origin, load_pairs, manifest_digest, write_pairs
 
 
 @pytest.fixture()
