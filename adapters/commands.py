@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from id2_plugin._cli_support import config_from_flags, config_option_flags, handle_errors, match_option_flags
+from id2_plugin.cli_support import config_from_flags, config_option_flags, handle_errors, match_option_flags
 from id2_plugin.hookspecs import hookimpl
 
 

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from ._cli_support import EXIT_USAGE, CliState
+from .cli_support import EXIT_USAGE, CliState
 from .errors import Id2Error
 
 

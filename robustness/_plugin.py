@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from id2_plugin._cli_support import EXIT_OK, config_from_flags, embedder_option_flags, handle_errors
+from id2_plugin.cli_support import EXIT_OK, config_from_flags, embedder_option_flags, handle_errors
 from id2_plugin.errors import ConfigError
 
 from .attacks import BUILTIN_ATTACKS

@@ -10,7 +10,7 @@ from typing import Any
 import click
 import numpy as np
 
-from .._cli_support import (
+from ..cli_support import (
     EXIT_OK,
     EXIT_SOFT_FAIL,
     config_from_flags,

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from ..hookspecs import hookimpl
-from .._cli_support import EXIT_OK, EXIT_SOFT_FAIL, config_from_flags, config_option_flags, echo_json, handle_errors
+from ..cli_support import EXIT_OK, EXIT_SOFT_FAIL, config_from_flags, config_option_flags, echo_json, handle_errors
 from ..errors import ConfigError
 
 #: SSCD cosine at or above which two origins count as one photo for the folds (copies score above 0.75,

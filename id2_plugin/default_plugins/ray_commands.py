@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from .._cli_support import EXIT_OK, EXIT_SOFT_FAIL, config_from_flags, config_option_flags, handle_errors
+from ..cli_support import EXIT_OK, EXIT_SOFT_FAIL, config_from_flags, config_option_flags, handle_errors
 from .commands import index_group
 
 from ..hookspecs import hookimpl

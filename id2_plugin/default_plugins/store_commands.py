@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from .._cli_support import config_from_flags, config_option_flags, echo_json, handle_errors
+from ..cli_support import config_from_flags, config_option_flags, echo_json, handle_errors
 from ..errors import StoreError
 
 from ..hookspecs import hookimpl

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from .._cli_support import EXIT_OK, EXIT_SOFT_FAIL, config_from_flags, config_option_flags, handle_errors, match_option_flags
+from ..cli_support import EXIT_OK, EXIT_SOFT_FAIL, config_from_flags, config_option_flags, handle_errors, match_option_flags
 from ..errors import ConfigError
 
 from ..hookspecs import hookimpl

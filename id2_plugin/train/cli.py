@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from .._cli_support import EXIT_OK, echo_json, get_state, handle_errors
+from ..cli_support import EXIT_OK, echo_json, get_state, handle_errors
 from ..errors import ConfigError
 
 from ..hookspecs import hookimpl

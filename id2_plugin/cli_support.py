@@ -1,4 +1,4 @@
-"""Shared plumbing for CLI commands (built-in and third-party): config loading, exit codes, output."""
+"""The CLI toolkit for commands, built-in and third-party: shared options, config loading, exit codes, output."""
 
 from __future__ import annotations
 
