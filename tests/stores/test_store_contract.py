@@ -20,10 +20,6 @@ from id2_plugin.errors import StoreError
 from id2_plugin.plugins import get_plugin_manager
 from id2_plugin.types import AddResult, Match, ReferenceRecord, StoreInfo
 
-#: location -> (identity, dim, vectors, records); a dict stands for the backend's server
-_SERVERS: dict[str, dict[str, Any]] = {}
-#: every set of keyword arguments the factory was called with
-CALLS: list[dict[str, Any]] = []
 
 
 class DictStore(id2_plugin.ReferenceStore):
@@ -74,36 +70,42 @@ class DictStore(id2_plugin.ReferenceStore):
         return StoreInfo(self.backend, self.location, len(self.db["records"]), self.dim, self.embedder_identity, "dict")
 
 
-def open_dict_store(*, location: str, embedder_identity: str | None, dim: int | None, index: str,
-                    index_options: dict[str, Any], create: bool, collection: str, api_key: str | None) -> DictStore:
-    """Keyword-only, exactly the arguments the hookspec documents: an extra or a missing one is a TypeError."""
-    CALLS.append(dict(location=location, embedder_identity=embedder_identity, dim=dim, index=index,
-                      index_options=index_options, create=create, collection=collection, api_key=api_key))
-    key = f"{location}/{collection}"
-    if key not in _SERVERS:
-        if not create:
-            raise StoreError(f"no dict store at {key}")
-        _SERVERS[key] = {"identity": embedder_identity, "dim": dim, "vectors": [], "records": []}
-    return DictStore(_SERVERS[key], location)
-
-
 class DictStorePlugin:
+    """A backend whose "server" is a dict (location/collection -> store), recording how it was opened."""
+
+    def __init__(self) -> None:
+        self.servers: dict[str, dict[str, Any]] = {}
+        self.calls: list[dict[str, Any]] = []
+
+    def open(self, *, location: str, embedder_identity: str | None, dim: int | None, index: str,
+             index_options: dict[str, Any], create: bool, collection: str, api_key: str | None) -> DictStore:
+        """Keyword-only, exactly the arguments the hookspec documents: an extra or a missing one is a TypeError."""
+        self.calls.append(dict(location=location, embedder_identity=embedder_identity, dim=dim, index=index,
+                               index_options=index_options, create=create, collection=collection, api_key=api_key))
+        key = f"{location}/{collection}"
+        if key not in self.servers:
+            if not create:
+                raise StoreError(f"no dict store at {key}")
+            self.servers[key] = {"identity": embedder_identity, "dim": dim, "vectors": [], "records": []}
+        return DictStore(self.servers[key], location)
+
     @id2_plugin.hookimpl
     def id2_register_stores(self, register: Any) -> None:
-        register("dictstore", open_dict_store)
+        register("dictstore", self.open)
 
 
-@pytest.fixture(scope="module")
-def runner() -> CliRunner:
+@pytest.fixture()
+def plugin() -> DictStorePlugin:
     _load_plugin_commands()
     pm = get_plugin_manager()
     plugin = DictStorePlugin()
     pm.register(plugin, name="test-dictstore")
-    yield CliRunner()
+    yield plugin
     pm.unregister(name="test-dictstore")
 
 
-def test_documented_store_factory_works_end_to_end(runner: CliRunner, photo_paths: list[Path], tmp_path: Path) -> None:
+def test_documented_store_factory_works_end_to_end(plugin: DictStorePlugin, photo_paths: list[Path], tmp_path: Path) -> None:
+    runner = CliRunner()
     lib = tmp_path / "lib"
     lib.mkdir()
     for p in photo_paths[200:204]:
@@ -122,6 +124,8 @@ def test_documented_store_factory_works_end_to_end(runner: CliRunner, photo_path
     assert Path(report["best"]["uri"]).name == photo_paths[201].name
 
     # the factory got every documented argument, with the configured values, every time
-    assert CALLS and all(c["location"] == "mem://contract" and c["collection"] == "c1" for c in CALLS)
-    assert CALLS[0]["create"] is True and CALLS[-1]["create"] is False
-    assert isinstance(CALLS[0]["dim"], int) and CALLS[0]["index"] == "flat"
+    calls = plugin.calls
+    assert len(calls) == 2 and all(c["location"] == "mem://contract" and c["collection"] == "c1" for c in calls)
+    assert calls[0]["create"] is True and calls[1]["create"] is False
+    assert isinstance(calls[0]["dim"], int) and calls[0]["index"] == "flat"
+    assert len(plugin.servers["mem://contract/c1"]["records"]) == 4
