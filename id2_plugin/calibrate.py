@@ -20,9 +20,8 @@ highest rejected score is returned, so a tiny score perturbation does not flip a
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -196,18 +195,22 @@ def _target_value(target_fpr: float | None, target_precision: float | None, conf
     return target_value
 
 
-def _cached_bound(n_neg: int, confidence: float) -> Callable[[int], float]:
+class _FprBound:
     """``k -> clopper_pearson_upper(k, n_neg, confidence)``, memoised: the precision scan asks repeatedly."""
 
-    @functools.lru_cache(maxsize=None)
-    def bound(k: int) -> float:
+    def __init__(self, n_neg: int, confidence: float) -> None:
+        """The bound for ``n_neg`` negatives at ``confidence``."""
+        self.n_neg, self.confidence = n_neg, confidence
+        self._cache: dict[int, float] = {}
+
+    def __call__(self, k: int) -> float:
         """The upper bound on the false-match rate with ``k`` false matches."""
-        return clopper_pearson_upper(k, n_neg, confidence)
+        if k not in self._cache:
+            self._cache[k] = clopper_pearson_upper(k, self.n_neg, self.confidence)
+        return self._cache[k]
 
-    return bound
 
-
-def _fpr_feasible(fp: np.ndarray, n_neg: int, target: float, confidence: float, bound: Callable[[int], float]) -> np.ndarray:
+def _fpr_feasible(fp: np.ndarray, n_neg: int, target: float, confidence: float, bound: _FprBound) -> np.ndarray:
     """Indices of the cuts whose false-match bound meets ``target``; refuses too few negatives."""
     k_max = _max_false_matches(n_neg, target, confidence)
     if k_max < 0:
@@ -221,7 +224,7 @@ def _fpr_feasible(fp: np.ndarray, n_neg: int, target: float, confidence: float, 
 
 
 def _precision_feasible(
-    tp: np.ndarray, fp: np.ndarray, n_pos: int, n_neg: int, target: float, confidence: float, bound: Callable[[int], float]
+    tp: np.ndarray, fp: np.ndarray, n_pos: int, n_neg: int, target: float, confidence: float, bound: _FprBound
 ) -> np.ndarray:
     """The most inclusive cut whose conservative precision meets ``target`` (empty if none); refuses too few samples."""
     best_possible = n_pos / (n_pos + n_neg * bound(0))
@@ -256,7 +259,7 @@ def _threshold_at(u: np.ndarray, j: int) -> float:
 
 def _calibration(
     threshold: float, pos: np.ndarray, neg: np.ndarray, target: str, target_value: float, confidence: float,
-    bound: Callable[[int], float],
+    bound: _FprBound,
 ) -> Calibration:
     """What ``threshold`` achieves on the samples ``pos`` and ``neg``."""
     n_pos, n_neg = len(pos), len(neg)
@@ -300,7 +303,7 @@ def calibrate_threshold(
     u = np.unique(np.concatenate([pos, neg]))[::-1]
     tp = n_pos - np.searchsorted(pos, u, side="left")
     fp = n_neg - np.searchsorted(neg, u, side="left")
-    bound = _cached_bound(n_neg, confidence)
+    bound = _FprBound(n_neg, confidence)
     if target_fpr is not None:
         feasible = _fpr_feasible(fp, n_neg, target_value, confidence, bound)
     else:
