@@ -185,6 +185,105 @@ def _as_scores(x: Sequence[float] | np.ndarray, what: str) -> np.ndarray:
     return a
 
 
+def _target_value(target_fpr: float | None, target_precision: float | None, confidence: float) -> float:
+    """The one target given, after refusing none or both, or a target or confidence outside (0, 1)."""
+    if (target_fpr is None) == (target_precision is None):
+        raise ConfigError("give exactly one of target_fpr and target_precision")
+    if not 0.0 < confidence < 1.0:
+        raise ConfigError(f"confidence must be in (0, 1), got {confidence}")
+    target_value = float(target_fpr if target_fpr is not None else target_precision)  # type: ignore[arg-type]
+    if not 0.0 < target_value < 1.0:
+        raise ConfigError(f"the target must be in (0, 1), got {target_value}")
+    return target_value
+
+
+class _FprBound:
+    """``k -> clopper_pearson_upper(k, n_neg, confidence)``, memoised: the precision scan asks repeatedly."""
+
+    def __init__(self, n_neg: int, confidence: float) -> None:
+        """The bound for ``n_neg`` negatives at ``confidence``."""
+        self.n_neg, self.confidence = n_neg, confidence
+        self._cache: dict[int, float] = {}
+
+    def __call__(self, k: int) -> float:
+        """The upper bound on the false-match rate with ``k`` false matches."""
+        if k not in self._cache:
+            self._cache[k] = clopper_pearson_upper(k, self.n_neg, self.confidence)
+        return self._cache[k]
+
+
+def _fpr_feasible(fp: np.ndarray, n_neg: int, target: float, confidence: float, bound: _FprBound) -> np.ndarray:
+    """Indices of the cuts whose false-match bound meets ``target``; refuses too few negatives."""
+    k_max = _max_false_matches(n_neg, target, confidence)
+    if k_max < 0:
+        need = min_negatives_for(target, confidence)
+        raise ConfigError(
+            f"too few negatives: {n_neg} cannot show a false-match rate <= {target:g} at "
+            f"{confidence:.0%} confidence even with zero false matches (upper bound "
+            f"{bound(0):.3g}); need at least {need} negatives"
+        )
+    return np.flatnonzero(fp <= k_max)  # fp grows with j: a prefix
+
+
+def _precision_feasible(
+    tp: np.ndarray, fp: np.ndarray, n_pos: int, n_neg: int, target: float, confidence: float, bound: _FprBound
+) -> np.ndarray:
+    """The most inclusive cut whose conservative precision meets ``target`` (empty if none); refuses too few samples."""
+    best_possible = n_pos / (n_pos + n_neg * bound(0))
+    if best_possible < target:
+        need_pos = math.ceil(target * n_neg * bound(0) / (1.0 - target))
+        raise ConfigError(
+            f"too few samples: with {n_pos} positives and {n_neg} negatives the best provable precision is "
+            f"{best_possible:.4f} < {target:g} (even zero false matches may hide up to "
+            f"{n_neg * bound(0):.1f} at {confidence:.0%} confidence); need at least {need_pos} positives "
+            f"at this many negatives"
+        )
+    # The conservative precision is not monotone in the threshold: scan from the most inclusive cut,
+    # skipping (cheaply) cuts whose empirical precision already misses the target.
+    for j in range(len(tp) - 1, -1, -1):
+        t, f = int(tp[j]), int(fp[j])
+        if t == 0 or t / (t + f) < target:
+            continue
+        if t / (t + n_neg * bound(f)) >= target:
+            return np.array([j])
+    return np.zeros(0, dtype=np.int64)
+
+
+def _threshold_at(u: np.ndarray, j: int) -> float:
+    """The threshold accepting the scores >= ``u[j]``: midway to the next lower score when that is representable."""
+    threshold = float(u[j])
+    if j + 1 < len(u):
+        mid = float(u[j]) / 2.0 + float(u[j + 1]) / 2.0
+        if float(u[j + 1]) < mid <= float(u[j]):
+            threshold = mid
+    return threshold
+
+
+def _calibration(
+    threshold: float, pos: np.ndarray, neg: np.ndarray, target: str, target_value: float, confidence: float,
+    bound: _FprBound,
+) -> Calibration:
+    """What ``threshold`` achieves on the samples ``pos`` and ``neg``."""
+    n_pos, n_neg = len(pos), len(neg)
+    n_tp = int(np.count_nonzero(pos >= threshold))
+    n_fp = int(np.count_nonzero(neg >= threshold))
+    ub = bound(n_fp)
+    return Calibration(
+        threshold=threshold,
+        target=target,
+        target_value=target_value,
+        confidence=confidence,
+        n_pos=n_pos,
+        n_neg=n_neg,
+        false_matches=n_fp,
+        fpr=n_fp / n_neg,
+        fpr_upper_bound=ub,
+        recall=n_tp / n_pos,
+        precision=n_tp / (n_tp + n_fp) if n_tp + n_fp else 1.0,
+        precision_lower_bound=n_tp / (n_tp + n_neg * ub) if n_tp else 0.0,
+    )
+
+
 def calibrate_threshold(
     pos_scores: Sequence[float] | np.ndarray,
     neg_scores: Sequence[float] | np.ndarray,
@@ -197,13 +296,7 @@ def calibrate_threshold(
     Raises :class:`~id2_plugin.errors.ConfigError` when the samples are too small to prove the target
     even with no false match, or when no threshold meeting the target keeps any positive.
     """
-    if (target_fpr is None) == (target_precision is None):
-        raise ConfigError("give exactly one of target_fpr and target_precision")
-    if not 0.0 < confidence < 1.0:
-        raise ConfigError(f"confidence must be in (0, 1), got {confidence}")
-    target_value = float(target_fpr if target_fpr is not None else target_precision)  # type: ignore[arg-type]
-    if not 0.0 < target_value < 1.0:
-        raise ConfigError(f"the target must be in (0, 1), got {target_value}")
+    target_value = _target_value(target_fpr, target_precision, confidence)
     pos = np.sort(_as_scores(pos_scores, "positive"))
     neg = np.sort(_as_scores(neg_scores, "negative"))
     n_pos, n_neg = len(pos), len(neg)
@@ -212,71 +305,19 @@ def calibrate_threshold(
     u = np.unique(np.concatenate([pos, neg]))[::-1]
     tp = n_pos - np.searchsorted(pos, u, side="left")
     fp = n_neg - np.searchsorted(neg, u, side="left")
-    bound_cache: dict[int, float] = {}
-
-    def bound(k: int) -> float:
-        if k not in bound_cache:
-            bound_cache[k] = clopper_pearson_upper(k, n_neg, confidence)
-        return bound_cache[k]
-
+    bound = _FprBound(n_neg, confidence)
     if target_fpr is not None:
-        k_max = _max_false_matches(n_neg, target_value, confidence)
-        if k_max < 0:
-            need = min_negatives_for(target_value, confidence)
-            raise ConfigError(
-                f"too few negatives: {n_neg} cannot show a false-match rate <= {target_value:g} at "
-                f"{confidence:.0%} confidence even with zero false matches (upper bound "
-                f"{bound(0):.3g}); need at least {need} negatives"
-            )
-        feasible = np.flatnonzero(fp <= k_max)  # fp grows with j: a prefix
+        feasible = _fpr_feasible(fp, n_neg, target_value, confidence, bound)
     else:
-        best_possible = n_pos / (n_pos + n_neg * bound(0))
-        if best_possible < target_value:
-            need_pos = math.ceil(target_value * n_neg * bound(0) / (1.0 - target_value))
-            raise ConfigError(
-                f"too few samples: with {n_pos} positives and {n_neg} negatives the best provable precision is "
-                f"{best_possible:.4f} < {target_value:g} (even zero false matches may hide up to "
-                f"{n_neg * bound(0):.1f} at {confidence:.0%} confidence); need at least {need_pos} positives "
-                f"at this many negatives"
-            )
-        # The conservative precision is not monotone in the threshold: scan from the most inclusive cut,
-        # skipping (cheaply) cuts whose empirical precision already misses the target.
-        feasible = np.zeros(0, dtype=np.int64)
-        for j in range(len(u) - 1, -1, -1):
-            t, f = int(tp[j]), int(fp[j])
-            if t == 0 or t / (t + f) < target_value:
-                continue
-            if t / (t + n_neg * bound(f)) >= target_value:
-                feasible = np.array([j])
-                break
+        feasible = _precision_feasible(tp, fp, n_pos, n_neg, target_value, confidence, bound)
     if feasible.size == 0 or tp[feasible[-1]] == 0:
         raise ConfigError(
             f"no threshold reaches the target {target_value:g} while accepting any positive: the negatives "
             f"score as high as the positives (max negative {neg[-1]:.4f}, max positive {pos[-1]:.4f})"
         )
-    j = int(feasible[-1])
-    threshold = float(u[j])
-    if j + 1 < len(u):
-        mid = float(u[j]) / 2.0 + float(u[j + 1]) / 2.0
-        if float(u[j + 1]) < mid <= float(u[j]):
-            threshold = mid
-    n_tp = int(np.count_nonzero(pos >= threshold))
-    n_fp = int(np.count_nonzero(neg >= threshold))
-    ub = bound(n_fp)
-    return Calibration(
-        threshold=threshold,
-        target="fpr" if target_fpr is not None else "precision",
-        target_value=target_value,
-        confidence=confidence,
-        n_pos=n_pos,
-        n_neg=n_neg,
-        false_matches=n_fp,
-        fpr=n_fp / n_neg,
-        fpr_upper_bound=ub,
-        recall=n_tp / n_pos,
-        precision=n_tp / (n_tp + n_fp) if n_tp + n_fp else 1.0,
-        precision_lower_bound=n_tp / (n_tp + n_neg * ub) if n_tp else 0.0,
-    )
+    threshold = _threshold_at(u, int(feasible[-1]))
+    target = "fpr" if target_fpr is not None else "precision"
+    return _calibration(threshold, pos, neg, target, target_value, confidence, bound)
 
 
 def calibration_scores(

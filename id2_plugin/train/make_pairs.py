@@ -315,6 +315,79 @@ def _donor_sampler(
     return draw
 
 
+def _check_proxy_options(
+    edits_per_origin: int, latent_strength: tuple[float, float], scene_prob: float, crop_prob: float
+) -> None:
+    """Refuse out-of-range proxy options before any work."""
+    if edits_per_origin < 1:
+        raise ConfigError(f"edits_per_origin={edits_per_origin} must be >= 1")
+    lo, hi = latent_strength
+    if not 0.0 <= lo <= hi < 1.0:
+        raise ConfigError(f"latent_strength={latent_strength} must satisfy 0 <= lo <= hi < 1")
+    for name, prob in (("scene_prob", scene_prob), ("crop_prob", crop_prob)):
+        if not 0.0 <= prob <= 1.0:
+            raise ConfigError(f"{name}={prob} must be in [0, 1]")
+
+
+def _start_edit(
+    plan: ProxyPlan, target: Path, image: np.ndarray, origin: Path, donor_paths: list[Path],
+    donor_cache: dict[Path, np.ndarray], max_side: int,
+) -> _Pending:
+    """The plan's pixel ops applied to the origin: the edit up to its latent regeneration."""
+    from . import _proxy_ops as ops
+
+    # Ops draw from their own stream, so the plan (and the manifest) never depends on execution.
+    rng = np.random.default_rng([*plan.seed, 1])
+    img = image
+    donor = _donor_sampler(rng, origin, donor_paths, donor_cache, max_side)
+    for name in plan.pixel_ops:
+        img = ops.apply_op(name, img, rng, donor)
+    return _Pending(target, img, plan, rng)
+
+
+class _ProxyBatch:
+    """Edits waiting for the latent regeneration, which runs on a whole batch; then degraded and saved."""
+
+    def __init__(
+        self, bar: Any, batch_size: int, quality: int, regenerator: Callable[..., list[np.ndarray]] | None,
+        weights: str | os.PathLike | None, device: str,
+    ) -> None:
+        """An empty batch; the regenerator is built on first use unless one is given."""
+        self.bar, self.batch_size, self.quality = bar, batch_size, quality
+        self.regen, self.weights, self.device = regenerator, weights, device
+        self.pending: list[_Pending] = []
+
+    def add(self, edit: _Pending) -> None:
+        """Queue one edit; finish the batch when it is full."""
+        self.pending.append(edit)
+        if len(self.pending) >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Regenerate, degrade and save the queued edits."""
+        from . import _proxy_ops as ops
+
+        self._regenerate([p for p in self.pending if p.plan.strength is not None])
+        for p in self.pending:
+            for name in p.plan.degradations:
+                p.image = ops.apply_op(name, p.image, p.rng, lambda: p.image)
+            _save(p.image, p.target, self.quality)
+        self.bar.update(len(self.pending))
+        self.pending.clear()
+
+    def _regenerate(self, todo: list[_Pending]) -> None:
+        """Replace the images of ``todo`` by their regeneration through the VAE."""
+        if not todo:
+            return
+        if self.regen is None:
+            self.regen = LatentRegenerator(weights=self.weights, device=self.device)
+        noise_rngs = [np.random.default_rng([*p.plan.seed, 2]) for p in todo]
+        images, strengths, smooths = [p.image for p in todo], [p.plan.strength for p in todo], [p.plan.smooth for p in todo]
+        regenerated = self.regen(images, strengths, smooths, noise_rngs)
+        for p, im in zip(todo, regenerated):
+            p.image = im
+
+
 def make_proxy_pairs(
     origins: Sequence[str | os.PathLike] | str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -344,42 +417,14 @@ def make_proxy_pairs(
     by (``seed``, the origin's bytes, edit index): the same inputs give the same files. Unreadable origins
     are reported and skipped; an unreadable donor is replaced by another. Returns the manifest path.
     """
-    from . import _proxy_ops as ops
-
-    if edits_per_origin < 1:
-        raise ConfigError(f"edits_per_origin={edits_per_origin} must be >= 1")
-    lo, hi = latent_strength
-    if not 0.0 <= lo <= hi < 1.0:
-        raise ConfigError(f"latent_strength={latent_strength} must satisfy 0 <= lo <= hi < 1")
-    for name, prob in (("scene_prob", scene_prob), ("crop_prob", crop_prob)):
-        if not 0.0 <= prob <= 1.0:
-            raise ConfigError(f"{name}={prob} must be in [0, 1]")
+    _check_proxy_options(edits_per_origin, latent_strength, scene_prob, crop_prob)
     out = Path(out_dir)
     paths = _as_origins(origins)
     donor_paths = _as_origins(donors) if donors is not None else paths
     donor_cache: dict[Path, np.ndarray] = {}
-    regen = regenerator
-    pending: list[_Pending] = []
     pairs: list[Pair] = []
     bar = _progress(len(paths) * edits_per_origin, "proxy edits", progress)
-
-    def flush() -> None:
-        nonlocal regen
-        todo = [p for p in pending if p.plan.strength is not None]
-        if todo:
-            if regen is None:
-                regen = LatentRegenerator(weights=weights, device=device)
-            noise_rngs = [np.random.default_rng([*p.plan.seed, 2]) for p in todo]
-            regenerated = regen([p.image for p in todo], [p.plan.strength for p in todo], [p.plan.smooth for p in todo], noise_rngs)
-            for p, im in zip(todo, regenerated):
-                p.image = im
-        for p in pending:
-            for name in p.plan.degradations:
-                p.image = ops.apply_op(name, p.image, p.rng, lambda: p.image)
-            _save(p.image, p.target, quality)
-        bar.update(len(pending))
-        pending.clear()
-
+    batch = _ProxyBatch(bar, batch_size, quality, regenerator, weights, device)
     for origin in paths:
         try:
             base_seed = _content_seed(origin)
@@ -395,19 +440,11 @@ def make_proxy_pairs(
             if target.is_file():
                 bar.update(1)
             else:
-                # Ops draw from their own stream, so the plan (and the manifest) never depends on execution.
-                rng = np.random.default_rng([*plan.seed, 1])
-                img = image
-                donor = _donor_sampler(rng, origin, donor_paths, donor_cache, max_side)
-                for name in plan.pixel_ops:
-                    img = ops.apply_op(name, img, rng, donor)
-                pending.append(_Pending(target, img, plan, rng))
-                if len(pending) >= batch_size:
-                    flush()
+                batch.add(_start_edit(plan, target, image, origin, donor_paths, donor_cache, max_side))
             pairs.append(
                 Pair(query=target, origin=origin, model="proxy:taef2", strength=plan.strength or 0.0, source=plan.describe())
             )
-    flush()
+    batch.flush()
     bar.close()
     if not pairs:
         raise ConfigError("no pairs were made: every origin was unreadable")

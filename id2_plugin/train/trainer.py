@@ -341,6 +341,313 @@ def _save_checkpoint(ckpt_dir: Path, tensors: dict[str, Any], state: dict[str, A
     os.replace(tmp_json, ckpt_dir / "checkpoint.json")
 
 
+def _gather(latents: np.ndarray, rows: Sequence[int]) -> np.ndarray:
+    """Rows of the (memory-mapped) latent matrix as float32 in the order asked; read in sorted order."""
+    return np.asarray(latents[np.sort(rows)], np.float32)[np.argsort(np.argsort(rows))]
+
+
+@dataclass
+class _Validation:
+    """Held-out queries and their gallery, pooled once: the validation features are fixed."""
+
+    queries: np.ndarray
+    gallery: np.ndarray
+    query_origin: list[int]
+
+    def score(self, w: np.ndarray) -> dict[str, float]:
+        """Retrieval metrics of the held-out queries under the projection ``w``."""
+        return retrieval_metrics(self.queries @ w, self.gallery @ w, self.query_origin)
+
+
+@dataclass
+class _TrainData:
+    """Pooled training features with their identities, and the validation set when there is one."""
+
+    latents: np.ndarray
+    split: _Split
+    pooled_shape: tuple[int, int, int]
+    x: np.ndarray
+    labels: np.ndarray
+    #: per training identity: row indices into ``x``
+    members: list[list[int]]
+    val: _Validation | None
+    #: unit mean direction of ``x`` that W is kept orthogonal to (``center=True``), else None
+    center_dir: np.ndarray | None
+
+    def finish_w(self, w: np.ndarray) -> np.ndarray:
+        """``w`` made orthogonal to the centring direction when centring."""
+        return remove_direction(w, self.center_dir) if self.center_dir is not None else w
+
+
+def _load_data(
+    pairs_path: Path,
+    val_path: Path | None,
+    distractors: Sequence[str | os.PathLike],
+    encoder: LatentEncoder,
+    cfg: TrainConfig,
+    cache_dir: Path,
+    latent_cache: LatentCache | None,
+    progress: bool,
+    log: Callable[[str], None],
+) -> _TrainData:
+    """Split the manifests by origin, cache their latents and pool the training and validation features."""
+    shape = encoder.latent_shape
+    if shape[1] % cfg.pool or shape[2] % cfg.pool:
+        raise ConfigError(f"pool={cfg.pool} does not divide the latent {shape}")
+    paths, train_groups, val_items, dis = _build_split(pairs_path, val_path, [Path(d) for d in distractors], cfg)
+    latents, ok = cache_latents(paths, encoder, cache_dir, latent_cache=latent_cache, progress=progress)
+    split = _index_split(paths, ok, train_groups, val_items, dis)
+    if len(split.members) < 2:
+        raise ConfigError("fewer than 2 training origins have readable images")
+    rows = np.array([i for m in split.members for i in m])
+    labels = np.array([c for c, m in enumerate(split.members) for _ in m])
+    x = pool_rows(latents, rows, shape, cfg.pool)
+    local = {r: j for j, r in enumerate(rows.tolist())}
+    log(f"training identities {len(split.members)} ({len(rows)} images, {latents.shape[0] - int(ok.sum())} unreadable), "
+        f"validation queries {len(split.val_queries)} vs gallery {len(split.val_gallery)}; W {x.shape[1]}x{cfg.out_dim}")
+    val = None
+    if split.val_queries:
+        val = _Validation(
+            pool_rows(latents, split.val_queries, shape, cfg.pool), pool_rows(latents, split.val_gallery, shape, cfg.pool),
+            split.val_query_origin,
+        )
+    return _TrainData(
+        latents, split, (shape[0], shape[1] // cfg.pool, shape[2] // cfg.pool), x, labels,
+        [[local[i] for i in m] for m in split.members], val, _mean_direction(x) if cfg.center else None,
+    )
+
+
+def _raw_latent_metrics(latents: np.ndarray, split: _Split) -> dict[str, float]:
+    """Validation metrics of the unpooled latent (its features are large: read here and dropped on return)."""
+    queries, gallery = _gather(latents, split.val_queries), _gather(latents, split.val_gallery)
+    return retrieval_metrics(queries, gallery, split.val_query_origin)
+
+
+def _baselines(data: _TrainData, w0: np.ndarray, cfg: TrainConfig, log: Callable[[str], None]) -> dict[str, dict[str, float]]:
+    """Validation metrics of the raw latent, the pooled latent and the initial W (none without validation)."""
+    if data.val is None:
+        return {}
+    baselines = {
+        "raw_latent": _raw_latent_metrics(data.latents, data.split),
+        f"raw_pool{cfg.pool}": retrieval_metrics(data.val.queries, data.val.gallery, data.val.query_origin),
+        f"init_{cfg.init}": data.val.score(w0),
+    }
+    for name, m in baselines.items():
+        log(f"validation baseline {name}: top1 {m['top1']:.3f} mAP {m['mAP']:.3f}")
+    return baselines
+
+
+class _Trainer:
+    """CosFace training of W on the cached features: PK-batch steps, an EMA of W, the best epoch, checkpoints."""
+
+    def __init__(
+        self,
+        data: _TrainData,
+        w0: np.ndarray,
+        cfg: TrainConfig,
+        device: Any,
+        ckpt_dir: Path,
+        state_key: dict[str, Any],
+        progress: bool,
+        log: Callable[[str], None],
+    ) -> None:
+        """Set up W at ``w0``, imprinted class weights, Adam and the schedule; no epoch is run yet."""
+        torch = require("torch")
+        self.data, self.cfg, self.device, self.ckpt_dir, self.state_key = data, cfg, device, ckpt_dir, state_key
+        self.progress, self.log = progress, log
+        self.x = torch.from_numpy(data.x).to(device)
+        self.w = torch.nn.Parameter(torch.from_numpy(w0.copy()).to(device))
+        self.w_init = torch.from_numpy(w0).to(device)
+        self.w_init_sq = float(self.w_init.pow(2).sum())
+        self.cls = torch.nn.Parameter(self._imprinted_classes())
+        self.opt = torch.optim.Adam([self.w, self.cls], lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.w_ema = self.w.detach().clone()
+        self.best_w = self.w_ema.clone()
+        self.u = torch.from_numpy(data.center_dir).to(device) if data.center_dir is not None else None
+        self.steps_per_epoch = cfg.steps_per_epoch or max(1, math.ceil(len(data.members) / cfg.ids_per_batch))
+        self.rng = np.random.default_rng([cfg.seed, 3])
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {"epoch": 0, "mAP": -1.0, "top1": -1.0}
+        self.epoch = self.global_step = self.bad_epochs = 0
+
+    def _imprinted_classes(self) -> Any:
+        """Class weights imprinted with the identities' mean embeddings under the initial W."""
+        torch = require("torch")
+        F = require("torch.nn.functional")
+        with torch.no_grad():
+            e0 = F.normalize(self.x @ self.w, dim=1)
+            labels = torch.from_numpy(self.data.labels).to(self.device)
+            cls0 = torch.zeros(len(self.data.members), self.cfg.out_dim, device=self.device).index_add_(0, labels, e0)
+        return F.normalize(cls0, dim=1)
+
+    def _effective(self, wt: Any) -> Any:
+        """``wt`` as it is applied: orthogonal to the centring direction when centring."""
+        torch = require("torch")
+        return wt - torch.outer(self.u, self.u @ wt) if self.u is not None else wt
+
+    def resume(self) -> None:
+        """Continue from the checkpoint in ``ckpt_dir`` if there is one (it must share the state key)."""
+        if not (self.ckpt_dir / "checkpoint.json").is_file():
+            return
+        state = json.loads((self.ckpt_dir / "checkpoint.json").read_text())
+        if state.get("key") != self.state_key:
+            raise ConfigError(
+                f"checkpoint in {self.ckpt_dir} was made with other manifests, encoder or settings; "
+                "train again without --resume or restore the original settings"
+            )
+        tensors = require("safetensors.torch").load_file(str(self.ckpt_dir / "checkpoint.safetensors"))
+        self._load_tensors(tensors, state["adam_step"])
+        self.rng.bit_generator.state = state["rng"]
+        self.epoch, self.global_step, self.bad_epochs = state["epoch"], state["step"], state["bad_epochs"]
+        self.history, self.best = state["history"], state["best"]
+        self.log(f"resumed from {self.ckpt_dir} after epoch {self.epoch}")
+
+    def _load_tensors(self, t: dict[str, Any], adam_step: float) -> None:
+        """Restore W, the class weights, the EMA, the best W and Adam's moments from checkpoint tensors."""
+        torch = require("torch")
+        dev = self.device
+        with torch.no_grad():
+            self.w.copy_(t["w"].to(dev))
+            self.cls.copy_(t["cls"].to(dev))
+        self.w_ema, self.best_w = t["w_ema"].to(dev), t["best_w"].to(dev)
+        moments = {
+            i: {"step": torch.tensor(float(adam_step)), "exp_avg": t[f"adam{i}.m"].to(dev), "exp_avg_sq": t[f"adam{i}.v"].to(dev)}
+            for i in range(2)
+        }
+        self.opt.load_state_dict({"state": moments, "param_groups": self.opt.state_dict()["param_groups"]})
+
+    def fit(self) -> None:
+        """Run the remaining epochs, stopping after ``patience`` epochs without a better validation mAP."""
+        for epoch in range(self.epoch, self.cfg.epochs):
+            if self.cfg.patience and self.bad_epochs >= self.cfg.patience:
+                break
+            losses, lr = self._train_epoch(epoch)
+            rec: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "lr": lr}
+            rec.update(self._validate(epoch + 1))
+            self.history.append(rec)
+            self.log(
+                f"epoch {epoch + 1}: loss {rec['loss']:.4f}"
+                + (f"  val top1 {rec['val_top1']:.3f} mAP {rec['val_mAP']:.3f}" if self.data.val is not None else "")
+            )
+            self.epoch = epoch + 1
+            self._checkpoint()
+
+    def _train_epoch(self, epoch: int) -> tuple[list[float], float]:
+        """The steps of one epoch; returns their losses and the last learning rate."""
+        from tqdm import tqdm
+
+        losses = []
+        bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="step",
+                   disable=not self.progress, leave=False)
+        for _ in bar:
+            loss, lr = self._step()
+            losses.append(loss)
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
+        bar.close()
+        return losses, lr
+
+    def _step(self) -> tuple[float, float]:
+        """One optimiser step on a PK batch; returns its loss and learning rate."""
+        cfg = self.cfg
+        xb, labels = self._sample_batch()
+        lr = lr_at(self.global_step, self.steps_per_epoch * cfg.epochs, self.steps_per_epoch * cfg.warmup_epochs, cfg.lr)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        loss = cosface_loss(xb @ self._effective(self.w), self.cls, labels, cfg.scale, cfg.margin)
+        if cfg.anchor:
+            loss = loss + cfg.anchor * (self.w - self.w_init).pow(2).sum() / self.w_init_sq
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.global_step += 1
+        self._update_ema()
+        return float(loss.detach()), lr
+
+    def _sample_batch(self) -> tuple[Any, Any]:
+        """``ids_per_batch`` random identities x ``k`` members each (latent-erased when augmenting), with labels."""
+        torch = require("torch")
+        cfg, rng, n_ids = self.cfg, self.rng, len(self.data.members)
+        ids = rng.choice(n_ids, size=min(cfg.ids_per_batch, n_ids), replace=False)
+        idx, lab = [], []
+        for c in ids:
+            m = self.data.members[c]
+            idx.extend(rng.choice(m, size=cfg.k, replace=len(m) < cfg.k).tolist())
+            lab.extend([int(c)] * cfg.k)
+        xb = self.x[torch.as_tensor(idx, device=self.device)]
+        if cfg.augment:
+            xb = _erase(xb, rng, self.data.pooled_shape)
+        return xb, torch.as_tensor(lab, device=self.device)
+
+    def _update_ema(self) -> None:
+        """Fold the current W into its moving average."""
+        torch = require("torch")
+        with torch.no_grad():
+            # The decay ramps up over the first steps, so the average is not stuck near the initial W.
+            d = min(self.cfg.ema_decay, (1 + self.global_step) / (10 + self.global_step))
+            self.w_ema.mul_(d).add_(self.w.detach(), alpha=1 - d)
+
+    def _validate(self, epoch: int) -> dict[str, float]:
+        """Score the EMA of W after ``epoch`` and keep it when best (always the latest without validation)."""
+        if self.data.val is None:
+            self.best, self.best_w = {"epoch": epoch}, self.w_ema.clone()
+            return {}
+        m = self.data.val.score(self._effective(self.w_ema).detach().cpu().numpy())
+        if m["mAP"] > self.best["mAP"]:
+            self.best, self.best_w, self.bad_epochs = {"epoch": epoch, "mAP": m["mAP"], "top1": m["top1"]}, self.w_ema.clone(), 0
+        else:
+            self.bad_epochs += 1
+        return {"val_top1": m["top1"], "val_mAP": m["mAP"]}
+
+    def _checkpoint(self) -> None:
+        """Save the whole training state after the current epoch."""
+        adam = self.opt.state_dict()["state"]
+        tensors = {"w": self.w.detach(), "cls": self.cls.detach(), "w_ema": self.w_ema, "best_w": self.best_w}
+        for i in range(2):
+            tensors[f"adam{i}.m"] = adam[i]["exp_avg"]
+            tensors[f"adam{i}.v"] = adam[i]["exp_avg_sq"]
+        state = {
+            "key": self.state_key,
+            "epoch": self.epoch,
+            "step": self.global_step,
+            "adam_step": float(adam[0]["step"]),
+            "bad_epochs": self.bad_epochs,
+            "rng": self.rng.bit_generator.state,
+            "history": self.history,
+            "best": self.best,
+        }
+        _save_checkpoint(self.ckpt_dir, tensors, state)
+
+    def final_w(self, save_dtype: str) -> np.ndarray:
+        """The best W as the file will hold it: rounded through ``save_dtype``, so reported metrics are the file's."""
+        return self._effective(self.best_w).detach().cpu().numpy().astype(save_dtype).astype(np.float32)
+
+
+def _metadata(
+    encoder: LatentEncoder,
+    cfg: TrainConfig,
+    digests: dict[str, str | None],
+    history: list[dict[str, Any]],
+    val_metrics: dict[str, dict[str, float]],
+    best_epoch: int,
+) -> dict[str, str]:
+    """The metadata saved with W: what it was trained from and how, and how it scored."""
+    return {
+        "embedder_name": encoder.name,
+        "embedder": encoder.identity,
+        "latent_shape": json.dumps(list(encoder.latent_shape)),
+        "scaling": "none",
+        "manifest_digest": digests["manifest"],
+        "val_manifest_digest": digests["val_manifest"] or "",
+        "seed": str(cfg.seed),
+        "loss_curve": json.dumps([round(h["loss"], 5) for h in history]),
+        "val_history": json.dumps([{k: (round(v, 5) if isinstance(v, float) else v) for k, v in h.items()} for h in history]),
+        "val_metrics": json.dumps(val_metrics),
+        "best_epoch": str(best_epoch),
+        "train_config": json.dumps(cfg.schedule_key(), sort_keys=True),
+        "trainer": "id2_plugin.train.trainer/cosface",
+    }
+
+
 def train_projection(
     pairs_path: str | os.PathLike,
     out_path: str | os.PathLike,
@@ -363,204 +670,28 @@ def train_projection(
     the per-epoch training state (default: ``<out_path>.ckpt``). With ``resume=True`` an existing checkpoint
     is continued (it must come from the same manifests, encoder and configuration).
     """
-    torch = require("torch")
-    F = require("torch.nn.functional")
-    from tqdm import tqdm
-
     from ..embedders.base import select_device
 
     cfg = config
-    out_path = Path(out_path)
-    pairs_path = Path(pairs_path)
+    out_path, pairs_path = Path(out_path), Path(pairs_path)
     val_path = Path(val_pairs_path) if val_pairs_path is not None else None
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else out_path.with_name(out_path.name + ".ckpt")
     cache_dir = Path(cache_dir) if cache_dir is not None else out_path.with_name(out_path.name + ".latents")
     device, _ = select_device(cfg.device, "float32")
-    shape = encoder.latent_shape
-    if shape[1] % cfg.pool or shape[2] % cfg.pool:
-        raise ConfigError(f"pool={cfg.pool} does not divide the latent {shape}")
-    pshape = (shape[0], shape[1] // cfg.pool, shape[2] // cfg.pool)
-
-    paths, train_groups, val_items, dis = _build_split(pairs_path, val_path, [Path(d) for d in distractors], cfg)
-    latents, ok = cache_latents(paths, encoder, cache_dir, latent_cache=latent_cache, progress=progress)
-    split = _index_split(paths, ok, train_groups, val_items, dis)
-    n_ids = len(split.members)
-    if n_ids < 2:
-        raise ConfigError("fewer than 2 training origins have readable images")
-    rows = np.array([i for m in split.members for i in m])
-    labels = np.array([c for c, m in enumerate(split.members) for _ in m])
-    x_np = pool_rows(latents, rows, shape, cfg.pool)
-    local = {r: j for j, r in enumerate(rows.tolist())}
-    members_local = [[local[i] for i in m] for m in split.members]
-    has_val = bool(split.val_queries)
+    data = _load_data(pairs_path, val_path, distractors, encoder, cfg, cache_dir, latent_cache, progress, log)
     digests = {"manifest": manifest_digest(pairs_path), "val_manifest": manifest_digest(val_path) if val_path else None}
-    log(f"training identities {n_ids} ({len(rows)} images, {latents.shape[0] - int(ok.sum())} unreadable), "
-        f"validation queries {len(split.val_queries)} vs gallery {len(split.val_gallery)}; W {x_np.shape[1]}x{cfg.out_dim}")
-
-    center_dir = _mean_direction(x_np) if cfg.center else None
-
-    def finish_w(w: np.ndarray) -> np.ndarray:
-        return remove_direction(w, center_dir) if center_dir is not None else w
-
-    # Validation features are fixed: pool them once.
-    if has_val:
-        vq_pool = pool_rows(latents, split.val_queries, shape, cfg.pool)
-        vg_pool = pool_rows(latents, split.val_gallery, shape, cfg.pool)
-
-        def validate(w: np.ndarray) -> dict[str, float]:
-            return retrieval_metrics(vq_pool @ w, vg_pool @ w, split.val_query_origin)
-
-    w0 = finish_w(init_projection(x_np, labels, kind=cfg.init, out_dim=cfg.out_dim, rank=cfg.init_rank, eps=cfg.whiten_eps, seed=cfg.seed))
-    baselines: dict[str, dict[str, float]] = {}
-    if has_val:
-        vq_raw = np.asarray(latents[np.sort(split.val_queries)], np.float32)[np.argsort(np.argsort(split.val_queries))]
-        vg_raw = np.asarray(latents[np.sort(split.val_gallery)], np.float32)[np.argsort(np.argsort(split.val_gallery))]
-        baselines["raw_latent"] = retrieval_metrics(vq_raw, vg_raw, split.val_query_origin)
-        del vq_raw, vg_raw
-        baselines[f"raw_pool{cfg.pool}"] = retrieval_metrics(vq_pool, vg_pool, split.val_query_origin)
-        baselines[f"init_{cfg.init}"] = validate(w0)
-        for name, m in baselines.items():
-            log(f"validation baseline {name}: top1 {m['top1']:.3f} mAP {m['mAP']:.3f}")
-
-    x = torch.from_numpy(x_np).to(device)
-    y_all = torch.from_numpy(labels).to(device)
-    w = torch.nn.Parameter(torch.from_numpy(w0.copy()).to(device))
-    w_init = torch.from_numpy(w0).to(device)
-    w_init_sq = float(w_init.pow(2).sum())
-    with torch.no_grad():  # imprint class weights with the identities' mean embeddings under the initial W
-        e0 = F.normalize(x @ w, dim=1)
-        cls0 = torch.zeros(n_ids, cfg.out_dim, device=device).index_add_(0, y_all, e0)
-    cls = torch.nn.Parameter(F.normalize(cls0, dim=1))
-    opt = torch.optim.Adam([w, cls], lr=cfg.lr, weight_decay=cfg.weight_decay)
-    w_ema = w.detach().clone()
-    u = torch.from_numpy(center_dir).to(device) if center_dir is not None else None
-    steps_per_epoch = cfg.steps_per_epoch or max(1, math.ceil(n_ids / cfg.ids_per_batch))
-    total = steps_per_epoch * cfg.epochs
-    warmup = steps_per_epoch * cfg.warmup_epochs
-    rng = np.random.default_rng([cfg.seed, 3])
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"epoch": 0, "mAP": -1.0, "top1": -1.0}
-    best_w = w_ema.clone()
-    start_epoch, step, bad_epochs = 0, 0, 0
+    w0 = data.finish_w(init_projection(data.x, data.labels, kind=cfg.init, out_dim=cfg.out_dim, rank=cfg.init_rank,
+                                       eps=cfg.whiten_eps, seed=cfg.seed))
+    baselines = _baselines(data, w0, cfg, log)
     state_key = {"config": cfg.schedule_key(), "encoder": encoder.identity, **digests}
-
-    if resume and (ckpt_dir / "checkpoint.json").is_file():
-        safetensors_torch = require("safetensors.torch")
-        state = json.loads((ckpt_dir / "checkpoint.json").read_text())
-        if state.get("key") != state_key:
-            raise ConfigError(
-                f"checkpoint in {ckpt_dir} was made with other manifests, encoder or settings; "
-                "train again without --resume or restore the original settings"
-            )
-        t = safetensors_torch.load_file(str(ckpt_dir / "checkpoint.safetensors"))
-        with torch.no_grad():
-            w.copy_(t["w"].to(device))
-            cls.copy_(t["cls"].to(device))
-        w_ema, best_w = t["w_ema"].to(device), t["best_w"].to(device)
-        opt.load_state_dict(
-            {
-                "state": {
-                    i: {"step": torch.tensor(float(state["adam_step"])), "exp_avg": t[f"adam{i}.m"].to(device), "exp_avg_sq": t[f"adam{i}.v"].to(device)}
-                    for i in range(2)
-                },
-                "param_groups": opt.state_dict()["param_groups"],
-            }
-        )
-        rng.bit_generator.state = state["rng"]
-        start_epoch, step, bad_epochs = state["epoch"], state["step"], state["bad_epochs"]
-        history, best = state["history"], state["best"]
-        log(f"resumed from {ckpt_dir} after epoch {start_epoch}")
-
-    def effective(wt: Any) -> Any:
-        return wt - torch.outer(u, u @ wt) if u is not None else wt
-
-    for epoch in range(start_epoch, cfg.epochs):
-        if cfg.patience and bad_epochs >= cfg.patience:
-            break
-        losses = []
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", disable=not progress, leave=False)
-        for _ in bar:
-            ids = rng.choice(n_ids, size=min(cfg.ids_per_batch, n_ids), replace=False)
-            idx, lab = [], []
-            for c in ids:
-                m = members_local[c]
-                idx.extend(rng.choice(m, size=cfg.k, replace=len(m) < cfg.k).tolist())
-                lab.extend([int(c)] * cfg.k)
-            xb = x[torch.as_tensor(idx, device=device)]
-            if cfg.augment:
-                xb = _erase(xb, rng, pshape)
-            lr = lr_at(step, total, warmup, cfg.lr)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            loss = cosface_loss(xb @ effective(w), cls, torch.as_tensor(lab, device=device), cfg.scale, cfg.margin)
-            if cfg.anchor:
-                loss = loss + cfg.anchor * (w - w_init).pow(2).sum() / w_init_sq
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            with torch.no_grad():
-                d = min(cfg.ema_decay, (1 + step) / (10 + step))
-                w_ema.mul_(d).add_(w.detach(), alpha=1 - d)
-            losses.append(float(loss.detach()))
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{lr:.2e}")
-        bar.close()
-        rec: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "lr": lr}
-        cur = effective(w_ema).detach().cpu().numpy()
-        if has_val:
-            m = validate(cur)
-            rec.update(val_top1=m["top1"], val_mAP=m["mAP"])
-            if m["mAP"] > best["mAP"]:
-                best, best_w, bad_epochs = {"epoch": epoch + 1, "mAP": m["mAP"], "top1": m["top1"]}, w_ema.clone(), 0
-            else:
-                bad_epochs += 1
-        else:
-            best, best_w = {"epoch": epoch + 1}, w_ema.clone()
-        history.append(rec)
-        log(
-            f"epoch {epoch + 1}: loss {rec['loss']:.4f}"
-            + (f"  val top1 {rec['val_top1']:.3f} mAP {rec['val_mAP']:.3f}" if has_val else "")
-        )
-        adam = opt.state_dict()["state"]
-        tensors = {"w": w.detach(), "cls": cls.detach(), "w_ema": w_ema, "best_w": best_w}
-        for i in range(2):
-            tensors[f"adam{i}.m"] = adam[i]["exp_avg"]
-            tensors[f"adam{i}.v"] = adam[i]["exp_avg_sq"]
-        _save_checkpoint(
-            ckpt_dir,
-            tensors,
-            {
-                "key": state_key,
-                "epoch": epoch + 1,
-                "step": step,
-                "adam_step": float(adam[0]["step"]),
-                "bad_epochs": bad_epochs,
-                "rng": rng.bit_generator.state,
-                "history": history,
-                "best": best,
-            },
-        )
-
-    # Round through the saved dtype first, so the reported metrics are those of the file.
-    final = effective(best_w).detach().cpu().numpy().astype(save_dtype).astype(np.float32)
+    trainer = _Trainer(data, w0, cfg, device, ckpt_dir, state_key, progress, log)
+    if resume:
+        trainer.resume()
+    trainer.fit()
+    final = trainer.final_w(save_dtype)
     val_metrics = dict(baselines)
-    if has_val:
-        val_metrics["W"] = validate(final)
-    meta = {
-        "embedder_name": encoder.name,
-        "embedder": encoder.identity,
-        "latent_shape": json.dumps(list(shape)),
-        "scaling": "none",
-        "manifest_digest": digests["manifest"],
-        "val_manifest_digest": digests["val_manifest"] or "",
-        "seed": str(cfg.seed),
-        "loss_curve": json.dumps([round(h["loss"], 5) for h in history]),
-        "val_history": json.dumps([{k: (round(v, 5) if isinstance(v, float) else v) for k, v in h.items()} for h in history]),
-        "val_metrics": json.dumps(val_metrics),
-        "best_epoch": str(best["epoch"]),
-        "train_config": json.dumps(cfg.schedule_key(), sort_keys=True),
-        "trainer": "id2_plugin.train.trainer/cosface",
-    }
-    projection = Projection(final, metadata=meta, pool=cfg.pool)
-    path = projection.save(out_path, dtype=save_dtype)
-    return TrainResult(Projection.load(path), path, history, int(best["epoch"]), val_metrics)
+    if data.val is not None:
+        val_metrics["W"] = data.val.score(final)
+    meta = _metadata(encoder, cfg, digests, trainer.history, val_metrics, int(trainer.best["epoch"]))
+    path = Projection(final, metadata=meta, pool=cfg.pool).save(out_path, dtype=save_dtype)
+    return TrainResult(Projection.load(path), path, trainer.history, int(trainer.best["epoch"]), val_metrics)
