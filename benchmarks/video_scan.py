@@ -88,9 +88,9 @@ def _peak_mb() -> float:
 
 # -- measurements (each runs in its own process) ---------------------------------------------------------
 def measure_decode(path: str, mode: str) -> dict[str, Any]:
-    from id2_plugin.video import _FrameReader
+    from id2_plugin.video import FrameReader
 
-    reader = _FrameReader(path, mode, None, dedupe=False)  # type: ignore[arg-type]
+    reader = FrameReader(path, mode, None, dedupe=False)  # type: ignore[arg-type]
     t0 = time.perf_counter()
     n = 0
     for _frame, _dup in reader:

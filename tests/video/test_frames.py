@@ -14,12 +14,12 @@ import pytest
 from PIL import Image, ImageEnhance
 
 from id2_plugin.errors import ConfigError, Id2Error, MediaError
-from id2_plugin.video import VideoError, _FrameReader, iter_frames, iter_video_files
+from id2_plugin.video import VideoError, FrameReader, iter_frames, iter_video_files
 
 
 
 def _decoded(path: Path, mode: str = "keyframes", fps: float | None = None) -> int:
-    reader = _FrameReader(path, mode, fps, dedupe=False)  # type: ignore[arg-type]
+    reader = FrameReader(path, mode, fps, dedupe=False)  # type: ignore[arg-type]
     for _ in reader:
         pass
     return reader.stats.frames_decoded

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from id2_plugin.video import (VideoReport, _FrameReader, embed_keyframes, format_report_text, scan_video,
+from id2_plugin.video import (VideoReport, FrameReader, embed_keyframes, format_report_text, scan_video,
                               scan_videos)
 
 THRESHOLD = 0.5
@@ -141,14 +141,14 @@ def test_memory_stays_bounded_on_a_long_video(make_video, frame_of, ref_photos, 
     frames = [frame_of(ref_photos[i % 6]) for i in range(90)]
     path = make_video(frames, set(range(0, 90, 3)), suffix=".mkv")
     pulled = [0]
-    original = _FrameReader.__iter__
+    original = FrameReader.__iter__
 
     def counting_iter(self):  # type: ignore[no-untyped-def]
         for item in original(self):
             pulled[0] += 1
             yield item
 
-    monkeypatch.setattr(_FrameReader, "__iter__", counting_iter)
+    monkeypatch.setattr(FrameReader, "__iter__", counting_iter)
     fake = _MeanColourEmbedder(taef2_encoder, pulled, batch_size=4)
     store = FaissStore(tmp_path / "s", embedder_identity=fake.identity, dim=3, create=True)
     store.add(np.eye(3, dtype=np.float32), [ReferenceRecord(sha256=f"{i:064x}", uri=f"axis{i}") for i in range(3)])

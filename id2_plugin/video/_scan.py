@@ -1,0 +1,209 @@
+"""Scanning: one video through the embedder and store; many videos with decoder threads."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import ConfigError, MediaError
+from ..types import Match
+
+if TYPE_CHECKING:
+    from ..embedders.base import Embedder
+    from ..stores.base import ReferenceStore
+from ._decode import DEFAULT_DEDUPE_THRESHOLD, VIDEO_EXTENSIONS, SampleMode, VideoError, FrameReader, iter_frames
+from ._report import FrameHit, VideoReport, _Pending, _Summariser
+
+def scan_video(
+    path: str | os.PathLike,
+    embedder: Embedder,
+    store: ReferenceStore,
+    *,
+    k: int = 5,
+    threshold: float = 0.5,
+    mode: SampleMode = "keyframes",
+    fps: float | None = None,
+    batch_size: int = 16,
+    dedupe: bool = True,
+    dedupe_threshold: float = DEFAULT_DEDUPE_THRESHOLD,
+) -> VideoReport:
+    """Sample, embed and search one video; never raises for bad media (the report carries the error).
+
+    Frames are normalised exactly like images (``embedder.normalise``), embedded ``batch_size`` at
+    a time with :meth:`Embedder.embed_arrays` and queried with ``store.query(k=k, threshold=threshold)``.
+    Configuration mistakes (bad ``mode``/``fps``/``batch_size``) raise :class:`ConfigError`.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size} must be >= 1")
+    t0 = time.perf_counter()
+    reader = FrameReader(path, mode, fps, dedupe, dedupe_threshold)
+    hits: list[FrameHit] = []
+    summariser = _Summariser()
+    pending: list[_Pending] = []
+    embedded = 0
+    error: VideoError | None = None
+
+    def flush() -> None:
+        nonlocal embedded
+        if not pending:
+            return
+        vectors = embedder.embed_arrays(np.stack([p.image for p in pending]))
+        results = store.query(vectors, k=k, threshold=threshold)
+        embedded += len(pending)
+        for p, matches in zip(pending, results):
+            if matches:
+                hit = FrameHit(p.index, p.timestamp, p.is_key, tuple(matches), p.until)
+                hits.append(hit)
+                summariser.add(hit)
+        pending.clear()
+
+    try:
+        for frame, duplicate in reader:
+            if duplicate:
+                # Folded into the kept frame it repeats; that frame is always the last pending one
+                # because batches are flushed only when the next kept frame arrives.
+                if pending:
+                    pending[-1].until = frame.pts_seconds
+                continue
+            if len(pending) >= batch_size:
+                flush()
+            pending.append(_Pending(frame.index, frame.pts_seconds, frame.is_key,
+                                    embedder.normalise(frame.rgb), frame.pts_seconds))
+    except VideoError as exc:
+        error = exc
+    except MediaError as exc:  # a frame the normaliser refuses (e.g. above the pixel limit)
+        error = VideoError(f"a decoded frame could not be normalised: {exc}", os.fspath(path), kind="corrupt",
+                           frames_read=reader.stats.frames_sampled)
+    flush()
+    st = reader.stats
+    return VideoReport(
+        path=os.fspath(path), hits=hits, summary=summariser.result(), mode=mode, sample_fps=fps, k=k,
+        threshold=threshold, embedder=embedder.identity, frames_decoded=st.frames_decoded,
+        frames_sampled=st.frames_sampled, frames_embedded=embedded, duplicates_dropped=st.duplicates_dropped,
+        duration_s=st.duration_s, codec=st.codec, width=st.width, height=st.height, frame_rate=st.frame_rate,
+        error=str(error) if error else None, error_kind=error.kind if error else None,
+        elapsed_s=time.perf_counter() - t0,
+    )
+
+
+def embed_keyframes(
+    path: str | os.PathLike,
+    embedder: Embedder,
+    *,
+    batch_size: int = 16,
+    dedupe: bool = True,
+) -> list[tuple[float, int, np.ndarray]]:
+    """``(timestamp, frame_index, vector)`` for every kept keyframe of ``path``, embedded in batches.
+
+    Raises :class:`VideoError` if the video cannot be decoded completely (a caller that wants partial
+    results uses :func:`scan_video` or :func:`iter_frames`).
+    """
+    out: list[tuple[float, int, np.ndarray]] = []
+    batch: list[tuple[float, int, np.ndarray]] = []
+
+    def flush() -> None:
+        if batch:
+            vecs = embedder.embed_arrays(np.stack([b[2] for b in batch]))
+            out.extend((t, i, v) for (t, i, _), v in zip(batch, vecs))
+            batch.clear()
+
+    for frame in iter_frames(path, "keyframes", dedupe=dedupe):
+        batch.append((frame.pts_seconds, frame.index, embedder.normalise(frame.rgb)))
+        if len(batch) >= batch_size:
+            flush()
+    flush()
+    return out
+
+
+# -- many videos --------------------------------------------------------------------------------------
+def iter_video_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Expand files and folders (recursively, sorted) into video paths by extension.
+
+    Files named explicitly are kept whatever their extension: the decoder, not the name, decides.
+    """
+    out: list[Path] = []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            out.extend(sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS))
+        else:
+            out.append(path)
+    return out
+
+
+class _SerialModel:
+    """Shares one embedder and store between decoder threads: forward passes and searches take turns.
+
+    Serialising is deliberate: torch already spreads one forward pass over every core, so two concurrent
+    passes only fight for the same cores, while decoding (in FFmpeg, outside the GIL) overlaps freely.
+    """
+
+    def __init__(self, embedder: Embedder, store: ReferenceStore) -> None:
+        self._embedder = embedder
+        self._store = store
+        self._lock = threading.Lock()
+        self.normalise = embedder.normalise
+        self.identity = embedder.identity
+
+    def embed_arrays(self, images: np.ndarray) -> np.ndarray:
+        with self._lock:
+            return self._embedder.embed_arrays(images)
+
+    def query(self, vectors: np.ndarray, k: int = 5, threshold: float | None = None) -> list[list[Match]]:
+        with self._lock:
+            return self._store.query(vectors, k=k, threshold=threshold)
+
+
+def _video_bar(show: bool, total: int, desc: str) -> Any:
+    """A tqdm bar counting finished videos; when ``show`` is false a disabled one, so callers never branch."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="video", disable=not show)
+
+
+def scan_videos(
+    paths: Sequence[str | os.PathLike],
+    embedder: Embedder,
+    store: ReferenceStore,
+    *,
+    k: int = 5,
+    threshold: float = 0.5,
+    mode: SampleMode = "keyframes",
+    fps: float | None = None,
+    batch_size: int = 16,
+    dedupe: bool = True,
+    dedupe_threshold: float = DEFAULT_DEDUPE_THRESHOLD,
+    workers: int = 1,
+    progress: bool = False,
+) -> Iterator[VideoReport]:
+    """Scan ``paths`` (files; expand folders with :func:`iter_video_files`) and yield reports as they finish.
+
+    ``workers`` > 1 decodes that many videos concurrently in threads sharing one model (see the module
+    notes); report order is then completion order. Memory: ``workers x batch_size`` normalised frames.
+    """
+    if workers < 1:
+        raise ConfigError(f"workers={workers} must be >= 1")
+    kwargs: dict[str, Any] = dict(k=k, threshold=threshold, mode=mode, fps=fps, batch_size=batch_size,
+                                  dedupe=dedupe, dedupe_threshold=dedupe_threshold)
+    # Validate the sampling options once, up front, instead of once per video.
+    FrameReader("", mode, fps, dedupe, dedupe_threshold)
+    with _video_bar(progress, len(paths), "scanning videos") as bar:
+        if workers == 1:
+            for p in paths:
+                report = scan_video(p, embedder, store, **kwargs)
+                bar.update(1)
+                yield report
+            return
+        shared = _SerialModel(embedder, store)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="id2-video") as pool:
+            futures = [pool.submit(scan_video, p, shared, shared, **kwargs) for p in paths]  # type: ignore[arg-type]
+            for fut in as_completed(futures):
+                bar.update(1)
+                yield fut.result()
