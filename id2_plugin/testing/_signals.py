@@ -37,9 +37,19 @@ def check_signal_type(
     that each pair in ``matching_files`` matches and each pair in ``non_matching_files`` does not.
     """
     signal_base = require("threatexchange.signal_type.signal_base")
+    _check_declaration(signal_type, signal_base)
+    normalised = _check_examples(signal_type, signal_base, invalid_signals)
+    _check_index(signal_type, normalised)
+    if matching_files or non_matching_files:
+        if not issubclass(signal_type, signal_base.FileHasher):
+            _fail(f"{signal_type.get_name()} is not a FileHasher; it cannot hash files")
+        _check_files(signal_type, matching_files, non_matching_files)
+
+
+def _check_declaration(signal_type: type, signal_base: Any) -> None:
+    """A SignalType subclass with a lower_with_underscore name, content types and an index class."""
     index_mod = require("threatexchange.signal_type.index")
     content_base = require("threatexchange.content_type.content_base")
-
     if not (isinstance(signal_type, type) and issubclass(signal_type, signal_base.SignalType)):
         _fail(f"{signal_type!r} is not a threatexchange SignalType subclass")
     name = signal_type.get_name()
@@ -52,6 +62,9 @@ def check_signal_type(
     if not issubclass(index_cls, index_mod.SignalTypeIndex):
         _fail(f"get_index_cls() must return a SignalTypeIndex subclass, got {index_cls!r}")
 
+
+def _check_examples(signal_type: Any, signal_base: Any, invalid_signals: Sequence[str]) -> list[str]:
+    """Examples validate idempotently and match themselves; invalid signals are refused. The normalised examples."""
     examples = signal_type.get_examples()
     if not examples:
         _fail("get_examples() is empty")
@@ -71,15 +84,20 @@ def check_signal_type(
         except Exception:
             continue
         _fail(f"validate_signal_str accepted the invalid signal {bad[:40]!r}")
+    return normalised
 
+
+def _check_index(signal_type: Any, normalised: list[str]) -> None:
+    """The index finds every example, after a round trip through both loaders too, and keeps duplicates."""
+    index_mod = require("threatexchange.signal_type.index")
+    index_cls = signal_type.get_index_cls()
     entries = [(sig, {"example": i}) for i, sig in enumerate(normalised)]
     idx = index_cls.build(entries)
     _check_index_finds(idx, entries, "built index")
     buf = io.BytesIO()
     idx.serialize(buf)
     buf.seek(0)
-    restored = index_cls.deserialize(buf)
-    _check_index_finds(restored, entries, "deserialised index")
+    _check_index_finds(index_cls.deserialize(buf), entries, "deserialised index")
     # OpenMediaMatch loads every stored index through the base class, whatever its signal type.
     buf.seek(0)
     _check_index_finds(index_mod.SignalTypeIndex.deserialize(buf), entries, "index loaded by SignalTypeIndex.deserialize")
@@ -88,35 +106,37 @@ def check_signal_type(
     if {"example": 0} not in got or {"example": "again"} not in got:
         _fail(f"an index must keep every entry added under the same signal, got {got}")
 
-    if matching_files or non_matching_files:
-        if not issubclass(signal_type, signal_base.FileHasher):
-            _fail(f"{name} is not a FileHasher; it cannot hash files")
-        hashes: dict[Path, str] = {}
 
-        def hash_of(path: str | Path) -> str:
-            # Each file is hashed once: model-based hashers are expensive.
-            p = Path(path)
-            if p not in hashes:
-                hashes[p] = signal_type.hash_from_file(p)
-            return hashes[p]
+def _check_files(signal_type: Any, matching_files: Sequence[tuple[str | Path, str | Path]],
+                 non_matching_files: Sequence[tuple[str | Path, str | Path]]) -> None:
+    """Matching file pairs match (directly and through an index); non-matching ones do not."""
+    index_cls = signal_type.get_index_cls()
+    hashes: dict[Path, str] = {}
 
-        for a, b in matching_files:
-            ha, hb = hash_of(a), hash_of(b)
-            if not ha or not hb:
-                _fail(f"could not hash {a} or {b}")
-            res = signal_type.compare_hash(ha, hb)
-            if not res.match:
-                _fail(f"{a} and {b} should match (distance {res.distance.pretty_str()})")
-            found = index_cls.build([(ha, "a")]).query(hb)
-            if [m.metadata for m in found] != ["a"]:
-                _fail(f"an index holding {a} does not return it for {b}")
-        for a, b in non_matching_files:
-            ha, hb = hash_of(a), hash_of(b)
-            res = signal_type.compare_hash(ha, hb)
-            if res.match:
-                _fail(f"{a} and {b} should not match (distance {res.distance.pretty_str()})")
-            if index_cls.build([(ha, "a")]).query(hb):
-                _fail(f"an index holding {a} returns it for the unrelated {b}")
+    def hash_of(path: str | Path) -> str:
+        # Each file is hashed once: model-based hashers are expensive.
+        p = Path(path)
+        if p not in hashes:
+            hashes[p] = signal_type.hash_from_file(p)
+        return hashes[p]
+
+    for a, b in matching_files:
+        ha, hb = hash_of(a), hash_of(b)
+        if not ha or not hb:
+            _fail(f"could not hash {a} or {b}")
+        res = signal_type.compare_hash(ha, hb)
+        if not res.match:
+            _fail(f"{a} and {b} should match (distance {res.distance.pretty_str()})")
+        found = index_cls.build([(ha, "a")]).query(hb)
+        if [m.metadata for m in found] != ["a"]:
+            _fail(f"an index holding {a} does not return it for {b}")
+    for a, b in non_matching_files:
+        ha, hb = hash_of(a), hash_of(b)
+        res = signal_type.compare_hash(ha, hb)
+        if res.match:
+            _fail(f"{a} and {b} should not match (distance {res.distance.pretty_str()})")
+        if index_cls.build([(ha, "a")]).query(hb):
+            _fail(f"an index holding {a} returns it for the unrelated {b}")
 
 
 def _check_index_finds(idx: Any, entries: list[tuple[str, Any]], what: str) -> None:
