@@ -26,7 +26,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,6 +36,9 @@ from .config import EmbedderConfig, StoreConfig
 from .errors import MediaError
 from .media import MediaLimits, iter_image_files
 from .types import ReferenceRecord
+
+if TYPE_CHECKING:
+    from .stores.base import ReferenceStore
 
 #: Prefixes of environment variables forwarded to Ray workers (model location, offline mode, caches).
 _FORWARD_ENV_PREFIXES = ("ID2_", "HF_", "HUGGINGFACE_", "TORCH_HOME")
@@ -127,6 +130,75 @@ class _EmbedActor:
         return {"uri": np.array(uris), "sha256": np.array(shas), "vector": vectors, "error": np.array(errors)}
 
 
+def _driver_identity(embedder_config: EmbedderConfig, limits: MediaLimits) -> tuple[str, int]:
+    """The identity and dimension the store must match, from an embedder built once on the driver."""
+    from .identify import build_embedder
+
+    # Built on the driver to validate the config before any cluster work; the workers build their own copy.
+    embedder = build_embedder(embedder_config, limits)
+    return embedder.identity, embedder.dim
+
+
+def _hash_pass(
+    ray: Any, files: list[str], store: ReferenceStore, limits: MediaLimits, failures: list[tuple[str, str]]
+) -> tuple[list[dict[str, str]], int]:
+    """Hash in parallel, filter against the store on the driver: (files left to embed, duplicates)."""
+    hashed = ray.data.from_items([{"uri": f} for f in files]).map_batches(
+        _hash_batch, fn_kwargs={"max_bytes": limits.max_bytes}, batch_size=256, batch_format="numpy"
+    )
+    todo: list[dict[str, str]] = []
+    seen: set[str] = set()
+    duplicates = 0
+    for batch in hashed.iter_batches(batch_size=1024, batch_format="numpy"):
+        uris, shas, errs = [str(u) for u in batch["uri"]], [str(s) for s in batch["sha256"]], batch["error"]
+        known = store.contains(shas)
+        for uri, sha, err, is_known in zip(uris, shas, errs, known):
+            if err:
+                failures.append((uri, str(err)))
+            elif is_known or sha in seen:
+                duplicates += 1
+            else:
+                seen.add(sha)
+                todo.append({"uri": uri})
+    return todo, duplicates
+
+
+def _embed_dataset(
+    ray: Any, todo: list[dict[str, str]], embedder_config: EmbedderConfig, limits: MediaLimits,
+    batch_size: int, num_workers: int, num_cpus_per_worker: float,
+) -> Any:
+    """The lazy Ray dataset embedding ``todo`` on a pool of ``num_workers`` actors."""
+    return ray.data.from_items(todo).map_batches(
+        _EmbedActor,
+        fn_constructor_kwargs={
+            "embedder_config": dataclasses.asdict(embedder_config),
+            "max_pixels": limits.max_pixels,
+            "max_bytes": limits.max_bytes,
+        },
+        batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=num_workers),
+        num_cpus=num_cpus_per_worker,
+        batch_format="numpy",
+    )
+
+
+def _record_batches(
+    embedded: Any, batch_size: int, labels: Sequence[str], added_at: str, failures: list[tuple[str, str]]
+) -> Iterator[tuple[np.ndarray, list[ReferenceRecord]]]:
+    """(vectors, records) of the embedded rows as they stream back; failed rows go to ``failures``."""
+    label_tuple = tuple(labels)
+    for b in embedded.iter_batches(batch_size=batch_size, batch_format="numpy"):
+        errs = [str(e) for e in b["error"]]
+        failures.extend((str(b["uri"][i]), e) for i, e in enumerate(errs) if e)
+        ok = [i for i, e in enumerate(errs) if not e]
+        if ok:
+            recs = [
+                ReferenceRecord(sha256=str(b["sha256"][i]), uri=str(b["uri"][i]), labels=label_tuple, added_at=added_at)
+                for i in ok
+            ]
+            yield np.asarray(b["vector"], np.float32)[ok], recs
+
+
 def index_folder_ray(
     paths: Sequence[str | os.PathLike],
     embedder_config: EmbedderConfig,
@@ -148,7 +220,7 @@ def index_folder_ray(
     missing and must have been built by the same embedder. Re-running on the same input adds nothing:
     content (sha256) already stored is skipped before it is embedded.
     """
-    from .identify import build_embedder, open_store
+    from .identify import open_store
     from .stores._bulk import bulk_add
 
     if batch_size < 1 or num_workers < 1 or commit_every < 1:
@@ -156,11 +228,7 @@ def index_folder_ray(
     limits = media_limits or MediaLimits()
     # Absolute paths: workers do not share the driver's working directory.
     files = [os.path.abspath(p) for p in iter_image_files(list(paths))]
-    # Built on the driver to validate the config before any cluster work and to learn the identity and
-    # dimension the store must match; the workers build their own copy.
-    embedder = build_embedder(embedder_config, limits)
-    identity, dim = embedder.identity, embedder.dim
-    del embedder
+    identity, dim = _driver_identity(embedder_config, limits)
     store = open_store(store_config, embedder_identity=identity, dim=dim, create=True)
     failures: list[tuple[str, str]] = []
     started = False
@@ -171,71 +239,16 @@ def index_folder_ray(
         ray = require("ray")
         started = _ensure_ray(ray_address)
         ray.data.DataContext.get_current().enable_progress_bars = progress
-
-        # Pass 1: hash in parallel, filter against the store on the driver.
-        hashed = ray.data.from_items([{"uri": f} for f in files]).map_batches(
-            _hash_batch, fn_kwargs={"max_bytes": limits.max_bytes}, batch_size=256, batch_format="numpy"
-        )
-        todo: list[dict[str, str]] = []
-        seen: set[str] = set()
-        duplicates = 0
-        for batch in hashed.iter_batches(batch_size=1024, batch_format="numpy"):
-            uris, shas, errs = [str(u) for u in batch["uri"]], [str(s) for s in batch["sha256"]], batch["error"]
-            known = store.contains(shas)
-            for uri, sha, err, is_known in zip(uris, shas, errs, known):
-                if err:
-                    failures.append((uri, str(err)))
-                elif is_known or sha in seen:
-                    duplicates += 1
-                else:
-                    seen.add(sha)
-                    todo.append({"uri": uri})
-        del seen
-
-        # Pass 2: embed on an actor pool, write from the driver.
+        todo, duplicates = _hash_pass(ray, files, store, limits, failures)
         added = 0
         if todo:
-            embedded = ray.data.from_items(todo).map_batches(
-                _EmbedActor,
-                fn_constructor_kwargs={
-                    "embedder_config": dataclasses.asdict(embedder_config),
-                    "max_pixels": limits.max_pixels,
-                    "max_bytes": limits.max_bytes,
-                },
-                batch_size=batch_size,
-                compute=ray.data.ActorPoolStrategy(size=num_workers),
-                num_cpus=num_cpus_per_worker,
-                batch_format="numpy",
-            )
+            embedded = _embed_dataset(ray, todo, embedder_config, limits, batch_size, num_workers, num_cpus_per_worker)
             now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            label_tuple = tuple(labels)
-
-            def batches() -> Iterator[tuple[np.ndarray, list[ReferenceRecord]]]:
-                for b in embedded.iter_batches(batch_size=batch_size, batch_format="numpy"):
-                    errs = [str(e) for e in b["error"]]
-                    failures.extend((str(b["uri"][i]), e) for i, e in enumerate(errs) if e)
-                    ok = [i for i, e in enumerate(errs) if not e]
-                    if ok:
-                        recs = [
-                            ReferenceRecord(
-                                sha256=str(b["sha256"][i]),
-                                uri=str(b["uri"][i]),
-                                labels=label_tuple,
-                                added_at=now,
-                            )
-                            for i in ok
-                        ]
-                        yield np.asarray(b["vector"], np.float32)[ok], recs
-
-            res = bulk_add(store, batches(), commit_every=commit_every, progress="indexing" if progress else False,
-                           total=len(todo))
+            rows = _record_batches(embedded, batch_size, labels, now, failures)
+            res = bulk_add(store, rows, commit_every=commit_every, progress="indexing" if progress else False, total=len(todo))
             added, duplicates = res.added, duplicates + res.duplicates
         return RayIndexResult(
-            files=len(files),
-            added=added,
-            duplicates=duplicates,
-            failures=tuple(failures),
-            store_count=store.info().count,
+            files=len(files), added=added, duplicates=duplicates, failures=tuple(failures), store_count=store.info().count
         )
     finally:
         store.close()
