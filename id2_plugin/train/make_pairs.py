@@ -30,7 +30,7 @@ import numpy as np
 from .._lazy import require
 from ..errors import ConfigError, MediaError
 from ..media import iter_image_files, load_image
-from .pairs import Pair, write_pairs
+from ..pairs import Pair, write_pairs
 
 MANIFEST_NAME = "pairs.jsonl"
 EDITED_DIR = "edited"

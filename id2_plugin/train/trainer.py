@@ -41,7 +41,7 @@ from ..cache import LatentCache
 from ..embedders.base import LatentEncoder, Projection, l2_normalise
 from ..errors import ConfigError
 from .latents import cache_latents
-from .pairs import group_by_origin, load_pairs, manifest_digest
+from ..pairs import group_by_origin, load_pairs, manifest_digest
 
 INITS = ("random", "pca", "lda")
 
