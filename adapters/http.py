@@ -111,35 +111,87 @@ class _Capacity:
             self.inflight -= 1
 
 
-class _LimitsMiddleware:
-    """Pure ASGI middleware: admission (503) before the body is read, and the upload size limit (413)."""
+class _Rejected(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        self.status, self.message = status, message
 
-    def __init__(self, app: ASGIApp, capacity: _Capacity, max_bytes: int) -> None:
+
+class _LimitsMiddleware:
+    """Pure ASGI middleware: the size limit (413), then the whole body under its own deadline (408) in a
+    bounded upload phase, and only then admission to the model's queue (503).
+
+    Reading the body before admission means a client that trickles its upload holds an upload slot for at
+    most ``upload_timeout_s``, never a worker or queue slot: slow clients cannot lock identify out.
+    """
+
+    def __init__(self, app: ASGIApp, capacity: _Capacity, cfg: ServeConfig) -> None:
         self.app = app
         self.capacity = capacity
-        self.max_bytes = max_bytes
+        self.max_bytes = cfg.max_upload_bytes
+        self.upload_timeout_s = cfg.upload_timeout_s
+        self.uploads = _Capacity(cfg.max_uploads, 0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None:
-            try:
-                too_big = int(declared) > self.max_bytes
-            except ValueError:
-                await _error(400, "invalid Content-Length header")(scope, receive, send)
-                return
-            if too_big:
-                await _error(413, f"upload exceeds the {self.max_bytes}-byte limit (serve.max_upload_bytes)")(
-                    scope, receive, send
-                )
-                return
         heavy = (scope["method"], scope["path"].rstrip("/")) in _HEAVY
-        if heavy and not self.capacity.try_enter():
+        try:
+            self._check_declared_size(scope)
+            if not heavy:
+                await self.app(scope, self._counted(receive), send)
+                return
+            body = await self._upload(receive)
+        except _Rejected as exc:
+            await _error(exc.status, exc.message, {"Retry-After": "1"} if exc.status == 503 else None)(scope, receive, send)
+            return
+        if not self.capacity.try_enter():
             await _error(503, "server busy: all workers and queue slots are taken; retry later",
                          {"Retry-After": "1"})(scope, receive, send)
             return
+        try:
+            await self.app(scope, _replay(body, receive), send)
+        finally:
+            self.capacity.leave()
+
+    def _check_declared_size(self, scope: Scope) -> None:
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is None:
+            return
+        try:
+            too_big = int(declared) > self.max_bytes
+        except ValueError:
+            raise _Rejected(400, "invalid Content-Length header") from None
+        if too_big:
+            raise _Rejected(413, f"upload exceeds the {self.max_bytes}-byte limit (serve.max_upload_bytes)")
+
+    async def _upload(self, receive: Receive) -> bytes:
+        """The whole body, within the byte budget and the upload deadline, holding one upload slot."""
+        if not self.uploads.try_enter():
+            raise _Rejected(503, "server busy: too many uploads in progress (serve.max_uploads); retry later")
+        try:
+            return await asyncio.wait_for(self._read_all(receive), timeout=self.upload_timeout_s)
+        except asyncio.TimeoutError:
+            raise _Rejected(408, f"upload too slow: the body did not arrive within {self.upload_timeout_s:g} s "
+                                 "(serve.upload_timeout_s)") from None
+        finally:
+            self.uploads.leave()
+
+    async def _read_all(self, receive: Receive) -> bytes:
+        chunks, received = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Rejected(400, "client disconnected during the upload")
+            body = message.get("body", b"")
+            received += len(body)
+            if received > self.max_bytes:
+                raise _Rejected(413, f"upload exceeds the {self.max_bytes}-byte limit (serve.max_upload_bytes)")
+            chunks.append(body)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    def _counted(self, receive: Receive) -> Receive:
         received = 0
 
         async def counted_receive() -> Message:
@@ -151,11 +203,21 @@ class _LimitsMiddleware:
                     raise HTTPException(413, f"upload exceeds the {self.max_bytes}-byte limit (serve.max_upload_bytes)")
             return message
 
-        try:
-            await self.app(scope, counted_receive, send)
-        finally:
-            if heavy:
-                self.capacity.leave()
+        return counted_receive
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that hands the app the buffered body once, then the real channel (for disconnects)."""
+    sent = False
+
+    async def replayed() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
 
 
 class _Service:
@@ -292,7 +354,7 @@ def create_app(
         description="Find the original of an AI-edited or degraded image in a reference store (ID2).",
         lifespan=lifespan,
     )
-    app.add_middleware(_LimitsMiddleware, capacity=capacity, max_bytes=cfg.max_upload_bytes)
+    app.add_middleware(_LimitsMiddleware, capacity=capacity, cfg=cfg)
 
     def service() -> _Service:
         svc = holder.get("service")
@@ -310,8 +372,8 @@ def _check_serve_config(cfg: ServeConfig) -> None:
     if cfg.max_concurrency < 1 or cfg.queue_size < 0:
         raise ConfigError(f"serve.max_concurrency={cfg.max_concurrency} must be >= 1 and serve.queue_size="
                           f"{cfg.queue_size} >= 0")
-    if cfg.max_upload_bytes < 1 or cfg.request_timeout_s <= 0:
-        raise ConfigError("serve.max_upload_bytes and serve.request_timeout_s must be positive")
+    if cfg.max_upload_bytes < 1 or cfg.request_timeout_s <= 0 or cfg.upload_timeout_s <= 0 or cfg.max_uploads < 1:
+        raise ConfigError("serve.max_upload_bytes, request_timeout_s, upload_timeout_s and max_uploads must be positive")
 
 
 def _add_error_handlers(app: FastAPI) -> None:

@@ -122,6 +122,10 @@ class ServeConfig:
     request_timeout_s: float = 30.0
     max_concurrency: int = 2
     queue_size: int = 16
+    #: seconds a client has to send a whole body; slower uploads get 408 and never hold a worker or queue slot
+    upload_timeout_s: float = 10.0
+    #: bodies received at the same time (the upload phase is bounded apart from the model's queue)
+    max_uploads: int = 32
 
 
 @dataclass(frozen=True)

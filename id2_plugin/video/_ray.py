@@ -24,8 +24,8 @@ class _RayScanner:
     """Ray Data actor: builds the embedder and opens the store once, then scans one video per row."""
 
     def __init__(self, config: dict[str, Any], options: dict[str, Any]) -> None:
-        from .config import load_config
-        from .pipeline import Pipeline
+        from ..config import load_config
+        from ..pipeline import Pipeline
 
         cfg = load_config(None, config)
         self.pipeline = Pipeline.from_config(cfg)
@@ -85,6 +85,6 @@ def scan_videos_ray(
 
 
 def _check_store_on_driver(config: Config) -> None:
-    from .pipeline import Pipeline
+    from ..pipeline import Pipeline
 
     Pipeline.from_config(config).close()

@@ -184,6 +184,31 @@ def test_full_queue_gets_503_and_timeouts_504(identifier, photo_paths) -> None:
         assert client.post("/v1/identify", content=data).status_code == 200
 
 
+def test_trickling_uploads_do_not_lock_identify_out(identifier, photo_paths) -> None:
+    """18 clients sending a body byte by byte hold no worker or queue slot (3 here): identify still answers,
+    and each trickler is cut off with 408 at the upload deadline."""
+    app = _app(identifier, max_concurrency=1, queue_size=2, upload_timeout_s=2.0)
+    data = photo_paths[0].read_bytes()
+    head = (b"POST /v1/identify HTTP/1.1\r\nHost: t\r\nContent-Type: application/octet-stream\r\n"
+            b"Content-Length: 100000\r\n\r\nx")
+    with running(app) as url:
+        port = int(url.rsplit(":", 1)[1])
+        slow = [socket.create_connection(("127.0.0.1", port)) for _ in range(18)]
+        try:
+            for s in slow:
+                s.sendall(head)
+            time.sleep(0.3)
+            with httpx.Client(base_url=url, timeout=60) as c:
+                r = c.post("/v1/identify", content=data, headers={"content-type": "application/octet-stream"})
+            assert r.status_code == 200, r.text
+            slow[0].settimeout(15)
+            status_line = slow[0].recv(4096).split(b"\r\n")[0]
+            assert b" 408 " in status_line, status_line
+        finally:
+            for s in slow:
+                s.close()
+
+
 def test_load_200_requests_8_concurrent_and_no_lost_writes(identifier, photo_paths, edited_copies) -> None:
     """8 clients: 16 concurrent reference uploads all land; then 200 identifications, none fails."""
     refs = photo_paths[:16]
