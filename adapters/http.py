@@ -28,8 +28,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hmac
+import json
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -312,9 +315,29 @@ async def _read_uploads(request: Request, *, many: bool) -> tuple[list[tuple[str
     return [("upload", body)], []
 
 
-def _report_json(pipeline: Pipeline, data: bytes, name: str) -> dict[str, Any]:
+def _report_json(pipeline: Pipeline, data: bytes, name: str, expose_paths: bool) -> dict[str, Any]:
     report = pipeline.identify(data)
+    if not expose_paths:
+        report = dataclasses.replace(report, matches=tuple(dataclasses.replace(m, uri=public_uri(m.uri))
+                                                           for m in report.matches))
     return dataclasses.replace(report, query=name).to_dict()
+
+
+#: an absolute POSIX or Windows path inside a message (not a URL's path: no "scheme:" just before it)
+_PATH = re.compile(r"(?<![\w:/])(?:[A-Za-z]:\\|/)(?:[^\s'\"<>|,;()]+[/\\])+([^\s'\"<>|,;()/\\]*)")
+
+
+def public_uri(uri: str) -> str:
+    """A reference uri as clients see it: a server file path becomes its file name; other uris stay."""
+    path = uri[len("file://"):] if uri.startswith("file://") else uri
+    if os.path.isabs(path) or re.match(r"^[A-Za-z]:[\\/]", path):
+        return os.path.basename(path.rstrip("/\\")) or uri
+    return uri
+
+
+def redact_paths(text: str) -> str:
+    """``text`` with every absolute server path cut to ``.../name``."""
+    return _PATH.sub(lambda m: f".../{m.group(1)}", text)
 
 
 def create_app(
@@ -362,7 +385,7 @@ def create_app(
             raise HTTPException(503, "the model is still loading")
         return svc
 
-    _add_error_handlers(app)
+    _add_error_handlers(app, cfg)
     _add_read_routes(app, service, capacity)
     _add_write_routes(app, service)
     return app
@@ -376,20 +399,23 @@ def _check_serve_config(cfg: ServeConfig) -> None:
         raise ConfigError("serve.max_upload_bytes, request_timeout_s, upload_timeout_s and max_uploads must be positive")
 
 
-def _add_error_handlers(app: FastAPI) -> None:
+def _add_error_handlers(app: FastAPI, cfg: ServeConfig) -> None:
     """Library errors as HTTP answers: bad media 422, store trouble 503, anything else of ours 500."""
+
+    def said(exc: Exception) -> str:
+        return str(exc) if cfg.expose_paths else redact_paths(str(exc))
 
     @app.exception_handler(MediaError)
     async def _media_error(_: Request, exc: MediaError) -> JSONResponse:
-        return _error(422, f"not a usable image: {exc}")
+        return _error(422, f"not a usable image: {said(exc)}")
 
     @app.exception_handler(StoreError)
     async def _store_error(_: Request, exc: StoreError) -> JSONResponse:
-        return _error(503, f"reference store unavailable: {exc}")
+        return _error(503, f"reference store unavailable: {said(exc)}")
 
     @app.exception_handler(Id2Error)
     async def _id2_error(_: Request, exc: Id2Error) -> JSONResponse:
-        return _error(500, str(exc))
+        return _error(500, said(exc))
 
 
 def _add_read_routes(app: FastAPI, service: Callable[[], _Service], capacity: _Capacity) -> None:
@@ -415,7 +441,7 @@ def _add_read_routes(app: FastAPI, service: Callable[[], _Service], capacity: _C
         name, data = uploads[0]
         if not data:
             raise HTTPException(422, "empty upload: send the image bytes")
-        return await svc.run(_report_json, svc.pipeline, data, name, deadline=deadline)
+        return await svc.run(_report_json, svc.pipeline, data, name, svc.cfg.expose_paths, deadline=deadline)
 
 
 def _info_json(svc: _Service, store_info: Any, capacity: _Capacity) -> dict[str, Any]:
@@ -428,7 +454,7 @@ def _info_json(svc: _Service, store_info: Any, capacity: _Capacity) -> dict[str,
         "dim": p.embedder.dim,
         "k": p.k,
         "threshold": p.threshold,
-        "store": store_info.to_dict(),
+        "store": _public_store_info(store_info.to_dict(), cfg.expose_paths),
         "writes_enabled": bool(cfg.token),
         "load": {"admitted": capacity.inflight, "workers_busy": svc.busy},
         "limits": {
@@ -438,6 +464,12 @@ def _info_json(svc: _Service, store_info: Any, capacity: _Capacity) -> dict[str,
             "queue_size": cfg.queue_size,
         },
     }
+
+
+def _public_store_info(info: dict[str, Any], expose_paths: bool) -> dict[str, Any]:
+    if expose_paths:
+        return info
+    return dict(info, location=public_uri(str(info["location"])), extra=json.loads(redact_paths(json.dumps(info["extra"]))))
 
 
 def _add_write_routes(app: FastAPI, service: Callable[[], _Service]) -> None:
@@ -458,9 +490,10 @@ def _add_write_routes(app: FastAPI, service: Callable[[], _Service]) -> None:
         items = [Upload(data, uri if (uri and len(uploads) == 1) else f"upload:{name}", name=name)
                  for name, data in uploads]
         async with svc.write_lock:
-            res = await svc.run(svc.pipeline.add_uploads, items, labels, deadline=deadline)
+            res = await svc.run(functools.partial(svc.pipeline.add_uploads, items, labels=labels), deadline=deadline)
         body = {
-            "added": [{"id": rid, "sha256": rec.sha256, "uri": rec.uri} for rid, rec in res.added],
+            "added": [{"id": rid, "sha256": rec.sha256, "uri": rec.uri if svc.cfg.expose_paths else public_uri(rec.uri)}
+                      for rid, rec in res.added],
             "duplicates": res.duplicates,
             "errors": [{"name": name, "error": why} for name, why in res.failures],
         }

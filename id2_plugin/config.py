@@ -126,6 +126,8 @@ class ServeConfig:
     upload_timeout_s: float = 10.0
     #: bodies received at the same time (the upload phase is bounded apart from the model's queue)
     max_uploads: int = 32
+    #: show server file paths (reference uris, store location, error details) to clients; off: file names only
+    expose_paths: bool = False
 
 
 @dataclass(frozen=True)
@@ -171,8 +173,18 @@ class Config:
         d.pop("source")
         return d
 
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+    def to_yaml(self, *, mask_secrets: bool = False) -> str:
+        """The config as YAML; ``mask_secrets`` prints ``serve.token`` and ``store.api_key`` as ``"***"``."""
+        doc = self.to_dict()
+        if mask_secrets:
+            for section, key in SECRET_KEYS:
+                if doc.get(section, {}).get(key):
+                    doc[section][key] = "***"
+        return yaml.safe_dump(doc, sort_keys=False)
+
+
+#: (section, key) of the values that are credentials: never printed in clear
+SECRET_KEYS = (("serve", "token"), ("store", "api_key"))
 
 
 def _check_type(key: str, value: Any, tp: Any) -> Any:

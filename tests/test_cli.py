@@ -91,6 +91,9 @@ def test_usage_and_config_errors(runner: CliRunner, tmp_path: Path) -> None:
     assert res.exit_code == 2 and "match.kk" in res.output
     res = runner.invoke(cli, ["--set", "match.k=4", "config", "show"])
     assert res.exit_code == 0 and "k: 4" in res.output
+    res = runner.invoke(cli, ["--set", "serve.token=tok-31337", "--set", "store.api_key=key-4242", "config", "show"])
+    assert res.exit_code == 0 and "tok-31337" not in res.output and "key-4242" not in res.output
+    assert res.output.count("'***'") == 2
     res = runner.invoke(cli, ["--set", f"store.path={tmp_path / 'none'}", "query", str(tmp_path)])
     assert res.exit_code == 2 and "store" in res.output.lower()
     assert runner.invoke(cli, ["query"]).exit_code == 2
@@ -103,3 +106,9 @@ def test_console_script_runs() -> None:
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "id2_plugin.cli"]
     out = subprocess.run([*cmd, "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "index" in out.stdout and "query" in out.stdout
+
+
+def test_serve_without_the_http_extra_names_it(runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # what an install without [http] looks like to import
+    res = runner.invoke(cli, ["serve"])
+    assert res.exit_code == 2 and "id2-plugin[http]" in res.output and "Traceback" not in res.output

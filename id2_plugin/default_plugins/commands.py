@@ -193,7 +193,7 @@ def config_show(ctx: click.Context) -> None:
     why = "" if cfg.embedder.name != "auto" else (
         " (SSCD resolved)" if active == "fused" else f" (SSCD unavailable: {(sscd_available(cfg.embedder) or '').splitlines()[0]})")
     click.echo(f"# active embedder: {active}{why}")
-    click.echo(cfg.to_yaml(), nl=False)
+    click.echo(cfg.to_yaml(mask_secrets=True), nl=False)
 
 
 @hookimpl

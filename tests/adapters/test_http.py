@@ -122,6 +122,22 @@ def test_bad_media_gets_a_clear_422(identifier) -> None:
         assert r.status_code == 422 and r.json()["errors"][0]["name"] == "bad.jpg"
 
 
+def test_responses_name_no_server_paths_unless_configured(identifier, photo_paths) -> None:
+    from id2_plugin.pipeline import Pipeline
+
+    ctx = identifier.context
+    Pipeline(ctx.embedder, ctx.store).add_files([photo_paths[3]])
+    data = photo_paths[3].read_bytes()
+    server_dir = str(photo_paths[3].resolve().parent)
+    for expose in (False, True):
+        with running(_app(identifier, expose_paths=expose)) as url, httpx.Client(base_url=url, timeout=60) as c:
+            best = c.post("/v1/identify", content=data).json()["best"]
+            info = c.get("/v1/info").json()
+        shown = str(best["uri"]) + str(info["store"])
+        assert (server_dir in shown) is expose, shown
+        assert best["uri"].endswith(photo_paths[3].name)
+
+
 def test_upload_limit_413_declared_and_streamed(identifier, photo_paths) -> None:
     data = photo_paths[0].read_bytes()
     limit = len(data) // 2
