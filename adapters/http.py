@@ -47,7 +47,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from id2_plugin.config import Config, ServeConfig
 from id2_plugin.errors import ConfigError, Id2Error, MediaError, StoreError
-from id2_plugin.identify import Identifier
+from id2_plugin.identify import Identifier, match_options
 from id2_plugin.types import ReferenceRecord
 
 __all__ = ["build_identifier", "create_app", "serve", "token_from_env"]
@@ -442,9 +442,9 @@ def build_identifier(cfg: Config, *, create_store: bool = False) -> Identifier:
     from id2_plugin.identify import build_embedder, open_store
     from id2_plugin.media import MediaLimits
 
-    embedder = build_embedder(cfg.embedder, MediaLimits(cfg.media.max_pixels, cfg.media.max_bytes))
+    embedder = build_embedder(cfg.embedder, MediaLimits.from_config(cfg.media))
     store = open_store(cfg.store, embedder_identity=embedder.identity, dim=embedder.dim, create=create_store)
-    return Identifier(embedder, store, k=cfg.match.k, threshold=cfg.match.threshold)
+    return Identifier(embedder, store, **match_options(cfg))
 
 
 def serve(

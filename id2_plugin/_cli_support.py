@@ -92,5 +92,17 @@ def config_from_flags(ctx: click.Context, **flags: Any) -> Config:
             "embedder.batch_size": flags.get("batch_size"),
             "match.k": flags.get("k"),
             "match.threshold": flags.get("threshold"),
+            "match.rotations": flags.get("rotations"),
+            "match.mirror": flags.get("mirror"),
         }
     )
+
+
+def parse_rotations(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
+    """``"0,90,180"`` -> ``[0, 90, 180]`` (validated by the config: 0, 90, 180, 270)."""
+    if value is None:
+        return None
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected degrees separated by commas, e.g. 0,90,180,270") from None

@@ -9,7 +9,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from .config import Config, EmbedderConfig, StoreConfig
+from .framing import best_over_orientations, orient, orientation_variants
 from ._lazy import require
 from .errors import ConfigError, Id2Error
 from .media import MediaLike, MediaLimits
@@ -172,21 +175,26 @@ class IdentifyContext:
     store: ReferenceStore
     k: int = 5
     threshold: float = 0.5
+    #: query-time rotations searched (``match.rotations``) and whether mirrored too (``match.mirror``)
+    rotations: tuple[int, ...] = (0,)
+    mirror: bool = False
 
 
 class Identifier:
     """A ready pipeline: reuse one instance for many queries (the model loads once)."""
 
-    def __init__(self, embedder: ImageEmbedder, store: ReferenceStore, *, k: int = 5, threshold: float = 0.5) -> None:
+    def __init__(self, embedder: ImageEmbedder, store: ReferenceStore, *, k: int = 5, threshold: float = 0.5,
+                 rotations: tuple[int, ...] = (0,), mirror: bool = False) -> None:
         store.check_compatible(embedder.identity)
-        self.context = IdentifyContext(embedder=embedder, store=store, k=k, threshold=threshold)
+        self.context = IdentifyContext(embedder=embedder, store=store, k=k, threshold=threshold,
+                                       rotations=tuple(rotations), mirror=mirror)
 
     @classmethod
     def from_config(cls, cfg: Config) -> Identifier:
-        limits = MediaLimits(max_pixels=cfg.media.max_pixels, max_bytes=cfg.media.max_bytes)
+        limits = MediaLimits.from_config(cfg.media)
         embedder = build_embedder(cfg.embedder, limits)
         store = open_store(cfg.store, embedder_identity=embedder.identity, dim=embedder.dim, create=False)
-        return cls(embedder, store, k=cfg.match.k, threshold=cfg.match.threshold)
+        return cls(embedder, store, **match_options(cfg))
 
     def identify(self, media: MediaLike) -> OriginReport:
         """Run the ``id2_identify_origin`` hook (plugins first, the built-in search last)."""
@@ -196,15 +204,40 @@ class Identifier:
         return report  # type: ignore[no-any-return]
 
 
+def match_options(cfg: Config) -> dict[str, Any]:
+    """The :class:`Identifier` keyword arguments the ``match`` config section sets."""
+    m = cfg.match
+    return dict(k=m.k, threshold=m.threshold, rotations=tuple(m.rotations), mirror=m.mirror)
+
+
 def with_signal_scores(embedder: ImageEmbedder, store: ReferenceStore, vector: Any, matches: list[Match]) -> list[Match]:
-    """``matches`` with each signal's own cosine attached, when the embedding has several signals."""
+    """``matches`` with each signal's own cosine attached, when the embedding has several signals.
+
+    ``vector`` is the query's embedding, or one row per match (the query variant each match came from).
+    """
     if len(embedder.signals) < 2 or not matches:
         return matches
     refs = store.fetch_vectors([m.reference_id for m in matches])
     if refs is None:
         return matches
-    per = embedder.signal_scores(vector, refs)
+    queries = np.broadcast_to(np.atleast_2d(vector), (len(matches), refs.shape[1]))
+    per = [embedder.signal_scores(q, r[None])[0] for q, r in zip(queries, refs)]
     return [dataclasses.replace(m, signals=tuple(s.items())) for m, s in zip(matches, per)]
+
+
+def _embed_orientations(image: np.ndarray, context: IdentifyContext) -> tuple[list[tuple[int, bool]], np.ndarray]:
+    """Every orientation variant the context asks for, and the embedding of the normalised ``image`` under it."""
+    variants = orientation_variants(context.rotations, context.mirror)
+    return variants, context.embedder.embed_arrays(np.stack([orient(image, r, m) for r, m in variants]))
+
+
+def _search_orientations(variants: list[tuple[int, bool]], vecs: np.ndarray, context: IdentifyContext) -> tuple[list[Match], np.ndarray]:
+    """Top matches over the variants (best score per reference) and the vector each one came from."""
+    per_variant = context.store.query(vecs, k=context.k)
+    if len(variants) == 1:
+        return per_variant[0], vecs[0]
+    ranked = best_over_orientations(per_variant, variants, context.k)
+    return [m for m, _ in ranked], vecs[[vi for _, vi in ranked]]
 
 
 def search(media: MediaLike, context: IdentifyContext) -> OriginReport:
@@ -214,9 +247,10 @@ def search(media: MediaLike, context: IdentifyContext) -> OriginReport:
     t0 = time.perf_counter()
     image = context.embedder.normalise(media)
     t1 = time.perf_counter()
-    vec = context.embedder.embed_arrays(image[None])
+    variants, vecs = _embed_orientations(image, context)
     t2 = time.perf_counter()
-    matches = with_signal_scores(context.embedder, context.store, vec[0], context.store.query(vec, k=context.k)[0])
+    found, vectors = _search_orientations(variants, vecs, context)
+    matches = with_signal_scores(context.embedder, context.store, vectors, found)
     t3 = time.perf_counter()
     best = matches[0].score if matches else float("-inf")
     return OriginReport(

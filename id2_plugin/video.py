@@ -669,7 +669,7 @@ class _RayScanner:
         from .media import MediaLimits
 
         cfg = load_config(None, config)
-        self.embedder = build_embedder(cfg.embedder, MediaLimits(cfg.media.max_pixels, cfg.media.max_bytes))
+        self.embedder = build_embedder(cfg.embedder, MediaLimits.from_config(cfg.media))
         self.store = open_store(cfg.store, embedder_identity=self.embedder.identity, dim=self.embedder.dim,
                                 create=False)
         self.store.check_compatible(self.embedder.identity)

@@ -97,7 +97,7 @@ def robustness_command(ctx: click.Context, pairs: str | None, photos: str | None
         "embedder.name": embedder_name, "embedder.projection": projection, "embedder.device": device,
         "embedder.batch_size": batch_size,
     })
-    limits = MediaLimits(cfg.media.max_pixels, cfg.media.max_bytes)
+    limits = MediaLimits.from_config(cfg.media)
     needs_model = names is None or bool({"id2", "vae_raw", "sscd", "fused"} & set(names))
     embedder = build_embedder(cfg.embedder, limits) if needs_model else None
     method_list = build_methods(embedder, names, cache_root=cache_dir, use_cache=not no_cache)

@@ -14,7 +14,9 @@ import numpy as np
 import pluggy
 
 from .._files import sha256_file_or_none
-from .._cli_support import EXIT_OK, EXIT_SOFT_FAIL, config_from_flags, config_option_flags, echo_json, get_state, handle_errors
+from .._cli_support import (
+    EXIT_OK, EXIT_SOFT_FAIL, config_from_flags, config_option_flags, echo_json, get_state, handle_errors, parse_rotations,
+)
 from ..errors import MediaError
 from ..media import describe, iter_image_files
 from ..types import ReferenceRecord
@@ -47,7 +49,7 @@ def index_add(ctx: click.Context, paths: tuple[str, ...], labels: tuple[str, ...
     if index_type:
         cfg = dataclasses.replace(cfg, store=dataclasses.replace(cfg.store, index=index_type))
     files = iter_image_files(list(paths))
-    embedder = build_embedder(cfg.embedder, MediaLimits(cfg.media.max_pixels, cfg.media.max_bytes))
+    embedder = build_embedder(cfg.embedder, MediaLimits.from_config(cfg.media))
     store = open_store(cfg.store, embedder_identity=embedder.identity, dim=embedder.dim, create=True)
     store.check_compatible(embedder.identity)
     hashes = {f: sha256_file_or_none(f) for f in files}
@@ -124,6 +126,9 @@ def index_remove(ctx: click.Context, keys: tuple[str, ...], **flags: Any) -> Non
 @click.option("--k", type=int, default=None, help="Matches to return per query (match.k).")
 @click.option("--threshold", type=float, default=None, help="Decision threshold on the cosine score (match.threshold).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON report per line.")
+@click.option("--rotations", callback=parse_rotations, default=None,
+              help="Also search the query turned by these degrees, e.g. 0,90,180,270 (match.rotations; k variants = k embeddings).")
+@click.option("--mirror/--no-mirror", default=None, help="Also search each rotation mirrored (match.mirror; doubles the cost).")
 @config_option_flags
 @click.pass_context
 @handle_errors
@@ -159,7 +164,8 @@ def _query_paths(ident: Any, paths: list[Path], as_json: bool) -> bool:
         click.echo(f"{path}: {report.decision.upper()} (threshold {report.threshold:.3f})")
         for m in report.matches:
             evidence = "".join(f" {name}={score:.3f}" for name, score in m.signals)
-            click.echo(f"  #{m.rank} score={m.score:.4f}{evidence} id={m.reference_id} {m.uri}")
+            turned = f" ({m.orientation})" if m.orientation else ""
+            click.echo(f"  #{m.rank} score={m.score:.4f}{evidence}{turned} id={m.reference_id} {m.uri}")
     return soft_fail
 
 

@@ -55,7 +55,7 @@ def index_add_ray(ctx: click.Context, paths: tuple[str, ...], labels: tuple[str,
         num_workers=workers,
         num_cpus_per_worker=cpus_per_worker,
         commit_every=commit_every,
-        media_limits=MediaLimits(cfg.media.max_pixels, cfg.media.max_bytes),
+        media_limits=MediaLimits.from_config(cfg.media),
         ray_address=ray_address,
         progress=not no_progress,
     )

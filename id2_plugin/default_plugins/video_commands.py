@@ -68,7 +68,7 @@ def scan_video_command(ctx: click.Context, paths: tuple[str, ...], keyframes_onl
             reports = scan_videos_ray(files, cfg, batch_size=cfg.embedder.batch_size, concurrency=ray_workers,
                                       num_cpus=cpus_per_worker, ray_address=ray_address, progress=True, **options)
         else:
-            embedder = build_embedder(cfg.embedder, MediaLimits(cfg.media.max_pixels, cfg.media.max_bytes))
+            embedder = build_embedder(cfg.embedder, MediaLimits.from_config(cfg.media))
             store = stack.enter_context(
                 open_store(cfg.store, embedder_identity=embedder.identity, dim=embedder.dim, create=False))
             store.check_compatible(embedder.identity)
