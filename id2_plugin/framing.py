@@ -36,6 +36,11 @@ class BorderTrim:
     #: mean difference (0-255) between the border colour and the content just inside it: a pasted border
     #: ends in a step, a natural flat background (sky, studio wall) fades into the subject and is kept
     min_step: float = 24.0
+    #: ... or the border is one exact colour (median drift at most ``flat_drift``) and the line colour
+    #: jumps by at least ``min_jump`` where it ends: black bars beside a dark scene have no big step, but
+    #: a natural background drifts and fades instead of jumping
+    flat_drift: float = 2.0
+    min_jump: float = 8.0
 
 
 def _uniform_lines(rgb: np.ndarray, trim: BorderTrim) -> tuple[np.ndarray, np.ndarray]:
@@ -70,7 +75,15 @@ def _border_run(rgb: np.ndarray, trim: BorderTrim) -> int:
         return n
     inside = rgb[min(n + _EDGE_BLUR, len(rgb) - 1)].astype(np.int16)
     step = np.abs(inside - colour[0].astype(np.int16)).max(axis=1).mean()
-    return n if step >= trim.min_step else 0
+    return n if step >= trim.min_step or _flat_then_jump(colour, n, trim) else 0
+
+
+def _flat_then_jump(colour: np.ndarray, n: int, trim: BorderTrim) -> bool:
+    """Is the run of ``n`` lines one exact colour, followed by a jump of the line colour?"""
+    c = colour.astype(np.float32)
+    drift = np.abs(c[:n] - c[0]).max()
+    jump = np.abs(c[min(n + _EDGE_BLUR, len(c) - 1)] - c[n - 1]).max()
+    return bool(drift <= trim.flat_drift and jump >= trim.min_jump)
 
 
 def _edge_runs(rgb: np.ndarray, trim: BorderTrim) -> tuple[int, int]:

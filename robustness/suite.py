@@ -504,7 +504,7 @@ def run_robustness(
             bar.set_postfix_str(attack.label)
         attacked = [attack(img, attack_seed(seed, attack, name)) for img, name in zip(queries, q_names)]
         for pol, members in variants:
-            q_arr = np.stack([to_rgb_array(a, size, policy=pol) for a in attacked])  # type: ignore[arg-type]
+            q_arr = np.stack([to_rgb_array(a, size, policy=pol, limits=limits) for a in attacked])  # type: ignore[arg-type]
             for series, method in members:
                 q_emb = embed_images(method, q_arr, progress=f"{series.name}: {attack.label}" if progress else False)
                 scores = np.asarray(method.similarity(q_emb, ref_emb[series.name]), dtype=np.float64)
