@@ -26,6 +26,7 @@ from .errors import (
 )
 from .calibrate import Calibration, calibrate_threshold
 from .evaluate import Metrics, compute_metrics, evaluate_methods
+from .explain import Explanation, LocalMatches, explain_match
 from .identify import IdentifyContext, Identifier, build_embedder, open_store
 from .media import MediaLimits, load_image, to_rgb_array
 from .plugins import get_plugin_manager
@@ -47,6 +48,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "Embedder",
+    "Explanation",
     "FusedEmbedder",
     "FusionFit",
     "Id2Error",
@@ -55,6 +57,7 @@ __all__ = [
     "Identifier",
     "IncompatibleStoreError",
     "LatentEncoder",
+    "LocalMatches",
     "Match",
     "MediaError",
     "MediaLimits",
@@ -74,6 +77,7 @@ __all__ = [
     "calibrate_threshold",
     "compute_metrics",
     "evaluate_methods",
+    "explain_match",
     "get_plugin_manager",
     "hookimpl",
     "iter_frames",
