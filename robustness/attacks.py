@@ -86,17 +86,23 @@ class Attack(ABC):
         return f"{type(self).__name__}({self.intensity:g}{extra})"
 
 
-class Identity(Attack):
-    """No change: the clean baseline every curve starts from."""
+class _OneLevel(Attack):
+    """An attack with no strength to vary: one level, labelled by the family name alone."""
 
-    name = "clean"
+    default_intensity = 0.0
 
-    def __init__(self, intensity: float = 0.0) -> None:
-        super().__init__(intensity)
+    def __init__(self, intensity: float | None = None) -> None:
+        super().__init__(self.default_intensity if intensity is None else intensity)
 
     @property
     def label(self) -> str:
-        return "clean"
+        return self.name
+
+
+class Identity(_OneLevel):
+    """No change: the clean baseline every curve starts from."""
+
+    name = "clean"
 
     def apply(self, rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return rgb.copy()
@@ -251,17 +257,11 @@ class Rotate(Attack):
         return np.rot90(rgb, k=int(self.intensity) // 90)
 
 
-class Mirror(Attack):
+class Mirror(_OneLevel):
     """A left-right flip (the one level is 1)."""
 
     name = "mirror"
-
-    def __init__(self, intensity: float = 1.0) -> None:
-        super().__init__(intensity)
-
-    @property
-    def label(self) -> str:
-        return "mirror"
+    default_intensity = 1.0
 
     def apply(self, rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return rgb[:, ::-1]
