@@ -5,7 +5,8 @@
 Gallery = the query photos' origins + distractors from the shared photos, embedded by the default embedder
 (fused id2 + SSCD when SSCD resolves). Each query is an origin re-framed: shown inside a 640x360 black
 frame (letterbox / pillarbox, JPEG q85), pasted centred on a white canvas twice its size, turned 90 degrees
-clockwise, mirrored. Reported per condition: mean cosine to the origin and top-1 over the gallery, with
+clockwise, mirrored. Reported per condition: mean cosine to the origin, top-1 over the gallery and the
+share reported as a MATCH (top-1 and at least ``match.threshold``, the decision ``query`` prints), with
 ``media.unletterbox`` off and on (borders), and ``match.rotations`` / ``match.mirror`` off and on (turns),
 plus the embedding time per query, which grows with the number of orientation variants. Nothing is written
 except ``--save``.
@@ -55,11 +56,12 @@ def best_scores(embedder, images: list[np.ndarray], gallery: np.ndarray, rotatio
     return scores, seconds
 
 
-def row(name: str, setting: str, scores: np.ndarray, seconds: float) -> str:
+def row(name: str, setting: str, scores: np.ndarray, seconds: float, threshold: float) -> str:
     n = len(scores)
     own = scores[np.arange(n), np.arange(n)]
-    top1 = float((scores.argmax(axis=1) == np.arange(n)).mean())
-    return f"| {name} | {setting} | {own.mean():.3f} | {top1:.2f} | {seconds:.2f} |"
+    top = scores.argmax(axis=1) == np.arange(n)
+    matched = float((top & (own >= threshold)).mean())
+    return f"| {name} | {setting} | {own.mean():.3f} | {top.mean():.2f} | {matched:.2f} | {seconds:.2f} |"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,18 +84,20 @@ def main(argv: list[str] | None = None) -> int:
     gallery = on.embed_arrays(np.stack([on.normalise(p) for p in [*origins, *distractors]]))
     photos = [load_image(p) for p in origins]
     lines = [f"embedder: `{on.identity}`", f"gallery: {len(gallery)} photos ({len(origins)} queried origins)", "",
-             "| query | setting | mean cosine to origin | top-1 | embed s/query |", "|---|---|---|---|---|"]
+             f"| query | setting | mean cosine to origin | top-1 | MATCH at {cfg.match.threshold} | embed s/query |",
+             "|---|---|---|---|---|---|"]
+    t = cfg.match.threshold
     for name, edit in (("640x360 letterbox/pillarbox", letterboxed), ("2x white canvas", on_canvas)):
         queries = [edit(p) for p in photos]
         for label, emb in (("unletterbox off", off), ("unletterbox on", on)):
-            lines.append(row(name, label, *best_scores(emb, [emb.normalise(q) for q in queries], gallery)))
+            lines.append(row(name, label, *best_scores(emb, [emb.normalise(q) for q in queries], gallery), t))
     turns = (("rotated 90 deg", lambda a: np.rot90(a, k=-1), {"rotations": (0, 90, 180, 270)}),
              ("mirrored", lambda a: a[:, ::-1], {"mirror": True}))
     for name, edit, option in turns:
         images = [on.normalise(np.ascontiguousarray(edit(np.asarray(p)))) for p in photos]
-        lines.append(row(name, "upright only", *best_scores(on, images, gallery)))
+        lines.append(row(name, "upright only", *best_scores(on, images, gallery), t))
         setting = ", ".join(f"{k}={list(v) if isinstance(v, tuple) else v}" for k, v in option.items())
-        lines.append(row(name, setting, *best_scores(on, images, gallery, **option)))
+        lines.append(row(name, setting, *best_scores(on, images, gallery, **option), t))
     text = "\n".join(lines)
     print(text)
     if args.save:

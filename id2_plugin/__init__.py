@@ -26,7 +26,7 @@ from .errors import (
 )
 from .calibrate import Calibration, calibrate_threshold
 from .evaluate import Metrics, compute_metrics, evaluate_methods
-from .explain import Explanation, LocalMatches, explain_match
+from .explain import Explanation, LocalMatches, explain_match, explain_pair, render_explanation
 from .identify import IdentifyContext, Identifier, build_embedder, open_store
 from .media import MediaLimits, load_image, to_rgb_array
 from .plugins import get_plugin_manager
@@ -78,12 +78,14 @@ __all__ = [
     "compute_metrics",
     "evaluate_methods",
     "explain_match",
+    "explain_pair",
     "get_plugin_manager",
     "hookimpl",
     "iter_frames",
     "load_config",
     "load_image",
     "open_store",
+    "render_explanation",
     "scan_video",
     "to_rgb_array",
 ]

@@ -136,13 +136,20 @@ def _html(expl: Explanation, png: bytes) -> str:
     )
 
 
-def write_explanation(expl: Explanation, images: np.ndarray, path: Path) -> Explanation:
-    """Write the picture to ``path`` (.png or .html) atomically; the temporary file never outlives the call."""
+def render(expl: Explanation, images: np.ndarray, fmt: str) -> tuple[bytes, Explanation]:
+    """The picture as PNG or HTML bytes, and ``expl`` with its panel positions."""
+    if fmt not in ("png", "html"):
+        raise ValueError(f"explain format {fmt!r}: expected png or html")
     canvas, panels = compose(expl, images)
-    expl = dataclasses.replace(expl, out=path, panels=panels)
+    expl = dataclasses.replace(expl, panels=panels)
     buf = io.BytesIO()
     canvas.save(buf, "PNG", pnginfo=_metadata(expl))
-    data = buf.getvalue() if path.suffix.lower() == ".png" else _html(expl, buf.getvalue()).encode("utf-8")
+    return (buf.getvalue() if fmt == "png" else _html(expl, buf.getvalue()).encode("utf-8")), expl
+
+
+def write_explanation(expl: Explanation, images: np.ndarray, path: Path) -> Explanation:
+    """Write the picture to ``path`` (.png or .html) atomically; the temporary file never outlives the call."""
+    data, expl = render(dataclasses.replace(expl, out=path), images, path.suffix.lower().lstrip("."))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:

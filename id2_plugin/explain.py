@@ -162,6 +162,28 @@ def signal_scores(embedder: ImageEmbedder, images: np.ndarray) -> tuple[dict[str
     return scores, latents
 
 
+def explain_pair(query: MediaLike, reference: MediaLike, embedder: ImageEmbedder, *,
+                 threshold: float = 0.5) -> tuple[Explanation, np.ndarray]:
+    """The :class:`Explanation` of ``query`` against ``reference`` and the two normalised images
+    (``2 x S x S x 3``) it was computed on, for :func:`render_explanation`. Nothing is written."""
+    from .media import describe
+
+    images = np.stack([embedder.normalise(query), embedder.normalise(reference)])
+    scores, latents = signal_scores(embedder, images)
+    part = _latent_part(embedder)
+    cells = cell_similarity(latents, part.encoder.latent_shape) if latents is not None else None
+    expl = Explanation(describe(query), describe(reference), scores, cells, _local_or_none(images), threshold,
+                       embedder.identity)
+    return expl, images
+
+
+def render_explanation(expl: Explanation, images: np.ndarray, fmt: str = "png") -> tuple[bytes, Explanation]:
+    """The picture as ``png`` or ``html`` bytes, in memory, and ``expl`` with the panel positions."""
+    from ._explain_render import render
+
+    return render(expl, images, fmt)
+
+
 def explain_match(
     query: MediaLike,
     reference: MediaLike,
@@ -176,18 +198,12 @@ def explain_match(
     identification). ``out`` (``.png`` or ``.html``) is the only file written.
     """
     from .identify import build_embedder
-    from .media import describe
 
     cfg = config or load_config()
     if out is not None and Path(out).suffix.lower() not in (".png", ".html"):
         raise ConfigError(f"explain output {out}: expected a .png or .html file")
     emb = embedder or build_embedder(cfg.embedder, MediaLimits.from_config(cfg.media))
-    images = np.stack([emb.normalise(query), emb.normalise(reference)])
-    scores, latents = signal_scores(emb, images)
-    part = _latent_part(emb)
-    cells = cell_similarity(latents, part.encoder.latent_shape) if latents is not None else None
-    expl = Explanation(describe(query), describe(reference), scores, cells, _local_or_none(images),
-                       cfg.match.threshold, emb.identity)
+    expl, images = explain_pair(query, reference, emb, threshold=cfg.match.threshold)
     if out is None:
         return expl
     from ._explain_render import write_explanation
