@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import sys
 import time
 from pathlib import Path
@@ -24,8 +23,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-SHARED = Path(os.environ.get("ID2_SHARED_DIR", Path(__file__).resolve().parent.parent.parent / "shared"))
-PHOTOS = SHARED / "data" / "photos"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _framing import PHOTOS, publish  # noqa: E402
+
 
 
 def letterboxed(img: Image.Image) -> Image.Image:
@@ -98,11 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(row(name, "upright only", *best_scores(on, images, gallery), t))
         setting = ", ".join(f"{k}={list(v) if isinstance(v, tuple) else v}" for k, v in option.items())
         lines.append(row(name, setting, *best_scores(on, images, gallery, **option), t))
-    text = "\n".join(lines)
-    print(text)
-    if args.save:
-        args.save.write_text(f"`python benchmarks/framing.py --queries {args.queries} --distractors {args.distractors}`\n\n{text}\n")
-    return 0
+    return publish(lines, args.save, f"python benchmarks/framing.py --queries {args.queries} --distractors {args.distractors}")
 
 
 if __name__ == "__main__":

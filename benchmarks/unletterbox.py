@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import sys
 import time
 from pathlib import Path
 
 from PIL import Image
 
-SHARED = Path(os.environ.get("ID2_SHARED_DIR", Path(__file__).resolve().parent.parent.parent / "shared"))
-PHOTOS = SHARED / "data" / "photos"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _framing import PHOTOS, publish  # noqa: E402
+
 FRAMINGS = {
     "black letterbox 60 px": ((0, 0, 0), lambda w, h: (0, 60)),
     "black pillarbox 70 px": ((0, 0, 0), lambda w, h: (70, 0)),
@@ -70,11 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             ok += abs(out.width - img.width) <= 4 and abs(out.height - img.height) <= 4
             over += out.width < img.width - 4 or out.height < img.height - 4
         lines.append(f"| {name} | {len(clean)} | {ok} | {over} |")
-    text = "\n".join(lines)
-    print(text)
-    if args.save:
-        args.save.write_text(f"`python benchmarks/unletterbox.py --every {args.every}`\n\n{text}\n")
-    return 0
+    return publish(lines, args.save, f"python benchmarks/unletterbox.py --every {args.every}")
 
 
 if __name__ == "__main__":
