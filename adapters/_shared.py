@@ -114,7 +114,7 @@ def get_embedder(cfg: EmbedderConfig | None = None, limits: MediaLimits | None =
     if cfg is None:
         full = get_config()
         cfg = full.embedder
-        limits = limits or MediaLimits(full.media.max_pixels, full.media.max_bytes)
+        limits = limits or MediaLimits.from_config(full.media)
     limits = limits or MediaLimits()
     key = (cfg, limits)
     with _lock:

@@ -6,6 +6,9 @@ Endpoints (OpenAPI schema at ``/openapi.json``, interactive docs at ``/docs``):
   returns the :class:`~id2_plugin.OriginReport` as JSON. 422 if the upload is not a decodable image.
 * ``POST /v1/references`` — one or more images (multipart field ``file``, repeatable; optional ``label``
   fields) or one raw body (``?uri=...&label=...``); returns the ids added and the duplicates skipped.
+* ``POST /v1/explain`` — two images (multipart files ``query`` and ``reference``): each signal's score,
+  the latent similarity map summary and SIFT inliers as JSON, or ``?format=png|html`` the picture
+  (:func:`~id2_plugin.explain_match`), built in memory and never stored.
 * ``DELETE /v1/references/{key}`` — remove a reference by id or sha256 (404 if unknown).
 * ``GET /healthz``, ``GET /v1/info`` — liveness, and the model / store / limits in use.
 
@@ -41,7 +44,7 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -55,7 +58,7 @@ __all__ = ["build_identifier", "create_app", "serve", "token_from_env"]
 T = TypeVar("T")
 
 #: Paths whose requests do model work: admitted against the concurrency + queue budget.
-_HEAVY = {("POST", "/v1/identify"), ("POST", "/v1/references")}
+_HEAVY = {("POST", "/v1/identify"), ("POST", "/v1/references"), ("POST", "/v1/explain")}
 
 _IMAGE_BODY = {
     "content": {
@@ -68,6 +71,19 @@ _IMAGE_BODY = {
         },
         "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
         "image/*": {"schema": {"type": "string", "format": "binary"}},
+    },
+    "required": True,
+}
+_EXPLAIN_BODY = {
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"query": {"type": "string", "format": "binary"},
+                               "reference": {"type": "string", "format": "binary"}},
+                "required": ["query", "reference"],
+            }
+        },
     },
     "required": True,
 }
@@ -315,6 +331,37 @@ async def _read_uploads(request: Request, *, many: bool) -> tuple[list[tuple[str
     return [("upload", body)], []
 
 
+async def _read_pair(request: Request) -> tuple[bytes, bytes]:
+    """The ``query`` and ``reference`` files of a multipart form (``/v1/explain``)."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise HTTPException(422, "send a multipart form with the files 'query' and 'reference'")
+    try:
+        form = await request.form(max_files=2, max_fields=10)
+    except HTTPException:
+        raise
+    except Exception as exc:  # malformed multipart bodies raise parser-specific errors
+        raise HTTPException(400, f"malformed multipart body: {exc}") from None
+    files = [form.get(name) for name in ("query", "reference")]
+    if not all(isinstance(f, UploadFile) for f in files):
+        raise HTTPException(422, "multipart upload needs the files 'query' and 'reference'")
+    data = [await f.read() for f in files]  # type: ignore[union-attr]
+    await form.close()
+    if not all(data):
+        raise HTTPException(422, "empty upload: send both images' bytes")
+    return data[0], data[1]
+
+
+def _explain_body(pipeline: Pipeline, query: bytes, reference: bytes, fmt: str) -> tuple[bytes, str]:
+    """The explanation as JSON, or its picture; built in memory, never written to disk."""
+    from id2_plugin.explain import explain_pair, render_explanation
+
+    expl, images = explain_pair(query, reference, pipeline.embedder, threshold=pipeline.threshold)
+    if fmt == "json":
+        return json.dumps(expl.to_dict()).encode(), "application/json"
+    data, _ = render_explanation(expl, images, fmt)
+    return data, "image/png" if fmt == "png" else "text/html; charset=utf-8"
+
+
 def _report_json(pipeline: Pipeline, data: bytes, name: str, expose_paths: bool) -> dict[str, Any]:
     report = pipeline.identify(data)
     if not expose_paths:
@@ -443,6 +490,16 @@ def _add_read_routes(app: FastAPI, service: Callable[[], _Service], capacity: _C
             raise HTTPException(422, "empty upload: send the image bytes")
         return await svc.run(_report_json, svc.pipeline, data, name, svc.cfg.expose_paths, deadline=deadline)
 
+    @app.post("/v1/explain", summary="Explain the match of two uploaded images (scores, similarity map, SIFT)",
+              openapi_extra={"requestBody": _EXPLAIN_BODY})
+    async def explain(request: Request, format: str = Query("json", pattern="^(json|png|html)$",
+                                                            description="json (numbers), png or html (the picture)")) -> Response:
+        svc = service()
+        deadline = svc.deadline()
+        query, reference = await _read_pair(request)
+        body, media_type = await svc.run(_explain_body, svc.pipeline, query, reference, format, deadline=deadline)
+        return Response(body, media_type=media_type)
+
 
 def _info_json(svc: _Service, store_info: Any, capacity: _Capacity) -> dict[str, Any]:
     from id2_plugin import __version__
@@ -522,7 +579,7 @@ def _as_pipeline(built: Pipeline | Identifier) -> Pipeline:
     if isinstance(built, Pipeline):
         return built
     ctx = built.context
-    return Pipeline(ctx.embedder, ctx.store, k=ctx.k, threshold=ctx.threshold)
+    return Pipeline(ctx.embedder, ctx.store, k=ctx.k, threshold=ctx.threshold, rotations=ctx.rotations, mirror=ctx.mirror)
 
 
 def serve(

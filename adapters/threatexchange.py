@@ -64,7 +64,6 @@ from threatexchange.signal_type.signal_base import BytesHasher, FileHasher, Sign
 from id2_plugin._lazy import require
 from id2_plugin.config import Config, MatchConfig, default_config_path, load_config
 from id2_plugin.errors import MediaError, MissingExtraError
-from id2_plugin.media import MediaLimits
 
 from . import _jsoncodec, _txsignal
 from ._shared import SerialEmbedder, get_embedder, synthetic_images
@@ -185,7 +184,7 @@ class _ID2SignalBase(SignalType):
         _apply_thread_cap()
         if cfg is None:
             return get_embedder()
-        return get_embedder(cfg.embedder, MediaLimits(cfg.media.max_pixels, cfg.media.max_bytes))
+        return get_embedder(cfg.embedder, cfg.media.limits())
 
     @classmethod
     def identity_digest(cls) -> str:

@@ -24,6 +24,7 @@ from .errors import (
 )
 from .calibrate import Calibration, calibrate_threshold
 from .evaluate import Metrics, compute_metrics, evaluate_methods
+from .explain import Explanation, LocalMatches, explain_match, explain_pair, render_explanation
 from .identify import IdentifyContext, Identifier, build_embedder, open_store
 from .media import MediaLimits, load_image, to_rgb_array
 from .pipeline import IngestResult, Pipeline, Upload
@@ -45,6 +46,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "Embedder",
+    "Explanation",
     "FusedEmbedder",
     "FusionFit",
     "Id2Error",
@@ -54,6 +56,7 @@ __all__ = [
     "IncompatibleStoreError",
     "IngestResult",
     "LatentEncoder",
+    "LocalMatches",
     "Match",
     "MediaError",
     "MediaLimits",
@@ -75,12 +78,15 @@ __all__ = [
     "calibrate_threshold",
     "compute_metrics",
     "evaluate_methods",
+    "explain_match",
+    "explain_pair",
     "get_plugin_manager",
     "hookimpl",
     "iter_frames",
     "load_config",
     "load_image",
     "open_store",
+    "render_explanation",
     "scan_video",
     "to_rgb_array",
 ]

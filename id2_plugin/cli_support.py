@@ -103,7 +103,19 @@ FLAG_KEYS = {
     "batch_size": "embedder.batch_size",
     "k": "match.k",
     "threshold": "match.threshold",
+    "rotations": "match.rotations",
+    "mirror": "match.mirror",
 }
+
+
+def parse_rotations(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
+    """``"0,90,180"`` -> ``[0, 90, 180]`` (validated by the config: 0, 90, 180, 270)."""
+    if value is None:
+        return None
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected degrees separated by commas, e.g. 0,90,180,270") from None
 
 
 def config_from_flags(ctx: click.Context, *, extra_keys: dict[str, str] | None = None, **flags: Any) -> Config:

@@ -88,8 +88,14 @@ class MatchConfig:
     k: int = 5
     #: cosine score at or above which the best match is reported as a match (calibrate to set it)
     threshold: float = 0.5
+    #: query-time rotations (degrees: 0, 90, 180, 270) searched, best score kept; k entries = k embeddings
+    rotations: tuple[int, ...] = (0,)
+    #: also search each rotation mirrored left-right (doubles the embeddings per query)
+    mirror: bool = False
 
     def validate(self) -> None:
+        if not self.rotations or any(isinstance(r, bool) or r not in (0, 90, 180, 270) for r in self.rotations):
+            raise ConfigError(f"match.rotations={self.rotations!r}: expected a non-empty list of 0, 90, 180, 270")
         if self.k < 1:
             raise ConfigError(f"match.k={self.k}: must be >= 1")
         if not -1.0 <= self.threshold <= 1.0:
@@ -98,16 +104,24 @@ class MatchConfig:
 
 @dataclass(frozen=True)
 class MediaConfig:
-    """Limits for untrusted media."""
+    """Limits for untrusted media, and framing applied to every image and video frame before embedding."""
 
     max_pixels: int = 64_000_000
     max_bytes: int = 100 * 1024 * 1024
+    #: cut uniform borders (letterbox/pillarbox bars, solid canvases of any colour) before embedding
+    unletterbox: bool = True
+    #: per-channel difference (0-255) from the border colour still counted as border (JPEG/video noise)
+    border_tolerance: int = 24
+
+    def validate(self) -> None:
+        if not 0 <= self.border_tolerance <= 128:
+            raise ConfigError(f"media.border_tolerance={self.border_tolerance}: expected 0-128")
 
     def limits(self) -> MediaLimits:
         """These limits as the :class:`~id2_plugin.media.MediaLimits` the normaliser takes."""
         from .media import MediaLimits
 
-        return MediaLimits(max_pixels=self.max_pixels, max_bytes=self.max_bytes)
+        return MediaLimits.from_config(self)
 
 
 @dataclass(frozen=True)
@@ -201,6 +215,10 @@ def _check_type(key: str, value: Any, tp: Any) -> Any:
             except ConfigError:
                 continue
         raise ConfigError(f"{key}: expected {tp}, got {type(value).__name__} {value!r}")
+    if origin is tuple:  # YAML has lists only; a tuple keeps the frozen config hashable
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        return tuple(value)
     if origin is dict or tp is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .config import Config, EmbedderConfig, StoreConfig
+from .framing import best_over_orientations, orient, orientation_variants
 from ._lazy import require
 from .errors import ConfigError, Id2Error, MediaError
 from .media import MediaLike, MediaLimits
@@ -175,20 +176,25 @@ class IdentifyContext:
     store: ReferenceStore
     k: int = 5
     threshold: float = 0.5
+    #: query-time rotations searched (``match.rotations``) and whether mirrored too (``match.mirror``)
+    rotations: tuple[int, ...] = (0,)
+    mirror: bool = False
 
 
 class Identifier:
     """A ready pipeline: reuse one instance for many queries (the model loads once)."""
 
-    def __init__(self, embedder: ImageEmbedder, store: ReferenceStore, *, k: int = 5, threshold: float = 0.5) -> None:
+    def __init__(self, embedder: ImageEmbedder, store: ReferenceStore, *, k: int = 5, threshold: float = 0.5,
+                 rotations: tuple[int, ...] = (0,), mirror: bool = False) -> None:
         store.check_compatible(embedder.identity)
-        self.context = IdentifyContext(embedder=embedder, store=store, k=k, threshold=threshold)
+        self.context = IdentifyContext(embedder=embedder, store=store, k=k, threshold=threshold,
+                                       rotations=tuple(rotations), mirror=mirror)
 
     @classmethod
     def from_config(cls, cfg: Config) -> Identifier:
         embedder = build_embedder(cfg.embedder, cfg.media.limits())
         store = open_store(cfg.store, embedder_identity=embedder.identity, dim=embedder.dim, create=False)
-        return cls(embedder, store, k=cfg.match.k, threshold=cfg.match.threshold)
+        return cls(embedder, store, **match_options(cfg))
 
     def identify(self, media: MediaLike) -> OriginReport:
         """Run the ``id2_identify_origin`` hook (plugins first, the built-in search last)."""
@@ -216,15 +222,34 @@ def _or_error(fn: Any, media: MediaLike) -> Any:
         return exc
 
 
+def match_options(cfg: Config) -> dict[str, Any]:
+    """The :class:`Identifier` keyword arguments the ``match`` config section sets."""
+    m = cfg.match
+    return dict(k=m.k, threshold=m.threshold, rotations=tuple(m.rotations), mirror=m.mirror)
+
+
 def with_signal_scores(embedder: ImageEmbedder, store: ReferenceStore, vector: Any, matches: list[Match]) -> list[Match]:
-    """``matches`` with each signal's own cosine attached, when the embedding has several signals."""
+    """``matches`` with each signal's own cosine attached, when the embedding has several signals.
+
+    ``vector`` is the query's embedding, or one row per match (the query variant each match came from).
+    """
     if len(embedder.signals) < 2 or not matches:
         return matches
     refs = store.fetch_vectors([m.reference_id for m in matches])
     if refs is None:
         return matches
-    per = embedder.signal_scores(vector, refs)
+    queries = np.broadcast_to(np.atleast_2d(vector), (len(matches), refs.shape[1]))
+    per = [embedder.signal_scores(q, r[None])[0] for q, r in zip(queries, refs)]
     return [dataclasses.replace(m, signals=tuple(s.items())) for m, s in zip(matches, per)]
+
+
+def _best_of_variants(variants: list[tuple[int, bool]], per_variant: list[list[Match]], vecs: np.ndarray,
+                      k: int) -> tuple[list[Match], np.ndarray]:
+    """Top matches over one query's orientation variants (best score per reference) and the vector each came from."""
+    if len(variants) == 1:
+        return per_variant[0], vecs[0]
+    ranked = best_over_orientations(per_variant, variants, k)
+    return [m for m, _ in ranked], vecs[[vi for _, vi in ranked]]
 
 
 def search(media: MediaLike, context: IdentifyContext) -> OriginReport:
@@ -246,7 +271,10 @@ def search_many(media: Sequence[MediaLike], context: IdentifyContext) -> list[Or
     out: list[Any] = list(images)  # errors stay; the usable ones are replaced by their reports below
     if not ok:
         return out
-    vecs = context.embedder.embed_arrays(np.stack([images[i] for i in ok]))
+    # Every orientation variant of every query in one forward pass and one store query.
+    variants = orientation_variants(context.rotations, context.mirror)
+    nv = len(variants)
+    vecs = context.embedder.embed_arrays(np.stack([orient(images[i], r, m) for i in ok for r, m in variants]))
     t2 = time.perf_counter()
     found = context.store.query(vecs, k=context.k)
     t3 = time.perf_counter()
@@ -254,7 +282,9 @@ def search_many(media: Sequence[MediaLike], context: IdentifyContext) -> list[Or
     timings = {"normalise": (t1 - t0) * share, "embed": (t2 - t1) * share, "search": (t3 - t2) * share,
                "total": (t3 - t0) * share}
     for row, i in enumerate(ok):
-        matches = with_signal_scores(context.embedder, context.store, vecs[row], found[row])
+        part = slice(row * nv, (row + 1) * nv)
+        matches, vectors = _best_of_variants(variants, found[part], vecs[part], context.k)
+        matches = with_signal_scores(context.embedder, context.store, vectors, matches)
         out[i] = _report(matches, context, timings, describe(media[i]))
     return out
 

@@ -13,6 +13,7 @@ or empty files, non-images. The host process never sees a raw Pillow/OSError.
 from __future__ import annotations
 
 import io
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import MediaError
+from .framing import BorderTrim, border_box
 
 MediaLike = Union[str, os.PathLike, bytes, bytearray, memoryview, IO[bytes], Image.Image, np.ndarray]
 ResizePolicy = Literal["squash", "center_crop", "pad"]
@@ -40,10 +42,19 @@ IMAGE_EXTENSIONS = frozenset(
 
 @dataclass(frozen=True)
 class MediaLimits:
-    """Resource limits applied while decoding untrusted media."""
+    """Resource limits applied while decoding untrusted media, and the framing step of normalisation."""
 
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_bytes: int = DEFAULT_MAX_BYTES
+    #: cut uniform borders (letterbox, pillarbox, solid canvases) before resizing; see :mod:`.framing`
+    unletterbox: bool = True
+    #: per-channel difference (0-255) still counted as the border colour (JPEG / video noise)
+    border_tolerance: int = BorderTrim.tolerance
+
+    @classmethod
+    def from_config(cls, media: Any) -> MediaLimits:
+        """The limits a ``media`` config section (:class:`~id2_plugin.config.MediaConfig`) asks for."""
+        return cls(media.max_pixels, media.max_bytes, media.unletterbox, media.border_tolerance)
 
 
 def describe(source: Any) -> str:
@@ -225,10 +236,30 @@ def to_rgb_array(
     limits: MediaLimits | None = None,
 ) -> np.ndarray:
     """Normalise ``source`` to an ``HxWx3 uint8`` RGB array, resized to ``size`` (width, height) if given."""
+    limits = limits or MediaLimits()
     img = load_image(source, limits=limits)
+    if limits.unletterbox:
+        img = unletterbox(img, BorderTrim(tolerance=limits.border_tolerance))
     if size is not None:
         img = resize_rgb(img, size, policy)
     return np.array(img, dtype=np.uint8)  # writable: torch.from_numpy warns on read-only buffers
+
+
+#: Borders are found on a copy of about this many pixels: the cut is then exact to the reduction factor,
+#: and a 64-megapixel upload costs no more than a 2-megapixel one.
+_DETECT_PIXELS = 2_000_000
+
+
+def unletterbox(img: Image.Image, trim: BorderTrim | None = None) -> Image.Image:
+    """``img`` without its uniform borders (:func:`~id2_plugin.framing.border_box`); ``img`` itself if none."""
+    factor = max(1, math.ceil(math.sqrt(img.width * img.height / _DETECT_PIXELS)))
+    small = img.reduce(factor) if factor > 1 else img
+    top, bottom, left, right = border_box(np.asarray(small), trim)
+    if (top, bottom, left, right) == (0, small.height, 0, small.width):
+        return img
+    # Scaled back conservatively: a reduced line mixing border and content counts as content.
+    box = (left * factor, top * factor, min(img.width, right * factor), min(img.height, bottom * factor))
+    return img.crop(box)
 
 
 def iter_image_files(paths: list[str | os.PathLike] | tuple[str | os.PathLike, ...]) -> list[Path]:

@@ -22,7 +22,7 @@ import numpy as np
 from ._files import sha256_file_or_none
 from .config import Config
 from .errors import MediaError
-from .identify import Identifier, build_embedder, open_store
+from .identify import Identifier, build_embedder, match_options, open_store
 from .media import MediaLike, MediaLimits
 from .types import OriginReport, ReferenceRecord
 
@@ -68,6 +68,8 @@ class Pipeline:
         *,
         k: int = 5,
         threshold: float = 0.5,
+        rotations: tuple[int, ...] = (0,),
+        mirror: bool = False,
         limits: MediaLimits | None = None,
     ) -> None:
         self.embedder = embedder
@@ -75,14 +77,14 @@ class Pipeline:
         self.k = k
         self.threshold = threshold
         self.limits = limits or MediaLimits()
-        self.identifier = Identifier(embedder, store, k=k, threshold=threshold)
+        self.identifier = Identifier(embedder, store, k=k, threshold=threshold, rotations=rotations, mirror=mirror)
 
     @classmethod
     def from_config(cls, cfg: Config, *, create_store: bool = False) -> Pipeline:
         """Build the embedder and open (``create_store``: create if missing) the configured store."""
         embedder = embedder_from_config(cfg)
         store = open_store(cfg.store, embedder_identity=embedder.identity, dim=embedder.dim, create=create_store)
-        return cls(embedder, store, k=cfg.match.k, threshold=cfg.match.threshold, limits=cfg.media.limits())
+        return cls(embedder, store, **match_options(cfg), limits=cfg.media.limits())
 
     def __enter__(self) -> Pipeline:
         return self

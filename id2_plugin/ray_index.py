@@ -96,10 +96,10 @@ class _EmbedActor:
     was embedded, even if the file changed since the hash pass) and decoded.
     """
 
-    def __init__(self, embedder_config: dict[str, Any], max_pixels: int, max_bytes: int) -> None:
+    def __init__(self, embedder_config: dict[str, Any], limits: dict[str, Any]) -> None:
         from .identify import build_embedder
 
-        self.limits = MediaLimits(max_pixels=max_pixels, max_bytes=max_bytes)
+        self.limits = MediaLimits(**limits)
         self.embedder = build_embedder(EmbedderConfig(**embedder_config), self.limits)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -172,8 +172,7 @@ def _embed_dataset(
         _EmbedActor,
         fn_constructor_kwargs={
             "embedder_config": dataclasses.asdict(embedder_config),
-            "max_pixels": limits.max_pixels,
-            "max_bytes": limits.max_bytes,
+            "limits": dataclasses.asdict(limits),
         },
         batch_size=batch_size,
         compute=ray.data.ActorPoolStrategy(size=num_workers),

@@ -19,11 +19,15 @@ class Match:
     labels: tuple[str, ...] = ()
     #: each signal's own cosine, e.g. (("id2", 0.81), ("sscd", 0.42)), for a fused embedding (empty otherwise)
     signals: tuple[tuple[str, float], ...] = ()
+    #: the query variant that scored best when rotations/mirror are searched, e.g. "rot90" ("" = upright)
+    orientation: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["labels"] = list(self.labels)
         d["signals"] = dict(self.signals)
+        if not self.orientation:  # the usual upright answer keeps the established JSON shape
+            d.pop("orientation")
         return d
 
 

@@ -49,6 +49,8 @@ class Attack(ABC):
 
     #: family name, e.g. ``jpeg``; also the registry name of the factory that builds it
     name: str = "attack"
+    #: whether the family's levels grow stronger in order (False for orientations such as rotations)
+    graded: bool = True
 
     def __init__(self, intensity: float) -> None:
         self.intensity = float(intensity)
@@ -84,17 +86,23 @@ class Attack(ABC):
         return f"{type(self).__name__}({self.intensity:g}{extra})"
 
 
-class Identity(Attack):
-    """No change: the clean baseline every curve starts from."""
+class _OneLevel(Attack):
+    """An attack with no strength to vary: one level, labelled by the family name alone."""
 
-    name = "clean"
+    default_intensity = 0.0
 
-    def __init__(self, intensity: float = 0.0) -> None:
-        super().__init__(intensity)
+    def __init__(self, intensity: float | None = None) -> None:
+        super().__init__(self.default_intensity if intensity is None else intensity)
 
     @property
     def label(self) -> str:
-        return "clean"
+        return self.name
+
+
+class Identity(_OneLevel):
+    """No change: the clean baseline every curve starts from."""
+
+    name = "clean"
 
     def apply(self, rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return rgb.copy()
@@ -170,6 +178,93 @@ class Crop(Attack):
         fy, fx = rng.random(2)
         y, x = int(round(fy * (h - ch))), int(round(fx * (w - cw)))
         return rgb[y : y + ch, x : x + cw].copy()
+
+
+#: Ways :class:`Border` frames an image; ``random`` picks one from the attack's rng.
+BORDER_SIDES = ("letterbox", "pillarbox", "frame")
+
+
+class Border(Attack):
+    """Uniform bars of ``fraction`` (0-1) of the image's side added on two or four sides: a photo shown
+    letterboxed or pillarboxed in a video or a fixed-ratio post. ``sides`` is ``letterbox`` (top and
+    bottom), ``pillarbox`` (left and right), ``frame`` (all four) or ``random``."""
+
+    name = "border"
+
+    def __init__(self, fraction: float, *, colour: tuple[int, int, int] = (0, 0, 0), sides: str = "random") -> None:
+        if not 0 < fraction <= 1:
+            raise ValueError(f"border fraction must be in (0, 1], got {fraction}")
+        if sides != "random" and sides not in BORDER_SIDES:
+            raise ValueError(f"border sides {sides!r}: expected random or one of {', '.join(BORDER_SIDES)}")
+        super().__init__(fraction)
+        self.colour, self.sides = tuple(int(c) for c in colour), sides
+
+    def params(self) -> dict[str, Any]:
+        return {"colour": self.colour, "sides": self.sides}
+
+    def apply(self, rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        sides = self.sides if self.sides != "random" else BORDER_SIDES[int(rng.integers(len(BORDER_SIDES)))]
+        h, w = rgb.shape[:2]
+        by = round(h * self.intensity) if sides != "pillarbox" else 0
+        bx = round(w * self.intensity) if sides != "letterbox" else 0
+        return _paste(rgb, (h + 2 * by, w + 2 * bx), (by, bx), self.colour)
+
+
+class Canvas(Attack):
+    """The image pasted at a seeded random place onto a uniform canvas ``scale`` (> 1) times its size on
+    each side (a product shot on white, a screenshot of a picture on a page)."""
+
+    name = "canvas"
+
+    def __init__(self, scale: float, *, colour: tuple[int, int, int] = (255, 255, 255)) -> None:
+        if not 1 < scale <= 8:
+            raise ValueError(f"canvas scale must be in (1, 8], got {scale}")
+        super().__init__(scale)
+        self.colour = tuple(int(c) for c in colour)
+
+    def params(self) -> dict[str, Any]:
+        return {"colour": self.colour}
+
+    def apply(self, rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        h, w = rgb.shape[:2]
+        ch, cw = round(h * self.intensity), round(w * self.intensity)
+        fy, fx = rng.random(2)
+        return _paste(rgb, (ch, cw), (int(fy * (ch - h)), int(fx * (cw - w))), self.colour)
+
+
+def _paste(rgb: np.ndarray, shape: tuple[int, int], at: tuple[int, int], colour: tuple[int, ...]) -> np.ndarray:
+    """``rgb`` on a ``shape`` (H, W) canvas of ``colour``, its top-left corner at ``at`` (y, x)."""
+    out = np.empty((*shape, 3), np.uint8)
+    out[:] = colour
+    (y, x), (h, w) = at, rgb.shape[:2]
+    out[y : y + h, x : x + w] = rgb
+    return out
+
+
+class Rotate(Attack):
+    """A quarter-turn rotation by ``degrees`` (90, 180, 270, counter-clockwise), as a phone or an editor
+    turns a picture. Levels are orientations, not strengths: they are not ordered."""
+
+    name = "rotate"
+    graded = False
+
+    def __init__(self, degrees: float) -> None:
+        if degrees not in (90, 180, 270):
+            raise ValueError(f"rotation must be 90, 180 or 270 degrees, got {degrees}")
+        super().__init__(degrees)
+
+    def apply(self, rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return np.rot90(rgb, k=int(self.intensity) // 90)
+
+
+class Mirror(_OneLevel):
+    """A left-right flip (the one level is 1)."""
+
+    name = "mirror"
+    default_intensity = 1.0
+
+    def apply(self, rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return rgb[:, ::-1]
 
 
 class _Overlay(Attack):
@@ -332,6 +427,10 @@ DEFAULT_LEVELS: dict[str, tuple[float, ...]] = {
     "crop": (0.9, 0.8, 0.7, 0.6),
     "watermark_text": (0.2, 0.4, 0.6, 0.8),
     "watermark_logo": (0.2, 0.4, 0.6, 0.8),
+    "border": (0.1, 0.2, 0.3),
+    "canvas": (1.25, 1.5, 2.0),
+    "rotate": (90, 180, 270),
+    "mirror": (1,),
 }
 
 BUILTIN_ATTACKS: dict[str, Callable[[float], Attack]] = {
@@ -342,6 +441,10 @@ BUILTIN_ATTACKS: dict[str, Callable[[float], Attack]] = {
     "crop": Crop,
     "watermark_text": TextWatermark,
     "watermark_logo": LogoWatermark,
+    "border": Border,
+    "canvas": Canvas,
+    "rotate": Rotate,
+    "mirror": Mirror,
 }
 
 

@@ -563,7 +563,7 @@ class _LevelRun:
         attacked = [attack(img, attack_seed(self.seed, attack, name)) for img, name in zip(queries, self.q_names)]
         has_pos = self.positives.any(axis=1)
         for pol, members in self.variants:
-            q_arr = np.stack([to_rgb_array(a, self.size, policy=pol) for a in attacked])  # type: ignore[arg-type]
+            q_arr = np.stack([to_rgb_array(a, self.size, policy=pol, limits=self.limits) for a in attacked])  # type: ignore[arg-type]
             for series, method in members:
                 q_emb = embed_images(method, q_arr, progress=f"{series.name}: {attack.label}" if self.progress else False)
                 scores = np.asarray(method.similarity(q_emb, self.ref_emb[series.name]), dtype=np.float64)

@@ -69,6 +69,13 @@ def test_index_query_remove_cycle(runner: CliRunner, library: Path, tmp_path: Pa
     res = invoke(runner, store, "query", "--threshold", "0.99999", str(photo_paths[700]), str(library / "sub" / "broken.jpg"))
     assert res.exit_code == 1 and "NO_MATCH" in res.output and "ERROR" in res.output
 
+    # a copy turned 90 degrees clockwise: found upright once --rotations lets the query be turned back
+    turned = tmp_path / "turned.jpg"
+    Image.open(photo_paths[104]).convert("RGB").rotate(-90, expand=True).save(turned, quality=90)
+    res = invoke(runner, store, "query", "--rotations", "0,90,180,270", "--k", "2", str(turned))
+    assert res.exit_code == 0 and "(rot90)" in res.output.splitlines()[1] and photo_paths[104].name in res.output.splitlines()[1]
+    assert invoke(runner, store, "query", "--rotations", "0,45", str(turned)).exit_code == 2
+
     res = invoke(runner, store, "index", "remove", str(library / photo_paths[102].name))
     assert res.exit_code == 0 and "removed 1" in res.output
     res = invoke(runner, store, "query", "--json", "--threshold", "0", str(query_img))

@@ -46,7 +46,7 @@ def test_workers_hash_and_embed_with_per_file_errors(tmp_path: Path, photo_paths
     assert hashed["error"][2] == "" and hashed["error"][3] == ""
     assert "max_bytes" in _hash_batch({"uri": uris[:1]}, max_bytes=10)["error"][0]
 
-    actor = _EmbedActor(dataclasses.asdict(EMBEDDER), max_pixels=64_000_000, max_bytes=10 << 20)
+    actor = _EmbedActor(dataclasses.asdict(EMBEDDER), {"max_pixels": 64_000_000, "max_bytes": 10 << 20})
     out = actor({"uri": uris})
     assert [bool(e) for e in out["error"]] == [False, True, True, False]
     # Decoded from memory, but the message must not name the source "<12 bytes>": the uri is reported beside it.

@@ -19,6 +19,7 @@ from ..cli_support import (
     get_state,
     handle_errors,
     match_option_flags,
+    parse_rotations,
 )
 from ..errors import MediaError
 from ..hookspecs import hookimpl
@@ -102,6 +103,9 @@ def index_remove(ctx: click.Context, keys: tuple[str, ...], **flags: Any) -> Non
 @click.argument("files", nargs=-1, required=True, type=click.Path())
 @match_option_flags
 @click.option("--json", "as_json", is_flag=True, help="One JSON report per line.")
+@click.option("--rotations", callback=parse_rotations, default=None,
+              help="Also search the query turned by these degrees, e.g. 0,90,180,270 (match.rotations; k variants = k embeddings).")
+@click.option("--mirror/--no-mirror", default=None, help="Also search each rotation mirrored (match.mirror; doubles the cost).")
 @config_option_flags
 @click.pass_context
 @handle_errors
@@ -144,7 +148,8 @@ def _print_report(path: Path, report: Any, as_json: bool) -> bool:
     click.echo(f"{path}: {report.decision.upper()} (threshold {report.threshold:.3f})")
     for m in report.matches:
         evidence = "".join(f" {name}={score:.3f}" for name, score in m.signals)
-        click.echo(f"  #{m.rank} score={m.score:.4f}{evidence} id={m.reference_id} {m.uri}")
+        turned = f" ({m.orientation})" if m.orientation else ""
+        click.echo(f"  #{m.rank} score={m.score:.4f}{evidence}{turned} id={m.reference_id} {m.uri}")
     return not report.is_match
 
 

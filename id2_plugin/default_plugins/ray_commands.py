@@ -38,7 +38,6 @@ def index_add_ray(ctx: click.Context, paths: tuple[str, ...], labels: tuple[str,
     Content already in the store is skipped before embedding, so re-running after an interruption
     resumes without duplicates. Exit 1 if any file could not be read or decoded.
     """
-    from ..media import MediaLimits
     from ..ray_index import index_folder_ray
 
     cfg = config_from_flags(ctx, **flags)
@@ -54,7 +53,7 @@ def index_add_ray(ctx: click.Context, paths: tuple[str, ...], labels: tuple[str,
         num_workers=workers,
         num_cpus_per_worker=cpus_per_worker,
         commit_every=commit_every,
-        media_limits=MediaLimits(cfg.media.max_pixels, cfg.media.max_bytes),
+        media_limits=cfg.media.limits(),
         ray_address=ray_address,
         progress=not no_progress,
     )

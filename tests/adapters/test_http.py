@@ -292,3 +292,31 @@ def test_cli_serve_subprocess(tmp_path: Path, photo_paths, edited_copies) -> Non
     assert proc.returncode is not None
     err = proc.stderr.read() if proc.stderr else ""
     assert "serving 0 references" in err and "writes enabled" in err
+
+
+def test_explain_route_returns_scores_and_the_picture_in_memory(identifier, photo_paths, edited_copies,
+                                                                tmp_path: Path) -> None:
+    import io
+    import json
+
+    from PIL import Image
+
+    ref, other = photo_paths[2], photo_paths[9]
+    pair = {"query": edited_copies[ref].read_bytes(), "reference": ref.read_bytes()}
+    before = set(os.listdir(tmp_path))
+    with running(_app(identifier)) as url, httpx.Client(base_url=url, timeout=120) as client:
+        same = client.post("/v1/explain", files=pair)
+        unrelated = client.post("/v1/explain", files={"query": other.read_bytes(), "reference": ref.read_bytes()})
+        png = client.post("/v1/explain", params={"format": "png"}, files=pair)
+        missing = client.post("/v1/explain", files={"query": pair["query"]})
+        bad_format = client.post("/v1/explain", params={"format": "gif"}, files=pair)
+    assert same.status_code == 200 and unrelated.status_code == 200, same.text
+    doc, far = same.json(), unrelated.json()
+    assert set(doc["scores"]) == {"vae_raw"} and doc["score"] > far["score"] + 0.1
+    assert doc["cell_similarity"]["shape"] == [8, 8] and isinstance(doc["local_features"]["inliers"], int)
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    img = Image.open(io.BytesIO(png.content))
+    assert img.size[0] > 900 and float(img.text["score.vae_raw"]) == pytest.approx(doc["scores"]["vae_raw"], abs=1e-6)
+    assert json.loads(img.text["id2-explain"])["out"] is None
+    assert missing.status_code == 422 and bad_format.status_code == 422
+    assert set(os.listdir(tmp_path)) == before  # only the test's own store folder: nothing written by explain

@@ -5,15 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from id2_plugin.media import load_image, to_rgb_array
+from id2_plugin.media import MediaLimits, load_image, to_rgb_array, unletterbox
 from id2_plugin.robustness import (
     JPEG,
+    Border,
+    Canvas,
     Chain,
     Crop,
     Downscale,
     GaussianBlur,
     Identity,
     LogoWatermark,
+    Mirror,
+    Rotate,
     TextWatermark,
     default_suite,
     parse_attack_spec,
@@ -31,7 +35,8 @@ def photos(photo_paths) -> list[np.ndarray]:
 def _change(original: np.ndarray, attacked: np.ndarray) -> float:
     """Mean absolute pixel change after serving the attacked image at the original size."""
     h, w = original.shape[:2]
-    back = to_rgb_array(attacked, (w, h))
+    # Framing off: the attack's own change is measured, not what the normaliser's unletterbox leaves of it.
+    back = to_rgb_array(attacked, (w, h), limits=MediaLimits(unletterbox=False))
     return float(np.abs(back.astype(np.int16) - original.astype(np.int16)).mean())
 
 
@@ -62,6 +67,8 @@ def test_stronger_level_changes_more_pixels(entry, photos):
     A chain varies its second step, so its change is measured against the first step alone (same child
     seed: ``Chain(a, Identity())``), otherwise a geometric first step would mask the second.
     """
+    if not entry.levels[0].graded:
+        pytest.skip(f"{entry.family} levels are orientations, not strengths")
     changes = []
     for attack in entry.levels:
         if isinstance(attack, Chain):
@@ -156,3 +163,31 @@ def test_parse_attack_spec_and_subsample():
     assert [a.label for a in subsample_levels(levels, 2)] == ["jpeg:70", "jpeg:30"]
     assert subsample_levels(levels, 1)[0].label == "jpeg:30"
     assert subsample_levels(levels, 0) == levels
+
+
+@pytest.mark.parametrize("attack", [Border(0.2, sides="letterbox"), Border(0.15, sides="pillarbox"),
+                                    Border(0.1, colour=(40, 90, 160), sides="frame"), Canvas(2.0)], ids=repr)
+def test_framing_attacks_add_uniform_borders_that_unletterbox_removes(attack, photos):
+    """Bars and canvases come off exactly; where a photo's own edge is as dark as a black bar the cut may
+    stop short (the safe side), but it never cuts into the photo."""
+    from PIL import Image
+
+    exact = 0
+    for img in photos:
+        out = attack(img, 3)
+        assert out.shape[0] >= img.shape[0] and out.shape[1] >= img.shape[1] and out.size > img.size
+        back = np.asarray(unletterbox(Image.fromarray(out)))
+        assert back.shape[0] >= img.shape[0] - 4 and back.shape[1] >= img.shape[1] - 4, attack.label
+        exact += back.shape == img.shape and np.array_equal(back, img)
+    assert exact >= len(photos) - 1, attack.label
+
+
+def test_orientation_attacks_are_exact_quarter_turns_and_flips(photos):
+    img = photos[1]
+    assert np.array_equal(np.rot90(Rotate(90)(img), k=-1), img)
+    assert np.array_equal(Rotate(180)(img), img[::-1, ::-1])
+    assert Rotate(270)(img).shape == (img.shape[1], img.shape[0], 3)
+    assert np.array_equal(Mirror()(img)[:, ::-1], img) and Mirror().label == "mirror"
+    for bad in (lambda: Rotate(45), lambda: Border(0), lambda: Border(0.1, sides="top"), lambda: Canvas(1.0)):
+        with pytest.raises(ValueError):
+            bad()

@@ -1,0 +1,219 @@
+"""Explain a match: why a query scores what it scores against one reference.
+
+:func:`explain_match` normalises both images exactly as identification does, reports each signal's cosine
+(``id2``, ``sscd`` and ``fused`` when the embedder has them), a spatial similarity map - the cosine
+between the two TAEF2 latents cell by cell (the latent is a ``C x H x W`` grid before W pools and projects
+it, so each cell describes one patch of the image) - and, for copies and crops, local features matched
+between the two images (OpenCV SIFT, Lowe's ratio test, a RANSAC homography) with their inlier count.
+
+With ``out`` it writes one picture (``.png``, or ``.html`` embedding it) there and nowhere else: nothing
+image-derived is kept on disk otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ._lazy import require
+from .config import Config, load_config
+from .embedders.base import fit_arrays
+from .errors import ConfigError, MissingExtraError
+from .media import MediaLike
+
+if TYPE_CHECKING:
+    from .embedders.base import ImageEmbedder
+
+#: SIFT matches kept by Lowe's ratio test (best / second-best distance below this)
+RATIO = 0.75
+#: RANSAC reprojection error in pixels of the normalised image
+RANSAC_PX = 5.0
+#: fewest ratio-test matches a homography is estimated from (4 define it; fewer than ~8 is noise)
+MIN_MATCHES = 8
+
+
+@dataclass(frozen=True)
+class LocalMatches:
+    """SIFT keypoints matched between query and reference, in normalised-image pixels."""
+
+    query_points: np.ndarray  # N x 2 (x, y)
+    reference_points: np.ndarray  # N x 2
+    inlier_mask: np.ndarray  # N bools: consistent with the RANSAC homography
+    keypoints: tuple[int, int]  # keypoints found in (query, reference)
+
+    @property
+    def inliers(self) -> int:
+        return int(self.inlier_mask.sum())
+
+    @property
+    def matches(self) -> int:
+        return len(self.inlier_mask)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What :func:`explain_match` found. ``scores``: signal -> cosine (``id2``/``vae_raw``, ``sscd``,
+    ``fused``); ``cell_similarity``: latent ``H x W`` cosine map (None without a latent signal);
+    ``local``: SIFT matches (None when OpenCV is not installed)."""
+
+    query: str
+    reference: str
+    scores: dict[str, float]
+    cell_similarity: np.ndarray | None
+    local: LocalMatches | None
+    threshold: float
+    embedder: str
+    out: Path | None = None
+    #: where each part sits in the written picture: name -> (left, top, right, bottom) pixels
+    panels: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
+
+    @property
+    def score(self) -> float:
+        """The score identification ranks by: ``fused`` when present, else the only signal's."""
+        return self.scores.get("fused", next(iter(self.scores.values())))
+
+    @property
+    def inliers(self) -> int | None:
+        return self.local.inliers if self.local is not None else None
+
+    def summary(self) -> list[str]:
+        """The lines written on the picture and printed by ``id2-plugin explain``."""
+        decision = "MATCH" if self.score >= self.threshold else "NO MATCH"
+        lines = [f"score {self.score:.4f} vs threshold {self.threshold:.3f}: {decision}",
+                 "signals: " + "   ".join(f"{name} {value:.4f}" for name, value in self.scores.items())]
+        if self.local is not None:
+            lines.append(f"SIFT + RANSAC: {self.local.inliers} inliers of {self.local.matches} matches "
+                         f"({self.local.keypoints[0]} / {self.local.keypoints[1]} keypoints)")
+        if self.cell_similarity is not None:
+            c = self.cell_similarity
+            lines.append(f"latent cells {c.shape[0]}x{c.shape[1]}: mean cosine {c.mean():.3f}, lowest {c.min():.3f}")
+        return lines
+
+    def to_dict(self) -> dict[str, Any]:
+        cells = self.cell_similarity
+        return {
+            "query": self.query,
+            "reference": self.reference,
+            "scores": dict(self.scores),
+            "score": self.score,
+            "is_match": self.score >= self.threshold,
+            "threshold": self.threshold,
+            "embedder": self.embedder,
+            "cell_similarity": None if cells is None else {
+                "shape": list(cells.shape), "mean": round(float(cells.mean()), 6), "min": round(float(cells.min()), 6),
+            },
+            "local_features": None if self.local is None else {
+                "inliers": self.local.inliers, "matches": self.local.matches, "keypoints": list(self.local.keypoints),
+            },
+            "out": str(self.out) if self.out else None,
+        }
+
+
+def cell_similarity(latents: np.ndarray, latent_shape: tuple[int, int, int]) -> np.ndarray:
+    """Cosine between two flattened ``C x H x W`` latents at every cell: the channel vectors compared."""
+    grid = np.asarray(latents, np.float32).reshape(2, *latent_shape)
+    q, r = grid[0], grid[1]
+    num = (q * r).sum(axis=0)
+    return num / np.maximum(np.linalg.norm(q, axis=0) * np.linalg.norm(r, axis=0), 1e-12)
+
+
+def match_local_features(query: np.ndarray, reference: np.ndarray) -> LocalMatches:
+    """SIFT on both RGB images, ratio-test matches, inliers of a RANSAC homography (query -> reference)."""
+    cv2 = require("cv2")
+    sift = cv2.SIFT_create()
+    kq, dq = sift.detectAndCompute(cv2.cvtColor(query, cv2.COLOR_RGB2GRAY), None)
+    kr, dr = sift.detectAndCompute(cv2.cvtColor(reference, cv2.COLOR_RGB2GRAY), None)
+    pairs = []
+    if dq is not None and dr is not None and len(kr) >= 2:
+        pairs = [m for m, n in cv2.BFMatcher(cv2.NORM_L2).knnMatch(dq, dr, k=2) if m.distance < RATIO * n.distance]
+    pq = np.float32([kq[m.queryIdx].pt for m in pairs]).reshape(-1, 2)
+    pr = np.float32([kr[m.trainIdx].pt for m in pairs]).reshape(-1, 2)
+    mask = np.zeros(len(pairs), bool)
+    if len(pairs) >= MIN_MATCHES:
+        _h, found = cv2.findHomography(pq, pr, cv2.RANSAC, RANSAC_PX)
+        if found is not None:
+            mask = found.ravel().astype(bool)
+    return LocalMatches(pq, pr, mask, (len(kq), len(kr)))
+
+
+def _latent_part(embedder: ImageEmbedder) -> Any:
+    """The part of ``embedder`` built on a VAE latent (an :class:`Embedder`), if any."""
+    parts = getattr(embedder, "parts", [embedder])
+    return next((p for p in parts if hasattr(p, "encoder")), None)
+
+
+def signal_scores(embedder: ImageEmbedder, images: np.ndarray) -> tuple[dict[str, float], np.ndarray | None]:
+    """Each signal's cosine between ``images[0]`` and ``images[1]`` (normalised), ``fused`` as the weighted
+    sum the fused vector's dot product is, and the two latents when a signal has one (encoded once)."""
+    latent = _latent_part(embedder)
+    latents = latent.encoder.encode_arrays(fit_arrays(images, latent.input_size)) if latent is not None else None
+    parts = getattr(embedder, "parts", [embedder])
+    scores: dict[str, float] = {}
+    for part in parts:
+        vecs = latent.project(latents) if part is latent else part.embed_arrays(images)
+        scores[part.name] = round(float(vecs[0] @ vecs[1]), 6)
+    weights = getattr(embedder, "weights", None)
+    if weights:
+        scores["fused"] = round(sum(weights[n] * scores[n] for n in weights), 6)
+    return scores, latents
+
+
+def explain_pair(query: MediaLike, reference: MediaLike, embedder: ImageEmbedder, *,
+                 threshold: float = 0.5) -> tuple[Explanation, np.ndarray]:
+    """The :class:`Explanation` of ``query`` against ``reference`` and the two normalised images
+    (``2 x S x S x 3``) it was computed on, for :func:`render_explanation`. Nothing is written."""
+    from .media import describe
+
+    images = np.stack([embedder.normalise(query), embedder.normalise(reference)])
+    scores, latents = signal_scores(embedder, images)
+    part = _latent_part(embedder)
+    cells = cell_similarity(latents, part.encoder.latent_shape) if latents is not None else None
+    expl = Explanation(describe(query), describe(reference), scores, cells, _local_or_none(images), threshold,
+                       embedder.identity)
+    return expl, images
+
+
+def render_explanation(expl: Explanation, images: np.ndarray, fmt: str = "png") -> tuple[bytes, Explanation]:
+    """The picture as ``png`` or ``html`` bytes, in memory, and ``expl`` with the panel positions."""
+    from ._explain_render import render
+
+    return render(expl, images, fmt)
+
+
+def explain_match(
+    query: MediaLike,
+    reference: MediaLike,
+    config: Config | None = None,
+    *,
+    out: str | os.PathLike | None = None,
+    embedder: ImageEmbedder | None = None,
+) -> Explanation:
+    """Explain how ``query`` matches ``reference`` under ``config`` (default: the effective config).
+
+    ``embedder`` reuses an already built one (else it is built from ``config.embedder``, like
+    identification). ``out`` (``.png`` or ``.html``) is the only file written.
+    """
+    from .identify import build_embedder
+
+    cfg = config or load_config()
+    if out is not None and Path(out).suffix.lower() not in (".png", ".html"):
+        raise ConfigError(f"explain output {out}: expected a .png or .html file")
+    emb = embedder or build_embedder(cfg.embedder, cfg.media.limits())
+    expl, images = explain_pair(query, reference, emb, threshold=cfg.match.threshold)
+    if out is None:
+        return expl
+    from ._explain_render import write_explanation
+
+    return write_explanation(expl, images, Path(out))
+
+
+def _local_or_none(images: np.ndarray) -> LocalMatches | None:
+    """Local features when OpenCV is installed (the ``media`` extra); the explanation stands without them."""
+    try:
+        return match_local_features(images[0], images[1])
+    except MissingExtraError:
+        return None
