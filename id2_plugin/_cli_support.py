@@ -82,6 +82,13 @@ def config_option_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+#: ``--cache DIR``: the opt-in latent cache (cache.dir); without it nothing derived from the images is kept.
+cache_option = click.option(
+    "--cache", "cache", default=None, type=click.Path(file_okay=False),
+    help="Keep TAEF2 latents in DIR to skip re-encoding on reruns (cache.dir). Off by default: cached "
+         "latents decode back into near-copies of the images; 'id2-plugin cache purge' deletes them.")
+
+
 def config_from_flags(ctx: click.Context, **flags: Any) -> Config:
     return get_state(ctx).config(
         **{
@@ -92,5 +99,6 @@ def config_from_flags(ctx: click.Context, **flags: Any) -> Config:
             "embedder.batch_size": flags.get("batch_size"),
             "match.k": flags.get("k"),
             "match.threshold": flags.get("threshold"),
+            "cache.dir": flags.get("cache"),
         }
     )

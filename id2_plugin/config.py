@@ -48,6 +48,9 @@ class EmbedderConfig:
     resize_policy: str = "squash"
     #: hub id or subfolder for sd-vae (e.g. "stabilityai/sd-vae-ft-mse" or "stabilityai/stable-diffusion-2-1")
     subfolder: str | None = None
+    #: permit ``projection: none``: raw latents decode back into near-copies of the images, so a store,
+    #: hash or export of them must be asked for explicitly
+    allow_raw_latent: bool = False
 
     def validate(self) -> None:
         if self.resize_policy not in ("squash", "center_crop", "pad"):
@@ -94,6 +97,24 @@ class MediaConfig:
 
     max_pixels: int = 64_000_000
     max_bytes: int = 100 * 1024 * 1024
+
+    def validate(self) -> None:
+        from .media import PILLOW_MAX_PIXELS
+
+        # Pillow refuses images above twice its own bomb limit whatever we allow, so a larger value would
+        # be silently ineffective.
+        if not 1 <= self.max_pixels <= PILLOW_MAX_PIXELS:
+            raise ConfigError(f"media.max_pixels={self.max_pixels}: must lie in [1, {PILLOW_MAX_PIXELS}]")
+        if self.max_bytes < 1:
+            raise ConfigError(f"media.max_bytes={self.max_bytes}: must be >= 1")
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """Opt-in latent cache. Cached latents decode back into near-copies of the images: off by default."""
+
+    #: folder of the latent cache (``--cache DIR``); None = nothing is cached
+    dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -145,6 +166,7 @@ class Config:
     media: MediaConfig = field(default_factory=MediaConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     #: where the YAML came from (None = defaults only); not a YAML key
     source: str | None = field(default=None, compare=False)
 

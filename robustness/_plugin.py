@@ -12,7 +12,7 @@ from typing import Any
 import click
 import pluggy
 
-from id2_plugin._cli_support import EXIT_OK, get_state, handle_errors
+from id2_plugin._cli_support import EXIT_OK, cache_option, get_state, handle_errors
 from id2_plugin.errors import ConfigError
 
 from .attacks import BUILTIN_ATTACKS
@@ -49,10 +49,7 @@ def id2_register_attacks(register: Any) -> None:
 @click.option("--failures", "n_failures", type=int, default=3, show_default=True,
               help="Failure examples kept per method and attack level.")
 @click.option("--pdf/--no-pdf", default=True, show_default=True, help="Also write report.pdf.")
-@click.option("--no-cache", is_flag=True,
-              help="Do not read or write the latent cache (by default reruns reuse it and skip encoding).")
-@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
-              help="Latent cache root (default $ID2_CACHE_DIR or ~/.cache/id2_plugin).")
+@cache_option
 @click.option("--embedder", "embedder_name", default=None, help="Embedder name (embedder.name).")
 @click.option("--projection", default=None, help="'default', 'none' (raw latent only) or a W .safetensors path.")
 @click.option("--device", default=None, help="auto, cpu, cuda, cuda:N (embedder.device).")
@@ -63,8 +60,8 @@ def id2_register_attacks(register: Any) -> None:
 def robustness_command(ctx: click.Context, pairs: str | None, photos: str | None, distractors: tuple[str, ...],
                        max_distractors: int | None, out_dir: str, limit: int | None, seed: int,
                        attack_specs: tuple[str, ...], n_levels: int, methods: str | None,
-                       compare_resize_policies: bool, n_failures: int, pdf: bool, no_cache: bool,
-                       cache_dir: str | None, embedder_name: str | None, projection: str | None,
+                       compare_resize_policies: bool, n_failures: int, pdf: bool,
+                       cache: str | None, embedder_name: str | None, projection: str | None,
                        device: str | None, batch_size: int | None, quiet: bool) -> None:
     """Attack queries at every level and measure id2, raw VAE, PDQ and pHash on them.
 
@@ -72,8 +69,8 @@ def robustness_command(ctx: click.Context, pairs: str | None, photos: str | None
     tables, failure examples, provenance) and OUT/report.pdf.
 
     Resuming: attacks are seeded, so a rerun (or a run with more queries or levels) produces identical
-    pixels, and latents are read from the on-disk latent cache instead of being encoded again. An
-    interrupted run therefore resumes where it stopped: just run the same command again.
+    pixels; with --cache DIR latents are read from that cache instead of being encoded again, so an
+    interrupted run resumes where it stopped. Without --cache nothing but the reports is written.
     """
     from id2_plugin.identify import build_embedder
     from id2_plugin.media import MediaLimits
@@ -95,12 +92,13 @@ def robustness_command(ctx: click.Context, pairs: str | None, photos: str | None
 
     cfg = get_state(ctx).config(**{
         "embedder.name": embedder_name, "embedder.projection": projection, "embedder.device": device,
-        "embedder.batch_size": batch_size,
+        "embedder.batch_size": batch_size, "cache.dir": cache,
     })
+    cache_dir = cfg.cache.dir
     limits = MediaLimits(cfg.media.max_pixels, cfg.media.max_bytes)
     needs_model = names is None or bool({"id2", "vae_raw", "sscd", "fused"} & set(names))
     embedder = build_embedder(cfg.embedder, limits) if needs_model else None
-    method_list = build_methods(embedder, names, cache_root=cache_dir, use_cache=not no_cache)
+    method_list = build_methods(embedder, names, cache_root=cache_dir, use_cache=cache_dir is not None)
     if photos is not None:
         dataset = photos_set([photos], list(distractors), limit=limit, max_distractors=max_distractors)
     else:
@@ -113,7 +111,7 @@ def robustness_command(ctx: click.Context, pairs: str | None, photos: str | None
     result = run_robustness(
         dataset, method_list, suite, seed=seed, embedder=embedder,
         compare_policies=RESIZE_POLICIES if compare_resize_policies else (),
-        cache_root=cache_dir, use_cache=not no_cache, n_failures=n_failures, limits=limits, progress=not quiet,
+        cache_root=cache_dir, use_cache=cache_dir is not None, n_failures=n_failures, limits=limits, progress=not quiet,
         command=_command_line(ctx),
     )
     paths = write_reports(result, out_dir, pdf=pdf)
