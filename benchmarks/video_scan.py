@@ -109,7 +109,7 @@ def _open(store_path: str, projection: str, threads: int | None = None) -> tuple
 
     if threads:
         torch.set_num_threads(threads)
-    emb = build_embedder(EmbedderConfig(projection=projection, device="cpu", batch_size=16))
+    emb = build_embedder(EmbedderConfig(projection=projection, allow_raw_latent=True, device="cpu", batch_size=16))
     return emb, FaissStore(store_path, embedder_identity=emb.identity, dim=emb.dim)
 
 
@@ -173,7 +173,7 @@ def build_store(photos: list[Path], store_path: Path, projection: str) -> dict[s
     from id2_plugin.stores.faiss_store import FaissStore
     from id2_plugin.types import ReferenceRecord
 
-    emb = build_embedder(EmbedderConfig(projection=projection, device="cpu", batch_size=16))
+    emb = build_embedder(EmbedderConfig(projection=projection, allow_raw_latent=True, device="cpu", batch_size=16))
     unique = sorted(set(photos))
     vectors = emb.project(LatentCache(emb.encoder, legacy_cache_dir()).encode(unique, progress="indexing scene photos"))
     store = FaissStore(store_path, embedder_identity=emb.identity, dim=emb.dim, create=True)

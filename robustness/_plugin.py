@@ -97,7 +97,7 @@ def robustness_command(ctx: click.Context, pairs: str | None, photos: str | None
     cache_dir = cfg.cache.dir
     limits = MediaLimits(cfg.media.max_pixels, cfg.media.max_bytes)
     needs_model = names is None or bool({"id2", "vae_raw", "sscd", "fused"} & set(names))
-    embedder = build_embedder(cfg.embedder, limits) if needs_model else None
+    embedder = build_embedder(cfg.embedder, limits, in_memory_only=True) if needs_model else None
     method_list = build_methods(embedder, names, cache_root=cache_dir, use_cache=cache_dir is not None)
     if photos is not None:
         dataset = photos_set([photos], list(distractors), limit=limit, max_distractors=max_distractors)

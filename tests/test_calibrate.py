@@ -253,7 +253,7 @@ def test_calibrate_command_and_identifier_end_to_end(
                      for p in calib_data["origins"]])
     store.close()
     out2 = tmp_path / "cal_store.yaml"
-    res = _invoke(["--set", "store.backend=qdrant", "calibrate", "--pairs", str(d / "pairs.jsonl"),
+    res = _invoke(["--set", "store.backend=qdrant", "--set", "embedder.allow_raw_latent=true", "calibrate", "--pairs", str(d / "pairs.jsonl"),
                    "--negatives", str(d / "negatives"), "--store", str(store_dir), "--target-fpr", "0.05",
                    "--projection", "none", "--out", str(out2), "--json"])
     assert res.exit_code == 0, res.output

@@ -77,7 +77,7 @@ def evaluate_command(ctx: click.Context, pairs_path: str, distractors: tuple[str
     if eval_k < 1:
         raise ConfigError(f"--k must be >= 1, got {eval_k}")
     cfg = config_from_flags(ctx, **flags)
-    embedder = build_embedder(cfg.embedder, MediaLimits(cfg.media.max_pixels, cfg.media.max_bytes))
+    embedder = build_embedder(cfg.embedder, MediaLimits(cfg.media.max_pixels, cfg.media.max_bytes), in_memory_only=True)
     methods = comparison_methods(embedder, cfg)
     if method_names:
         unknown = [n for n in method_names if n not in {m.name for m in methods}]
@@ -163,7 +163,7 @@ def calibrate_command(ctx: click.Context, pairs_path: str, negative_dirs: tuple[
     if use_store and distractors:
         raise ConfigError("--distractors and --store are alternatives: the store already is the reference set")
     cfg = config_from_flags(ctx, **flags)
-    embedder = build_embedder(cfg.embedder, MediaLimits(cfg.media.max_pixels, cfg.media.max_bytes))
+    embedder = build_embedder(cfg.embedder, MediaLimits(cfg.media.max_pixels, cfg.media.max_bytes), in_memory_only=True)
     # A VAE embedder's latents go through the cache when asked; a fused or SSCD embedder embeds directly.
     method = EmbedderMethod(embedder, latent_cache(getattr(embedder, "encoder", None), cfg.cache.dir))
 

@@ -31,7 +31,7 @@ def video_folder(scene, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _base_args(ref_store) -> list[str]:
-    return ["--set", "embedder.device=cpu", "scan-video", "--store", str(ref_store.location), "--projection", "none",
+    return ["--set", "embedder.device=cpu", "--set", "embedder.allow_raw_latent=true", "scan-video", "--store", str(ref_store.location), "--projection", "none",
             "--threshold", "0.5"]
 
 
