@@ -254,7 +254,11 @@ def parse_override(text: str) -> dict[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like section.key=value")
     key, raw = text.split("=", 1)
-    return nested_override(key.strip(), yaml.safe_load(raw) if raw != "" else None)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({str(exc).splitlines()[0]})") from None
+    return nested_override(key.strip(), value)
 
 
 def nested_override(dotted: str, value: Any) -> dict[str, Any]:
@@ -285,6 +289,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: Mapping[str, A
             text = source.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"cannot read config file {source}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {source} is not a UTF-8 text (YAML) file") from None
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:

@@ -30,6 +30,9 @@ ResizePolicy = Literal["squash", "center_crop", "pad"]
 #: Default decompression-bomb limit: 64 megapixels (a 8000x8000 photo). Pillow's own default warns at
 #: ~89 MP and only errors at twice that; a moderation host wants a hard, lower and explicit limit.
 DEFAULT_MAX_PIXELS = 64_000_000
+#: The largest ``max_pixels`` that means anything: the decoder turns Pillow's DecompressionBombWarning (at
+#: ``Image.MAX_IMAGE_PIXELS``) into an error, so a higher limit would be silently ignored.
+PILLOW_MAX_PIXELS = int(Image.MAX_IMAGE_PIXELS or 2**31 - 1)
 #: Refuse to read files larger than this many bytes (a compressed bomb still costs I/O).
 DEFAULT_MAX_BYTES = 100 * 1024 * 1024
 
