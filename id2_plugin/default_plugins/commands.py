@@ -14,9 +14,10 @@ import numpy as np
 import pluggy
 
 from .._files import sha256_file_or_none
-from .._cli_support import EXIT_OK, EXIT_SOFT_FAIL, config_from_flags, config_option_flags, echo_json, get_state, handle_errors
+from .._cli_support import (EXIT_OK, EXIT_SOFT_FAIL, EXIT_STORE, config_from_flags, config_option_flags, echo_json, expand_inputs,
+                            get_state, handle_errors)
 from ..errors import MediaError
-from ..media import describe, iter_image_files
+from ..media import describe
 from ..types import ReferenceRecord
 
 hookimpl = pluggy.HookimplMarker("id2_plugin")
@@ -28,10 +29,10 @@ def index_group() -> None:
 
 
 @index_group.command("add")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--label", "labels", multiple=True, help="Label stored with every added reference (repeatable).")
 @click.option("--index-type", default=None, help="Index type when the store is created (store.index).")
-@click.option("--commit-every", type=int, default=1024, show_default=True,
+@click.option("--commit-every", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Commit after this many new references, so an interrupted run keeps its work.")
 @config_option_flags
 @click.pass_context
@@ -46,16 +47,17 @@ def index_add(ctx: click.Context, paths: tuple[str, ...], labels: tuple[str, ...
     cfg = config_from_flags(ctx, **flags)
     if index_type:
         cfg = dataclasses.replace(cfg, store=dataclasses.replace(cfg.store, index=index_type))
-    files = iter_image_files(list(paths))
+    files, problems = expand_inputs(paths)
     embedder = build_embedder(cfg.embedder, MediaLimits(cfg.media.max_pixels, cfg.media.max_bytes))
     store = open_store(cfg.store, embedder_identity=embedder.identity, dim=embedder.dim, create=True)
     store.check_compatible(embedder.identity)
     hashes = {f: sha256_file_or_none(f) for f in files}
     known = dict(zip(files, store.contains([h or "" for h in hashes.values()])))
     todo = [f for f in files if not known[f] and hashes[f] is not None]
-    failures = [f for f in files if hashes[f] is None]
-    for f in failures:
+    unreadable = [f for f in files if hashes[f] is None]
+    for f in unreadable:
         click.echo(f"skipped {f}: cannot read file", err=True)
+    failures: list[Any] = [*problems, *unreadable]  # each reported; the rest is still indexed
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
     def batches() -> Iterator[tuple[np.ndarray, list[ReferenceRecord]]]:
@@ -91,12 +93,15 @@ def index_info(ctx: click.Context, as_json: bool, **flags: Any) -> None:
 
     with open_store(cfg.store, embedder_identity=None, dim=None, create=False) as store:
         info = store.info()
-    doc = dict(info.to_dict(), method=embedder_kind(info.embedder))
+    doc = dict(info.to_dict(), method=embedder_kind(info.embedder), status=info.extra.get("status", "ok"))
     if as_json:
         echo_json(doc)
-        return
-    for k, v in doc.items():
-        click.echo(f"{k}: {v}")
+    else:
+        for k, v in doc.items():
+            click.echo(f"{k}: {v}")
+    if doc["status"].startswith("damaged"):
+        click.echo("error: the store is damaged; run `id2-plugin index verify --repair`", err=True)
+        sys.exit(EXIT_STORE)
 
 
 @index_group.command("remove")
@@ -133,10 +138,9 @@ def query(ctx: click.Context, files: tuple[str, ...], as_json: bool, **flags: An
 
     cfg = config_from_flags(ctx, **flags)
     ident = Identifier.from_config(cfg)
-    soft_fail = False
-    paths = iter_image_files(list(files))
+    paths, problems = expand_inputs(files)
     with ident.context.store:
-        soft_fail = _query_paths(ident, paths, as_json)
+        soft_fail = _query_paths(ident, paths, as_json) or bool(problems)
     sys.exit(EXIT_SOFT_FAIL if soft_fail else EXIT_OK)
 
 
@@ -175,8 +179,8 @@ def embed(ctx: click.Context, files: tuple[str, ...], out: str, **flags: Any) ->
 
     cfg = config_from_flags(ctx, **flags)
     embedder = build_embedder(cfg.embedder)
-    paths = iter_image_files(list(files))
-    vecs, names, bad = [], [], 0
+    paths, problems = expand_inputs(files)
+    vecs, names, bad = [], [], len(problems)
     for item in embedder.embed_iter(paths, progress="embedding", total=len(paths)):
         if item.error is not None:
             bad += 1
