@@ -75,9 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         vals = [psnr(a, b) for a, b in zip(images, out)]
         lines.append(f"| {name} | {np.mean(vals):.2f} | {np.min(vals):.2f} | {np.max(vals):.2f} |")
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
+    if args.out:  # the results file first: the table is also printed for the terminal
         args.out.write_text(text)
+    print(text, end="")
     return 0
 
 
