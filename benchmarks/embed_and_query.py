@@ -38,7 +38,7 @@ def main() -> None:
     from id2_plugin.stores.faiss_store import FaissStore
 
     photos = sorted((SHARED / "data" / "photos").glob("*.jpg"))[: args.images]
-    emb = build_embedder(EmbedderConfig(projection=args.projection, device="cpu", batch_size=32))
+    emb = build_embedder(EmbedderConfig(projection=args.projection, allow_raw_latent=True, device="cpu", batch_size=32))
     emb.embed(photos[:2])  # warm-up: first call allocates
     rows = {}
     for bs in (1, 32):

@@ -61,14 +61,14 @@ def real_embeddings(n_photos: int, dim: int, seed: int) -> tuple[np.ndarray | No
     if not photos or not weights.is_dir():
         return None, f"unavailable (no photos / TAEF2 under {SHARED})"
     try:
-        from id2_plugin.cache import LatentCache
+        from id2_plugin.cache import LatentCache, legacy_cache_dir
         from id2_plugin.embedders.base import Embedder, Projection, l2_normalise
         from id2_plugin.embedders.taesd import TAEF2Encoder
         from id2_plugin.identify import default_projection_path
     except ImportError as exc:
         return None, f"unavailable ({exc})"
     encoder = TAEF2Encoder(weights=weights, device="cpu", batch_size=16)
-    cache = LatentCache(encoder)
+    cache = LatentCache(encoder, legacy_cache_dir())  # the shared public photos only
     t = time.perf_counter()
     latents = np.concatenate([cache.encode_arrays(np.stack([encoder.normalise(p) for p in photos[s : s + 32]]))
                               for s in range(0, len(photos), 32)])

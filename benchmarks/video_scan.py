@@ -34,9 +34,9 @@ WIDTH, HEIGHT, FPS, SCENE_S, KEYINT_S = 1280, 720, 25, 8, 2
 
 
 def _cache_dir() -> Path:
-    from id2_plugin.cache import default_cache_dir
+    from id2_plugin.cache import legacy_cache_dir
 
-    return default_cache_dir() / "bench-videos"
+    return legacy_cache_dir() / "bench-videos"
 
 
 def _scene_photos(minutes: float, offset: int = 0) -> list[Path]:
@@ -109,7 +109,7 @@ def _open(store_path: str, projection: str, threads: int | None = None) -> tuple
 
     if threads:
         torch.set_num_threads(threads)
-    emb = build_embedder(EmbedderConfig(projection=projection, device="cpu", batch_size=16))
+    emb = build_embedder(EmbedderConfig(projection=projection, allow_raw_latent=True, device="cpu", batch_size=16))
     return emb, FaissStore(store_path, embedder_identity=emb.identity, dim=emb.dim)
 
 
@@ -167,15 +167,15 @@ def _in_fresh_process(fn: Any, *args: Any) -> Any:
 def build_store(photos: list[Path], store_path: Path, projection: str) -> dict[str, str]:
     import hashlib
 
-    from id2_plugin.cache import LatentCache
+    from id2_plugin.cache import LatentCache, legacy_cache_dir
     from id2_plugin.config import EmbedderConfig
     from id2_plugin.identify import build_embedder
     from id2_plugin.stores.faiss_store import FaissStore
     from id2_plugin.types import ReferenceRecord
 
-    emb = build_embedder(EmbedderConfig(projection=projection, device="cpu", batch_size=16))
+    emb = build_embedder(EmbedderConfig(projection=projection, allow_raw_latent=True, device="cpu", batch_size=16))
     unique = sorted(set(photos))
-    vectors = emb.project(LatentCache(emb.encoder).encode(unique, progress="indexing scene photos"))
+    vectors = emb.project(LatentCache(emb.encoder, legacy_cache_dir()).encode(unique, progress="indexing scene photos"))
     store = FaissStore(store_path, embedder_identity=emb.identity, dim=emb.dim, create=True)
     store.add(vectors, [ReferenceRecord(sha256=hashlib.sha256(p.read_bytes()).hexdigest(), uri=str(p)) for p in unique])
     store.close()

@@ -1,4 +1,7 @@
-"""On-disk latent cache: encode each distinct normalised image once per encoder, across runs and processes.
+"""Opt-in on-disk latent cache: encode each distinct normalised image once per encoder, across runs.
+
+A cached latent decodes back into a near-copy of its image, so nothing is cached unless the user names a
+folder (``--cache DIR`` or config ``cache.dir``); ``id2-plugin cache purge`` deletes it again.
 
 Latents (not embeddings) are cached so that changing W never invalidates the cache. The key is the sha256
 of the normalised ``S x S x 3`` uint8 pixels, so a path, its bytes or an attacked array that decode to the
@@ -8,9 +11,11 @@ safe and an interrupted run resumes where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +26,8 @@ from .embedders.base import LatentEncoder
 from .media import MediaLike
 
 
-def default_cache_dir() -> Path:
+def legacy_cache_dir() -> Path:
+    """Where releases before the cache became opt-in wrote latents unasked (``cache purge`` cleans it)."""
     env = os.environ.get("ID2_CACHE_DIR")
     if env:
         return Path(env)
@@ -29,13 +35,32 @@ def default_cache_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "id2_plugin"
 
 
-class LatentCache:
-    """Latent cache for one encoder identity under ``root`` (default ``$ID2_CACHE_DIR`` or ~/.cache/id2_plugin)."""
+def latent_cache(encoder: LatentEncoder | None, root: str | os.PathLike | None) -> LatentCache | None:
+    """A cache for ``encoder`` under ``root``, or None when caching was not asked for (the default)."""
+    if encoder is None or root is None:
+        return None
+    return LatentCache(encoder, root)
 
-    def __init__(self, encoder: LatentEncoder, root: str | os.PathLike | None = None, dtype: str = "float16") -> None:
+
+def purge(root: str | os.PathLike) -> int:
+    """Delete the latent folder under ``root``; returns the number of cached latents removed."""
+    latents = Path(root) / "latents"
+    if not latents.is_dir():
+        return 0
+    n = sum(1 for _ in latents.rglob("*.npy"))
+    shutil.rmtree(latents)
+    with contextlib.suppress(OSError):
+        Path(root).rmdir()  # only when nothing else lives there
+    return n
+
+
+class LatentCache:
+    """Latent cache for one encoder identity under ``root`` (a folder the user chose)."""
+
+    def __init__(self, encoder: LatentEncoder, root: str | os.PathLike, dtype: str = "float16") -> None:
         self.encoder = encoder
         safe = re.sub(r"[^A-Za-z0-9_.@-]+", "_", encoder.identity)
-        self.dir = Path(root or default_cache_dir()) / "latents" / safe
+        self.dir = Path(root) / "latents" / safe
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dtype = np.dtype(dtype)
 

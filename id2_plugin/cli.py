@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from .cli_support import EXIT_USAGE, CliState
+from .cli_support import EXIT_USAGE, CliState, exit_code_for
 from .errors import Id2Error
 
 
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
         _load_plugin_commands()
     except Id2Error as exc:
         click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_USAGE)
+        sys.exit(exit_code_for(exc))
     cli.main(args=argv, prog_name="id2-plugin")
 
 

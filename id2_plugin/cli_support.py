@@ -11,10 +11,12 @@ from typing import Any
 import click
 
 from .config import Config, load_config, parse_override
-from .errors import ConfigError, Id2Error
+from .errors import ConfigError, Id2Error, MediaError, MissingExtraError, ModelNotFoundError
 
-#: Exit codes: 0 ok, 1 no match / bad media reported per file, 2 usage / config error.
-EXIT_OK, EXIT_SOFT_FAIL, EXIT_USAGE = 0, 1, 2
+#: Exit codes (the README's table): 0 ok; 1 some query had no match or some input could not be read (each
+#: reported, the rest processed); 2 usage or configuration error (options, config file, weights, W, paths
+#: that hold no image); 3 store error (missing, locked, damaged, incompatible) or another runtime failure.
+EXIT_OK, EXIT_SOFT_FAIL, EXIT_USAGE, EXIT_STORE = 0, 1, 2, 3
 
 
 class CliState:
@@ -54,14 +56,36 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except ConfigError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(EXIT_USAGE)
         except Id2Error as exc:
             click.echo(f"error: {exc}", err=True)
-            sys.exit(EXIT_USAGE)
+            sys.exit(exit_code_for(exc))
 
     return wrapper
+
+
+def exit_code_for(exc: Id2Error) -> int:
+    """The documented exit code of a library error (one table for every command, built-in or plugin)."""
+    if isinstance(exc, (ConfigError, MissingExtraError, ModelNotFoundError)):
+        return EXIT_USAGE
+    if isinstance(exc, MediaError):
+        return EXIT_SOFT_FAIL
+    return EXIT_STORE  # StoreError and any other runtime failure
+
+
+def expand_inputs(paths: Any) -> tuple[list[Any], list[str]]:
+    """Image files under ``paths``, and the paths that could not be walked, each reported on stderr.
+
+    The caller exits 1 when there were problems; paths that hold no image and no problem are a usage error
+    (a silent exit 0 would read as success).
+    """
+    from .media import scan_image_files
+
+    scan = scan_image_files(list(paths))
+    for line in scan.problems:
+        click.echo(f"skipped {line}", err=True)
+    if not scan.files and not scan.problems:
+        raise ConfigError(f"no image files found in {', '.join(map(str, paths))}")
+    return scan.files, scan.problems
 
 
 def echo_json(obj: Any) -> None:
@@ -105,7 +129,14 @@ FLAG_KEYS = {
     "threshold": "match.threshold",
     "rotations": "match.rotations",
     "mirror": "match.mirror",
+    "cache": "cache.dir",
 }
+
+#: ``--cache DIR``: the opt-in latent cache (cache.dir); without it nothing derived from the images is kept.
+cache_option = click.option(
+    "--cache", "cache", default=None, type=click.Path(file_okay=False),
+    help="Keep TAEF2 latents in DIR to skip re-encoding on reruns (cache.dir). Off by default: cached "
+         "latents decode back into near-copies of the images; 'id2-plugin cache purge' deletes them.")
 
 
 def parse_rotations(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:

@@ -51,6 +51,9 @@ class EmbedderConfig:
     resize_policy: str = "squash"
     #: hub id or subfolder for sd-vae (e.g. "stabilityai/sd-vae-ft-mse" or "stabilityai/stable-diffusion-2-1")
     subfolder: str | None = None
+    #: permit ``projection: none``: raw latents decode back into near-copies of the images, so a store,
+    #: hash or export of them must be asked for explicitly
+    allow_raw_latent: bool = False
 
     def validate(self) -> None:
         if self.resize_policy not in ("squash", "center_crop", "pad"):
@@ -113,15 +116,31 @@ class MediaConfig:
     #: per-channel difference (0-255) from the border colour still counted as border (JPEG/video noise)
     border_tolerance: int = 24
 
-    def validate(self) -> None:
-        if not 0 <= self.border_tolerance <= 128:
-            raise ConfigError(f"media.border_tolerance={self.border_tolerance}: expected 0-128")
-
     def limits(self) -> MediaLimits:
         """These limits as the :class:`~id2_plugin.media.MediaLimits` the normaliser takes."""
         from .media import MediaLimits
 
         return MediaLimits.from_config(self)
+
+    def validate(self) -> None:
+        from .media import PILLOW_MAX_PIXELS
+
+        # Pillow refuses images above twice its own bomb limit whatever we allow, so a larger value would
+        # be silently ineffective.
+        if not 1 <= self.max_pixels <= PILLOW_MAX_PIXELS:
+            raise ConfigError(f"media.max_pixels={self.max_pixels}: must lie in [1, {PILLOW_MAX_PIXELS}]")
+        if self.max_bytes < 1:
+            raise ConfigError(f"media.max_bytes={self.max_bytes}: must be >= 1")
+        if not 0 <= self.border_tolerance <= 128:
+            raise ConfigError(f"media.border_tolerance={self.border_tolerance}: expected 0-128")
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """Opt-in latent cache. Cached latents decode back into near-copies of the images: off by default."""
+
+    #: folder of the latent cache (``--cache DIR``); None = nothing is cached
+    dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -179,6 +198,7 @@ class Config:
     media: MediaConfig = field(default_factory=MediaConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     #: where the YAML came from (None = defaults only); not a YAML key
     source: str | None = field(default=None, compare=False)
 
@@ -281,7 +301,11 @@ def parse_override(text: str) -> dict[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like section.key=value")
     key, raw = text.split("=", 1)
-    return nested_override(key.strip(), yaml.safe_load(raw) if raw != "" else None)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({str(exc).splitlines()[0]})") from None
+    return nested_override(key.strip(), value)
 
 
 def nested_override(dotted: str, value: Any) -> dict[str, Any]:
@@ -312,6 +336,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: Mapping[str, A
             text = source.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"cannot read config file {source}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {source} is not a UTF-8 text (YAML) file") from None
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:

@@ -23,6 +23,10 @@ class StoreError(Id2Error):
     """The reference store is missing, locked, corrupt or incompatible with the embedder."""
 
 
+class StoreDamagedError(StoreError):
+    """A store file is shorter than its committed metadata says (truncated / missing): nothing is written."""
+
+
 class IncompatibleStoreError(StoreError):
     """The store was built with a different embedder / projection than the one used to query it."""
 

@@ -78,8 +78,33 @@ def load_projection(spec: str, encoder_name: str) -> Projection | None:
     return Projection.load(spec)
 
 
-def build_embedder(cfg: EmbedderConfig, limits: MediaLimits | None = None) -> ImageEmbedder:
-    """The embedder the ``embedder`` config section names (see :func:`resolve_embedder_name` for ``auto``)."""
+def build_embedder(cfg: EmbedderConfig, limits: MediaLimits | None = None, *, in_memory_only: bool = False) -> ImageEmbedder:
+    """The embedder the ``embedder`` config section names (see :func:`resolve_embedder_name` for ``auto``).
+
+    An embedder whose vectors contain a raw VAE latent (no W) is refused unless ``embedder.allow_raw_latent``
+    is set, or ``in_memory_only`` promises its vectors are never stored, hashed or returned (evaluate).
+    """
+    embedder = _build_embedder(cfg, limits)
+    if not in_memory_only and not cfg.allow_raw_latent:
+        refuse_raw_latent(embedder)
+    return embedder
+
+
+def refuse_raw_latent(embedder: ImageEmbedder) -> None:
+    """Raise :class:`ConfigError` when ``embedder``'s vectors contain a raw VAE latent (decodable into the image)."""
+    from .evaluate import latent_part
+
+    part = latent_part(embedder)
+    if part is not None and part.projection is None:
+        raise ConfigError(
+            f"embedder {embedder.identity} has no W (embedder.projection is 'none', or no W is shipped for "
+            f"{part.encoder.name}): its vectors are raw VAE latents, which decode back into near-copies of the "
+            "images. Give a W (embedder.projection: PATH), or accept storing them with "
+            "embedder.allow_raw_latent: true (--set embedder.allow_raw_latent=true)"
+        )
+
+
+def _build_embedder(cfg: EmbedderConfig, limits: MediaLimits | None) -> ImageEmbedder:
     from .embedders.base import Embedder, ImageEmbedder
     from .embedders.fused import FusedEmbedder
 

@@ -12,6 +12,7 @@ or empty files, non-images. The host process never sees a raw Pillow/OSError.
 
 from __future__ import annotations
 
+import errno
 import io
 import math
 import os
@@ -32,6 +33,9 @@ ResizePolicy = Literal["squash", "center_crop", "pad"]
 #: Default decompression-bomb limit: 64 megapixels (a 8000x8000 photo). Pillow's own default warns at
 #: ~89 MP and only errors at twice that; a moderation host wants a hard, lower and explicit limit.
 DEFAULT_MAX_PIXELS = 64_000_000
+#: The largest ``max_pixels`` that means anything: the decoder turns Pillow's DecompressionBombWarning (at
+#: ``Image.MAX_IMAGE_PIXELS``) into an error, so a higher limit would be silently ignored.
+PILLOW_MAX_PIXELS = int(Image.MAX_IMAGE_PIXELS or 2**31 - 1)
 #: Refuse to read files larger than this many bytes (a compressed bomb still costs I/O).
 DEFAULT_MAX_BYTES = 100 * 1024 * 1024
 
@@ -265,15 +269,73 @@ def unletterbox(img: Image.Image, trim: BorderTrim | None = None) -> Image.Image
 def iter_image_files(paths: list[str | os.PathLike] | tuple[str | os.PathLike, ...]) -> list[Path]:
     """Expand files and folders (recursively, sorted) into image file paths by extension.
 
-    Files named explicitly are kept whatever their extension: the decoder, not the name, decides.
+    Files named explicitly are kept whatever their extension: the decoder, not the name, decides. What
+    cannot be walked is left out; :func:`scan_image_files` also says what that was.
     """
-    out: list[Path] = []
+    return scan_image_files(paths).files
+
+
+@dataclass(frozen=True)
+class FileScan:
+    """Image files found under some paths, and every path that could not be walked (one line each)."""
+
+    files: list[Path]
+    problems: list[str]
+
+
+def scan_image_files(paths: list[str | os.PathLike] | tuple[str | os.PathLike, ...]) -> FileScan:
+    """Like :func:`iter_image_files`, reporting unreadable folders, dangling links and symlink loops.
+
+    Symbolic links to folders are followed; one that points back to a folder being walked is a loop.
+    """
+    files: list[Path] = []
+    problems: list[str] = []
     for p in paths:
         path = Path(p)
         if path.is_dir():
-            out.extend(
-                sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
-            )
+            found: list[Path] = []
+            _walk(path, frozenset({_dir_key(path)}), found, problems)
+            files.extend(sorted(found))
+        elif path.exists():
+            files.append(path)
         else:
-            out.append(path)
-    return out
+            problems.append(_missing(path))
+    return FileScan(files, problems)
+
+
+def _dir_key(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return (st.st_dev, st.st_ino)
+
+
+def _missing(path: Path) -> str:
+    """Why ``path``, which does not resolve, does not (a dangling link, a loop, or nothing there)."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return f"{path}: dangling symbolic link" if path.is_symlink() else f"{path}: not found"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return f"{path}: symbolic link loop"
+        return f"{path}: cannot access ({exc.strerror or exc})"
+    return f"{path}: cannot access"
+
+
+def _walk(folder: Path, ancestors: frozenset[tuple[int, int]], found: list[Path], problems: list[str]) -> None:
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as exc:
+        problems.append(f"{folder}: cannot read folder ({exc.strerror or exc})")
+        return
+    for entry in entries:
+        path = Path(entry.path)
+        if not path.exists():
+            problems.append(_missing(path))
+        elif path.is_dir():
+            key = _dir_key(path)
+            if key in ancestors:
+                problems.append(f"{path}: symbolic link loop (points back to {os.path.realpath(path)})")
+            else:
+                _walk(path, ancestors | {key}, found, problems)
+        elif path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+            found.append(path)

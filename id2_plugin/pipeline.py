@@ -53,9 +53,10 @@ class IngestResult:
     store_count: int = 0
 
 
-def embedder_from_config(cfg: Config) -> ImageEmbedder:
-    """The configured embedder, with the configured media limits (no store)."""
-    return build_embedder(cfg.embedder, cfg.media.limits())
+def embedder_from_config(cfg: Config, *, in_memory_only: bool = False) -> ImageEmbedder:
+    """The configured embedder, with the configured media limits (no store); ``in_memory_only``: its vectors
+    are never stored or returned (evaluation), so a raw latent needs no opt-in."""
+    return build_embedder(cfg.embedder, cfg.media.limits(), in_memory_only=in_memory_only)
 
 
 class Pipeline:

@@ -26,6 +26,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "id2_plugin.default_plugins.fusion_commands",
     "id2_plugin.default_plugins.explain_commands",
     "id2_plugin.default_plugins.ray_commands",
+    "id2_plugin.default_plugins.cache_commands",
     "id2_plugin.train.cli",
 )
 

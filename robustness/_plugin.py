@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from id2_plugin.cli_support import EXIT_OK, config_from_flags, embedder_option_flags, handle_errors
+from id2_plugin.cli_support import EXIT_OK, cache_option, config_from_flags, embedder_option_flags, handle_errors
 from id2_plugin.errors import ConfigError
 
 from .attacks import BUILTIN_ATTACKS
@@ -48,10 +48,7 @@ def id2_register_attacks(register: Any) -> None:
 @click.option("--failures", "n_failures", type=int, default=3, show_default=True,
               help="Failure examples kept per method and attack level.")
 @click.option("--pdf/--no-pdf", default=True, show_default=True, help="Also write report.pdf.")
-@click.option("--no-cache", is_flag=True,
-              help="Do not read or write the latent cache (by default reruns reuse it and skip encoding).")
-@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
-              help="Latent cache root (default $ID2_CACHE_DIR or ~/.cache/id2_plugin).")
+@cache_option
 @embedder_option_flags
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.pass_context
@@ -59,16 +56,15 @@ def id2_register_attacks(register: Any) -> None:
 def robustness_command(ctx: click.Context, pairs: str | None, photos: str | None, distractors: tuple[str, ...],
                        max_distractors: int | None, out_dir: str, limit: int | None, seed: int,
                        attack_specs: tuple[str, ...], n_levels: int, methods: str | None,
-                       compare_resize_policies: bool, n_failures: int, pdf: bool, no_cache: bool,
-                       cache_dir: str | None, quiet: bool, **flags: Any) -> None:
+                       compare_resize_policies: bool, n_failures: int, pdf: bool, quiet: bool, **flags: Any) -> None:
     """Attack queries at every level and measure id2, raw VAE, PDQ and pHash on them.
 
     Writes OUT/report.json (every curve point), OUT/curves.csv, a self-contained OUT/report.html (plots,
     tables, failure examples, provenance) and OUT/report.pdf.
 
     Resuming: attacks are seeded, so a rerun (or a run with more queries or levels) produces identical
-    pixels, and latents are read from the on-disk latent cache instead of being encoded again. An
-    interrupted run therefore resumes where it stopped: just run the same command again.
+    pixels; with --cache DIR latents are read from that cache instead of being encoded again, so an
+    interrupted run resumes where it stopped. Without --cache nothing but the reports is written.
     """
     from id2_plugin.pipeline import embedder_from_config
     from id2_plugin.plugins import attack_factories
@@ -88,10 +84,11 @@ def robustness_command(ctx: click.Context, pairs: str | None, photos: str | None
     names = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
 
     cfg = config_from_flags(ctx, **flags)
+    cache_dir = cfg.cache.dir
     limits = cfg.media.limits()
     needs_model = names is None or bool({"id2", "vae_raw", "sscd", "fused"} & set(names))
-    embedder = embedder_from_config(cfg) if needs_model else None
-    method_list = build_methods(embedder, names, cache_root=cache_dir, use_cache=not no_cache)
+    embedder = embedder_from_config(cfg, in_memory_only=True) if needs_model else None
+    method_list = build_methods(embedder, names, cache_root=cache_dir, use_cache=cache_dir is not None)
     if photos is not None:
         dataset = photos_set([photos], list(distractors), limit=limit, max_distractors=max_distractors)
     else:
@@ -104,7 +101,7 @@ def robustness_command(ctx: click.Context, pairs: str | None, photos: str | None
     result = run_robustness(
         dataset, method_list, suite, seed=seed, embedder=embedder,
         compare_policies=RESIZE_POLICIES if compare_resize_policies else (),
-        cache_root=cache_dir, use_cache=not no_cache, n_failures=n_failures, limits=limits, progress=not quiet,
+        cache_root=cache_dir, use_cache=cache_dir is not None, n_failures=n_failures, limits=limits, progress=not quiet,
         command=_command_line(ctx),
     )
     paths = write_reports(result, out_dir, pdf=pdf)

@@ -8,7 +8,8 @@ confident failures.
 Attacks run on the image at its native size (a JPEG re-encode or a downscale happens to the file that is
 shared), then the result goes through the same normaliser as a real query; a downscaled query is therefore
 upsized by the normaliser. Every attacked image is a deterministic function of (seed, attack label, query
-name), so a rerun produces identical pixels and every latent comes from :class:`~id2_plugin.cache.LatentCache`.
+name), so a rerun produces identical pixels and, with an opt-in cache root, every latent comes from
+:class:`~id2_plugin.cache.LatentCache`.
 """
 
 from __future__ import annotations
@@ -333,7 +334,7 @@ def build_methods(
     names: Sequence[str] | None = None,
     *,
     cache_root: str | os.PathLike | None = None,
-    use_cache: bool = True,
+    use_cache: bool = False,
 ) -> list[Method]:
     """:func:`id2_plugin.evaluate.default_methods` (latents through the cache), filtered by ``names``.
 
@@ -344,12 +345,10 @@ def build_methods(
     if embedder is None:
         methods: list[Method] = [PDQMethod(), PHashMethod()]
     else:
-        cache = None
-        latent = latent_part(embedder)
-        if use_cache and latent is not None:
-            from id2_plugin.cache import LatentCache
+        from id2_plugin.cache import latent_cache
 
-            cache = LatentCache(latent.encoder, root=cache_root)
+        latent = latent_part(embedder)
+        cache = latent_cache(getattr(latent, "encoder", None), cache_root if use_cache else None)
         methods = default_methods(embedder, cache)
     if names is None:
         return methods
@@ -370,11 +369,9 @@ def _policy_methods(methods: Sequence[Method], embedder: Embedder, policy: str, 
     if latent is None:
         return []
     emb = _encoder_for_policy(latent, policy)
-    cache = None
-    if use_cache:
-        from id2_plugin.cache import LatentCache
+    from id2_plugin.cache import latent_cache
 
-        cache = LatentCache(emb.encoder, root=cache_root)
+    cache = latent_cache(emb.encoder, cache_root if use_cache else None)
     out: list[Method] = []
     for m in methods:
         if isinstance(m, EmbedderMethod) and m.name in ("id2", "vae_raw"):
@@ -403,7 +400,7 @@ def run_robustness(
     resize_policy: str = "squash",
     compare_policies: Sequence[str] = (),
     cache_root: str | os.PathLike | None = None,
-    use_cache: bool = True,
+    use_cache: bool = False,
     n_failures: int = 3,
     limits: MediaLimits | None = None,
     progress: bool = True,

@@ -33,7 +33,7 @@ def _isolated_env(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Tests never touch the network nor the user's cache; the latent cache is shared within the session."""
     os.environ["ID2_OFFLINE"] = "1"
     os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ.setdefault("ID2_CACHE_DIR", str(tmp_path_factory.mktemp("id2-cache")))
+    os.environ.setdefault("ID2_TEST_CACHE_DIR", str(tmp_path_factory.mktemp("id2-cache")))
     os.environ["ID2_MODELS_DIR"] = str(SHARED / "models")
 
 
@@ -70,7 +70,7 @@ def latent_cache(taef2_encoder):
     """Latent cache over the session's cache dir: photos are encoded once for all tests."""
     from id2_plugin.cache import LatentCache
 
-    return LatentCache(taef2_encoder)
+    return LatentCache(taef2_encoder, os.environ["ID2_TEST_CACHE_DIR"])
 
 
 @pytest.fixture()

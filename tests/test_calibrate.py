@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -211,8 +212,10 @@ def test_calibrate_command_and_identifier_end_to_end(
 
     # 1. Reference set = the pairs' origins: the command reproduces the library calibration exactly.
     out, plot = tmp_path / "cal.yaml", tmp_path / "hist.png"
+    # --cache: the library scores above came through the (float16) latent cache; the same latents here
     res = _invoke(["calibrate", "--pairs", str(d / "pairs.jsonl"), "--negatives", str(d / "negatives"),
-                   "--target-fpr", "0.05", "--projection", "none", "--out", str(out), "--plot", str(plot)])
+                   "--target-fpr", "0.05", "--projection", "none", "--out", str(out), "--plot", str(plot),
+                   "--cache", os.environ["ID2_TEST_CACHE_DIR"]])
     assert res.exit_code == 0, res.output
     assert "threshold" in res.stdout and "upper bound" in res.stdout
     cfg = load_config(out)
@@ -253,7 +256,7 @@ def test_calibrate_command_and_identifier_end_to_end(
                      for p in calib_data["origins"]])
     store.close()
     out2 = tmp_path / "cal_store.yaml"
-    res = _invoke(["--set", "store.backend=qdrant", "calibrate", "--pairs", str(d / "pairs.jsonl"),
+    res = _invoke(["--set", "store.backend=qdrant", "--set", "embedder.allow_raw_latent=true", "calibrate", "--pairs", str(d / "pairs.jsonl"),
                    "--negatives", str(d / "negatives"), "--store", str(store_dir), "--target-fpr", "0.05",
                    "--projection", "none", "--out", str(out2), "--json"])
     assert res.exit_code == 0, res.output

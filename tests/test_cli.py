@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -102,7 +103,7 @@ def test_usage_and_config_errors(runner: CliRunner, tmp_path: Path) -> None:
     assert res.exit_code == 0 and "tok-31337" not in res.output and "key-4242" not in res.output
     assert res.output.count("'***'") == 2
     res = runner.invoke(cli, ["--set", f"store.path={tmp_path / 'none'}", "query", str(tmp_path)])
-    assert res.exit_code == 2 and "store" in res.output.lower()
+    assert res.exit_code == 3 and "store" in res.output.lower()  # store errors: exit 3
     assert runner.invoke(cli, ["query"]).exit_code == 2
     res = runner.invoke(cli, ["--set", "embedder.name=nope", "embed", str(tmp_path), "--out", str(tmp_path / "x.npz")])
     assert res.exit_code == 2 and "not registered" in res.output
@@ -119,3 +120,83 @@ def test_serve_without_the_http_extra_names_it(runner: CliRunner, monkeypatch: p
     monkeypatch.setitem(sys.modules, "fastapi", None)  # what an install without [http] looks like to import
     res = runner.invoke(cli, ["serve"])
     assert res.exit_code == 2 and "id2-plugin[http]" in res.output and "Traceback" not in res.output
+
+
+def _sscd(runner: CliRunner, store: Path, *args: str):
+    """The CLI with the (fast) SSCD embedder: these tests are about files and exit codes, not the signal."""
+    return runner.invoke(cli, ["--set", f"store.path={store}", "--set", "embedder.name=sscd", *args])
+
+
+def test_truncated_store_is_refused_reported_and_repaired(runner: CliRunner, photo_paths: list[Path], tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    assert _sscd(runner, store, "index", "add", *map(str, photo_paths[:4])).exit_code == 0
+    raw = next(store.glob("vectors.*"))
+    size = raw.stat().st_size
+    os.truncate(raw, size // 2)
+    res = _sscd(runner, store, "index", "add", str(photo_paths[4]))
+    assert res.exit_code == 3 and "damaged" in res.output and "Traceback" not in res.output
+    assert raw.stat().st_size == size // 2  # nothing appended past the truncated end
+    info = _sscd(runner, store, "index", "info")
+    assert info.exit_code == 3 and "status: damaged: vectors.0.f32 holds 2 of the 4" in info.output
+    assert _sscd(runner, store, "index", "verify").exit_code == 3
+    fixed = _sscd(runner, store, "index", "verify", "--repair")
+    assert fixed.exit_code == 0 and "dropped 2 reference(s)" in fixed.output and "store is sound" in fixed.output
+    res = _sscd(runner, store, "index", "add", *map(str, photo_paths[:5]))
+    assert res.exit_code == 0 and "added 3, duplicates skipped 2" in res.output  # the lost ones come back
+
+
+def test_unwalkable_paths_are_reported_and_the_rest_indexed(runner: CliRunner, photo_paths: list[Path], tmp_path: Path) -> None:
+    root = tmp_path / "lib"
+    (root / "sub").mkdir(parents=True)
+    shutil.copy(photo_paths[0], root / "a.jpg")
+    shutil.copy(photo_paths[1], root / "sub" / "b.jpg")
+    (root / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (root / "sub" / "up").symlink_to(root)  # a loop: walking it would never end
+    locked = root / "locked"
+    locked.mkdir()
+    shutil.copy(photo_paths[2], locked / "c.jpg")
+    locked.chmod(0)
+    try:
+        res = _sscd(runner, tmp_path / "store", "index", "add", str(tmp_path / "missing.jpg"), str(root))
+    finally:
+        locked.chmod(0o755)
+    assert res.exit_code == 1, res.output
+    assert "missing.jpg: not found" in res.output and "gone.jpg: dangling symbolic link" in res.output
+    assert "up: symbolic link loop" in res.output
+    if os.geteuid() != 0:  # root reads a mode-000 folder anyway
+        assert "locked: cannot read folder" in res.output
+    assert "added 2" in res.output or "added 3" in res.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["index", "add", "--commit-every", "0", "x.jpg"], "--commit-every"),
+    (["--config", "binary.yaml", "config", "show"], "is not a UTF-8 text (YAML) file"),
+    (["--config", "broken.yaml", "config", "show"], "is not valid YAML"),
+    (["--set", "match.k=[", "config", "show"], "the value is not valid YAML"),
+    (["--set", "media.max_pixels=-1", "config", "show"], "media.max_pixels=-1: must lie in [1, "),
+    (["--set", "media.max_pixels=1000000000", "config", "show"], "media.max_pixels=1000000000: must lie in [1, "),
+    (["--set", "embedder.name=taef2", "--set", "embedder.weights=pickle.pkl", "embed", "x.jpg", "--out", "o.npz"],
+     "never unpickled"),
+    (["--set", "embedder.name=taef2", "--set", "embedder.weights=bad.safetensors", "embed", "x.jpg", "--out", "o.npz"],
+     "is not a TAEF2 weights file"),
+    (["--set", "embedder.name=taef2", "--set", "embedder.weights=other.pth", "embed", "x.jpg", "--out", "o.npz"],
+     "do not match the architecture"),
+    (["--set", "embedder.name=sscd", "index", "add", "empty"], "no image files found in empty"),
+])
+def test_bad_input_is_one_clear_line_and_exit_2(runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                photo_paths: list[Path], args: list[str], message: str) -> None:
+    import pickle
+
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(photo_paths[0], "x.jpg")
+    Path("binary.yaml").write_bytes(b"\xff\xfe\x00\x01 not text")
+    Path("broken.yaml").write_text("match: [\n")
+    Path("pickle.pkl").write_bytes(pickle.dumps({"w": Path("x")}))  # a pickled object, not tensors
+    Path("bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage")
+    torch.save({"0.weight": torch.zeros(3)}, "other.pth")
+    Path("empty").mkdir()
+    res = runner.invoke(cli, ["--set", f"store.path={tmp_path / 'store'}", *args])
+    assert res.exit_code == 2, res.output
+    assert message in res.output and isinstance(res.exception, SystemExit)  # no traceback: a clean exit

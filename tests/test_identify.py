@@ -132,3 +132,30 @@ def test_auto_is_fused_when_sscd_resolves_else_the_vae_signal_with_a_notice(tmp_
         assert resolve_embedder_name(EmbedderConfig(sscd_weights=str(tmp_path / "missing.onnx"))) == "taef2"
     assert "SSCD unavailable" in caplog.text and "missing.onnx" in caplog.text
     assert resolve_embedder_name(EmbedderConfig(name="sscd")) == "sscd"
+
+
+def test_raw_latent_embedders_need_an_explicit_opt_in(shared_dir: Path, tmp_path: Path) -> None:
+    """A raw latent decodes back into the image: stores and hashes of it are refused unless asked for."""
+    from click.testing import CliRunner
+
+    from id2_plugin.cli import _load_plugin_commands, cli
+    from id2_plugin.config import EmbedderConfig
+    from id2_plugin.errors import ConfigError
+    from id2_plugin.identify import build_embedder
+
+    raw = EmbedderConfig(name="taef2", projection="none", device="cpu")
+    with pytest.raises(ConfigError, match="raw VAE latents.*allow_raw_latent: true"):
+        build_embedder(raw)
+    assert build_embedder(raw, in_memory_only=True).projection is None  # evaluate never lets vectors out
+    assert build_embedder(EmbedderConfig(**{**raw.__dict__, "allow_raw_latent": True})).projection is None
+
+    _load_plugin_commands()
+    photo = sorted((shared_dir / "data" / "photos").glob("*.jpg"))[0]
+    store = tmp_path / "store"
+    res = CliRunner().invoke(cli, ["--set", f"store.path={store}", "index", "add", "--embedder", "taef2",
+                                   "--projection", "none", str(photo)])
+    assert res.exit_code == 2 and "allow_raw_latent" in res.output
+    assert not store.exists()
+    res = CliRunner().invoke(cli, ["embed", "--embedder", "taef2", "--projection", "none", "--out",
+                                   str(tmp_path / "e.npz"), str(photo)])
+    assert res.exit_code == 2 and not (tmp_path / "e.npz").exists()

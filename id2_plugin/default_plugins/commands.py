@@ -13,9 +13,11 @@ import numpy as np
 from ..cli_support import (
     EXIT_OK,
     EXIT_SOFT_FAIL,
+    EXIT_STORE,
     config_from_flags,
     config_option_flags,
     echo_json,
+    expand_inputs,
     get_state,
     handle_errors,
     match_option_flags,
@@ -23,7 +25,7 @@ from ..cli_support import (
 )
 from ..errors import MediaError
 from ..hookspecs import hookimpl
-from ..media import describe, iter_image_files
+from ..media import describe
 
 
 @click.group("index")
@@ -32,10 +34,10 @@ def index_group() -> None:
 
 
 @index_group.command("add")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--label", "labels", multiple=True, help="Label stored with every added reference (repeatable).")
 @click.option("--index-type", default=None, help="Index type when the store is created (store.index).")
-@click.option("--commit-every", type=int, default=1024, show_default=True,
+@click.option("--commit-every", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Commit after this many new references, so an interrupted run keeps its work.")
 @config_option_flags
 @click.pass_context
@@ -48,15 +50,16 @@ def index_add(ctx: click.Context, paths: tuple[str, ...], labels: tuple[str, ...
     cfg = config_from_flags(ctx, **flags)
     if index_type:
         cfg = dataclasses.replace(cfg, store=dataclasses.replace(cfg.store, index=index_type))
-    files = iter_image_files(list(paths))
+    files, problems = expand_inputs(paths)  # each problem reported; the rest is still indexed
     with Pipeline.from_config(cfg, create_store=True) as pipeline:
         # Commits every commit_every references, so an interrupted run keeps what it embedded.
         res = pipeline.add_files(files, labels=labels, commit_every=commit_every, progress=True)
     for what, why in res.failures:
         click.echo(f"skipped {what}: {why}", err=True)
-    click.echo(f"added {len(res.added)}, duplicates skipped {len(res.duplicates)}, failed {len(res.failures)}; "
+    failed = len(res.failures) + len(problems)
+    click.echo(f"added {len(res.added)}, duplicates skipped {len(res.duplicates)}, failed {failed}; "
                f"store now holds {res.store_count} references")
-    sys.exit(EXIT_SOFT_FAIL if res.failures else EXIT_OK)
+    sys.exit(EXIT_SOFT_FAIL if failed else EXIT_OK)
 
 
 @index_group.command("info")
@@ -73,12 +76,15 @@ def index_info(ctx: click.Context, as_json: bool, **flags: Any) -> None:
 
     with open_store(cfg.store, embedder_identity=None, dim=None, create=False) as store:
         info = store.info()
-    doc = dict(info.to_dict(), method=embedder_kind(info.embedder))
+    doc = dict(info.to_dict(), method=embedder_kind(info.embedder), status=info.extra.get("status", "ok"))
     if as_json:
         echo_json(doc)
-        return
-    for k, v in doc.items():
-        click.echo(f"{k}: {v}")
+    else:
+        for k, v in doc.items():
+            click.echo(f"{k}: {v}")
+    if doc["status"].startswith("damaged"):
+        click.echo("error: the store is damaged; run `id2-plugin index verify --repair`", err=True)
+        sys.exit(EXIT_STORE)
 
 
 @index_group.command("remove")
@@ -114,9 +120,9 @@ def query(ctx: click.Context, files: tuple[str, ...], as_json: bool, **flags: An
     from ..pipeline import Pipeline
 
     cfg = config_from_flags(ctx, **flags)
-    paths = iter_image_files(list(files))
+    paths, problems = expand_inputs(files)
     with Pipeline.from_config(cfg) as pipeline:
-        soft_fail = _query_paths(pipeline, paths, as_json)
+        soft_fail = _query_paths(pipeline, paths, as_json) or bool(problems)
     sys.exit(EXIT_SOFT_FAIL if soft_fail else EXIT_OK)
 
 
@@ -165,8 +171,8 @@ def embed(ctx: click.Context, files: tuple[str, ...], out: str, **flags: Any) ->
 
     cfg = config_from_flags(ctx, **flags)
     embedder = embedder_from_config(cfg)
-    paths = iter_image_files(list(files))
-    vecs, names, bad = [], [], 0
+    paths, problems = expand_inputs(files)
+    vecs, names, bad = [], [], len(problems)
     for item in embedder.embed_iter(paths, progress="embedding", total=len(paths)):
         if item.error is not None:
             bad += 1

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from ..cli_support import EXIT_OK, EXIT_SOFT_FAIL, config_from_flags, config_option_flags, echo_json, handle_errors
+from ..cli_support import EXIT_OK, EXIT_SOFT_FAIL, cache_option, config_from_flags, config_option_flags, echo_json, handle_errors
 from ..errors import ConfigError
 from ..calibrate import save_histogram
 from ..evaluate import DEFAULT_K, METHOD_NAMES, EmbedderMethod, load_images, load_pairs_for_eval, prepare_eval_set
@@ -21,7 +21,7 @@ from ..hookspecs import hookimpl
 
 def comparison_methods(embedder: Any, cfg: Any) -> list[Any]:
     """The configured embedder's methods, plus ``sscd`` and ``fused`` whenever SSCD resolves, and baselines."""
-    from ..cache import LatentCache
+    from ..cache import latent_cache
     from ..evaluate import default_methods, latent_part
     from ..identify import build_embedder, sscd_available
 
@@ -29,7 +29,7 @@ def comparison_methods(embedder: Any, cfg: Any) -> list[Any]:
     if "sscd" not in embedder.signals and embedder.name != "fused" and sscd_available(cfg.embedder) is None:
         sscd = build_embedder(dataclasses.replace(cfg.embedder, name="sscd", weights=cfg.embedder.sscd_weights))
     latent = latent_part(embedder)
-    return default_methods(embedder, LatentCache(latent.encoder) if latent is not None else None, sscd=sscd)
+    return default_methods(embedder, latent_cache(getattr(latent, "encoder", None), cfg.cache.dir), sscd=sscd)
 
 
 def format_group_table(table: dict[str, dict[str, Any]]) -> str:
@@ -57,6 +57,7 @@ def _report_skipped(skipped: list[str]) -> None:
 @click.option("--method", "method_names", multiple=True, type=click.Choice(METHOD_NAMES),
               help="Evaluate only these methods (repeatable; default: all available).")
 @click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object.")
+@cache_option
 @config_option_flags
 @click.pass_context
 @handle_errors
@@ -72,7 +73,7 @@ def evaluate_command(ctx: click.Context, pairs_path: str, distractors: tuple[str
     if eval_k < 1:
         raise ConfigError(f"--k must be >= 1, got {eval_k}")
     cfg = config_from_flags(ctx, **flags)
-    embedder = embedder_from_config(cfg)
+    embedder = embedder_from_config(cfg, in_memory_only=True)
     methods = comparison_methods(embedder, cfg)
     if method_names:
         unknown = [n for n in method_names if n not in {m.name for m in methods}]
@@ -129,6 +130,7 @@ def evaluate_command(ctx: click.Context, pairs_path: str, distractors: tuple[str
               help="YAML config to write (match.threshold + calibration provenance).")
 @click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False), help="Save a score histogram (PNG).")
 @click.option("--json", "as_json", is_flag=True, help="Print the calibration as one JSON object.")
+@cache_option
 @config_option_flags
 @click.pass_context
 @handle_errors
@@ -142,7 +144,7 @@ def calibrate_command(ctx: click.Context, pairs_path: str, negative_dirs: tuple[
     Negatives identical (same bytes) to a reference are dropped. Writes a config that
     `id2-plugin --config OUT query ...` loads.
     """
-    from ..cache import LatentCache
+    from ..cache import latent_cache
     from ..calibrate import calibrate_threshold, check_enough_negatives, select_negatives
 
     if target_fpr is None and target_precision is None:
@@ -154,9 +156,9 @@ def calibrate_command(ctx: click.Context, pairs_path: str, negative_dirs: tuple[
         raise ConfigError("--distractors and --store are alternatives: the store already is the reference set")
     cfg = config_from_flags(ctx, **flags)
     pipeline = Pipeline.from_config(cfg) if use_store else None
-    embedder = pipeline.embedder if pipeline is not None else embedder_from_config(cfg)
-    # A VAE embedder's latents go through the cache; a fused or SSCD embedder embeds directly.
-    method = EmbedderMethod(embedder, LatentCache(embedder.encoder) if hasattr(embedder, "encoder") else None)
+    embedder = pipeline.embedder if pipeline is not None else embedder_from_config(cfg, in_memory_only=True)
+    # A VAE embedder's latents go through the cache when asked; a fused or SSCD embedder embeds directly.
+    method = EmbedderMethod(embedder, latent_cache(getattr(embedder, "encoder", None), cfg.cache.dir))
 
     query_paths, ref_paths, positives = load_pairs_for_eval(pairs_path, () if use_store else distractors)
     data = prepare_eval_set(query_paths, ref_paths, positives, embedder.normalise)

@@ -6,8 +6,8 @@ from typing import Any
 
 import click
 
-from .. import hookimpl
-from .._cli_support import config_from_flags, config_option_flags, echo_json, handle_errors
+from ..hookspecs import hookimpl
+from ..cli_support import config_from_flags, config_option_flags, echo_json, handle_errors
 
 
 @click.command("explain")

@@ -1,12 +1,13 @@
-"""FAISS store maintenance commands: ``index tune`` and ``index compact`` (added to the ``index`` group)."""
+"""FAISS store maintenance commands: ``index tune``, ``index compact`` and ``index verify`` (added to ``index``)."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
 
-from ..cli_support import config_from_flags, config_option_flags, echo_json, handle_errors
+from ..cli_support import EXIT_OK, EXIT_STORE, config_from_flags, config_option_flags, echo_json, handle_errors
 from ..errors import StoreError
 
 from ..hookspecs import hookimpl
@@ -73,9 +74,34 @@ def index_compact(ctx: click.Context, rebuild: bool, **flags: Any) -> None:
     click.echo(f"{done or 'nothing to do'}; {info.extra['search']}")
 
 
+@click.command("verify")
+@click.option("--repair", is_flag=True,
+              help="Make a damaged store usable: drop references whose vectors are lost, rebuild the index "
+                   "from the vectors and SQLite.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@config_option_flags
+@click.pass_context
+@handle_errors
+def index_verify(ctx: click.Context, repair: bool, as_json: bool, **flags: Any) -> None:
+    """Check every store file against the committed metadata (exit 3 when damaged and not repaired)."""
+    with _open_faiss(ctx, flags) as store:
+        problems = store.verify()
+        repaired = store.repair() if repair and problems else []
+        left = store.verify() if repair and problems else problems
+    if as_json:
+        echo_json({"problems": problems, "repaired": repaired, "ok": not left})
+    else:
+        for line in problems:
+            click.echo(f"damaged: {line}")
+        for line in repaired:
+            click.echo(f"repaired: {line}")
+        click.echo("store is sound" if not left else "store is damaged; run `id2-plugin index verify --repair`")
+    sys.exit(EXIT_OK if not left else EXIT_STORE)
+
+
 @hookimpl
 def id2_register_commands(cli: click.Group) -> None:
     from .commands import index_group
 
-    for cmd in (index_tune, index_compact):
+    for cmd in (index_tune, index_compact, index_verify):
         index_group.add_command(cmd)

@@ -50,7 +50,7 @@ def _pooled_block_class() -> type:
 
 def build_taef2(encoder_path: str | os.PathLike | None, decoder_path: str | os.PathLike | None = None) -> Any:
     """Build a diffusers ``AutoencoderTiny`` with TAEF2's architecture and load weights strictly."""
-    torch = require("torch")
+    require("torch")
     diffusers = require("diffusers")
     model = diffusers.AutoencoderTiny(latent_channels=LATENT_CHANNELS)
     block_cls = _pooled_block_class()
@@ -60,13 +60,13 @@ def build_taef2(encoder_path: str | os.PathLike | None, decoder_path: str | os.P
         model.decoder.layers[i] = block_cls(model.decoder.layers[i])
     state: dict[str, Any] = {}
     if encoder_path is not None:
-        sd = torch.load(encoder_path, map_location="cpu", weights_only=True)
+        sd = _load_state_dict(encoder_path)
         state.update({f"encoder.layers.{k}": v for k, v in sd.items()})
     if decoder_path is not None:
-        sd = torch.load(decoder_path, map_location="cpu", weights_only=True)
+        sd = _load_state_dict(decoder_path)
         for k, v in sd.items():
-            idx, rest = k.split(".", 1)
-            state[f"decoder.layers.{int(idx) - 1}.{rest}"] = v
+            idx, _, rest = k.partition(".")
+            state[f"decoder.layers.{int(idx) - 1 if idx.isdigit() else idx}.{rest}"] = v
     prefixes = tuple(p for p, path in (("encoder.", encoder_path), ("decoder.", decoder_path)) if path is not None)
     expected = {k for k in model.state_dict() if k.startswith(prefixes)}
     missing, unexpected = expected - set(state), set(state) - expected
@@ -75,8 +75,26 @@ def build_taef2(encoder_path: str | os.PathLike | None, decoder_path: str | os.P
             f"TAEF2 weights do not match the architecture (missing {sorted(missing)[:5]}, unexpected "
             f"{sorted(unexpected)[:5]}); refusing a partial load that would compute wrong latents"
         )
-    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    try:
+        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    except RuntimeError as exc:  # right names, wrong shapes: another model's weights
+        raise ConfigError(f"TAEF2 weights do not match the architecture: {str(exc).splitlines()[-1].strip()}") from None
     return model.eval()
+
+
+def _load_state_dict(path: str | os.PathLike) -> dict[str, Any]:
+    """A plain tensor state dict from ``path``; anything else (pickle, safetensors, garbage) is a ConfigError."""
+    torch = require("torch")
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load raises UnpicklingError, RuntimeError, EOFError, SafetensorError, ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "Weights only load failed" in first:  # torch's advice to load it unsafely must not reach users
+            first = "not readable as plain tensors (not a torch file, or pickled objects, never unpickled: they could run code)"
+        raise ConfigError(f"{path} is not a TAEF2 weights file (a torch state dict): {first}") from None
+    if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
+        raise ConfigError(f"{path} is not a TAEF2 weights file: expected a state dict of tensors, got {type(sd).__name__}")
+    return sd
 
 
 class TAEF2Encoder(LatentEncoder):

@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 
 from .._lazy import require
-from ..errors import IncompatibleStoreError, StoreError
+from ..errors import IncompatibleStoreError, StoreDamagedError, StoreError
 from ..types import AddResult, Match, ReferenceRecord, StoreInfo
 from . import _faiss_index as fx
 from .base import ReferenceStore
@@ -383,8 +383,12 @@ class FaissStore(ReferenceStore):
         conn.execute("COMMIT")
 
     @contextmanager
-    def _writing(self) -> Iterator[_Meta]:
-        """Hold the store's write lock; yields the latest committed meta. Errors drop the cached index."""
+    def _writing(self, check: bool = True) -> Iterator[_Meta]:
+        """Hold the store's write lock; yields the latest committed meta. Errors drop the cached index.
+
+        With ``check`` a store whose files are shorter than the committed meta says is refused before
+        anything is written: appending at the committed end of a truncated file would zero-fill the gap.
+        """
         filelock = require("filelock")
         with self._mutex:
             try:
@@ -396,8 +400,14 @@ class FaissStore(ReferenceStore):
                 ) from None
             try:
                 meta = self._read_meta()
+                problems = self._damage(meta) if check else []
+                if problems:
+                    raise StoreDamagedError(self._damage_message(problems))
                 self._cleanup(meta)
                 yield meta
+            except StoreError:
+                self._state = None
+                raise
             except (OSError, sqlite3.Error) as exc:
                 self._state = None
                 raise StoreError(f"writing to the store at {self.location} failed: {exc}") from exc
@@ -434,6 +444,91 @@ class FaissStore(ReferenceStore):
     def _raw_path(self, meta: _Meta) -> Path:
         return self.location / meta.raw_file
 
+    def _row_bytes(self) -> int:
+        return self._dim * np.dtype(self._spec.raw_dtype).itemsize
+
+    def _raw_rows_on_disk(self, meta: _Meta) -> int:
+        """Whole rows the raw vector file holds (0 when it is missing)."""
+        return self._file_size(meta.raw_file) // self._row_bytes()
+
+    def _damage(self, meta: _Meta, deep: bool = False) -> list[str]:
+        """What is wrong with the files of the committed generation ``meta`` (empty: nothing found).
+
+        Cheap checks (file lengths against the committed meta, SQLite rows against the generation) run
+        before every write and in ``info``; ``deep`` also loads the ANN snapshot.
+        """
+        problems: list[str] = []
+        rows = self._raw_rows_on_disk(meta)
+        if rows < meta.next_id:
+            problems.append(f"{meta.raw_file} holds {rows} of the {meta.next_id} committed vectors "
+                            f"({self._file_size(meta.raw_file)} of {meta.next_id * self._row_bytes()} bytes): truncated or missing")
+        n, top = self._conn.execute("SELECT COUNT(*), MAX(id) FROM refs").fetchone()
+        if n != meta.count or (top is not None and top >= meta.next_id):
+            problems.append(f"the database lists {n} references (highest id {top}) but generation "
+                            f"{meta.generation} committed {meta.count} below id {meta.next_id}")
+        if meta.snap_gen is not None:
+            problems += self._snapshot_damage(meta, deep)
+        return problems
+
+    def _snapshot_damage(self, meta: _Meta, deep: bool) -> list[str]:
+        name = f"main.{meta.snap_gen}.faiss"
+        size, expected = self._file_size(name), meta.facts.get("snap_bytes")
+        if size == 0 or (expected is not None and size != expected):
+            want = f"{expected} bytes" if expected is not None else "a non-empty file"
+            return [f"{name} is {size} bytes where the commit wrote {want}: truncated or missing"]
+        if deep:
+            try:
+                require("faiss").read_index(str(self.location / name))
+            except (RuntimeError, OSError) as exc:
+                return [f"{name} does not load: {str(exc).splitlines()[0]}"]
+        return []
+
+    def _damage_message(self, problems: list[str]) -> str:
+        return (f"the store at {self.location} is damaged, nothing was written: {'; '.join(problems)}. "
+                "Run `id2-plugin index verify --repair` (references whose vectors are lost are dropped; "
+                "add them again)")
+
+    def verify(self) -> list[str]:
+        """Every problem found in the committed store (files, rows, the ANN snapshot loads); empty = sound."""
+        with self._mutex:
+            with self._read_txn():
+                return self._damage(self._read_meta(), deep=True)
+
+    def repair(self) -> list[str]:
+        """Make a damaged store writable again; returns what was done (empty: nothing was wrong).
+
+        References whose vector rows are gone are dropped (``index add`` re-adds them), the raw file is
+        restored to its committed length, and the ANN index is rebuilt from the raw vectors and SQLite.
+        """
+        with self._writing(check=False) as meta:
+            problems = self._damage(meta, deep=True)
+            if not problems:
+                return []
+            done = self._drop_lost_rows(meta)
+            meta = self._read_meta()
+            if self._maybe_merge(meta, force=True, rebuild=True) == "rebuild":
+                done.append(f"rebuilt the {self._spec.kind} index from the {meta.count} stored vectors")
+            self._state = None
+            return done
+
+    def _drop_lost_rows(self, meta: _Meta) -> list[str]:
+        """Remove references whose vectors the raw file lost and pad it back to the committed length."""
+        cut = min(self._raw_rows_on_disk(meta), meta.next_id)
+        lost = [r[0] for r in self._conn.execute("SELECT id FROM refs WHERE id >= ? ORDER BY id", (cut,))]
+        gen = meta.generation + 1
+        with self._write_txn() as conn:
+            conn.execute("DELETE FROM refs WHERE id >= ?", (cut,))
+            conn.executemany("INSERT OR REPLACE INTO removed (id, generation, in_main) VALUES (?, ?, 0)",
+                             [(i, gen) for i in lost])
+            n = conn.execute("SELECT COUNT(*) FROM refs").fetchone()[0]
+            # the snapshot is rebuilt next; everything is counted as buffered until then
+            self._set_meta(conn, generation=gen, count=n, main_count=0, snap_gen=None, prev_snap_gen=None,
+                           snap_next_id=0)
+        with open(self._raw_path(meta), "ab") as f:  # zero rows for the dropped ids, never read again
+            f.truncate(meta.next_id * self._row_bytes())
+            os.fsync(f.fileno())
+        return [f"dropped {len(lost)} reference(s) whose vectors were lost (ids {lost[:5]}{' ...' if len(lost) > 5 else ''})"] if lost else []
+
     def _write_raw(self, meta: _Meta, start: int, rows: np.ndarray) -> None:
         path = self._raw_path(meta)
         created = not path.exists()
@@ -454,7 +549,7 @@ class FaissStore(ReferenceStore):
         try:
             return np.memmap(path, dtype=self._spec.raw_dtype, mode="r", shape=(meta.next_id, self._dim))
         except (OSError, ValueError) as exc:
-            raise StoreError(f"raw vector file {path} is missing or truncated: {exc}") from None
+            raise StoreDamagedError(self._damage_message([f"{meta.raw_file} is missing or truncated ({exc})"])) from None
 
     @staticmethod
     def _fetch(raw: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
@@ -837,6 +932,7 @@ class FaissStore(ReferenceStore):
         final = self.location / f"main.{gen}.faiss"
         faiss.write_index(state.main, str(tmp))
         _fsync_file(tmp)
+        facts["snap_bytes"] = tmp.stat().st_size  # lets every later write and `info` detect a truncated snapshot
         _checkpoint("merge:tmp_written")
         os.replace(tmp, final)
         _fsync_dir(self.location)
@@ -879,6 +975,7 @@ class FaissStore(ReferenceStore):
                 with self._read_txn():
                     meta = self._read_meta()
                     tombstones = self._tombstone_count(meta)
+                    damage = self._damage(meta)
             except sqlite3.Error as exc:
                 raise StoreError(f"reading the store at {self.location} failed: {exc}") from exc
         spec = self._spec
@@ -896,6 +993,7 @@ class FaissStore(ReferenceStore):
             "index_bytes": self._file_size(f"main.{meta.snap_gen}.faiss") if indexed else 0,
             "created_at": meta.created_at,
             "format_version": FORMAT_VERSION,
+            "status": "damaged: " + "; ".join(damage) if damage else "ok",
         }
         if spec.kind in ("flat", "flat_fp16"):
             extra["search"] = "exact"

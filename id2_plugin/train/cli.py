@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from ..cli_support import EXIT_OK, echo_json, get_state, handle_errors
+from ..cli_support import EXIT_OK, cache_option, echo_json, get_state, handle_errors
 from ..errors import ConfigError
 
 from ..hookspecs import hookimpl
@@ -121,7 +121,9 @@ RECIPES = ("paper", "auto", "pca", "pair-whiten", "cosface")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default=None, help="auto, cpu, cuda, cuda:N (embedder.device).")
 @click.option("--embedder", "embedder_name", default=None, help="Embedder name (embedder.name).")
-@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Latent matrix folder (default: OUT.latents).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="Keep the latent matrix in this folder (default: a temporary folder deleted when training ends).")
+@cache_option
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=None, help="Default: OUT.ckpt.")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint of an interrupted run.")
 @click.option("--dtype", "save_dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
@@ -134,7 +136,8 @@ def train(ctx: click.Context, pairs: tuple[str, ...], out: str, recipe: str | No
           pool: int | None, out_dim: int, epochs: int, ids_per_batch: int, k_members: int, steps_per_epoch: int | None, lr: float,
           init: str, init_rank: int, whiten_eps: float, no_augment: bool, anchor: float, patience: int, seed: int,
           device: str | None, embedder_name: str | None,
-          cache_dir: str | None, checkpoint_dir: str | None, resume: bool, save_dtype: str, as_json: bool) -> None:
+          cache_dir: str | None, cache: str | None, checkpoint_dir: str | None, resume: bool, save_dtype: str,
+          as_json: bool) -> None:
     """Train the projection W and save it to --out.
 
     With --real (real edit pairs) and --unlabelled (photos), the default recipe is `auto`: candidates
@@ -142,12 +145,12 @@ def train(ctx: click.Context, pairs: tuple[str, ...], out: str, recipe: str | No
     grouped cross-validation on the real pairs and the best is fitted on all of them, never one below the
     unsupervised PCA map. Without --real, `paper`: CosFace W on the PAIRS manifest (the reference recipe).
     """
-    from ..cache import LatentCache
+    from ..cache import latent_cache
     from ..identify import build_encoder
     from ..media import iter_image_files
     from .trainer import TrainConfig, train_projection
 
-    cfg = get_state(ctx).config(**{"embedder.name": embedder_name, "embedder.device": device})
+    cfg = get_state(ctx).config(**{"embedder.name": embedder_name, "embedder.device": device, "cache.dir": cache})
     encoder = build_encoder(cfg.embedder)
     recipe = recipe or ("auto" if real_pairs else "paper")
     if recipe != "paper":
@@ -167,7 +170,7 @@ def train(ctx: click.Context, pairs: tuple[str, ...], out: str, recipe: str | No
     result = train_projection(
         pairs_path, out, encoder=encoder, config=tcfg, val_pairs_path=val_pairs,
         distractors=iter_image_files(list(distractors)) if distractors else (),
-        cache_dir=cache_dir, latent_cache=LatentCache(encoder), checkpoint_dir=checkpoint_dir, resume=resume,
+        cache_dir=cache_dir, latent_cache=latent_cache(encoder, cfg.cache.dir), checkpoint_dir=checkpoint_dir, resume=resume,
         save_dtype=save_dtype, log=lambda s: click.echo(s, err=as_json),
     )
     summary: dict[str, Any] = {

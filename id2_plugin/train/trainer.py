@@ -29,6 +29,7 @@ import dataclasses
 import json
 import math
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -652,11 +653,32 @@ def train_projection(
     pairs_path: str | os.PathLike,
     out_path: str | os.PathLike,
     *,
+    cache_dir: str | os.PathLike | None = None,
+    **kwargs: Any,
+) -> TrainResult:
+    """Train W on the pairs manifest and save it (see the module docstring and :func:`_train_projection`).
+
+    ``cache_dir`` holds the memory-mapped latent matrix and is kept; without it the matrix lives in a
+    temporary folder beside ``out_path`` that is deleted when training ends, even on error, because
+    latents decode back into the training images.
+    """
+    if cache_dir is not None:
+        return _train_projection(pairs_path, out_path, cache_dir=cache_dir, **kwargs)
+    parent = Path(out_path).parent
+    parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"{Path(out_path).name}.latents-", dir=parent) as work:
+        return _train_projection(pairs_path, out_path, cache_dir=work, **kwargs)
+
+
+def _train_projection(
+    pairs_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    *,
     encoder: LatentEncoder,
     config: TrainConfig = TrainConfig(),
     val_pairs_path: str | os.PathLike | None = None,
     distractors: Sequence[str | os.PathLike] = (),
-    cache_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike,
     latent_cache: LatentCache | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = False,
@@ -666,7 +688,7 @@ def train_projection(
 ) -> TrainResult:
     """Train W on the pairs manifest and save it (see the module docstring for the recipe).
 
-    ``cache_dir`` holds the memory-mapped latent matrix (default: next to ``out_path``); ``checkpoint_dir``
+    ``cache_dir`` holds the memory-mapped latent matrix; ``checkpoint_dir``
     the per-epoch training state (default: ``<out_path>.ckpt``). With ``resume=True`` an existing checkpoint
     is continued (it must come from the same manifests, encoder and configuration).
     """
@@ -676,7 +698,7 @@ def train_projection(
     out_path, pairs_path = Path(out_path), Path(pairs_path)
     val_path = Path(val_pairs_path) if val_pairs_path is not None else None
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else out_path.with_name(out_path.name + ".ckpt")
-    cache_dir = Path(cache_dir) if cache_dir is not None else out_path.with_name(out_path.name + ".latents")
+    cache_dir = Path(cache_dir)
     device, _ = select_device(cfg.device, "float32")
     data = _load_data(pairs_path, val_path, distractors, encoder, cfg, cache_dir, latent_cache, progress, log)
     digests = {"manifest": manifest_digest(pairs_path), "val_manifest": manifest_digest(val_path) if val_path else None}

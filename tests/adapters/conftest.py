@@ -45,7 +45,7 @@ def small_embedder(shared_dir: Path):
     from id2_plugin.config import EmbedderConfig
     from id2_plugin.identify import build_embedder
 
-    return build_embedder(EmbedderConfig(input_size=64, projection="none", device="cpu", batch_size=8))
+    return build_embedder(EmbedderConfig(input_size=64, projection="none", allow_raw_latent=True, device="cpu", batch_size=8))
 
 
 def write_video(path: Path, shots: list[np.ndarray], *, frames_per_shot: int = 8, fps: int = 4) -> Path:

@@ -263,7 +263,7 @@ def test_cli_serve_subprocess(tmp_path: Path, photo_paths, edited_copies) -> Non
     port = _free_port()
     env = dict(os.environ, ID2_SERVE_TOKEN=TOKEN)
     cmd = [sys.executable, "-m", "id2_plugin.cli", "--set", "embedder.input_size=64", "--set", "embedder.device=cpu",
-           "serve", "--store", str(tmp_path / "store"), "--create-store", "--projection", "none",
+           "--set", "embedder.allow_raw_latent=true", "serve", "--store", str(tmp_path / "store"), "--create-store", "--projection", "none",
            "--port", str(port), "--log-level", "warning"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -62,7 +62,7 @@ def test_projection_mismatch_fails_at_startup(vae_dir: Path) -> None:
 
 
 def test_build_from_config(vae_dir: Path) -> None:
-    emb = build_embedder(EmbedderConfig(name="sd-vae", weights=str(vae_dir), input_size=64, projection="none",
+    emb = build_embedder(EmbedderConfig(name="sd-vae", weights=str(vae_dir), input_size=64, projection="none", allow_raw_latent=True,
                                         device="cpu"))
     assert emb.encoder.name == "sd-vae" and emb.dim == 4 * 32 * 32
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -108,9 +109,10 @@ def test_rerun_resumes_from_the_latent_cache_with_identical_results(robustness_r
         return original(x)
 
     monkeypatch.setattr(taef2_encoder, "_encode_batch", counting)
+    cache = {"cache_root": os.environ["ID2_TEST_CACHE_DIR"], "use_cache": True}  # the opt-in cache the run used
     again = run_robustness(
-        robustness_run.dataset, build_methods(robustness_run.embedder), robustness_run.suite, seed=0,
-        embedder=robustness_run.embedder, compare_policies=("center_crop",), n_failures=2, progress=False,
+        robustness_run.dataset, build_methods(robustness_run.embedder, **cache), robustness_run.suite, seed=0,
+        embedder=robustness_run.embedder, compare_policies=("center_crop",), n_failures=2, progress=False, **cache,
     )
     assert calls == []
     assert [p.to_dict() for p in again.points] == [p.to_dict() for p in robustness_run.result.points]
@@ -118,8 +120,8 @@ def test_rerun_resumes_from_the_latent_cache_with_identical_results(robustness_r
     from id2_plugin.robustness import Crop, SuiteEntry
 
     run_robustness(
-        robustness_run.dataset, build_methods(robustness_run.embedder, ["vae_raw"]), [SuiteEntry("crop", (Crop(0.6),))],
-        seed=1, embedder=robustness_run.embedder, progress=False,
+        robustness_run.dataset, build_methods(robustness_run.embedder, ["vae_raw"], **cache), [SuiteEntry("crop", (Crop(0.6),))],
+        seed=1, embedder=robustness_run.embedder, progress=False, **cache,
     )
     assert sum(calls) == 10
 

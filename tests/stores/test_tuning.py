@@ -115,7 +115,7 @@ def test_index_tune_cli(tmp_path: Path) -> None:
     info = runner.invoke(cli, ["index", "info", "--store", str(tmp_path / "s"), "--json"])
     assert '"tuned": {"parameter": "nprobe"' in info.output
     missing = runner.invoke(cli, ["index", "tune", "--store", str(tmp_path / "nope")])
-    assert missing.exit_code == 2 and "no reference store" in missing.output
+    assert missing.exit_code == 3 and "no reference store" in missing.output
     compact = runner.invoke(cli, ["index", "compact", "--store", str(tmp_path / "s"), "--rebuild"])
     assert compact.exit_code == 0 and compact.output.startswith("rebuild;"), compact.output
 

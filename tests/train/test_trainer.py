@@ -228,3 +228,13 @@ def test_cli_train_and_make_pairs(small_set, photo_paths, tmp_path) -> None:
     assert res.exit_code == 2 and "crop_prob=2.0 must be in [0, 1]" in res.output
     res = runner.invoke(cli, ["make-pairs", str(photo_paths[0]), "--out", str(tmp_path / "q")])
     assert res.exit_code == 2 and "exactly one of --model" in res.output
+
+
+def test_latents_live_in_a_work_dir_deleted_after_training(small_set, small_encoder, tmp_path) -> None:
+    # Latents decode back into the training images: without --cache-dir nothing of them outlives training.
+    manifest, _cache = small_set
+    out_dir = tmp_path / "out"
+    train_projection(manifest, out_dir / "w.safetensors", encoder=small_encoder, config=TrainConfig(**{**SMALL, "epochs": 1}),
+                     progress=False, log=lambda s: None)
+    assert sorted(p.name for p in out_dir.iterdir()) == ["w.safetensors", "w.safetensors.ckpt"]
+    assert not list(out_dir.rglob("*.npy"))

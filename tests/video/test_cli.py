@@ -31,7 +31,7 @@ def video_folder(scene, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _base_args(ref_store) -> list[str]:
-    return ["--set", "embedder.device=cpu", "scan-video", "--store", str(ref_store.location), "--projection", "none",
+    return ["--set", "embedder.device=cpu", "--set", "embedder.allow_raw_latent=true", "scan-video", "--store", str(ref_store.location), "--projection", "none",
             "--threshold", "0.5"]
 
 
@@ -72,4 +72,4 @@ def test_usage_errors(cli, ref_store, scene, tmp_path: Path) -> None:
     none = runner.invoke(cli, [*_base_args(ref_store), str(empty)])
     assert none.exit_code == 2 and "no video files" in none.stderr
     missing_store = runner.invoke(cli, ["scan-video", "--store", str(tmp_path / "nostore"), str(scene.path)])
-    assert missing_store.exit_code == 2 and "no reference store" in missing_store.stderr
+    assert missing_store.exit_code == 3 and "no reference store" in missing_store.stderr

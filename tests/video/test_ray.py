@@ -16,7 +16,7 @@ def test_scan_videos_ray_matches_local_scan(scene, ref_store, video_embedder, tm
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"definitely not a video\n" * 40)
     cfg = load_config(None, {"store": {"path": str(ref_store.location)},
-                             "embedder": {"projection": "none", "device": "cpu", "batch_size": 4},
+                             "embedder": {"projection": "none", "allow_raw_latent": True, "device": "cpu", "batch_size": 4},
                              "match": {"k": 2, "threshold": 0.5}})
     started = not ray.is_initialized()
     if started:
