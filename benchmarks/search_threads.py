@@ -27,6 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _output import emit  # noqa: E402
+
 
 def unit_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
     x = rng.standard_normal((n, dim), dtype=np.float32)
@@ -110,10 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"# Flat store search: {args.n} x {args.dim} float32, k=5 ({platform.machine()}, {os.cpu_count()} cores, shared machine)", "",
              "| search | setting | load | p50 ms | p99 ms | queries/s |", "|---|---|---|---:|---:|---:|", *rows, "",
              f"`python benchmarks/search_threads.py {' '.join(argv)}`"]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(lines, args.out)
     return 0
 
 

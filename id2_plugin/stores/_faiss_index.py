@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -382,12 +382,16 @@ def _flat_vectors(index: Any) -> tuple[np.ndarray, np.ndarray] | None:
 
 def blas_topk(q: np.ndarray, xb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` inner products (scores, row numbers) of ``q`` over ``xb`` by blocked matmul + argpartition."""
-    k = min(k, len(xb))
     rows = max(1, _BLOCK_FLOATS // max(1, len(q)))
+    return topk_blocks(q, ((s, xb[s : s + rows]) for s in range(0, len(xb), rows)), k)
+
+
+def topk_blocks(q: np.ndarray, blocks: Iterable[tuple[int, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` inner products (scores, row numbers) of ``q`` over row blocks ``(first row, vectors)``, merged."""
     best_s = np.full((len(q), 0), -np.inf, np.float32)
     best_i = np.zeros((len(q), 0), np.int64)
-    for start in range(0, len(xb), rows):
-        s = q @ xb[start : start + rows].T
+    for start, block in blocks:
+        s = q @ np.asarray(block, np.float32).T
         kk = min(k, s.shape[1])
         part = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
         best_s = np.concatenate([best_s, np.take_along_axis(s, part, 1)], axis=1)
