@@ -103,3 +103,10 @@ def test_console_script_runs() -> None:
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "id2_plugin.cli"]
     out = subprocess.run([*cmd, "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "index" in out.stdout and "query" in out.stdout
+
+
+def test_quantize_needs_a_folder_to_write_to(runner: CliRunner, photo_paths: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --out or $ID2_MODELS_DIR the int8 model has nowhere the user named: a usage error, nothing written."""
+    monkeypatch.delenv("ID2_MODELS_DIR", raising=False)
+    result = runner.invoke(cli, ["quantize", str(photo_paths[0])], catch_exceptions=False)
+    assert result.exit_code == 2 and "--out" in result.output
