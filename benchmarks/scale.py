@@ -151,17 +151,9 @@ class References:
 
 def exact_topk(refs: References, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k (scores, ids) over all references, streamed chunk by chunk (float32 numpy)."""
-    best_s = np.full((len(q), k), -np.inf, np.float32)
-    best_i = np.full((len(q), k), -1, np.int64)
-    for start, x in refs.chunks():
-        s = q @ x.T
-        kk = min(k, s.shape[1])
-        part = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
-        cand_s = np.concatenate([best_s, np.take_along_axis(s, part, 1)], axis=1)
-        cand_i = np.concatenate([best_i, part + start], axis=1)
-        order = np.argsort(-cand_s, axis=1, kind="stable")[:, :k]
-        best_s, best_i = np.take_along_axis(cand_s, order, 1), np.take_along_axis(cand_i, order, 1)
-    return best_s, best_i
+    from id2_plugin.stores._faiss_index import topk_blocks
+
+    return topk_blocks(q, refs.chunks(), k)
 
 
 # -- measurements ---------------------------------------------------------------------------------------------

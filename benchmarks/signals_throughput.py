@@ -17,6 +17,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _output import emit  # noqa: E402
+
 SHARED = Path(os.environ.get("ID2_SHARED_DIR", Path(__file__).resolve().parent.parent.parent / "shared"))
 
 
@@ -47,10 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, rate in best.items():
         lines.append(f"| {name} | {embedders[name].dim} | {rate:.2f} | {rate / best['id2']:.2f}x |")
     lines += ["", f"`python benchmarks/signals_throughput.py {' '.join(argv if argv is not None else sys.argv[1:])}`"]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(lines, args.out)
     return 0
 
 

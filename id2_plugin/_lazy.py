@@ -27,6 +27,7 @@ _EXTRAS: dict[str, tuple[str, str]] = {
     "qdrant_client": ("qdrant", "qdrant-client"),
     "ray": ("ray", "ray[data]"),
     "onnxruntime": ("sscd", "onnxruntime"),
+    "onnx": ("quantize", "onnx"),
 }
 
 

@@ -48,6 +48,9 @@ class EmbedderConfig:
     batch_size: int = 16
     device: str = "auto"
     dtype: str = "auto"
+    #: "fp32"; "int8" = the quantised TAEF2 made by ``id2-plugin quantize`` (CPU); "auto" = int8 on the CPU when
+    #: that model resolves, else fp32 (fp16 on CUDA through dtype auto)
+    precision: str = "fp32"
     resize_policy: str = "squash"
     #: hub id or subfolder for sd-vae (e.g. "stabilityai/sd-vae-ft-mse" or "stabilityai/stable-diffusion-2-1")
     subfolder: str | None = None
@@ -62,6 +65,8 @@ class EmbedderConfig:
             raise ConfigError(f"embedder.input_size={self.input_size}: must be a multiple of 8, at least 64")
         if self.batch_size < 1:
             raise ConfigError(f"embedder.batch_size={self.batch_size}: must be >= 1")
+        if self.precision not in ("fp32", "int8", "auto"):
+            raise ConfigError(f"embedder.precision={self.precision!r}: expected fp32, int8 or auto")
 
 
 @dataclass(frozen=True)

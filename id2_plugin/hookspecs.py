@@ -34,7 +34,8 @@ def id2_register_embedders(register: Register) -> None:
     """Register signals by name: latent encoders (a VAE, used with a W) or whole image embedders.
 
     Call ``register("my-vae", factory)``; ``factory(weights=..., input_size=..., batch_size=..., device=...,
-    dtype=..., resize_policy=..., limits=...)`` must return a :class:`id2_plugin.LatentEncoder` (wrapped
+    dtype=..., resize_policy=..., limits=...)`` (plus ``precision=`` ``int8`` or ``auto`` only when
+    ``embedder.precision`` is not ``fp32``; a factory that does not take it makes that a clear config error) must return a :class:`id2_plugin.LatentEncoder` (wrapped
     with the configured W) or, like the built-in ``sscd``, an :class:`id2_plugin.embedders.ImageEmbedder`.
     The name is what users put in ``embedder.name`` (or ``embedder.vae`` for the fused embedder's latent).
     """

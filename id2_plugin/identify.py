@@ -63,7 +63,14 @@ def _build_registered(name: str, cfg: EmbedderConfig, weights: str | None, limit
     )
     if cfg.subfolder is not None and name == "sd-vae":
         kwargs["subfolder"] = cfg.subfolder
-    return factories[name](**kwargs)
+    if cfg.precision != "fp32":  # passed only when asked for, so factories that predate the key keep working
+        kwargs["precision"] = cfg.precision
+    try:
+        return factories[name](**kwargs)
+    except TypeError as exc:
+        if "precision" not in str(exc):
+            raise
+        raise ConfigError(f"embedder {name!r} does not support embedder.precision={cfg.precision!r}; use fp32") from None
 
 
 def load_projection(spec: str, encoder_name: str) -> Projection | None:

@@ -200,3 +200,10 @@ def test_bad_input_is_one_clear_line_and_exit_2(runner: CliRunner, tmp_path: Pat
     res = runner.invoke(cli, ["--set", f"store.path={tmp_path / 'store'}", *args])
     assert res.exit_code == 2, res.output
     assert message in res.output and isinstance(res.exception, SystemExit)  # no traceback: a clean exit
+
+
+def test_quantize_needs_a_folder_to_write_to(runner: CliRunner, photo_paths: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --out or $ID2_MODELS_DIR the int8 model has nowhere the user named: a usage error, nothing written."""
+    monkeypatch.delenv("ID2_MODELS_DIR", raising=False)
+    result = runner.invoke(cli, ["quantize", str(photo_paths[0])], catch_exceptions=False)
+    assert result.exit_code == 2 and "--out" in result.output

@@ -207,7 +207,34 @@ def config_show(ctx: click.Context) -> None:
     click.echo(cfg.to_yaml(mask_secrets=True), nl=False)
 
 
+@click.command("quantize")
+@click.argument("photos", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Models folder to write taef2/taef2_encoder_int8.onnx into (default: the first $ID2_MODELS_DIR entry).")
+@click.option("--images", "count", type=int, default=100, show_default=True, help="Calibration photos used (spread over PHOTOS).")
+@click.pass_context
+@handle_errors
+def quantize(ctx: click.Context, photos: tuple[str, ...], out_dir: str | None, count: int) -> None:
+    """Make the int8 TAEF2 encoder (embedder.precision=int8) here, calibrated on PHOTOS (files or folders).
+
+    Use photos like the ones you will index; they are read into memory only. Takes a few minutes on a CPU.
+    """
+    import os
+
+    from ..embedders.taef2_int8 import quantize_taef2
+    from ..errors import ConfigError
+
+    cfg = get_state(ctx).config()
+    out_dir = out_dir or next((p for p in os.environ.get("ID2_MODELS_DIR", "").split(os.pathsep) if p), None)
+    if out_dir is None:
+        raise ConfigError("quantize needs --out DIR (or $ID2_MODELS_DIR) for the int8 model")
+    files = iter_image_files(list(photos))
+    path = quantize_taef2(out_dir, files, weights=cfg.embedder.weights, count=count, input_size=cfg.embedder.input_size)
+    click.echo(f"wrote {path} (calibrated on {min(count, len(files))} photos); use it with ID2_MODELS_DIR={out_dir} "
+               f"and embedder.precision=int8 (or auto)")
+
+
 @hookimpl
 def id2_register_commands(cli: click.Group) -> None:
-    for cmd in (index_group, query, embed, config_group):
+    for cmd in (index_group, query, embed, config_group, quantize):
         cli.add_command(cmd)

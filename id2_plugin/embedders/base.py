@@ -85,7 +85,11 @@ class LatentEncoder(ABC):
         self.batch_size = batch_size
         self.resize_policy: ResizePolicy = resize_policy
         self.limits = limits or MediaLimits()
-        self.device, self.dtype = select_device(device, dtype)
+        self.device, self.dtype = self._select_device(device, dtype)
+
+    def _select_device(self, device: str, dtype: str) -> tuple[Any, Any]:
+        """Where and in what dtype the model runs; torch's by default (an ONNX Runtime encoder overrides it)."""
+        return select_device(device, dtype)
 
     # -- identity ---------------------------------------------------------------------------------
     @property
@@ -115,22 +119,24 @@ class LatentEncoder(ABC):
 
     def encode_arrays(self, images: np.ndarray) -> np.ndarray:
         """Encode normalised ``N x S x S x 3`` uint8 images to ``N x latent_dim`` float32 latents."""
-        torch = require("torch")
         if images.ndim != 4 or images.shape[1:] != (self.input_size, self.input_size, 3):
             raise ValueError(f"expected N x {self.input_size} x {self.input_size} x 3, got {images.shape}")
         out = np.empty((len(images), self.latent_dim), dtype=np.float32)
-        with torch.inference_mode():
-            for start in range(0, len(images), self.batch_size):
-                chunk = images[start : start + self.batch_size]
-                # torch.from_numpy refuses read-only and negatively strided arrays: copy only those.
-                chunk = np.ascontiguousarray(chunk)
-                x = torch.from_numpy(chunk if chunk.flags.writeable else chunk.copy()).to(self.device)
-                # [-1, 1] NCHW is the diffusers convention for every VAE encoder.
-                x = x.permute(0, 3, 1, 2).to(self.dtype).div(127.5).sub(1.0)
-                x = x.contiguous(memory_format=torch.channels_last)
-                z = self._encode_batch(x)
-                out[start : start + len(chunk)] = z.float().reshape(len(chunk), -1).cpu().numpy()
+        for start in range(0, len(images), self.batch_size):
+            chunk = np.ascontiguousarray(images[start : start + self.batch_size])
+            out[start : start + len(chunk)] = self._encode_chunk(chunk).reshape(len(chunk), -1)
         return out
+
+    def _encode_chunk(self, chunk: np.ndarray) -> np.ndarray:
+        """One batch of contiguous uint8 NHWC images -> float32 latents, with torch and :meth:`_encode_batch`."""
+        torch = require("torch")
+        with torch.inference_mode():
+            # torch.from_numpy refuses read-only arrays: copy only those.
+            x = torch.from_numpy(chunk if chunk.flags.writeable else chunk.copy()).to(self.device)
+            # [-1, 1] NCHW is the diffusers convention for every VAE encoder.
+            x = x.permute(0, 3, 1, 2).to(self.dtype).div(127.5).sub(1.0)
+            x = x.contiguous(memory_format=torch.channels_last)
+            return self._encode_batch(x).float().cpu().numpy()  # type: ignore[no-any-return]
 
     def encode(self, sources: Sequence[MediaLike]) -> np.ndarray:
         """Normalise and encode; raises :class:`MediaError` on the first bad input."""

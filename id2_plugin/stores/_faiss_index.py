@@ -8,7 +8,9 @@ faiss is imported lazily (``require("faiss")``) so importing this module stays c
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +39,13 @@ _COMMON: dict[str, Any] = {
     "merge_ratio": 0.1,
     # seed of the training sample and of the tuning queries
     "seed": 0,
+    # FAISS threads for a single-query search: one avoids OpenMP start-up and barrier waits, which dominate a
+    # millisecond search and blow up its tail when other processes hold the cores; 0 = all cores
+    "query_threads": 1,
+    # FAISS threads for a batch of queries (0 = all cores): there the work is large enough to split
+    "batch_threads": 0,
+    # exact float32 search of at least this many queries goes through numpy's BLAS matmul (see exact_search)
+    "blas_min_batch": 20,
 }
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "flat": {},
@@ -93,8 +102,9 @@ class IndexSpec:
         for key in ("max_train_per_list", "M", "efConstruction", "efSearch"):
             if key in opts:
                 opts[key] = _positive_int(key, opts[key])
-        for key in ("merge_min", "seed"):
+        for key in ("merge_min", "seed", "query_threads", "batch_threads"):
             opts[key] = _positive_int(key, opts[key], minimum=0)
+        opts["blas_min_batch"] = _positive_int("blas_min_batch", opts["blas_min_batch"])
         if "rerank" in opts:
             opts["rerank"] = _positive_int("rerank", opts["rerank"], minimum=0)
         if "nbits" in opts:
@@ -332,3 +342,74 @@ def ann_search(
     exact = np.where(valid, exact, -np.inf).astype(np.float32)
     order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(exact, order, 1), np.take_along_axis(I, order, 1)
+
+
+def threads_for(n_queries: int, options: Mapping[str, Any]) -> int:
+    """FAISS threads for a search of ``n_queries``: ``query_threads`` for one, ``batch_threads`` for more (0 = all)."""
+    n = int(options["query_threads"] if n_queries == 1 else options["batch_threads"])
+    return n or os.cpu_count() or 1
+
+
+@contextmanager
+def faiss_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` OpenMP threads in FAISS, restoring the previous count after.
+
+    The count is process-wide: two stores searching at once in different threads may see each other's
+    setting, which changes only the speed, never the results.
+    """
+    faiss = _faiss()
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+#: floats in one score block of the BLAS path (64 MB): bounds memory whatever the batch and store sizes
+_BLOCK_FLOATS = 1 << 24
+
+
+def _flat_vectors(index: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """(ids, vectors) views of an ``IndexIDMap2`` over ``IndexFlatIP`` without copying vectors; None otherwise."""
+    faiss = _faiss()
+    inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else None
+    if not isinstance(inner, faiss.IndexFlat) or not index.ntotal:
+        return None
+    xb = faiss.rev_swig_ptr(inner.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
+    return faiss.vector_to_array(index.id_map), xb
+
+
+def blas_topk(q: np.ndarray, xb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` inner products (scores, row numbers) of ``q`` over ``xb`` by blocked matmul + argpartition."""
+    rows = max(1, _BLOCK_FLOATS // max(1, len(q)))
+    return topk_blocks(q, ((s, xb[s : s + rows]) for s in range(0, len(xb), rows)), k)
+
+
+def topk_blocks(q: np.ndarray, blocks: Iterable[tuple[int, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` inner products (scores, row numbers) of ``q`` over row blocks ``(first row, vectors)``, merged."""
+    best_s = np.full((len(q), 0), -np.inf, np.float32)
+    best_i = np.zeros((len(q), 0), np.int64)
+    for start, block in blocks:
+        s = q @ np.asarray(block, np.float32).T
+        kk = min(k, s.shape[1])
+        part = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
+        best_s = np.concatenate([best_s, np.take_along_axis(s, part, 1)], axis=1)
+        best_i = np.concatenate([best_i, part + start], axis=1)
+        keep = np.argsort(-best_s, axis=1, kind="stable")[:, :k]
+        best_s, best_i = np.take_along_axis(best_s, keep, 1), np.take_along_axis(best_i, keep, 1)
+    return best_s, best_i
+
+
+def exact_search(index: Any, q: np.ndarray, k: int, blas_min_batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` (scores, ids) of an exact index; large float32 batches use numpy's BLAS.
+
+    For a batch, FAISS's flat search is a matmul too, but through the BLAS bundled in the faiss-cpu wheel,
+    which ``benchmarks/search_threads.py`` measures slower than numpy's here; single queries stay in FAISS.
+    """
+    flat = _flat_vectors(index) if len(q) >= blas_min_batch else None
+    if flat is None:
+        return index.search(q, k)  # type: ignore[no-any-return]
+    ids, xb = flat
+    scores, rows = blas_topk(q, xb, k)
+    return scores, ids[rows]

@@ -21,6 +21,16 @@ def embedder_kind(identity: str) -> str:
     return "vae_raw" if identity.endswith("+raw") else "id2"
 
 
+def _precision(identity: str) -> str:
+    return "int8" if "/int8:" in identity else "fp32"
+
+
+def _precision_hint(stored: str, configured: str) -> str:
+    """Names the precision when that is what differs: int8 vectors are close to fp32, not equal."""
+    a, b = _precision(stored), _precision(configured)
+    return f", embedder.precision={a}: this store was built at {a}, the embedder runs at {b}" if a != b else ""
+
+
 class ReferenceStore(ABC):
     """A persistent collection of L2-normalised reference embeddings with metadata.
 
@@ -77,7 +87,8 @@ class ReferenceStore(ABC):
             raise IncompatibleStoreError(
                 f"this store was built with the {embedder_kind(self.embedder_identity)} embedder "
                 f"{self.embedder_identity!r} but the configured embedder is {embedder_kind(embedder_identity)} "
-                f"{embedder_identity!r}; query with the same embedder (embedder.name, W, fusion fit), or rebuild the store"
+                f"{embedder_identity!r}; query with the same embedder (embedder.name, W, fusion fit"
+                f"{_precision_hint(self.embedder_identity, embedder_identity)}), or rebuild the store"
             )
 
     def close(self) -> None:

@@ -698,10 +698,12 @@ class FaissStore(ReferenceStore):
         """Top-``k`` (scores, ids) over the ANN index and the exact buffer, merged; missing = (-inf, -1)."""
         params = self._state_search(state) if params is None else params
         parts: list[tuple[np.ndarray, np.ndarray]] = []
-        if state.main is not None and state.main.ntotal:
-            parts.append(self._search_main(state, q, k, params))
-        if state.buffer.ntotal:
-            parts.append(state.buffer.search(q, min(k, state.buffer.ntotal)))
+        with fx.faiss_threads(fx.threads_for(len(q), self._spec.options)):
+            if state.main is not None and state.main.ntotal:
+                parts.append(self._search_main(state, q, k, params))
+            if state.buffer.ntotal:
+                k_buf = min(k, state.buffer.ntotal)
+                parts.append(fx.exact_search(state.buffer, q, k_buf, int(self._spec.options["blas_min_batch"])))
         if not parts:
             return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
         D = np.concatenate([p[0] for p in parts], axis=1).astype(np.float32)
