@@ -228,7 +228,7 @@ def quantize(ctx: click.Context, photos: tuple[str, ...], out_dir: str | None, c
     out_dir = out_dir or next((p for p in os.environ.get("ID2_MODELS_DIR", "").split(os.pathsep) if p), None)
     if out_dir is None:
         raise ConfigError("quantize needs --out DIR (or $ID2_MODELS_DIR) for the int8 model")
-    files = iter_image_files(list(photos))
+    files, _problems = expand_inputs(photos)  # each problem reported; calibration uses the readable rest
     path = quantize_taef2(out_dir, files, weights=cfg.embedder.weights, count=count, input_size=cfg.embedder.input_size)
     click.echo(f"wrote {path} (calibrated on {min(count, len(files))} photos); use it with ID2_MODELS_DIR={out_dir} "
                f"and embedder.precision=int8 (or auto)")
