@@ -35,7 +35,7 @@ def serve_command(ctx: click.Context, create_store: bool, log_level: str, **flag
     Writes (adding / removing references) need a bearer token: set serve.token in the config or, better,
     the ID2_SERVE_TOKEN environment variable. Without one the service is read-only.
     """
-    from id2_plugin._lazy import require
+    from id2_plugin.extras import require
     from id2_plugin.pipeline import Pipeline
 
     require("fastapi")  # the [http] extra: a clear MissingExtraError instead of an import traceback

@@ -61,7 +61,7 @@ from threatexchange.extensions.manifest import ThreatExchangeExtensionManifest
 from threatexchange.signal_type import index
 from threatexchange.signal_type.signal_base import BytesHasher, FileHasher, SignalComparisonResult, SignalType
 
-from id2_plugin._lazy import require
+from id2_plugin.extras import require
 from id2_plugin.config import Config, MatchConfig, default_config_path, load_config
 from id2_plugin.errors import MediaError, MissingExtraError
 

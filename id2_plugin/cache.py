@@ -106,17 +106,12 @@ class LatentCache:
 
     def encode(self, sources: Sequence[MediaLike], batch: int = 64, progress: bool | str = False) -> np.ndarray:
         """Normalise and encode ``sources`` (raises :class:`MediaError` on bad media), in chunks of ``batch``."""
-        out = np.empty((len(sources), self.encoder.latent_dim), np.float32)
-        bar = None
-        if progress:
-            from tqdm import tqdm
+        from ._progress import progress_bar
 
-            bar = tqdm(total=len(sources), desc=progress if isinstance(progress, str) else "encoding", unit="img")
-        for s in range(0, len(sources), batch):
-            chunk = sources[s : s + batch]
-            out[s : s + len(chunk)] = self.encode_arrays(np.stack([self.encoder.normalise(x) for x in chunk]))
-            if bar is not None:
+        out = np.empty((len(sources), self.encoder.latent_dim), np.float32)
+        with progress_bar(progress, len(sources), "encoding") as bar:
+            for s in range(0, len(sources), batch):
+                chunk = sources[s : s + batch]
+                out[s : s + len(chunk)] = self.encode_arrays(np.stack([self.encoder.normalise(x) for x in chunk]))
                 bar.update(len(chunk))
-        if bar is not None:
-            bar.close()
         return out

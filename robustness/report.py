@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from id2_plugin._lazy import require
+from id2_plugin.extras import require
 
 from .suite import METRIC_FIELDS, CurvePoint, RobustnessResult
 

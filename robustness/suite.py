@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from id2_plugin._files import sha256_file, sha256_file_or_none
+from id2_plugin.media import sha256_file, sha256_file_or_none
 from id2_plugin.errors import ConfigError, MediaError
 from id2_plugin.evaluate import RetrievalScores, latent_part
 from id2_plugin.media import MediaLimits, iter_image_files, load_image, to_rgb_array

@@ -16,7 +16,7 @@ from PIL import Image
 
 pytest.importorskip("onnxruntime")
 
-from id2_plugin._files import sha256_file  # noqa: E402
+from id2_plugin.media import sha256_file  # noqa: E402
 from id2_plugin.embedders.base import fit_arrays  # noqa: E402
 from id2_plugin.embedders.sscd import SSCDEmbedder, imagenet_nchw, resolve_sscd_model  # noqa: E402
 from id2_plugin.errors import ConfigError, MissingExtraError, ModelNotFoundError  # noqa: E402

@@ -16,7 +16,7 @@ from id2_plugin.embedders.taef2_int8 import INT8_FILE, TAEF2Int8Encoder, quantiz
 from id2_plugin.embedders.taesd import ENCODER_FILE, TAEF2Encoder
 from id2_plugin.errors import ConfigError, IncompatibleStoreError, ModelNotFoundError
 from id2_plugin.identify import build_embedder, build_encoder
-from id2_plugin._files import sha256_file
+from id2_plugin.media import sha256_file
 from id2_plugin.stores.faiss_store import FaissStore
 
 
