@@ -24,7 +24,7 @@ from typing import IO, Any, Literal, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ._files import sha256_file, sha256_file_or_none  # re-exported: the content key of every reference
+from ._files import sha256_file as sha256_file, sha256_file_or_none as sha256_file_or_none  # public: the content key
 from .errors import MediaError
 from .framing import BorderTrim, border_box
 
