@@ -82,9 +82,20 @@ class Pipeline:
 
     @classmethod
     def from_config(cls, cfg: Config, *, create_store: bool = False) -> Pipeline:
-        """Build the embedder and open (``create_store``: create if missing) the configured store."""
-        embedder = embedder_from_config(cfg)
-        store = open_store(cfg.store, embedder_identity=embedder.identity, dim=embedder.dim, create=create_store)
+        """Build the embedder and open (``create_store``: create if missing) the configured store.
+
+        An existing store is opened first: a wrong path fails at once, not after the model has loaded.
+        """
+        if create_store:  # a new store needs the embedder's identity and dimension
+            embedder = embedder_from_config(cfg)
+            store = open_store(cfg.store, embedder_identity=embedder.identity, dim=embedder.dim, create=True)
+        else:
+            store = open_store(cfg.store, embedder_identity=None, dim=None, create=False)
+            try:
+                embedder = embedder_from_config(cfg)
+            except BaseException:
+                store.close()
+                raise
         return cls(embedder, store, **match_options(cfg), limits=cfg.media.limits())
 
     def __enter__(self) -> Pipeline:

@@ -102,7 +102,8 @@ def test_usage_and_config_errors(runner: CliRunner, tmp_path: Path) -> None:
     res = runner.invoke(cli, ["--set", "serve.token=tok-31337", "--set", "store.api_key=key-4242", "config", "show"])
     assert res.exit_code == 0 and "tok-31337" not in res.output and "key-4242" not in res.output
     assert res.output.count("'***'") == 2
-    res = runner.invoke(cli, ["--set", f"store.path={tmp_path / 'none'}", "query", str(tmp_path)])
+    Image.new("RGB", (32, 32), "gray").save(tmp_path / "q.png")
+    res = runner.invoke(cli, ["--set", f"store.path={tmp_path / 'none'}", "query", str(tmp_path / "q.png")])
     assert res.exit_code == 3 and "store" in res.output.lower()  # store errors: exit 3
     assert runner.invoke(cli, ["query"]).exit_code == 2
     res = runner.invoke(cli, ["--set", "embedder.name=nope", "embed", str(tmp_path), "--out", str(tmp_path / "x.npz")])
@@ -207,3 +208,10 @@ def test_quantize_needs_a_folder_to_write_to(runner: CliRunner, photo_paths: lis
     monkeypatch.delenv("ID2_MODELS_DIR", raising=False)
     result = runner.invoke(cli, ["quantize", str(photo_paths[0])], catch_exceptions=False)
     assert result.exit_code == 2 and "--out" in result.output
+
+
+def test_a_missing_store_fails_before_the_model_loads(runner: CliRunner, tmp_path: Path, photo_paths: list[Path]) -> None:
+    # weights that would fail to load: the store error comes first, so the model was never touched
+    res = runner.invoke(cli, ["--set", f"store.path={tmp_path / 'none'}", "--set", "embedder.name=taef2",
+                              "--set", f"embedder.weights={tmp_path / 'absent.safetensors'}", "query", str(photo_paths[0])])
+    assert res.exit_code == 3 and "store" in res.output.lower() and "absent.safetensors" not in res.output
