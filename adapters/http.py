@@ -2,13 +2,15 @@
 
 Endpoints (OpenAPI schema at ``/openapi.json``, interactive docs at ``/docs``):
 
-* ``POST /v1/identify`` — an image as a multipart upload (field ``file``) or as the raw request body;
+* ``POST /v1/identify[?k=N]`` — an image as a multipart upload (field ``file``) or as the raw request body;
   returns the :class:`~id2_plugin.OriginReport` as JSON. 422 if the upload is not a decodable image.
 * ``POST /v1/references`` — one or more images (multipart field ``file``, repeatable; optional ``label``
   fields) or one raw body (``?uri=...&label=...``); returns the ids added and the duplicates skipped.
 * ``POST /v1/explain`` — two images (multipart files ``query`` and ``reference``): each signal's score,
   the latent similarity map summary and SIFT inliers as JSON, or ``?format=png|html`` the picture
   (:func:`~id2_plugin.explain_match`), built in memory and never stored.
+* ``POST /v1/identify/batch[?k=N]`` — several images (multipart field ``file``, repeatable): one report each,
+  in order (an unusable image gets ``{"query", "error"}``), embedded and searched in batches.
 * ``DELETE /v1/references/{key}`` — remove a reference by id or sha256 (404 if unknown).
 * ``GET /healthz``, ``GET /v1/info`` — liveness, and the model / store / limits in use.
 
@@ -58,7 +60,7 @@ __all__ = ["build_identifier", "create_app", "serve", "token_from_env"]
 T = TypeVar("T")
 
 #: Paths whose requests do model work: admitted against the concurrency + queue budget.
-_HEAVY = {("POST", "/v1/identify"), ("POST", "/v1/references"), ("POST", "/v1/explain")}
+_HEAVY = {("POST", "/v1/identify"), ("POST", "/v1/identify/batch"), ("POST", "/v1/references"), ("POST", "/v1/explain")}
 
 _IMAGE_BODY = {
     "content": {
@@ -362,8 +364,17 @@ def _explain_body(pipeline: Pipeline, query: bytes, reference: bytes, fmt: str) 
     return data, "image/png" if fmt == "png" else "text/html; charset=utf-8"
 
 
-def _report_json(pipeline: Pipeline, data: bytes, name: str, expose_paths: bool) -> dict[str, Any]:
-    report = pipeline.identify(data)
+def _report_json(pipeline: Pipeline, data: bytes, name: str, expose_paths: bool, k: int | None) -> dict[str, Any]:
+    return _public_report(pipeline.identify(data, k=k), name, expose_paths)
+
+
+def _batch_json(pipeline: Pipeline, uploads: list[tuple[str, bytes]], expose_paths: bool, k: int | None) -> dict[str, Any]:
+    reports = pipeline.identify_many([data for _, data in uploads], k=k)
+    return {"results": [{"query": name, "error": f"not a usable image: {r}"} if isinstance(r, MediaError)
+                        else _public_report(r, name, expose_paths) for (name, _), r in zip(uploads, reports)]}
+
+
+def _public_report(report: Any, name: str, expose_paths: bool) -> dict[str, Any]:
     if not expose_paths:
         report = dataclasses.replace(report, matches=tuple(dataclasses.replace(m, uri=public_uri(m.uri))
                                                            for m in report.matches))
@@ -481,14 +492,24 @@ def _add_read_routes(app: FastAPI, service: Callable[[], _Service], capacity: _C
 
     @app.post("/v1/identify", summary="Identify the original of an uploaded image",
               openapi_extra={"requestBody": _IMAGE_BODY})
-    async def identify(request: Request) -> dict[str, Any]:
+    async def identify(request: Request, k: int | None = Query(None, ge=1, le=1000, description="Matches to return (default match.k)")) -> dict[str, Any]:
         svc = service()
         deadline = svc.deadline()
         uploads, _ = await _read_uploads(request, many=False)
         name, data = uploads[0]
         if not data:
             raise HTTPException(422, "empty upload: send the image bytes")
-        return await svc.run(_report_json, svc.pipeline, data, name, svc.cfg.expose_paths, deadline=deadline)
+        return await svc.run(_report_json, svc.pipeline, data, name, svc.cfg.expose_paths, k, deadline=deadline)
+
+    @app.post("/v1/identify/batch", summary="Identify the originals of several uploaded images (multipart 'file' fields)",
+              openapi_extra={"requestBody": _REFERENCES_BODY})
+    async def identify_batch(request: Request, k: int | None = Query(None, ge=1, le=1000, description="Matches per image")) -> dict[str, Any]:
+        svc = service()
+        deadline = svc.deadline()
+        uploads, _ = await _read_uploads(request, many=True)
+        if not all(data for _, data in uploads):
+            raise HTTPException(422, "empty upload: every 'file' needs the image bytes")
+        return await svc.run(_batch_json, svc.pipeline, uploads, svc.cfg.expose_paths, k, deadline=deadline)
 
     @app.post("/v1/explain", summary="Explain the match of two uploaded images (scores, similarity map, SIFT)",
               openapi_extra={"requestBody": _EXPLAIN_BODY})
@@ -558,7 +579,7 @@ def _add_write_routes(app: FastAPI, service: Callable[[], _Service]) -> None:
             return JSONResponse(body, status_code=422)
         return JSONResponse(body, status_code=201 if res.added else 200)
 
-    @app.delete("/v1/references/{key}", summary="Remove a reference by id or sha256 (bearer token)")
+    @app.delete("/v1/references/{key:path}", summary="Remove a reference by id or sha256 (bearer token)")
     async def remove_reference(key: str, request: Request) -> dict[str, Any]:
         svc = service()
         deadline = svc.deadline()

@@ -228,23 +228,31 @@ class Identifier:
         store = open_store(cfg.store, embedder_identity=embedder.identity, dim=embedder.dim, create=False)
         return cls(embedder, store, **match_options(cfg))
 
-    def identify(self, media: MediaLike) -> OriginReport:
-        """Run the ``id2_identify_origin`` hook (plugins first, the built-in search last)."""
-        report = get_plugin_manager().hook.id2_identify_origin(media=media, context=self.context)
+    def identify(self, media: MediaLike, *, k: int | None = None) -> OriginReport:
+        """Run the ``id2_identify_origin`` hook (plugins first, the built-in search last); ``k`` overrides match.k."""
+        report = get_plugin_manager().hook.id2_identify_origin(media=media, context=self._context(k))
         if report is None:
             raise RuntimeError("no plugin answered id2_identify_origin (is the built-in plugin disabled?)")
         return report  # type: ignore[no-any-return]
 
-    def identify_many(self, media: Sequence[MediaLike]) -> list[OriginReport | MediaError]:
+    def identify_many(self, media: Sequence[MediaLike], *, k: int | None = None) -> list[OriginReport | MediaError]:
         """:meth:`identify` for each query (an unusable one gives its :class:`MediaError`), batched when the
         built-in search is the only ``id2_identify_origin`` implementation."""
         if len(get_plugin_manager().hook.id2_identify_origin.get_hookimpls()) > 1:
-            return [_or_error(self.identify, m) for m in media]
+            return [_or_error(lambda m: self.identify(m, k=k), m) for m in media]
         out: list[OriginReport | MediaError] = []
-        bs = max(1, self.context.embedder.batch_size)
+        context = self._context(k)
+        bs = max(1, context.embedder.batch_size)
         for start in range(0, len(media), bs):
-            out.extend(search_many(media[start:start + bs], self.context))
+            out.extend(search_many(media[start:start + bs], context))
         return out
+
+    def _context(self, k: int | None) -> IdentifyContext:
+        if k is None or k == self.context.k:
+            return self.context
+        if k < 1:
+            raise ConfigError(f"k={k} must be >= 1")
+        return replace(self.context, k=k)
 
 
 def _or_error(fn: Any, media: MediaLike) -> Any:

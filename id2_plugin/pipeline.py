@@ -108,17 +108,17 @@ class Pipeline:
         self.store.close()
 
     # -- identify ---------------------------------------------------------------------------------------
-    def identify(self, media: MediaLike) -> OriginReport:
-        """The origin report for one query (through the ``id2_identify_origin`` hook)."""
-        return self.identifier.identify(media)
+    def identify(self, media: MediaLike, *, k: int | None = None) -> OriginReport:
+        """The origin report for one query (through the ``id2_identify_origin`` hook); ``k`` overrides match.k."""
+        return self.identifier.identify(media, k=k)
 
-    def identify_many(self, media: Sequence[MediaLike]) -> list[OriginReport | MediaError]:
+    def identify_many(self, media: Sequence[MediaLike], *, k: int | None = None) -> list[OriginReport | MediaError]:
         """One report per query, in order; an unusable query gives its :class:`MediaError` instead.
 
         Queries are embedded and searched in batches of ``embedder.batch_size`` when only the built-in
         identification is installed; a plugin implementing ``id2_identify_origin`` sees every query.
         """
-        return self.identifier.identify_many(media)
+        return self.identifier.identify_many(media, k=k)
 
     # -- add / remove -----------------------------------------------------------------------------------
     def add_files(self, paths: Sequence[Path], *, labels: Sequence[str] = (), commit_every: int = 1024,

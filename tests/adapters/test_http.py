@@ -138,6 +138,26 @@ def test_responses_name_no_server_paths_unless_configured(identifier, photo_path
         assert best["uri"].endswith(photo_paths[3].name)
 
 
+def test_batch_identify_k_and_keys_with_slashes(identifier, photo_paths) -> None:
+    from id2_plugin.pipeline import Pipeline
+
+    ctx = identifier.context
+    Pipeline(ctx.embedder, ctx.store).add_files(photo_paths[5:8])
+    files = [("file", (p.name, p.read_bytes(), "image/jpeg")) for p in photo_paths[5:7]]
+    files.append(("file", ("bad.jpg", b"\xff\xd8 not an image", "image/jpeg")))
+    with running(_app(identifier)) as url, httpx.Client(base_url=url, timeout=120) as c:
+        r = c.post("/v1/identify/batch", params={"k": 2}, files=files)
+        assert r.status_code == 200, r.text
+        results = r.json()["results"]
+        assert [x["query"] for x in results] == [photo_paths[5].name, photo_paths[6].name, "bad.jpg"]
+        assert [x["best"]["uri"] for x in results[:2]] == [photo_paths[5].name, photo_paths[6].name]
+        assert all(len(x["matches"]) == 2 for x in results[:2]) and "not a usable image" in results[2]["error"]
+        one = c.post("/v1/identify", params={"k": 1}, content=photo_paths[7].read_bytes()).json()
+        assert len(one["matches"]) == 1 and one["best"]["uri"] == photo_paths[7].name
+        gone = c.delete("/v1/references/a/b", headers=_auth())
+        assert gone.status_code == 404 and "no reference with id or sha256 'a/b'" in gone.json()["detail"]
+
+
 def test_upload_limit_413_declared_and_streamed(identifier, photo_paths) -> None:
     data = photo_paths[0].read_bytes()
     limit = len(data) // 2
