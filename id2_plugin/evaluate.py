@@ -537,7 +537,8 @@ class EvalSet:
 
 
 def load_pairs_for_eval(
-    manifest: str | os.PathLike | Sequence[str | os.PathLike], distractors: Sequence[str | os.PathLike] = ()
+    manifest: str | os.PathLike | Sequence[str | os.PathLike], distractors: Sequence[str | os.PathLike] = (),
+    max_distractors: int | None = None,
 ) -> tuple[list[Path], list[Path], np.ndarray]:
     """Queries, references and ground truth from a pairs manifest (or several, pooled) plus distractor folders/files.
 
@@ -545,6 +546,7 @@ def load_pairs_for_eval(
     distractor images. A distractor whose bytes equal an origin or a query is dropped (with a log
     warning): it would be an unlabelled copy and turn a correct answer into a "wrong" one. Manifest errors
     (malformed line, missing file) raise :class:`~id2_plugin.errors.ConfigError` naming the line.
+    ``max_distractors`` keeps the first N distractors kept (folders in sorted order): a reproducible subset.
     """
     from .pairs import load_pairs
 
@@ -565,7 +567,10 @@ def load_pairs_for_eval(
         links.append((q_index[pair.query], r_index[pair.origin]))
     known = {h for h in (sha256_file_or_none(p) for p in [*references, *queries]) if h}
     dropped = 0
+    n_origins = len(references)
     for path in iter_image_files(list(distractors)):
+        if max_distractors is not None and len(references) - n_origins >= max_distractors:
+            break
         path = path.resolve()
         if path in r_index or path in q_index:
             dropped += 1

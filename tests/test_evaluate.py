@@ -392,3 +392,14 @@ def test_evaluate_command_default_is_fused_with_per_source_breakdown(real_copies
     assert out["per_source"]["jpeg"]["fused"]["n_queries"] == 5
     for m in ("fused", "id2", "sscd"):
         assert out["methods"][m]["top1"] >= 0.9, m
+
+
+def test_max_distractors_keeps_a_reproducible_prefix(real_edits_dir: Path, shared_dir: Path) -> None:
+    from id2_plugin.evaluate import load_pairs_for_eval
+
+    manifest, photos = real_edits_dir / "pairs.jsonl", shared_dir / "data" / "photos"
+    q_all, r_all, pos_all = load_pairs_for_eval(manifest, [photos])
+    q, r, pos = load_pairs_for_eval(manifest, [photos], max_distractors=7)
+    n_origins = int(pos_all.any(axis=0).sum())
+    assert q == q_all and len(r) == n_origins + 7 and r == r_all[: n_origins + 7]
+    assert (pos == pos_all[:, : n_origins + 7]).all()

@@ -52,6 +52,8 @@ def _report_skipped(skipped: list[str]) -> None:
               help="Pairs manifest (JSONL {query, origin}); its queries are the queries, its origins references.")
 @click.option("--distractors", multiple=True, type=click.Path(exists=True),
               help="Extra reference images (folders recurse; repeatable).")
+@click.option("--max-distractors", type=click.IntRange(min=0), default=None,
+              help="Use at most N distractors (the first N, folders in sorted order).")
 @click.option("--k", "eval_k", type=int, default=DEFAULT_K, show_default=True,
               help="Predictions kept per query for micro-AP, mAP and recall@precision.")
 @click.option("--method", "method_names", multiple=True, type=click.Choice(METHOD_NAMES),
@@ -61,7 +63,7 @@ def _report_skipped(skipped: list[str]) -> None:
 @config_option_flags
 @click.pass_context
 @handle_errors
-def evaluate_command(ctx: click.Context, pairs_path: str, distractors: tuple[str, ...], eval_k: int,
+def evaluate_command(ctx: click.Context, pairs_path: str, distractors: tuple[str, ...], max_distractors: int | None, eval_k: int,
                      method_names: tuple[str, ...], as_json: bool, **flags: Any) -> None:
     """Retrieval metrics (top-1, mAP, micro-AP, recall at 90%/99.9% precision) of id2 and baselines.
 
@@ -81,7 +83,7 @@ def evaluate_command(ctx: click.Context, pairs_path: str, distractors: tuple[str
             raise ConfigError(f"--method {', '.join(unknown)} is not available with this configuration "
                               f"(available: {', '.join(m.name for m in methods)})")
         methods = [m for m in methods if m.name in method_names]
-    query_paths, ref_paths, positives = load_pairs_for_eval(pairs_path, distractors)
+    query_paths, ref_paths, positives = load_pairs_for_eval(pairs_path, distractors, max_distractors)
     data = prepare_eval_set(query_paths, ref_paths, positives, embedder.normalise)
     _report_skipped(data.skipped)
     if not data.queries or not data.positives.any():
