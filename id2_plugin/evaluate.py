@@ -190,6 +190,27 @@ def top_k_predictions(scores: np.ndarray, positives: np.ndarray, k: int | None) 
     return np.take_along_axis(scores, order, axis=1), np.take_along_axis(positives, order, axis=1)
 
 
+def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson score interval of a proportion ``k / n`` (95% for the default ``z``); ``(0, 1)`` when n = 0."""
+    if n <= 0:
+        return 0.0, 1.0
+    if not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
+    p, z2 = k / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def recall_at_threshold(scores: np.ndarray, positives: np.ndarray, threshold: float) -> tuple[int, int]:
+    """(queries whose top-1 is an origin scoring >= ``threshold``, queries with an origin): what a deployment
+    running at that threshold reports as a correct MATCH. Ties at the top count against (pessimistic)."""
+    has = positives.any(axis=1)
+    best = scores.max(axis=1)
+    top_is_origin = np.array([bool(positives[i][scores[i] == best[i]].all()) for i in range(len(scores))])
+    return int((top_is_origin & (best >= threshold) & has).sum()), int(has.sum())
+
+
 def compute_metrics(scores: np.ndarray, positives: np.ndarray, k: int | None = DEFAULT_K) -> Metrics:
     """All metrics from a ``Q x R`` similarity matrix and a ``Q x R`` boolean ground truth.
 

@@ -102,7 +102,7 @@ def robustness_command(ctx: click.Context, pairs: str | None, photos: str | None
         dataset, method_list, suite, seed=seed, embedder=embedder,
         compare_policies=RESIZE_POLICIES if compare_resize_policies else (),
         cache_root=cache_dir, use_cache=cache_dir is not None, n_failures=n_failures, limits=limits, progress=not quiet,
-        command=_command_line(ctx),
+        command=_command_line(ctx), threshold=cfg.match.threshold,
     )
     paths = write_reports(result, out_dir, pdf=pdf)
     _print_summary(result)

@@ -22,7 +22,9 @@ from id2_plugin.extras import require
 from .suite import METRIC_FIELDS, CurvePoint, RobustnessResult
 
 #: Curve-point columns, in the order of ``curves.csv``.
-CSV_FIELDS = ("series", "method", "resize_policy", "attack", "label", "intensity", "level", *METRIC_FIELDS)
+CSV_FIELDS = ("series", "method", "resize_policy", "attack", "label", "intensity", "level", *METRIC_FIELDS,
+              "top1_low", "top1_high", "threshold", "recall_at_threshold", "recall_at_threshold_low",
+              "recall_at_threshold_high")
 PLOT_METRICS = (("top1", "top-1 accuracy"), ("micro_ap", "micro-AP (ISC)"), ("recall_at_p999", "recall @ 99.9% precision"))
 
 _CSS = """
@@ -166,7 +168,10 @@ def _attack_rows(result: RobustnessResult, family: str) -> tuple[list[list[str]]
     rows, classes = [], []
     # Grouped by level (clean first), methods in series order within a level.
     for p in sorted(pts, key=lambda p: (p.level, order.index(p.series))):
-        rows.append([html.escape(p.label), html.escape(p.series), _fmt(p.top1), _fmt(p.mAP), _fmt(p.micro_ap),
+        at_thr = "–" if p.recall_at_threshold is None else (
+            f"{_fmt(p.recall_at_threshold)} [{_fmt(p.recall_at_threshold_low)}, {_fmt(p.recall_at_threshold_high)}]")
+        rows.append([html.escape(p.label), html.escape(p.series), f"{_fmt(p.top1)} [{_fmt(p.top1_low)}, {_fmt(p.top1_high)}]",
+                     at_thr, _fmt(p.mAP), _fmt(p.micro_ap),
                      _fmt(p.recall_at_p90), _fmt(p.threshold_at_p90), _fmt(p.recall_at_p999), _fmt(p.threshold_at_p999)])
         classes.append("clean" if p.attack == "clean" else "")
     return rows, classes
@@ -177,7 +182,8 @@ def _attack_table(result: RobustnessResult, family: str) -> str:
     return _table(ATTACK_HEADERS, rows, left=2, row_classes=classes)
 
 
-ATTACK_HEADERS = ("level", "method", "top1", "mAP", "micro-AP", "R@P90", "thr@P90", "R@P99.9", "thr@P99.9")
+ATTACK_HEADERS = ("level", "method", "top1 [95% CI]", "MATCH at threshold [95% CI]", "mAP", "micro-AP", "R@P90",
+                  "thr@P90", "R@P99.9", "thr@P99.9")
 
 
 def headline_rows(result: RobustnessResult) -> tuple[list[str], list[list[str]]]:

@@ -160,6 +160,15 @@ class CurvePoint(RetrievalScores):
     intensity: float
     #: 0 = clean, then 1..n from mildest to strongest within the family
     level: int
+    #: 95% Wilson interval of top1
+    top1_low: float = 0.0
+    top1_high: float = 1.0
+    #: the operating threshold (match.threshold) for the configured embedder's series, else None; the share
+    #: of queries reported as a correct MATCH at it, and its 95% Wilson interval
+    threshold: float | None = None
+    recall_at_threshold: float | None = None
+    recall_at_threshold_low: float | None = None
+    recall_at_threshold_high: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -381,11 +390,22 @@ def _policy_methods(methods: Sequence[Method], embedder: Embedder, policy: str, 
     return out
 
 
-def _metrics_point(series: Series, attack: Attack, family: str, level: int, m: Metrics) -> CurvePoint:
+def _metrics_point(series: Series, attack: Attack, family: str, level: int, m: Metrics, scores: np.ndarray,
+                   positives: np.ndarray, threshold: float | None) -> CurvePoint:
+    from id2_plugin.evaluate import recall_at_threshold, wilson_interval
+
     d = m.to_dict()
+    low, high = wilson_interval(round(m.top1 * m.n_positive_queries), m.n_positive_queries)
+    at: dict[str, Any] = {}
+    if threshold is not None:
+        k, n = recall_at_threshold(scores, positives, threshold)
+        r_low, r_high = wilson_interval(k, n)
+        at = dict(threshold=threshold, recall_at_threshold=k / n if n else 0.0, recall_at_threshold_low=r_low,
+                  recall_at_threshold_high=r_high)
     return CurvePoint(
         series=series.name, method=series.method, resize_policy=series.resize_policy, attack=family,
         label=attack.label, intensity=attack.intensity, level=level, **{k: d[k] for k in METRIC_FIELDS},
+        top1_low=low, top1_high=high, **at,
     )
 
 
@@ -405,6 +425,7 @@ def run_robustness(
     limits: MediaLimits | None = None,
     progress: bool = True,
     command: Sequence[str] | None = None,
+    threshold: float | None = None,
 ) -> RobustnessResult:
     """Evaluate ``methods`` on the clean queries and on every attack level of ``suite``.
 
@@ -412,6 +433,8 @@ def run_robustness(
     of ``embedder`` are evaluated too, giving series such as ``vae_raw [center_crop]``.
     Failures: for every series and level, the ``n_failures`` queries whose wrong top match scored highest
     above their origin; thumbnails are kept for the strongest level of each family.
+    ``threshold`` (match.threshold): the configured embedder's series also report the share of queries
+    a deployment at that threshold would report as a correct MATCH; every top-1 has a 95% interval.
     """
     from id2_plugin.evaluate import embed_images
 
@@ -437,7 +460,8 @@ def run_robustness(
     ref_emb = {series.name: embed_images(method, ref_arrays[pol], progress=f"{series.name}: references" if progress else False)
                for pol, members in variants for series, method in members}
     run = _LevelRun(variants, ref_emb, positives, [dataset.query_paths[i].name for i in q_keep],
-                    [str(dataset.reference_paths[j]) for j in r_keep], size, seed, limits, n_failures, progress)
+                    [str(dataset.reference_paths[j]) for j in r_keep], size, seed, limits, n_failures, progress,
+                    threshold, embedder.name if embedder is not None else None)
     points, failures = run.all_levels(queries, suite)
     ds = {
         "kind": dataset.kind,
@@ -534,6 +558,9 @@ class _LevelRun:
     limits: MediaLimits
     n_failures: int
     progress: bool
+    #: the operating threshold and the method it belongs to (the configured embedder's)
+    threshold: float | None = None
+    threshold_method: str | None = None
 
     def all_levels(self, queries: list[np.ndarray], suite: Sequence[SuiteEntry]) -> tuple[list[CurvePoint], list[FailureExample]]:
         from tqdm import tqdm
@@ -564,7 +591,9 @@ class _LevelRun:
             for series, method in members:
                 q_emb = embed_images(method, q_arr, progress=f"{series.name}: {attack.label}" if self.progress else False)
                 scores = np.asarray(method.similarity(q_emb, self.ref_emb[series.name]), dtype=np.float64)
-                points.append(_metrics_point(series, attack, family, level, compute_metrics(scores, self.positives)))
+                thr = self.threshold if series.primary and series.method == self.threshold_method else None
+                points.append(_metrics_point(series, attack, family, level, compute_metrics(scores, self.positives),
+                                             scores, self.positives, thr))
                 failures.extend(
                     _failures(series, family, attack, scores, self.positives, has_pos, self.q_names, self.ref_names,
                               attacked if keep_thumbs else None, self.limits if keep_thumbs else None, self.n_failures)

@@ -403,3 +403,25 @@ def test_max_distractors_keeps_a_reproducible_prefix(real_edits_dir: Path, share
     n_origins = int(pos_all.any(axis=0).sum())
     assert q == q_all and len(r) == n_origins + 7 and r == r_all[: n_origins + 7]
     assert (pos == pos_all[:, : n_origins + 7]).all()
+
+
+def test_wilson_interval_hand_computed() -> None:
+    from id2_plugin.evaluate import wilson_interval
+
+    low, high = wilson_interval(8, 8)  # "1.000" on 8 queries means little: [0.676, 1]
+    assert abs(low - 0.6756) < 1e-3 and high == 1.0
+    low, high = wilson_interval(5, 10)
+    assert abs(low - 0.2366) < 1e-3 and abs(high - 0.7634) < 1e-3
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError):
+        wilson_interval(3, 2)
+
+
+def test_recall_at_threshold_hand_computed() -> None:
+    from id2_plugin.evaluate import recall_at_threshold
+
+    scores = np.array([[0.9, 0.1], [0.4, 0.6], [0.3, 0.3], [0.45, 0.2]])
+    positives = np.array([[1, 0], [1, 0], [0, 1], [1, 0]], bool)
+    # q0 right and above; q1 wrong top-1; q2 a tie at the top (counts against); q3 right but below 0.5
+    assert recall_at_threshold(scores, positives, 0.5) == (1, 4)
+    assert recall_at_threshold(scores, positives, 0.4) == (2, 4)

@@ -40,6 +40,16 @@ def test_report_json_has_every_method_and_attack(robustness_run):
     # A 40% crop breaks the global hashes on these photos (they are not crop-invariant).
     crop = {p["series"]: p["top1"] for p in pts if p["label"] == "crop:0.6"}
     assert crop["pdq"] < 0.9 and crop["phash"] < 0.9
+    # Every top-1 carries its 95% interval; the configured embedder (id2) also reports MATCH at the threshold.
+    for p in pts:
+        assert p["top1_low"] <= p["top1"] <= p["top1_high"]
+        if p["series"] == "id2":
+            assert p["threshold"] == 0.5 and p["recall_at_threshold"] <= p["top1"] + 1e-12
+            assert p["recall_at_threshold_low"] <= p["recall_at_threshold"] <= p["recall_at_threshold_high"]
+        else:
+            assert p["recall_at_threshold"] is None
+    clean = next(p for p in pts if p["series"] == "id2" and p["label"] == "clean")
+    assert clean["top1_low"] < 0.75  # 10 of 10 right still leaves a wide interval
 
 
 def test_report_json_provenance_findings_failures(robustness_run):
