@@ -112,19 +112,30 @@ def robustness_command(ctx: click.Context, pairs: str | None, photos: str | None
 
 
 def _command_line(ctx: click.Context) -> list[str]:
-    """The effective invocation, rebuilt from the parsed options (sys.argv is the host's when embedded)."""
-    words = ["id2-plugin", ctx.info_name or "robustness"]
-    for name, value in ctx.params.items():
-        flag = "--" + name.replace("_", "-")
-        if value is None or value is False or value == ():
+    """The effective invocation with the real flag names, rebuilt from the parsed options (``sys.argv`` is
+    the host's when the CLI is embedded), global options (``--config``, ``--set``) included: it re-runs."""
+    root = ctx.find_root()
+    return ["id2-plugin", *_param_words(root), ctx.info_name or "robustness", *_param_words(ctx)]
+
+
+def _param_words(ctx: click.Context) -> list[str]:
+    words: list[str] = []
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name or "")
+        if value is None or value == () or not isinstance(param, (click.Option, click.Argument)):
             continue
-        if value is True:
-            words.append(flag)
+        if isinstance(param, click.Argument):
+            words += [str(v) for v in (value if isinstance(value, tuple) else (value,))]
+        elif param.is_flag:
+            if value is True or (not param.is_bool_flag and value == param.flag_value):
+                words.append(param.opts[0])
+            elif value is False and param.secondary_opts:
+                words.append(param.secondary_opts[0])
         elif isinstance(value, tuple):
             for v in value:
-                words += [flag, str(v)]
+                words += [param.opts[0], str(v)]
         else:
-            words += [flag, str(value)]
+            words += [param.opts[0], str(value)]
     return words
 
 

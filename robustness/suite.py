@@ -289,6 +289,18 @@ def _encoder_for_policy(embedder: Embedder, policy: str) -> Embedder:
 # --------------------------------------------------------------------------------------------------
 # provenance
 # --------------------------------------------------------------------------------------------------
+def _git_commit() -> str | None:
+    """The commit of the checkout the package runs from (None when installed from a wheel or git is absent)."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
 def provenance(
     *, embedder: Embedder | None, seed: int, dataset: RobustnessSet, command: Sequence[str] | None = None
 ) -> dict[str, Any]:
@@ -324,6 +336,8 @@ def provenance(
         "manifest_digest": dataset.manifest_digest,
         "seed": int(seed),
         "command": shlex.join(command if command is not None else sys.argv),
+        "git_commit": _git_commit(),
+        "queries": [{"path": str(q), "sha256": sha256_file_or_none(q)} for q in dataset.query_paths],
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {
             "platform": platform.platform(),

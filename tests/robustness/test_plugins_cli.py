@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import os
 from pathlib import Path
 
@@ -114,6 +115,17 @@ def test_cli_photos_with_plugin_attack(cli, noise_plugin, photo_paths, tmp_path)
     assert {p["series"] for p in data["points"]} == {"pdq", "phash"}
     assert data["provenance"]["seed"] == 5 and "robustness" in data["provenance"]["command"]
     assert "top-1 accuracy" in res.output and "noise:40" in res.output
+    queries = data["provenance"]["queries"]
+    assert len(queries) == 6 and all(len(q["sha256"]) == 64 for q in queries)
+    # The recorded command is a real one: run again as recorded (into another folder), same curves.
+    words = shlex.split(data["provenance"]["command"])
+    assert words[:2] == ["id2-plugin", "robustness"] and "--levels" in words
+    words[words.index("--out") + 1] = str(tmp_path / "again")
+    again = CliRunner().invoke(cli, words[1:])
+    assert again.exit_code == 0, again.output
+    rerun = json.loads((tmp_path / "again" / "report.json").read_text())["points"]
+    assert [(p["series"], p["label"], p["top1"], p["mAP"]) for p in rerun] == \
+        [(p["series"], p["label"], p["top1"], p["mAP"]) for p in data["points"]]
 
 
 def test_cli_pairs_manifest(cli, real_edits_dir, photo_paths, tmp_path):
