@@ -312,8 +312,10 @@ def calibrate_threshold(
         feasible = _precision_feasible(tp, fp, n_pos, n_neg, target_value, confidence, bound)
     if feasible.size == 0 or tp[feasible[-1]] == 0:
         raise ConfigError(
-            f"no threshold reaches the target {target_value:g} while accepting any positive: the negatives "
-            f"score as high as the positives (max negative {neg[-1]:.4f}, max positive {pos[-1]:.4f})"
+            f"no threshold reaches the target {target_value:g} at {confidence:.0%} confidence while accepting any "
+            f"positive: every threshold that keeps a positive lets through too many of the {n_neg} negatives for "
+            f"the bound to hold (max negative {neg[-1]:.4f}, max positive {pos[-1]:.4f}); give more negatives or "
+            "a looser target"
         )
     threshold = _threshold_at(u, int(feasible[-1]))
     target = "fpr" if target_fpr is not None else "precision"

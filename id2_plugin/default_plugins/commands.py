@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,8 @@ def index_info(ctx: click.Context, as_json: bool, **flags: Any) -> None:
         echo_json(doc)
     else:
         for k, v in doc.items():
-            click.echo(f"{k}: {v}")
+            # nested details (index options, tuning) as JSON, not a Python repr
+            click.echo(f"{k}: {json.dumps(v, default=str) if isinstance(v, (dict, list)) else v}")
     if doc["status"].startswith("damaged"):
         click.echo("error: the store is damaged; run `id2-plugin index verify --repair`", err=True)
         sys.exit(EXIT_STORE)
