@@ -78,7 +78,8 @@ def pad_embedder(shared_dir: Path):
     from id2_plugin.config import EmbedderConfig
     from id2_plugin.identify import build_embedder
 
-    return SerialEmbedder(build_embedder(EmbedderConfig(input_size=64, projection="none", device="cpu", batch_size=8, resize_policy="pad")))
+    return SerialEmbedder(build_embedder(EmbedderConfig(input_size=64, projection="none", device="cpu", batch_size=8, resize_policy="pad",
+                                                     allow_raw_latent=True)))
 
 
 def test_importing_the_adapters_loads_no_model() -> None:
@@ -307,7 +308,7 @@ def test_cli_hash_of_an_unreadable_file_fails_with_a_message(tmp_path: Path, sha
     home = tmp_path / "home"
     home.mkdir()
     # ./id2.yaml in the CLI's cwd: the small raw-latent embedder keeps the model load short.
-    (home / "id2.yaml").write_text("embedder:\n  name: taef2\n  input_size: 64\n  projection: none\n  device: cpu\n")
+    (home / "id2.yaml").write_text("embedder:\n  name: taef2\n  input_size: 64\n  projection: none\n  allow_raw_latent: true\n  device: cpu\n")
     _tx(["config", "extensions", "add", "id2_plugin.adapters.threatexchange"], home)
     bad = home / "bad.jpg"
     bad.write_text("not a jpeg")

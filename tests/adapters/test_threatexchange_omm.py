@@ -143,7 +143,7 @@ def test_threshold_is_read_at_match_time_not_frozen_in_the_stored_index(small, p
 
 def test_warm_up_loads_the_model_with_the_thread_cap(shared_dir: Path, photo_paths, tmp_path: Path) -> None:
     cfg = tmp_path / "omm-id2.yaml"
-    cfg.write_text("embedder:\n  name: taef2\n  input_size: 64\n  projection: none\n  device: cpu\nmatch:\n  threshold: 0.61\n")
+    cfg.write_text("embedder:\n  name: taef2\n  input_size: 64\n  projection: none\n  allow_raw_latent: true\n  device: cpu\nmatch:\n  threshold: 0.61\n")
     code = (
         "import json, sys\n"
         "from id2_plugin.adapters.threatexchange import ID2PhotoSignal, warm_up\n"

@@ -32,7 +32,7 @@ def letterboxed_video(make_video, ref_photos: list[Path]) -> Path:
 
 
 def _scan(cli, ref_store, video: Path, *extra: str) -> dict:
-    result = CliRunner().invoke(cli, ["--set", "embedder.device=cpu", *extra, "scan-video", "--store",
+    result = CliRunner().invoke(cli, ["--set", "embedder.device=cpu", "--set", "embedder.allow_raw_latent=true", *extra, "scan-video", "--store",
                                       str(ref_store.location), "--projection", "none", "--threshold", "0.8",
                                       "--k", "1", "--json", str(video)])
     assert result.exit_code in (0, 1), result.output
