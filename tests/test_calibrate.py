@@ -219,8 +219,9 @@ def test_calibrate_command_and_identifier_end_to_end(
     assert res.exit_code == 0, res.output
     assert "threshold" in res.stdout and "upper bound" in res.stdout
     cfg = load_config(out)
-    assert cfg.match.threshold == expected.threshold
-    assert cfg.calibration.threshold == expected.threshold
+    # float32 cosines summed in other chunk sizes differ in the last bits: equal up to that
+    assert cfg.match.threshold == pytest.approx(expected.threshold, rel=1e-6)
+    assert cfg.calibration.threshold == cfg.match.threshold
     assert (cfg.calibration.n_pos, cfg.calibration.n_neg, cfg.calibration.target) == (N_REF, N_NEG, "fpr")
     assert cfg.calibration.fpr_upper_bound == pytest.approx(expected.fpr_upper_bound)
     assert cfg.calibration.embedder == Embedder(taef2_encoder, None).identity

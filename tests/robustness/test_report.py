@@ -122,7 +122,8 @@ def test_rerun_resumes_from_the_latent_cache_with_identical_results(robustness_r
     cache = {"cache_root": os.environ["ID2_TEST_CACHE_DIR"], "use_cache": True}  # the opt-in cache the run used
     again = run_robustness(
         robustness_run.dataset, build_methods(robustness_run.embedder, **cache), robustness_run.suite, seed=0,
-        embedder=robustness_run.embedder, compare_policies=("center_crop",), n_failures=2, progress=False, **cache,
+        embedder=robustness_run.embedder, compare_policies=("center_crop",), n_failures=2, progress=False,
+        threshold=0.5, **cache,
     )
     assert calls == []
     assert [p.to_dict() for p in again.points] == [p.to_dict() for p in robustness_run.result.points]
