@@ -111,6 +111,19 @@ def config_option_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--store", "store_path", default=None, help="Reference store folder (store.path).")(fn)
 
 
+def ray_option_flags(workers_flag: str, workers_help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--ray-address``, the actor count (``workers_flag``) and ``--cpus-per-worker``: one Ray job's resources."""
+
+    def add(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn = click.option("--cpus-per-worker", type=click.FloatRange(min=0, min_open=True), default=1.0,
+                          show_default=True, help="CPUs reserved per Ray actor.")(fn)
+        fn = click.option(workers_flag, type=click.IntRange(min=1), default=1, show_default=True, help=workers_help)(fn)
+        return click.option("--ray-address", default=None,
+                            help="Ray cluster to use ('auto', 'ray://host:10001'); default: start a local Ray.")(fn)
+
+    return add
+
+
 def match_option_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``--k`` and ``--threshold``: the match section, for commands that decide matches."""
     fn = click.option("--threshold", type=float, default=None,

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from ..cli_support import EXIT_OK, EXIT_SOFT_FAIL, config_from_flags, config_option_flags, handle_errors
+from ..cli_support import EXIT_OK, EXIT_SOFT_FAIL, config_from_flags, config_option_flags, handle_errors, ray_option_flags
 from .commands import index_group
 
 from ..hookspecs import hookimpl
@@ -18,12 +18,7 @@ from ..hookspecs import hookimpl
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--label", "labels", multiple=True, help="Label stored with every added reference (repeatable).")
 @click.option("--index-type", default=None, help="Index type when the store is created (store.index).")
-@click.option("--ray-address", default=None,
-              help="Ray cluster to use ('auto', 'ray://host:10001'); default: start a local Ray.")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Embedding actors (each loads the model once).")
-@click.option("--cpus-per-worker", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
-              help="CPUs reserved per actor.")
+@ray_option_flags("--workers", "Embedding actors (each loads the model once).")
 @click.option("--commit-every", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Commit after this many new references, so an interrupted run keeps its work.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from ..cli_support import EXIT_OK, EXIT_SOFT_FAIL, config_from_flags, config_option_flags, handle_errors, match_option_flags
+from ..cli_support import EXIT_OK, EXIT_SOFT_FAIL, config_from_flags, config_option_flags, handle_errors, match_option_flags, ray_option_flags
 from ..errors import ConfigError
 
 from ..hookspecs import hookimpl
@@ -30,12 +30,7 @@ from ..hookspecs import hookimpl
               help="Mean 16x16 gray difference (0-255) below which a frame repeats the last kept one [3.0].")
 @match_option_flags
 @click.option("--ray", "use_ray", is_flag=True, help="Run the per-video scans as a Ray Data pipeline.")
-@click.option("--ray-address", default=None,
-              help="Ray cluster to use ('auto', 'ray://host:10001'); default: start a local Ray.")
-@click.option("--ray-workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Ray actors, each loading the model and opening the store once.")
-@click.option("--cpus-per-worker", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
-              help="CPUs reserved per Ray actor.")
+@ray_option_flags("--ray-workers", "Ray actors, each loading the model and opening the store once.")
 @config_option_flags
 @click.pass_context
 @handle_errors
