@@ -10,4 +10,5 @@ cd "$(dirname "$0")/.."
 # albumentations/albucore go in without their opencv requirement and their other deps are listed here.
 pip install -q --no-deps "albumentations==2.0.8" "albucore==0.0.24"
 pip install -q ffmpeg-python tabulate simsimd stringzilla
-exec python -m pytest "$@"
+# Two workers: the suite measured 14.5 min with -n 2 against 16.5 min in one process on 2 cores.
+exec python -m pytest -n 2 "$@"
