@@ -224,9 +224,10 @@ class Identifier:
 
     @classmethod
     def from_config(cls, cfg: Config) -> Identifier:
-        embedder = build_embedder(cfg.embedder, cfg.media.limits())
-        store = open_store(cfg.store, embedder_identity=embedder.identity, dim=embedder.dim, create=False)
-        return cls(embedder, store, **match_options(cfg))
+        """The identify-only face of :meth:`id2_plugin.pipeline.Pipeline.from_config` (one way to build)."""
+        from .pipeline import Pipeline
+
+        return Pipeline.from_config(cfg).identifier
 
     def identify(self, media: MediaLike, *, k: int | None = None) -> OriginReport:
         """Run the ``id2_identify_origin`` hook (plugins first, the built-in search last); ``k`` overrides match.k."""

@@ -162,10 +162,10 @@ class _SerialModel:
 
 
 def _video_bar(show: bool, total: int, desc: str) -> Any:
-    """A tqdm bar counting finished videos; when ``show`` is false a disabled one, so callers never branch."""
-    from tqdm import tqdm
+    """A bar counting finished videos (disabled when ``show`` is false)."""
+    from .._progress import progress_bar
 
-    return tqdm(total=total, desc=desc, unit="video", disable=not show)
+    return progress_bar(show, total, desc, unit="video")
 
 
 def scan_videos(
