@@ -98,7 +98,8 @@ def embedder_option_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--embedder", "embedder_name", default=None, help="Embedder name (embedder.name)."),
         click.option("--projection", default=None, help="'default', 'none' (raw latent) or a W .safetensors path."),
         click.option("--device", default=None, help="auto, cpu, cuda, cuda:N (embedder.device)."),
-        click.option("--batch-size", type=int, default=None, help="Images per forward pass (embedder.batch_size)."),
+        click.option("--batch-size", default=None, callback=parse_batch_size,
+                     help="Images per forward pass, or 'auto' to tune it on the first batches (embedder.batch_size)."),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -150,6 +151,16 @@ cache_option = click.option(
     "--cache", "cache", default=None, type=click.Path(file_okay=False),
     help="Keep TAEF2 latents in DIR to skip re-encoding on reruns (cache.dir). Off by default: cached "
          "latents decode back into near-copies of the images; 'id2-plugin cache purge' deletes them.")
+
+
+def parse_batch_size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | str | None:
+    """``"16"`` -> 16, ``"auto"`` kept (validated by the config)."""
+    if value is None or value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected an integer >= 1 or 'auto'") from None
 
 
 def parse_rotations(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:

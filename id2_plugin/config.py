@@ -45,12 +45,17 @@ class EmbedderConfig:
     #: "default" = the W shipped for this embedder (none for sd-vae), "none" = raw latent, or a path
     projection: str = "default"
     input_size: int = 256
-    batch_size: int = 16
+    #: images per forward pass, or "auto": the first batches of a run try 4, 8 and 16 (fewer above 256 px)
+    #: and the fastest per image is kept
+    batch_size: int | str = 16
     device: str = "auto"
     dtype: str = "auto"
     #: "fp32"; "int8" = the quantised TAEF2 made by ``id2-plugin quantize`` (CPU); "auto" = int8 on the CPU when
     #: that model resolves, else fp32 (fp16 on CUDA through dtype auto)
     precision: str = "fp32"
+    #: what runs fp32 TAEF2: "torch", or "onnxruntime" = the graph exported by ``id2-plugin quantize --precision
+    #: fp32`` (CPU; torch's vectors, faster; int8 always runs in ONNX Runtime)
+    runtime: str = "torch"
     resize_policy: str = "squash"
     #: hub id or subfolder for sd-vae (e.g. "stabilityai/sd-vae-ft-mse" or "stabilityai/stable-diffusion-2-1")
     subfolder: str | None = None
@@ -58,15 +63,25 @@ class EmbedderConfig:
     #: hash or export of them must be asked for explicitly
     allow_raw_latent: bool = False
 
+    @property
+    def model_batch_size(self) -> int:
+        """The largest forward pass: ``batch_size``, or for ``auto`` the largest size it tries."""
+        from ._pipelining import auto_max_batch
+
+        return self.batch_size if isinstance(self.batch_size, int) else auto_max_batch(self.input_size)
+
     def validate(self) -> None:
         if self.resize_policy not in ("squash", "center_crop", "pad"):
             raise ConfigError(f"embedder.resize_policy={self.resize_policy!r}: expected squash, center_crop or pad")
         if self.input_size < 64 or self.input_size % 8:
             raise ConfigError(f"embedder.input_size={self.input_size}: must be a multiple of 8, at least 64")
-        if self.batch_size < 1:
-            raise ConfigError(f"embedder.batch_size={self.batch_size}: must be >= 1")
+        from ._pipelining import check_batch_size
+
+        check_batch_size(self.batch_size)
         if self.precision not in ("fp32", "int8", "auto"):
             raise ConfigError(f"embedder.precision={self.precision!r}: expected fp32, int8 or auto")
+        if self.runtime not in ("torch", "onnxruntime"):
+            raise ConfigError(f"embedder.runtime={self.runtime!r}: expected torch or onnxruntime")
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,8 @@ def test_yaml_and_overrides(tmp_path: Path) -> None:
         ("- a\n- b\n", "top level"),
         ("match: {k: 1\n", "not valid YAML"),
         ("match:\n  k: true\n", "match.k"),
+        ("embedder:\n  batch_size: fast\n", "embedder.batch_size"),
+        ("embedder:\n  batch_size: 0\n", "embedder.batch_size"),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, text: str, pattern: str) -> None:
@@ -67,3 +69,9 @@ def test_env_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ID2_CONFIG", str(f))
     assert load_config().match.k == 9
     assert isinstance(load_config(), Config)
+
+
+def test_batch_size_auto_caps_the_forward_pass_by_input_size() -> None:
+    assert load_config(None, {"embedder": {"batch_size": "auto"}}).embedder.model_batch_size == 16
+    assert load_config(None, {"embedder": {"batch_size": "auto", "input_size": 512}}).embedder.model_batch_size == 4
+    assert load_config(None, {"embedder": {"batch_size": 6}}).embedder.model_batch_size == 6

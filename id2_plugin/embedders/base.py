@@ -13,16 +13,18 @@ import os
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .._lazy import require
 from ..errors import ConfigError, MediaError
 from ..media import MediaLike, MediaLimits, ResizePolicy, to_rgb_array
+
+if TYPE_CHECKING:
+    from .._pipelining import BatchSizer
 
 
 def select_device(device: str = "auto", dtype: str = "auto") -> tuple[Any, Any]:
@@ -341,51 +343,28 @@ class ImageEmbedder(ABC):
         self,
         sources: Iterable[MediaLike],
         *,
-        batch_size: int | None = None,
+        batch_size: int | str | BatchSizer | None = None,
         progress: bool | str = False,
         total: int | None = None,
         workers: int = 2,
     ) -> Iterator[EmbedItem]:
         """Stream embeddings in input order; bad media yields an item with ``error`` set instead of raising.
 
-        Decoding runs in a small thread pool while the model works, and memory stays bounded to a few
-        batches however many sources there are.
+        ``batch_size``: an int, ``auto`` or a shared :class:`~id2_plugin._pipelining.BatchSizer` (default:
+        :attr:`batch_size`). Decoding runs in ``workers`` threads overlapped with the model, at most two
+        batches ahead, so memory stays bounded however many sources there are.
         """
+        from .._pipelining import pipelined
         from .._progress import progress_bar
 
-        bs = batch_size or self.batch_size
+        def model(_: list[Any], images: list[np.ndarray]) -> np.ndarray:
+            return self.embed_arrays(np.stack(images))
 
-        def _norm(item: tuple[int, Any]) -> EmbedItem | tuple[int, Any, np.ndarray]:
-            i, src = item
-            try:
-                return (i, src, self.normalise(src))
-            except MediaError as exc:
-                return EmbedItem(i, src, error=exc)
-
-        def _flush(pending: list[tuple[int, Any, np.ndarray]]) -> list[EmbedItem]:
-            vecs = self.embed_arrays(np.stack([p[2] for p in pending]))
-            return [EmbedItem(i, s, vector=v) for (i, s, _), v in zip(pending, vecs)]
-
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, progress_bar(progress, total, "embedding") as bar:
-            it = iter(enumerate(sources))
-            while True:
-                chunk = []
-                for _ in range(bs):
-                    nxt = next(it, None)
-                    if nxt is None:
-                        break
-                    chunk.append(nxt)
-                if not chunk:
-                    break
-                results = list(pool.map(_norm, chunk))
-                good = [r for r in results if isinstance(r, tuple)]
-                done = {item.index: item for item in _flush(good)} if good else {}
-                for r in results:
-                    item = done[r[0]] if isinstance(r, tuple) else r
-                    yield item
-                bar.update(len(chunk))
-
-
+        with progress_bar(progress, total, "embedding") as bar:
+            for done in pipelined(sources, self.normalise, model, batch_size=batch_size or self.batch_size,
+                                  workers=workers):
+                yield EmbedItem(done.index, done.item, vector=done.output, error=done.error)
+                bar.update(1)
 
 
 class Embedder(ImageEmbedder):
