@@ -431,20 +431,24 @@ def default_methods(embedder: ImageEmbedder, cache: LatentCache | None = None, s
 # running
 # --------------------------------------------------------------------------------------------------
 def embed_images(
-    method: Method, images: Sequence[np.ndarray], batch_size: int = 64, progress: bool | str = False
+    method: Method, images: Sequence[np.ndarray], batch_size: int | str = 64, progress: bool | str = False
 ) -> np.ndarray:
-    """Descriptors of ``images`` (a sequence of ``S x S x 3`` arrays or an ``N x S x S x 3`` array), in chunks."""
+    """Descriptors of ``images`` (a sequence of ``S x S x 3`` arrays or an ``N x S x S x 3`` array), in batches
+    of ``batch_size`` (an int or ``auto``) through the shared batching component."""
+    from ._pipelining import pipelined
     from ._progress import progress_bar
 
-    parts = []
+    def model(_: list[int], chunk: list[np.ndarray]) -> np.ndarray:
+        return method.embed(np.stack(chunk))
+
+    rows = []
     with progress_bar(progress, len(images), method.name, leave=False) as bar:
-        for s in range(0, len(images), batch_size):
-            chunk = np.stack([images[i] for i in range(s, min(s + batch_size, len(images)))])
-            parts.append(method.embed(chunk))
-            bar.update(len(chunk))
-    if not parts:
+        for done in pipelined(range(len(images)), images.__getitem__, model, batch_size=batch_size, workers=1):
+            rows.append(done.output)
+            bar.update(1)
+    if not rows:
         raise ValueError(f"{method.name}: no images to embed")
-    return np.concatenate(parts)
+    return np.stack(rows)
 
 
 def _positives_matrix(query_origin: Any, n_q: int, n_r: int) -> np.ndarray:
@@ -628,19 +632,20 @@ def query_labels(manifest: str | os.PathLike | Sequence[str | os.PathLike], quer
 def load_images(
     paths: Sequence[Path], normalise: Callable[[Path], np.ndarray], progress: bool | str = False
 ) -> tuple[list[np.ndarray], list[int], list[MediaError]]:
-    """Normalise ``paths``; unreadable ones are skipped. Returns (images, kept indices, errors)."""
-    it: Any = paths
-    if progress:
-        from tqdm import tqdm
+    """Normalise ``paths`` (decoded in threads, in order); unreadable ones are skipped. Returns (images, kept
+    indices, errors)."""
+    from ._pipelining import prefetch
+    from ._progress import progress_bar
 
-        it = tqdm(paths, desc=progress if isinstance(progress, str) else "loading", unit="img", leave=False)
     images, kept, errors = [], [], []
-    for i, p in enumerate(it):
-        try:
-            images.append(normalise(p))
-            kept.append(i)
-        except MediaError as exc:
-            errors.append(exc)
+    with progress_bar(progress, len(paths), "loading", leave=False) as bar:
+        for done, image in prefetch(paths, normalise, depth=32):
+            if done.error is not None:
+                errors.append(done.error)
+            else:
+                images.append(image)
+                kept.append(done.index)
+            bar.update(1)
     return images, kept, errors
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,7 +55,7 @@ def _build_registered(name: str, cfg: EmbedderConfig, weights: str | None, limit
     kwargs: dict[str, Any] = dict(
         weights=weights,
         input_size=cfg.input_size,
-        batch_size=cfg.batch_size,
+        batch_size=cfg.model_batch_size,
         device=cfg.device,
         dtype=cfg.dtype,
         resize_policy=cfg.resize_policy,
@@ -63,14 +63,17 @@ def _build_registered(name: str, cfg: EmbedderConfig, weights: str | None, limit
     )
     if cfg.subfolder is not None and name == "sd-vae":
         kwargs["subfolder"] = cfg.subfolder
-    if cfg.precision != "fp32":  # passed only when asked for, so factories that predate the key keep working
-        kwargs["precision"] = cfg.precision
+    # Passed only when asked for, so factories that predate these keys keep working.
+    asked = {"precision": (cfg.precision, "fp32"), "runtime": (cfg.runtime, "torch")}
+    kwargs.update({key: value for key, (value, default) in asked.items() if value != default})
     try:
         return factories[name](**kwargs)
     except TypeError as exc:
-        if "precision" not in str(exc):
+        key = next((k for k in asked if k in str(exc)), None)
+        if key is None:
             raise
-        raise ConfigError(f"embedder {name!r} does not support embedder.precision={cfg.precision!r}; use fp32") from None
+        value, default = asked[key]
+        raise ConfigError(f"embedder {name!r} does not support embedder.{key}={value!r}; use {default}") from None
 
 
 def load_projection(spec: str, encoder_name: str) -> Projection | None:
@@ -217,10 +220,14 @@ class Identifier:
     """A ready pipeline: reuse one instance for many queries (the model loads once)."""
 
     def __init__(self, embedder: ImageEmbedder, store: ReferenceStore, *, k: int = 5, threshold: float = 0.5,
-                 rotations: tuple[int, ...] = (0,), mirror: bool = False) -> None:
+                 rotations: tuple[int, ...] = (0,), mirror: bool = False, batch_size: int | str | None = None) -> None:
+        from ._pipelining import BatchSizer, auto_max_batch
+
         store.check_compatible(embedder.identity)
         self.context = IdentifyContext(embedder=embedder, store=store, k=k, threshold=threshold,
                                        rotations=tuple(rotations), mirror=mirror)
+        #: batches of :meth:`identify_iter` (``batch_size``: an int, ``auto``, or None = the embedder's)
+        self.batching = BatchSizer(batch_size or embedder.batch_size, max_size=auto_max_batch(embedder.input_size))
 
     @classmethod
     def from_config(cls, cfg: Config) -> Identifier:
@@ -237,16 +244,30 @@ class Identifier:
         return report  # type: ignore[no-any-return]
 
     def identify_many(self, media: Sequence[MediaLike], *, k: int | None = None) -> list[OriginReport | MediaError]:
-        """:meth:`identify` for each query (an unusable one gives its :class:`MediaError`), batched when the
-        built-in search is the only ``id2_identify_origin`` implementation."""
+        """:meth:`identify` for each query (an unusable one gives its :class:`MediaError`), in order."""
+        return list(self.identify_iter(media, k=k))
+
+    def identify_iter(self, media: Iterable[MediaLike], *, k: int | None = None) -> Iterator[OriginReport | MediaError]:
+        """:meth:`identify_many` streamed as batches finish. With only the built-in search installed, queries
+        are decoded in threads overlapped with batched embedding and search (:attr:`batching`); a plugin
+        implementing ``id2_identify_origin`` sees every query one by one."""
         if len(get_plugin_manager().hook.id2_identify_origin.get_hookimpls()) > 1:
-            return [_or_error(lambda m: self.identify(m, k=k), m) for m in media]
-        out: list[OriginReport | MediaError] = []
+            yield from (_or_error(lambda m: self.identify(m, k=k), m) for m in media)
+            return
+        from ._pipelining import pipelined
+
         context = self._context(k)
-        bs = max(1, context.embedder.batch_size)
-        for start in range(0, len(media), bs):
-            out.extend(search_many(media[start:start + bs], context))
-        return out
+
+        def normalise(m: MediaLike) -> tuple[np.ndarray, float]:
+            t0 = time.perf_counter()
+            return context.embedder.normalise(m), (time.perf_counter() - t0) * 1e3
+
+        def model(batch: list[MediaLike], prepared: list[tuple[np.ndarray, float]]) -> list[OriginReport]:
+            ms = sum(t for _, t in prepared) / len(prepared)
+            return search_normalised(batch, [im for im, _ in prepared], context, ms)
+
+        for done in pipelined(media, normalise, model, batch_size=self.batching):
+            yield done.error if done.error is not None else done.output
 
     def _context(self, k: int | None) -> IdentifyContext:
         if k is None or k == self.context.k:
@@ -303,30 +324,43 @@ def search(media: MediaLike, context: IdentifyContext) -> OriginReport:
 
 def search_many(media: Sequence[MediaLike], context: IdentifyContext) -> list[OriginReport | MediaError]:
     """:func:`search` for a batch: one forward pass and one store query for every usable query."""
-    from .media import describe
-
     t0 = time.perf_counter()
     images = [_or_error(context.embedder.normalise, m) for m in media]
     ok = [i for i, im in enumerate(images) if not isinstance(im, MediaError)]
-    t1 = time.perf_counter()
+    normalise_ms = (time.perf_counter() - t0) * 1e3 / max(len(ok), 1)
     out: list[Any] = list(images)  # errors stay; the usable ones are replaced by their reports below
-    if not ok:
-        return out
+    reports = search_normalised([media[i] for i in ok], [images[i] for i in ok], context, normalise_ms) if ok else []
+    for i, report in zip(ok, reports):
+        out[i] = report
+    return out
+
+
+def search_normalised(media: Sequence[MediaLike], images: Sequence[np.ndarray], context: IdentifyContext,
+                      normalise_ms: float = 0.0) -> list[OriginReport]:
+    """The reports for already normalised queries (``media`` names them): one forward pass, one store query.
+
+    ``normalise_ms`` is the decoding time per query, reported in the timings (in a pipelined stream it ran
+    beside the model, so ``total`` overstates the wall time a query adds).
+    """
+    from .media import describe
+
+    t1 = time.perf_counter()
     # Every orientation variant of every query in one forward pass and one store query.
     variants = orientation_variants(context.rotations, context.mirror)
     nv = len(variants)
-    vecs = context.embedder.embed_arrays(np.stack([orient(images[i], r, m) for i in ok for r, m in variants]))
+    vecs = context.embedder.embed_arrays(np.stack([orient(im, r, m) for im in images for r, m in variants]))
     t2 = time.perf_counter()
     found = context.store.query(vecs, k=context.k)
     t3 = time.perf_counter()
-    share = 1e3 / len(ok)  # a batch's time, shared equally by its queries
-    timings = {"normalise": (t1 - t0) * share, "embed": (t2 - t1) * share, "search": (t3 - t2) * share,
-               "total": (t3 - t0) * share}
-    for row, i in enumerate(ok):
+    share = 1e3 / len(images)  # a batch's time, shared equally by its queries
+    timings = {"normalise": normalise_ms, "embed": (t2 - t1) * share, "search": (t3 - t2) * share,
+               "total": normalise_ms + (t3 - t1) * share}
+    out = []
+    for row, query in enumerate(media):
         part = slice(row * nv, (row + 1) * nv)
         matches, vectors = _best_of_variants(variants, found[part], vecs[part], context.k)
         matches = with_signal_scores(context.embedder, context.store, vectors, matches)
-        out[i] = _report(matches, context, timings, describe(media[i]))
+        out.append(_report(matches, context, timings, describe(query)))
     return out
 
 

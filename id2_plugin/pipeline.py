@@ -72,13 +72,17 @@ class Pipeline:
         rotations: tuple[int, ...] = (0,),
         mirror: bool = False,
         limits: MediaLimits | None = None,
+        batch_size: int | str | None = None,
     ) -> None:
         self.embedder = embedder
         self.store = store
         self.k = k
         self.threshold = threshold
         self.limits = limits or MediaLimits()
-        self.identifier = Identifier(embedder, store, k=k, threshold=threshold, rotations=rotations, mirror=mirror)
+        self.identifier = Identifier(embedder, store, k=k, threshold=threshold, rotations=rotations, mirror=mirror,
+                                     batch_size=batch_size)
+        #: the batch size of every bulk use case (an int, or ``auto``: tuned on the first batches, then kept)
+        self.batching = self.identifier.batching
 
     @classmethod
     def from_config(cls, cfg: Config, *, create_store: bool = False) -> Pipeline:
@@ -96,7 +100,7 @@ class Pipeline:
             except BaseException:
                 store.close()
                 raise
-        return cls(embedder, store, **match_options(cfg), limits=cfg.media.limits())
+        return cls(embedder, store, **match_options(cfg), limits=cfg.media.limits(), batch_size=cfg.embedder.batch_size)
 
     def __enter__(self) -> Pipeline:
         return self
@@ -115,10 +119,15 @@ class Pipeline:
     def identify_many(self, media: Sequence[MediaLike], *, k: int | None = None) -> list[OriginReport | MediaError]:
         """One report per query, in order; an unusable query gives its :class:`MediaError` instead.
 
-        Queries are embedded and searched in batches of ``embedder.batch_size`` when only the built-in
-        identification is installed; a plugin implementing ``id2_identify_origin`` sees every query.
+        Queries are decoded in threads while the previous batch is embedded and searched (batches of
+        :attr:`batching`) when only the built-in identification is installed; a plugin implementing
+        ``id2_identify_origin`` sees every query.
         """
         return self.identifier.identify_many(media, k=k)
+
+    def identify_iter(self, media: Iterable[MediaLike], *, k: int | None = None) -> Iterator[OriginReport | MediaError]:
+        """:meth:`identify_many` streamed: each report as its batch finishes, in order, in bounded memory."""
+        return self.identifier.identify_iter(media, k=k)
 
     # -- add / remove -----------------------------------------------------------------------------------
     def add_files(self, paths: Sequence[Path], *, labels: Sequence[str] = (), commit_every: int = 1024,
@@ -159,7 +168,8 @@ class Pipeline:
         desc = progress if isinstance(progress, str) else ("indexing" if progress else False)
 
         def batches() -> Iterator[tuple[np.ndarray, list[ReferenceRecord]]]:
-            for item in self.embedder.embed_iter([t.source for t in todo], progress=desc, total=len(todo)):
+            sources = [t.source for t in todo]
+            for item in self.embedder.embed_iter(sources, batch_size=self.batching, progress=desc, total=len(todo)):
                 t = todo[item.index]
                 if item.error is not None:
                     result.failures.append((t.name, str(item.error)))
@@ -186,6 +196,7 @@ class Pipeline:
 
         options.setdefault("k", self.k)
         options.setdefault("threshold", self.threshold)
+        options.setdefault("batch_size", self.batching)
         return scan_videos(paths, self.embedder, self.store, **options)
 
 

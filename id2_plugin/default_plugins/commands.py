@@ -133,13 +133,10 @@ def _query_paths(pipeline: Any, paths: list[Path], as_json: bool) -> bool:
     from tqdm import tqdm
 
     soft_fail = False
-    bs = max(1, pipeline.embedder.batch_size)
     with tqdm(total=len(paths), desc="querying", unit="img", disable=len(paths) < 2 or as_json) as bar:
-        for start in range(0, len(paths), bs):
-            chunk = paths[start:start + bs]
-            for path, report in zip(chunk, pipeline.identify_many(chunk)):
-                soft_fail |= _print_report(path, report, as_json)
-            bar.update(len(chunk))
+        for path, report in zip(paths, pipeline.identify_iter(paths)):
+            soft_fail |= _print_report(path, report, as_json)
+            bar.update(1)
     return soft_fail
 
 

@@ -56,11 +56,11 @@ def scan_video_command(ctx: click.Context, paths: tuple[str, ...], keyframes_onl
         stream = stack.enter_context(open(out, "w", encoding="utf-8", newline="")) if out else sys.stdout
         writer = VideoReportWriter(stream, fmt) if fmt else None  # type: ignore[arg-type]
         if use_ray:
-            reports = scan_videos_ray(files, cfg, batch_size=cfg.embedder.batch_size, concurrency=ray_workers,
+            reports = scan_videos_ray(files, cfg, concurrency=ray_workers,
                                       num_cpus=cpus_per_worker, ray_address=ray_address, progress=True, **options)
         else:
             pipeline = stack.enter_context(Pipeline.from_config(cfg))
-            reports = pipeline.scan_videos(files, batch_size=cfg.embedder.batch_size, workers=workers, progress=True,
+            reports = pipeline.scan_videos(files, workers=workers, progress=True,
                                            **options)
         for report in reports:
             failed += not report.ok

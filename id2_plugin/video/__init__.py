@@ -19,8 +19,10 @@ Design notes (why it is built this way):
   (10.8 median) or a 4-pixel pan (4.3 median) is kept. Comparing to the last kept frame (not the previous
   frame) means a slow drift is still sampled once it has accumulated. A dropped frame extends the time
   span of the frame it duplicates (``FrameHit.until``), so a static shot still reports its full span.
-* **Bounded memory.** Frames stream through a batch of at most ``batch_size`` normalised (``S x S x 3``)
-  images; nothing else keeps pixels. A report keeps only the (small) metadata of matched frames.
+* **Bounded memory.** Frames are decoded and normalised in threads while the model embeds the previous
+  batch: at most ``batch_size`` normalised (``S x S x 3``) images in the model plus twice that many
+  waiting, and two decoded frames held by the reader; a decoded frame is dropped as soon as it is
+  normalised. A report keeps only the (small) metadata of matched frames.
 * **Errors are data.** A video that cannot be opened, has no decodable video stream, fails mid-way or ends
   before its declared duration yields a report whose ``error`` is set, *and* whose hits include every frame
   decoded before the fault. :func:`iter_frames` raises :class:`VideoError` after yielding those frames.

@@ -30,7 +30,7 @@ class _RayScanner:
         cfg = load_config(None, config)
         self.pipeline = Pipeline.from_config(cfg)
         self.options = dict(options, k=cfg.match.k, threshold=cfg.match.threshold,
-                            batch_size=options.get("batch_size") or cfg.embedder.batch_size)
+                            batch_size=options.get("batch_size") or self.pipeline.batching)
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         report = scan_video(row["path"], self.pipeline.embedder, self.pipeline.store, **self.options)

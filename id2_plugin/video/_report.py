@@ -149,10 +149,10 @@ class _Summariser:
 
 @dataclass
 class _Pending:
-    """A kept frame waiting for its batch: the normalised pixels plus what the report needs."""
+    """A kept frame on its way to the model: the decoded pixels (dropped once normalised) and what the report needs."""
 
     index: int
     timestamp: float
     is_key: bool
-    image: np.ndarray
+    rgb: np.ndarray | None
     until: float

@@ -7,12 +7,14 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import ConfigError, MediaError
+from .._pipelining import BatchSizer, pipelined
+from ..errors import ConfigError
 from ..types import Match
 
 if TYPE_CHECKING:
@@ -30,58 +32,47 @@ def scan_video(
     threshold: float = 0.5,
     mode: SampleMode = "keyframes",
     fps: float | None = None,
-    batch_size: int = 16,
+    batch_size: int | str | BatchSizer = 16,
     dedupe: bool = True,
     dedupe_threshold: float = DEFAULT_DEDUPE_THRESHOLD,
 ) -> VideoReport:
     """Sample, embed and search one video; never raises for bad media (the report carries the error).
 
-    Frames are normalised exactly like images (``embedder.normalise``), embedded ``batch_size`` at
-    a time with :meth:`Embedder.embed_arrays` and queried with ``store.query(k=k, threshold=threshold)``.
-    Configuration mistakes (bad ``mode``/``fps``/``batch_size``) raise :class:`ConfigError`.
+    Frames are decoded and normalised exactly like images (``embedder.normalise``) in threads, overlapped
+    with the model, embedded ``batch_size`` at a time (an int, ``auto`` or a shared :class:`BatchSizer`) and
+    queried with ``store.query(k=k, threshold=threshold)``. Configuration mistakes (bad
+    ``mode``/``fps``/``batch_size``) raise :class:`ConfigError`.
     """
-    if batch_size < 1:
-        raise ConfigError(f"batch_size={batch_size} must be >= 1")
+    sizer = batch_size if isinstance(batch_size, BatchSizer) else BatchSizer(batch_size)
     t0 = time.perf_counter()
     reader = FrameReader(path, mode, fps, dedupe, dedupe_threshold)
     hits: list[FrameHit] = []
     summariser = _Summariser()
-    pending: list[_Pending] = []
     embedded = 0
     error: VideoError | None = None
 
-    def flush() -> None:
-        nonlocal embedded
-        if not pending:
-            return
-        vectors = embedder.embed_arrays(np.stack([p.image for p in pending]))
-        results = store.query(vectors, k=k, threshold=threshold)
-        embedded += len(pending)
-        for p, matches in zip(pending, results):
-            if matches:
-                hit = FrameHit(p.index, p.timestamp, p.is_key, tuple(matches), p.until)
-                hits.append(hit)
-                summariser.add(hit)
-        pending.clear()
+    def normalise(p: _Pending) -> np.ndarray:
+        image, p.rgb = embedder.normalise(p.rgb), None  # the decoded frame is freed as soon as it is normalised
+        return image
+
+    def model(_: list[_Pending], images: list[np.ndarray]) -> list[list[Match]]:
+        return store.query(embedder.embed_arrays(np.stack(images)), k=k, threshold=threshold)
 
     try:
-        for frame, duplicate in reader:
-            if duplicate:
-                # Folded into the kept frame it repeats; that frame is always the last pending one
-                # because batches are flushed only when the next kept frame arrives.
-                if pending:
-                    pending[-1].until = frame.pts_seconds
-                continue
-            if len(pending) >= batch_size:
-                flush()
-            pending.append(_Pending(frame.index, frame.pts_seconds, frame.is_key,
-                                    embedder.normalise(frame.rgb), frame.pts_seconds))
+        with closing(pipelined(_kept_frames(reader), normalise, model, batch_size=sizer)) as stream:
+            for done in stream:
+                if done.error is not None:  # a decoded frame the normaliser refuses (e.g. above the pixel limit)
+                    error = VideoError(f"a decoded frame could not be normalised: {done.error}", os.fspath(path),
+                                       kind="corrupt", frames_read=reader.stats.frames_sampled)
+                    break
+                embedded += 1
+                if done.output:
+                    p = done.item
+                    hit = FrameHit(p.index, p.timestamp, p.is_key, tuple(done.output), p.until)
+                    hits.append(hit)
+                    summariser.add(hit)
     except VideoError as exc:
         error = exc
-    except MediaError as exc:  # a frame the normaliser refuses (e.g. above the pixel limit)
-        error = VideoError(f"a decoded frame could not be normalised: {exc}", os.fspath(path), kind="corrupt",
-                           frames_read=reader.stats.frames_sampled)
-    flush()
     st = reader.stats
     return VideoReport(
         path=os.fspath(path), hits=hits, summary=summariser.result(), mode=mode, sample_fps=fps, k=k,
@@ -91,6 +82,21 @@ def scan_video(
         error=str(error) if error else None, error_kind=error.kind if error else None,
         elapsed_s=time.perf_counter() - t0,
     )
+
+
+def _kept_frames(reader: FrameReader) -> Iterator[_Pending]:
+    """The kept frames, each held back until the next one arrives: the duplicates in between extend it."""
+    last: _Pending | None = None
+    for frame, duplicate in reader:
+        if duplicate:
+            if last is not None:
+                last.until = frame.pts_seconds
+            continue
+        if last is not None:
+            yield last
+        last = _Pending(frame.index, frame.pts_seconds, frame.is_key, frame.rgb, frame.pts_seconds)
+    if last is not None:
+        yield last
 
 
 def embed_keyframes(
@@ -177,7 +183,7 @@ def scan_videos(
     threshold: float = 0.5,
     mode: SampleMode = "keyframes",
     fps: float | None = None,
-    batch_size: int = 16,
+    batch_size: int | str | BatchSizer = 16,
     dedupe: bool = True,
     dedupe_threshold: float = DEFAULT_DEDUPE_THRESHOLD,
     workers: int = 1,
@@ -186,7 +192,7 @@ def scan_videos(
     """Scan ``paths`` (files; expand folders with :func:`iter_video_files`) and yield reports as they finish.
 
     ``workers`` > 1 decodes that many videos concurrently in threads sharing one model (see the module
-    notes); report order is then completion order. Memory: ``workers x batch_size`` normalised frames.
+    notes); report order is then completion order. Memory: ``workers x 3 x batch_size`` normalised frames.
     """
     if workers < 1:
         raise ConfigError(f"workers={workers} must be >= 1")

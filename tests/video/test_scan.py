@@ -125,8 +125,9 @@ class _MeanColourEmbedder:
         return self.encoder.normalise(source)
 
     def embed_arrays(self, images: np.ndarray) -> np.ndarray:
-        # Frames pulled from the decoder but not embedded yet: the batch plus the frame that triggered it.
-        assert self.pulled[0] - self.embedded <= self.batch_size + 1
+        # Frames pulled from the decoder but not embedded yet: this batch, the two batches decoded ahead
+        # meanwhile, the frame held back for its duplicates and the one waiting for a free slot.
+        assert self.pulled[0] - self.embedded <= 3 * self.batch_size + 2
         self.calls.append(len(images))
         self.embedded += len(images)
         v = images.reshape(len(images), -1, 3).mean(axis=1).astype(np.float32) + 1.0
