@@ -210,6 +210,11 @@ def test_quantize_needs_a_folder_to_write_to(runner: CliRunner, photo_paths: lis
     assert result.exit_code == 2 and "--out" in result.output
 
 
+def test_quantize_int8_needs_photos_and_fp32_none(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(cli, ["quantize", "--out", str(tmp_path)], catch_exceptions=False)
+    assert result.exit_code == 2 and "PHOTOS" in result.output and not any(tmp_path.iterdir())
+
+
 def test_a_missing_store_fails_before_the_model_loads(runner: CliRunner, tmp_path: Path, photo_paths: list[Path]) -> None:
     # weights that would fail to load: the store error comes first, so the model was never touched
     res = runner.invoke(cli, ["--set", f"store.path={tmp_path / 'none'}", "--set", "embedder.name=taef2",

@@ -207,26 +207,37 @@ def config_show(ctx: click.Context) -> None:
 
 
 @click.command("quantize")
-@click.argument("photos", nargs=-1, required=True, type=click.Path(exists=True))
+@click.argument("photos", nargs=-1, type=click.Path(exists=True))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Models folder to write taef2/taef2_encoder_int8.onnx into (default: the first $ID2_MODELS_DIR entry).")
+              help="Models folder to write taef2/taef2_encoder_{int8,fp32}.onnx into (default: the first $ID2_MODELS_DIR entry).")
 @click.option("--images", "count", type=int, default=100, show_default=True, help="Calibration photos used (spread over PHOTOS).")
+@click.option("--precision", type=click.Choice(["int8", "fp32"]), default="int8", show_default=True,
+              help="int8: quantise, calibrated on PHOTOS; fp32: export the weights as they are (no PHOTOS), "
+                   "for embedder.runtime=onnxruntime.")
 @click.pass_context
 @handle_errors
-def quantize(ctx: click.Context, photos: tuple[str, ...], out_dir: str | None, count: int) -> None:
-    """Make the int8 TAEF2 encoder (embedder.precision=int8) here, calibrated on PHOTOS (files or folders).
+def quantize(ctx: click.Context, photos: tuple[str, ...], out_dir: str | None, count: int, precision: str) -> None:
+    """Make the int8 TAEF2 encoder (embedder.precision=int8) here, calibrated on PHOTOS (files or folders),
+    or with --precision fp32 the fp32 one for ONNX Runtime (embedder.runtime=onnxruntime).
 
     Use photos like the ones you will index; they are read into memory only. Takes a few minutes on a CPU.
+    The written models hold weights only.
     """
     import os
 
-    from ..embedders.taef2_int8 import quantize_taef2
+    from ..embedders.taef2_int8 import export_taef2_fp32, quantize_taef2
     from ..errors import ConfigError
 
     cfg = get_state(ctx).config()
     out_dir = out_dir or next((p for p in os.environ.get("ID2_MODELS_DIR", "").split(os.pathsep) if p), None)
     if out_dir is None:
-        raise ConfigError("quantize needs --out DIR (or $ID2_MODELS_DIR) for the int8 model")
+        raise ConfigError(f"quantize needs --out DIR (or $ID2_MODELS_DIR) for the {precision} model")
+    if precision == "fp32":
+        path = export_taef2_fp32(out_dir, weights=cfg.embedder.weights, input_size=cfg.embedder.input_size)
+        click.echo(f"wrote {path}; use it with ID2_MODELS_DIR={out_dir} and embedder.runtime=onnxruntime")
+        return
+    if not photos:
+        raise click.UsageError("--precision int8 needs calibration PHOTOS (files or folders)")
     files, _problems = expand_inputs(photos)  # each problem reported; calibration uses the readable rest
     path = quantize_taef2(out_dir, files, weights=cfg.embedder.weights, count=count, input_size=cfg.embedder.input_size)
     click.echo(f"wrote {path} (calibrated on {min(count, len(files))} photos); use it with ID2_MODELS_DIR={out_dir} "

@@ -27,6 +27,7 @@ INPUT, OUTPUT = "image", "latent"
 #: ONNX metadata keys written into the quantised model
 SOURCE_KEY, RECIPE_KEY = "id2.source_sha256", "id2.recipe"
 RECIPE = "qdq/per-channel/s8-reduce-range/u8-minmax/fp32-first-last-pool"
+FP32_RECIPE = "fp32-export"
 _CALIBRATION_BATCH = 4
 _OPSET = 17
 
@@ -95,10 +96,10 @@ def quantize_static_int8(fp32_path: Path, out_path: Path, images: Sequence[np.nd
             # every intermediate tensor of every calibration image in memory (~270 MB per image at 256 px).
             extra_options={"ActivationSymmetric": False, "CalibStridedMinMax": 1},
         )
-        _write_with_metadata(Path(tmp) / "int8.onnx", out_path, {SOURCE_KEY: source_sha256, RECIPE_KEY: RECIPE})
+        write_with_metadata(Path(tmp) / "int8.onnx", out_path, {SOURCE_KEY: source_sha256, RECIPE_KEY: RECIPE})
 
 
-def _write_with_metadata(src: Path, out_path: Path, meta: dict[str, str]) -> None:
+def write_with_metadata(src: Path, out_path: Path, meta: dict[str, str]) -> None:
     """Copy the model to ``out_path`` (atomically) with ``meta`` as ONNX metadata properties."""
     onnx = require("onnx")
     model = onnx.load(str(src))

@@ -1,4 +1,5 @@
-"""The int8 TAEF2 encoder: made by quantize_taef2 from the real weights and real photos, then compared to fp32."""
+"""The ONNX TAEF2 encoders: int8 made by quantize_taef2 from the real weights and real photos, then compared to
+fp32; the fp32 export compared to torch."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from PIL import Image
 
 from id2_plugin.config import EmbedderConfig, load_config
 from id2_plugin.embedders import _taef2_quantize as q
-from id2_plugin.embedders.taef2_int8 import INT8_FILE, TAEF2Int8Encoder, quantize_taef2
+from id2_plugin.embedders.taef2_int8 import (FP32_FILE, INT8_FILE, TAEF2Int8Encoder, TAEF2OnnxFp32Encoder,
+                                             export_taef2_fp32, quantize_taef2)
 from id2_plugin.embedders.taesd import ENCODER_FILE, TAEF2Encoder
 from id2_plugin.errors import ConfigError, IncompatibleStoreError, ModelNotFoundError
 from id2_plugin.identify import build_embedder, build_encoder
@@ -95,3 +97,26 @@ def test_int8_is_refused_where_it_does_not_exist() -> None:
         load_config(None, {"embedder": {"precision": "int4"}})
     with pytest.raises(ConfigError, match="taef2 only"):
         build_encoder(EmbedderConfig(name="sd-vae", precision="int8"))
+
+
+@pytest.mark.slow  # the export (~20 s of CPU) and four photos through both runtimes
+def test_fp32_in_onnxruntime_gives_torchs_vectors_under_torchs_identity(tmp_path: Path, photo_paths: list[Path],
+                                                                       taef2_encoder, shared_dir: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    out = export_taef2_fp32(tmp_path, weights=shared_dir / "models" / "taef2")
+    assert list(out.parent.iterdir()) == [out] and out.name == FP32_FILE
+    model = onnx.load(str(out))
+    assert {p.key: p.value for p in model.metadata_props}[q.SOURCE_KEY] == taef2_encoder.weights_digest
+    assert not {"QuantizeLinear", "DequantizeLinear"} & {n.op_type for n in model.graph.node}
+    cfg = EmbedderConfig(name="taef2", device="cpu", batch_size=4, runtime="onnxruntime", weights=str(out.parent))
+    ort = build_embedder(cfg)
+    assert type(ort.encoder) is TAEF2OnnxFp32Encoder  # type: ignore[attr-defined]
+    assert ort.encoder.identity == taef2_encoder.identity  # type: ignore[attr-defined]  # so stores serve both
+    images = np.stack([taef2_encoder.normalise(p) for p in photo_paths[200:204]])
+    a, b = taef2_encoder.encode_arrays(images), ort.encoder.encode_arrays(images)  # type: ignore[attr-defined]
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert (cos >= 0.9999).all(), cos
+    with pytest.raises(ConfigError, match="runtime"):
+        build_encoder(EmbedderConfig(name="sd-vae", runtime="onnxruntime"))
+    with pytest.raises(ConfigError, match="CPU only"):
+        build_encoder(EmbedderConfig(name="taef2", device="cuda:0", runtime="onnxruntime", weights=str(out.parent)))
