@@ -143,6 +143,7 @@ FLAG_KEYS = {
     "threshold": "match.threshold",
     "rotations": "match.rotations",
     "mirror": "match.mirror",
+    "windows": "match.windows",
     "cache": "cache.dir",
 }
 

@@ -104,6 +104,10 @@ class StoreConfig:
         return self.url or self.path
 
 
+#: ``match.windows`` values
+WINDOW_MODES = ("auto", "always", "off")
+
+
 @dataclass(frozen=True)
 class MatchConfig:
     """Ranking and decision."""
@@ -115,12 +119,22 @@ class MatchConfig:
     rotations: tuple[int, ...] = (0,)
     #: also search each rotation mirrored left-right (doubles the embeddings per query)
     mirror: bool = False
+    #: query windows (a 3 x 3 grid of half-size crops) searched as a second look: ``auto`` = only when the
+    #: whole image's best score is below ``threshold``, ``always``, or ``off``; best score per reference kept
+    windows: str | bool = "auto"
+
+    def __post_init__(self) -> None:
+        # YAML 1.1 reads a bare `off` as false
+        if isinstance(self.windows, bool):
+            object.__setattr__(self, "windows", "always" if self.windows else "off")
 
     def validate(self) -> None:
         if not self.rotations or any(isinstance(r, bool) or r not in (0, 90, 180, 270) for r in self.rotations):
             raise ConfigError(f"match.rotations={self.rotations!r}: expected a non-empty list of 0, 90, 180, 270")
         if self.k < 1:
             raise ConfigError(f"match.k={self.k}: must be >= 1")
+        if self.windows not in WINDOW_MODES:
+            raise ConfigError(f"match.windows={self.windows!r}: expected one of {', '.join(WINDOW_MODES)}")
         if not -1.0 <= self.threshold <= 1.0:
             raise ConfigError(f"match.threshold={self.threshold}: a cosine threshold must lie in [-1, 1]")
 

@@ -498,12 +498,15 @@ def evaluate_methods_by_group(
     k: int | None = DEFAULT_K,
     batch_size: int = 64,
     progress: bool = True,
+    windows: dict[str, tuple[str, float]] | None = None,
 ) -> tuple[dict[str, Metrics], dict[str, dict[str, dict[str, Metrics]]]]:
     """:func:`evaluate_methods`, plus metrics per query group: ``groups`` maps a grouping (``source``,
     ``family``) to one label per query; returns ``(overall, {grouping: {label: {method: Metrics}}})``.
 
     A method with ``parts`` and ``combine`` (:class:`FusedMethod`) is assembled from its parts'
-    descriptors when they were computed in this run.
+    descriptors when they were computed in this run. ``windows`` maps a method name to ``(match.windows,
+    match.threshold)``: that method is scored with the query windows, and its whole-image scores are
+    reported beside it as ``<name>_whole``.
     """
     positives = _positives_matrix(query_origin, len(queries), len(references))
     names = [m.name for m in methods]
@@ -523,10 +526,33 @@ def evaluate_methods_by_group(
             qry = embed_images(method, queries, batch_size, f"{method.name}: queries" if progress else False)
         done[method.name] = (ref, qry)
         sims[method.name] = method.similarity(qry, ref)
-        results[method.name] = compute_metrics(sims[method.name], positives, k=k)
-    results = {name: results[name] for name in names}
-    sims = {name: sims[name] for name in names}
+        if method.name in (windows or {}):
+            sims[method.name + WHOLE_SUFFIX] = sims[method.name]
+            sims[method.name] = windowed_similarity(method, queries, qry, ref, sims[method.name], *windows[method.name])  # type: ignore[index]
+    order = [n for name in names for n in (name, name + WHOLE_SUFFIX) if n in sims]
+    sims = {name: sims[name] for name in order}
+    results = {name: compute_metrics(s, positives, k=k) for name, s in sims.items()}
     return results, _group_metrics(sims, positives, groups or {}, k)
+
+
+#: suffix of the whole-image-only row reported beside a method evaluated with query windows
+WHOLE_SUFFIX = "_whole"
+
+
+def windowed_similarity(method: Method, queries: Sequence[np.ndarray], qry: np.ndarray, ref: np.ndarray,
+                        sim: np.ndarray, mode: str, threshold: float) -> np.ndarray:
+    """``sim`` with the query-window second look of the identify path (``match.windows``): the queries whose
+    best whole-image score is below ``threshold`` (every query when ``mode`` is ``always``) keep, per
+    reference, the best of the whole image and its windows."""
+    from .framing import query_windows
+
+    embedder = method.embedder  # type: ignore[attr-defined]
+    out = np.array(sim, copy=True)
+    for i in range(len(queries)):
+        if mode == "always" or out[i].max() < threshold:
+            _, crops = query_windows(np.asarray(queries[i]))
+            out[i] = np.maximum(out[i], method.similarity(embedder.embed_windows(crops, qry[i]), ref).max(axis=0))
+    return out
 
 
 def _group_metrics(

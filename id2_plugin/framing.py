@@ -1,5 +1,6 @@
 """Framing: uniform borders (letterbox, pillarbox, solid canvases) removed before embedding, and the
-query-time orientation variants (rotations, mirror) searched when a copy may have been turned.
+query-time orientation variants (rotations, mirror) searched when a copy may have been turned, and the
+query windows searched when a subject may have been re-staged small in a new scene.
 
 A re-shared image often sits inside bars or on a canvas: a 16:9 video frame around a 4:3 photo, a square
 post around a landscape picture, a product shot pasted onto white. The embedders see the whole frame, so
@@ -163,3 +164,34 @@ def best_over_orientations(
     return [
         (replace(m, rank=i + 1, orientation=orientation_label(*variants[vi])), vi) for i, (m, vi) in enumerate(ranked)
     ]
+
+
+#: Query windows: a 3 x 3 grid of half-size squares at quarter steps. An edit that re-stages a subject small
+#: in a new scene keeps it inside one window, where a copy detector finds the original (measured:
+#: benchmarks/results/query_windows.md).
+WINDOW_GRID = 3
+
+
+def query_windows(image: np.ndarray, grid: int = WINDOW_GRID) -> tuple[list[str], np.ndarray]:
+    """The ``grid x grid`` half-size windows of a square normalised ``image`` (labels ``r{row}c{col}``, and
+    the crops stacked, each ``S/2`` square; the embedders resize them to their input size)."""
+    size = image.shape[0]
+    half = size // 2
+    steps = [round(i * (size - half) / (grid - 1)) for i in range(grid)] if grid > 1 else [(size - half) // 2]
+    labels = [f"r{r}c{c}" for r in range(len(steps)) for c in range(len(steps))]
+    crops = np.stack([image[y:y + half, x:x + half] for y in steps for x in steps])
+    return labels, crops
+
+
+def best_over_windows(
+    whole: Sequence[Match], per_window: Sequence[Sequence[Match]], labels: Sequence[str], k: int
+) -> list[tuple[Match, int]]:
+    """Each reference's best match over the whole query and its windows, re-ranked, top ``k``, with the
+    index of the winner (-1 = the whole image, else the window). A window winner is labelled."""
+    best: dict[str, tuple[Match, int]] = {m.reference_id: (m, -1) for m in whole}
+    for wi, matches in enumerate(per_window):
+        for m in matches:
+            if m.reference_id not in best or m.score > best[m.reference_id][0].score:
+                best[m.reference_id] = (m, wi)
+    ranked = sorted(best.values(), key=lambda mv: -mv[0].score)[:k]
+    return [(replace(m, rank=i + 1, window=labels[wi] if wi >= 0 else ""), wi) for i, (m, wi) in enumerate(ranked)]

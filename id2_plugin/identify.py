@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .config import Config, EmbedderConfig, StoreConfig
-from .framing import best_over_orientations, orient, orientation_variants
+from .framing import best_over_orientations, best_over_windows, orient, orientation_variants, query_windows
 from ._lazy import require
 from .errors import ConfigError, Id2Error, MediaError
 from .media import MediaLike, MediaLimits
@@ -214,18 +214,21 @@ class IdentifyContext:
     #: query-time rotations searched (``match.rotations``) and whether mirrored too (``match.mirror``)
     rotations: tuple[int, ...] = (0,)
     mirror: bool = False
+    #: query windows searched as a second look (``match.windows``: ``auto``, ``always`` or ``off``)
+    windows: str = "auto"
 
 
 class Identifier:
     """A ready pipeline: reuse one instance for many queries (the model loads once)."""
 
     def __init__(self, embedder: ImageEmbedder, store: ReferenceStore, *, k: int = 5, threshold: float = 0.5,
-                 rotations: tuple[int, ...] = (0,), mirror: bool = False, batch_size: int | str | None = None) -> None:
+                 rotations: tuple[int, ...] = (0,), mirror: bool = False, windows: str = "auto",
+                 batch_size: int | str | None = None) -> None:
         from ._pipelining import BatchSizer, auto_max_batch
 
         store.check_compatible(embedder.identity)
         self.context = IdentifyContext(embedder=embedder, store=store, k=k, threshold=threshold,
-                                       rotations=tuple(rotations), mirror=mirror)
+                                       rotations=tuple(rotations), mirror=mirror, windows=windows)
         #: batches of :meth:`identify_iter` (``batch_size``: an int, ``auto``, or None = the embedder's)
         self.batching = BatchSizer(batch_size or embedder.batch_size, max_size=auto_max_batch(embedder.input_size))
 
@@ -287,7 +290,7 @@ def _or_error(fn: Any, media: MediaLike) -> Any:
 def match_options(cfg: Config) -> dict[str, Any]:
     """The :class:`Identifier` keyword arguments the ``match`` config section sets."""
     m = cfg.match
-    return dict(k=m.k, threshold=m.threshold, rotations=tuple(m.rotations), mirror=m.mirror)
+    return dict(k=m.k, threshold=m.threshold, rotations=tuple(m.rotations), mirror=m.mirror, windows=m.windows)
 
 
 def with_signal_scores(embedder: ImageEmbedder, store: ReferenceStore, vector: Any, matches: list[Match]) -> list[Match]:
@@ -355,12 +358,42 @@ def search_normalised(media: Sequence[MediaLike], images: Sequence[np.ndarray], 
     share = 1e3 / len(images)  # a batch's time, shared equally by its queries
     timings = {"normalise": normalise_ms, "embed": (t2 - t1) * share, "search": (t3 - t2) * share,
                "total": normalise_ms + (t3 - t1) * share}
-    out = []
-    for row, query in enumerate(media):
-        part = slice(row * nv, (row + 1) * nv)
-        matches, vectors = _best_of_variants(variants, found[part], vecs[part], context.k)
-        matches = with_signal_scores(context.embedder, context.store, vectors, matches)
-        out.append(_report(matches, context, timings, describe(query)))
+    best = [_best_of_variants(variants, found[row * nv:(row + 1) * nv], vecs[row * nv:(row + 1) * nv], context.k)
+            for row in range(len(images))]
+    best = _second_look(images, vecs[::nv], best, context, timings)
+    return [_report(with_signal_scores(context.embedder, context.store, vectors, matches), context, timings, describe(query))
+            for query, (matches, vectors) in zip(media, best)]
+
+
+def _needs_windows(matches: list[Match], context: IdentifyContext) -> bool:
+    if context.windows == "off":
+        return False
+    return context.windows == "always" or not matches or matches[0].score < context.threshold
+
+
+def _second_look(images: Sequence[np.ndarray], upright: np.ndarray, best: list[tuple[list[Match], np.ndarray]],
+                 context: IdentifyContext, timings: dict[str, float]) -> list[tuple[list[Match], np.ndarray]]:
+    """Search the query windows of every upright query the whole image did not match (``match.windows``):
+    one embedding pass and one store query for all of them; each reference keeps its best score."""
+    todo = [i for i, (matches, _) in enumerate(best) if _needs_windows(matches, context)]
+    if not todo:
+        return best
+    t0 = time.perf_counter()
+    labels, crops = zip(*(query_windows(images[i]) for i in todo))
+    vecs = np.concatenate([context.embedder.embed_windows(c, upright[i]) for i, c in zip(todo, crops)])
+    found = context.store.query(vecs, k=context.k)
+    out = list(best)
+    for j, i in enumerate(todo):
+        nw = len(labels[j])
+        matches, whole_vectors = best[i]
+        rows = np.atleast_2d(whole_vectors)
+        came_from = {m.reference_id: rows[0 if len(rows) == 1 else r] for r, m in enumerate(matches)}
+        ranked = best_over_windows(matches, found[j * nw:(j + 1) * nw], labels[j], context.k)
+        window_vecs = vecs[j * nw:(j + 1) * nw]
+        vectors = [window_vecs[wi] if wi >= 0 else came_from[m.reference_id] for m, wi in ranked]
+        out[i] = ([m for m, _ in ranked], np.stack(vectors) if vectors else rows[:0])
+    timings["windows"] = (time.perf_counter() - t0) * 1e3 / len(images)
+    timings["total"] += timings["windows"]
     return out
 
 

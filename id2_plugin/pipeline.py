@@ -71,6 +71,7 @@ class Pipeline:
         threshold: float = 0.5,
         rotations: tuple[int, ...] = (0,),
         mirror: bool = False,
+        windows: str = "auto",
         limits: MediaLimits | None = None,
         batch_size: int | str | None = None,
     ) -> None:
@@ -80,7 +81,7 @@ class Pipeline:
         self.threshold = threshold
         self.limits = limits or MediaLimits()
         self.identifier = Identifier(embedder, store, k=k, threshold=threshold, rotations=rotations, mirror=mirror,
-                                     batch_size=batch_size)
+                                     windows=windows, batch_size=batch_size)
         #: the batch size of every bulk use case (an int, or ``auto``: tuned on the first batches, then kept)
         self.batching = self.identifier.batching
 

@@ -21,6 +21,8 @@ class Match:
     signals: tuple[tuple[str, float], ...] = ()
     #: the query variant that scored best when rotations/mirror are searched, e.g. "rot90" ("" = upright)
     orientation: str = ""
+    #: the query window that scored best when windows are searched, e.g. "r0c1" ("" = the whole image)
+    window: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -28,6 +30,8 @@ class Match:
         d["signals"] = dict(self.signals)
         if not self.orientation:  # the usual upright answer keeps the established JSON shape
             d.pop("orientation")
+        if not self.window:
+            d.pop("window")
         return d
 
 

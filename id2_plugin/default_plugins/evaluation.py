@@ -90,12 +90,15 @@ def evaluate_command(ctx: click.Context, pairs_path: str, distractors: tuple[str
         raise ConfigError("nothing to evaluate: no readable query with a readable origin")
     groups = {key: query_labels(pairs_path, data.query_paths, key) for key in ("source", "family")}
     groups = {key: labels for key, labels in groups.items() if any(labels)}
-    results, by_group = evaluate_methods_by_group(data.queries, data.positives, data.references, methods, groups=groups, k=eval_k)
+    windows = {embedder.name: (cfg.match.windows, cfg.match.threshold)} if cfg.match.windows != "off" else None
+    results, by_group = evaluate_methods_by_group(data.queries, data.positives, data.references, methods, groups=groups, k=eval_k,
+                                                  windows=windows)
     n_q, n_r = len(data.queries), len(data.references)
     if as_json:
         doc: dict[str, Any] = {
             "methods": {name: m.to_dict() for name, m in results.items()},
             "default": embedder.name,
+            "windows": cfg.match.windows,
             "n_queries": n_q,
             "n_references": n_r,
             "k": eval_k,

@@ -324,6 +324,15 @@ class ImageEmbedder(ABC):
         """Signal name -> (start, stop, weight) of its slice; the slice's dot product / weight is its cosine."""
         return {self.name: (0, self.dim, 1.0)}
 
+    #: whether crops of a query are worth embedding with this signal (a copy detector trained on crops);
+    #: a composite embedder re-embeds only such signals for query windows
+    window_signal: bool = False
+
+    def embed_windows(self, windows: np.ndarray, whole: np.ndarray) -> np.ndarray:
+        """Vectors of one query's windows (``N x s x s x 3`` uint8 crops); ``whole`` is the whole query's
+        vector, from which a composite embedder keeps the slices of its other signals."""
+        return self.embed_arrays(windows)
+
     def signal_scores(self, query: np.ndarray, references: np.ndarray) -> list[dict[str, float]]:
         """Each signal's cosine between one query vector and each row of ``references``."""
         out: list[dict[str, float]] = [{} for _ in range(len(references))]

@@ -139,3 +139,18 @@ class FusedEmbedder(ImageEmbedder):
 
     def embed_arrays(self, images: np.ndarray) -> np.ndarray:
         return self.combine([p.embed_arrays(images) for p in self.parts])
+
+    def embed_windows(self, windows: np.ndarray, whole: np.ndarray) -> np.ndarray:
+        """Only the window signals (SSCD) see the crops; every other signal keeps its whole-image slice,
+        which costs nothing and measured as well as re-embedding them (benchmarks/query_windows.py)."""
+        chosen = [p for p in self.parts if p.window_signal] or self.parts
+        spans = self.signals
+        parts = []
+        for p in self.parts:
+            if p in chosen:
+                parts.append(p.embed_windows(windows, whole))
+            else:
+                a, b, w = spans[p.name]
+                sl = np.asarray(whole, np.float32).reshape(-1)[a:b] / np.float32(math.sqrt(w) or 1.0)
+                parts.append(np.broadcast_to(sl, (len(windows), b - a)))
+        return self.combine(parts)

@@ -126,6 +126,7 @@ class SSCDEmbedder(ImageEmbedder):
     """
 
     name = "sscd"
+    window_signal = True
 
     def __init__(
         self,
