@@ -66,11 +66,12 @@ def scan_video(
 
     try:
         for frame, duplicate in reader:
+            # The last kept frame's content is taken to stay on screen until the next sampled frame
+            # (a keyframe, or a sample in fps mode): a 2 s shot with one keyframe spans 2 s, not 0.
+            # That frame is always the last pending one: batches are flushed only when a kept frame arrives.
+            if pending:
+                pending[-1].until = frame.pts_seconds
             if duplicate:
-                # Folded into the kept frame it repeats; that frame is always the last pending one
-                # because batches are flushed only when the next kept frame arrives.
-                if pending:
-                    pending[-1].until = frame.pts_seconds
                 continue
             if len(pending) >= batch_size:
                 flush()
@@ -81,8 +82,10 @@ def scan_video(
     except MediaError as exc:  # a frame the normaliser refuses (e.g. above the pixel limit)
         error = VideoError(f"a decoded frame could not be normalised: {exc}", os.fspath(path), kind="corrupt",
                            frames_read=reader.stats.frames_sampled)
-    flush()
     st = reader.stats
+    if pending and error is None:
+        pending[-1].until = _video_end(st, pending[-1].until)
+    flush()
     return VideoReport(
         path=os.fspath(path), hits=hits, summary=summariser.result(), mode=mode, sample_fps=fps, k=k,
         threshold=threshold, embedder=embedder.identity, frames_decoded=st.frames_decoded,
@@ -91,6 +94,12 @@ def scan_video(
         error=str(error) if error else None, error_kind=error.kind if error else None,
         elapsed_s=time.perf_counter() - t0,
     )
+
+
+def _video_end(stats: Any, until: float) -> float:
+    """Where the last sampled frame's span ends in a completely decoded video: the video's end."""
+    end = stats.duration_s if stats.duration_s is not None else stats.last_packet_seconds
+    return max(until, end) if end is not None else until
 
 
 def embed_keyframes(

@@ -56,9 +56,9 @@ def test_scan_csv_fps_mode_to_stdout(cli, ref_store, scene) -> None:
     assert result.exit_code == 0, result.stderr
     rows = list(csv.DictReader(result.stdout.splitlines()))
     assert [(r["timestamp"], r["until"], r["uri"]) for r in rows] == [
-        ("0.000", "1.000", str(scene.refs[0])),
-        ("2.000", "3.000", str(scene.refs[1])),
-        ("4.000", "5.000", str(scene.refs[2])),
+        ("0.000", "2.000", str(scene.refs[0])),
+        ("2.000", "4.000", str(scene.refs[1])),
+        ("4.000", "6.000", str(scene.refs[2])),
     ]
     assert all(float(r["score"]) >= 0.5 and r["error"] == "" for r in rows)
 
