@@ -351,7 +351,7 @@ def test_evaluate_command(real_copies, tmp_path: Path, taef2_encoder) -> None:
     distractors = [str(p) for p in real_copies["distractors"]]
     res = _invoke(["evaluate", "--pairs", str(manifest), "--projection", "none", "--json", "--k", "10",
                    "--distractors", str(broken), *sum((["--distractors", d] for d in distractors), [])])
-    assert res.exit_code == 1, res.output  # the broken distractor is reported and skipped
+    assert res.exit_code == 4, res.output  # the broken distractor is reported and skipped
     assert "broken.jpg" in res.stderr
     out = json.loads(res.stdout)
     # no W configured -> no id2 and nothing to fuse; SSCD is scored beside the raw latent

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from ..cli_support import EXIT_OK, EXIT_SOFT_FAIL, cache_option, config_from_flags, config_option_flags, echo_json, handle_errors
+from ..cli_support import cache_option, config_from_flags, config_option_flags, echo_json, handle_errors, outcome_code
 from ..errors import ConfigError
 from ..calibrate import save_histogram
 from ..evaluate import DEFAULT_K, METHOD_NAMES, EmbedderMethod, load_images, load_pairs_for_eval, prepare_eval_set
@@ -67,7 +67,7 @@ def evaluate_command(ctx: click.Context, pairs_path: str, distractors: tuple[str
                      method_names: tuple[str, ...], as_json: bool, **flags: Any) -> None:
     """Retrieval metrics (top-1, mAP, micro-AP, recall at 90%/99.9% precision) of id2 and baselines.
 
-    id2 is evaluated when a W is configured (or shipped); vae_raw, pdq and phash always. Exit 1 when
+    id2 is evaluated when a W is configured (or shipped); vae_raw, pdq and phash always. Exit 4 when
     some image could not be read (it is reported and skipped).
     """
     from ..evaluate import evaluate_methods_by_group, format_table, load_pairs_for_eval, prepare_eval_set, query_labels
@@ -75,6 +75,8 @@ def evaluate_command(ctx: click.Context, pairs_path: str, distractors: tuple[str
     if eval_k < 1:
         raise ConfigError(f"--k must be >= 1, got {eval_k}")
     cfg = config_from_flags(ctx, **flags)
+    # The manifest and distractor folders first: a wrong path fails before the models load.
+    query_paths, ref_paths, positives = load_pairs_for_eval(pairs_path, distractors, max_distractors)
     embedder = embedder_from_config(cfg, in_memory_only=True)
     methods = comparison_methods(embedder, cfg)
     if method_names:
@@ -83,7 +85,6 @@ def evaluate_command(ctx: click.Context, pairs_path: str, distractors: tuple[str
             raise ConfigError(f"--method {', '.join(unknown)} is not available with this configuration "
                               f"(available: {', '.join(m.name for m in methods)})")
         methods = [m for m in methods if m.name in method_names]
-    query_paths, ref_paths, positives = load_pairs_for_eval(pairs_path, distractors, max_distractors)
     data = prepare_eval_set(query_paths, ref_paths, positives, embedder.normalise)
     _report_skipped(data.skipped)
     if not data.queries or not data.positives.any():
@@ -113,7 +114,7 @@ def evaluate_command(ctx: click.Context, pairs_path: str, distractors: tuple[str
             if len(table) > 1:
                 click.echo(f"\nper {key} (top1 / mAP):")
                 click.echo(format_group_table(table))
-    sys.exit(EXIT_SOFT_FAIL if data.skipped else EXIT_OK)
+    sys.exit(outcome_code(unreadable=data.skipped))
 
 
 @click.command("calibrate")
@@ -157,12 +158,11 @@ def calibrate_command(ctx: click.Context, pairs_path: str, negative_dirs: tuple[
     if use_store and distractors:
         raise ConfigError("--distractors and --store are alternatives: the store already is the reference set")
     cfg = config_from_flags(ctx, **flags)
+    query_paths, ref_paths, positives = load_pairs_for_eval(pairs_path, () if use_store else distractors)
     pipeline = Pipeline.from_config(cfg) if use_store else None
     embedder = pipeline.embedder if pipeline is not None else embedder_from_config(cfg, in_memory_only=True)
     # A VAE embedder's latents go through the cache when asked; a fused or SSCD embedder embeds directly.
     method = EmbedderMethod(embedder, latent_cache(getattr(embedder, "encoder", None), cfg.cache.dir))
-
-    query_paths, ref_paths, positives = load_pairs_for_eval(pairs_path, () if use_store else distractors)
     data = prepare_eval_set(query_paths, ref_paths, positives, embedder.normalise)
     skipped = list(data.skipped)
     if not data.positives.any():
@@ -190,7 +190,7 @@ def calibrate_command(ctx: click.Context, pairs_path: str, negative_dirs: tuple[
         echo_json(dict(cal.to_dict(), out=str(out), plot=plot_path, embedder=embedder.identity, skipped=skipped))
     else:
         _print_calibration(cal, method.name, embedder.identity, ref_desc, out, plot_path)
-    sys.exit(EXIT_SOFT_FAIL if skipped else EXIT_OK)
+    sys.exit(outcome_code(unreadable=skipped))
 
 
 def _scores(method: Any, data: Any, neg_imgs: Any, pipeline: Any, store_path: str) -> tuple[Any, Any, str]:

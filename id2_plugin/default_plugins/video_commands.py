@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from ..cli_support import EXIT_OK, EXIT_SOFT_FAIL, config_from_flags, config_option_flags, handle_errors, match_option_flags, ray_option_flags
+from ..cli_support import config_from_flags, config_option_flags, handle_errors, match_option_flags, outcome_code, ray_option_flags
 from ..errors import ConfigError
 
 from ..hookspecs import hookimpl
@@ -38,7 +38,8 @@ def scan_video_command(ctx: click.Context, paths: tuple[str, ...], keyframes_onl
                        out: str | None, workers: int, no_dedupe: bool, dedupe_threshold: float | None,
                        use_ray: bool, ray_address: str | None, ray_workers: int, cpus_per_worker: float,
                        **flags: Any) -> None:
-    """Find reference images in videos (folders recurse). Exit 1 if any video could not be fully decoded."""
+    """Find reference images in videos (folders recurse). Exit 1 if some video matched no reference, 4 if
+    some video could not be fully decoded (reported with the frames read before the fault)."""
     from ..pipeline import Pipeline
     from ..video import DEFAULT_DEDUPE_THRESHOLD, VideoReportWriter, format_report_text, iter_video_files, scan_videos_ray
 
@@ -51,7 +52,7 @@ def scan_video_command(ctx: click.Context, paths: tuple[str, ...], keyframes_onl
         raise ConfigError(f"no video files found under {', '.join(paths)}")
     options: dict[str, Any] = dict(mode=mode, fps=fps, dedupe=not no_dedupe,
                                    dedupe_threshold=DEFAULT_DEDUPE_THRESHOLD if dedupe_threshold is None else dedupe_threshold)
-    failed = 0
+    failed = unmatched = 0
     with ExitStack() as stack:
         stream = stack.enter_context(open(out, "w", encoding="utf-8", newline="")) if out else sys.stdout
         writer = VideoReportWriter(stream, fmt) if fmt else None  # type: ignore[arg-type]
@@ -64,6 +65,7 @@ def scan_video_command(ctx: click.Context, paths: tuple[str, ...], keyframes_onl
                                            **options)
         for report in reports:
             failed += not report.ok
+            unmatched += not report.is_match
             if writer is not None:
                 writer.write(report)
             else:
@@ -73,7 +75,7 @@ def scan_video_command(ctx: click.Context, paths: tuple[str, ...], keyframes_onl
                 # Keep failures visible on the terminal even when results go to a file or a data format.
                 click.echo(f"{report.path}: ERROR ({report.error_kind}) {report.error}", err=True)
     click.echo(f"scanned {len(files)} videos, {failed} failed" + (f"; results in {out}" if out else ""), err=True)
-    sys.exit(EXIT_SOFT_FAIL if failed else EXIT_OK)
+    sys.exit(outcome_code(unreadable=failed, no_match=unmatched))
 
 
 @hookimpl

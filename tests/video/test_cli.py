@@ -39,7 +39,7 @@ def test_scan_folder_json_lines_to_file(cli, ref_store, video_folder: Path, scen
     out = tmp_path / "results.jsonl"
     result = CliRunner().invoke(cli, [*_base_args(ref_store), str(video_folder), "--json", "--out", str(out),
                                       "--workers", "2", "--k", "2"])
-    assert result.exit_code == 1, result.output  # the broken video failed
+    assert result.exit_code == 4, result.output  # the broken video failed
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     by_name = {Path(d["path"]).name: d for d in lines}
     assert set(by_name) == {"scene.mp4", "broken.mkv"}
