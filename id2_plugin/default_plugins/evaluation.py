@@ -14,6 +14,7 @@ from ..cli_support import cache_option, config_from_flags, config_option_flags, 
 from ..errors import ConfigError
 from ..calibrate import save_histogram
 from ..evaluate import DEFAULT_K, METHOD_NAMES, EmbedderMethod, load_images, load_pairs_for_eval, prepare_eval_set
+from ..per_query import method_bits
 from ..pipeline import Pipeline, embedder_from_config
 
 from ..hookspecs import hookimpl
@@ -59,18 +60,21 @@ def _report_skipped(skipped: list[str]) -> None:
 @click.option("--method", "method_names", multiple=True, type=click.Choice(METHOD_NAMES),
               help="Evaluate only these methods (repeatable; default: all available).")
 @click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object.")
+@click.option("--per-query", "per_query_path", type=click.Path(dir_okay=False), default=None,
+              help="Write one record per query and method to FILE (.csv, else JSON Lines): origin, its rank "
+                   "and score, the best wrong reference and its score (PDQ/pHash also in Hamming bits).")
 @cache_option
 @config_option_flags
 @click.pass_context
 @handle_errors
 def evaluate_command(ctx: click.Context, pairs_path: str, distractors: tuple[str, ...], max_distractors: int | None, eval_k: int,
-                     method_names: tuple[str, ...], as_json: bool, **flags: Any) -> None:
+                     method_names: tuple[str, ...], as_json: bool, per_query_path: str | None, **flags: Any) -> None:
     """Retrieval metrics (top-1, mAP, micro-AP, recall at 90%/99.9% precision) of id2 and baselines.
 
     id2 is evaluated when a W is configured (or shipped); vae_raw, pdq and phash always. Exit 4 when
     some image could not be read (it is reported and skipped).
     """
-    from ..evaluate import evaluate_methods_by_group, format_table, load_pairs_for_eval, prepare_eval_set, query_labels
+    from ..evaluate import metrics_by_group, query_labels, score_methods
 
     if eval_k < 1:
         raise ConfigError(f"--k must be >= 1, got {eval_k}")
@@ -91,30 +95,65 @@ def evaluate_command(ctx: click.Context, pairs_path: str, distractors: tuple[str
         raise ConfigError("nothing to evaluate: no readable query with a readable origin")
     groups = {key: query_labels(pairs_path, data.query_paths, key) for key in ("source", "family")}
     groups = {key: labels for key, labels in groups.items() if any(labels)}
-    results, by_group = evaluate_methods_by_group(data.queries, data.positives, data.references, methods, groups=groups, k=eval_k)
-    n_q, n_r = len(data.queries), len(data.references)
+    sims = score_methods(data.queries, data.references, methods)
+    results, by_group = metrics_by_group(sims, data.positives, groups=groups, k=eval_k)
+    bits = {m.name: method_bits(m) for m in methods if method_bits(m)}
+    if per_query_path:
+        _write_per_query(per_query_path, sims, data, bits)
+    head = dict(default=embedder.name, n_queries=len(data.queries), n_references=len(data.references), k=eval_k,
+                embedder=embedder.identity, skipped=data.skipped)
     if as_json:
-        doc: dict[str, Any] = {
-            "methods": {name: m.to_dict() for name, m in results.items()},
-            "default": embedder.name,
-            "n_queries": n_q,
-            "n_references": n_r,
-            "k": eval_k,
-            "embedder": embedder.identity,
-            "skipped": data.skipped,
-        }
-        for key, table in by_group.items():
-            doc[f"per_{key}"] = {label: {name: m.to_dict() for name, m in ms.items()} for label, ms in table.items()}
-        echo_json(doc)
+        echo_json(_evaluation_doc(results, by_group, bits, head, per_query_path))
     else:
-        click.echo(f"{n_q} queries, {n_r} references ({int(data.positives.any(axis=0).sum())} origins), "
-                   f"k={eval_k}, default method {embedder.name} ({embedder.identity})")
-        click.echo(format_table(results))
-        for key, table in by_group.items():
-            if len(table) > 1:
-                click.echo(f"\nper {key} (top1 / mAP):")
-                click.echo(format_group_table(table))
+        _print_evaluation(results, by_group, bits, head, int(data.positives.any(axis=0).sum()), per_query_path)
     sys.exit(outcome_code(unreadable=data.skipped))
+
+
+def _write_per_query(path: str, sims: dict[str, Any], data: Any, bits: dict[str, int]) -> None:
+    from ..per_query import query_records, write_records
+
+    per_method = [query_records(name, s, data.positives, data.query_paths, data.reference_paths, bits.get(name))
+                  for name, s in sims.items()]
+    write_records(path, [rows[i] for i in range(len(data.query_paths)) for rows in per_method])  # grouped by query
+
+
+def _bits_of(m: Any, n_bits: int) -> dict[str, Any]:
+    """A hash method's thresholds as the largest matching Hamming distance (the unit HMA configures)."""
+    from ..per_query import max_distance_bits
+
+    return {"n_bits": n_bits, **{f"{key}_bits": None if m_thr is None else max_distance_bits(m_thr, n_bits)
+                                 for key, m_thr in (("threshold_at_p90", m.threshold_at_p90),
+                                                    ("threshold_at_p999", m.threshold_at_p999))}}
+
+
+def _evaluation_doc(results: dict[str, Any], by_group: dict[str, Any], bits: dict[str, int], head: dict[str, Any],
+                    per_query_path: str | None) -> dict[str, Any]:
+    methods = {name: dict(m.to_dict(), **(_bits_of(m, bits[name]) if name in bits else {})) for name, m in results.items()}
+    doc: dict[str, Any] = {"methods": methods, **head, "per_query": per_query_path}
+    for key, table in by_group.items():
+        doc[f"per_{key}"] = {label: {name: m.to_dict() for name, m in ms.items()} for label, ms in table.items()}
+    return doc
+
+
+def _print_evaluation(results: dict[str, Any], by_group: dict[str, Any], bits: dict[str, int], head: dict[str, Any],
+                      n_origins: int, per_query_path: str | None) -> None:
+    from ..evaluate import format_table
+
+    click.echo(f"{head['n_queries']} queries, {head['n_references']} references ({n_origins} origins), "
+               f"k={head['k']}, default method {head['default']} ({head['embedder']})")
+    click.echo(format_table(results))
+    for name, n_bits in bits.items():
+        b = _bits_of(results[name], n_bits)
+        shown = [f"{label} distance <= {b[key]}" for label, key in (("thr@P90", "threshold_at_p90_bits"),
+                                                                   ("thr@P99.9", "threshold_at_p999_bits")) if b[key] is not None]
+        if shown:
+            click.echo(f"{name} thresholds in Hamming bits of {n_bits} (HMA units): {'; '.join(shown)}")
+    for key, table in by_group.items():
+        if len(table) > 1:
+            click.echo(f"\nper {key} (top1 / mAP):")
+            click.echo(format_group_table(table))
+    if per_query_path:
+        click.echo(f"per-query records in {per_query_path}")
 
 
 @click.command("calibrate")
