@@ -73,3 +73,5 @@ def test_usage_errors(cli, ref_store, scene, tmp_path: Path) -> None:
     assert none.exit_code == 2 and "no video files" in none.stderr
     missing_store = runner.invoke(cli, ["scan-video", "--store", str(tmp_path / "nostore"), str(scene.path)])
     assert missing_store.exit_code == 3 and "no reference store" in missing_store.stderr
+    gone = runner.invoke(cli, ["scan-video", "--store", str(tmp_path / "nostore"), str(tmp_path / "gone.mp4")])
+    assert gone.exit_code == 4 and "gone.mp4: not found" in gone.stderr  # before the store and the model
