@@ -40,6 +40,7 @@ def serve_command(ctx: click.Context, create_store: bool, log_level: str, **flag
 
     require("fastapi")  # the [http] extra: a clear MissingExtraError instead of an import traceback
     require("uvicorn")
+    require("fastapi_offline")
     from .http import serve, token_from_env
 
     serve_keys = {name: f"serve.{name}" for name in

@@ -46,6 +46,7 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi_offline import FastAPIOffline
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -429,7 +430,9 @@ def create_app(
 
     from id2_plugin import __version__
 
-    app = FastAPI(
+    # /docs and /redoc from assets shipped in fastapi-offline: FastAPI's own pages load Swagger UI and
+    # ReDoc from a CDN and stay blank on the offline machines moderation teams often run.
+    app = FastAPIOffline(
         title="id2-plugin",
         version=__version__,
         description="Find the original of an AI-edited or degraded image in a reference store (ID2).",

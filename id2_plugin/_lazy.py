@@ -24,6 +24,7 @@ _EXTRAS: dict[str, tuple[str, str]] = {
     "fastapi": ("http", "fastapi"),
     "uvicorn": ("http", "uvicorn"),
     "httpx": ("http", "httpx"),
+    "fastapi_offline": ("http", "fastapi-offline"),
     "qdrant_client": ("qdrant", "qdrant-client"),
     "ray": ("ray", "ray[data]"),
     "onnxruntime": ("sscd", "onnxruntime"),

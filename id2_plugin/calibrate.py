@@ -39,6 +39,9 @@ __all__ = [
     "Calibration",
     "calibrate_threshold",
     "calibration_scores",
+    "CalibrationScores",
+    "score_calibration_set",
+    "store_best_matches",
     "store_best_scores",
     "clopper_pearson_upper",
     "min_negatives_for",
@@ -339,6 +342,32 @@ def calibration_scores(
 
     ``positives`` is the ``Q x R`` ground truth (see :func:`~id2_plugin.evaluate.load_pairs_for_eval`).
     """
+    got = score_calibration_set(method, queries, references, positives, negatives, batch_size=batch_size,
+                                progress=progress, chunk=chunk)
+    return got.positive_scores, got.negative_best
+
+
+@dataclass(frozen=True)
+class CalibrationScores:
+    """Every score a calibration looks at: the queries against all references, each negative's best."""
+
+    #: ``Q x R`` scores of the queries against every reference
+    query_scores: np.ndarray
+    positives: np.ndarray
+    #: each negative's best score, and the index of the reference it was scored best against
+    negative_best: np.ndarray
+    negative_best_index: np.ndarray
+
+    @property
+    def positive_scores(self) -> np.ndarray:
+        return self.query_scores[self.positives]
+
+
+def score_calibration_set(
+    method: Method, queries: Sequence[np.ndarray], references: Sequence[np.ndarray], positives: np.ndarray,
+    negatives: Sequence[np.ndarray] | None, *, batch_size: int = 64, progress: bool = False, chunk: int = 1024,
+) -> CalibrationScores:
+    """The scores of :func:`calibration_scores`, with the full query matrix and the negatives' best references."""
     from .evaluate import embed_images
 
     ref = embed_images(method, references, batch_size, "references" if progress else False)
@@ -346,25 +375,32 @@ def calibration_scores(
     positives = np.asarray(positives, dtype=bool)
     if positives.shape != (len(qry), len(ref)):
         raise ValueError(f"positives is {positives.shape}, expected {(len(qry), len(ref))}")
-    pos_scores = method.similarity(qry, ref)[positives]
-    if negatives is None:
-        return pos_scores.astype(np.float64), np.zeros(0, dtype=np.float64)
-    neg = embed_images(method, negatives, batch_size, "negatives" if progress else False)
-    # Chunked so a large negative set never materialises an N x R matrix at once.
-    neg_scores = np.concatenate(
-        [method.similarity(neg[s : s + chunk], ref).max(axis=1) for s in range(0, len(neg), chunk)]
-    )
-    return pos_scores.astype(np.float64), neg_scores.astype(np.float64)
+    best, index = np.zeros(0, np.float64), np.zeros(0, np.int64)
+    if negatives is not None:
+        neg = embed_images(method, negatives, batch_size, "negatives" if progress else False)
+        # Chunked so a large negative set never materialises an N x R matrix at once.
+        sims = [method.similarity(neg[s : s + chunk], ref) for s in range(0, len(neg), chunk)]
+        best = np.concatenate([s.max(axis=1) for s in sims]).astype(np.float64)
+        index = np.concatenate([s.argmax(axis=1) for s in sims])
+    return CalibrationScores(method.similarity(qry, ref).astype(np.float64), positives, best, index)
 
 
 def store_best_scores(store: ReferenceStore, vectors: np.ndarray, chunk: int = 1024) -> np.ndarray:
     """Best score of each (embedded) negative against an existing reference store."""
+    return store_best_matches(store, vectors, chunk)[0]
+
+
+def store_best_matches(store: ReferenceStore, vectors: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, list[str | None]]:
+    """Best score of each (embedded) negative against an existing store, and that reference's uri."""
     if store.info().count == 0:
         raise ConfigError("the reference store is empty: negatives need references to be scored against")
-    out = []
+    scores: list[float] = []
+    uris: list[str | None] = []
     for s in range(0, len(vectors), chunk):
-        out.extend(m[0].score if m else -1.0 for m in store.query(vectors[s : s + chunk], k=1))
-    return np.asarray(out, dtype=np.float64)
+        for m in store.query(vectors[s : s + chunk], k=1):
+            scores.append(m[0].score if m else -1.0)
+            uris.append(m[0].uri if m else None)
+    return np.asarray(scores, dtype=np.float64), uris
 
 
 def save_histogram(
@@ -439,16 +475,26 @@ def check_enough_negatives(n: int, target_fpr: float | None, confidence: float) 
 
 
 def calibration_config(cal: Calibration, *, embedder: dict[str, Any], store: dict[str, Any] | None, k: int,
-                       embedder_identity: str, data: str, date: str) -> dict[str, Any]:
-    """The config document a calibration writes: the embedder it holds for, match.threshold, provenance."""
+                       embedder_identity: str, data: str, date: str, hash_method: str | None = None,
+                       n_bits: int | None = None) -> dict[str, Any]:
+    """The config document a calibration writes: the embedder it holds for, match.threshold, provenance.
+
+    A hash baseline (``hash_method`` with ``n_bits``) records its threshold in the calibration block only,
+    also as a Hamming distance: the plugin never matches with it, so match.threshold is left alone.
+    """
     doc: dict[str, Any] = {"embedder": embedder}
     if store is not None:
         doc["store"] = store
-    doc["match"] = {"k": k, "threshold": cal.threshold}
+    if hash_method is None:
+        doc["match"] = {"k": k, "threshold": cal.threshold}
     fields = ("target", "target_value", "confidence", "threshold", "fpr_upper_bound", "fpr", "recall", "precision",
               "n_pos", "n_neg", "false_matches")
     doc["calibration"] = {**{f: getattr(cal, f) for f in fields}, "embedder": embedder_identity, "date": date,
                           "data": data}
+    if hash_method is not None and n_bits:
+        from .per_query import max_distance_bits
+
+        doc["calibration"].update(method=hash_method, threshold_bits=max_distance_bits(cal.threshold, n_bits))
     return doc
 
 
@@ -462,6 +508,9 @@ def write_calibration_config(path: str | os.PathLike, doc: dict[str, Any]) -> Pa
         f"# Written by `id2-plugin calibrate` on {doc['calibration']['date']}.\n"
         f"# match.threshold is valid only for the embedder in calibration.embedder; recalibrate after changing\n"
         f"# the embedder, W, input size or resize policy.\n"
+    ) if "match" in doc else (
+        f"# Written by `id2-plugin calibrate` on {doc['calibration']['date']}: a {doc['calibration'].get('method')}\n"
+        f"# threshold for another system (HMA / ThreatExchange: calibration.threshold_bits); match.threshold is unset.\n"
     )
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)

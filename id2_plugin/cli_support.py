@@ -13,10 +13,19 @@ import click
 from .config import Config, load_config, parse_override
 from .errors import ConfigError, Id2Error, MediaError, MissingExtraError, ModelNotFoundError
 
-#: Exit codes (the README's table): 0 ok; 1 some query had no match or some input could not be read (each
-#: reported, the rest processed); 2 usage or configuration error (options, config file, weights, W, paths
-#: that hold no image); 3 store error (missing, locked, damaged, incompatible) or another runtime failure.
-EXIT_OK, EXIT_SOFT_FAIL, EXIT_USAGE, EXIT_STORE = 0, 1, 2, 3
+#: Exit codes, one table for every command (the README's): 0 ok; 1 no match (a query, video or key
+#: matched nothing); 2 usage or configuration error (options, config file, weights, W, paths that hold no
+#: image); 3 store error (missing, locked, damaged, incompatible) or another runtime failure; 4 some input
+#: was unreadable or skipped (each reported, the rest processed). 4 wins over 1: an answer that left
+#: inputs out is incomplete, whatever the rest found.
+EXIT_OK, EXIT_NO_MATCH, EXIT_USAGE, EXIT_STORE, EXIT_UNREADABLE = 0, 1, 2, 3, 4
+
+
+def outcome_code(*, unreadable: bool | int = False, no_match: bool | int = False) -> int:
+    """The exit code of a command that processed its inputs: unreadable ones first, then misses."""
+    if unreadable:
+        return EXIT_UNREADABLE
+    return EXIT_NO_MATCH if no_match else EXIT_OK
 
 
 class CliState:
@@ -68,22 +77,25 @@ def exit_code_for(exc: Id2Error) -> int:
     if isinstance(exc, (ConfigError, MissingExtraError, ModelNotFoundError)):
         return EXIT_USAGE
     if isinstance(exc, MediaError):
-        return EXIT_SOFT_FAIL
+        return EXIT_UNREADABLE
     return EXIT_STORE  # StoreError and any other runtime failure
 
 
 def expand_inputs(paths: Any) -> tuple[list[Any], list[str]]:
     """Image files under ``paths``, and the paths that could not be walked, each reported on stderr.
 
-    The caller exits 1 when there were problems; paths that hold no image and no problem are a usage error
-    (a silent exit 0 would read as success).
+    The caller exits ``EXIT_UNREADABLE`` when there were problems; paths that hold no image and no problem
+    are a usage error (a silent exit 0 would read as success). When nothing at all is readable this raises
+    (exit 4) before the caller loads a model for no input.
     """
     from .media import scan_image_files
 
     scan = scan_image_files(list(paths))
     for line in scan.problems:
         click.echo(f"skipped {line}", err=True)
-    if not scan.files and not scan.problems:
+    if not scan.files:
+        if scan.problems:
+            raise MediaError(f"nothing to read: every path given was skipped ({len(scan.problems)})")
         raise ConfigError(f"no image files found in {', '.join(map(str, paths))}")
     return scan.files, scan.problems
 

@@ -220,6 +220,10 @@ class CalibrationConfig:
     date: str | None = None
     #: what the scores were computed on (manifest, negatives, reference set)
     data: str | None = None
+    #: a hash baseline calibrated instead of the embedder ("pdq", "phash"): then match.threshold is not
+    #: set, and ``threshold_bits`` is the threshold as the largest matching Hamming distance (HMA's unit)
+    method: str | None = None
+    threshold_bits: int | None = None
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,8 @@ __all__ = [
     "embed_images",
     "evaluate_methods",
     "evaluate_methods_by_group",
+    "metrics_by_group",
+    "score_methods",
     "query_labels",
     "hamming_similarity",
     "load_images",
@@ -502,17 +504,36 @@ def evaluate_methods_by_group(
 ) -> tuple[dict[str, Metrics], dict[str, dict[str, dict[str, Metrics]]]]:
     """:func:`evaluate_methods`, plus metrics per query group: ``groups`` maps a grouping (``source``,
     ``family``) to one label per query; returns ``(overall, {grouping: {label: {method: Metrics}}})``.
+    The same as :func:`metrics_by_group` over :func:`score_methods` (``windows``: see there).
+    """
+    positives = _positives_matrix(query_origin, len(queries), len(references))
+    sims = score_methods(queries, references, methods, batch_size=batch_size, progress=progress, windows=windows)
+    return metrics_by_group(sims, positives, groups=groups, k=k)
+
+
+def metrics_by_group(
+    sims: dict[str, np.ndarray], positives: np.ndarray, *, groups: dict[str, Sequence[str | None]] | None = None,
+    k: int | None = DEFAULT_K,
+) -> tuple[dict[str, Metrics], dict[str, dict[str, dict[str, Metrics]]]]:
+    """The metrics of :func:`evaluate_methods_by_group` from the methods' ``Q x R`` scores (:func:`score_methods`)."""
+    results = {name: compute_metrics(s, positives, k=k) for name, s in sims.items()}
+    return results, _group_metrics(sims, positives, groups or {}, k)
+
+
+def score_methods(
+    queries: Sequence[np.ndarray], references: Sequence[np.ndarray], methods: Sequence[Method], *,
+    batch_size: int = 64, progress: bool = True, windows: dict[str, tuple[str, float]] | None = None,
+) -> dict[str, np.ndarray]:
+    """Each method's ``Q x R`` similarity matrix, in the order of ``methods``.
 
     A method with ``parts`` and ``combine`` (:class:`FusedMethod`) is assembled from its parts'
     descriptors when they were computed in this run. ``windows`` maps a method name to ``(match.windows,
     match.threshold)``: that method is scored with the query windows, and its whole-image scores are
     reported beside it as ``<name>_whole``.
     """
-    positives = _positives_matrix(query_origin, len(queries), len(references))
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
         raise ValueError(f"method names must be unique, got {names}")
-    results: dict[str, Metrics] = {}
     sims: dict[str, np.ndarray] = {}
     done: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     # Combined methods go after the signals they combine, whatever the report order.
@@ -529,10 +550,7 @@ def evaluate_methods_by_group(
         if method.name in (windows or {}):
             sims[method.name + WHOLE_SUFFIX] = sims[method.name]
             sims[method.name] = windowed_similarity(method, queries, qry, ref, sims[method.name], *windows[method.name])  # type: ignore[index]
-    order = [n for name in names for n in (name, name + WHOLE_SUFFIX) if n in sims]
-    sims = {name: sims[name] for name in order}
-    results = {name: compute_metrics(s, positives, k=k) for name, s in sims.items()}
-    return results, _group_metrics(sims, positives, groups or {}, k)
+    return {n: sims[n] for name in names for n in (name, name + WHOLE_SUFFIX) if n in sims}
 
 
 #: suffix of the whole-image-only row reported beside a method evaluated with query windows

@@ -19,6 +19,7 @@ from typing import Any
 
 from id2_plugin.extras import require
 
+from . import _pdf
 from .suite import METRIC_FIELDS, CurvePoint, RobustnessResult
 
 #: Curve-point columns, in the order of ``curves.csv``.
@@ -111,21 +112,40 @@ def _grid_figure(result: RobustnessResult, metric: str, title: str, series: Sequ
             if not pts:
                 continue
             pol = pts[0].resize_policy
-            # Earlier series are drawn wider so that identical curves (e.g. all at 1.0) stay visible.
-            width = max(1.2, 4.5 - 1.1 * i)
-            ax.plot([p.level for p in pts], [getattr(p, metric) for p in pts], marker="o", ms=width + 2, lw=width,
-                    alpha=0.85, ls=styles.get(pol, "-"), color=f"C{_method_colour(result, pts[0].method)}", label=name)
+            # Equal curves (e.g. every method at 1.0) would hide each other: each series gets its own
+            # marker and a small fixed offset, stated in the legend note.
+            dx, dy = _offset(i, len(series))
+            ax.plot([p.level + dx for p in pts], [getattr(p, metric) + dy for p in pts],
+                    marker=_MARKERS[i % len(_MARKERS)], ms=6, lw=1.8, alpha=0.85, ls=styles.get(pol, "-"),
+                    color=f"C{_method_colour(result, pts[0].method)}", label=name)
         ax.set_title(fam, fontsize=10)
         ax.set_xticks(range(len(labels)), labels, fontsize=8)
-        ax.set_ylim(-0.03, 1.03)
+        ax.set_ylim(-0.05, 1.06)
         ax.grid(alpha=0.3)
         ax.set_xlabel("mild → strong", fontsize=8)
     for ax in axes.ravel()[len(fams):]:
         ax.set_visible(False)
     handles, names = axes.ravel()[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="outside lower center", ncols=min(6, max(1, len(names))), fontsize=9)
+    legend = fig.legend(handles, names, loc="outside lower center", ncols=min(6, max(1, len(names))), fontsize=9,
+                        title=_OFFSET_NOTE if len(series) > 1 else None, title_fontsize=8)
+    legend.get_title().set_color("#555555")
     fig.suptitle(title, fontsize=12)
     return fig
+
+
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+#: the largest offset drawn, in level units (x) and metric units (y)
+_MAX_DX, _MAX_DY = 0.12, 0.025
+_OFFSET_NOTE = (f"series are drawn up to ±{_MAX_DY} apart (and ±{_MAX_DX} along the level axis) so equal "
+                "values stay visible; the tables give the exact numbers")
+
+
+def _offset(i: int, n: int) -> tuple[float, float]:
+    """Series ``i`` of ``n``: a fixed small (dx, dy), spread evenly and centred on zero."""
+    if n < 2:
+        return 0.0, 0.0
+    t = 2 * i / (n - 1) - 1
+    return _MAX_DX * t, -_MAX_DY * t
 
 
 def _method_colour(result: RobustnessResult, method: str) -> int:
@@ -316,35 +336,53 @@ def write_html(result: RobustnessResult, path: str | os.PathLike) -> Path:
 # --------------------------------------------------------------------------------------------------
 # PDF
 # --------------------------------------------------------------------------------------------------
-def _table_figure(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> Any:
-    figure_mod = require("matplotlib.figure")
-    fig = figure_mod.Figure(figsize=(11, 0.5 + 0.26 * (len(rows) + 2)), dpi=100)
-    ax = fig.add_subplot()
-    ax.axis("off")
-    ax.set_title(title, fontsize=11, loc="left")
-    tbl = ax.table(cellText=[list(r) for r in rows] or [["–"] * len(headers)], colLabels=list(headers), loc="upper center", cellLoc="right")
-    tbl.auto_set_font_size(False)
-    tbl.set_fontsize(8)
-    tbl.scale(1, 1.2)
-    return fig
+def _title_page(result: RobustnessResult) -> Any:
+    ds, prov = result.dataset, result.provenance
+    kind = "image copies: the unedited photo is the query" if ds.get("kind") == "photos" else "edited queries from a pairs manifest"
+    intro = (f"{ds.get('n_queries')} queries ({kind}) against {ds.get('n_references')} references "
+             f"({ds.get('n_distractors')} distractors), normalised to {ds.get('input_size')} px with "
+             f"{ds.get('resize_policy')}. Top-1 is pessimistic (ties count as errors); micro-AP and recall at precision "
+             "pool the top-100 predictions of all queries (ISC 2021); thresholds are on each method's own scale "
+             "(cosine for id2 / vae_raw, 1 - Hamming/bits for pdq / phash).")
+    contents = ("Contents: curves per metric; top-1 per attack level; one table per attack (top-1 and MATCH at the "
+                "operating threshold with 95% intervals); failure examples; provenance.")
+    facts = [("methods", ", ".join(ds.get("methods", []))), ("date", str(prov.get("date"))),
+             ("seed", str(prov.get("seed"))), ("command", str(prov.get("command"))),
+             ("git commit", str(prov.get("git_commit"))), *(("note", n) for n in result.notes)]
+    return _pdf.title_figure("id2-plugin robustness report", [intro, contents], facts)
+
+
+def _plain_rows(rows: Sequence[Sequence[str]]) -> list[list[str]]:
+    """HTML table cells as plain text for the PDF."""
+    return [[html.unescape(c).replace("<b>", "").replace("</b>", "") for c in r] for r in rows]
+
+
+def pdf_pages(result: RobustnessResult) -> list[tuple[str, Any]]:
+    """(kind, Figure) per PDF page: title, curves, headline table, one table per attack, failures, provenance."""
+    plain = _plain_rows
+    pages: list[tuple[str, Any]] = [("title", _title_page(result))]
+    pages += [("curves", fig) for _, fig in figures(result)]
+    headers, rows = headline_rows(result)
+    pages += [("table", f) for f in _pdf.table_figures("top-1 per attack level", headers, plain(rows))]
+    for fam in _families(result):
+        trows, _ = _attack_rows(result, fam)
+        pages += [("table", f) for f in _pdf.table_figures(f"attack: {fam}", ATTACK_HEADERS, plain(trows))]
+    pages += [("failures", f) for f in _pdf.failure_figures(result.failures)]
+    prov = dict(result.provenance)
+    machine = prov.pop("machine", {}) or {}
+    prow = [[k, str(v)] for k, v in prov.items()] + [[f"machine.{k}", str(v)] for k, v in machine.items()]
+    prow += [[f"dataset.{k}", str(v)] for k, v in result.dataset.items()]
+    pages += [("table", f) for f in _pdf.table_figures("provenance", ["field", "value"], prow)]
+    return pages
 
 
 def write_pdf(result: RobustnessResult, path: str | os.PathLike) -> Path:
-    """Plots, then one table page per attack family, then provenance."""
+    """The pages of :func:`pdf_pages`, in order."""
     backend_pdf = require("matplotlib.backends.backend_pdf")
     path = Path(path)
     with backend_pdf.PdfPages(path, metadata={"Title": "id2-plugin robustness report", "Creator": "id2-plugin"}) as pdf:
-        for _, fig in figures(result):
+        for _, fig in pdf_pages(result):
             pdf.savefig(fig)
-        headers, rows = headline_rows(result)
-        pdf.savefig(_table_figure("top-1 per attack level", headers, [[html.unescape(c) for c in r] for r in rows]))
-        for fam in _families(result):
-            trows, _ = _attack_rows(result, fam)
-            pdf.savefig(_table_figure(f"attack: {fam}", ATTACK_HEADERS, [[html.unescape(c) for c in r] for r in trows]))
-        prov = dict(result.provenance)
-        machine = prov.pop("machine", {}) or {}
-        prow = [[k, str(v)[:110]] for k, v in prov.items()] + [[f"machine.{k}", str(v)] for k, v in machine.items()]
-        pdf.savefig(_table_figure("provenance", ["field", "value"], prow))
     return path
 
 

@@ -202,7 +202,7 @@ def _invoke(args: list[str]):
 def test_calibrate_command_and_identifier_end_to_end(
     calib_data, real_scores, taef2_encoder, latent_cache, tmp_path: Path
 ) -> None:
-    from id2_plugin.config import StoreConfig, load_config
+    from id2_plugin.config import MatchConfig, StoreConfig, load_config
     from id2_plugin.embedders.base import Embedder
     from id2_plugin.identify import Identifier, open_store
     from id2_plugin.types import ReferenceRecord
@@ -215,9 +215,16 @@ def test_calibrate_command_and_identifier_end_to_end(
     # --cache: the library scores above came through the (float16) latent cache; the same latents here
     res = _invoke(["calibrate", "--pairs", str(d / "pairs.jsonl"), "--negatives", str(d / "negatives"),
                    "--target-fpr", "0.05", "--projection", "none", "--out", str(out), "--plot", str(plot),
-                   "--cache", os.environ["ID2_TEST_CACHE_DIR"]])
+                   "--cache", os.environ["ID2_TEST_CACHE_DIR"], "--per-query", str(tmp_path / "pq.jsonl")])
     assert res.exit_code == 0, res.output
-    assert "threshold" in res.stdout and "upper bound" in res.stdout
+    assert "threshold" in res.stdout and "upper bound" in res.stdout and "Hamming" not in res.stdout
+    records = [json.loads(line) for line in (tmp_path / "pq.jsonl").read_text().splitlines()]
+    pos_recs = [r for r in records if r["kind"] == "positive"]
+    neg_recs = [r for r in records if r["kind"] == "negative"]
+    assert (len(pos_recs), len(neg_recs)) == (N_REF, N_NEG)
+    assert sorted(r["score"] for r in pos_recs) == pytest.approx(sorted(real_scores[0]), abs=1e-4)
+    assert sum(r["best_wrong_score"] >= expected.threshold for r in neg_recs) == expected.false_matches
+    assert {r["best_wrong"] for r in neg_recs} <= {str(o) for o in calib_data["origins"]}
     cfg = load_config(out)
     # float32 cosines summed in other chunk sizes differ in the last bits: equal up to that
     assert cfg.match.threshold == pytest.approx(expected.threshold, rel=1e-6)
@@ -235,6 +242,21 @@ def test_calibrate_command_and_identifier_end_to_end(
     assert res.exit_code == 0, res.output
     fused_cfg = load_config(fused_out)
     assert fused_cfg.calibration.embedder.startswith("fused[id2=") and fused_cfg.calibration.recall >= 0.8
+
+    # 1c. A PDQ threshold for HMA: in Hamming bits beside the similarity, match.threshold left unset.
+    pdq_out = tmp_path / "cal_pdq.yaml"
+    res = _invoke(["calibrate", "--pairs", str(d / "pairs.jsonl"), "--negatives", str(d / "negatives"),
+                   "--target-fpr", "0.05", "--method", "pdq", "--out", str(pdq_out), "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["n_bits"] == 256 and doc["threshold_bits"] == int((1 - doc["threshold"]) * 256 + 1e-6)
+    pdq_cfg = load_config(pdq_out)
+    assert (pdq_cfg.calibration.method, pdq_cfg.calibration.threshold_bits) == ("pdq", doc["threshold_bits"])
+    assert pdq_cfg.match.threshold == MatchConfig().threshold  # the plugin does not match with PDQ
+    assert pdq_cfg.calibration.embedder.startswith("pdq")
+    res = _invoke(["calibrate", "--pairs", str(d / "pairs.jsonl"), "--negatives", str(d / "negatives"),
+                   "--target-fpr", "0.05", "--method", "phash", "--out", str(tmp_path / "cal_phash.yaml")])
+    assert res.exit_code == 0 and "match when distance <= " in res.stdout and "of 64 bits" in res.stdout
 
     # 2. Too few negatives for 1e-3: refused with exit 2 and nothing written.
     refused = tmp_path / "refused.yaml"

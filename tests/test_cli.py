@@ -42,7 +42,7 @@ def invoke(runner: CliRunner, store: Path, *args: str):
 def test_index_query_remove_cycle(runner: CliRunner, library: Path, tmp_path: Path, photo_paths: list[Path]) -> None:
     store = tmp_path / "store"
     res = invoke(runner, store, "index", "add", str(library))
-    assert res.exit_code == 1, res.output  # one broken file: reported and skipped, the rest indexed
+    assert res.exit_code == 4, res.output  # one broken file: reported and skipped, the rest indexed
     assert "broken.jpg" in res.output and "added 10" in res.output
     again = invoke(runner, store, "index", "add", str(library / "sub"))
     assert "added 0" in again.output and "duplicates skipped 4" in again.output
@@ -67,8 +67,11 @@ def test_index_query_remove_cycle(runner: CliRunner, library: Path, tmp_path: Pa
         assert m["score"] == pytest.approx(sum(weights[k] * v for k, v in m["signals"].items()), abs=1e-3)
     assert report["best"]["signals"]["sscd"] > 0.5
 
+    # "no match" and "unreadable" are told apart; an unreadable input wins, the answer being incomplete
+    res = invoke(runner, store, "query", "--threshold", "0.99999", str(photo_paths[700]))
+    assert res.exit_code == 1 and "NO_MATCH" in res.output and "ERROR" not in res.output
     res = invoke(runner, store, "query", "--threshold", "0.99999", str(photo_paths[700]), str(library / "sub" / "broken.jpg"))
-    assert res.exit_code == 1 and "NO_MATCH" in res.output and "ERROR" in res.output
+    assert res.exit_code == 4 and "NO_MATCH" in res.output and "ERROR" in res.output
 
     # a copy turned 90 degrees clockwise: found upright once --rotations lets the query be turned back
     turned = tmp_path / "turned.jpg"
@@ -87,7 +90,7 @@ def test_index_query_remove_cycle(runner: CliRunner, library: Path, tmp_path: Pa
 def test_embed_to_npz(runner: CliRunner, library: Path, tmp_path: Path) -> None:
     out = tmp_path / "e.npz"
     res = runner.invoke(cli, ["embed", str(library / "sub"), "--out", str(out)])
-    assert res.exit_code == 1  # broken.jpg
+    assert res.exit_code == 4  # broken.jpg
     data = np.load(out)
     assert data["embeddings"].shape[0] == 4 and np.allclose(np.linalg.norm(data["embeddings"], axis=1), 1, atol=1e-5)
 
@@ -161,7 +164,7 @@ def test_unwalkable_paths_are_reported_and_the_rest_indexed(runner: CliRunner, p
         res = _sscd(runner, tmp_path / "store", "index", "add", str(tmp_path / "missing.jpg"), str(root))
     finally:
         locked.chmod(0o755)
-    assert res.exit_code == 1, res.output
+    assert res.exit_code == 4, res.output
     assert "missing.jpg: not found" in res.output and "gone.jpg: dangling symbolic link" in res.output
     assert "up: symbolic link loop" in res.output
     if os.geteuid() != 0:  # root reads a mode-000 folder anyway
@@ -220,3 +223,25 @@ def test_a_missing_store_fails_before_the_model_loads(runner: CliRunner, tmp_pat
     res = runner.invoke(cli, ["--set", f"store.path={tmp_path / 'none'}", "--set", "embedder.name=taef2",
                               "--set", f"embedder.weights={tmp_path / 'absent.safetensors'}", "query", str(photo_paths[0])])
     assert res.exit_code == 3 and "store" in res.output.lower() and "absent.safetensors" not in res.output
+    # nothing readable to embed: exit 4 at once, the weights never looked at
+    res = runner.invoke(cli, ["--set", "embedder.name=taef2", "--set", f"embedder.weights={tmp_path / 'absent.safetensors'}",
+                              "embed", str(tmp_path / "missing.jpg"), "--out", str(tmp_path / "e.npz")])
+    assert res.exit_code == 4 and "missing.jpg: not found" in res.output and "absent.safetensors" not in res.output
+    assert not (tmp_path / "e.npz").exists()
+
+
+def test_readme_exit_code_table_is_the_code() -> None:
+    """The README's one table lists exactly the codes cli_support defines, with the same meanings."""
+    import re
+
+    from id2_plugin import cli_support
+    from id2_plugin.errors import ConfigError, MediaError, StoreError
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = dict(re.findall(r"^\| \*\*(\d)\*\* \| (\w[^|]*)\|", readme, re.M))
+    assert set(map(int, table)) == {cli_support.EXIT_OK, cli_support.EXIT_NO_MATCH, cli_support.EXIT_USAGE,
+                                    cli_support.EXIT_STORE, cli_support.EXIT_UNREADABLE} == {0, 1, 2, 3, 4}
+    assert table["1"].startswith("no match") and table["4"].startswith("some input was unreadable")
+    assert [cli_support.exit_code_for(e("x")) for e in (ConfigError, StoreError, MediaError)] == [2, 3, 4]
+    assert cli_support.outcome_code(unreadable=2, no_match=3) == 4 and cli_support.outcome_code(no_match=1) == 1
+    assert cli_support.outcome_code() == 0

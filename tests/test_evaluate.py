@@ -3,6 +3,7 @@ baseline methods on real photos, evaluation-set loading and the ``evaluate`` com
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -349,9 +350,11 @@ def test_evaluate_command(real_copies, tmp_path: Path, taef2_encoder) -> None:
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
     distractors = [str(p) for p in real_copies["distractors"]]
+    per_query = tmp_path / "per-query.jsonl"
     res = _invoke(["evaluate", "--pairs", str(manifest), "--projection", "none", "--json", "--k", "10",
+                   "--per-query", str(per_query),
                    "--distractors", str(broken), *sum((["--distractors", d] for d in distractors), [])])
-    assert res.exit_code == 1, res.output  # the broken distractor is reported and skipped
+    assert res.exit_code == 4, res.output  # the broken distractor is reported and skipped
     assert "broken.jpg" in res.stderr
     out = json.loads(res.stdout)
     # no W configured -> no id2 and nothing to fuse; SSCD is scored beside the raw latent
@@ -360,21 +363,62 @@ def test_evaluate_command(real_copies, tmp_path: Path, taef2_encoder) -> None:
     for name, m in out["methods"].items():
         assert {"top1", "mAP", "micro_ap", "recall_at_p90"} <= set(m)
         assert m["top1"] >= 0.9, name
+    _check_per_query(per_query, out, real_copies)
 
     w_path = tmp_path / "w.safetensors"
     w = np.random.default_rng(0).standard_normal((taef2_encoder.latent_dim // 16, 32)).astype(np.float32)
     Projection(w, pool=4).save(w_path)
     res = _invoke(["evaluate", "--pairs", str(manifest), "--projection", str(w_path), "--method", "id2",
-                   "--method", "pdq", *sum((["--distractors", d] for d in distractors), [])])
+                   "--method", "pdq", "--per-query", str(tmp_path / "pq.csv"), *sum((["--distractors", d] for d in distractors), [])])
     assert res.exit_code == 0, res.output
     lines = res.stdout.splitlines()
     assert lines[0].startswith("10 queries, 30 references (10 origins), k=100")
-    assert [line.split()[0] for line in lines[3:]] == ["id2", "pdq"]
+    assert [line.split()[0] for line in lines[3:5]] == ["id2", "pdq"]
+    assert lines[5].startswith("pdq thresholds in Hamming bits of 256 (HMA units): thr@P90 distance <= ")
+    rows = list(csv.DictReader((tmp_path / "pq.csv").open()))
+    assert [r["method"] for r in rows] == ["id2", "pdq"] * 10 and rows[0]["query"] == str(real_copies["copies"][0])
+    assert all(r["distance_bits"] == "" for r in rows[::2]) and all(r["distance_bits"].isdigit() for r in rows[1::2])
 
     res = _invoke(["evaluate", "--pairs", str(tmp_path / "missing.jsonl"), "--projection", "none"])
     assert res.exit_code == 2 and "not found" in res.stderr
     res = _invoke(["evaluate", "--pairs", str(manifest), "--projection", "none", "--method", "id2"])
     assert res.exit_code == 2 and "not available" in res.stderr
+
+
+def _check_per_query(path: Path, out: dict, real_copies: dict) -> None:
+    """Each method's records agree with its reported metrics; hash scores also come in Hamming bits."""
+    from id2_plugin.per_query import max_distance_bits
+
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(records) == 10 * len(out["methods"]) and {r["kind"] for r in records} == {"positive"}
+    for name, m in out["methods"].items():
+        mine = [r for r in records if r["method"] == name]
+        assert [r["query"] for r in mine] == [str(c) for c in real_copies["copies"]]
+        assert [r["origin"] for r in mine] == [str(o) for o in real_copies["origins"]]
+        assert np.mean([r["rank"] == 1 for r in mine]) == pytest.approx(m["top1"])
+        assert all((r["rank"] == 1) == (r["score"] > r["best_wrong_score"]) for r in mine)
+        assert all(r["best_wrong"] != r["origin"] for r in mine)
+    for name, n_bits in (("pdq", 256), ("phash", 64)):
+        m = out["methods"][name]
+        assert m["n_bits"] == n_bits and m["threshold_at_p90_bits"] == max_distance_bits(m["threshold_at_p90"], n_bits)
+        for r in (r for r in records if r["method"] == name):
+            assert r["distance_bits"] == round((1 - r["score"]) * n_bits)
+            assert r["best_wrong_distance_bits"] == round((1 - r["best_wrong_score"]) * n_bits)
+
+
+def test_per_query_records_rank_pessimistically() -> None:
+    from id2_plugin.per_query import distance_bits, max_distance_bits, query_records
+
+    scores = np.array([[0.9, 0.9, 0.1], [0.2, 0.8, 0.7], [0.5, 0.3, 0.4]])
+    positives = np.array([[True, False, False], [True, False, True], [False, False, False]])
+    recs = query_records("pdq", scores, positives, ["q0", "q1", "q2"], ["a", "b", "c"], n_bits=64)
+    # q0: a wrong reference tied with the origin ranks above it; q1: the best of two origins counts
+    assert [(r["origin"], r["rank"], r["best_wrong"]) for r in recs] == [("a", 2, "b"), ("c", 2, "b"), (None, None, "a")]
+    assert [r["kind"] for r in recs] == ["positive", "positive", "negative"]
+    assert recs[1]["score"] == 0.7 and recs[1]["distance_bits"] == 19 and recs[1]["best_wrong_distance_bits"] == 13
+    # PDQ similarity 1 - d/256: HMA's default distance 31 is similarity 0.87890625, and back
+    assert max_distance_bits(1 - 31 / 256, 256) == 31 == distance_bits(1 - 31 / 256, 256)
+    assert max_distance_bits(0.88, 256) == 30
 
 
 def test_evaluate_command_default_is_fused_with_per_source_breakdown(real_copies, tmp_path: Path, photo_paths, restaged) -> None:

@@ -97,5 +97,7 @@ def test_cli_explain_writes_only_where_asked(pair, tmp_path: Path, monkeypatch: 
     doc = json.loads(result.stdout)
     assert doc["is_match"] and doc["score"] > 0.99 and doc["out"] is None
     assert os.listdir(tmp_path) == []
+    unrelated = CliRunner().invoke(cli, ["--set", "embedder.device=cpu", "explain", str(ref), str(pair[2])])
+    assert unrelated.exit_code == 1 and "NO MATCH" in unrelated.stdout  # exit 1: below the threshold
     bad = CliRunner().invoke(cli, ["explain", str(ref), str(ref), "--out", "x.jpg"])
     assert bad.exit_code == 2 and "png or .html" in bad.stderr

@@ -12,8 +12,8 @@ import click
 import numpy as np
 
 from ..cli_support import (
+    EXIT_NO_MATCH,
     EXIT_OK,
-    EXIT_SOFT_FAIL,
     EXIT_STORE,
     config_from_flags,
     config_option_flags,
@@ -22,6 +22,7 @@ from ..cli_support import (
     get_state,
     handle_errors,
     match_option_flags,
+    outcome_code,
     parse_rotations,
 )
 from ..errors import MediaError
@@ -45,7 +46,8 @@ def index_group() -> None:
 @handle_errors
 def index_add(ctx: click.Context, paths: tuple[str, ...], labels: tuple[str, ...], index_type: str | None,
               commit_every: int, **flags: Any) -> None:
-    """Embed images (folders recurse) and add them to the store; duplicates (same bytes) are skipped."""
+    """Embed images (folders recurse) and add them to the store; duplicates (same bytes) are skipped.
+    Exit 4 if some file could not be read (reported; the rest is added)."""
     from ..pipeline import Pipeline
 
     cfg = config_from_flags(ctx, **flags)
@@ -60,7 +62,7 @@ def index_add(ctx: click.Context, paths: tuple[str, ...], labels: tuple[str, ...
     failed = len(res.failures) + len(problems)
     click.echo(f"added {len(res.added)}, duplicates skipped {len(res.duplicates)}, failed {failed}; "
                f"store now holds {res.store_count} references")
-    sys.exit(EXIT_SOFT_FAIL if failed else EXIT_OK)
+    sys.exit(outcome_code(unreadable=failed))
 
 
 @index_group.command("info")
@@ -95,7 +97,8 @@ def index_info(ctx: click.Context, as_json: bool, **flags: Any) -> None:
 @click.pass_context
 @handle_errors
 def index_remove(ctx: click.Context, keys: tuple[str, ...], **flags: Any) -> None:
-    """Remove references by reference id, sha256, or the path of the original file."""
+    """Remove references by reference id, sha256, or the path of the original file. Exit 1 if some key
+    matched no reference."""
     from ..identify import open_store
     from ..pipeline import remove_references
 
@@ -104,7 +107,7 @@ def index_remove(ctx: click.Context, keys: tuple[str, ...], **flags: Any) -> Non
     with open_store(cfg.store, embedder_identity=None, dim=None, create=False) as store:
         n = remove_references(store, keys)
     click.echo(f"removed {n} of {len(keys)}")
-    sys.exit(EXIT_OK if n == len(keys) else EXIT_SOFT_FAIL)
+    sys.exit(EXIT_OK if n == len(keys) else EXIT_NO_MATCH)
 
 
 @click.command("query")
@@ -120,44 +123,47 @@ def index_remove(ctx: click.Context, keys: tuple[str, ...], **flags: Any) -> Non
 @click.pass_context
 @handle_errors
 def query(ctx: click.Context, files: tuple[str, ...], as_json: bool, **flags: Any) -> None:
-    """Identify the origin of each FILE (folders recurse). Exit 1 if any file has no match or is bad media."""
+    """Identify the origin of each FILE (folders recurse). Exit 1 if some file has no match, 4 if some
+    file could not be read (reported; the rest is still queried)."""
     from ..pipeline import Pipeline
 
     cfg = config_from_flags(ctx, **flags)
     paths, problems = expand_inputs(files)
     with Pipeline.from_config(cfg) as pipeline:
-        soft_fail = _query_paths(pipeline, paths, as_json) or bool(problems)
-    sys.exit(EXIT_SOFT_FAIL if soft_fail else EXIT_OK)
+        unmatched, unreadable = _query_paths(pipeline, paths, as_json)
+    sys.exit(outcome_code(unreadable=unreadable + len(problems), no_match=unmatched))
 
 
-def _query_paths(pipeline: Any, paths: list[Path], as_json: bool) -> bool:
-    """Print each report as its batch finishes; True when some file had no match or was unusable."""
+def _query_paths(pipeline: Any, paths: list[Path], as_json: bool) -> tuple[int, int]:
+    """Print each report as its batch finishes; the number of files with no match and of unusable files."""
     from tqdm import tqdm
 
-    soft_fail = False
+    counts = {"match": 0, "no_match": 0, "error": 0}
     with tqdm(total=len(paths), desc="querying", unit="img", disable=len(paths) < 2 or as_json) as bar:
         for path, report in zip(paths, pipeline.identify_iter(paths)):
-            soft_fail |= _print_report(path, report, as_json)
+            counts[_print_report(path, report, as_json)] += 1
             bar.update(1)
-    return soft_fail
+    return counts["no_match"], counts["error"]
 
 
-def _print_report(path: Path, report: Any, as_json: bool) -> bool:
+def _print_report(path: Path, report: Any, as_json: bool) -> str:
+    """Print one report; its outcome: ``match``, ``no_match`` or ``error``."""
     if isinstance(report, MediaError):
         if as_json:
             echo_json({"query": str(path), "error": str(report)})
         else:
             click.echo(f"{path}: ERROR {report}", err=True)
-        return True
+        return "error"
+    outcome = "match" if report.is_match else "no_match"
     if as_json:
         echo_json(report.to_dict())
-        return not report.is_match
+        return outcome
     click.echo(f"{path}: {report.decision.upper()} (threshold {report.threshold:.3f})")
     for m in report.matches:
         evidence = "".join(f" {name}={score:.3f}" for name, score in m.signals)
         turned = "".join(f" ({v})" for v in (m.orientation, m.window and f"window {m.window}") if v)
         click.echo(f"  #{m.rank} score={m.score:.4f}{evidence}{turned} id={m.reference_id} {m.uri}")
-    return not report.is_match
+    return outcome
 
 
 @click.command("embed")
@@ -167,12 +173,13 @@ def _print_report(path: Path, report: Any, as_json: bool) -> bool:
 @click.pass_context
 @handle_errors
 def embed(ctx: click.Context, files: tuple[str, ...], out: str, **flags: Any) -> None:
-    """Embed FILEs (folders recurse) into an .npz with arrays ``embeddings`` and ``paths``."""
+    """Embed FILEs (folders recurse) into an .npz with arrays ``embeddings`` and ``paths``. Exit 4 if some
+    file could not be read (reported and left out)."""
     from ..pipeline import embedder_from_config
 
     cfg = config_from_flags(ctx, **flags)
+    paths, problems = expand_inputs(files)  # before the model loads: a wrong path fails in milliseconds
     embedder = embedder_from_config(cfg)
-    paths, problems = expand_inputs(files)
     vecs, names, bad = [], [], len(problems)
     for item in embedder.embed_iter(paths, progress="embedding", total=len(paths)):
         if item.error is not None:
@@ -184,7 +191,7 @@ def embed(ctx: click.Context, files: tuple[str, ...], out: str, **flags: Any) ->
     arr = np.stack(vecs) if vecs else np.zeros((0, embedder.dim), np.float32)
     np.savez(out, embeddings=arr, paths=np.array(names), embedder=np.array(embedder.identity))
     click.echo(f"wrote {len(vecs)} embeddings of dim {embedder.dim} to {out}" + (f"; {bad} failed" if bad else ""))
-    sys.exit(EXIT_SOFT_FAIL if bad else EXIT_OK)
+    sys.exit(outcome_code(unreadable=bad))
 
 
 @click.group("config")

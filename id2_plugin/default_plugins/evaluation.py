@@ -10,10 +10,11 @@ from typing import Any
 
 import click
 
-from ..cli_support import EXIT_OK, EXIT_SOFT_FAIL, cache_option, config_from_flags, config_option_flags, echo_json, handle_errors
+from ..cli_support import cache_option, config_from_flags, config_option_flags, echo_json, handle_errors, outcome_code
 from ..errors import ConfigError
 from ..calibrate import save_histogram
 from ..evaluate import DEFAULT_K, METHOD_NAMES, EmbedderMethod, load_images, load_pairs_for_eval, prepare_eval_set
+from ..per_query import max_distance_bits, method_bits
 from ..pipeline import Pipeline, embedder_from_config
 
 from ..hookspecs import hookimpl
@@ -59,22 +60,27 @@ def _report_skipped(skipped: list[str]) -> None:
 @click.option("--method", "method_names", multiple=True, type=click.Choice(METHOD_NAMES),
               help="Evaluate only these methods (repeatable; default: all available).")
 @click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object.")
+@click.option("--per-query", "per_query_path", type=click.Path(dir_okay=False), default=None,
+              help="Write one record per query and method to FILE (.csv, else JSON Lines): origin, its rank "
+                   "and score, the best wrong reference and its score (PDQ/pHash also in Hamming bits).")
 @cache_option
 @config_option_flags
 @click.pass_context
 @handle_errors
 def evaluate_command(ctx: click.Context, pairs_path: str, distractors: tuple[str, ...], max_distractors: int | None, eval_k: int,
-                     method_names: tuple[str, ...], as_json: bool, **flags: Any) -> None:
+                     method_names: tuple[str, ...], as_json: bool, per_query_path: str | None, **flags: Any) -> None:
     """Retrieval metrics (top-1, mAP, micro-AP, recall at 90%/99.9% precision) of id2 and baselines.
 
-    id2 is evaluated when a W is configured (or shipped); vae_raw, pdq and phash always. Exit 1 when
+    id2 is evaluated when a W is configured (or shipped); vae_raw, pdq and phash always. Exit 4 when
     some image could not be read (it is reported and skipped).
     """
-    from ..evaluate import evaluate_methods_by_group, format_table, load_pairs_for_eval, prepare_eval_set, query_labels
+    from ..evaluate import metrics_by_group, query_labels, score_methods
 
     if eval_k < 1:
         raise ConfigError(f"--k must be >= 1, got {eval_k}")
     cfg = config_from_flags(ctx, **flags)
+    # The manifest and distractor folders first: a wrong path fails before the models load.
+    query_paths, ref_paths, positives = load_pairs_for_eval(pairs_path, distractors, max_distractors)
     embedder = embedder_from_config(cfg, in_memory_only=True)
     methods = comparison_methods(embedder, cfg)
     if method_names:
@@ -83,7 +89,6 @@ def evaluate_command(ctx: click.Context, pairs_path: str, distractors: tuple[str
             raise ConfigError(f"--method {', '.join(unknown)} is not available with this configuration "
                               f"(available: {', '.join(m.name for m in methods)})")
         methods = [m for m in methods if m.name in method_names]
-    query_paths, ref_paths, positives = load_pairs_for_eval(pairs_path, distractors, max_distractors)
     data = prepare_eval_set(query_paths, ref_paths, positives, embedder.normalise)
     _report_skipped(data.skipped)
     if not data.queries or not data.positives.any():
@@ -91,32 +96,65 @@ def evaluate_command(ctx: click.Context, pairs_path: str, distractors: tuple[str
     groups = {key: query_labels(pairs_path, data.query_paths, key) for key in ("source", "family")}
     groups = {key: labels for key, labels in groups.items() if any(labels)}
     windows = {embedder.name: (cfg.match.windows, cfg.match.threshold)} if cfg.match.windows != "off" else None
-    results, by_group = evaluate_methods_by_group(data.queries, data.positives, data.references, methods, groups=groups, k=eval_k,
-                                                  windows=windows)
-    n_q, n_r = len(data.queries), len(data.references)
+    sims = score_methods(data.queries, data.references, methods, windows=windows)
+    results, by_group = metrics_by_group(sims, data.positives, groups=groups, k=eval_k)
+    bits = {m.name: method_bits(m) for m in methods if method_bits(m)}
+    if per_query_path:
+        _write_per_query(per_query_path, sims, data, bits)
+    head = dict(default=embedder.name, windows=cfg.match.windows, n_queries=len(data.queries), n_references=len(data.references),
+                k=eval_k, embedder=embedder.identity, skipped=data.skipped)
     if as_json:
-        doc: dict[str, Any] = {
-            "methods": {name: m.to_dict() for name, m in results.items()},
-            "default": embedder.name,
-            "windows": cfg.match.windows,
-            "n_queries": n_q,
-            "n_references": n_r,
-            "k": eval_k,
-            "embedder": embedder.identity,
-            "skipped": data.skipped,
-        }
-        for key, table in by_group.items():
-            doc[f"per_{key}"] = {label: {name: m.to_dict() for name, m in ms.items()} for label, ms in table.items()}
-        echo_json(doc)
+        echo_json(_evaluation_doc(results, by_group, bits, head, per_query_path))
     else:
-        click.echo(f"{n_q} queries, {n_r} references ({int(data.positives.any(axis=0).sum())} origins), "
-                   f"k={eval_k}, default method {embedder.name} ({embedder.identity})")
-        click.echo(format_table(results))
-        for key, table in by_group.items():
-            if len(table) > 1:
-                click.echo(f"\nper {key} (top1 / mAP):")
-                click.echo(format_group_table(table))
-    sys.exit(EXIT_SOFT_FAIL if data.skipped else EXIT_OK)
+        _print_evaluation(results, by_group, bits, head, int(data.positives.any(axis=0).sum()), per_query_path)
+    sys.exit(outcome_code(unreadable=data.skipped))
+
+
+def _write_per_query(path: str, sims: dict[str, Any], data: Any, bits: dict[str, int]) -> None:
+    from ..per_query import query_records, write_records
+
+    per_method = [query_records(name, s, data.positives, data.query_paths, data.reference_paths, bits.get(name))
+                  for name, s in sims.items()]
+    write_records(path, [rows[i] for i in range(len(data.query_paths)) for rows in per_method])  # grouped by query
+
+
+def _bits_of(m: Any, n_bits: int) -> dict[str, Any]:
+    """A hash method's thresholds as the largest matching Hamming distance (the unit HMA configures)."""
+    from ..per_query import max_distance_bits
+
+    return {"n_bits": n_bits, **{f"{key}_bits": None if m_thr is None else max_distance_bits(m_thr, n_bits)
+                                 for key, m_thr in (("threshold_at_p90", m.threshold_at_p90),
+                                                    ("threshold_at_p999", m.threshold_at_p999))}}
+
+
+def _evaluation_doc(results: dict[str, Any], by_group: dict[str, Any], bits: dict[str, int], head: dict[str, Any],
+                    per_query_path: str | None) -> dict[str, Any]:
+    methods = {name: dict(m.to_dict(), **(_bits_of(m, bits[name]) if name in bits else {})) for name, m in results.items()}
+    doc: dict[str, Any] = {"methods": methods, **head, "per_query": per_query_path}
+    for key, table in by_group.items():
+        doc[f"per_{key}"] = {label: {name: m.to_dict() for name, m in ms.items()} for label, ms in table.items()}
+    return doc
+
+
+def _print_evaluation(results: dict[str, Any], by_group: dict[str, Any], bits: dict[str, int], head: dict[str, Any],
+                      n_origins: int, per_query_path: str | None) -> None:
+    from ..evaluate import format_table
+
+    click.echo(f"{head['n_queries']} queries, {head['n_references']} references ({n_origins} origins), "
+               f"k={head['k']}, default method {head['default']} ({head['embedder']}), query windows {head['windows']}")
+    click.echo(format_table(results))
+    for name, n_bits in bits.items():
+        b = _bits_of(results[name], n_bits)
+        shown = [f"{label} distance <= {b[key]}" for label, key in (("thr@P90", "threshold_at_p90_bits"),
+                                                                   ("thr@P99.9", "threshold_at_p999_bits")) if b[key] is not None]
+        if shown:
+            click.echo(f"{name} thresholds in Hamming bits of {n_bits} (HMA units): {'; '.join(shown)}")
+    for key, table in by_group.items():
+        if len(table) > 1:
+            click.echo(f"\nper {key} (top1 / mAP):")
+            click.echo(format_group_table(table))
+    if per_query_path:
+        click.echo(f"per-query records in {per_query_path}")
 
 
 @click.command("calibrate")
@@ -135,13 +173,20 @@ def evaluate_command(ctx: click.Context, pairs_path: str, distractors: tuple[str
               help="YAML config to write (match.threshold + calibration provenance).")
 @click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False), help="Save a score histogram (PNG).")
 @click.option("--json", "as_json", is_flag=True, help="Print the calibration as one JSON object.")
+@click.option("--method", "method_name", type=click.Choice(["embedder", "pdq", "phash"]), default="embedder",
+              show_default=True, help="Calibrate the configured embedder, or a PDQ / pHash threshold for another "
+                                      "system (HMA): reported as a Hamming distance too, match.threshold left unset.")
+@click.option("--per-query", "per_query_path", type=click.Path(dir_okay=False), default=None,
+              help="Write one record per query and negative to FILE (.csv, else JSON Lines): origin, rank, "
+                   "score, the best wrong reference and its score.")
 @cache_option
 @config_option_flags
 @click.pass_context
 @handle_errors
 def calibrate_command(ctx: click.Context, pairs_path: str, negative_dirs: tuple[str, ...], distractors: tuple[str, ...],
                       target_fpr: float | None, target_precision: float | None, confidence: float, out_path: str,
-                      plot_path: str | None, as_json: bool, **flags: Any) -> None:
+                      plot_path: str | None, as_json: bool, method_name: str, per_query_path: str | None,
+                      **flags: Any) -> None:
     """Choose match.threshold for a target false-match rate or precision, with a confidence bound.
 
     Negatives are scored against the reference set = the pairs' origins + --distractors, or, when
@@ -149,7 +194,6 @@ def calibrate_command(ctx: click.Context, pairs_path: str, negative_dirs: tuple[
     Negatives identical (same bytes) to a reference are dropped. Writes a config that
     `id2-plugin --config OUT query ...` loads.
     """
-    from ..cache import latent_cache
     from ..calibrate import calibrate_threshold, check_enough_negatives, select_negatives
 
     if target_fpr is None and target_precision is None:
@@ -159,13 +203,13 @@ def calibrate_command(ctx: click.Context, pairs_path: str, negative_dirs: tuple[
     use_store = flags.get("store_path") is not None
     if use_store and distractors:
         raise ConfigError("--distractors and --store are alternatives: the store already is the reference set")
+    if use_store and method_name != "embedder":
+        raise ConfigError(f"--method {method_name} scores against the pairs' origins and --distractors, not a store")
     cfg = config_from_flags(ctx, **flags)
+    query_paths, ref_paths, positives = load_pairs_for_eval(pairs_path, () if use_store else distractors)
     pipeline = Pipeline.from_config(cfg) if use_store else None
     embedder = pipeline.embedder if pipeline is not None else embedder_from_config(cfg, in_memory_only=True)
-    # A VAE embedder's latents go through the cache when asked; a fused or SSCD embedder embeds directly.
-    method = EmbedderMethod(embedder, latent_cache(getattr(embedder, "encoder", None), cfg.cache.dir))
-
-    query_paths, ref_paths, positives = load_pairs_for_eval(pairs_path, () if use_store else distractors)
+    method, identity = _calibration_method(method_name, embedder, cfg)
     data = prepare_eval_set(query_paths, ref_paths, positives, embedder.normalise)
     skipped = list(data.skipped)
     if not data.positives.any():
@@ -178,40 +222,73 @@ def calibrate_command(ctx: click.Context, pairs_path: str, negative_dirs: tuple[
     if dropped:
         click.echo(f"dropped {dropped} negative(s) identical to a reference or query", err=True)
     check_enough_negatives(len(neg_paths), target_fpr, confidence)
-    neg_imgs, _kept, neg_err = load_images(neg_paths, embedder.normalise, "loading negatives")
+    neg_imgs, neg_kept, neg_err = load_images(neg_paths, embedder.normalise, "loading negatives")
     skipped += [f"unreadable, skipped: {e}" for e in neg_err]
     _report_skipped(skipped)
     if not neg_imgs:
         raise ConfigError("no readable negative image")
-    pos, neg, ref_desc = _scores(method, data, neg_imgs, pipeline, cfg.store.path)
+    scored, neg_best, ref_desc = _scores(method, data, neg_imgs, pipeline, cfg.store.path)
+    pos, neg = scored.positive_scores, scored.negative_best
     cal = calibrate_threshold(pos, neg, target_fpr=target_fpr, target_precision=target_precision, confidence=confidence)
-    out = _write_calibration(cfg, cal, embedder.identity, use_store, pairs_path, negative_dirs, ref_desc, out_path)
+    n_bits = method_bits(method)
+    out = _write_calibration(cfg, cal, identity, use_store, pairs_path, negative_dirs, ref_desc, out_path,
+                             None if method_name == "embedder" else method_name, n_bits)
+    if per_query_path:
+        _write_calibration_records(per_query_path, method.name, n_bits, data, scored,
+                                   [neg_paths[i] for i in neg_kept], neg_best)
     if plot_path:
         save_histogram(pos, neg, cal.threshold, plot_path,
                        title=f"{method.name}: threshold {cal.threshold:.4f} ({cal.target} target {cal.target_value:g})")
+    bits = {} if n_bits is None else {"n_bits": n_bits, "threshold_bits": max_distance_bits(cal.threshold, n_bits)}
     if as_json:
-        echo_json(dict(cal.to_dict(), out=str(out), plot=plot_path, embedder=embedder.identity, skipped=skipped))
+        echo_json(dict(cal.to_dict(), **bits, out=str(out), plot=plot_path, per_query=per_query_path,
+                       embedder=identity, skipped=skipped))
     else:
-        _print_calibration(cal, method.name, embedder.identity, ref_desc, out, plot_path)
-    sys.exit(EXIT_SOFT_FAIL if skipped else EXIT_OK)
+        _print_calibration(cal, method.name, identity, ref_desc, out, plot_path, bits)
+    sys.exit(outcome_code(unreadable=skipped))
 
 
-def _scores(method: Any, data: Any, neg_imgs: Any, pipeline: Any, store_path: str) -> tuple[Any, Any, str]:
-    """Positive and negative scores, against the pairs' references or (with a pipeline) its store."""
-    from ..calibrate import calibration_scores, store_best_scores
+def _calibration_method(name: str, embedder: Any, cfg: Any) -> tuple[Any, str]:
+    """The method a calibration scores with, and the identity its threshold holds for."""
+    from ..cache import latent_cache
+    from ..evaluate import PDQMethod, PHashMethod
+
+    if name == "pdq":
+        return PDQMethod(), f"pdq (on {cfg.embedder.input_size} px normalised images)"
+    if name == "phash":
+        return PHashMethod(), f"phash (on {cfg.embedder.input_size} px normalised images)"
+    # A VAE embedder's latents go through the cache when asked; a fused or SSCD embedder embeds directly.
+    return EmbedderMethod(embedder, latent_cache(getattr(embedder, "encoder", None), cfg.cache.dir)), embedder.identity
+
+
+def _scores(method: Any, data: Any, neg_imgs: Any, pipeline: Any, store_path: str) -> tuple[Any, list[Any], str]:
+    """The calibration's scores, each negative's best reference, and a description of the references:
+    the pairs' references or (with a pipeline) its store."""
+    from ..calibrate import score_calibration_set, store_best_matches
     from ..evaluate import embed_images
 
     if pipeline is None:
-        pos, neg = calibration_scores(method, data.queries, data.references, data.positives, neg_imgs, progress=True)
-        return pos, neg, f"{len(data.references)} references (pair origins + distractors)"
+        got = score_calibration_set(method, data.queries, data.references, data.positives, neg_imgs, progress=True)
+        best = [str(data.reference_paths[i]) for i in got.negative_best_index]
+        return got, best, f"{len(data.references)} references (pair origins + distractors)"
     with pipeline:
-        pos, _none = calibration_scores(method, data.queries, data.references, data.positives, None)
-        neg = store_best_scores(pipeline.store, embed_images(method, neg_imgs, progress="negatives"))
-        return pos, neg, f"store {store_path} ({pipeline.store.info().count} references)"
+        got = score_calibration_set(method, data.queries, data.references, data.positives, None)
+        neg, uris = store_best_matches(pipeline.store, embed_images(method, neg_imgs, progress="negatives"))
+        got = dataclasses.replace(got, negative_best=neg)
+        return got, uris, f"store {store_path} ({pipeline.store.info().count} references)"
+
+
+def _write_calibration_records(path: str, name: str, n_bits: int | None, data: Any, scored: Any,
+                               neg_paths: list[Any], neg_best: list[Any]) -> None:
+    from ..per_query import negative_records, query_records, write_records
+
+    records = query_records(name, scored.query_scores, scored.positives, data.query_paths, data.reference_paths, n_bits)
+    write_records(path, records + negative_records(name, neg_paths, neg_best, scored.negative_best, n_bits))
 
 
 def _write_calibration(cfg: Any, cal: Any, identity: str, use_store: bool, pairs_path: str,
-                       negative_dirs: tuple[str, ...], ref_desc: str, out_path: str) -> Path:
+                       negative_dirs: tuple[str, ...], ref_desc: str, out_path: str, hash_method: str | None,
+                       n_bits: int | None) -> Path:
     from ..calibrate import calibration_config, write_calibration_config
 
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -219,20 +296,25 @@ def _write_calibration(cfg: Any, cal: Any, identity: str, use_store: bool, pairs
             f"references={ref_desc}")
     doc = calibration_config(cal, embedder=dataclasses.asdict(cfg.embedder),
                              store=dataclasses.asdict(cfg.store) if use_store else None, k=cfg.match.k,
-                             embedder_identity=identity, data=data, date=now)
+                             embedder_identity=identity, data=data, date=now, hash_method=hash_method, n_bits=n_bits)
     return write_calibration_config(out_path, doc)
 
 
-def _print_calibration(cal: Any, method: str, identity: str, ref_desc: str, out: Path, plot_path: str | None) -> None:
+def _print_calibration(cal: Any, method: str, identity: str, ref_desc: str, out: Path, plot_path: str | None,
+                       bits: dict[str, int]) -> None:
     goal = f"false-match rate <= {cal.target_value:g}" if cal.target == "fpr" else f"precision >= {cal.target_value:g}"
     pct = f"{cal.confidence:.0%}"
     click.echo(f"threshold {cal.threshold:.6f} for {goal} at {pct} confidence ({method}, {identity})")
+    if bits:
+        click.echo(f"  as a Hamming distance (HMA units): match when distance <= {bits['threshold_bits']} "
+                   f"of {bits['n_bits']} bits")
     click.echo(f"  negatives {cal.n_neg}: {cal.false_matches} false match(es), rate {cal.fpr:.4g}, "
                f"{pct} upper bound {cal.fpr_upper_bound:.4g}")
     click.echo(f"  positives {cal.n_pos}: recall {cal.recall:.4f}; precision {cal.precision:.4f} "
                f"(conservative {cal.precision_lower_bound:.4f})")
     click.echo(f"  references: {ref_desc}")
-    click.echo(f"wrote {out}" + (f" and {plot_path}" if plot_path else "") + f"; use it with: id2-plugin --config {out} query ...")
+    use = f"; use it with: id2-plugin --config {out} query ..." if not bits else " (calibration record only)"
+    click.echo(f"wrote {out}" + (f" and {plot_path}" if plot_path else "") + use)
 
 
 @hookimpl

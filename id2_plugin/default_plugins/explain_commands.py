@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
 
 from ..hookspecs import hookimpl
-from ..cli_support import config_from_flags, config_option_flags, echo_json, handle_errors
+from ..cli_support import config_from_flags, config_option_flags, echo_json, handle_errors, outcome_code
 
 
 @click.command("explain")
@@ -21,17 +22,19 @@ from ..cli_support import config_from_flags, config_option_flags, echo_json, han
 @handle_errors
 def explain_command(ctx: click.Context, query: str, reference: str, out: str | None, as_json: bool, **flags: Any) -> None:
     """Explain the match of QUERY against REFERENCE: each signal's score (id2, sscd, fused), the latent
-    cell-by-cell similarity map and SIFT + RANSAC local-feature inliers, drawn side by side in --out."""
+    cell-by-cell similarity map and SIFT + RANSAC local-feature inliers, drawn side by side in --out.
+    Exit 1 when the pair scores below the threshold, 4 when an image cannot be read."""
     from ..explain import explain_match
 
     expl = explain_match(query, reference, config_from_flags(ctx, **flags), out=out)
     if as_json:
         echo_json(expl.to_dict())
-        return
-    for line in expl.summary():
-        click.echo(line)
-    if expl.out is not None:
-        click.echo(f"wrote {expl.out}")
+    else:
+        for line in expl.summary():
+            click.echo(line)
+        if expl.out is not None:
+            click.echo(f"wrote {expl.out}")
+    sys.exit(outcome_code(no_match=expl.score < expl.threshold))
 
 
 @hookimpl

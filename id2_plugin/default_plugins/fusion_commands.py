@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from ..hookspecs import hookimpl
-from ..cli_support import EXIT_OK, EXIT_SOFT_FAIL, config_from_flags, config_option_flags, echo_json, handle_errors
+from ..cli_support import config_from_flags, config_option_flags, echo_json, handle_errors, outcome_code
 from ..errors import ConfigError
 
 #: SSCD cosine at or above which two origins count as one photo for the folds (copies score above 0.75,
@@ -88,7 +88,7 @@ def fit_fusion_command(ctx: click.Context, pairs_paths: tuple[str, ...], distrac
         for name, m in report.cross_validated.items():
             click.echo(f"  held-out ({n_folds} grouped folds) {name:6s} top1 {m['top1']:.3f}  mAP {m['mAP']:.3f}  micro-AP {m['micro_ap']:.3f}")
         click.echo(f"use it with: id2-plugin --set embedder.fusion={path} ...")
-    sys.exit(EXIT_SOFT_FAIL if data.skipped else EXIT_OK)
+    sys.exit(outcome_code(unreadable=data.skipped))
 
 
 @hookimpl

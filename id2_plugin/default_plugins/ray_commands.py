@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from ..cli_support import EXIT_OK, EXIT_SOFT_FAIL, config_from_flags, config_option_flags, handle_errors, ray_option_flags
+from ..cli_support import config_from_flags, config_option_flags, handle_errors, outcome_code, ray_option_flags
 from .commands import index_group
 
 from ..hookspecs import hookimpl
@@ -31,7 +31,7 @@ def index_add_ray(ctx: click.Context, paths: tuple[str, ...], labels: tuple[str,
     """Embed images (folders recurse) on Ray Data and add them to the store (FAISS or Qdrant).
 
     Content already in the store is skipped before embedding, so re-running after an interruption
-    resumes without duplicates. Exit 1 if any file could not be read or decoded.
+    resumes without duplicates. Exit 4 if any file could not be read or decoded.
     """
     from ..ray_index import index_folder_ray
 
@@ -58,7 +58,7 @@ def index_add_ray(ctx: click.Context, paths: tuple[str, ...], labels: tuple[str,
         f"added {result.added}, duplicates skipped {result.duplicates}, failed {len(result.failures)}; "
         f"store now holds {result.store_count} references"
     )
-    sys.exit(EXIT_SOFT_FAIL if result.failures else EXIT_OK)
+    sys.exit(outcome_code(unreadable=len(result.failures)))
 
 
 @hookimpl

@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
-from ..cli_support import EXIT_OK, EXIT_SOFT_FAIL, config_from_flags, config_option_flags, handle_errors, match_option_flags, ray_option_flags
-from ..errors import ConfigError
+from ..cli_support import config_from_flags, config_option_flags, handle_errors, match_option_flags, outcome_code, ray_option_flags
+from ..errors import ConfigError, MediaError
 
 from ..hookspecs import hookimpl
 
@@ -38,7 +38,8 @@ def scan_video_command(ctx: click.Context, paths: tuple[str, ...], keyframes_onl
                        out: str | None, workers: int, no_dedupe: bool, dedupe_threshold: float | None,
                        use_ray: bool, ray_address: str | None, ray_workers: int, cpus_per_worker: float,
                        **flags: Any) -> None:
-    """Find reference images in videos (folders recurse). Exit 1 if any video could not be fully decoded."""
+    """Find reference images in videos (folders recurse). Exit 1 if some video matched no reference, 4 if
+    some video could not be fully decoded (reported with the frames read before the fault)."""
     from ..pipeline import Pipeline
     from ..video import DEFAULT_DEDUPE_THRESHOLD, VideoReportWriter, format_report_text, iter_video_files, scan_videos_ray
 
@@ -49,9 +50,15 @@ def scan_video_command(ctx: click.Context, paths: tuple[str, ...], keyframes_onl
     files = iter_video_files(list(paths))
     if not files:
         raise ConfigError(f"no video files found under {', '.join(paths)}")
+    missing = [f for f in files if not f.exists()]
+    for f in missing:  # before the model loads: a mistyped path fails at once
+        click.echo(f"skipped {f}: not found", err=True)
+    files = [f for f in files if f.exists()]
+    if not files:
+        raise MediaError(f"nothing to read: every path given was skipped ({len(missing)})")
     options: dict[str, Any] = dict(mode=mode, fps=fps, dedupe=not no_dedupe,
                                    dedupe_threshold=DEFAULT_DEDUPE_THRESHOLD if dedupe_threshold is None else dedupe_threshold)
-    failed = 0
+    failed = unmatched = 0
     with ExitStack() as stack:
         stream = stack.enter_context(open(out, "w", encoding="utf-8", newline="")) if out else sys.stdout
         writer = VideoReportWriter(stream, fmt) if fmt else None  # type: ignore[arg-type]
@@ -64,6 +71,7 @@ def scan_video_command(ctx: click.Context, paths: tuple[str, ...], keyframes_onl
                                            **options)
         for report in reports:
             failed += not report.ok
+            unmatched += not report.is_match
             if writer is not None:
                 writer.write(report)
             else:
@@ -72,8 +80,9 @@ def scan_video_command(ctx: click.Context, paths: tuple[str, ...], keyframes_onl
             if report.error and (out or writer is not None):
                 # Keep failures visible on the terminal even when results go to a file or a data format.
                 click.echo(f"{report.path}: ERROR ({report.error_kind}) {report.error}", err=True)
-    click.echo(f"scanned {len(files)} videos, {failed} failed" + (f"; results in {out}" if out else ""), err=True)
-    sys.exit(EXIT_SOFT_FAIL if failed else EXIT_OK)
+    click.echo(f"scanned {len(files)} videos, {failed} failed" + (f", {len(missing)} not found" if missing else "")
+               + (f"; results in {out}" if out else ""), err=True)
+    sys.exit(outcome_code(unreadable=failed + len(missing), no_match=unmatched))
 
 
 @hookimpl

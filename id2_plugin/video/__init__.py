@@ -17,8 +17,11 @@ Design notes (why it is built this way):
   photos (320x240): distinct photos differ by >= 12.4 (1st percentile 25); a JPEG q20 re-encode of the same
   photo by <= 0.8, q5 by <= 4.6 (median 2.2), Gaussian noise sigma 8 by <= 0.9; a +10 % brightness change
   (10.8 median) or a 4-pixel pan (4.3 median) is kept. Comparing to the last kept frame (not the previous
-  frame) means a slow drift is still sampled once it has accumulated. A dropped frame extends the time
-  span of the frame it duplicates (``FrameHit.until``), so a static shot still reports its full span.
+  frame) means a slow drift is still sampled once it has accumulated.
+* **Time spans.** A sampled frame's content counts as on screen until the next sampled frame arrives
+  (the next keyframe, or the next ``fps`` sample; a dropped duplicate does not end it) or the video ends
+  (``FrameHit.until``), so a static 2 s shot with one keyframe reports 2 s, not an instant. Encoders put
+  keyframes at scene cuts, which is what makes this the natural bound in keyframe mode.
 * **Bounded memory.** Frames are decoded and normalised in threads while the model embeds the previous
   batch: at most ``batch_size`` normalised (``S x S x 3``) images in the model plus twice that many
   waiting, and two decoded frames held by the reader; a decoded frame is dropped as soon as it is

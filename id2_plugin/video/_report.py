@@ -17,8 +17,9 @@ if TYPE_CHECKING:
 class FrameHit:
     """A sampled frame whose embedding matched at least one reference (``matches`` best first).
 
-    ``until`` is the timestamp of the last near-duplicate frame folded into this one (= ``timestamp``
-    when none was dropped after it).
+    ``until`` ends the time its content was on screen, as far as sampling can tell: the timestamp of
+    the next sampled frame (the next keyframe, or the next ``fps`` sample; near-duplicates folded into
+    this frame extend it), or the end of the video for the last one.
     """
 
     frame_index: int

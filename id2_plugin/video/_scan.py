@@ -85,18 +85,27 @@ def scan_video(
 
 
 def _kept_frames(reader: FrameReader) -> Iterator[_Pending]:
-    """The kept frames, each held back until the next one arrives: the duplicates in between extend it."""
+    """The kept frames, each held back until the next sampled frame arrives: its content is taken to stay on
+    screen until then (a keyframe, or a sample in fps mode; duplicates in between do not end it), so a 2 s
+    shot with one keyframe spans 2 s, not 0; the last one spans to the video's end."""
     last: _Pending | None = None
     for frame, duplicate in reader:
+        if last is not None:
+            last.until = frame.pts_seconds
         if duplicate:
-            if last is not None:
-                last.until = frame.pts_seconds
             continue
         if last is not None:
             yield last
         last = _Pending(frame.index, frame.pts_seconds, frame.is_key, frame.rgb, frame.pts_seconds)
     if last is not None:
+        last.until = _video_end(reader.stats, last.until)
         yield last
+
+
+def _video_end(stats: Any, until: float) -> float:
+    """Where the last sampled frame's span ends in a completely decoded video: the video's end."""
+    end = stats.duration_s if stats.duration_s is not None else stats.last_packet_seconds
+    return max(until, end) if end is not None else until
 
 
 def embed_keyframes(

@@ -340,3 +340,21 @@ def test_explain_route_returns_scores_and_the_picture_in_memory(identifier, phot
     assert json.loads(img.text["id2-explain"])["out"] is None
     assert missing.status_code == 422 and bad_format.status_code == 422
     assert set(os.listdir(tmp_path)) == before  # only the test's own store folder: nothing written by explain
+
+
+def test_docs_and_redoc_load_only_local_assets(identifier) -> None:
+    """Offline machines: /docs and /redoc reference no CDN, and every asset they name is served here."""
+    import re
+
+    with running(_app(identifier)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        for page in ("/docs", "/redoc"):
+            r = client.get(page)
+            assert r.status_code == 200 and "text/html" in r.headers["content-type"]
+            urls = re.findall(r"""(?:src|href)=["']([^"']+)["']|url: *["']([^"']+)["']""", r.text)
+            urls = [a or b for a, b in urls]
+            assert urls and not [u for u in urls if re.match(r"(https?:)?//", u)], (page, urls)
+            assert "cdn.jsdelivr" not in r.text and "fonts.googleapis" not in r.text
+            for asset in urls:
+                got = client.get(asset)
+                assert got.status_code == 200 and len(got.content) > 100, (page, asset, got.status_code)
+        assert any(u.endswith("swagger-ui-bundle.js") for u in re.findall(r'src="([^"]+)"', client.get("/docs").text))

@@ -101,10 +101,58 @@ def test_html_is_self_contained_with_plots_tables_failures(robustness_run):
 
 
 def test_pdf_export(robustness_run):
+    from id2_plugin.robustness.report import pdf_pages
+
     data = robustness_run.paths["pdf"].read_bytes()
     assert data.startswith(b"%PDF")
-    # 4 plot pages + headline + 2 attack tables + provenance.
-    assert len(re.findall(rb"/Type\s*/Page\b", data)) == 8
+    kinds = [kind for kind, _ in pdf_pages(robustness_run.result)]
+    # title, 4 plot pages, headline + 2 attack tables, the failure examples, provenance
+    assert kinds[:5] == ["title", "curves", "curves", "curves", "curves"] and kinds[-1] == "table"
+    assert "failures" in kinds and len(re.findall(rb"/Type\s*/Page\b", data)) == len(kinds)
+
+
+def _overflowing_cells(fig) -> list[str]:
+    """Texts of table cells whose drawn text runs outside the cell (the PDF tables used to overlap)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    bad = []
+    for ax in fig.axes:
+        for table in ax.tables:
+            for cell in table.get_celld().values():
+                box, text = cell.get_window_extent(renderer), cell.get_text().get_window_extent(renderer)
+                if text.x0 < box.x0 - 1 or text.x1 > box.x1 + 1 or text.y0 < box.y0 - 1 or text.y1 > box.y1 + 1:
+                    bad.append(cell.get_text().get_text())
+    return bad
+
+
+def test_pdf_tables_wrap_and_continue_instead_of_overlapping() -> None:
+    from id2_plugin.robustness._pdf import table_figures
+
+    long_cell = "id2-plugin robustness --photos ../shared/data/photos/" + "x" * 300
+    rows = [["command", long_cell]] + [[f"row {i}", "value"] for i in range(80)]
+    pages = table_figures("provenance", ["field", "value"], rows)
+    assert len(pages) == 2  # 80+ rows continue on a second page
+    assert all(_overflowing_cells(fig) == [] for fig in pages)
+    first = pages[0].axes[0].tables[0].get_celld()
+    assert first[(1, 1)].get_text().get_text().count("\n") >= 1  # the long value was wrapped, not cut
+    assert "".join(first[(1, 1)].get_text().get_text().split("\n")) == long_cell
+
+
+def test_pdf_pages_of_a_real_run_do_not_overflow_and_equal_curves_stay_apart(robustness_run):
+    from id2_plugin.robustness.report import figures, pdf_pages
+
+    for kind, fig in pdf_pages(robustness_run.result):
+        if kind == "table":
+            assert _overflowing_cells(fig) == []
+    _, grid = figures(robustness_run.result)[0]
+    lines = grid.axes[0].get_lines()
+    assert len(lines) >= 2 and len({line.get_marker() for line in lines}) == len(lines)
+    ys = [tuple(np.round(line.get_ydata(), 6)) for line in lines]
+    assert len(set(ys)) == len(ys)  # no two series drawn on top of each other, even with equal values
+    assert "equal values stay visible" in grid.legends[0].get_title().get_text()
 
 
 def test_rerun_resumes_from_the_latent_cache_with_identical_results(robustness_run, taef2_encoder, monkeypatch):

@@ -39,7 +39,7 @@ def test_scan_folder_json_lines_to_file(cli, ref_store, video_folder: Path, scen
     out = tmp_path / "results.jsonl"
     result = CliRunner().invoke(cli, [*_base_args(ref_store), str(video_folder), "--json", "--out", str(out),
                                       "--workers", "2", "--k", "2"])
-    assert result.exit_code == 1, result.output  # the broken video failed
+    assert result.exit_code == 4, result.output  # the broken video failed
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     by_name = {Path(d["path"]).name: d for d in lines}
     assert set(by_name) == {"scene.mp4", "broken.mkv"}
@@ -56,9 +56,9 @@ def test_scan_csv_fps_mode_to_stdout(cli, ref_store, scene) -> None:
     assert result.exit_code == 0, result.stderr
     rows = list(csv.DictReader(result.stdout.splitlines()))
     assert [(r["timestamp"], r["until"], r["uri"]) for r in rows] == [
-        ("0.000", "1.000", str(scene.refs[0])),
-        ("2.000", "3.000", str(scene.refs[1])),
-        ("4.000", "5.000", str(scene.refs[2])),
+        ("0.000", "2.000", str(scene.refs[0])),
+        ("2.000", "4.000", str(scene.refs[1])),
+        ("4.000", "6.000", str(scene.refs[2])),
     ]
     assert all(float(r["score"]) >= 0.5 and r["error"] == "" for r in rows)
 
@@ -73,3 +73,5 @@ def test_usage_errors(cli, ref_store, scene, tmp_path: Path) -> None:
     assert none.exit_code == 2 and "no video files" in none.stderr
     missing_store = runner.invoke(cli, ["scan-video", "--store", str(tmp_path / "nostore"), str(scene.path)])
     assert missing_store.exit_code == 3 and "no reference store" in missing_store.stderr
+    gone = runner.invoke(cli, ["scan-video", "--store", str(tmp_path / "nostore"), str(tmp_path / "gone.mp4")])
+    assert gone.exit_code == 4 and "gone.mp4: not found" in gone.stderr  # before the store and the model

@@ -37,14 +37,13 @@ def test_scan_video_reports_matches_with_timestamps(scene, scene_report, video_e
     expected = [(t, i) for t, i in scene.expected if i is not None]
     assert [(h.timestamp, h.frame_index) for h in report.hits] == [(t, int(t * scene.fps)) for t, _ in expected]
     assert [_best_uri(h) for h in report.hits] == [str(scene.refs[i]) for _, i in expected]
-    # the keyframe at 1 s repeats the one at 0 s: dropped, but it extends that frame's span
-    assert report.hits[0].until == pytest.approx(1.0)
-    assert [h.until for h in report.hits[1:]] == [h.timestamp for h in report.hits[1:]]
+    # each match spans until the next sampled keyframe: the repeat at 1 s is dropped and does not end it
+    assert [h.until for h in report.hits] == pytest.approx([2.0, 4.0, 6.0])
 
     summary = {s.uri: s for s in report.summary}
     assert set(summary) == {str(scene.refs[i]) for _, i in expected}
     first = summary[str(scene.refs[0])]
-    assert (first.first_timestamp, first.last_timestamp, first.frames, first.best_frame_index) == (0.0, 1.0, 1, 0)
+    assert (first.first_timestamp, first.last_timestamp, first.frames, first.best_frame_index) == (0.0, 2.0, 1, 0)
     edited = summary[str(scene.refs[2])]
     assert (edited.first_timestamp, edited.best_timestamp, edited.best_frame_index) == (4.0, 4.0, 16)
     assert first.best_score > 0.9 and summary[str(scene.refs[1])].best_score > 0.9
@@ -70,14 +69,23 @@ def test_text_summary(scene, scene_report) -> None:
     text = format_report_text(scene_report)
     lines = text.splitlines()
     assert lines[0].startswith(f"{scene.path}: MATCH (8.0 s, 5 sampled frames, 4 embedded, 1 near-duplicates dropped)")
-    assert len(lines) == 4 and f"seen 0.00-1.00 s in 1 frames  {scene.refs[0]}" in text
+    assert len(lines) == 4 and f"seen 0.00-2.00 s in 1 frames  {scene.refs[0]}" in text
+    assert f"seen 2.00-4.00 s in 1 frames  {scene.refs[1]}" in text
 
 
 def test_fixed_rate_scan_covers_each_segment(scene, video_embedder, ref_store) -> None:
     report = scan_video(scene.path, video_embedder, ref_store, k=1, threshold=THRESHOLD, mode="fps", fps=1.0)
     assert (report.frames_decoded, report.frames_sampled, report.duplicates_dropped, report.frames_embedded) == (32, 8, 4, 4)
     spans = {s.uri: (s.first_timestamp, s.last_timestamp) for s in report.summary}
-    assert spans == {str(scene.refs[0]): (0.0, 1.0), str(scene.refs[1]): (2.0, 3.0), str(scene.refs[2]): (4.0, 5.0)}
+    assert spans == {str(scene.refs[0]): (0.0, 2.0), str(scene.refs[1]): (2.0, 4.0), str(scene.refs[2]): (4.0, 6.0)}
+
+
+def test_last_shot_spans_to_the_end_of_the_video(make_video, frame_of, ref_photos, video_embedder, ref_store) -> None:
+    # One photo for 2 s (8 frames at 4 fps) with a single keyframe: the match covers the whole 2 s.
+    path = make_video([frame_of(ref_photos[3])] * 8, {0}, suffix=".mp4")
+    report = scan_video(path, video_embedder, ref_store, k=1, threshold=THRESHOLD)
+    assert report.ok and [(h.timestamp, h.until) for h in report.hits] == [(0.0, pytest.approx(2.0))]
+    assert f"seen 0.00-2.00 s in 1 frames  {ref_photos[3]}" in format_report_text(report)
 
 
 def test_truncated_video_keeps_partial_results(make_video, frame_of, ref_photos, video_embedder, ref_store,
