@@ -711,7 +711,8 @@ class FaissStore(ReferenceStore):
             use_tuned = "efSearch" in tuned and "efSearch" not in self._explicit_search
             out["efSearch"] = int(tuned["efSearch"] if use_tuned else opts["efSearch"])
         if "rerank" in opts:
-            out["rerank"] = int(opts["rerank"])
+            use_tuned = "rerank" in tuned and "rerank" not in self._explicit_search
+            out["rerank"] = int(tuned["rerank"] if use_tuned else opts["rerank"])
         return out
 
     def _state_search(self, state: _State) -> dict[str, Any]:

@@ -55,6 +55,10 @@ def test_fast_scan_tunes_to_exact_recall_and_round_trips(tmp_path: Path) -> None
     low = np.mean(top1(store, q) == exact)
     tuned = tune_search(store, None, 0.99, n_queries=300, seed=2)
     assert tuned.parameter == "nprobe" and tuned.reached and tuned.saved and tuned.value > 1
+    # then the re-ranking depth: the smallest tried that keeps the target, else the configured 2
+    depths = [p["value"] for p in tuned.extra["rerank_curve"]]
+    assert depths == [1] and tuned.extra["rerank"] == (1 if tuned.extra["rerank_curve"][0]["recall_at_1"] >= 0.99 else 2)
+    assert store.info().extra["search_params"] == {"nprobe": tuned.value, "rerank": tuned.extra["rerank"]}
     # The saved nprobe applies to a new handle, which reloads the snapshot from disk.
     store.close()
     reopened = FaissStore(tmp_path / "fs")
