@@ -23,8 +23,9 @@ file into an exact in-memory buffer and removals are applied; only a new snapsho
 buffer of the references added since the last snapshot; queries search both and merge. The buffer is folded
 into the ANN index when it holds ``max(merge_min, merge_ratio * indexed)`` vectors, which bounds both the
 writer's snapshot I/O (amortised) and the buffer's brute-force cost. PQ indexes re-score their best
-candidates from the raw file, which stays memory-mapped: only the rows read are paged in, so ``ivf_pq_fs``
-(4-bit codes, 32 bytes per 512-d vector) holds 10M references in ~0.4 GB of RAM.
+candidates from the raw file, which stays memory-mapped: the rows read (and the kernel's fault-around
+neighbours) are file-backed page cache, not process memory, so ``ivf_pq_fs`` (4-bit codes, 32 bytes per
+512-d vector) needs ~0.4 GB of anonymous memory for 10M references.
 
 **Training policy (IVF).** While the store holds fewer than ``train_min`` vectors (``auto``: 20,000 with
 ``nlist: auto``, else 39 per list; IVF-PQ also needs 39 per PQ centroid), every search is exact over the
