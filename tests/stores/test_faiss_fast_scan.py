@@ -127,3 +127,5 @@ def test_real_photos_through_the_cli_find_what_exact_search_finds(photo_paths: l
     assert [int(m.reference_id) for m in found] == exact.tolist()
     by_uri = {Path(m.uri).name for m in found}
     assert len(by_uri & {o.name for o in origins}) >= len(origins) // 2  # the edits do find their originals
+    tuned = runner.invoke(cli, ["--config", str(cfg), "index", "tune", "--queries", str(len(refs))])
+    assert tuned.exit_code == 0 and "chosen nprobe=" in tuned.output and "chosen rerank=" in tuned.output, tuned.output
