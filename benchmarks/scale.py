@@ -271,7 +271,9 @@ def bench_type(kind: str, opts: dict[str, Any], refs: References, q: np.ndarray,
         t = time.perf_counter()
         tuned = tune_search(store, None, args.target_recall, n_queries=args.tune_queries,
                             query_similarity=args.query_similarity, seed=args.seed + 1)
-        row.update(tune_s=time.perf_counter() - t, param=f"{tuned.parameter}={tuned.value}",
+        rerank = f", rerank={tuned.extra['rerank']}" if "rerank" in tuned.extra else ""
+        row.update(tune_s=time.perf_counter() - t, param=f"{tuned.parameter}={tuned.value}{rerank}",
+                   rerank_curve=tuned.extra.get("rerank_curve", []),
                    tune_recall=tuned.recall_at_1, tune_reached=tuned.reached,
                    tune_curve=[vars(p) for p in tuned.curve])
         row.update({k: info.extra[k] for k in ("nlist", "m", "nbits", "trained_on") if k in info.extra})
