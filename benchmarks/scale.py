@@ -47,7 +47,8 @@ from id2_plugin.types import ReferenceRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("ID2_SHARED_DIR", ROOT.parent / "shared"))
-ALL_TYPES = ("flat", "flat_fp16", "ivf_flat", "ivf_pq", "hnsw")
+ALL_TYPES = ("flat", "flat_fp16", "ivf_flat", "ivf_pq", "ivf_pq_fs", "hnsw")
+TUNED_TYPES = ("ivf_flat", "ivf_pq", "ivf_pq_fs", "hnsw")
 IDENTITY = "benchmark-scale"
 
 
@@ -178,22 +179,55 @@ def bandwidth(n_bytes: int) -> dict[str, float]:
             "gemv_gb_s": a.nbytes / min(gemv_t) / 1e9}
 
 
+def proc_status_mb(*keys: str) -> dict[str, float]:
+    """Fields of /proc/self/status in MB (VmRSS, VmHWM, RssAnon, RssFile; Linux only, else empty)."""
+    out: dict[str, float] = {}
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        name, _, value = line.partition(":")
+        if name in keys:
+            out[name] = int(value.split()[0]) / 1024
+    return out
+
+
+def reset_peak_rss() -> bool:
+    """Reset VmHWM so the next read is the peak of what follows (Linux >= 4.0; False if not possible)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 _LOAD_SCRIPT = """
 import json, resource, sys, time
 import numpy as np
-def rss():
+def status():
+    out = {}
     for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
+        k, _, v = line.partition(":")
+        if k in ("VmRSS", "RssAnon", "RssFile"):
+            out[k] = int(v.split()[0]) / 1024
+    return out
 import faiss
 from id2_plugin.stores.faiss_store import FaissStore
 faiss.omp_set_num_threads(int(sys.argv[3])) if int(sys.argv[3]) > 0 else None
-before = rss()
+before = status()
 t = time.perf_counter()
 s = FaissStore(sys.argv[1])
-s.query(np.load(sys.argv[2])[:1], k=10)
-print(json.dumps({"load_s": time.perf_counter() - t, "rss_mb": rss() - before,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before}))
+q = np.load(sys.argv[2])
+s.query(q[:1], k=10)
+load_s = time.perf_counter() - t
+after = status()
+s.query(q, k=10)  # every query once: the re-ranking rows it touches count as file-backed RSS
+end = status()
+print(json.dumps({"load_s": load_s, "rss_mb": after["VmRSS"] - before["VmRSS"],
+                  "anon_mb": after["RssAnon"] - before["RssAnon"], "process_rss_mb": end["VmRSS"],
+                  "process_anon_mb": end["RssAnon"], "process_file_mb": end["RssFile"],
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before["VmRSS"]}))
 """
 
 
@@ -212,6 +246,8 @@ def bench_type(kind: str, opts: dict[str, Any], refs: References, q: np.ndarray,
     path = workdir / kind
     shutil.rmtree(path, ignore_errors=True)
     dim = q.shape[1]
+    base_rss = proc_status_mb("VmRSS").get("VmRSS", float("nan"))
+    peak_ok = reset_peak_rss()
     t0 = time.perf_counter()
     store = FaissStore(path, IDENTITY, dim, index=kind, index_options=opts, create=True)
     for start, x in refs.chunks():
@@ -222,16 +258,22 @@ def bench_type(kind: str, opts: dict[str, Any], refs: References, q: np.ndarray,
         print(f"  {kind}: {start + len(x):,} added ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
     store.compact()
     build_s = time.perf_counter() - t0
+    mem = proc_status_mb("VmHWM", "RssAnon", "RssFile")
     info = store.info()
     sqlite_bytes = sum(f.stat().st_size for f in path.glob("store.sqlite*"))
     row: dict[str, Any] = {"index": kind, "options": opts, "build_s": build_s, "count": info.count,
                            "raw_mb": info.extra["raw_bytes"] / 1e6, "index_mb": info.extra["index_bytes"] / 1e6,
-                           "sqlite_mb": sqlite_bytes / 1e6, "search": info.extra["search"]}
-    if kind in ("ivf_flat", "ivf_pq", "hnsw"):
+                           "sqlite_mb": sqlite_bytes / 1e6, "disk_mb": info.extra["disk_bytes"] / 1e6,
+                           "search": info.extra["search"], "bench_rss_before_build_mb": base_rss,
+                           "build_peak_rss_mb": mem.get("VmHWM", float("nan")) if peak_ok else float("nan"),
+                           "after_build_anon_mb": mem.get("RssAnon"), "after_build_file_mb": mem.get("RssFile")}
+    if kind in TUNED_TYPES:
         t = time.perf_counter()
         tuned = tune_search(store, None, args.target_recall, n_queries=args.tune_queries,
                             query_similarity=args.query_similarity, seed=args.seed + 1)
-        row.update(tune_s=time.perf_counter() - t, param=f"{tuned.parameter}={tuned.value}",
+        rerank = f", rerank={tuned.extra['rerank']}" if "rerank" in tuned.extra else ""
+        row.update(tune_s=time.perf_counter() - t, param=f"{tuned.parameter}={tuned.value}{rerank}",
+                   rerank_curve=tuned.extra.get("rerank_curve", []),
                    tune_recall=tuned.recall_at_1, tune_reached=tuned.reached,
                    tune_curve=[vars(p) for p in tuned.curve])
         row.update({k: info.extra[k] for k in ("nlist", "m", "nbits", "trained_on") if k in info.extra})
@@ -260,6 +302,10 @@ def bench_type(kind: str, opts: dict[str, Any], refs: References, q: np.ndarray,
     row["b1_p50_ms"], row["b1_p99_ms"] = percentiles(lat1)
     row["b64_p50_ms"], row["b64_p99_ms"] = percentiles(lat64) if lat64 else (float("nan"), float("nan"))
     row["b64_qps"] = 64 / (row["b64_p50_ms"] / 1e3) if lat64 else float("nan")
+    t = time.perf_counter()
+    for s in range(0, len(q), args.big_batch):
+        store.query(q[s : s + args.big_batch], k=10)
+    row["big_batch_qps"] = len(q) / (time.perf_counter() - t)
     if kind in ("flat", "flat_fp16"):
         # raw FAISS scan time (no metadata lookup) -> effective bandwidth of the exact search
         index = store._state.buffer  # type: ignore[union-attr]
@@ -272,6 +318,7 @@ def bench_type(kind: str, opts: dict[str, Any], refs: References, q: np.ndarray,
         row["faiss_b1_p50_ms"] = float(np.median(raw) * 1e3)
         row["scan_gb_s"] = bytes_scanned / float(np.median(raw)) / 1e9
     store.close()
+    row["load_avg_1m"] = os.getloadavg()[0]
     if not args.keep:
         shutil.rmtree(path, ignore_errors=True)
     return row
@@ -292,21 +339,31 @@ def markdown(result: dict[str, Any]) -> str:
         f"`tune_search` (target recall@1 {cfg['target_recall']}, {cfg['tune_queries']} queries) and measured at "
         f"the tuned setting. Latency = end-to-end `store.query(k=10)` incl. metadata lookup.",
         "",
-        "| index | setting | build s | raw MB | index MB | RSS MB (fresh load) | load s | recall@1 | recall@10 "
-        "| b1 p50 ms | b1 p99 ms | b64 p50 ms | b64 p99 ms | b64 q/s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| index | setting | build s | build peak RSS MB | raw MB | index MB | disk MB | RSS MB (fresh load) | load s "
+        f"| recall@1 | recall@10 | b1 p50 ms | b1 p99 ms | b64 p50 ms | b64 p99 ms | b64 q/s | b{cfg['big_batch']} q/s "
+        "| load avg |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
         lines.append(
-            f"| {r['index']} | {r['param']} | {r['build_s']:.1f} | {r['raw_mb']:.0f} | {r['index_mb']:.0f} | {r['rss_mb']:.0f} | "
+            f"| {r['index']} | {r['param']} | {r['build_s']:.1f} | {r.get('build_peak_rss_mb', float('nan')):.0f} | "
+            f"{r['raw_mb']:.0f} | {r['index_mb']:.0f} | {r.get('disk_mb', float('nan')):.0f} | {r['rss_mb']:.0f} | "
             f"{r['load_s']:.2f} | {r['recall_at_1']:.4f} | {r['recall_at_10']:.4f} | {r['b1_p50_ms']:.2f} | "
-            f"{r['b1_p99_ms']:.2f} | {r['b64_p50_ms']:.1f} | {r['b64_p99_ms']:.1f} | {r['b64_qps']:.0f} |"
+            f"{r['b1_p99_ms']:.2f} | {r['b64_p50_ms']:.1f} | {r['b64_p99_ms']:.1f} | {r['b64_qps']:.0f} | "
+            f"{r.get('big_batch_qps', float('nan')):.0f} | {r.get('load_avg_1m', float('nan')):.1f} |"
         )
     sql = max(r["sqlite_mb"] for r in result["rows"]) if result["rows"] else 0.0
     lines += ["", f"raw = kept vectors (float32 for flat, float16 otherwise; flat indexes are built from them at load); "
                   f"index = the persisted FAISS snapshot (IVF / HNSW); the SQLite metadata adds ~{sql:.0f} MB. "
                   "recall@10 counts ranks 2-10, which for edited-copy queries are unrelated references at near-equal "
                   "low similarity; recall@1 is what origin identification depends on."]
+    lines += ["", "build peak RSS = VmHWM of the benchmark process during the bulk load (it also holds the queries and "
+                  "ground truth); RSS (fresh load) = growth of a new process opening the store and answering one query. "
+                  "Per type, after all queries in that fresh process: "
+                  + "; ".join(f"{r['index']} anon {r.get('process_anon_mb', float('nan')):.0f} MB + file-backed "
+                              f"{r.get('process_file_mb', float('nan')):.0f} MB" for r in result["rows"])
+                  + " (file-backed = mapped raw rows read by re-ranking: page cache, reclaimable). load avg = 1-minute "
+                  "load average after the type's measurements (2 cores)."]
     bw = result["bandwidth"]
     lines += ["", f"Memory bandwidth on a {bw['buffer_mb']:.0f} MB buffer: memcpy {bw['memcpy_gb_s']:.2f} GB/s "
                   f"(bytes copied/s), numpy GEMV {bw['gemv_gb_s']:.2f} GB/s (matrix bytes read/s).", ""]
@@ -343,6 +400,9 @@ def main() -> None:
     ap.add_argument("--latency-queries", type=int, default=200, help="batch-1 queries timed")
     ap.add_argument("--hnsw-M", type=int, default=32)
     ap.add_argument("--hnsw-ef-construction", type=int, default=80)
+    ap.add_argument("--nlist", type=int, default=0, help="IVF lists of the IVF types (0: the store's auto)")
+    ap.add_argument("--max-train-per-list", type=int, default=64, help="IVF training sample per list")
+    ap.add_argument("--big-batch", type=int, default=500, help="batch size of the all-queries throughput run")
     ap.add_argument("--threads", type=int, default=0, help="FAISS OpenMP threads (0: FAISS default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default=None, help="where stores are built (default: a temp dir)")
@@ -370,8 +430,10 @@ def main() -> None:
     bw = bandwidth(min(args.n * dim * 4, 1 << 30))
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="id2-scale-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    ivf = {"max_train_per_list": args.max_train_per_list, **({"nlist": args.nlist} if args.nlist else {})}
     per_type: dict[str, dict[str, Any]] = {
         "hnsw": {"M": args.hnsw_M, "efConstruction": args.hnsw_ef_construction},
+        "ivf_flat": ivf, "ivf_pq": ivf, "ivf_pq_fs": ivf,
     }
     rows = []
     try:

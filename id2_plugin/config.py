@@ -90,7 +90,7 @@ class StoreConfig:
 
     backend: str = "faiss"
     path: str = "id2-store"
-    #: faiss: flat, flat_fp16, ivf_flat, ivf_pq, hnsw
+    #: faiss: flat, flat_fp16, ivf_flat, ivf_pq, ivf_pq_fs, hnsw
     index: str = "flat"
     index_options: dict[str, Any] = field(default_factory=dict)
     #: qdrant: url or ":memory:" / local path, collection name, api key

@@ -39,7 +39,9 @@ def _open_faiss(ctx: click.Context, flags: dict[str, Any]) -> Any:
 @handle_errors
 def index_tune(ctx: click.Context, target_recall: float, n_queries: int, query_similarity: float, no_save: bool,
                as_json: bool, **flags: Any) -> None:
-    """Choose the cheapest nprobe (IVF) / efSearch (HNSW) reaching TARGET recall@1 and save it in the store."""
+    """Choose the cheapest nprobe (IVF) / efSearch (HNSW) reaching TARGET recall@1 and save it in the store.
+
+    PQ indexes then get the smallest re-ranking depth (``rerank``) that keeps the target."""
     from ..stores.tuning import tune_search
 
     with _open_faiss(ctx, flags) as store:
@@ -59,6 +61,10 @@ def index_tune(ctx: click.Context, target_recall: float, n_queries: int, query_s
     verdict = "reaches" if result.reached else "does NOT reach (best tried)"
     click.echo(f"chosen {result.parameter}={result.value}: recall@1 {result.recall_at_1:.4f} {verdict} target "
                f"{result.target_recall}" + ("; saved to the store" if result.saved else "; not saved"))
+    if "rerank" in result.extra:
+        tried = ", ".join(f"{p['value']}: {p['recall_at_1']:.4f}" for p in result.extra["rerank_curve"])
+        click.echo(f"chosen rerank={result.extra['rerank']} (re-scores rerank x max(k, 10) candidates; "
+                   f"smaller depths tried: {tried or 'none'})")
 
 
 @click.command("compact")

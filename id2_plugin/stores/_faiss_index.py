@@ -20,11 +20,15 @@ from .._lazy import require
 from ..errors import ConfigError
 
 #: Every supported ``store.index`` value.
-INDEX_TYPES: tuple[str, ...] = ("flat", "flat_fp16", "ivf_flat", "ivf_pq", "hnsw")
+INDEX_TYPES: tuple[str, ...] = ("flat", "flat_fp16", "ivf_flat", "ivf_pq", "ivf_pq_fs", "hnsw")
 #: Types whose FAISS structure (centroids, graph) is persisted as an index file ("snapshot").
-SNAPSHOT_TYPES = frozenset({"ivf_flat", "ivf_pq", "hnsw"})
+SNAPSHOT_TYPES = frozenset({"ivf_flat", "ivf_pq", "ivf_pq_fs", "hnsw"})
 #: Types that must be trained before vectors can be added.
-TRAINED_TYPES = frozenset({"ivf_flat", "ivf_pq"})
+TRAINED_TYPES = frozenset({"ivf_flat", "ivf_pq", "ivf_pq_fs"})
+#: Product-quantised types: ``m`` sub-quantizers must divide the dimension.
+PQ_TYPES = frozenset({"ivf_pq", "ivf_pq_fs"})
+#: PQ fast-scan (SIMD lookups in registers) exists only for 4-bit codes.
+FAST_SCAN_NBITS = 4
 
 #: With ``nlist: auto`` an IVF index is trained once the store holds this many vectors. Below it an exact
 #: scan costs a few milliseconds per query, and FAISS's minimum of 39 training points per list
@@ -54,6 +58,10 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
                  "retrain_growth": 4.0},
     "ivf_pq": {"nlist": "auto", "nprobe": "auto", "train_min": "auto", "max_train_per_list": 64,
                "retrain_growth": 4.0, "m": "auto", "nbits": 8, "rerank": 4},
+    # 4-bit PQ codes scanned with SIMD (IndexIVFPQFastScan); their scores are coarse, so the top
+    # ``rerank * max(k, 10)`` candidates are always re-scored from the kept float16 vectors
+    "ivf_pq_fs": {"nlist": "auto", "nprobe": "auto", "train_min": "auto", "max_train_per_list": 64,
+                  "retrain_growth": 4.0, "m": "auto", "rerank": 2},
     "hnsw": {"M": 32, "efConstruction": 80, "efSearch": 64, "tombstone_ratio": 0.1},
 }
 #: Options fixed when the index is built; changing them needs a rebuild (the stored value wins on open).
@@ -115,7 +123,10 @@ class IndexSpec:
             if key in opts:
                 opts[key] = _nonneg_float(key, opts[key])
         spec = cls(kind=kind, dim=int(dim), options=opts)
-        if kind == "ivf_pq" and dim % spec.pq_m:
+        if kind == "ivf_pq_fs" and spec.options["rerank"] < 1:
+            raise ConfigError("store.index_options.rerank=0: ivf_pq_fs scores are 4-bit approximations and need "
+                              "re-ranking (rerank >= 1)")
+        if kind in PQ_TYPES and dim % spec.pq_m:
             raise ConfigError(f"store.index_options.m={spec.pq_m} must divide the vector dimension {dim}")
         return spec
 
@@ -137,6 +148,10 @@ class IndexSpec:
     @property
     def trained(self) -> bool:
         return self.kind in TRAINED_TYPES
+
+    @property
+    def pq_nbits(self) -> int:
+        return FAST_SCAN_NBITS if self.kind == "ivf_pq_fs" else int(self.options.get("nbits", 8))
 
     @property
     def pq_m(self) -> int:
@@ -164,8 +179,8 @@ class IndexSpec:
             return int(tm)
         nlist = self.options.get("nlist", "auto")
         base = AUTO_TRAIN_MIN if nlist == "auto" else 39 * int(nlist)
-        if self.kind == "ivf_pq":
-            base = max(base, 39 * 2 ** int(self.options["nbits"]))
+        if self.kind in PQ_TYPES:
+            base = max(base, 39 * 2**self.pq_nbits)
         return base
 
     def nprobe_for(self, nlist: int) -> int:
@@ -205,8 +220,9 @@ def new_ann_index(spec: IndexSpec, n: int) -> tuple[Any, dict[str, Any]]:
         desc = f"IVF{nlist},Flat"
         facts: dict[str, Any] = {"nlist": nlist}
     else:
-        desc = f"IVF{nlist},PQ{spec.pq_m}x{opts['nbits']}"
-        facts = {"nlist": nlist, "m": spec.pq_m, "nbits": int(opts["nbits"])}
+        fs = "fs" if spec.kind == "ivf_pq_fs" else ""
+        desc = f"IVF{nlist},PQ{spec.pq_m}x{spec.pq_nbits}{fs}"
+        facts = {"nlist": nlist, "m": spec.pq_m, "nbits": spec.pq_nbits}
     index = faiss.index_factory(spec.dim, desc, faiss.METRIC_INNER_PRODUCT)
     if spec.kind == "ivf_pq":
         # Polysemous training (on by default) only serves Hamming pre-filtering, which is not used here, and
@@ -236,8 +252,8 @@ def build_ann_index(
     if spec.trained:
         nlist = facts["nlist"]
         cap = int(spec.options["max_train_per_list"]) * nlist
-        if spec.kind == "ivf_pq":
-            cap = max(cap, 256 * 2 ** int(spec.options["nbits"]))
+        if spec.kind in PQ_TYPES:
+            cap = max(cap, 256 * 2**spec.pq_nbits)
         rng = np.random.default_rng(int(spec.options["seed"]))
         sample = np.sort(rng.choice(ids, size=min(n, cap), replace=False)) if n > cap else ids
         index.train(np.ascontiguousarray(fetch(sample), dtype=np.float32))
@@ -307,6 +323,13 @@ def exact_top1(queries: np.ndarray, ids: np.ndarray, fetch: Callable[[np.ndarray
     return best, best_id
 
 
+#: Re-ranking depth floor: a top-1 query (what ``index tune`` measures) is re-ranked over as many candidates
+#: as a top-10 one. Coarse codes mis-order the true neighbour and a few others at near-equal scores, so
+#: ``rerank * 1`` candidates cap recall@1 whatever ``nprobe`` (0.76 with 2 candidates from 4-bit codes
+#: at dim 64 in the tests).
+RERANK_MIN_K = 10
+
+
 def ann_search(
     index: Any,
     kind: str,
@@ -321,27 +344,32 @@ def ann_search(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` (scores, ids) from an ANN index; missing results are (-inf, -1).
 
-    With ``rerank`` > 0 and a ``fetch`` of raw vectors, ``rerank * k`` candidates are re-scored exactly, so
-    the returned scores are true cosines even for PQ codes (thresholds then mean the same on every index).
+    With ``rerank`` > 0 and a ``fetch`` of raw vectors, ``rerank * max(k, RERANK_MIN_K)`` candidates are
+    re-scored exactly, so the returned scores are true cosines even for PQ codes (thresholds then mean the
+    same on every index).
     """
-    k_main = k * rerank if rerank and fetch is not None else k
+    k_main = rerank * max(k, RERANK_MIN_K) if rerank and fetch is not None else k
     ef = max(int(ef_search), k_main) if ef_search is not None else None
     p = search_params(kind, nprobe=nprobe, ef_search=ef, selector=selector)
     D, I = index.search(q, k_main, params=p) if p is not None else index.search(q, k_main)
     D = np.where(I >= 0, D, -np.inf).astype(np.float32)
-    if k_main == k:
+    if not rerank or fetch is None:
         return D, I
-    assert fetch is not None
     valid = I >= 0
-    uniq = np.unique(I[valid])
-    if not len(uniq):
+    if not valid.any():
         return D[:, :k], I[:, :k]
-    vecs = fetch(uniq)
-    pos = np.searchsorted(uniq, np.where(valid, I, uniq[0]))
-    exact = np.einsum("qd,qkd->qk", q, vecs[pos])
+    vecs = fetch_rows(fetch, np.where(valid, I, I[valid][0]).ravel()).reshape(I.shape[0], I.shape[1], -1)
+    exact = np.einsum("qd,qkd->qk", q, vecs)
     exact = np.where(valid, exact, -np.inf).astype(np.float32)
     order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(exact, order, 1), np.take_along_axis(I, order, 1)
+
+
+def fetch_rows(fetch: Callable[[np.ndarray], np.ndarray], ids: np.ndarray) -> np.ndarray:
+    """``fetch`` of unsorted, possibly repeated ids: ``fetch`` wants sorted unique ones (it reads a sorted
+    run of ``n`` ids spanning ``n`` rows as one slice, which repeats would fake)."""
+    uniq, inverse = np.unique(ids, return_inverse=True)
+    return fetch(uniq)[inverse.ravel()]
 
 
 def threads_for(n_queries: int, options: Mapping[str, Any]) -> int:

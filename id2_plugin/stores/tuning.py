@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 IVF_GRID = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 4096)
 HNSW_GRID = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048)
+#: Re-ranking depths tried (below the configured one) once nprobe is chosen for a PQ index.
+RERANK_GRID = (1, 2, 3, 4, 6, 8, 12, 16)
 
 
 @dataclass(frozen=True)
@@ -215,6 +217,22 @@ def _tune_vectors(vectors: np.ndarray, queries: np.ndarray | None, target: float
                       query_similarity=None if queries is not None else similarity, curve=curve, extra=facts)
 
 
+def _tune_rerank(view: Any, params: dict[str, Any], q: np.ndarray, gt_ids: np.ndarray, gt_scores: np.ndarray,
+                 fetch: Callable[[np.ndarray], np.ndarray], target: float) -> dict[str, Any]:
+    """The smallest re-ranking depth (at most the configured one) that keeps ``target`` at the chosen nprobe.
+
+    Each candidate re-scored is a raw-row read, the main cost of a PQ query once nprobe is small.
+    """
+    current = int(params["rerank"])
+
+    def search(qq: np.ndarray, value: int) -> np.ndarray:
+        return view.search(qq, 1, {**params, "rerank": value})[1][:, 0]  # type: ignore[no-any-return]
+
+    curve = sweep(search, tuple(r for r in RERANK_GRID if r < current), q, gt_ids, gt_scores, fetch, target)
+    best = next((p.value for p in curve if p.recall_at_1 >= target), current)
+    return {"rerank": best, "rerank_curve": [vars(p) for p in curve]}
+
+
 def _tune_store(store: FaissStore, queries: np.ndarray | None, target: float, n_queries: int, similarity: float,
                 save: bool, seed: int) -> TuneResult:
     kind = store.index_type
@@ -235,16 +253,20 @@ def _tune_store(store: FaissStore, queries: np.ndarray | None, target: float, n_
             return view.search(qq, 1, {**view.params, param: value})[1][:, 0]
 
         curve = sweep(search, values, q, gt_ids, gt_scores, fetch, target)
-    chosen, reached = _choose(curve, target)
+        chosen, reached = _choose(curve, target)
+        extra: dict[str, Any] = {}
+        if reached and kind in fx.PQ_TYPES and view.params.get("rerank"):
+            extra = _tune_rerank(view, {**view.params, param: chosen.value}, q, gt_ids, gt_scores, fetch, target)
     result = TuneResult(parameter=param, value=chosen.value, recall_at_1=chosen.recall_at_1, reached=reached,
                         n_queries=len(q), n_vectors=len(ids), query_similarity=None if queries is not None else similarity,
-                        curve=curve, **base)  # type: ignore[arg-type]
+                        curve=curve, extra=extra, **base)  # type: ignore[arg-type]
     if save:
+        rerank = {"rerank": extra["rerank"]} if "rerank" in extra else {}
         store.save_search_params(
-            {param: chosen.value},
+            {param: chosen.value, **rerank},
             tuned={"parameter": param, "value": chosen.value, "recall_at_1": chosen.recall_at_1, "target_recall": target,
                    "reached": reached, "n_queries": len(q), "n_vectors": int(len(ids)),
-                   "query_similarity": result.query_similarity},
+                   "query_similarity": result.query_similarity, **rerank},
         )
         result = TuneResult(**{**result.__dict__, "saved": True})
     return result

@@ -69,3 +69,14 @@ def test_thread_options_are_validated() -> None:
         fx.IndexSpec.create("flat", DIM, {"query_threads": -1})
     with pytest.raises(ConfigError, match="blas_min_batch"):
         fx.IndexSpec.create("hnsw", DIM, {"blas_min_batch": 0})
+
+
+def test_fetch_rows_of_repeated_unsorted_ids(tmp_path: Path) -> None:
+    # [3, 4, 4, 6] sorted spans 4 rows with 4 ids: a contiguous-run shortcut would wrongly read rows 3..6
+    x = np.arange(40, dtype=np.float16).reshape(10, 4)
+    raw = np.memmap(tmp_path / "v.f16", dtype=np.float16, mode="w+", shape=x.shape)
+    raw[:] = x
+    raw.flush()
+    ids = np.array([6, 4, 3, 4], dtype=np.int64)
+    got = fx.fetch_rows(FaissStore._fetch(np.memmap(tmp_path / "v.f16", dtype=np.float16, mode="r", shape=x.shape)), ids)
+    np.testing.assert_array_equal(got, x[ids].astype(np.float32))

@@ -24,6 +24,7 @@ SMALL: dict[str, dict] = {
     "flat_fp16": {},
     "ivf_flat": {"nlist": 8, "merge_min": 0},
     "ivf_pq": {"nlist": 8, "nbits": 4, "merge_min": 0},
+    "ivf_pq_fs": {"nlist": 8, "merge_min": 0},
     "hnsw": {"M": 16, "merge_min": 0},
 }
 
@@ -62,7 +63,7 @@ def test_add_query_remove_dedupe(tmp_path: Path, kind: str) -> None:
     assert set(second.duplicates) == {sha(i) for i in range(20)} | {sha(i) for i in range(500, 505)}
     info = store.info()
     assert info.count == 800 and info.index_type == kind and info.dim == DIM and info.embedder == EMB
-    if kind in ("ivf_flat", "ivf_pq"):
+    if kind in ("ivf_flat", "ivf_pq", "ivf_pq_fs"):
         assert info.extra["trained"] is True and info.extra["nlist"] == 8
     if kind != "flat" and kind != "flat_fp16":
         assert info.extra["search"].startswith("approximate")
