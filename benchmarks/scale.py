@@ -4,7 +4,7 @@
     python benchmarks/scale.py --quick                      # 100k references
     python benchmarks/scale.py --n 200000 --photos 0        # synthetic only (no model needed)
 
-References: real embeddings of ``--photos`` photos (TAEF2 encoder through the latent cache, then the shipped
+References: real embeddings of ``--photos`` photos (TAEF2 encoder, latents kept in memory only, then the shipped
 W if there is one, else a seeded random projection to ``--dim``) plus synthetic vectors with the same
 statistics: a Gaussian with the real mean and a low-rank (``--rank``) fit of the real covariance plus an
 isotropic residual, L2-normalised. Synthetic vectors are generated chunk by chunk from per-chunk seeds, so
@@ -62,16 +62,15 @@ def real_embeddings(n_photos: int, dim: int, seed: int) -> tuple[np.ndarray | No
     if not photos or not weights.is_dir():
         return None, f"unavailable (no photos / TAEF2 under {SHARED})"
     try:
-        from id2_plugin.cache import LatentCache, legacy_cache_dir
         from id2_plugin.embedders.base import Embedder, Projection, l2_normalise
         from id2_plugin.embedders.taesd import TAEF2Encoder
         from id2_plugin.identify import default_projection_path
     except ImportError as exc:
         return None, f"unavailable ({exc})"
     encoder = TAEF2Encoder(weights=weights, device="cpu", batch_size=16)
-    cache = LatentCache(encoder, legacy_cache_dir())  # the shared public photos only
     t = time.perf_counter()
-    latents = np.concatenate([cache.encode_arrays(np.stack([encoder.normalise(p) for p in photos[s : s + 32]]))
+    # Latents stay in memory: nothing decodable into an image is written (no latent cache).
+    latents = np.concatenate([encoder.encode_arrays(np.stack([encoder.normalise(p) for p in photos[s : s + 32]]))
                               for s in range(0, len(photos), 32)])
     secs = time.perf_counter() - t
     w_path = default_projection_path("taef2")
@@ -84,7 +83,7 @@ def real_embeddings(n_photos: int, dim: int, seed: int) -> tuple[np.ndarray | No
         proj = rng.standard_normal((latents.shape[1], dim)).astype(np.float32) / np.sqrt(dim)
         vecs = l2_normalise(latents @ proj)
         how = f"no shipped W of {dim} outputs: seeded random projection {latents.shape[1]}->{dim}"
-    return vecs.astype(np.float32), f"{len(photos)} photos, TAEF2 latents ({secs:.0f} s incl. cache), {how}"
+    return vecs.astype(np.float32), f"{len(photos)} photos, TAEF2 latents ({secs:.0f} s), {how}"
 
 
 @dataclass

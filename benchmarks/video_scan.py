@@ -34,9 +34,11 @@ WIDTH, HEIGHT, FPS, SCENE_S, KEYINT_S = 1280, 720, 25, 8, 2
 
 
 def _cache_dir() -> Path:
-    from id2_plugin.cache import legacy_cache_dir
-
-    return legacy_cache_dir() / "bench-videos"
+    """Where the synthetic videos (frames of the shared photos) are kept between runs: ``$ID2_BENCH_DIR``, else
+    ``<tempdir>/id2-bench-videos`` - never a default cache of the project (delete it when done)."""
+    d = Path(os.environ.get("ID2_BENCH_DIR") or Path(tempfile.gettempdir()) / "id2-bench-videos")
+    d.mkdir(parents=True, exist_ok=True)
+    return d
 
 
 def _scene_photos(minutes: float, offset: int = 0) -> list[Path]:
@@ -167,7 +169,6 @@ def _in_fresh_process(fn: Any, *args: Any) -> Any:
 def build_store(photos: list[Path], store_path: Path, projection: str) -> dict[str, str]:
     import hashlib
 
-    from id2_plugin.cache import LatentCache, legacy_cache_dir
     from id2_plugin.config import EmbedderConfig
     from id2_plugin.identify import build_embedder
     from id2_plugin.stores.faiss_store import FaissStore
@@ -175,7 +176,7 @@ def build_store(photos: list[Path], store_path: Path, projection: str) -> dict[s
 
     emb = build_embedder(EmbedderConfig(projection=projection, allow_raw_latent=True, device="cpu", batch_size=16))
     unique = sorted(set(photos))
-    vectors = emb.project(LatentCache(emb.encoder, legacy_cache_dir()).encode(unique, progress="indexing scene photos"))
+    vectors = emb.embed(unique)  # latents stay in memory
     store = FaissStore(store_path, embedder_identity=emb.identity, dim=emb.dim, create=True)
     store.add(vectors, [ReferenceRecord(sha256=hashlib.sha256(p.read_bytes()).hexdigest(), uri=str(p)) for p in unique])
     store.close()
