@@ -10,7 +10,8 @@ from typing import Any
 
 import click
 
-from ..cli_support import EXIT_OK, EXIT_SOFT_FAIL, cache_option, config_from_flags, config_option_flags, echo_json, handle_errors
+from ..cli_support import (EXIT_OK, EXIT_SOFT_FAIL, cache_option, config_from_flags, config_option_flags, echo_json,
+                           handle_errors, scan_inputs)
 from ..errors import ConfigError
 from ..calibrate import save_histogram
 from ..evaluate import DEFAULT_K, METHOD_NAMES, EmbedderMethod, load_images, load_pairs_for_eval, prepare_eval_set
@@ -68,7 +69,8 @@ def evaluate_command(ctx: click.Context, pairs_path: str, distractors: tuple[str
     """Retrieval metrics (top-1, mAP, micro-AP, recall at 90%/99.9% precision) of id2 and baselines.
 
     id2 is evaluated when a W is configured (or shipped); vae_raw, pdq and phash always. Exit 1 when
-    some image could not be read (it is reported and skipped).
+    some image could not be read or some path under --distractors could not be walked (an unreadable
+    folder, a dangling link, a symlink loop): each is reported and skipped, the rest evaluated.
     """
     from ..evaluate import evaluate_methods_by_group, format_table, load_pairs_for_eval, prepare_eval_set, query_labels
 
@@ -83,9 +85,11 @@ def evaluate_command(ctx: click.Context, pairs_path: str, distractors: tuple[str
             raise ConfigError(f"--method {', '.join(unknown)} is not available with this configuration "
                               f"(available: {', '.join(m.name for m in methods)})")
         methods = [m for m in methods if m.name in method_names]
-    query_paths, ref_paths, positives = load_pairs_for_eval(pairs_path, distractors, max_distractors)
+    distractor_files, skipped = scan_inputs(distractors)
+    query_paths, ref_paths, positives = load_pairs_for_eval(pairs_path, distractor_files, max_distractors)
     data = prepare_eval_set(query_paths, ref_paths, positives, embedder.normalise)
     _report_skipped(data.skipped)
+    skipped += data.skipped
     if not data.queries or not data.positives.any():
         raise ConfigError("nothing to evaluate: no readable query with a readable origin")
     groups = {key: query_labels(pairs_path, data.query_paths, key) for key in ("source", "family")}
@@ -100,7 +104,7 @@ def evaluate_command(ctx: click.Context, pairs_path: str, distractors: tuple[str
             "n_references": n_r,
             "k": eval_k,
             "embedder": embedder.identity,
-            "skipped": data.skipped,
+            "skipped": skipped,
         }
         for key, table in by_group.items():
             doc[f"per_{key}"] = {label: {name: m.to_dict() for name, m in ms.items()} for label, ms in table.items()}
@@ -113,7 +117,7 @@ def evaluate_command(ctx: click.Context, pairs_path: str, distractors: tuple[str
             if len(table) > 1:
                 click.echo(f"\nper {key} (top1 / mAP):")
                 click.echo(format_group_table(table))
-    sys.exit(EXIT_SOFT_FAIL if data.skipped else EXIT_OK)
+    sys.exit(EXIT_SOFT_FAIL if skipped else EXIT_OK)
 
 
 @click.command("calibrate")
@@ -144,7 +148,8 @@ def calibrate_command(ctx: click.Context, pairs_path: str, negative_dirs: tuple[
     Negatives are scored against the reference set = the pairs' origins + --distractors, or, when
     --store is given, against that existing store (use the production store to calibrate for it).
     Negatives identical (same bytes) to a reference are dropped. Writes a config that
-    `id2-plugin --config OUT query ...` loads.
+    `id2-plugin --config OUT query ...` loads. Exit 1 (after writing it) when some image could not be
+    read or some path under --negatives / --distractors could not be walked; each is reported.
     """
     from ..cache import latent_cache
     from ..calibrate import calibrate_threshold, check_enough_negatives, select_negatives
@@ -162,12 +167,14 @@ def calibrate_command(ctx: click.Context, pairs_path: str, negative_dirs: tuple[
     # A VAE embedder's latents go through the cache when asked; a fused or SSCD embedder embeds directly.
     method = EmbedderMethod(embedder, latent_cache(getattr(embedder, "encoder", None), cfg.cache.dir))
 
-    query_paths, ref_paths, positives = load_pairs_for_eval(pairs_path, () if use_store else distractors)
+    negative_files, skipped = scan_inputs(negative_dirs)
+    distractor_files, problems = scan_inputs(() if use_store else distractors)
+    skipped += problems
+    query_paths, ref_paths, positives = load_pairs_for_eval(pairs_path, distractor_files)
     data = prepare_eval_set(query_paths, ref_paths, positives, embedder.normalise)
-    skipped = list(data.skipped)
     if not data.positives.any():
         raise ConfigError("no readable query with a readable origin: no positive score")
-    neg_paths, neg_hashes, dropped = select_negatives(negative_dirs, [*query_paths, *ref_paths])
+    neg_paths, neg_hashes, dropped = select_negatives(negative_files, [*query_paths, *ref_paths])
     if pipeline is not None:
         in_store = pipeline.store.contains(neg_hashes)
         dropped += sum(in_store)
@@ -176,8 +183,9 @@ def calibrate_command(ctx: click.Context, pairs_path: str, negative_dirs: tuple[
         click.echo(f"dropped {dropped} negative(s) identical to a reference or query", err=True)
     check_enough_negatives(len(neg_paths), target_fpr, confidence)
     neg_imgs, _kept, neg_err = load_images(neg_paths, embedder.normalise, "loading negatives")
-    skipped += [f"unreadable, skipped: {e}" for e in neg_err]
-    _report_skipped(skipped)
+    unreadable = [*data.skipped, *(f"unreadable, skipped: {e}" for e in neg_err)]
+    _report_skipped(unreadable)
+    skipped += unreadable
     if not neg_imgs:
         raise ConfigError("no readable negative image")
     pos, neg, ref_desc = _scores(method, data, neg_imgs, pipeline, cfg.store.path)
