@@ -13,11 +13,13 @@ from id2_plugin.stores import faiss_store
 from id2_plugin.stores.faiss_store import FaissStore
 from id2_plugin.types import ReferenceRecord
 
-#: every index layout: raw float32 only, float16 raw + an HNSW snapshot, float16 raw + a trained IVF snapshot
-KINDS = {
-    "flat": {},
-    "hnsw": {"M": 8, "merge_min": 0},
-    "ivf_flat": {"nlist": 2, "train_min": 6, "merge_min": 0},
+#: every index layout: raw float32 only; float16 raw + an HNSW snapshot that keeps the removed node as a
+#: tombstone (high tombstone_ratio) or is rebuilt without it; float16 raw + a trained IVF snapshot
+LAYOUTS = {
+    "flat": ("flat", {}),
+    "hnsw_tombstone": ("hnsw", {"M": 8, "merge_min": 0, "tombstone_ratio": 0.9}),
+    "hnsw_rebuilt": ("hnsw", {"M": 8, "merge_min": 0, "tombstone_ratio": 0.1}),
+    "ivf_flat": ("ivf_flat", {"nlist": 2, "train_min": 6, "merge_min": 0}),
 }
 
 
@@ -32,9 +34,10 @@ def photo_vectors(shared_dir: Path, photo_paths: list[Path]) -> tuple[str, list[
     return emb.identity, paths, emb.embed(paths)
 
 
-def _filled(tmp_path: Path, kind: str, photo_vectors) -> tuple[FaissStore, list[str], np.ndarray]:
+def _filled(tmp_path: Path, layout: str, photo_vectors) -> tuple[FaissStore, list[str], np.ndarray]:
     identity, paths, x = photo_vectors
-    store = FaissStore(tmp_path / "s", identity, x.shape[1], index=kind, index_options=KINDS[kind], create=True)
+    kind, opts = LAYOUTS[layout]
+    store = FaissStore(tmp_path / "s", identity, x.shape[1], index=kind, index_options=opts, create=True)
     recs = [ReferenceRecord(sha256=hashlib.sha256(p.read_bytes()).hexdigest(), uri=p.name) for p in paths]
     ids = list(store.add(x, recs).added)
     return store, ids, x
@@ -50,9 +53,10 @@ def _files_holding(folder: Path, needles: list[bytes]) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_file() and any(n in p.read_bytes() for n in needles))
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
-def test_removed_vector_is_gone_from_results_and_files(tmp_path: Path, kind: str, photo_vectors) -> None:
-    store, ids, x = _filled(tmp_path, kind, photo_vectors)
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_removed_vector_is_gone_from_results_and_files(tmp_path: Path, layout: str, photo_vectors) -> None:
+    store, ids, x = _filled(tmp_path, layout, photo_vectors)
+    kind = LAYOUTS[layout][0]
     folder = tmp_path / "s"
     needles = _stored_bytes(store, ids[3])
     held = _files_holding(folder, needles)
@@ -60,6 +64,7 @@ def test_removed_vector_is_gone_from_results_and_files(tmp_path: Path, kind: str
     assert kind == "flat" or any(n.startswith("main.") for n in held)
 
     assert store.remove([ids[3]]) == 1
+    assert store.info().extra.get("tombstones", 0) == (1 if layout == "hnsw_tombstone" else 0)
     assert _files_holding(folder, needles) == []
     raw = next(folder.glob("vectors.*"))
     rows = np.fromfile(raw, dtype=np.float32 if kind == "flat" else np.float16).reshape(len(ids), -1)
