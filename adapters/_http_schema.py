@@ -107,7 +107,8 @@ _RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying 
 
 #: statuses every route can answer with (the size check runs before routing)
 _COMMON = (400, 413, 503)
-_UPLOAD = (408, 422, 504)
+#: and those of the routes that read an upload and run the model
+UPLOAD_ERRORS = (408, 422, 504)
 
 
 def _error(status: int, model: Any = ErrorBody) -> dict[str, Any]:
@@ -136,4 +137,3 @@ EXPLAIN_OK = {200: {"description": "The explanation: JSON numbers, or with ?form
                     "content": {"application/json": {"schema": {"type": "object"}},
                                 "image/png": {"schema": {"type": "string", "format": "binary"}},
                                 "text/html": {"schema": {"type": "string"}}}}}
-UPLOAD_ERRORS = _UPLOAD

@@ -496,8 +496,9 @@ def _validation_summary(exc: RequestValidationError) -> str:
     """FastAPI's validation errors as one line, e.g. ``query k: Input should be greater than or equal to 1``."""
     parts = []
     for err in exc.errors():
-        where = [str(x) for x in err.get("loc", ())]
-        parts.append(f"{' '.join(where[:1] + ['.'.join(where[1:])]).strip()}: {err.get('msg', 'invalid')}")
+        loc = [str(x) for x in err.get("loc", ())]
+        where = f"{loc[0]} {'.'.join(loc[1:])}".strip() if loc else "request"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
     return "; ".join(parts) or "invalid request"
 
 

@@ -206,3 +206,12 @@ def test_fuzzed_uploads_get_documented_statuses_and_bodies(client, photo_bytes) 
     statuses = {s for _, s in seen}
     assert {413, 400, 422} <= statuses and any(s < 300 for s in statuses), seen  # the fuzz reached every layer
 
+
+
+def test_validation_errors_use_the_one_error_shape(client) -> None:
+    _, c = client
+    r = c.post("/v1/identify", params={"k": 0}, content=b"x")
+    assert r.status_code == 422
+    assert r.json() == {"detail": "invalid request: query k: Input should be greater than or equal to 1"}
+    r = c.post("/v1/explain", params={"format": "gif"}, files={"query": b"a", "reference": b"b"})
+    assert r.status_code == 422 and r.json()["detail"].startswith("invalid request: query format: String should match")
