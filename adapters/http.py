@@ -27,6 +27,10 @@ when the abandoned computation actually ends, so timeouts cannot pile up threads
 
 **One writer.** Reference writes are serialised in-process by a lock (the store additionally takes its
 file lock, which serialises writers across processes).
+
+**One error shape.** Every error answer is ``{"detail": "<one line>"}`` (:class:`ErrorBody`), request
+validation (422) included; the OpenAPI spec declares, per route, each status it can answer with and the
+body of each (see :mod:`._http_schema`).
 """
 
 from __future__ import annotations
@@ -45,9 +49,11 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi_offline import FastAPIOffline
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPBearer
 from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -55,6 +61,8 @@ from id2_plugin.config import Config, ServeConfig
 from id2_plugin.errors import ConfigError, Id2Error, MediaError, StoreError
 from id2_plugin.identify import Identifier
 from id2_plugin.pipeline import Pipeline, Upload
+
+from . import _http_schema as S
 
 __all__ = ["build_identifier", "create_app", "serve", "token_from_env"]
 
@@ -107,6 +115,10 @@ _REFERENCES_BODY = {
     },
     "required": True,
 }
+
+
+#: declares the bearer scheme of the write routes in the spec; the token itself is checked by _Service.check_token
+_BEARER = HTTPBearer(auto_error=False, description="serve.token (or $ID2_SERVE_TOKEN)")
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -478,23 +490,40 @@ def _add_error_handlers(app: FastAPI, cfg: ServeConfig) -> None:
     async def _id2_error(_: Request, exc: Id2Error) -> JSONResponse:
         return _error(500, said(exc))
 
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(422, f"invalid request: {_validation_summary(exc)}")
+
+
+def _validation_summary(exc: RequestValidationError) -> str:
+    """FastAPI's validation errors as one line, e.g. ``query k: Input should be greater than or equal to 1``."""
+    parts = []
+    for err in exc.errors():
+        loc = [str(x) for x in err.get("loc", ())]
+        where = f"{loc[0]} {'.'.join(loc[1:])}".strip() if loc else "request"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
 
 def _add_read_routes(app: FastAPI, service: Callable[[], _Service], capacity: _Capacity) -> None:
     """``/healthz``, ``/v1/info`` and ``/v1/identify``: open to every client."""
 
-    @app.get("/healthz", summary="Liveness: 200 once the model is loaded")
+    @app.get("/healthz", summary="Liveness: 200 once the model is loaded", response_model=None,
+             responses=S.responses(S.ok(S.HealthBody, "The model is loaded")))
     async def healthz() -> dict[str, Any]:
         svc = service()
         return {"status": "ok", "uptime_s": round(time.time() - svc.started, 3)}
 
-    @app.get("/v1/info", summary="Model, store and limits in use")
+    @app.get("/v1/info", summary="Model, store and limits in use", response_model=None,
+             responses=S.responses(S.ok(S.InfoBody, "Model, store and limits"), 504))
     async def info() -> dict[str, Any]:
         svc = service()
         store_info = await svc.run(svc.store.info, deadline=svc.deadline())
         return _info_json(svc, store_info, capacity)
 
     @app.post("/v1/identify", summary="Identify the original of an uploaded image",
-              openapi_extra={"requestBody": _IMAGE_BODY})
+              openapi_extra={"requestBody": _IMAGE_BODY}, response_model=None,
+              responses=S.responses(S.ok(S.ReportBody, "The origin report"), *S.UPLOAD_ERRORS))
     async def identify(request: Request, k: int | None = Query(None, ge=1, le=1000, description="Matches to return (default match.k)")) -> dict[str, Any]:
         svc = service()
         deadline = svc.deadline()
@@ -505,7 +534,8 @@ def _add_read_routes(app: FastAPI, service: Callable[[], _Service], capacity: _C
         return await svc.run(_report_json, svc.pipeline, data, name, svc.cfg.expose_paths, k, deadline=deadline)
 
     @app.post("/v1/identify/batch", summary="Identify the originals of several uploaded images (multipart 'file' fields)",
-              openapi_extra={"requestBody": _REFERENCES_BODY})
+              openapi_extra={"requestBody": _REFERENCES_BODY}, response_model=None,
+              responses=S.responses(S.ok(S.BatchBody, "One report (or error) per image"), *S.UPLOAD_ERRORS))
     async def identify_batch(request: Request, k: int | None = Query(None, ge=1, le=1000, description="Matches per image")) -> dict[str, Any]:
         svc = service()
         deadline = svc.deadline()
@@ -515,7 +545,8 @@ def _add_read_routes(app: FastAPI, service: Callable[[], _Service], capacity: _C
         return await svc.run(_batch_json, svc.pipeline, uploads, svc.cfg.expose_paths, k, deadline=deadline)
 
     @app.post("/v1/explain", summary="Explain the match of two uploaded images (scores, similarity map, SIFT)",
-              openapi_extra={"requestBody": _EXPLAIN_BODY})
+              openapi_extra={"requestBody": _EXPLAIN_BODY}, response_class=Response,
+              responses=S.responses(S.EXPLAIN_OK, *S.UPLOAD_ERRORS))
     async def explain(request: Request, format: str = Query("json", pattern="^(json|png|html)$",
                                                             description="json (numbers), png or html (the picture)")) -> Response:
         svc = service()
@@ -557,7 +588,10 @@ def _add_write_routes(app: FastAPI, service: Callable[[], _Service]) -> None:
     """Adding and removing references: bearer token only, one write at a time."""
 
     @app.post("/v1/references", summary="Add one or more reference images (bearer token)",
-              openapi_extra={"requestBody": _REFERENCES_BODY})
+              openapi_extra={"requestBody": _REFERENCES_BODY}, response_model=None, dependencies=[Depends(_BEARER)],
+              responses=S.responses({**S.ok(S.ReferencesBody, "Nothing new: every upload was a duplicate"),
+                                     **S.ok(S.ReferencesBody, "References added", 201)},
+                                    401, 403, *S.UPLOAD_ERRORS, s422=S.ErrorBody | S.ReferencesBody))
     async def add_references(
         request: Request,
         uri: str | None = Query(None, description="URI recorded for a single uploaded image"),
@@ -582,7 +616,9 @@ def _add_write_routes(app: FastAPI, service: Callable[[], _Service]) -> None:
             return JSONResponse(body, status_code=422)
         return JSONResponse(body, status_code=201 if res.added else 200)
 
-    @app.delete("/v1/references/{key:path}", summary="Remove a reference by id or sha256 (bearer token)")
+    @app.delete("/v1/references/{key:path}", summary="Remove a reference by id or sha256 (bearer token)",
+                response_model=None, dependencies=[Depends(_BEARER)],
+                responses=S.responses(S.ok(S.RemovedBody, "Removed"), 401, 403, 404, 422, 504))
     async def remove_reference(key: str, request: Request) -> dict[str, Any]:
         svc = service()
         deadline = svc.deadline()

@@ -88,16 +88,27 @@ def expand_inputs(paths: Any) -> tuple[list[Any], list[str]]:
     are a usage error (a silent exit 0 would read as success). When nothing at all is readable this raises
     (exit 4) before the caller loads a model for no input.
     """
+    files, problems = scan_inputs(paths)
+    if not files:
+        if problems:
+            raise MediaError(f"nothing to read: every path given was skipped ({len(problems)})")
+        raise ConfigError(f"no image files found in {', '.join(map(str, paths))}")
+    return files, problems
+
+
+def scan_inputs(paths: Any) -> tuple[list[Any], list[str]]:
+    """Like :func:`expand_inputs` for optional inputs (``--distractors``): no image at all is not an error.
+
+    Each problem is reported on stderr as ``skipped ...`` and returned in that form, so a command can list
+    it in its JSON and exit 4 (``EXIT_UNREADABLE``) after finishing the rest.
+    """
     from .media import scan_image_files
 
     scan = scan_image_files(list(paths))
-    for line in scan.problems:
-        click.echo(f"skipped {line}", err=True)
-    if not scan.files:
-        if scan.problems:
-            raise MediaError(f"nothing to read: every path given was skipped ({len(scan.problems)})")
-        raise ConfigError(f"no image files found in {', '.join(map(str, paths))}")
-    return scan.files, scan.problems
+    problems = [f"skipped {line}" for line in scan.problems]
+    for line in problems:
+        click.echo(line, err=True)
+    return scan.files, problems
 
 
 def echo_json(obj: Any) -> None:

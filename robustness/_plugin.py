@@ -6,12 +6,14 @@ plugin. Importing it is cheap (numpy and Pillow); models and matplotlib load onl
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import Any
 
 import click
 
-from id2_plugin.cli_support import EXIT_OK, cache_option, config_from_flags, embedder_option_flags, handle_errors
+from id2_plugin.cli_support import (EXIT_OK, EXIT_UNREADABLE, cache_option, config_from_flags, embedder_option_flags,
+                                    handle_errors, scan_inputs)
 from id2_plugin.errors import ConfigError
 
 from .attacks import BUILTIN_ATTACKS
@@ -65,13 +67,15 @@ def robustness_command(ctx: click.Context, pairs: str | None, photos: str | None
     Resuming: attacks are seeded, so a rerun (or a run with more queries or levels) produces identical
     pixels; with --cache DIR latents are read from that cache instead of being encoded again, so an
     interrupted run resumes where it stopped. Without --cache nothing but the reports is written.
+    Exit 4 (after writing the reports) when a folder scan skipped a path (an unreadable folder, a dangling
+    link, a symlink loop): each is reported on stderr and listed in the report's notes.
     """
     from id2_plugin.pipeline import embedder_from_config
     from id2_plugin.plugins import attack_factories
 
     from . import attacks as A
     from .report import write_reports
-    from .suite import RESIZE_POLICIES, build_methods, pairs_set, photos_set, run_robustness
+    from .suite import RESIZE_POLICIES, build_methods, run_robustness
 
     if (pairs is None) == (photos is None):
         raise ConfigError("give exactly one of --pairs MANIFEST or --photos DIR")
@@ -89,10 +93,7 @@ def robustness_command(ctx: click.Context, pairs: str | None, photos: str | None
     needs_model = names is None or bool({"id2", "vae_raw", "sscd", "fused"} & set(names))
     embedder = embedder_from_config(cfg, in_memory_only=True) if needs_model else None
     method_list = build_methods(embedder, names, cache_root=cache_dir, use_cache=cache_dir is not None)
-    if photos is not None:
-        dataset = photos_set([photos], list(distractors), limit=limit, max_distractors=max_distractors)
-    else:
-        dataset = pairs_set(pairs, list(distractors), limit=limit, max_distractors=max_distractors)  # type: ignore[arg-type]
+    dataset, problems = _dataset(photos, pairs, distractors, limit, max_distractors)
     click.echo(
         f"{dataset.kind}: {len(dataset.query_paths)} queries, {len(dataset.reference_paths)} references; "
         f"{sum(len(e.levels) for e in suite)} attack levels; methods {', '.join(m.name for m in method_list)}",
@@ -108,7 +109,24 @@ def robustness_command(ctx: click.Context, pairs: str | None, photos: str | None
     _print_summary(result)
     for kind, p in paths.items():
         click.echo(f"wrote {kind}: {p}")
-    sys.exit(EXIT_OK)
+    sys.exit(EXIT_UNREADABLE if problems else EXIT_OK)
+
+
+def _dataset(photos: str | None, pairs: str | None, distractors: tuple[str, ...], limit: int | None,
+             max_distractors: int | None) -> tuple[Any, list[str]]:
+    """The photos or pairs set, plus the paths its folder scans had to skip (each reported, noted in the report)."""
+    from .suite import pairs_set, photos_set
+
+    distractor_files, problems = scan_inputs(distractors)
+    if photos is not None:
+        photo_files, photo_problems = scan_inputs([photos])
+        problems = photo_problems + problems
+        if not photo_files:
+            raise ConfigError(f"no image files found in {photos}")
+        dataset = photos_set(photo_files, distractor_files, limit=limit, max_distractors=max_distractors)
+    else:
+        dataset = pairs_set(pairs, distractor_files, limit=limit, max_distractors=max_distractors)  # type: ignore[arg-type]
+    return dataclasses.replace(dataset, skipped=[*problems, *dataset.skipped]), problems
 
 
 def _command_line(ctx: click.Context) -> list[str]:

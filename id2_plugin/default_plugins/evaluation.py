@@ -10,7 +10,8 @@ from typing import Any
 
 import click
 
-from ..cli_support import cache_option, config_from_flags, config_option_flags, echo_json, handle_errors, outcome_code
+from ..cli_support import (cache_option, config_from_flags, config_option_flags, echo_json, handle_errors, outcome_code,
+                           scan_inputs)
 from ..errors import ConfigError
 from ..calibrate import save_histogram
 from ..evaluate import DEFAULT_K, METHOD_NAMES, EmbedderMethod, load_images, load_pairs_for_eval, prepare_eval_set
@@ -72,7 +73,8 @@ def evaluate_command(ctx: click.Context, pairs_path: str, distractors: tuple[str
     """Retrieval metrics (top-1, mAP, micro-AP, recall at 90%/99.9% precision) of id2 and baselines.
 
     id2 is evaluated when a W is configured (or shipped); vae_raw, pdq and phash always. Exit 4 when
-    some image could not be read (it is reported and skipped).
+    some image could not be read or some path under --distractors could not be walked (an unreadable
+    folder, a dangling link, a symlink loop): each is reported and skipped, the rest evaluated.
     """
     from ..evaluate import metrics_by_group, query_labels, score_methods
 
@@ -80,7 +82,8 @@ def evaluate_command(ctx: click.Context, pairs_path: str, distractors: tuple[str
         raise ConfigError(f"--k must be >= 1, got {eval_k}")
     cfg = config_from_flags(ctx, **flags)
     # The manifest and distractor folders first: a wrong path fails before the models load.
-    query_paths, ref_paths, positives = load_pairs_for_eval(pairs_path, distractors, max_distractors)
+    distractor_files, skipped = scan_inputs(distractors)
+    query_paths, ref_paths, positives = load_pairs_for_eval(pairs_path, distractor_files, max_distractors)
     embedder = embedder_from_config(cfg, in_memory_only=True)
     methods = comparison_methods(embedder, cfg)
     if method_names:
@@ -91,6 +94,7 @@ def evaluate_command(ctx: click.Context, pairs_path: str, distractors: tuple[str
         methods = [m for m in methods if m.name in method_names]
     data = prepare_eval_set(query_paths, ref_paths, positives, embedder.normalise)
     _report_skipped(data.skipped)
+    skipped += data.skipped
     if not data.queries or not data.positives.any():
         raise ConfigError("nothing to evaluate: no readable query with a readable origin")
     groups = {key: query_labels(pairs_path, data.query_paths, key) for key in ("source", "family")}
@@ -102,12 +106,12 @@ def evaluate_command(ctx: click.Context, pairs_path: str, distractors: tuple[str
     if per_query_path:
         _write_per_query(per_query_path, sims, data, bits)
     head = dict(default=embedder.name, windows=cfg.match.windows, n_queries=len(data.queries), n_references=len(data.references),
-                k=eval_k, embedder=embedder.identity, skipped=data.skipped)
+                k=eval_k, embedder=embedder.identity, skipped=skipped)
     if as_json:
         echo_json(_evaluation_doc(results, by_group, bits, head, per_query_path))
     else:
         _print_evaluation(results, by_group, bits, head, int(data.positives.any(axis=0).sum()), per_query_path)
-    sys.exit(outcome_code(unreadable=data.skipped))
+    sys.exit(outcome_code(unreadable=skipped))
 
 
 def _write_per_query(path: str, sims: dict[str, Any], data: Any, bits: dict[str, int]) -> None:
@@ -192,7 +196,8 @@ def calibrate_command(ctx: click.Context, pairs_path: str, negative_dirs: tuple[
     Negatives are scored against the reference set = the pairs' origins + --distractors, or, when
     --store is given, against that existing store (use the production store to calibrate for it).
     Negatives identical (same bytes) to a reference are dropped. Writes a config that
-    `id2-plugin --config OUT query ...` loads.
+    `id2-plugin --config OUT query ...` loads. Exit 4 (after writing it) when some image could not be
+    read or some path under --negatives / --distractors could not be walked; each is reported.
     """
     from ..calibrate import calibrate_threshold, check_enough_negatives, select_negatives
 
@@ -206,15 +211,17 @@ def calibrate_command(ctx: click.Context, pairs_path: str, negative_dirs: tuple[
     if use_store and method_name != "embedder":
         raise ConfigError(f"--method {method_name} scores against the pairs' origins and --distractors, not a store")
     cfg = config_from_flags(ctx, **flags)
-    query_paths, ref_paths, positives = load_pairs_for_eval(pairs_path, () if use_store else distractors)
+    negative_files, skipped = scan_inputs(negative_dirs)
+    distractor_files, problems = scan_inputs(() if use_store else distractors)
+    skipped += problems
+    query_paths, ref_paths, positives = load_pairs_for_eval(pairs_path, distractor_files)
     pipeline = Pipeline.from_config(cfg) if use_store else None
     embedder = pipeline.embedder if pipeline is not None else embedder_from_config(cfg, in_memory_only=True)
     method, identity = _calibration_method(method_name, embedder, cfg)
     data = prepare_eval_set(query_paths, ref_paths, positives, embedder.normalise)
-    skipped = list(data.skipped)
     if not data.positives.any():
         raise ConfigError("no readable query with a readable origin: no positive score")
-    neg_paths, neg_hashes, dropped = select_negatives(negative_dirs, [*query_paths, *ref_paths])
+    neg_paths, neg_hashes, dropped = select_negatives(negative_files, [*query_paths, *ref_paths])
     if pipeline is not None:
         in_store = pipeline.store.contains(neg_hashes)
         dropped += sum(in_store)
@@ -223,8 +230,9 @@ def calibrate_command(ctx: click.Context, pairs_path: str, negative_dirs: tuple[
         click.echo(f"dropped {dropped} negative(s) identical to a reference or query", err=True)
     check_enough_negatives(len(neg_paths), target_fpr, confidence)
     neg_imgs, neg_kept, neg_err = load_images(neg_paths, embedder.normalise, "loading negatives")
-    skipped += [f"unreadable, skipped: {e}" for e in neg_err]
-    _report_skipped(skipped)
+    unreadable = [*data.skipped, *(f"unreadable, skipped: {e}" for e in neg_err)]
+    _report_skipped(unreadable)
+    skipped += unreadable
     if not neg_imgs:
         raise ConfigError("no readable negative image")
     scored, neg_best, ref_desc = _scores(method, data, neg_imgs, pipeline, cfg.store.path)

@@ -82,8 +82,8 @@ def index_compact(ctx: click.Context, rebuild: bool, **flags: Any) -> None:
 
 @click.command("verify")
 @click.option("--repair", is_flag=True,
-              help="Make a damaged store usable: drop references whose vectors are lost, rebuild the index "
-                   "from the vectors and SQLite.")
+              help="Make a damaged store usable: drop references whose vectors are lost, zero the vectors "
+                   "of removed references still on disk, rebuild the index from the vectors and SQLite.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @config_option_flags
 @click.pass_context

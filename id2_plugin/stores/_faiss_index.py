@@ -306,6 +306,23 @@ def exclusion_selector(ids: np.ndarray) -> Any:
     return sel
 
 
+def zero_stored_vectors(index: Any, ids: Iterable[int]) -> int:
+    """Overwrite with zeros the stored vectors of ``ids`` in an ``IDMap2`` over ``HNSW..,Flat``; returns how many.
+
+    HNSW cannot delete nodes, so a removed reference stays in the graph as a tombstone; zeroing its vector
+    keeps the embedding out of the snapshot written next. The node's links stay (they carry no image data).
+    """
+    faiss = _faiss()
+    wanted = np.fromiter(ids, dtype=np.int64)
+    if not len(wanted) or not index.ntotal:
+        return 0
+    storage = faiss.downcast_index(faiss.downcast_index(index.index).storage)
+    xb = faiss.rev_swig_ptr(storage.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
+    rows = np.flatnonzero(np.isin(faiss.vector_to_array(index.id_map), wanted))
+    xb[rows] = 0.0
+    return int(len(rows))
+
+
 def exact_top1(queries: np.ndarray, ids: np.ndarray, fetch: Callable[[np.ndarray], np.ndarray],
                chunk: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
     """Exact best (score, id) of each query over the vectors of ``ids``, streamed in chunks."""

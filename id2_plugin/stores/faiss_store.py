@@ -12,7 +12,8 @@ lock) first appends the new rows to the raw vector file past the committed end a
 new index snapshot to a temp file, fsyncs and renames it to ``main.<new generation>.faiss``; only then does
 one SQLite transaction insert the reference rows and advance ``generation``/``next_id``/the snapshot
 pointer. A crash before that transaction leaves bytes nobody references (cleaned up by the next writer);
-a crash after it loses nothing. Committed rows and snapshot files are never modified in place.
+a crash after it loses nothing. Committed rows and snapshot files are never modified in place, with one
+exception: the rows of removed references (below).
 
 **Reads.** Every query reads ``generation`` inside a SQLite read transaction (a snapshot of the meta). If a
 writer committed since the last query, the reader catches up incrementally: new rows are read from the raw
@@ -38,6 +39,15 @@ retrains on demand.
 **Removal.** IVF and flat indexes delete ids physically. HNSW graphs cannot, so removed ids become
 tombstones filtered inside the search (a FAISS ``IDSelector``), and the graph is rebuilt from the raw
 vectors once tombstones exceed ``tombstone_ratio`` of it.
+
+A removed reference's embedding must not stay recoverable from the store's files (it may be that of an
+abuse image). Right after the removal commits, the writer overwrites its raw row with zeros (the
+generation up to which that was done is kept in ``facts["scrubbed_gen"]``, so a crash in between is
+finished by the next writer), and when the id sat in an ANN snapshot it writes a new snapshot without
+it (IVF deletes it; an HNSW graph keeps the node with a zeroed vector as a tombstone) and deletes the old
+snapshot at once. The SQLite row is deleted with ``secure_delete`` on. What the file system or device
+keeps of overwritten or deleted blocks (copy-on-write file systems, SSD wear levelling, backups) is
+beyond the store's reach.
 """
 
 from __future__ import annotations
@@ -361,6 +371,7 @@ class FaissStore(ReferenceStore):
                                        timeout=max(self._lock_timeout, 1.0))
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=FULL")
+                conn.execute("PRAGMA secure_delete=ON")  # a removed reference's row is zeroed, not just unlinked
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot open the store database {self._db_path}: {exc}") from None
             self._conn_obj = conn
@@ -434,7 +445,7 @@ class FaissStore(ReferenceStore):
                 if problems:
                     raise StoreDamagedError(self._damage_message(problems))
                 self._cleanup(meta)
-                yield meta
+                yield self._scrub_removed(meta) if check else meta
             except StoreError:
                 self._state = None
                 raise
@@ -498,7 +509,16 @@ class FaissStore(ReferenceStore):
                             f"{meta.generation} committed {meta.count} below id {meta.next_id}")
         if meta.snap_gen is not None:
             problems += self._snapshot_damage(meta, deep)
+        if deep and not problems:
+            problems += self._unscrubbed_damage(meta)
         return problems
+
+    def _unscrubbed_damage(self, meta: _Meta) -> list[str]:
+        left = self._unscrubbed(meta)
+        if not left:
+            return []
+        return [f"{meta.raw_file} still holds the vectors of {len(left)} removed reference(s) (ids {left[:5]}"
+                f"{' ...' if len(left) > 5 else ''})"]
 
     def _snapshot_damage(self, meta: _Meta, deep: bool) -> list[str]:
         name = f"main.{meta.snap_gen}.faiss"
@@ -536,6 +556,10 @@ class FaissStore(ReferenceStore):
                 return []
             done = self._drop_lost_rows(meta)
             meta = self._read_meta()
+            scrubbed = self._unscrubbed(meta)
+            if scrubbed:
+                meta = self._scrub_removed(meta, since=-1)
+                done.append(f"overwrote the vectors of {len(scrubbed)} removed reference(s) with zeros")
             if self._maybe_merge(meta, force=True, rebuild=True) == "rebuild":
                 done.append(f"rebuilt the {self._spec.kind} index from the {meta.count} stored vectors")
             self._state = None
@@ -571,6 +595,42 @@ class FaissStore(ReferenceStore):
             os.fsync(f.fileno())
         if created:
             _fsync_dir(self.location)
+
+    def _removed_ids(self, since: int) -> list[int]:
+        cur = self._conn.execute("SELECT id FROM removed WHERE generation > ? ORDER BY id", (since,))
+        return [int(r[0]) for r in cur]
+
+    def _unscrubbed(self, meta: _Meta) -> list[int]:
+        """Removed ids whose raw row on disk is not all zeros."""
+        rows = min(self._raw_rows_on_disk(meta), meta.next_id)
+        ids = np.array([i for i in self._removed_ids(-1) if i < rows], dtype=np.int64)
+        if not len(ids):
+            return []
+        raw = np.memmap(self._raw_path(meta), dtype=self._spec.raw_dtype, mode="r", shape=(rows, self._dim))
+        return [int(i) for i in ids[np.any(raw[ids] != 0, axis=1)]]
+
+    def _scrub_removed(self, meta: _Meta, since: int | None = None) -> _Meta:
+        """Zero the raw rows of references removed after generation ``since`` (default: not yet scrubbed).
+
+        Lock held. Returns the meta to continue with (re-read when the scrub was recorded).
+        """
+        since = int(meta.facts.get("scrubbed_gen", -1)) if since is None else since
+        ids = self._removed_ids(since)
+        if not ids:
+            return meta
+        _checkpoint("scrub:start")
+        rows = min(self._raw_rows_on_disk(meta), meta.next_id)
+        zero = bytes(self._row_bytes())
+        with open(self._raw_path(meta), "r+b") as f:
+            for i in ids:
+                if i < rows:
+                    f.seek(i * len(zero))
+                    f.write(zero)
+            f.flush()
+            os.fsync(f.fileno())
+        with self._write_txn() as conn:
+            self._set_meta(conn, facts={**meta.facts, "scrubbed_gen": meta.generation})
+        return self._read_meta()
 
     def _open_raw(self, meta: _Meta) -> np.ndarray | None:
         if meta.next_id == 0:
@@ -792,12 +852,22 @@ class FaissStore(ReferenceStore):
         """Stored rows of ``reference_ids`` at the latest committed generation (float32)."""
         ids = np.array([int(r) for r in reference_ids], dtype=np.int64)
 
-        def run(_conn: sqlite3.Connection, state: _State) -> np.ndarray:
-            if len(ids) and (state.raw is None or ids.min() < 0 or ids.max() >= state.next_id):
+        def run(conn: sqlite3.Connection, state: _State) -> np.ndarray:
+            if len(ids) and (state.raw is None or ids.min() < 0 or ids.max() >= state.next_id
+                             or not self._all_live(conn, ids)):
                 raise StoreError(f"unknown reference id among {list(reference_ids)[:5]}")
             return np.asarray(state.raw[ids], dtype=np.float32) if len(ids) else np.zeros((0, self._dim), np.float32)
 
         return self._with_current(run)  # type: ignore[no-any-return]
+
+    @staticmethod
+    def _all_live(conn: sqlite3.Connection, ids: np.ndarray) -> bool:
+        wanted = sorted({int(i) for i in ids})
+        found = 0
+        for start in range(0, len(wanted), _SQL_BATCH):
+            part = wanted[start : start + _SQL_BATCH]
+            found += conn.execute(f"SELECT COUNT(*) FROM refs WHERE id IN ({','.join('?' * len(part))})", part).fetchone()[0]
+        return found == len(wanted)
 
     # -- writes ----------------------------------------------------------------------------------------------
     def _known(self, conn: sqlite3.Connection, shas: Sequence[str]) -> set[str]:
@@ -894,8 +964,21 @@ class FaissStore(ReferenceStore):
                                  [(i, gen, int(i < meta.snap_next_id)) for i in ids])
                 _checkpoint("remove:before_commit")
                 self._set_meta(conn, generation=gen, count=meta.count - len(ids), main_count=meta.main_count - in_main)
-            self._maybe_merge(self._read_meta())
+            meta = self._scrub_removed(self._read_meta())
+            self._drop_from_snapshot(meta, in_main > 0)
         return len(ids)
+
+    def _drop_from_snapshot(self, meta: _Meta, touched: bool) -> None:
+        """After a removal: merge by policy, and when the snapshot on disk held a removed vector, replace it
+        now and delete the old file (readers that still open it retry on the new generation)."""
+        plan = self._maybe_merge(meta)
+        if not touched or meta.snap_gen is None:
+            return
+        if plan is None:
+            self._merge(meta, "fold")
+        prev = self._read_meta().prev_snap_gen
+        if prev is not None:
+            (self.location / f"main.{prev}.faiss").unlink(missing_ok=True)
 
     # -- merge / rebuild ------------------------------------------------------------------------------------
     def _tombstone_count(self, meta: _Meta) -> int:
@@ -961,6 +1044,8 @@ class FaissStore(ReferenceStore):
                 state = self._current(conn)
                 buf_ids = self._live_ids(conn, meta.snap_next_id, meta.next_id)
                 self._fill(state.main, buf_ids, state.raw)
+                if self._spec.kind == "hnsw":
+                    fx.zero_stored_vectors(state.main, state.tombstones)
                 # IVF deletes physically, so the snapshot is clean; an HNSW graph keeps its tombstones.
                 clean_gen = meta.clean_gen if self._spec.kind == "hnsw" else gen
         tmp = self.location / f"main.{gen}.faiss.tmp"

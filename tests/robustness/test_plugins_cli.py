@@ -144,6 +144,22 @@ def test_cli_pairs_manifest(cli, real_edits_dir, photo_paths, tmp_path):
     assert {p["label"] for p in data["points"]} == {"clean", "jpeg:30"}
 
 
+def test_cli_reports_a_dangling_link_in_a_scanned_folder_and_exits_4(cli, photo_paths, tmp_path):
+    photos = _link(photo_paths[30:33], tmp_path / "photos")
+    distractors = _link(photo_paths[40:43], tmp_path / "distractors")
+    os.symlink(tmp_path / "deleted.jpg", distractors / "gone.jpg")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, [
+        "robustness", "--photos", str(photos), "--distractors", str(distractors), "--out", str(out),
+        "--methods", "pdq", "--attack", "jpeg:30", "--no-pdf", "--quiet",
+    ])
+    assert res.exit_code == 4, res.output
+    assert f"skipped {distractors / 'gone.jpg'}: dangling symbolic link" in res.stderr
+    data = json.loads((out / "report.json").read_text())  # the rest was still measured and reported
+    assert data["dataset"]["n_queries"] == 3 and data["dataset"]["n_distractors"] == 3
+    assert any("gone.jpg: dangling symbolic link" in note for note in data["notes"])
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
