@@ -57,7 +57,7 @@ def main() -> None:
     ap.add_argument("--removals", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    print(f"| index | references | dim | median remove (s) | store on disk (MB) |")
+    print("| index | references | dim | median remove (s) | store on disk (MB) |")
     print("|---|---:|---:|---:|---:|")
     for name, (kind, opts) in LAYOUTS.items():
         r = measure(kind, opts, args.n, args.dim, args.removals, args.seed)
