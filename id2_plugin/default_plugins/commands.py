@@ -247,10 +247,11 @@ def quantize(ctx: click.Context, photos: tuple[str, ...], out_dir: str | None, c
         return
     if not photos:
         raise click.UsageError("--precision int8 needs calibration PHOTOS (files or folders)")
-    files, _problems = expand_inputs(photos)  # each problem reported; calibration uses the readable rest
+    files, problems = expand_inputs(photos)  # each problem reported; calibration uses the readable rest
     path = quantize_taef2(out_dir, files, weights=cfg.embedder.weights, count=count, input_size=cfg.embedder.input_size)
     click.echo(f"wrote {path} (calibrated on {min(count, len(files))} photos); use it with ID2_MODELS_DIR={out_dir} "
                f"and embedder.precision=int8 (or auto)")
+    sys.exit(outcome_code(unreadable=bool(problems)))
 
 
 @hookimpl
