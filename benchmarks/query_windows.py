@@ -105,17 +105,18 @@ def _wrap(method, fused):
 
 
 def _markdown(rep: dict) -> str:
-    groups = list(next(iter(rep["rows"].values())))
+    modes = list(rep["rows"])
+    groups = list(rep["rows"][modes[0]])
     lines = [f"# Query windows on the real edits ({rep['n_queries']} queries, {rep['n_references']} references)", "",
              f"Command: `{rep['command']}`  ", f"Machine: {rep['machine']}; wall time {rep['wall_s']:.0f} s  ",
              f"Embedder: `{rep['embedder']}`; match.threshold {rep['threshold']}; {rep['windows_per_query']} windows per query", "",
-             "| windows | " + " | ".join(f"{g} (n={rep['rows']['off'][g]['n']})" for g in groups) + " |",
-             "|---|" + "---:|" * len(groups)]
-    for name, per in rep["rows"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{m['top1']:.3f} / {m['mAP']:.3f} / {m['micro_ap']:.3f}" for m in per.values()) + " |")
-    lines += ["", "Cells: top-1 / mAP / micro-AP. Share of queries given a second look (`auto`): "
-              + ", ".join(f"{g} {v:.2f}" for g, v in rep["second_look_share"].items()) + ".",
-              "Seconds of window embedding per windowed query: "
+             "Cells: top-1 / mAP / micro-AP; `auto` = the default; second look = share of the group's queries `auto` searched again.", "",
+             "| queries | n | second look | " + " | ".join(f"`{m}`" if " " not in m else m for m in modes) + " |",
+             "|---|---:|---:|" + "---:|" * len(modes)]
+    for g in groups:
+        cells = [f"{rep['rows'][m][g]['top1']:.3f} / {rep['rows'][m][g]['mAP']:.3f} / {rep['rows'][m][g]['micro_ap']:.3f}" for m in modes]
+        lines.append(f"| {g} | {rep['rows'][modes[0]][g]['n']} | {rep['second_look_share'][g]:.2f} | " + " | ".join(cells) + " |")
+    lines += ["", "Seconds of window embedding per windowed query (under the load above): "
               + ", ".join(f"{n}: {v:.2f}" for n, v in rep["seconds_per_second_look"].items() if n != "off") + "."]
     return "\n".join(lines)
 

@@ -358,7 +358,7 @@ def test_evaluate_command(real_copies, tmp_path: Path, taef2_encoder) -> None:
     assert "broken.jpg" in res.stderr
     out = json.loads(res.stdout)
     # no W configured -> no id2 and nothing to fuse; SSCD is scored beside the raw latent
-    assert set(out["methods"]) == {"vae_raw", "sscd", "pdq", "phash"} and out["default"] == "vae_raw"
+    assert set(out["methods"]) == {"vae_raw", "vae_raw_whole", "sscd", "pdq", "phash"} and out["default"] == "vae_raw"
     assert (out["n_queries"], out["n_references"], out["k"]) == (10, 30, 10)
     for name, m in out["methods"].items():
         assert {"top1", "mAP", "micro_ap", "recall_at_p90"} <= set(m)
