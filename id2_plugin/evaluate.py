@@ -562,12 +562,12 @@ def windowed_similarity(method: Method, queries: Sequence[np.ndarray], qry: np.n
     """``sim`` with the query-window second look of the identify path (``match.windows``): the queries whose
     best whole-image score is below ``threshold`` (every query when ``mode`` is ``always``) keep, per
     reference, the best of the whole image and its windows."""
-    from .framing import query_windows
+    from .framing import needs_second_look, query_windows
 
     embedder = method.embedder  # type: ignore[attr-defined]
     out = np.array(sim, copy=True)
     for i in range(len(queries)):
-        if mode == "always" or out[i].max() < threshold:
+        if needs_second_look(mode, float(out[i].max()) if out.shape[1] else None, threshold):
             _, crops = query_windows(np.asarray(queries[i]))
             out[i] = np.maximum(out[i], method.similarity(embedder.embed_windows(crops, qry[i]), ref).max(axis=0))
     return out

@@ -150,20 +150,24 @@ def orientation_label(rotation: int, mirrored: bool) -> str:
     return "+".join(parts)
 
 
+def best_per_reference(candidates: Sequence[Sequence[Match]], k: int) -> list[tuple[Match, int]]:
+    """Each reference's best match over several candidate lists (the first list wins ties), re-ranked, top
+    ``k``, with the index of the list it came from."""
+    best: dict[str, tuple[Match, int]] = {}
+    for ci, matches in enumerate(candidates):
+        for m in matches:
+            if m.reference_id not in best or m.score > best[m.reference_id][0].score:
+                best[m.reference_id] = (m, ci)
+    ranked = sorted(best.values(), key=lambda mc: -mc[0].score)[:k]
+    return [(replace(m, rank=i + 1), ci) for i, (m, ci) in enumerate(ranked)]
+
+
 def best_over_orientations(
     per_variant: Sequence[Sequence[Match]], variants: Sequence[tuple[int, bool]], k: int
 ) -> list[tuple[Match, int]]:
     """Each reference's best match over the query variants, re-ranked, top ``k``, with the index of the
     variant that won (its vector gives the per-signal scores). A non-upright winner is labelled."""
-    best: dict[str, tuple[Match, int]] = {}
-    for vi, matches in enumerate(per_variant):
-        for m in matches:
-            if m.reference_id not in best or m.score > best[m.reference_id][0].score:
-                best[m.reference_id] = (m, vi)
-    ranked = sorted(best.values(), key=lambda mv: -mv[0].score)[:k]
-    return [
-        (replace(m, rank=i + 1, orientation=orientation_label(*variants[vi])), vi) for i, (m, vi) in enumerate(ranked)
-    ]
+    return [(replace(m, orientation=orientation_label(*variants[vi])), vi) for m, vi in best_per_reference(per_variant, k)]
 
 
 #: Query windows: a 3 x 3 grid of half-size squares at quarter steps. An edit that re-stages a subject small
@@ -188,10 +192,13 @@ def best_over_windows(
 ) -> list[tuple[Match, int]]:
     """Each reference's best match over the whole query and its windows, re-ranked, top ``k``, with the
     index of the winner (-1 = the whole image, else the window). A window winner is labelled."""
-    best: dict[str, tuple[Match, int]] = {m.reference_id: (m, -1) for m in whole}
-    for wi, matches in enumerate(per_window):
-        for m in matches:
-            if m.reference_id not in best or m.score > best[m.reference_id][0].score:
-                best[m.reference_id] = (m, wi)
-    ranked = sorted(best.values(), key=lambda mv: -mv[0].score)[:k]
-    return [(replace(m, rank=i + 1, window=labels[wi] if wi >= 0 else ""), wi) for i, (m, wi) in enumerate(ranked)]
+    ranked = best_per_reference([whole, *per_window], k)
+    return [(replace(m, window=labels[ci - 1] if ci else ""), ci - 1) for m, ci in ranked]
+
+
+def needs_second_look(mode: str, best_score: float | None, threshold: float) -> bool:
+    """Whether a query's windows are searched (``match.windows``): ``always``; ``auto`` when the whole image's
+    best score (None: no match at all) is below ``threshold``; never when ``off``."""
+    if mode == "off":
+        return False
+    return mode == "always" or best_score is None or best_score < threshold

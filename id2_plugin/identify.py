@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .config import Config, EmbedderConfig, StoreConfig
-from .framing import best_over_orientations, best_over_windows, orient, orientation_variants, query_windows
+from .framing import (best_over_orientations, best_over_windows, needs_second_look, orient, orientation_variants,
+                      query_windows)
 from ._lazy import require
 from .errors import ConfigError, Id2Error, MediaError
 from .media import MediaLike, MediaLimits
@@ -365,22 +366,18 @@ def search_normalised(media: Sequence[MediaLike], images: Sequence[np.ndarray], 
             for query, (matches, vectors) in zip(media, best)]
 
 
-def _needs_windows(matches: list[Match], context: IdentifyContext) -> bool:
-    if context.windows == "off":
-        return False
-    return context.windows == "always" or not matches or matches[0].score < context.threshold
-
-
 def _second_look(images: Sequence[np.ndarray], upright: np.ndarray, best: list[tuple[list[Match], np.ndarray]],
                  context: IdentifyContext, timings: dict[str, float]) -> list[tuple[list[Match], np.ndarray]]:
     """Search the query windows of every upright query the whole image did not match (``match.windows``):
     one embedding pass and one store query for all of them; each reference keeps its best score."""
-    todo = [i for i, (matches, _) in enumerate(best) if _needs_windows(matches, context)]
+    todo = [i for i, (matches, _) in enumerate(best)
+            if needs_second_look(context.windows, matches[0].score if matches else None, context.threshold)]
     if not todo:
         return best
     t0 = time.perf_counter()
     labels, crops = zip(*(query_windows(images[i]) for i in todo))
-    vecs = np.concatenate([context.embedder.embed_windows(c, upright[i]) for i, c in zip(todo, crops)])
+    whole = np.concatenate([np.repeat(upright[i][None], len(c), axis=0) for i, c in zip(todo, crops)])
+    vecs = context.embedder.embed_windows(np.concatenate(crops), whole)
     found = context.store.query(vecs, k=context.k)
     out = list(best)
     for j, i in enumerate(todo):

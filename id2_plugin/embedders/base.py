@@ -329,8 +329,9 @@ class ImageEmbedder(ABC):
     window_signal: bool = False
 
     def embed_windows(self, windows: np.ndarray, whole: np.ndarray) -> np.ndarray:
-        """Vectors of one query's windows (``N x s x s x 3`` uint8 crops); ``whole`` is the whole query's
-        vector, from which a composite embedder keeps the slices of its other signals."""
+        """Vectors of query windows (``N x s x s x 3`` uint8 crops); ``whole`` is the vector of the whole query
+        each window was cut from (one row, or one per window), from which a composite embedder keeps the
+        slices of its other signals."""
         return self.embed_arrays(windows)
 
     def signal_scores(self, query: np.ndarray, references: np.ndarray) -> list[dict[str, float]]:

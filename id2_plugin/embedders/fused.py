@@ -144,13 +144,9 @@ class FusedEmbedder(ImageEmbedder):
         """Only the window signals (SSCD) see the crops; every other signal keeps its whole-image slice,
         which costs nothing and measured as well as re-embedding them (benchmarks/query_windows.py)."""
         chosen = [p for p in self.parts if p.window_signal] or self.parts
-        spans = self.signals
+        rows = np.broadcast_to(np.atleast_2d(np.asarray(whole, np.float32)), (len(windows), self.dim))
         parts = []
-        for p in self.parts:
-            if p in chosen:
-                parts.append(p.embed_windows(windows, whole))
-            else:
-                a, b, w = spans[p.name]
-                sl = np.asarray(whole, np.float32).reshape(-1)[a:b] / np.float32(math.sqrt(w) or 1.0)
-                parts.append(np.broadcast_to(sl, (len(windows), b - a)))
+        for p, (a, b, w) in zip(self.parts, self.signals.values()):
+            own = rows[:, a:b] / np.float32(math.sqrt(w) or 1.0)  # the signal's unit vector from its scaled slice
+            parts.append(p.embed_windows(windows, own) if p in chosen else own)
         return self.combine(parts)
