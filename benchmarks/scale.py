@@ -243,13 +243,20 @@ def percentiles(ms: list[float]) -> tuple[float, float]:
 def bench_type(kind: str, opts: dict[str, Any], refs: References, q: np.ndarray, gt_i: np.ndarray, workdir: Path,
                args: argparse.Namespace) -> dict[str, Any]:
     path = workdir / kind
-    shutil.rmtree(path, ignore_errors=True)
     dim = q.shape[1]
     base_rss = proc_status_mb("VmRSS").get("VmRSS", float("nan"))
     peak_ok = reset_peak_rss()
     t0 = time.perf_counter()
-    store = FaissStore(path, IDENTITY, dim, index=kind, index_options=opts, create=True)
-    for start, x in refs.chunks():
+    if args.reuse and (path / "store.sqlite").exists():
+        store = FaissStore(path)
+        if store.info().count != refs.n:
+            raise SystemExit(f"--reuse: {path} holds {store.info().count:,} references, not {refs.n:,}")
+        print(f"  {kind}: reusing the built store at {path} (build figures not measured)", file=sys.stderr)
+        peak_ok, t0 = False, float("nan")
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+        store = FaissStore(path, IDENTITY, dim, index=kind, index_options=opts, create=True)
+    for start, x in refs.chunks() if not args.reuse or store.info().count != refs.n else ():
         for s in range(0, len(x), args.batch):
             part = x[s : s + args.batch]
             recs = [ReferenceRecord(sha256=f"{start + s + i:064x}", uri=f"ref:{start + s + i}") for i in range(len(part))]
@@ -406,6 +413,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default=None, help="where stores are built (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the built stores")
+    ap.add_argument("--reuse", action="store_true",
+                    help="measure stores kept in --workdir by an earlier --keep run of the same --n and --seed "
+                         "instead of building them (build time and peak RSS are then not reported)")
     ap.add_argument("--json", dest="json_out", default=str(ROOT / "benchmarks" / "results" / "scale.json"))
     ap.add_argument("--md", dest="md_out", default=str(ROOT / "benchmarks" / "results" / "scale.md"))
     args = ap.parse_args()

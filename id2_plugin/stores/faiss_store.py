@@ -817,6 +817,20 @@ class FaissStore(ReferenceStore):
             raise ValueError("vectors contain NaN or infinity")
         return np.ascontiguousarray(v)
 
+    @staticmethod
+    def _match_fields(conn: sqlite3.Connection, ids: np.ndarray) -> dict[int, tuple[str, str, str, tuple[str, ...]]]:
+        """(reference id, uri, sha256, labels) of each live id in ``ids`` (missing = -1 and removed ids are absent)."""
+        wanted = np.unique(ids[ids >= 0]).tolist()
+        out: dict[int, tuple[str, str, str, tuple[str, ...]]] = {}
+        for start in range(0, len(wanted), _SQL_BATCH):
+            part = wanted[start : start + _SQL_BATCH]
+            marks = ",".join("?" * len(part))
+            for rid, sha, uri, labels in conn.execute(
+                f"SELECT id, sha256, uri, labels FROM refs WHERE id IN ({marks})", part
+            ):
+                out[rid] = (str(rid), uri, sha, _labels(labels))
+        return out
+
     def query(self, vectors: np.ndarray, k: int = 5, threshold: float | None = None) -> list[list[Match]]:
         """Up to ``k`` matches per query vector, best first (rank 1), at the latest committed generation."""
         q = self._check_vectors(vectors)
@@ -825,24 +839,18 @@ class FaissStore(ReferenceStore):
 
         def run(conn: sqlite3.Connection, state: _State) -> list[list[Match]]:
             D, I = self._search(state, q, k)
-            wanted = sorted({int(i) for i in I[I >= 0]})
-            rows: dict[int, tuple[str, str, str]] = {}
-            for start in range(0, len(wanted), _SQL_BATCH):
-                part = wanted[start : start + _SQL_BATCH]
-                marks = ",".join("?" * len(part))
-                for rid, sha, uri, labels in conn.execute(
-                    f"SELECT id, sha256, uri, labels FROM refs WHERE id IN ({marks})", part
-                ):
-                    rows[rid] = (sha, uri, labels)
+            refs = self._match_fields(conn, I)
             out: list[list[Match]] = []
-            for d_row, i_row in zip(D, I):
+            # Python lists, not numpy scalars: at thousands of queries per second the per-match loop is most of
+            # a batched lookup's time (benchmarks/scale.py)
+            for d_row, i_row in zip(D.tolist(), I.tolist()):
                 matches: list[Match] = []
                 for score, rid in zip(d_row, i_row):
-                    if rid < 0 or int(rid) not in rows or (threshold is not None and score < threshold):
+                    fields = refs.get(rid)
+                    if fields is None or (threshold is not None and score < threshold):
                         continue
-                    sha, uri, labels = rows[int(rid)]
-                    matches.append(Match(reference_id=str(int(rid)), uri=uri, score=float(score),
-                                         rank=len(matches) + 1, sha256=sha, labels=_labels(labels)))
+                    matches.append(Match(reference_id=fields[0], uri=fields[1], score=score, rank=len(matches) + 1,
+                                         sha256=fields[2], labels=fields[3]))
                 out.append(matches)
             return out
 
