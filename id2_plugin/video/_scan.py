@@ -112,7 +112,7 @@ def embed_keyframes(
     path: str | os.PathLike,
     embedder: Embedder,
     *,
-    batch_size: int = 16,
+    batch_size: int | str | BatchSizer = 16,
     dedupe: bool = True,
 ) -> list[tuple[float, int, np.ndarray]]:
     """``(timestamp, frame_index, vector)`` for every kept keyframe of ``path``, embedded in batches.
@@ -120,20 +120,17 @@ def embed_keyframes(
     Raises :class:`VideoError` if the video cannot be decoded completely (a caller that wants partial
     results uses :func:`scan_video` or :func:`iter_frames`).
     """
+    def model(frames: list[Any], images: list[np.ndarray]) -> np.ndarray:
+        return embedder.embed_arrays(np.stack(images))
+
     out: list[tuple[float, int, np.ndarray]] = []
-    batch: list[tuple[float, int, np.ndarray]] = []
-
-    def flush() -> None:
-        if batch:
-            vecs = embedder.embed_arrays(np.stack([b[2] for b in batch]))
-            out.extend((t, i, v) for (t, i, _), v in zip(batch, vecs))
-            batch.clear()
-
-    for frame in iter_frames(path, "keyframes", dedupe=dedupe):
-        batch.append((frame.pts_seconds, frame.index, embedder.normalise(frame.rgb)))
-        if len(batch) >= batch_size:
-            flush()
-    flush()
+    # decoding and normalising overlap the model, as in scan_video
+    with closing(pipelined(iter_frames(path, "keyframes", dedupe=dedupe), lambda f: embedder.normalise(f.rgb),
+                           model, batch_size=batch_size)) as stream:
+        for done in stream:
+            if done.error is not None:
+                raise done.error
+            out.append((done.item.pts_seconds, done.item.index, done.output))
     return out
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from id2_plugin.video import (VideoReport, FrameReader, embed_keyframes, format_report_text, scan_video,
+from id2_plugin.video import (VideoError, VideoReport, FrameReader, embed_keyframes, format_report_text, scan_video,
                               scan_videos)
 
 THRESHOLD = 0.5
@@ -177,6 +177,13 @@ def test_embed_keyframes(scene, video_embedder, ref_store) -> None:
     assert [m.uri for m in best[:3]] == [str(scene.refs[i]) for i in range(3)]
     # the unrelated photo at 6 s was compared and rejected by the threshold, not skipped
     assert best[3].score < THRESHOLD
+
+
+def test_embed_keyframes_refuses_an_undecodable_video(video_embedder, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video" * 100)
+    with pytest.raises(VideoError):
+        embed_keyframes(bad, video_embedder)
 
 
 def test_scan_videos_with_decoder_threads_matches_sequential(scene, scene_report, video_embedder, ref_store,
