@@ -54,8 +54,9 @@ class EmbedderConfig:
     #: that model resolves, else fp32 (fp16 on CUDA through dtype auto)
     precision: str = "fp32"
     #: what runs fp32 TAEF2: "torch", or "onnxruntime" = the graph exported by ``id2-plugin quantize --precision
-    #: fp32`` (CPU; torch's vectors, faster; int8 always runs in ONNX Runtime)
-    runtime: str = "torch"
+    #: fp32`` (CPU; torch's vectors, faster; int8 always runs in ONNX Runtime); "auto" = onnxruntime on the CPU
+    #: when that graph resolves, else torch
+    runtime: str = "auto"
     resize_policy: str = "squash"
     #: hub id or subfolder for sd-vae (e.g. "stabilityai/sd-vae-ft-mse" or "stabilityai/stable-diffusion-2-1")
     subfolder: str | None = None
@@ -80,8 +81,8 @@ class EmbedderConfig:
         check_batch_size(self.batch_size)
         if self.precision not in ("fp32", "int8", "auto"):
             raise ConfigError(f"embedder.precision={self.precision!r}: expected fp32, int8 or auto")
-        if self.runtime not in ("torch", "onnxruntime"):
-            raise ConfigError(f"embedder.runtime={self.runtime!r}: expected torch or onnxruntime")
+        if self.runtime not in ("torch", "onnxruntime", "auto"):
+            raise ConfigError(f"embedder.runtime={self.runtime!r}: expected torch, onnxruntime or auto")
 
 
 @dataclass(frozen=True)

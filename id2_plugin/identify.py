@@ -65,7 +65,7 @@ def _build_registered(name: str, cfg: EmbedderConfig, weights: str | None, limit
     if cfg.subfolder is not None and name == "sd-vae":
         kwargs["subfolder"] = cfg.subfolder
     # Passed only when asked for, so factories that predate these keys keep working.
-    asked = {"precision": (cfg.precision, "fp32"), "runtime": (cfg.runtime, "torch")}
+    asked = {"precision": (cfg.precision, "fp32"), "runtime": (cfg.runtime, "auto")}
     kwargs.update({key: value for key, (value, default) in asked.items() if value != default})
     try:
         return factories[name](**kwargs)

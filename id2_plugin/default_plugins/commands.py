@@ -243,7 +243,7 @@ def quantize(ctx: click.Context, photos: tuple[str, ...], out_dir: str | None, c
         raise ConfigError(f"quantize needs --out DIR (or $ID2_MODELS_DIR) for the {precision} model")
     if precision == "fp32":
         path = export_taef2_fp32(out_dir, weights=cfg.embedder.weights, input_size=cfg.embedder.input_size)
-        click.echo(f"wrote {path}; use it with ID2_MODELS_DIR={out_dir} and embedder.runtime=onnxruntime")
+        click.echo(f"wrote {path}; with ID2_MODELS_DIR={out_dir}, embedder.runtime auto (the default) runs it on the CPU")
         return
     if not photos:
         raise click.UsageError("--precision int8 needs calibration PHOTOS (files or folders)")

@@ -8,22 +8,23 @@ from typing import Any
 from ..hookspecs import hookimpl
 
 
-def _taef2(precision: str = "fp32", runtime: str = "torch", **kwargs: Any) -> Any:
-    from ..embedders.taef2_int8 import TAEF2Int8Encoder, TAEF2OnnxFp32Encoder, precision_for
+def _taef2(precision: str = "fp32", runtime: str = "auto", **kwargs: Any) -> Any:
+    from ..embedders.taef2_int8 import TAEF2Int8Encoder, TAEF2OnnxFp32Encoder, precision_for, runtime_for
     from ..embedders.taesd import TAEF2Encoder
 
-    if precision_for(precision, kwargs.get("device", "auto"), kwargs.get("weights")) == "int8":
+    device, weights = kwargs.get("device", "auto"), kwargs.get("weights")
+    if precision_for(precision, device, weights) == "int8":
         return TAEF2Int8Encoder(**kwargs)
-    return TAEF2OnnxFp32Encoder(**kwargs) if runtime == "onnxruntime" else TAEF2Encoder(**kwargs)
+    return TAEF2OnnxFp32Encoder(**kwargs) if runtime_for(runtime, device, weights) == "onnxruntime" else TAEF2Encoder(**kwargs)
 
 
-def _sd_vae(precision: str = "fp32", runtime: str = "torch", **kwargs: Any) -> Any:
+def _sd_vae(precision: str = "fp32", runtime: str = "auto", **kwargs: Any) -> Any:
     from ..embedders.sd_vae import SDVAEEncoder
     from ..errors import ConfigError
 
     if precision == "int8":  # auto falls back to fp32 (fp16 on CUDA through embedder.dtype)
         raise ConfigError("embedder.precision=int8 is available for taef2 only; use fp32 or auto for sd-vae")
-    if runtime != "torch":
+    if runtime == "onnxruntime":  # auto means torch here
         raise ConfigError("embedder.runtime=onnxruntime is available for taef2 only; use torch for sd-vae")
     return SDVAEEncoder(**kwargs)
 

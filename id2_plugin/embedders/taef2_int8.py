@@ -15,6 +15,7 @@ tested), so it keeps the torch identity: stores built by either runtime serve bo
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tempfile
 from collections.abc import Sequence
@@ -35,7 +36,7 @@ from .taesd import ENCODER_FILE, LATENT_CHANNELS
 INT8_FILE = "taef2_encoder_int8.onnx"
 FP32_FILE = "taef2_encoder_fp32.onnx"
 PRECISIONS = ("fp32", "int8", "auto")
-RUNTIMES = ("torch", "onnxruntime")
+RUNTIMES = ("torch", "onnxruntime", "auto")
 _HOW_TO_MAKE_ONE = {
     INT8_FILE: "make it with `id2-plugin quantize --out DIR PHOTOS...` and set ID2_MODELS_DIR=DIR "
                "(or embedder.weights=DIR/taef2), or use embedder.precision=fp32",
@@ -60,12 +61,16 @@ def resolve_int8_model(weights: str | os.PathLike | None = None) -> Path:
     return resolve_onnx_model(weights, INT8_FILE)
 
 
-def int8_available(weights: str | os.PathLike | None = None) -> bool:
+def onnx_available(weights: str | os.PathLike | None = None, file: str = INT8_FILE) -> bool:
     try:
-        resolve_int8_model(weights)
+        resolve_onnx_model(weights, file)
     except ModelNotFoundError:
         return False
     return True
+
+
+def int8_available(weights: str | os.PathLike | None = None) -> bool:
+    return onnx_available(weights, INT8_FILE)
 
 
 class _TAEF2OnnxEncoder(LatentEncoder):
@@ -138,9 +143,23 @@ def precision_for(precision: str, device: str, weights: str | os.PathLike | None
         raise ConfigError(f"embedder.precision={precision!r} is not one of {', '.join(PRECISIONS)}")
     if precision != "auto":
         return precision
-    if device not in ("auto", "cpu") or (device == "auto" and require("torch").cuda.is_available()):
-        return "fp32"
-    return "int8" if int8_available(weights) else "fp32"
+    return "int8" if _cpu_only(device) and int8_available(weights) else "fp32"
+
+
+def _cpu_only(device: str) -> bool:
+    return device == "cpu" or (device == "auto" and not require("torch").cuda.is_available())
+
+
+def runtime_for(runtime: str, device: str, weights: str | os.PathLike | None) -> str:
+    """``auto`` -> ``onnxruntime`` on the CPU when the exported fp32 graph resolves (and ONNX Runtime is
+    installed), else ``torch``: both give the same vectors under the same identity, ONNX Runtime faster."""
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"embedder.runtime={runtime!r} is not one of {', '.join(RUNTIMES)}")
+    if runtime != "auto":
+        return runtime
+    if not _cpu_only(device) or importlib.util.find_spec("onnxruntime") is None:
+        return "torch"
+    return "onnxruntime" if onnx_available(weights, FP32_FILE) else "torch"
 
 
 def calibration_images(paths: Sequence[MediaLike], count: int, input_size: int) -> list[np.ndarray]:

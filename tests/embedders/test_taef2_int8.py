@@ -14,7 +14,7 @@ from PIL import Image
 from id2_plugin.config import EmbedderConfig, load_config
 from id2_plugin.embedders import _taef2_quantize as q
 from id2_plugin.embedders.taef2_int8 import (FP32_FILE, INT8_FILE, TAEF2Int8Encoder, TAEF2OnnxFp32Encoder,
-                                             export_taef2_fp32, quantize_taef2)
+                                             export_taef2_fp32, quantize_taef2, runtime_for)
 from id2_plugin.embedders.taesd import ENCODER_FILE, TAEF2Encoder
 from id2_plugin.errors import ConfigError, IncompatibleStoreError, ModelNotFoundError
 from id2_plugin.identify import build_embedder, build_encoder
@@ -92,6 +92,15 @@ def test_missing_int8_model_says_how_to_make_it(tmp_path: Path) -> None:
         build_encoder(EmbedderConfig(name="taef2", device="cpu", precision="int8", weights=str(tmp_path)))
 
 
+def test_runtime_auto_is_torch_without_the_exported_graph(tmp_path: Path, shared_dir: Path) -> None:
+    weights = shared_dir / "models" / "taef2"  # the real fp32 weights, no ONNX export beside them
+    assert runtime_for("auto", "cpu", weights) == "torch"
+    assert type(build_encoder(EmbedderConfig(name="taef2", device="cpu", weights=str(weights)))) is TAEF2Encoder
+    assert runtime_for("auto", "cuda:0", weights) == "torch" and runtime_for("torch", "cpu", weights) == "torch"
+    with pytest.raises(ConfigError, match="runtime"):
+        load_config(None, {"embedder": {"runtime": "tensorrt"}})
+
+
 def test_int8_is_refused_where_it_does_not_exist() -> None:
     with pytest.raises(ConfigError, match="precision"):
         load_config(None, {"embedder": {"precision": "int4"}})
@@ -111,6 +120,9 @@ def test_fp32_in_onnxruntime_gives_torchs_vectors_under_torchs_identity(tmp_path
     cfg = EmbedderConfig(name="taef2", device="cpu", batch_size=4, runtime="onnxruntime", weights=str(out.parent))
     ort = build_embedder(cfg)
     assert type(ort.encoder) is TAEF2OnnxFp32Encoder  # type: ignore[attr-defined]
+    # the default runtime (auto) takes the exported graph on the CPU, torch where there is none
+    assert type(build_encoder(EmbedderConfig(name="taef2", device="cpu", weights=str(out.parent)))) is TAEF2OnnxFp32Encoder
+    assert runtime_for("auto", "cpu", tmp_path / "nothing-here") == "torch"
     assert ort.encoder.identity == taef2_encoder.identity  # type: ignore[attr-defined]  # so stores serve both
     images = np.stack([taef2_encoder.normalise(p) for p in photo_paths[200:204]])
     a, b = taef2_encoder.encode_arrays(images), ort.encoder.encode_arrays(images)  # type: ignore[attr-defined]
