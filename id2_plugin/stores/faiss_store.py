@@ -825,10 +825,8 @@ class FaissStore(ReferenceStore):
         for start in range(0, len(wanted), _SQL_BATCH):
             part = wanted[start : start + _SQL_BATCH]
             marks = ",".join("?" * len(part))
-            for rid, sha, uri, labels in conn.execute(
-                f"SELECT id, sha256, uri, labels FROM refs WHERE id IN ({marks})", part
-            ):
-                out[rid] = (str(rid), uri, sha, _labels(labels))
+            rows = conn.execute(f"SELECT id, sha256, uri, labels FROM refs WHERE id IN ({marks})", part).fetchall()
+            out.update((rid, (str(rid), uri, sha, _labels(labels))) for rid, sha, uri, labels in rows)
         return out
 
     def query(self, vectors: np.ndarray, k: int = 5, threshold: float | None = None) -> list[list[Match]]:
@@ -849,8 +847,7 @@ class FaissStore(ReferenceStore):
                     fields = refs.get(rid)
                     if fields is None or (threshold is not None and score < threshold):
                         continue
-                    matches.append(Match(reference_id=fields[0], uri=fields[1], score=score, rank=len(matches) + 1,
-                                         sha256=fields[2], labels=fields[3]))
+                    matches.append(Match.ranked(fields[0], fields[1], score, len(matches) + 1, fields[2], fields[3]))
                 out.append(matches)
             return out
 
