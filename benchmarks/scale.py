@@ -247,16 +247,17 @@ def bench_type(kind: str, opts: dict[str, Any], refs: References, q: np.ndarray,
     base_rss = proc_status_mb("VmRSS").get("VmRSS", float("nan"))
     peak_ok = reset_peak_rss()
     t0 = time.perf_counter()
-    if args.reuse and (path / "store.sqlite").exists():
+    reused = args.reuse and (path / "store.sqlite").exists()
+    if reused:
         store = FaissStore(path)
-        if store.info().count != refs.n:
-            raise SystemExit(f"--reuse: {path} holds {store.info().count:,} references, not {refs.n:,}")
+        if (count := store.info().count) != refs.n:
+            raise SystemExit(f"--reuse: {path} holds {count:,} references, not {refs.n:,}")
         print(f"  {kind}: reusing the built store at {path} (build figures not measured)", file=sys.stderr)
         peak_ok, t0 = False, float("nan")
     else:
         shutil.rmtree(path, ignore_errors=True)
         store = FaissStore(path, IDENTITY, dim, index=kind, index_options=opts, create=True)
-    for start, x in refs.chunks() if not args.reuse or store.info().count != refs.n else ():
+    for start, x in () if reused else refs.chunks():
         for s in range(0, len(x), args.batch):
             part = x[s : s + args.batch]
             recs = [ReferenceRecord(sha256=f"{start + s + i:064x}", uri=f"ref:{start + s + i}") for i in range(len(part))]
