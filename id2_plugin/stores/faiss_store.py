@@ -837,7 +837,9 @@ class FaissStore(ReferenceStore):
 
         def run(conn: sqlite3.Connection, state: _State) -> list[list[Match]]:
             D, I = self._search(state, q, k)
-            refs = self._match_fields(conn, I)
+            # Only matches that can be returned need their metadata: with a threshold most candidates are
+            # dropped before the SQLite lookup, which is the larger part of a batched query's cost.
+            refs = self._match_fields(conn, I if threshold is None else np.where(D >= np.float64(threshold), I, -1))
             out: list[list[Match]] = []
             # Python lists, not numpy scalars: at thousands of queries per second the per-match loop is most of
             # a batched lookup's time (benchmarks/scale.py)

@@ -82,6 +82,9 @@ def test_add_query_remove_dedupe(tmp_path: Path, kind: str) -> None:
 
     thr = store.query(q[:20], k=5, threshold=0.9)
     assert all(all(mm.score >= 0.9 for mm in r) for r in thr) and all(len(r) >= 1 for r in thr)
+    # the threshold only drops matches (their metadata is not even read): the rest is the unthresholded answer
+    assert thr == [[mm for mm in r if mm.score >= 0.9] for r in store.query(q[:20], k=5)]
+    assert any(len(r) < 5 for r in thr)
 
     assert store.contains([sha(0), sha(799), sha(12345), ""]) == [True, True, False, False]
     # remove by id, by sha256, plus an unknown key
