@@ -59,3 +59,26 @@ def test_an_index_type_of_no_chosen_backend_is_refused(tmp_path: Path) -> None:
     run = run_scale(tmp_path, "--backend", "qdrant", "--types", "ivf_pq_fs")
     assert run.returncode != 0
     assert "'ivf_pq_fs' is not an index type of qdrant" in run.stderr
+
+
+def test_the_qdrant_hnsw_ef_sweep_runs_and_stops_at_the_target(tmp_path: Path) -> None:
+    """The server path's tuning code, run in local mode (exact search, so the first hnsw_ef reaches 1.0)."""
+    import argparse
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("scale_bench", SCALE)
+    scale = importlib.util.module_from_spec(spec)
+    sys.modules["scale_bench"] = scale  # dataclasses resolve the module by name
+    spec.loader.exec_module(scale)
+    args = argparse.Namespace(qdrant_url=None, tune_queries=40, query_similarity=0.8, target_recall=0.99, seed=0,
+                              hnsw_M=16, hnsw_ef_construction=64)
+    refs = scale.References(None, scale.Synth.fit(None, 32, 8, 0), 1500, chunk=500)
+    backend = scale.QdrantBackend(args, tmp_path)
+    store = scale.QdrantStore(backend.location("hnsw"), scale.IDENTITY, 32, index="hnsw", create=True,
+                              index_options=backend.options("hnsw"), collection=backend.collection("hnsw"))
+    for start, x in refs.chunks():
+        store.add(x, [scale.ReferenceRecord(sha256=f"{start + i:064x}", uri=f"ref:{start + i}") for i in range(len(x))])
+    store.close()
+    tuned = backend.tune(None, "hnsw", refs)
+    assert tuned["param"] == "hnsw_ef=16" and tuned["search_options"] == {"hnsw_ef": 16}
+    assert tuned["tune_reached"] and [p["value"] for p in tuned["tune_curve"]] == [16]
