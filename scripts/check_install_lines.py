@@ -19,6 +19,7 @@ import argparse
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -132,7 +133,12 @@ def main() -> int:
             failed.append(row.extra)
             if row is core:
                 break  # every other row stands on the core
-    print(f"install lines: {len(failed)} failed {failed or ''} in {time.monotonic() - t_all:.0f} s (venvs in {work})")
+    if args.workdir is None and not failed:
+        shutil.rmtree(work, ignore_errors=True)  # GBs of venvs; kept only when a row failed, to inspect
+        where = "removed"
+    else:
+        where = f"in {work}"
+    print(f"install lines: {len(failed)} failed {failed or ''} in {time.monotonic() - t_all:.0f} s (venvs {where})")
     return 1 if failed else 0
 
 
