@@ -282,7 +282,7 @@ class FaissBackend:
     def sizes(self, store: FaissStore, kind: str) -> dict[str, Any]:
         info = store.info()
         sqlite_bytes = sum(f.stat().st_size for f in (self.workdir / kind).glob("store.sqlite*"))
-        return {"raw_mb": info.extra["raw_bytes"] / 1e6, "index_mb": info.extra["index_bytes"] / 1e6,
+        return {"count": info.count, "raw_mb": info.extra["raw_bytes"] / 1e6, "index_mb": info.extra["index_bytes"] / 1e6,
                 "sqlite_mb": sqlite_bytes / 1e6, "disk_mb": info.extra["disk_bytes"] / 1e6,
                 "search": info.extra["search"],
                 **{k: info.extra[k] for k in ("nlist", "m", "nbits", "trained_on") if k in info.extra}}
@@ -384,9 +384,10 @@ class QdrantBackend:
 
     def sizes(self, store: QdrantStore, kind: str) -> dict[str, Any]:
         disk = float("nan") if self.url else folder_bytes(Path(self.location(kind))) / 1e6
-        info = store.info().extra
-        return {"raw_mb": store.info().count * store.dim * 4 / 1e6, "index_mb": float("nan"), "sqlite_mb": float("nan"),
-                "disk_mb": disk, "search": {"mode": info["mode"], "segments": info["segments_count"]}}
+        info = store.info()  # one exact count: on a server it scans the collection
+        return {"count": info.count, "raw_mb": info.count * store.dim * 4 / 1e6, "index_mb": float("nan"),
+                "sqlite_mb": float("nan"), "disk_mb": disk,
+                "search": {"mode": info.extra["mode"], "segments": info.extra["segments_count"]}}
 
     def tune(self, store: QdrantStore, kind: str, refs: References) -> dict[str, Any]:
         if kind == "flat":
@@ -491,7 +492,7 @@ def bench_type(backend: Any, kind: str, opts: dict[str, Any], refs: References, 
     store, build_s, peak_ok = build(backend, kind, opts, refs, q.shape[1])
     mem = proc_status_mb("VmHWM", "RssAnon", "RssFile")
     row: dict[str, Any] = {"index": kind, "backend": backend.name, "options": opts, "build_s": build_s,
-                           "count": store.info().count, **backend.sizes(store, kind), "bench_rss_before_build_mb": base_rss,
+                           **backend.sizes(store, kind), "bench_rss_before_build_mb": base_rss,
                            "build_peak_rss_mb": mem.get("VmHWM", float("nan")) if peak_ok else float("nan"),
                            "after_build_anon_mb": mem.get("RssAnon"), "after_build_file_mb": mem.get("RssFile")}
     t = time.perf_counter()

@@ -61,14 +61,14 @@ def test_an_index_type_of_no_chosen_backend_is_refused(tmp_path: Path) -> None:
     assert "'ivf_pq_fs' is not an index type of qdrant" in run.stderr
 
 
-def test_the_qdrant_hnsw_ef_sweep_runs_and_stops_at_the_target(tmp_path: Path) -> None:
+def test_the_qdrant_hnsw_ef_sweep_runs_and_stops_at_the_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The server path's tuning code, run in local mode (exact search, so the first hnsw_ef reaches 1.0)."""
     import argparse
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("scale_bench", SCALE)
     scale = importlib.util.module_from_spec(spec)
-    sys.modules["scale_bench"] = scale  # dataclasses resolve the module by name
+    monkeypatch.setitem(sys.modules, "scale_bench", scale)  # dataclasses resolve the module by name
     spec.loader.exec_module(scale)
     args = argparse.Namespace(qdrant_url=None, tune_queries=40, query_similarity=0.8, target_recall=0.99, seed=0,
                               hnsw_M=16, hnsw_ef_construction=64)
