@@ -114,8 +114,12 @@ class MatchConfig:
     """Ranking and decision."""
 
     k: int = 5
-    #: cosine score at or above which the best match is reported as a match (calibrate to set it)
-    threshold: float = 0.5
+    #: decision score at or above which the best match is reported as a match: ``auto`` = the operating
+    #: point shipped with the decision model (or written by ``calibrate``), else a number
+    threshold: float | str = "auto"
+    #: how the decision score is computed: ``auto`` = the decision model shipped for the embedder (the
+    #: cosine when none holds for it), ``cosine`` = the store's cosine, or a model file from ``fit-decision``
+    decision: str = "auto"
     #: query-time rotations (degrees: 0, 90, 180, 270) searched, best score kept; k entries = k embeddings
     rotations: tuple[int, ...] = (0,)
     #: also search each rotation mirrored left-right (doubles the embeddings per query)
@@ -136,8 +140,12 @@ class MatchConfig:
             raise ConfigError(f"match.k={self.k}: must be >= 1")
         if self.windows not in WINDOW_MODES:
             raise ConfigError(f"match.windows={self.windows!r}: expected one of {', '.join(WINDOW_MODES)}")
-        if not -1.0 <= self.threshold <= 1.0:
-            raise ConfigError(f"match.threshold={self.threshold}: a cosine threshold must lie in [-1, 1]")
+        if isinstance(self.threshold, str) and self.threshold != "auto":
+            raise ConfigError(f"match.threshold={self.threshold!r}: expected auto or a number in [-1, 1]")
+        if not isinstance(self.threshold, str) and not -1.0 <= self.threshold <= 1.0:
+            raise ConfigError(f"match.threshold={self.threshold}: a threshold must lie in [-1, 1]")
+        if not self.decision:
+            raise ConfigError("match.decision is empty: expected auto, cosine or the path of a decision model")
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ import numpy as np
 
 from ._files import sha256_file_or_none
 from ._lazy import require
+from .decision import CANDIDATES, WINDOW_SIGNAL, DecisionModel, Evidence
 from .errors import MediaError
 from .media import iter_image_files
 
@@ -312,8 +313,8 @@ class FusedMethod(EmbedderMethod):
     """The ``fused`` embedder as a method; in :func:`evaluate_methods` its descriptors are assembled from
     those of its signals' methods when they are evaluated in the same run (nothing is embedded twice)."""
 
-    def __init__(self, embedder: FusedEmbedder, part_methods: Sequence[Method]) -> None:
-        super().__init__(embedder, None, "fused")
+    def __init__(self, embedder: FusedEmbedder, part_methods: Sequence[Method], name: str = "fused") -> None:
+        super().__init__(embedder, None, name)
         self.parts = [m.name for m in part_methods]
         self.part_methods = list(part_methods)
 
@@ -322,6 +323,40 @@ class FusedMethod(EmbedderMethod):
 
     def combine(self, descriptors: Sequence[np.ndarray]) -> np.ndarray:
         return self.embedder.combine(descriptors)  # type: ignore[attr-defined]
+
+
+class DecisionMethod(FusedMethod):
+    """The fused embedder scored by a decision model (:mod:`id2_plugin.decision`): the score the identify
+    path compares with ``match.threshold``, from each signal's cosine and, for queries whose windows were
+    searched, their best window cosine."""
+
+    def __init__(self, embedder: FusedEmbedder, part_methods: Sequence[Method], decision: DecisionModel) -> None:
+        super().__init__(embedder, part_methods)
+        self.decision = decision
+        op = decision.operating_point
+        #: below this whole-image score the windows are not searched (``match.windows: auto``)
+        self.window_floor = op.window_floor if op is not None else float("-inf")
+
+    def _evidence(self, q: np.ndarray, r: np.ndarray, window: np.ndarray | None = None) -> Evidence:
+        """The evidence of queries ``q`` against references ``r``: per-signal cosines (``Q x R``), the window
+        cosines, and each query's background from its top candidates by the fused cosine (as the store ranks)."""
+        q = np.atleast_2d(q)
+        cos = {name: np.asarray(q[:, a:b], np.float32) @ np.asarray(r[:, a:b], np.float32).T / max(w, 1e-12)
+               for name, (a, b, w) in self.embedder.signals.items()}
+        fused = sum(w * cos[name] for name, (_, _, w) in self.embedder.signals.items())
+        top = np.argsort(-fused, axis=1, kind="stable")[:, :CANDIDATES]
+        background = {name: np.repeat(np.median(np.take_along_axis(c, top, axis=1), axis=1, keepdims=True),
+                                      c.shape[1], axis=1) for name, c in cos.items()}
+        return Evidence(cos, window, background)
+
+    def similarity(self, q: np.ndarray, r: np.ndarray) -> np.ndarray:
+        return self.decision.score(self._evidence(q, r)).astype(np.float32)
+
+    def window_scores(self, query: np.ndarray, windows: np.ndarray, r: np.ndarray) -> np.ndarray:
+        """One query's scores against ``r`` with the evidence of its window vectors."""
+        a, b, w = self.embedder.signals[WINDOW_SIGNAL]
+        best_window = (np.asarray(windows[:, a:b], np.float32) @ np.asarray(r[:, a:b], np.float32).T).max(axis=0) / w
+        return self.decision.score(self._evidence(query, r, best_window[None])).astype(np.float32)[0]
 
 
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
@@ -393,12 +428,15 @@ def latent_part(embedder: ImageEmbedder) -> Any:
 
 
 #: Names of the methods :func:`default_methods` can build, in report order.
-METHOD_NAMES = ("fused", "id2", "vae_raw", "sscd", "pdq", "phash")
+METHOD_NAMES = ("fused", "fused_cosine", "id2", "vae_raw", "sscd", "pdq", "phash")
 
 
-def default_methods(embedder: ImageEmbedder, cache: LatentCache | None = None, sscd: ImageEmbedder | None = None) -> list[Method]:
+def default_methods(embedder: ImageEmbedder, cache: LatentCache | None = None, sscd: ImageEmbedder | None = None,
+                    decision: DecisionModel | None = None) -> list[Method]:
     """Every method the embedder makes possible: ``fused`` (a fused embedder, or a VAE embedder with W plus
     ``sscd`` given, fused with the default fit), ``id2`` (VAE + W), ``vae_raw``, ``sscd``, ``pdq``, ``phash``.
+    With a ``decision`` model for the fused embedder, ``fused`` is scored by it (what identify decides on)
+    and ``fused_cosine`` is the store's weighted-mean cosine beside it.
 
     ``cache`` is a latent cache of the VAE encoder (optional).
     """
@@ -423,7 +461,12 @@ def default_methods(embedder: ImageEmbedder, cache: LatentCache | None = None, s
 
         fused = FusedEmbedder([latent, sscd], load_fusion("default"), resize_policy=latent.encoder.resize_policy)
     if fused is not None and all(p.name in by_name for p in fused.parts):
-        by_name["fused"] = FusedMethod(fused, [by_name[p.name] for p in fused.parts])
+        parts = [by_name[p.name] for p in fused.parts]
+        if decision is not None and decision.embedder == fused.identity:
+            by_name["fused"] = DecisionMethod(fused, parts, decision)
+            by_name["fused_cosine"] = FusedMethod(fused, parts, name="fused_cosine")
+        else:
+            by_name["fused"] = FusedMethod(fused, parts)
     by_name["pdq"] = PDQMethod()
     by_name["phash"] = PHashMethod()
     return [by_name[n] for n in METHOD_NAMES if n in by_name]
@@ -565,11 +608,17 @@ def windowed_similarity(method: Method, queries: Sequence[np.ndarray], qry: np.n
     from .framing import needs_second_look, query_windows
 
     embedder = method.embedder  # type: ignore[attr-defined]
+    floor = getattr(method, "window_floor", float("-inf"))
     out = np.array(sim, copy=True)
     for i in range(len(queries)):
-        if needs_second_look(mode, float(out[i].max()) if out.shape[1] else None, threshold):
+        best = float(out[i].max()) if out.shape[1] else None
+        if needs_second_look(mode, best, threshold) and (mode == "always" or (best is not None and best >= floor)):
             _, crops = query_windows(np.asarray(queries[i]))
-            out[i] = np.maximum(out[i], method.similarity(embedder.embed_windows(crops, qry[i]), ref).max(axis=0))
+            windows = embedder.embed_windows(crops, qry[i])
+            if isinstance(method, DecisionMethod):
+                out[i] = method.window_scores(qry[i], windows, ref)
+            else:
+                out[i] = np.maximum(out[i], method.similarity(windows, ref).max(axis=0))
     return out
 
 
@@ -612,11 +661,14 @@ def load_pairs_for_eval(
 ) -> tuple[list[Path], list[Path], np.ndarray]:
     """Queries, references and ground truth from a pairs manifest (or several, pooled) plus distractor folders/files.
 
-    References are the manifest's distinct origins (in order of first appearance) followed by the
-    distractor images. A distractor whose bytes equal an origin or a query is dropped (with a log
-    warning): it would be an unlabelled copy and turn a correct answer into a "wrong" one. Manifest errors
-    (malformed line, missing file) raise :class:`~id2_plugin.errors.ConfigError` naming the line.
-    ``max_distractors`` keeps the first N distractors kept (folders in sorted order): a reproducible subset.
+    References are the manifest's distinct origins and twins (in order of first appearance) followed by the
+    distractor images; a query's origin and its ``twins`` (near-identical copies) are all correct answers.
+    Origins with identical bytes are one reference (the first file named): two files of one photo would
+    otherwise tie and a pessimistic tie turns the correct answer into a miss. A distractor whose bytes equal
+    an origin or a query is dropped (with a log warning): it would be an unlabelled copy and turn a correct
+    answer into a "wrong" one. Manifest errors (malformed line, missing file) raise
+    :class:`~id2_plugin.errors.ConfigError` naming the line. ``max_distractors`` keeps the first N
+    distractors kept (folders in sorted order): a reproducible subset.
     """
     from .pairs import load_pairs
 
@@ -626,16 +678,27 @@ def load_pairs_for_eval(
     q_index: dict[Path, int] = {}
     references: list[Path] = []
     r_index: dict[Path, int] = {}
+    by_digest: dict[str, int] = {}
     links: list[tuple[int, int]] = []
+
+    def reference(path: Path) -> int:
+        if path not in r_index:
+            digest = sha256_file_or_none(path)
+            if digest is not None and digest in by_digest:
+                r_index[path] = by_digest[digest]
+            else:
+                r_index[path] = len(references)
+                references.append(path)
+                if digest is not None:
+                    by_digest[digest] = r_index[path]
+        return r_index[path]
+
     for pair in pairs:
         if pair.query not in q_index:
             q_index[pair.query] = len(queries)
             queries.append(pair.query)
-        if pair.origin not in r_index:
-            r_index[pair.origin] = len(references)
-            references.append(pair.origin)
-        links.append((q_index[pair.query], r_index[pair.origin]))
-    known = {h for h in (sha256_file_or_none(p) for p in [*references, *queries]) if h}
+        links += [(q_index[pair.query], reference(o)) for o in (pair.origin, *pair.twins)]
+    known = {h for h in (sha256_file_or_none(p) for p in queries) if h} | set(by_digest)
     dropped = 0
     n_origins = len(references)
     for path in iter_image_files(list(distractors)):

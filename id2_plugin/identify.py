@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .config import Config, EmbedderConfig, StoreConfig
+from .config import Config, EmbedderConfig, MatchConfig, StoreConfig
+from .decision import CANDIDATES, WINDOW_SIGNAL, DecisionModel, Evidence, candidate_background
 from .framing import (best_over_orientations, best_over_windows, needs_second_look, orient, orientation_variants,
                       query_windows)
 from ._lazy import require
@@ -187,6 +188,54 @@ def load_fusion(spec: str) -> FusionFit:
     return FusionFit.load(default_fusion_path() if spec == "default" else spec)
 
 
+def default_decision_path() -> Path:
+    return WEIGHTS_DIR / "decision.json"
+
+
+#: the threshold on the cosine when no calibrated operating point holds for the embedder
+UNCALIBRATED_THRESHOLD = 0.5
+
+
+def _notice(message: str) -> None:
+    if message not in _notified:  # once per process, not once per request
+        _notified.add(message)
+        log.warning("%s", message)
+
+
+def load_decision(spec: str, embedder: ImageEmbedder) -> DecisionModel | None:
+    """``match.decision``: ``auto`` -> the shipped model when it holds for ``embedder`` (else None, with a
+    notice for a fused embedder), ``cosine`` -> None, else a model file, refused for another embedder."""
+    if spec == "cosine":
+        return None
+    if spec == "auto":
+        path = default_decision_path()
+        if not path.is_file():
+            return None
+        model = DecisionModel.load(path)
+        if model.embedder == embedder.identity:
+            return model
+        if len(embedder.signals) > 1:
+            _notice(f"decision: the shipped decision model holds for {model.embedder}, not {embedder.identity}; "
+                    "deciding on the cosine (fit one with `id2-plugin fit-decision`)")
+        return None
+    model = DecisionModel.load(spec)
+    if model.embedder != embedder.identity:
+        raise ConfigError(f"decision model {spec} was fitted for embedder {model.embedder}, not {embedder.identity}")
+    return model
+
+
+def resolve_threshold(threshold: float | str, decision: DecisionModel | None) -> float:
+    """``match.threshold``: a number as given; ``auto`` -> the decision model's operating point, else the
+    uncalibrated cosine default with a notice."""
+    if threshold != "auto":
+        return float(threshold)
+    if decision is not None and decision.operating_point is not None:
+        return decision.operating_point.threshold
+    _notice(f"match.threshold: auto has no calibrated operating point for this embedder; using the cosine "
+            f"{UNCALIBRATED_THRESHOLD} (run `id2-plugin calibrate` to choose one)")
+    return UNCALIBRATED_THRESHOLD
+
+
 def open_store(cfg: StoreConfig, *, embedder_identity: str | None, dim: int | None, create: bool) -> ReferenceStore:
     """Open (or with ``create=True`` create) the configured store."""
     factories = store_factories()
@@ -217,6 +266,21 @@ class IdentifyContext:
     mirror: bool = False
     #: query windows searched as a second look (``match.windows``: ``auto``, ``always`` or ``off``)
     windows: str = "auto"
+    #: the decision model re-scoring the candidates (None: the store's cosine decides)
+    decision: DecisionModel | None = None
+
+    @property
+    def candidates(self) -> int:
+        """References fetched per query: the decision model re-ranks more than ``k`` so that the best by
+        its score is among them."""
+        return max(self.k, CANDIDATES) if self.decision is not None else self.k
+
+    @property
+    def window_floor(self) -> float:
+        """Below this best score the windows are not searched in ``auto`` mode (they cannot change the decision)."""
+        op = self.decision.operating_point if self.decision is not None else None
+        return op.window_floor if op is not None else float("-inf")
+
 
 
 class Identifier:
@@ -224,12 +288,14 @@ class Identifier:
 
     def __init__(self, embedder: ImageEmbedder, store: ReferenceStore, *, k: int = 5, threshold: float = 0.5,
                  rotations: tuple[int, ...] = (0,), mirror: bool = False, windows: str = "auto",
-                 batch_size: int | str | None = None) -> None:
+                 decision: DecisionModel | None = None, batch_size: int | str | None = None) -> None:
         from ._pipelining import BatchSizer, auto_max_batch
 
         store.check_compatible(embedder.identity)
+        if decision is not None and decision.embedder != embedder.identity:
+            raise ConfigError(f"the decision model holds for {decision.embedder}, not {embedder.identity}")
         self.context = IdentifyContext(embedder=embedder, store=store, k=k, threshold=threshold,
-                                       rotations=tuple(rotations), mirror=mirror, windows=windows)
+                                       rotations=tuple(rotations), mirror=mirror, windows=windows, decision=decision)
         #: batches of :meth:`identify_iter` (``batch_size``: an int, ``auto``, or None = the embedder's)
         self.batching = BatchSizer(batch_size or embedder.batch_size, max_size=auto_max_batch(embedder.input_size))
 
@@ -288,10 +354,12 @@ def _or_error(fn: Any, media: MediaLike) -> Any:
         return exc
 
 
-def match_options(cfg: Config) -> dict[str, Any]:
-    """The :class:`Identifier` keyword arguments the ``match`` config section sets."""
-    m = cfg.match
-    return dict(k=m.k, threshold=m.threshold, rotations=tuple(m.rotations), mirror=m.mirror, windows=m.windows)
+def match_options(match: MatchConfig, embedder: ImageEmbedder) -> dict[str, Any]:
+    """The :class:`Identifier` keyword arguments the ``match`` config section sets for ``embedder``: the
+    decision model and the threshold resolved (``auto``)."""
+    decision = load_decision(match.decision, embedder)
+    return dict(k=match.k, threshold=resolve_threshold(match.threshold, decision), rotations=tuple(match.rotations),
+                mirror=match.mirror, windows=match.windows, decision=decision)
 
 
 def with_signal_scores(embedder: ImageEmbedder, store: ReferenceStore, vector: Any, matches: list[Match]) -> list[Match]:
@@ -354,49 +422,135 @@ def search_normalised(media: Sequence[MediaLike], images: Sequence[np.ndarray], 
     nv = len(variants)
     vecs = context.embedder.embed_arrays(np.stack([orient(im, r, m) for im in images for r, m in variants]))
     t2 = time.perf_counter()
-    found = context.store.query(vecs, k=context.k)
+    n = context.candidates
+    found = context.store.query(vecs, k=n)
     t3 = time.perf_counter()
     share = 1e3 / len(images)  # a batch's time, shared equally by its queries
     timings = {"normalise": normalise_ms, "embed": (t2 - t1) * share, "search": (t3 - t2) * share,
                "total": normalise_ms + (t3 - t1) * share}
-    best = [_best_of_variants(variants, found[row * nv:(row + 1) * nv], vecs[row * nv:(row + 1) * nv], context.k)
+    best = [_best_of_variants(variants, found[row * nv:(row + 1) * nv], vecs[row * nv:(row + 1) * nv], n)
             for row in range(len(images))]
+    if context.decision is not None:
+        best = [(decide(context, matches, vectors), vectors) for matches, vectors in best]
     best = _second_look(images, vecs[::nv], best, context, timings)
-    return [_report(with_signal_scores(context.embedder, context.store, vectors, matches), context, timings, describe(query))
+    fmr = _false_match_rate(context)
+    return [_report(_evidence_shown(context, matches, vectors), context, timings, describe(query), fmr)
             for query, (matches, vectors) in zip(media, best)]
+
+
+def _false_match_rate(context: IdentifyContext) -> float | None:
+    """The calibrated bound on unrelated queries reported as a match, at this store's size (None: uncalibrated
+    or a threshold other than the operating point's)."""
+    op = context.decision.operating_point if context.decision is not None else None
+    if op is None or context.threshold != op.threshold:
+        return None
+    return op.per_query_fpr(context.store.info().count)
+
+
+def _evidence_shown(context: IdentifyContext, matches: list[Match], vectors: np.ndarray) -> list[Match]:
+    """The top ``k``; with each signal's cosine attached when the decision model did not already."""
+    matches = matches[:context.k]
+    if context.decision is not None:
+        return matches
+    return with_signal_scores(context.embedder, context.store, vectors[:len(matches)] if vectors.ndim == 2 else vectors,
+                              matches)
+
+
+def decide(context: IdentifyContext, matches: list[Match], vectors: np.ndarray,
+           windows: tuple[Sequence[str], np.ndarray] | None = None, n_whole: int | None = None) -> list[Match]:
+    """``matches`` re-scored by the decision model and re-ranked: each carries the decision score, the store's
+    cosine and each signal's cosine. ``vectors``: the query vector each match came from (one row, or one per
+    match); ``windows``: the labels and vectors of the query's windows when they were searched; the first
+    ``n_whole`` matches (default all) are the whole image's candidates, whose cosines are the query's background."""
+    assert context.decision is not None
+    if not matches:
+        return matches
+    refs = context.store.fetch_vectors([m.reference_id for m in matches])
+    if refs is None:
+        raise Id2Error(f"the {type(context.store).__name__} store cannot return stored vectors, which the decision "
+                       "model needs; set match.decision: cosine")
+    rows = np.broadcast_to(np.atleast_2d(vectors), (len(matches), refs.shape[1]))
+    slices = context.embedder.signals
+    cos = {name: np.einsum("ij,ij->i", refs[:, a:b], rows[:, a:b]) / max(w, 1e-12) for name, (a, b, w) in slices.items()}
+    background = candidate_background({name: c[:n_whole] for name, c in cos.items()})
+    window_cos, label = None, [""] * len(matches)
+    if windows is not None and WINDOW_SIGNAL in slices:
+        a, b, w = slices[WINDOW_SIGNAL]
+        per_window = refs[:, a:b] @ windows[1][:, a:b].T / max(w, 1e-12)
+        window_cos = per_window.max(axis=1)
+        best_window = per_window.argmax(axis=1)
+        label = [windows[0][j] if window_cos[i] > cos[WINDOW_SIGNAL][i] else "" for i, j in enumerate(best_window)]
+    evidence = Evidence(cos, window_cos, {name: np.full(len(matches), v) for name, v in background.items()})
+    scores = context.decision.score(evidence)
+    order = np.argsort(-scores, kind="stable")
+    fused = sum(w * cos[name] for name, (_, _, w) in slices.items())
+    return [dataclasses.replace(matches[i], rank=r + 1, score=float(scores[i]), cosine=round(float(fused[i]), 6),
+                                window=label[i] or matches[i].window,
+                                signals=tuple((name, round(float(c[i]), 6)) for name, c in cos.items()))
+            for r, i in enumerate(order)]
 
 
 def _second_look(images: Sequence[np.ndarray], upright: np.ndarray, best: list[tuple[list[Match], np.ndarray]],
                  context: IdentifyContext, timings: dict[str, float]) -> list[tuple[list[Match], np.ndarray]]:
     """Search the query windows of every upright query the whole image did not match (``match.windows``):
-    one embedding pass and one store query for all of them; each reference keeps its best score."""
+    one embedding pass and one store query for all of them. With a decision model, only queries whose
+    score is at least its window floor are looked at again, and every candidate is re-scored with the
+    windows' evidence; with the cosine, each reference keeps its best score."""
     todo = [i for i, (matches, _) in enumerate(best)
-            if needs_second_look(context.windows, matches[0].score if matches else None, context.threshold)]
+            if needs_second_look(context.windows, matches[0].score if matches else None, context.threshold)
+            and (context.windows == "always" or (matches and matches[0].score >= context.window_floor))]
     if not todo:
         return best
     t0 = time.perf_counter()
     labels, crops = zip(*(query_windows(images[i]) for i in todo))
     whole = np.concatenate([np.repeat(upright[i][None], len(c), axis=0) for i, c in zip(todo, crops)])
     vecs = context.embedder.embed_windows(np.concatenate(crops), whole)
-    found = context.store.query(vecs, k=context.k)
+    found = context.store.query(vecs, k=context.candidates)
     out = list(best)
     for j, i in enumerate(todo):
         nw = len(labels[j])
-        matches, whole_vectors = best[i]
-        rows = np.atleast_2d(whole_vectors)
-        came_from = {m.reference_id: rows[0 if len(rows) == 1 else r] for r, m in enumerate(matches)}
-        ranked = best_over_windows(matches, found[j * nw:(j + 1) * nw], labels[j], context.k)
-        window_vecs = vecs[j * nw:(j + 1) * nw]
-        vectors = [window_vecs[wi] if wi >= 0 else came_from[m.reference_id] for m, wi in ranked]
-        out[i] = ([m for m, _ in ranked], np.stack(vectors) if vectors else rows[:0])
+        window_found, window_vecs = found[j * nw:(j + 1) * nw], vecs[j * nw:(j + 1) * nw]
+        if context.decision is not None:
+            out[i] = _decide_with_windows(context, best[i], upright[i], window_found, (labels[j], window_vecs))
+        else:
+            out[i] = _merge_windows(context, best[i], window_found, labels[j], window_vecs)
     timings["windows"] = (time.perf_counter() - t0) * 1e3 / len(images)
     timings["total"] += timings["windows"]
     return out
 
 
-def _report(matches: list[Match], context: IdentifyContext, timings: dict[str, float], query: str) -> OriginReport:
+def _decide_with_windows(context: IdentifyContext, best: tuple[list[Match], np.ndarray], upright: np.ndarray,
+                         window_found: Sequence[Sequence[Match]], windows: tuple[Sequence[str], np.ndarray],
+                         ) -> tuple[list[Match], np.ndarray]:
+    """The whole image's candidates and the windows' new ones, all re-scored with the windows' evidence."""
+    matches, vectors = best
+    rows = np.broadcast_to(np.atleast_2d(vectors), (len(matches), len(upright)))
+    seen = {m.reference_id for m in matches}
+    extra = list({m.reference_id: m for ms in window_found for m in ms if m.reference_id not in seen}.values())
+    candidates = [*matches, *(dataclasses.replace(m, window="") for m in extra)]
+    all_rows = np.concatenate([rows, np.repeat(upright[None], len(extra), axis=0)])
+    decided = decide(context, candidates, all_rows, windows, n_whole=len(matches))
+    came_from = {m.reference_id: r for m, r in zip(candidates, all_rows)}
+    return decided, np.stack([came_from[m.reference_id] for m in decided]) if decided else all_rows[:0]
+
+
+def _merge_windows(context: IdentifyContext, best: tuple[list[Match], np.ndarray], window_found: Sequence[Sequence[Match]],
+                   labels: Sequence[str], window_vecs: np.ndarray) -> tuple[list[Match], np.ndarray]:
+    """Each reference's best cosine over the whole query and its windows (the cosine decision)."""
+    matches, whole_vectors = best
+    rows = np.atleast_2d(whole_vectors)
+    came_from = {m.reference_id: rows[0 if len(rows) == 1 else r] for r, m in enumerate(matches)}
+    ranked = best_over_windows(matches, window_found, labels, context.k)
+    vectors = [window_vecs[wi] if wi >= 0 else came_from[m.reference_id] for m, wi in ranked]
+    return [m for m, _ in ranked], np.stack(vectors) if vectors else rows[:0]
+
+
+def _report(matches: list[Match], context: IdentifyContext, timings: dict[str, float], query: str,
+            false_match_rate: float | None) -> OriginReport:
     best = matches[0].score if matches else float("-inf")
     return OriginReport(
+        score_kind="decision" if context.decision is not None else "cosine",
+        false_match_rate=false_match_rate,
         matches=tuple(matches),
         is_match=bool(matches) and best >= context.threshold,
         threshold=context.threshold,

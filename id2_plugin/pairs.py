@@ -23,7 +23,7 @@ from typing import Any
 from .errors import ConfigError
 
 #: Keys a manifest line may carry; anything else is kept in :attr:`Pair.extra`.
-KNOWN_KEYS = ("query", "origin", "model", "prompt", "strength", "source")
+KNOWN_KEYS = ("query", "origin", "model", "prompt", "strength", "source", "twins")
 
 
 class ManifestError(ConfigError):
@@ -43,6 +43,8 @@ class Pair:
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     #: 1-based line number in the manifest it was read from (0 when built in code)
     line: int = field(default=0, compare=False, hash=False)
+    #: near-identical copies of the origin (the manifest's ``twins``): finding one of them is a correct answer
+    twins: tuple[Path, ...] = field(default=(), compare=False, hash=False)
 
     def to_json(self, base: Path) -> dict[str, Any]:
         """The manifest object of this pair, with paths relative to ``base`` (the manifest's folder)."""
@@ -51,6 +53,8 @@ class Pair:
             value = getattr(self, key)
             if value is not None:
                 obj[key] = value
+        if self.twins:
+            obj["twins"] = [_rel(t, base) for t in self.twins]
         obj.update(self.extra)
         return obj
 
@@ -76,6 +80,9 @@ def _parse_line(obj: Any, where: str, base: Path, lineno: int) -> Pair:
         if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 <= strength <= 1.0:
             raise ManifestError(f"{where}: 'strength' must be a number in [0, 1], got {strength!r}")
         strength = float(strength)
+    twins = obj.get("twins") or []
+    if not isinstance(twins, list) or not all(isinstance(t, str) and t.strip() for t in twins):
+        raise ManifestError(f"{where}: 'twins' must be a list of non-empty string paths")
     query, origin = (base / obj["query"]).resolve(), (base / obj["origin"]).resolve()
     if query == origin:
         raise ManifestError(f"{where}: query and origin are the same file {query}")
@@ -88,6 +95,7 @@ def _parse_line(obj: Any, where: str, base: Path, lineno: int) -> Pair:
         source=obj.get("source"),
         extra={k: v for k, v in obj.items() if k not in KNOWN_KEYS},
         line=lineno,
+        twins=tuple((base / t).resolve() for t in twins),
     )
 
 
@@ -128,7 +136,7 @@ def load_pairs(path: str | os.PathLike, check_files: bool = True) -> list[Pair]:
                 )
             origin_of[pair.query] = (pair.origin, lineno)
             if check_files:
-                for role, p in (("query", pair.query), ("origin", pair.origin)):
+                for role, p in (("query", pair.query), ("origin", pair.origin), *(("twin", t) for t in pair.twins)):
                     if not p.is_file():
                         missing.append(f"line {lineno}: {role} file not found: {p}")
             pairs.append(pair)

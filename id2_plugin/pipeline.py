@@ -27,6 +27,7 @@ from .media import MediaLike, MediaLimits
 from .types import OriginReport, ReferenceRecord
 
 if TYPE_CHECKING:
+    from .decision import DecisionModel
     from .embedders.base import ImageEmbedder
     from .stores._bulk import Batch, BulkAddResult
     from .stores.base import ReferenceStore
@@ -72,6 +73,7 @@ class Pipeline:
         rotations: tuple[int, ...] = (0,),
         mirror: bool = False,
         windows: str = "auto",
+        decision: DecisionModel | None = None,
         limits: MediaLimits | None = None,
         batch_size: int | str | None = None,
     ) -> None:
@@ -80,8 +82,9 @@ class Pipeline:
         self.k = k
         self.threshold = threshold
         self.limits = limits or MediaLimits()
+        self.decision = decision
         self.identifier = Identifier(embedder, store, k=k, threshold=threshold, rotations=rotations, mirror=mirror,
-                                     windows=windows, batch_size=batch_size)
+                                     windows=windows, decision=decision, batch_size=batch_size)
         #: the batch size of every bulk use case (an int, or ``auto``: tuned on the first batches, then kept)
         self.batching = self.identifier.batching
 
@@ -101,7 +104,7 @@ class Pipeline:
             except BaseException:
                 store.close()
                 raise
-        return cls(embedder, store, **match_options(cfg), limits=cfg.media.limits(), batch_size=cfg.embedder.batch_size)
+        return cls(embedder, store, **match_options(cfg.match, embedder), limits=cfg.media.limits(), batch_size=cfg.embedder.batch_size)
 
     def __enter__(self) -> Pipeline:
         return self

@@ -24,6 +24,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "id2_plugin.default_plugins.video_commands",
     "id2_plugin.default_plugins.evaluation",
     "id2_plugin.default_plugins.fusion_commands",
+    "id2_plugin.default_plugins.decision_commands",
     "id2_plugin.default_plugins.explain_commands",
     "id2_plugin.default_plugins.ray_commands",
     "id2_plugin.default_plugins.cache_commands",

@@ -9,7 +9,11 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Match:
-    """One reference ranked against a query. ``score`` is a cosine similarity in [-1, 1]."""
+    """One reference ranked against a query.
+
+    ``score`` is what the decision compares with the threshold: the decision model's score in [0, 1] when
+    one holds for the embedder (then ``cosine`` is the store's cosine beside it), else the cosine in [-1, 1].
+    """
 
     reference_id: str
     uri: str
@@ -23,6 +27,8 @@ class Match:
     orientation: str = ""
     #: the query window that scored best when windows are searched, e.g. "r0c1" ("" = the whole image)
     window: str = ""
+    #: the store's (fused) cosine when ``score`` is a decision score; None when ``score`` is that cosine
+    cosine: float | None = None
 
     @classmethod
     def ranked(cls, reference_id: str, uri: str, score: float, rank: int, sha256: str,
@@ -45,6 +51,8 @@ class Match:
             d.pop("orientation")
         if not self.window:
             d.pop("window")
+        if self.cosine is None:
+            d.pop("cosine")
         return d
 
 
@@ -56,8 +64,11 @@ class OriginReport:
     """The answer to "which reference is this an edited or degraded version of?".
 
     ``matches`` are ranked best first (rank 1). ``is_match`` is the decision: the best score reached
-    ``threshold``. ``embedder`` and ``projection`` identify the model that produced the scores so a
-    report can be reproduced; ``timings_ms`` splits the latency into stages.
+    ``threshold``. ``score_kind`` says what the scores are (``decision``: the calibrated decision model's,
+    ``cosine``: the store's), ``false_match_rate`` the calibrated bound on the share of unrelated queries
+    reported as a match at this store's size (None when uncalibrated). ``embedder`` and ``projection``
+    identify the model that produced the scores so a report can be reproduced; ``timings_ms`` splits the
+    latency into stages.
     """
 
     matches: tuple[Match, ...]
@@ -67,6 +78,8 @@ class OriginReport:
     projection: str | None
     timings_ms: dict[str, float] = field(default_factory=dict)
     query: str | None = None
+    score_kind: str = "cosine"
+    false_match_rate: float | None = None
 
     @property
     def decision(self) -> str:
@@ -82,6 +95,8 @@ class OriginReport:
             "decision": self.decision,
             "is_match": self.is_match,
             "threshold": self.threshold,
+            "score_kind": self.score_kind,
+            "false_match_rate": self.false_match_rate,
             "best": self.best.to_dict() if self.best else None,
             "matches": [m.to_dict() for m in self.matches],
             "embedder": self.embedder,

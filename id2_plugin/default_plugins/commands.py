@@ -158,11 +158,13 @@ def _print_report(path: Path, report: Any, as_json: bool) -> str:
     if as_json:
         echo_json(report.to_dict())
         return outcome
-    click.echo(f"{path}: {report.decision.upper()} (threshold {report.threshold:.3f})")
+    rate = "" if report.false_match_rate is None else f", false matches <= {report.false_match_rate:.2%} of unrelated queries"
+    click.echo(f"{path}: {report.decision.upper()} ({report.score_kind} threshold {report.threshold:.3f}{rate})")
     for m in report.matches:
+        cosine = "" if m.cosine is None else f" cosine={m.cosine:.4f}"
         evidence = "".join(f" {name}={score:.3f}" for name, score in m.signals)
         turned = "".join(f" ({v})" for v in (m.orientation, m.window and f"window {m.window}") if v)
-        click.echo(f"  #{m.rank} score={m.score:.4f}{evidence}{turned} id={m.reference_id} {m.uri}")
+        click.echo(f"  #{m.rank} score={m.score:.4f}{cosine}{evidence}{turned} id={m.reference_id} {m.uri}")
     return outcome
 
 

@@ -1,0 +1,234 @@
+"""The match decision: each (query, reference) pair's evidence -> one calibrated score, and the operating point.
+
+Retrieval ranks references by the fused cosine, a weighted mean of the signals' cosines (one vector, one
+index, fast). As a *decision* that mean dilutes evidence: when id2 says 0.8 and SSCD 0.2 for an SDEdit-style
+re-generation the mean halves it, and a portrait of another person can out-score a hard edit. The decision
+model re-scores the store's top candidates from each signal's own cosine and, when the query windows were
+searched, the best window cosine, with a logistic model fitted by grouped cross-validation on real edits
+AND unrelated photos (``id2-plugin fit-decision``). Its output is the probability that the pair is an
+(edited) copy at the fitting set's class balance: one scale for every signal mix, so one threshold holds.
+
+The operating point ships with the model: the threshold chosen for a stated false-match rate per unrelated
+query (one-sided Clopper-Pearson bound at the calibration store's size), the rate per (query, reference)
+pair it implies, and the score below which searching the query windows cannot change the decision.
+
+Features are pure functions of the evidence (:data:`FEATURES`), so a model file names its features and
+any front end (identify, explain, the ThreatExchange index) computes the same score from the same cosines.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError
+
+#: store candidates the decision model re-scores per query; their median cosine is the query's background
+CANDIDATES = 20
+
+#: the signal whose query windows are searched in the second look (a copy detector trained on crops)
+WINDOW_SIGNAL = "sscd"
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Cosines of N (query, reference) pairs: each signal's own, the best query window's (NaN where the
+    windows were not searched), and per signal the query's background: the median cosine of its store
+    candidates (how alike the references are to this query anyway: a portrait against a store of portraits)."""
+
+    signals: Mapping[str, np.ndarray]
+    window: np.ndarray | None = None
+    background: Mapping[str, np.ndarray] | None = None
+
+    def background_of(self, name: str) -> np.ndarray:
+        if self.background is None or name not in self.background:
+            raise ConfigError(f"the decision model needs the query's background for {name!r}, which was not given")
+        return np.asarray(self.background[name], np.float64)
+
+    def signal(self, name: str) -> np.ndarray:
+        if name not in self.signals:
+            raise ConfigError(f"the decision model needs the {name!r} signal, which this embedder does not have "
+                              f"(it has {', '.join(self.signals) or 'none'})")
+        return np.asarray(self.signals[name], np.float64)
+
+    def window_or_whole(self) -> np.ndarray:
+        """The best of the whole query's and its windows' cosine for the window signal."""
+        whole = self.signal(WINDOW_SIGNAL)
+        if self.window is None:
+            return whole
+        w = np.asarray(self.window, np.float64)
+        return np.where(np.isnan(w), whole, np.fmax(whole, w))
+
+
+def _logit_cos(x: np.ndarray) -> np.ndarray:
+    # Cosines of copies bunch near 1, of unrelated images near 0: a log-odds scale spreads both ends.
+    c = np.clip(x, -0.999, 0.999)
+    return np.log1p(c) - np.log1p(-c)
+
+
+#: feature name -> function of the evidence (one value per pair)
+FEATURES: dict[str, Callable[[Evidence], np.ndarray]] = {
+    "id2": lambda e: e.signal("id2"),
+    "sscd": lambda e: e.signal("sscd"),
+    "sscd_window": lambda e: e.window_or_whole(),
+    "logit_id2": lambda e: _logit_cos(e.signal("id2")),
+    "logit_sscd_window": lambda e: _logit_cos(e.window_or_whole()),
+    "id2_x_sscd_window": lambda e: e.signal("id2") * e.window_or_whole(),
+    "max_id2_sscd_window": lambda e: np.maximum(e.signal("id2"), e.window_or_whole()),
+    "id2_over_background": lambda e: e.signal("id2") - e.background_of("id2"),
+    "sscd_window_over_background": lambda e: e.window_or_whole() - e.background_of(WINDOW_SIGNAL),
+}
+
+
+def candidate_background(cosines: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """A query's background per signal from its store candidates' cosines (the whole image's top candidates)."""
+    return {name: float(np.median(c)) if len(c) else 0.0 for name, c in cosines.items()}
+
+
+#: the features ``fit-decision`` fits by default (chosen by grouped cross-validation: docs/results.md)
+DEFAULT_FEATURES = ("id2_over_background", "sscd_window_over_background")
+
+
+def feature_matrix(evidence: Evidence, names: Sequence[str]) -> np.ndarray:
+    """The features of the evidence on a last axis: ``N x F`` for N pairs (``Q x R x F`` for matrices)."""
+    unknown = [n for n in names if n not in FEATURES]
+    if unknown:
+        raise ConfigError(f"unknown decision feature(s) {', '.join(unknown)}; known: {', '.join(FEATURES)}")
+    return np.stack([FEATURES[n](evidence) for n in names], axis=-1)
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(z, np.float64)))
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, *, l2: float = 1e-3, weights: np.ndarray | None = None,
+                 iterations: int = 100) -> tuple[np.ndarray, float]:
+    """L2-regularised logistic regression by Newton's method: ``(coefficients, intercept)``.
+
+    ``weights`` per sample (e.g. to balance classes); the intercept is not penalised. Deterministic.
+    """
+    x = np.asarray(x, np.float64)
+    y = np.asarray(y, np.float64)
+    if x.ndim != 2 or len(x) != len(y) or not len(y):
+        raise ValueError(f"need N x F features and N labels, got {x.shape} and {y.shape}")
+    if not (0 < y.sum() < len(y)):
+        raise ValueError("both classes must be present to fit a decision model")
+    w = np.ones(len(y)) if weights is None else np.asarray(weights, np.float64)
+    xb = np.hstack([x, np.ones((len(x), 1))])
+    beta = np.zeros(xb.shape[1])
+    penalty = np.full(xb.shape[1], l2 * w.sum())
+    penalty[-1] = 0.0
+    for _ in range(iterations):
+        p = sigmoid(xb @ beta)
+        grad = xb.T @ (w * (p - y)) + penalty * beta
+        hess = (xb * (w * p * (1 - p))[:, None]).T @ xb + np.diag(penalty + 1e-9)
+        step = np.linalg.solve(hess, grad)
+        beta -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    return beta[:-1], float(beta[-1])
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """The shipped threshold on the decision score and what it was shown to achieve."""
+
+    threshold: float
+    #: requested false-match rate per unrelated query, and the confidence of its bound
+    target_fpr: float
+    confidence: float
+    #: unrelated queries scored, how many matched, and the one-sided Clopper-Pearson bound on the rate
+    n_negatives: int
+    false_matches: int
+    fpr_upper_bound: float
+    #: references the negatives were searched against, and the implied bound per (query, reference) pair
+    n_references: int
+    pair_fpr_upper_bound: float
+    #: share of the calibration edits reported as a MATCH with the right origin
+    recall: float
+    #: below this whole-image score the query windows are not searched: no calibration query crossed the
+    #: threshold with them from there
+    window_floor: float
+
+    def per_query_fpr(self, n_references: int) -> float:
+        """The false-match bound per unrelated query at a store of ``n_references`` (grows with the store)."""
+        return float(-math.expm1(n_references * math.log1p(-min(self.pair_fpr_upper_bound, 1 - 1e-12))))
+
+
+@dataclass(frozen=True)
+class DecisionModel:
+    """A logistic model over named features of the evidence, the embedder it holds for, its operating point."""
+
+    features: tuple[str, ...]
+    coefficients: tuple[float, ...]
+    intercept: float
+    #: identity of the embedder whose cosines it was fitted on: the model holds for that embedder only
+    embedder: str
+    operating_point: OperatingPoint | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.features) != len(self.coefficients):
+            raise ConfigError(f"decision model: {len(self.features)} features but {len(self.coefficients)} coefficients")
+        unknown = [n for n in self.features if n not in FEATURES]
+        if unknown:
+            raise ConfigError(f"decision model {self.source or ''}: unknown feature(s) {', '.join(unknown)}")
+
+    @property
+    def uses_background(self) -> bool:
+        return any("background" in n for n in self.features)
+
+    def score(self, evidence: Evidence) -> np.ndarray:
+        """The decision score in [0, 1] of each pair (the evidence's shape: a vector or a matrix of pairs)."""
+        x = feature_matrix(evidence, self.features)
+        return sigmoid(x @ np.asarray(self.coefficients) + self.intercept)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("source")
+        return d
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any], source: str | None = None) -> DecisionModel:
+        try:
+            op = doc.get("operating_point")
+            return cls(
+                features=tuple(str(f) for f in doc["features"]),
+                coefficients=tuple(float(c) for c in doc["coefficients"]),
+                intercept=float(doc["intercept"]),
+                embedder=str(doc["embedder"]),
+                operating_point=OperatingPoint(**op) if op else None,
+                provenance=dict(doc.get("provenance") or {}),
+                source=source,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"decision model {source or ''} is not one: {exc}") from None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> DecisionModel:
+        path = Path(path)
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read decision model {path}: {exc.strerror or exc}") from None
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"decision model {path} is not valid JSON: {exc.msg}") from None
+        if not isinstance(doc, dict):
+            raise ConfigError(f"decision model {path} is not a JSON object")
+        return cls.from_dict(doc, str(path))
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+        return path
