@@ -74,6 +74,7 @@ from .._lazy import require
 from ..errors import IncompatibleStoreError, StoreDamagedError, StoreError
 from ..types import AddResult, Match, ReferenceRecord, StoreInfo
 from . import _faiss_index as fx
+from . import _integrity as ix
 from .base import ReferenceStore
 
 logger = logging.getLogger(__name__)
@@ -156,7 +157,7 @@ CREATE TABLE refs (
 );
 CREATE TABLE removed (id INTEGER PRIMARY KEY, generation INTEGER NOT NULL, in_main INTEGER NOT NULL);
 CREATE INDEX removed_generation ON removed (generation);
-"""
+""" + ix.SCHEMA + ";"
 
 
 @dataclass
@@ -440,6 +441,7 @@ class FaissStore(ReferenceStore):
                     "retry later or raise store.index_options.lock_timeout"
                 ) from None
             try:
+                self._conn.execute(ix.SCHEMA)
                 meta = self._read_meta()
                 problems = self._damage(meta) if check else []
                 if problems:
@@ -509,9 +511,40 @@ class FaissStore(ReferenceStore):
                             f"{meta.generation} committed {meta.count} below id {meta.next_id}")
         if meta.snap_gen is not None:
             problems += self._snapshot_damage(meta, deep)
+        if deep and rows >= meta.next_id:
+            problems += self._content_damage(meta)
         if deep and not problems:
             problems += self._unscrubbed_damage(meta)
         return problems
+
+    def _raw_file(self, meta: _Meta, stop: int | None = None) -> ix.RawFile:
+        return ix.RawFile(self._raw_path(meta), np.dtype(self._spec.raw_dtype), self._dim,
+                          meta.next_id if stop is None else stop)
+
+    def _blocks_problem(self, meta: _Meta, blocks: list[int]) -> str:
+        spans = ", ".join(f"[{b * ix.BLOCK_ROWS}, {min((b + 1) * ix.BLOCK_ROWS, meta.next_id)})" for b in blocks[:5])
+        more = f" and {len(blocks) - 5} more blocks" if len(blocks) > 5 else ""
+        return f"{meta.raw_file}: rows {spans}{more} do not match their checksum: content damaged"
+
+    def _content_damage(self, meta: _Meta) -> list[str]:
+        """Blocks of the raw file failing their checksum, live rows that are not unit vectors."""
+        found = ix.scan(self._conn, self._raw_file(meta))
+        problems = [self._blocks_problem(meta, found.bad_blocks)] if found.bad_blocks else []
+        if found.bad_ids:
+            problems.append(f"{meta.raw_file}: the vectors of {len(found.bad_ids)} reference(s) are not unit "
+                            f"vectors (ids {found.bad_ids[:5]}{' ...' if len(found.bad_ids) > 5 else ''}): content damaged")
+        return problems
+
+    def _check_blocks(self, meta: _Meta, blocks: Sequence[int]) -> None:
+        """Refuse to touch blocks whose committed content is already damaged: a new checksum would hide it."""
+        bad = ix.mismatched(self._conn, self._raw_file(meta), blocks)
+        if bad:
+            raise StoreDamagedError(self._damage_message([self._blocks_problem(meta, bad)]))
+
+    def _sqlite_damage(self) -> list[str]:
+        rows = [str(r[0]) for r in self._conn.execute("PRAGMA integrity_check(3)")]
+        found = "; ".join(line.strip("* ") for r in rows for line in r.splitlines() if line.strip("* "))
+        return [] if rows == ["ok"] else [f"{DB_NAME} fails SQLite's integrity check: {found}"]
 
     def _unscrubbed_damage(self, meta: _Meta) -> list[str]:
         left = self._unscrubbed(meta)
@@ -527,22 +560,33 @@ class FaissStore(ReferenceStore):
             want = f"{expected} bytes" if expected is not None else "a non-empty file"
             return [f"{name} is {size} bytes where the commit wrote {want}: truncated or missing"]
         if deep:
+            want = meta.facts.get("snap_digest")
+            if want is not None and ix.file_digest(self.location / name) != want:
+                return [f"{name} does not match its checksum: content damaged"]
             try:
                 require("faiss").read_index(str(self.location / name))
             except (RuntimeError, OSError) as exc:
                 return [f"{name} does not load: {str(exc).splitlines()[0]}"]
         return []
 
-    def _damage_message(self, problems: list[str]) -> str:
-        return (f"the store at {self.location} is damaged, nothing was written: {'; '.join(problems)}. "
+    def _damage_message(self, problems: list[str], reading: bool = False) -> str:
+        what = "" if reading else ", nothing was written"
+        return (f"the store at {self.location} is damaged{what}: {'; '.join(problems)}. "
                 "Run `id2-plugin index verify --repair` (references whose vectors are lost are dropped; "
                 "add them again)")
 
     def verify(self) -> list[str]:
-        """Every problem found in the committed store (files, rows, the ANN snapshot loads); empty = sound."""
+        """Every problem found in the committed store (SQLite's own check, file lengths, checksums, rows, the
+        ANN snapshot loads); empty = sound."""
         with self._mutex:
-            with self._read_txn():
-                return self._damage(self._read_meta(), deep=True)
+            try:
+                problems = self._sqlite_damage()
+                if problems:
+                    return problems  # nothing read from a damaged database can be trusted
+                with self._read_txn():
+                    return self._damage(self._read_meta(), deep=True)
+            except sqlite3.DatabaseError as exc:
+                return [f"{DB_NAME} is unreadable: {exc}"]
 
     def repair(self) -> list[str]:
         """Make a damaged store writable again; returns what was done (empty: nothing was wrong).
@@ -550,11 +594,26 @@ class FaissStore(ReferenceStore):
         References whose vector rows are gone are dropped (``index add`` re-adds them), the raw file is
         restored to its committed length, and the ANN index is rebuilt from the raw vectors and SQLite.
         """
+        try:
+            return self._repair()
+        except sqlite3.DatabaseError as exc:
+            raise StoreDamagedError(self._unrepairable(f"{DB_NAME} is unreadable: {exc}")) from None
+
+    def _unrepairable(self, problem: str) -> str:
+        return (f"the store at {self.location} is damaged: {problem}; repair cannot rebuild the database: restore "
+                f"{DB_NAME} from a backup or build the store again with `id2-plugin index add`")
+
+    def _repair(self) -> list[str]:
         with self._writing(check=False) as meta:
+            sql = self._sqlite_damage()
+            if sql:
+                raise StoreDamagedError(self._unrepairable(sql[0]))
             problems = self._damage(meta, deep=True)
             if not problems:
                 return []
             done = self._drop_lost_rows(meta)
+            meta = self._read_meta()
+            done += self._drop_damaged_rows(meta)
             meta = self._read_meta()
             scrubbed = self._unscrubbed(meta)
             if scrubbed:
@@ -562,8 +621,32 @@ class FaissStore(ReferenceStore):
                 done.append(f"overwrote the vectors of {len(scrubbed)} removed reference(s) with zeros")
             if self._maybe_merge(meta, force=True, rebuild=True) == "rebuild":
                 done.append(f"rebuilt the {self._spec.kind} index from the {meta.count} stored vectors")
+            with self._write_txn() as conn:
+                conn.execute("DELETE FROM checksums")
+                ix.record(conn, self._raw_file(meta), ix.blocks_of(0, meta.next_id))
             self._state = None
             return done
+
+    def _drop_damaged_rows(self, meta: _Meta) -> list[str]:
+        """Remove the references whose vectors fail their block's checksum or the row check (lock held)."""
+        raw = self._raw_file(meta)
+        ids = ix.scan(self._conn, raw).suspect_ids(self._conn, raw)
+        if not ids:
+            return []
+        uris: dict[int, str] = {}
+        gen = meta.generation + 1
+        with self._write_txn() as conn:
+            for start in range(0, len(ids), _SQL_BATCH):
+                part = ids[start : start + _SQL_BATCH]
+                marks = ",".join("?" * len(part))
+                uris.update(conn.execute(f"SELECT id, uri FROM refs WHERE id IN ({marks})", part).fetchall())
+                conn.execute(f"DELETE FROM refs WHERE id IN ({marks})", part)
+            # _drop_lost_rows ran first: the snapshot is gone, so nothing is in_main
+            conn.executemany("INSERT OR REPLACE INTO removed (id, generation, in_main) VALUES (?, ?, 0)",
+                             [(i, gen) for i in ids])
+            self._set_meta(conn, generation=gen, count=meta.count - len(ids))
+        return [f"dropped {len(ids)} reference(s) whose vectors were damaged (cannot be recovered: add them "
+                f"again): {ix.describe(ids, uris)}"]
 
     def _drop_lost_rows(self, meta: _Meta) -> list[str]:
         """Remove references whose vectors the raw file lost and pad it back to the committed length."""
@@ -572,6 +655,8 @@ class FaissStore(ReferenceStore):
         gen = meta.generation + 1
         with self._write_txn() as conn:
             conn.execute("DELETE FROM refs WHERE id >= ?", (cut,))
+            if cut < meta.next_id:  # a block cut short cannot be checked any more; its rows left get the row check
+                conn.execute("DELETE FROM checksums WHERE block >= ?", (cut // ix.BLOCK_ROWS,))
             conn.executemany("INSERT OR REPLACE INTO removed (id, generation, in_main) VALUES (?, ?, 0)",
                              [(i, gen) for i in lost])
             n = conn.execute("SELECT COUNT(*) FROM refs").fetchone()[0]
@@ -668,7 +753,16 @@ class FaissStore(ReferenceStore):
         fetch = self._fetch(raw)
         for start in range(0, len(ids), _CHUNK):
             part = ids[start : start + _CHUNK]
-            index.add_with_ids(np.ascontiguousarray(fetch(part)), part)
+            x = np.ascontiguousarray(fetch(part))
+            self._refuse_bad_rows(x, part, "the vectors of reference(s)")
+            index.add_with_ids(x, part)
+
+    def _refuse_bad_rows(self, x: np.ndarray, ids: np.ndarray, what: str, allow_zero: bool = False) -> None:
+        """The cheap check at load: a damaged row would score cosines far above 1, i.e. a false match."""
+        bad = ix.bad_rows(x, allow_zero)
+        if len(bad):
+            found = f"{what} {ids[bad][:5].tolist()} are not unit vectors: content damaged"
+            raise StoreDamagedError(self._damage_message([found], reading=True))
 
     def _apply_removals(self, state: _State, ids: np.ndarray) -> None:
         if not len(ids):
@@ -692,6 +786,9 @@ class FaissStore(ReferenceStore):
         if meta.snap_gen is not None:
             path = self.location / f"main.{meta.snap_gen}.faiss"
             main = faiss.read_index(str(path))  # FileNotFoundError is retried by the caller
+            if self._spec.kind == "hnsw" and main.ntotal:  # removed references stay as zeroed tombstones
+                self._refuse_bad_rows(fx.hnsw_vectors(main), faiss.vector_to_array(main.id_map),
+                                      f"main.{meta.snap_gen}.faiss holds vectors of reference(s)", allow_zero=True)
         state = _State(generation=meta.generation, epoch=(meta.raw_file, meta.snap_gen), next_id=meta.next_id,
                        snap_next_id=meta.snap_next_id, main=main, buffer=self._new_buffer(), raw=raw,
                        search_params=dict(meta.search_params))
@@ -801,9 +898,21 @@ class FaissStore(ReferenceStore):
             return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
         D = np.concatenate([p[0] for p in parts], axis=1).astype(np.float32)
         I = np.concatenate([p[1] for p in parts], axis=1).astype(np.int64)
-        D = np.where(I >= 0, D, -np.inf)
+        D = self._bounded(np.where(I >= 0, D, -np.inf), I, np.linalg.norm(q, axis=1, keepdims=True), params)
         order = np.argsort(-D, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(D, order, 1), np.take_along_axis(I, order, 1)
+
+    def _bounded(self, D: np.ndarray, I: np.ndarray, qnorm: np.ndarray, params: dict[str, Any]) -> np.ndarray:
+        """Scores never above the query's norm (a cosine of 1 for the unit queries of a pipeline). An exact score
+        above it can only come from a damaged vector (the load check misses IVF snapshots), so it is refused
+        rather than reported as a match; PQ scores without re-ranking are approximations and are clipped."""
+        exact = not (self._spec.kind in fx.PQ_TYPES and not params.get("rerank"))
+        over = D > qnorm * (1.0 + ix.NORM_TOL)
+        if exact and over.any():
+            rid = int(I[over][0])
+            found = f"reference {rid} scores a cosine of {float(D[over][0]):.4g}: its vector is damaged"
+            raise StoreDamagedError(self._damage_message([found], reading=True))
+        return np.minimum(D, qnorm)
 
     def _check_vectors(self, vectors: np.ndarray) -> np.ndarray:
         v = np.asarray(vectors, dtype=np.float32)
@@ -910,6 +1019,9 @@ class FaissStore(ReferenceStore):
         for r in records:
             if not r.sha256:
                 raise ValueError(f"record for {r.uri!r} has no sha256")
+        bad = ix.bad_rows(v)
+        if len(bad):
+            raise ValueError(f"vector {int(bad[0])} is not L2-normalised (norm {float(np.linalg.norm(v[bad[0]])):.4g})")
         with self._writing() as meta:
             first: dict[str, int] = {}
             duplicates: list[str] = []
@@ -925,6 +1037,7 @@ class FaissStore(ReferenceStore):
                 return AddResult(added=(), duplicates=tuple(duplicates))
             start = meta.next_id
             ids = list(range(start, start + len(keep)))
+            self._check_blocks(meta, [start // ix.BLOCK_ROWS] if start % ix.BLOCK_ROWS else [])
             self._write_raw(meta, start, v[keep])
             _checkpoint("add:raw_written")
             gen = meta.generation + 1
@@ -935,6 +1048,7 @@ class FaissStore(ReferenceStore):
                     [(rid, records[i].sha256, records[i].uri, records[i].added_at or now,
                       json.dumps(list(records[i].labels)), gen) for rid, i in zip(ids, keep)],
                 )
+                ix.record(conn, self._raw_file(meta, start + len(keep)), ix.blocks_of(start, start + len(keep)))
                 _checkpoint("add:before_commit")
                 self._set_meta(conn, generation=gen, next_id=start + len(keep), count=meta.count + len(keep))
             _checkpoint("add:committed")
@@ -960,12 +1074,15 @@ class FaissStore(ReferenceStore):
             ids = sorted(self._resolve(self._conn, keys))
             if not ids:
                 return 0
+            blocks = sorted({i // ix.BLOCK_ROWS for i in ids})
+            self._check_blocks(meta, blocks)
             gen = meta.generation + 1
             in_main = sum(1 for i in ids if i < meta.snap_next_id)
             with self._write_txn() as conn:
                 for start in range(0, len(ids), _SQL_BATCH):
                     part = ids[start : start + _SQL_BATCH]
                     conn.execute(f"DELETE FROM refs WHERE id IN ({','.join('?' * len(part))})", part)
+                ix.record(conn, self._raw_file(meta), blocks)  # removed rows now count as zeros
                 # in_main: the id sits in the ANN index (an HNSW graph keeps it as a tombstone until rebuilt)
                 conn.executemany("INSERT OR REPLACE INTO removed (id, generation, in_main) VALUES (?, ?, ?)",
                                  [(i, gen, int(i < meta.snap_next_id)) for i in ids])
@@ -1060,6 +1177,7 @@ class FaissStore(ReferenceStore):
         faiss.write_index(state.main, str(tmp))
         _fsync_file(tmp)
         facts["snap_bytes"] = tmp.stat().st_size  # lets every later write and `info` detect a truncated snapshot
+        facts["snap_digest"] = ix.file_digest(tmp)  # read back: what the disk holds, checked by `verify`
         _checkpoint("merge:tmp_written")
         os.replace(tmp, final)
         _fsync_dir(self.location)

@@ -81,3 +81,58 @@ def test_a_sound_store_verifies_and_repair_does_nothing(tmp_path: Path) -> None:
     store = _store(tmp_path / "s", *HNSW)
     gen = store.info().generation
     assert store.verify() == [] and store.repair() == [] and store.info().generation == gen
+
+
+def _damage_row(path: Path, row: np.ndarray, scale: float = 30.0) -> None:
+    """Overwrite the bytes of one stored vector (found by content) with a scaled copy: a flipped exponent."""
+    data = path.read_bytes()
+    at = data.find(row.astype(np.float32).tobytes())
+    assert at > 0
+    path.write_bytes(data[:at] + (row * scale).astype(np.float32).tobytes() + data[at + row.nbytes :])
+
+
+def test_damaged_vector_rows_are_refused_at_load_found_by_verify_and_dropped_by_repair(tmp_path: Path) -> None:
+    x = _vectors(200)
+    _store(tmp_path / "s", n=200).close()
+    _damage_row(tmp_path / "s" / "vectors.0.f32", x[100])
+    store = FaissStore(tmp_path / "s")
+    with pytest.raises(StoreDamagedError, match=r"reference\(s\) \[100\] are not unit vectors.*verify --repair"):
+        store.query(x[100:101], k=1)  # never a cosine of 30
+    problems = store.verify()
+    assert problems == ["vectors.0.f32: rows [64, 128) do not match their checksum: content damaged",
+                        "vectors.0.f32: the vectors of 1 reference(s) are not unit vectors (ids [100]): content damaged"]
+    with pytest.raises(StoreDamagedError, match="do not match their checksum"):
+        store.remove(["70"])  # a new checksum of the block would bless the damage
+
+    done = store.repair()
+    # every reference of the failing block is named: its other rows cannot be proven intact
+    assert done[0].startswith("dropped 64 reference(s) whose vectors were damaged") and "64 ('ref/64')" in done[0]
+    assert store.verify() == [] and store.info().count == 136
+    assert store.query(x[[5, 150]], k=1)[0][0].reference_id == "5"
+    assert max(m.score for r in store.query(x, k=3) for m in r) <= 1.0 + 1e-6
+    assert FaissStore(tmp_path / "s", EMB, DIM).add(x[64:128], _records(64, 128)).added  # added again
+
+
+def test_removals_and_appends_keep_checksums_sound(tmp_path: Path) -> None:
+    store = _store(tmp_path / "s", n=70)  # the second block is partial
+    store.add(_vectors(100)[70:], _records(70, 100))
+    assert store.remove(["3", "65", "99"]) == 3
+    assert store.verify() == []
+    _damage_row(tmp_path / "s" / "vectors.0.f32", _vectors(100)[80], scale=-1.0)  # norm kept: only the checksum sees it
+    assert store.verify() == ["vectors.0.f32: rows [64, 100) do not match their checksum: content damaged"]
+    with pytest.raises(StoreDamagedError):
+        store.add(_vectors(101)[100:], _records(100, 101))  # appends to the damaged block
+
+
+@pytest.mark.parametrize("kind,opts", [HNSW, ("ivf_flat", {"nlist": 2, "train_min": 40, "merge_min": 10})])
+def test_damaged_ann_snapshot_never_scores_above_one_and_is_rebuilt(tmp_path: Path, kind: str, opts: dict) -> None:
+    x = _vectors(40)
+    _store(tmp_path / "s", kind, opts).close()
+    snap = next((tmp_path / "s").glob("main.*.faiss"))
+    _damage_row(snap, x[7].astype(np.float16).astype(np.float32))  # the snapshot is built from float16 rows
+    store = FaissStore(tmp_path / "s")
+    with pytest.raises(StoreDamagedError, match=r"reference.*7.*(not unit vectors|scores a cosine of 30)"):
+        store.query(x[7:8], k=1)
+    assert store.verify() == [f"{snap.name} does not match its checksum: content damaged"]
+    assert store.repair() == [f"rebuilt the {kind} index from the 40 stored vectors"]
+    assert store.verify() == [] and store.query(x[7:8], k=1)[0][0].score == pytest.approx(1.0, abs=1e-5)
