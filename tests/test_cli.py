@@ -245,3 +245,22 @@ def test_readme_exit_code_table_is_the_code() -> None:
     assert [cli_support.exit_code_for(e("x")) for e in (ConfigError, StoreError, MediaError)] == [2, 3, 4]
     assert cli_support.outcome_code(unreadable=2, no_match=3) == 4 and cli_support.outcome_code(no_match=1) == 1
     assert cli_support.outcome_code() == 0
+
+
+def test_disk_full_while_the_store_is_created_is_one_error_line_and_leaves_no_temp_files(
+        photo_paths: list[Path], tmp_path: Path) -> None:
+    import resource
+    import signal
+
+    def small_disk() -> None:  # files may not grow past 8 KB: writes fail like on a full disk
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
+
+    exe = Path(sys.executable).with_name("id2-plugin")
+    store = tmp_path / "store"
+    res = subprocess.run([str(exe), "--set", f"store.path={store}", "index", "add", str(photo_paths[3])],
+                         capture_output=True, text=True, preexec_fn=small_disk, timeout=300)
+    errors = [line for line in res.stderr.splitlines() if "error" in line.lower()]
+    assert res.returncode == 3 and errors == [f"error: creating the store at {store} failed (is the disk full?): "
+                                              "disk I/O error"], res.stderr
+    assert "Traceback" not in res.stderr and sorted(p.name for p in store.iterdir()) == ["write.lock"]

@@ -316,47 +316,60 @@ class FaissStore(ReferenceStore):
         try:
             if self._db_path.exists():  # another process created it while we waited
                 return
+            self._remove_db_temps()  # left by a creator that failed or was killed: we hold the lock
             tmp = self.location / f"{DB_NAME}.{os.getpid()}.tmp"
-            tmp.unlink(missing_ok=True)
-            conn = sqlite3.connect(tmp, isolation_level=None)
             try:
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.executescript(_SCHEMA)
-                raw_ext = "f32" if spec.raw_dtype == np.float32 else "f16"
-                meta = {
-                    "format": FORMAT,
-                    "format_version": FORMAT_VERSION,
-                    "embedder": embedder_identity,
-                    "dim": spec.dim,
-                    "index_type": spec.kind,
-                    "index_options": spec.options,
-                    "raw_file": f"vectors.0.{raw_ext}",
-                    "generation": 0,
-                    "next_id": 0,
-                    "count": 0,
-                    "snap_gen": None,
-                    "prev_snap_gen": None,
-                    "snap_next_id": 0,
-                    "main_count": 0,
-                    "clean_gen": 0,
-                    "trained_count": 0,
-                    "facts": {},
-                    "search_params": {},
-                    "tuned": None,
-                    "created_at": _now(),
-                }
-                conn.execute("BEGIN")
-                conn.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
-                conn.execute("COMMIT")
-            finally:
-                conn.close()
-            for suffix in ("-wal", "-shm"):
-                Path(f"{tmp}{suffix}").unlink(missing_ok=True)
-            _fsync_file(tmp)
-            os.replace(tmp, self._db_path)
-            _fsync_dir(self.location)
+                self._init_db(tmp, spec, embedder_identity)
+                _fsync_file(tmp)
+                os.replace(tmp, self._db_path)
+                _fsync_dir(self.location)
+            except (OSError, sqlite3.Error) as exc:
+                self._remove_db_temps()
+                raise StoreError(f"creating the store at {self.location} failed (is the disk full?): {exc}") from None
         finally:
             lock.release()
+
+    def _remove_db_temps(self) -> None:
+        for p in self.location.glob(f"{DB_NAME}.*.tmp*"):
+            p.unlink(missing_ok=True)
+
+    @staticmethod
+    def _init_db(tmp: Path, spec: fx.IndexSpec, embedder_identity: str) -> None:
+        """Write the schema and the meta of generation 0 to a database file at ``tmp`` (no WAL left beside it)."""
+        conn = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(_SCHEMA)
+            raw_ext = "f32" if spec.raw_dtype == np.float32 else "f16"
+            meta = {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "embedder": embedder_identity,
+                "dim": spec.dim,
+                "index_type": spec.kind,
+                "index_options": spec.options,
+                "raw_file": f"vectors.0.{raw_ext}",
+                "generation": 0,
+                "next_id": 0,
+                "count": 0,
+                "snap_gen": None,
+                "prev_snap_gen": None,
+                "snap_next_id": 0,
+                "main_count": 0,
+                "clean_gen": 0,
+                "trained_count": 0,
+                "facts": {},
+                "search_params": {},
+                "tuned": None,
+                "created_at": _now(),
+            }
+            conn.execute("BEGIN")
+            conn.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+        for suffix in ("-wal", "-shm"):
+            Path(f"{tmp}{suffix}").unlink(missing_ok=True)
 
     @property
     def _conn(self) -> sqlite3.Connection:
@@ -471,8 +484,9 @@ class FaissStore(ReferenceStore):
             keep_snaps.add(meta.prev_snap_gen)
         for p in self.location.iterdir():
             name = p.name
-            if name.endswith(".tmp") and not name.startswith(DB_NAME):
-                p.unlink(missing_ok=True)
+            failed_create = name.startswith(f"{DB_NAME}.") and ".tmp" in name
+            if (name.endswith(".tmp") and not name.startswith(DB_NAME)) or failed_create:
+                p.unlink(missing_ok=True)  # store.sqlite.<pid>.tmp*: a creation that failed (lock held: none runs)
             elif name.startswith("main.") and name.endswith(".faiss"):
                 try:
                     g = int(name.split(".")[1])

@@ -136,3 +136,15 @@ def test_damaged_ann_snapshot_never_scores_above_one_and_is_rebuilt(tmp_path: Pa
     assert store.verify() == [f"{snap.name} does not match its checksum: content damaged"]
     assert store.repair() == [f"rebuilt the {kind} index from the 40 stored vectors"]
     assert store.verify() == [] and store.query(x[7:8], k=1)[0][0].score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_files_of_a_failed_creation_are_removed(tmp_path: Path) -> None:
+    (tmp_path / "s").mkdir()
+    stale = [tmp_path / "s" / f"store.sqlite.4242.tmp{suffix}" for suffix in ("", "-wal", "-shm")]
+    for p in stale:
+        p.write_bytes(b"x" * 10)
+    _store(tmp_path / "s").close()
+    assert not any(p.exists() for p in stale)
+    stale[1].write_bytes(b"x")  # left while the store exists: the next writer removes it
+    FaissStore(tmp_path / "s", EMB, DIM).add(_vectors(41)[40:], _records(40, 41))
+    assert not stale[1].exists()
