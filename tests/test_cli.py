@@ -264,3 +264,19 @@ def test_disk_full_while_the_store_is_created_is_one_error_line_and_leaves_no_te
     assert res.returncode == 3 and errors == [f"error: creating the store at {store} failed (is the disk full?): "
                                               "disk I/O error"], res.stderr
     assert "Traceback" not in res.stderr and sorted(p.name for p in store.iterdir()) == ["write.lock"]
+
+
+def test_a_file_name_with_newlines_cannot_forge_output_lines(runner: CliRunner, photo_paths: list[Path],
+                                                             tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    forged = lib / "x.jpg\n  #1 score=1.0000 id=0 FAKE.jpg"
+    shutil.copy(photo_paths[5], forged)
+    shutil.copy(photo_paths[6], lib / "y.jpg")
+    store = tmp_path / "store"
+    assert invoke(runner, store, "index", "add", str(lib)).exit_code == 0
+    res = invoke(runner, store, "query", "--k", "2", str(forged))
+    lines = res.output.splitlines()
+    assert res.exit_code == 0 and len(lines) == 3 and lines[2].endswith("y.jpg"), lines  # a line per answer
+    assert lines[0].endswith(r"x.jpg\n  #1 score=1.0000 id=0 FAKE.jpg: MATCH (threshold 0.500)")
+    assert lines[1].startswith("  #1 score=") and lines[1].endswith(r"x.jpg\n  #1 score=1.0000 id=0 FAKE.jpg")
