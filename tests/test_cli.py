@@ -177,6 +177,10 @@ def test_unwalkable_paths_are_reported_and_the_rest_indexed(runner: CliRunner, p
     (["--config", "binary.yaml", "config", "show"], "is not a UTF-8 text (YAML) file"),
     (["--config", "broken.yaml", "config", "show"], "is not valid YAML"),
     (["--set", "match.k=[", "config", "show"], "the value is not valid YAML"),
+    (["--config", "deep.yaml", "config", "show"], "deep.yaml is not accepted: line 1 is nested more than 32 levels"),
+    (["--config", "bomb.yaml", "config", "show"], "bomb.yaml is not accepted: line 4 uses a YAML alias (*name)"),
+    (["--config", "twice.yaml", "config", "show"], "twice.yaml is not accepted: line 3 repeats the key 'k'"),
+    (["--set", "serve.port=99999", "config", "show"], "serve.port=99999: expected a TCP port, 0 to 65535"),
     (["--set", "media.max_pixels=-1", "config", "show"], "media.max_pixels=-1: must lie in [1, "),
     (["--set", "media.max_pixels=1000000000", "config", "show"], "media.max_pixels=1000000000: must lie in [1, "),
     (["--set", "embedder.name=taef2", "--set", "embedder.weights=pickle.pkl", "embed", "x.jpg", "--out", "o.npz"],
@@ -197,6 +201,11 @@ def test_bad_input_is_one_clear_line_and_exit_2(runner: CliRunner, tmp_path: Pat
     shutil.copy(photo_paths[0], "x.jpg")
     Path("binary.yaml").write_bytes(b"\xff\xfe\x00\x01 not text")
     Path("broken.yaml").write_text("match: [\n")
+    Path("deep.yaml").write_text("a: " + "[" * 1000 + "]" * 1000 + "\n")
+    # a billion laughs, cut to 9^5 strings: the full one ran past 60 s and 6 GB
+    levels = [f"    l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, 6)]
+    Path("bomb.yaml").write_text("store:\n  index_options:\n    l0: &l0 [lol]\n" + "\n".join(levels) + "\n")
+    Path("twice.yaml").write_text("match:\n  k: 3\n  k: 4\n")
     Path("pickle.pkl").write_bytes(pickle.dumps({"w": Path("x")}))  # a pickled object, not tensors
     Path("bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage")
     torch.save({"0.weight": torch.zeros(3)}, "other.pth")
