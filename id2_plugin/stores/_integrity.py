@@ -4,12 +4,11 @@ cheap row check applied whenever vectors are loaded.
 File lengths alone (``faiss_store._damage``) miss damage in the middle of a file: a few flipped bytes in a
 vector row make that reference score cosines far above 1 against every query, i.e. a false match.
 
-**Raw vectors** are checksummed per block of :data:`BLOCK_ROWS` rows, recorded in the SQLite table
-``checksums`` in the same transaction that commits the rows. Blocks keep a repair to the few hundred
-references around the damage and keep the cost of an append or a removal to re-reading one block. A block's
-checksum is taken with the rows of references that are not live (removed, dropped) read as zeros: the
-removal commit updates it, and the later scrub that zeroes those rows on disk leaves it unchanged, so a crash
-between the two leaves nothing to reconcile.
+**Raw vectors** get a CRC-32 per row, computed from the rows as written and recorded in the same
+transaction that commits them, so a repair drops exactly the references whose rows changed. The CRCs are
+kept per block of :data:`BLOCK_ROWS` rows (one SQLite row of 4 bytes per vector), which keeps the table
+small. Only rows of live references are checked: a removed reference's row is overwritten with zeros after
+its removal commits, and needs no CRC update.
 
 **The snapshot** (``main.<g>.faiss``) gets one digest, recorded with the commit that points to it.
 
@@ -21,20 +20,23 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-BLOCK_ROWS = 64
+BLOCK_ROWS = 256
 #: |squared norm - 1| tolerated for a stored row (float16 rounding stays below 1e-3)
 NORM_TOL = 1e-2
-SCHEMA = "CREATE TABLE IF NOT EXISTS checksums (block INTEGER PRIMARY KEY, rows INTEGER NOT NULL, digest TEXT NOT NULL)"
+SCHEMA = "CREATE TABLE IF NOT EXISTS checksums (block INTEGER PRIMARY KEY, rows INTEGER NOT NULL, crcs BLOB NOT NULL)"
 
 
-def digest(data: bytes | memoryview) -> str:
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
+def row_crcs(x: np.ndarray) -> np.ndarray:
+    """CRC-32 of each row's bytes (uint32)."""
+    x = np.ascontiguousarray(x)
+    return np.array([zlib.crc32(memoryview(r).cast("B")) for r in x], dtype="<u4")
 
 
 def file_digest(path: Path) -> str:
@@ -81,76 +83,86 @@ class RawFile:
         x = np.fromfile(self.path, dtype=self.dtype, count=n * self.dim, offset=start * self.dim * self.dtype.itemsize)
         return x[: len(x) // self.dim * self.dim].reshape(-1, self.dim)
 
-    def block(self, conn: sqlite3.Connection, b: int, rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(rows of block ``b`` with non-live rows zeroed, the live ids among them); ``rows`` caps its length."""
+    def block(self, conn: sqlite3.Connection, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """(the rows of block ``b`` on disk, the positions in it of live references)."""
         lo = b * BLOCK_ROWS
-        hi = min(lo + BLOCK_ROWS, self.stop) if rows is None else lo + rows
-        x = self.rows(lo, hi).copy()
-        live = np.fromiter((r[0] for r in conn.execute("SELECT id FROM refs WHERE id >= ? AND id < ?", (lo, hi))),
-                           dtype=np.int64)
-        keep = np.zeros(len(x), dtype=bool)
-        keep[live[live - lo < len(x)] - lo] = True
-        x[~keep] = 0
-        return x, live
-
-    def block_digest(self, conn: sqlite3.Connection, b: int, rows: int | None = None) -> tuple[int, str]:
-        x, _ = self.block(conn, b, rows)
-        return len(x), digest(memoryview(np.ascontiguousarray(x)).cast("B"))
+        hi = min(lo + BLOCK_ROWS, self.stop)
+        cur = conn.execute("SELECT id FROM refs WHERE id >= ? AND id < ?", (lo, hi))
+        return self.rows(lo, hi), np.fromiter((r[0] - lo for r in cur), dtype=np.int64)
 
 
-def stored(conn: sqlite3.Connection, blocks: Iterable[int] | None = None) -> dict[int, tuple[int, str]]:
-    """Recorded (rows, digest) per block: of ``blocks``, or all."""
+def stored(conn: sqlite3.Connection, blocks: Iterable[int] | None = None) -> dict[int, np.ndarray]:
+    """Recorded row CRCs per block: of ``blocks``, or all."""
     if not has_table(conn):
         return {}
     if blocks is None:
-        cur = conn.execute("SELECT block, rows, digest FROM checksums")
-        return {int(b): (int(r), d) for b, r, d in cur}
-    out: dict[int, tuple[int, str]] = {}
+        return {int(b): np.frombuffer(c, "<u4") for b, c in conn.execute("SELECT block, crcs FROM checksums")}
+    out: dict[int, np.ndarray] = {}
     for b in blocks:
-        row = conn.execute("SELECT rows, digest FROM checksums WHERE block = ?", (b,)).fetchone()
+        row = conn.execute("SELECT crcs FROM checksums WHERE block = ?", (b,)).fetchone()
         if row is not None:
-            out[b] = (int(row[0]), row[1])
+            out[b] = np.frombuffer(row[0], "<u4")
     return out
 
 
-def mismatched(conn: sqlite3.Connection, raw: RawFile, blocks: Iterable[int]) -> list[int]:
-    """The blocks among ``blocks`` whose content no longer matches their recorded checksum."""
-    return [b for b, (rows, d) in stored(conn, blocks).items() if raw.block_digest(conn, b, rows) != (rows, d)]
+def _changed(b: int, x: np.ndarray, live: np.ndarray, crcs: np.ndarray) -> list[int]:
+    """Ids of the live rows of block ``b`` whose content ``x`` differs from their recorded CRC (or is gone)."""
+    pos = live[live < len(crcs)]
+    now = row_crcs(x)
+    gone = pos >= len(now)
+    differs = np.zeros(len(pos), dtype=bool)
+    differs[~gone] = now[pos[~gone]] != crcs[pos[~gone]]
+    return (b * BLOCK_ROWS + pos[differs | gone]).tolist()
 
 
-def record(conn: sqlite3.Connection, raw: RawFile, blocks: Iterable[int]) -> None:
-    """Record the current checksum of ``blocks`` (inside the writer's transaction)."""
-    conn.executemany("INSERT OR REPLACE INTO checksums (block, rows, digest) VALUES (?, ?, ?)",
-                     [(b, *raw.block_digest(conn, b)) for b in blocks])
+def append(conn: sqlite3.Connection, raw: RawFile, start: int, written: np.ndarray) -> None:
+    """Record the CRCs of rows ``written`` at ``start`` (inside the transaction committing them).
+
+    The rows before ``start`` keep their recorded CRCs; a block recorded by no earlier commit (a store made
+    before checksums were kept) gets the CRCs of what is on disk now.
+    """
+    crcs = row_crcs(written)
+    out = []
+    for b in blocks_of(start, start + len(written)):
+        lo = b * BLOCK_ROWS
+        prefix = stored(conn, [b]).get(b) if lo < start else np.zeros(0, "<u4")
+        if prefix is None:
+            prefix = row_crcs(raw.rows(lo, start))
+        new = np.concatenate([prefix[: max(0, start - lo)], crcs[max(0, lo - start) : lo + BLOCK_ROWS - start]])
+        out.append((b, len(new), new.astype("<u4").tobytes()))
+    conn.executemany("INSERT OR REPLACE INTO checksums (block, rows, crcs) VALUES (?, ?, ?)", out)
+
+
+def record_all(conn: sqlite3.Connection, raw: RawFile) -> None:
+    """Record the CRCs of every row now on disk (after a repair has dropped what failed them)."""
+    conn.execute("DELETE FROM checksums")
+    for b in blocks_of(0, raw.stop):
+        crcs = row_crcs(raw.block(conn, b)[0])
+        conn.execute("INSERT INTO checksums (block, rows, crcs) VALUES (?, ?, ?)", (b, len(crcs), crcs.tobytes()))
 
 
 @dataclass
 class Scan:
-    """What a full pass over the raw file found: blocks failing their checksum, live rows failing the row check."""
+    """What a full pass over the raw file found: rows failing their CRC, live rows failing the row check."""
 
-    bad_blocks: list[int]
+    changed: list[int]
     bad_ids: list[int]
 
-    def suspect_ids(self, conn: sqlite3.Connection, raw: RawFile) -> list[int]:
-        """Live ids whose vectors cannot be trusted: every live row of a failing block, and every bad row."""
-        ids = set(self.bad_ids)
-        for b in self.bad_blocks:
-            ids.update(int(i) for i in raw.block(conn, b)[1])
-        return sorted(ids)
+    @property
+    def suspect_ids(self) -> list[int]:
+        return sorted(set(self.changed) | set(self.bad_ids))
 
 
 def scan(conn: sqlite3.Connection, raw: RawFile) -> Scan:
-    """Check every block of ``raw`` against its checksum and every live row with :func:`bad_rows`."""
+    """Check every row of ``raw`` against its CRC and every live row with :func:`bad_rows`."""
     known = stored(conn)
     result = Scan([], [])
     for b in blocks_of(0, raw.stop):
-        rows, d = known.get(b, (None, None))
-        x, live = raw.block(conn, b, rows)
-        if d is not None and digest(memoryview(np.ascontiguousarray(x)).cast("B")) != d:
-            result.bad_blocks.append(b)
-        rel = live - b * BLOCK_ROWS
-        rel = rel[rel < len(x)]
-        result.bad_ids += [int(b * BLOCK_ROWS + rel[i]) for i in bad_rows(x[rel])]
+        x, live = raw.block(conn, b)
+        if b in known:
+            result.changed += _changed(b, x, live, known[b])
+        live = live[live < len(x)]
+        result.bad_ids += (b * BLOCK_ROWS + live[bad_rows(x[live])]).tolist()
     return result
 
 

@@ -531,29 +531,18 @@ class FaissStore(ReferenceStore):
             problems += self._unscrubbed_damage(meta)
         return problems
 
-    def _raw_file(self, meta: _Meta, stop: int | None = None) -> ix.RawFile:
-        return ix.RawFile(self._raw_path(meta), np.dtype(self._spec.raw_dtype), self._dim,
-                          meta.next_id if stop is None else stop)
-
-    def _blocks_problem(self, meta: _Meta, blocks: list[int]) -> str:
-        spans = ", ".join(f"[{b * ix.BLOCK_ROWS}, {min((b + 1) * ix.BLOCK_ROWS, meta.next_id)})" for b in blocks[:5])
-        more = f" and {len(blocks) - 5} more blocks" if len(blocks) > 5 else ""
-        return f"{meta.raw_file}: rows {spans}{more} do not match their checksum: content damaged"
+    def _raw_file(self, meta: _Meta) -> ix.RawFile:
+        return ix.RawFile(self._raw_path(meta), np.dtype(self._spec.raw_dtype), self._dim, meta.next_id)
 
     def _content_damage(self, meta: _Meta) -> list[str]:
-        """Blocks of the raw file failing their checksum, live rows that are not unit vectors."""
+        """Live rows of the raw file failing their checksum, live rows that are not unit vectors."""
         found = ix.scan(self._conn, self._raw_file(meta))
-        problems = [self._blocks_problem(meta, found.bad_blocks)] if found.bad_blocks else []
-        if found.bad_ids:
-            problems.append(f"{meta.raw_file}: the vectors of {len(found.bad_ids)} reference(s) are not unit "
-                            f"vectors (ids {found.bad_ids[:5]}{' ...' if len(found.bad_ids) > 5 else ''}): content damaged")
+        problems = []
+        for ids, what in ((found.changed, "do not match their checksum"), (found.bad_ids, "are not unit vectors")):
+            if ids:
+                problems.append(f"{meta.raw_file}: the vectors of {len(ids)} reference(s) {what} (ids {ids[:5]}"
+                                f"{' ...' if len(ids) > 5 else ''}): content damaged")
         return problems
-
-    def _check_blocks(self, meta: _Meta, blocks: Sequence[int]) -> None:
-        """Refuse to touch blocks whose committed content is already damaged: a new checksum would hide it."""
-        bad = ix.mismatched(self._conn, self._raw_file(meta), blocks)
-        if bad:
-            raise StoreDamagedError(self._damage_message([self._blocks_problem(meta, bad)]))
 
     def _sqlite_damage(self) -> list[str]:
         rows = [str(r[0]) for r in self._conn.execute("PRAGMA integrity_check(3)")]
@@ -636,15 +625,13 @@ class FaissStore(ReferenceStore):
             if self._maybe_merge(meta, force=True, rebuild=True) == "rebuild":
                 done.append(f"rebuilt the {self._spec.kind} index from the {meta.count} stored vectors")
             with self._write_txn() as conn:
-                conn.execute("DELETE FROM checksums")
-                ix.record(conn, self._raw_file(meta), ix.blocks_of(0, meta.next_id))
+                ix.record_all(conn, self._raw_file(meta))
             self._state = None
             return done
 
     def _drop_damaged_rows(self, meta: _Meta) -> list[str]:
         """Remove the references whose vectors fail their block's checksum or the row check (lock held)."""
-        raw = self._raw_file(meta)
-        ids = ix.scan(self._conn, raw).suspect_ids(self._conn, raw)
+        ids = ix.scan(self._conn, self._raw_file(meta)).suspect_ids
         if not ids:
             return []
         uris: dict[int, str] = {}
@@ -669,8 +656,6 @@ class FaissStore(ReferenceStore):
         gen = meta.generation + 1
         with self._write_txn() as conn:
             conn.execute("DELETE FROM refs WHERE id >= ?", (cut,))
-            if cut < meta.next_id:  # a block cut short cannot be checked any more; its rows left get the row check
-                conn.execute("DELETE FROM checksums WHERE block >= ?", (cut // ix.BLOCK_ROWS,))
             conn.executemany("INSERT OR REPLACE INTO removed (id, generation, in_main) VALUES (?, ?, 0)",
                              [(i, gen) for i in lost])
             n = conn.execute("SELECT COUNT(*) FROM refs").fetchone()[0]
@@ -682,7 +667,8 @@ class FaissStore(ReferenceStore):
             os.fsync(f.fileno())
         return [f"dropped {len(lost)} reference(s) whose vectors were lost (ids {lost[:5]}{' ...' if len(lost) > 5 else ''})"] if lost else []
 
-    def _write_raw(self, meta: _Meta, start: int, rows: np.ndarray) -> None:
+    def _write_raw(self, meta: _Meta, start: int, rows: np.ndarray) -> np.ndarray:
+        """Write ``rows`` at row ``start`` (fsynced); returns them as written (the raw dtype)."""
         path = self._raw_path(meta)
         created = not path.exists()
         data = np.ascontiguousarray(rows, dtype=self._spec.raw_dtype)
@@ -694,6 +680,7 @@ class FaissStore(ReferenceStore):
             os.fsync(f.fileno())
         if created:
             _fsync_dir(self.location)
+        return data
 
     def _removed_ids(self, since: int) -> list[int]:
         cur = self._conn.execute("SELECT id FROM removed WHERE generation > ? ORDER BY id", (since,))
@@ -1051,8 +1038,7 @@ class FaissStore(ReferenceStore):
                 return AddResult(added=(), duplicates=tuple(duplicates))
             start = meta.next_id
             ids = list(range(start, start + len(keep)))
-            self._check_blocks(meta, [start // ix.BLOCK_ROWS] if start % ix.BLOCK_ROWS else [])
-            self._write_raw(meta, start, v[keep])
+            written = self._write_raw(meta, start, v[keep])
             _checkpoint("add:raw_written")
             gen = meta.generation + 1
             now = _now()
@@ -1062,7 +1048,7 @@ class FaissStore(ReferenceStore):
                     [(rid, records[i].sha256, records[i].uri, records[i].added_at or now,
                       json.dumps(list(records[i].labels)), gen) for rid, i in zip(ids, keep)],
                 )
-                ix.record(conn, self._raw_file(meta, start + len(keep)), ix.blocks_of(start, start + len(keep)))
+                ix.append(conn, self._raw_file(meta), start, written)
                 _checkpoint("add:before_commit")
                 self._set_meta(conn, generation=gen, next_id=start + len(keep), count=meta.count + len(keep))
             _checkpoint("add:committed")
@@ -1088,15 +1074,12 @@ class FaissStore(ReferenceStore):
             ids = sorted(self._resolve(self._conn, keys))
             if not ids:
                 return 0
-            blocks = sorted({i // ix.BLOCK_ROWS for i in ids})
-            self._check_blocks(meta, blocks)
             gen = meta.generation + 1
             in_main = sum(1 for i in ids if i < meta.snap_next_id)
             with self._write_txn() as conn:
                 for start in range(0, len(ids), _SQL_BATCH):
                     part = ids[start : start + _SQL_BATCH]
                     conn.execute(f"DELETE FROM refs WHERE id IN ({','.join('?' * len(part))})", part)
-                ix.record(conn, self._raw_file(meta), blocks)  # removed rows now count as zeros
                 # in_main: the id sits in the ANN index (an HNSW graph keeps it as a tombstone until rebuilt)
                 conn.executemany("INSERT OR REPLACE INTO removed (id, generation, in_main) VALUES (?, ?, ?)",
                                  [(i, gen, int(i < meta.snap_next_id)) for i in ids])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -98,30 +99,38 @@ def test_damaged_vector_rows_are_refused_at_load_found_by_verify_and_dropped_by_
     store = FaissStore(tmp_path / "s")
     with pytest.raises(StoreDamagedError, match=r"reference\(s\) \[100\] are not unit vectors.*verify --repair"):
         store.query(x[100:101], k=1)  # never a cosine of 30
-    problems = store.verify()
-    assert problems == ["vectors.0.f32: rows [64, 128) do not match their checksum: content damaged",
-                        "vectors.0.f32: the vectors of 1 reference(s) are not unit vectors (ids [100]): content damaged"]
-    with pytest.raises(StoreDamagedError, match="do not match their checksum"):
-        store.remove(["70"])  # a new checksum of the block would bless the damage
+    assert store.verify() == [
+        "vectors.0.f32: the vectors of 1 reference(s) do not match their checksum (ids [100]): content damaged",
+        "vectors.0.f32: the vectors of 1 reference(s) are not unit vectors (ids [100]): content damaged"]
 
     done = store.repair()
-    # every reference of the failing block is named: its other rows cannot be proven intact
-    assert done[0].startswith("dropped 64 reference(s) whose vectors were damaged") and "64 ('ref/64')" in done[0]
-    assert store.verify() == [] and store.info().count == 136
+    assert done[0] == ("dropped 1 reference(s) whose vectors were damaged (cannot be recovered: add them again): "
+                       "100 ('ref/100')")
+    assert store.verify() == [] and store.info().count == 199
     assert store.query(x[[5, 150]], k=1)[0][0].reference_id == "5"
     assert max(m.score for r in store.query(x, k=3) for m in r) <= 1.0 + 1e-6
-    assert FaissStore(tmp_path / "s", EMB, DIM).add(x[64:128], _records(64, 128)).added  # added again
+    assert FaissStore(tmp_path / "s", EMB, DIM).add(x[100:101], _records(100, 101)).added  # added again
 
 
 def test_removals_and_appends_keep_checksums_sound(tmp_path: Path) -> None:
-    store = _store(tmp_path / "s", n=70)  # the second block is partial
-    store.add(_vectors(100)[70:], _records(70, 100))
-    assert store.remove(["3", "65", "99"]) == 3
+    x = _vectors(400)
+    store = _store(tmp_path / "s", n=250)
+    store.add(x[250:300], _records(250, 300))  # across a block boundary (256 rows)
+    assert store.remove(["3", "255", "299"]) == 3
     assert store.verify() == []
-    _damage_row(tmp_path / "s" / "vectors.0.f32", _vectors(100)[80], scale=-1.0)  # norm kept: only the checksum sees it
-    assert store.verify() == ["vectors.0.f32: rows [64, 100) do not match their checksum: content damaged"]
-    with pytest.raises(StoreDamagedError):
-        store.add(_vectors(101)[100:], _records(100, 101))  # appends to the damaged block
+    _damage_row(tmp_path / "s" / "vectors.0.f32", x[280], scale=-1.0)  # norm kept: only the checksum sees it
+    assert store.verify() == [
+        "vectors.0.f32: the vectors of 1 reference(s) do not match their checksum (ids [280]): content damaged"]
+    assert store.repair()[0].endswith("280 ('ref/280')") and store.verify() == [] and store.info().count == 296
+    store.close()
+    with sqlite3.connect(tmp_path / "s" / "store.sqlite") as conn:  # a store made before checksums were kept
+        conn.execute("DROP TABLE checksums")
+    conn.close()
+    store = FaissStore(tmp_path / "s", EMB, DIM)
+    assert store.verify() == []
+    store.add(x[300:400], _records(300, 400))
+    _damage_row(tmp_path / "s" / "vectors.0.f32", x[350], scale=-1.0)
+    assert store.verify()[0].endswith("do not match their checksum (ids [350]): content damaged")
 
 
 @pytest.mark.parametrize("kind,opts", [HNSW, ("ivf_flat", {"nlist": 2, "train_min": 40, "merge_min": 10})])
