@@ -333,8 +333,8 @@ def scanned_extensions() -> frozenset[str]:
     registered so far (AVIF, and HEIF once e.g. ``pillow_heif.register_heif_opener()`` ran), so a file that
     works when named is not skipped without a word inside a folder."""
     Image.init()
-    registered = Image.registered_extensions()
-    return IMAGE_EXTENSIONS | {ext for ext, fmt in registered.items() if fmt in Image.OPEN and fmt not in _UNSCANNED_FORMATS}
+    opened = set(Image.OPEN) - _UNSCANNED_FORMATS
+    return IMAGE_EXTENSIONS | {ext for ext, fmt in Image.registered_extensions().items() if fmt in opened}
 
 
 def _walk(folder: Path, ancestors: frozenset[tuple[int, int]], found: list[Path], problems: list[str],

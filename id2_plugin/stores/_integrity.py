@@ -48,7 +48,8 @@ def file_digest(path: Path) -> str:
 
 
 def bad_rows(x: np.ndarray, allow_zero: bool = False) -> np.ndarray:
-    """Positions of the rows of ``x`` no stored vector can be: not finite, or neither unit-norm nor (if allowed) zero."""
+    """Positions of the rows of ``x`` no stored vector can be: not finite, or neither unit-norm nor (if
+    allowed) zero."""
     x = np.asarray(x, dtype=np.float32)
     with np.errstate(over="ignore", invalid="ignore"):
         sq = np.einsum("ij,ij->i", x, x)
@@ -152,6 +153,15 @@ class Scan:
     def suspect_ids(self) -> list[int]:
         return sorted(set(self.changed) | set(self.bad_ids))
 
+    def problems(self, name: str) -> list[str]:
+        out = []
+        for ids, what in ((self.changed, "do not match their checksum"), (self.bad_ids, "are not unit vectors")):
+            if ids:
+                more = " ..." if len(ids) > 5 else ""
+                out.append(f"{name}: the vectors of {len(ids)} reference(s) {what} (ids {ids[:5]}{more}): "
+                           "content damaged")
+        return out
+
 
 def scan(conn: sqlite3.Connection, raw: RawFile) -> Scan:
     """Check every row of ``raw`` against its CRC and every live row with :func:`bad_rows`."""
@@ -170,3 +180,23 @@ def describe(ids: list[int], uris: dict[int, str], limit: int = 5) -> str:
     """``ids`` named by reference id and uri, the first ``limit`` of them."""
     shown = ", ".join(f"{i} ({uris.get(i, '?')!r})" for i in ids[:limit])
     return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
+def sqlite_damage(conn: sqlite3.Connection, name: str) -> list[str]:
+    """SQLite's own check of the database file ``name`` (a damaged page makes later reads fail or lie)."""
+    rows = [str(r[0]) for r in conn.execute("PRAGMA integrity_check(3)")]
+    if rows == ["ok"]:
+        return []
+    lines = [line.strip("* ") for r in rows for line in r.splitlines()]
+    return [f"{name} fails SQLite's integrity check: {'; '.join(x for x in lines if x and 'in database' not in x)}"]
+
+
+def over_bound(D: np.ndarray, q: np.ndarray, clip_only: bool) -> tuple[tuple[int, int], float] | None:
+    """Clip scores ``D`` (in place) to each query's norm, a cosine of 1 for unit queries. Unless
+    ``clip_only``, a score beyond it (and the tolerance) is returned with its position: only a damaged
+    vector scores that, and reporting it would be a false match."""
+    qnorm = np.linalg.norm(q, axis=1, keepdims=True)
+    over = np.argwhere(D > qnorm * (1.0 + NORM_TOL))
+    first = None if clip_only or not len(over) else ((int(over[0][0]), int(over[0][1])), float(D[tuple(over[0])]))
+    np.minimum(D, qnorm, out=D)
+    return first

@@ -526,28 +526,13 @@ class FaissStore(ReferenceStore):
         if meta.snap_gen is not None:
             problems += self._snapshot_damage(meta, deep)
         if deep and rows >= meta.next_id:
-            problems += self._content_damage(meta)
+            problems += ix.scan(self._conn, self._raw_file(meta)).problems(meta.raw_file)
         if deep and not problems:
             problems += self._unscrubbed_damage(meta)
         return problems
 
     def _raw_file(self, meta: _Meta) -> ix.RawFile:
         return ix.RawFile(self._raw_path(meta), np.dtype(self._spec.raw_dtype), self._dim, meta.next_id)
-
-    def _content_damage(self, meta: _Meta) -> list[str]:
-        """Live rows of the raw file failing their checksum, live rows that are not unit vectors."""
-        found = ix.scan(self._conn, self._raw_file(meta))
-        problems = []
-        for ids, what in ((found.changed, "do not match their checksum"), (found.bad_ids, "are not unit vectors")):
-            if ids:
-                problems.append(f"{meta.raw_file}: the vectors of {len(ids)} reference(s) {what} (ids {ids[:5]}"
-                                f"{' ...' if len(ids) > 5 else ''}): content damaged")
-        return problems
-
-    def _sqlite_damage(self) -> list[str]:
-        rows = [str(r[0]) for r in self._conn.execute("PRAGMA integrity_check(3)")]
-        found = "; ".join(line.strip("* ") for r in rows for line in r.splitlines() if line.strip("* "))
-        return [] if rows == ["ok"] else [f"{DB_NAME} fails SQLite's integrity check: {found}"]
 
     def _unscrubbed_damage(self, meta: _Meta) -> list[str]:
         left = self._unscrubbed(meta)
@@ -583,7 +568,7 @@ class FaissStore(ReferenceStore):
         ANN snapshot loads); empty = sound."""
         with self._mutex:
             try:
-                problems = self._sqlite_damage()
+                problems = ix.sqlite_damage(self._conn, DB_NAME)
                 if problems:
                     return problems  # nothing read from a damaged database can be trusted
                 with self._read_txn():
@@ -608,7 +593,7 @@ class FaissStore(ReferenceStore):
 
     def _repair(self) -> list[str]:
         with self._writing(check=False) as meta:
-            sql = self._sqlite_damage()
+            sql = ix.sqlite_damage(self._conn, DB_NAME)
             if sql:
                 raise StoreDamagedError(self._unrepairable(sql[0]))
             problems = self._damage(meta, deep=True)
@@ -630,7 +615,7 @@ class FaissStore(ReferenceStore):
             return done
 
     def _drop_damaged_rows(self, meta: _Meta) -> list[str]:
-        """Remove the references whose vectors fail their block's checksum or the row check (lock held)."""
+        """Remove the references whose vectors fail their checksum or the row check (lock held)."""
         ids = ix.scan(self._conn, self._raw_file(meta)).suspect_ids
         if not ids:
             return []
@@ -899,21 +884,14 @@ class FaissStore(ReferenceStore):
             return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
         D = np.concatenate([p[0] for p in parts], axis=1).astype(np.float32)
         I = np.concatenate([p[1] for p in parts], axis=1).astype(np.int64)
-        D = self._bounded(np.where(I >= 0, D, -np.inf), I, np.linalg.norm(q, axis=1, keepdims=True), params)
+        D = np.where(I >= 0, D, -np.inf)
+        # PQ scores without re-ranking are approximations that may overshoot: clipped, not refused
+        over = ix.over_bound(D, q, clip_only=self._spec.kind in fx.PQ_TYPES and not params.get("rerank"))
+        if over is not None:
+            found = f"reference {int(I[over[0]])} scores a cosine of {over[1]:.4g}: its vector is damaged"
+            raise StoreDamagedError(self._damage_message([found], reading=True))
         order = np.argsort(-D, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(D, order, 1), np.take_along_axis(I, order, 1)
-
-    def _bounded(self, D: np.ndarray, I: np.ndarray, qnorm: np.ndarray, params: dict[str, Any]) -> np.ndarray:
-        """Scores never above the query's norm (a cosine of 1 for the unit queries of a pipeline). An exact score
-        above it can only come from a damaged vector (the load check misses IVF snapshots), so it is refused
-        rather than reported as a match; PQ scores without re-ranking are approximations and are clipped."""
-        exact = not (self._spec.kind in fx.PQ_TYPES and not params.get("rerank"))
-        over = D > qnorm * (1.0 + ix.NORM_TOL)
-        if exact and over.any():
-            rid = int(I[over][0])
-            found = f"reference {rid} scores a cosine of {float(D[over][0]):.4g}: its vector is damaged"
-            raise StoreDamagedError(self._damage_message([found], reading=True))
-        return np.minimum(D, qnorm)
 
     def _check_vectors(self, vectors: np.ndarray) -> np.ndarray:
         v = np.asarray(vectors, dtype=np.float32)
