@@ -59,6 +59,7 @@ def test_a_corrupted_sqlite_page_is_one_error_line_and_exit_3(tmp_path: Path) ->
     db.write_bytes(bytes(data))
     res = _verify(tmp_path / "s")
     assert res.returncode == 3 and "store.sqlite fails SQLite's integrity check" in res.stdout
+    assert res.stdout.splitlines()[-1].startswith("store is damaged; restore store.sqlite from a backup")
     assert "Traceback" not in res.stderr
     res = _verify(tmp_path / "s", "--repair")
     assert res.returncode == 3 and res.stderr.startswith("error: ") and res.stderr.count("\n") == 1
