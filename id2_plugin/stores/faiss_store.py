@@ -774,7 +774,7 @@ class FaissStore(ReferenceStore):
             main = faiss.read_index(str(path))  # FileNotFoundError is retried by the caller
             if self._spec.kind == "hnsw" and main.ntotal:  # removed references stay as zeroed tombstones
                 self._refuse_bad_rows(fx.hnsw_vectors(main), faiss.vector_to_array(main.id_map),
-                                      f"main.{meta.snap_gen}.faiss holds vectors of reference(s)", allow_zero=True)
+                                      f"in main.{meta.snap_gen}.faiss the vectors of reference(s)", allow_zero=True)
         state = _State(generation=meta.generation, epoch=(meta.raw_file, meta.snap_gen), next_id=meta.next_id,
                        snap_next_id=meta.snap_next_id, main=main, buffer=self._new_buffer(), raw=raw,
                        search_params=dict(meta.search_params))
