@@ -15,6 +15,7 @@ import io
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -132,8 +133,15 @@ def _html(expl: Explanation, png: bytes) -> str:
         "<!doctype html><meta charset='utf-8'><title>id2-plugin explain</title>"
         f"<p>{text}</p><table>{rows}</table>"
         f"<img alt='explanation' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
-        f"<script type='application/json' id='id2-explain'>{html.escape(json.dumps(expl.to_dict()))}</script>\n"
+        f"<script type='application/json' id='id2-explain'>{_script_json(expl.to_dict())}</script>\n"
     )
+
+
+def _script_json(obj: Any) -> str:
+    """JSON to embed in a ``<script>`` element, where entities are not decoded (``JSON.parse`` reads the text
+    as is): ``<``, ``>`` and ``&`` become JSON escapes, so no ``</script>`` or ``<!--`` from a file name can
+    end or change the element."""
+    return json.dumps(obj).replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
 
 
 def render(expl: Explanation, images: np.ndarray, fmt: str) -> tuple[bytes, Explanation]:

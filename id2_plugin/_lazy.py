@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 from types import ModuleType
 
 from .errors import MissingExtraError
@@ -45,3 +46,18 @@ def require(module: str) -> ModuleType:
         raise MissingExtraError(
             f"{module!r} is required for this feature but is not importable ({exc}). Install it with: {hint}"
         ) from exc
+
+
+def require_onnxruntime(module: str = "onnxruntime") -> ModuleType:
+    """``module`` (ONNX Runtime or one of its submodules) with ONNX Runtime's telemetry off.
+
+    Official ONNX Runtime builds queue telemetry events (process path, OS, model loading) in
+    ``~/.cache/Microsoft/DeveloperTools/.onnxruntime`` to upload when a network is reachable; users holding
+    sensitive media expect nothing to leave the machine. ``ORT_DISABLE_TELEMETRY`` is read when ONNX Runtime
+    sets itself up at import (an explicit value the user set is kept); ``disable_telemetry_events`` covers
+    a host that imported it first.
+    """
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    mod = require(module)
+    require("onnxruntime").disable_telemetry_events()
+    return mod

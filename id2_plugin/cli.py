@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from .cli_support import EXIT_USAGE, CliState, exit_code_for
+from .cli_support import EXIT_USAGE, CliState, exit_code_for, printable
 from .errors import Id2Error
 
 
@@ -22,7 +22,7 @@ def cli(ctx: click.Context, config_path: str | None, overrides: tuple[str, ...])
     try:
         ctx.obj = CliState(config_path, overrides)
     except Id2Error as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {printable(exc)}", err=True)
         sys.exit(EXIT_USAGE)
 
 
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         _load_plugin_commands()
     except Id2Error as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {printable(exc)}", err=True)
         sys.exit(exit_code_for(exc))
     cli.main(args=argv, prog_name="id2-plugin")
 

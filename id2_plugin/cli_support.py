@@ -58,6 +58,16 @@ def get_state(ctx: click.Context) -> CliState:
     return root.obj
 
 
+def printable(text: Any) -> str:
+    """``text`` on one line: control characters (newlines, escapes) shown as escapes (``\\n``, ``\\x1b``).
+
+    File names may hold any character but ``/``: a name with a newline would otherwise print lines of its
+    own, e.g. a forged ``#1 score=1.0000 ...`` match under a query.
+    """
+    s = str(text)
+    return s if s.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
+
+
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn library errors into one clear line on stderr and the documented exit code."""
 
@@ -66,7 +76,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except Id2Error as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {printable(exc)}", err=True)
             sys.exit(exit_code_for(exc))
 
     return wrapper
@@ -107,7 +117,7 @@ def scan_inputs(paths: Any) -> tuple[list[Any], list[str]]:
     scan = scan_image_files(list(paths))
     problems = [f"skipped {line}" for line in scan.problems]
     for line in problems:
-        click.echo(line, err=True)
+        click.echo(printable(line), err=True)
     return scan.files, problems
 
 

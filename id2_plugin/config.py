@@ -1,4 +1,4 @@
-"""Configuration: YAML (``yaml.safe_load``) -> frozen dataclasses, validated, with errors naming the key.
+"""Configuration: YAML (:func:`._yaml.load_yaml`, a hardened safe loader) -> frozen dataclasses, validated, with errors naming the key.
 
 Precedence (lowest first): defaults, the YAML file (``--config``, else ``$ID2_CONFIG``, else ``./id2.yaml``
 if present), then dotted overrides such as ``match.threshold=0.6`` (CLI flags become overrides).
@@ -20,6 +20,7 @@ import yaml
 if TYPE_CHECKING:
     from .media import MediaLimits
 
+from ._yaml import load_yaml
 from .errors import ConfigError
 
 
@@ -205,6 +206,10 @@ class ServeConfig:
     #: show server file paths (reference uris, store location, error details) to clients; off: file names only
     expose_paths: bool = False
 
+    def validate(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"serve.port={self.port}: expected a TCP port, 0 to 65535 (0: any free port)")
+
 
 @dataclass(frozen=True)
 class CalibrationConfig:
@@ -349,9 +354,9 @@ def parse_override(text: str) -> dict[str, Any]:
         raise ConfigError(f"override {text!r} must look like section.key=value")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw != "" else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override {text!r}: the value is not valid YAML ({str(exc).splitlines()[0]})") from None
+        value = load_yaml(raw) if raw != "" else None
+    except ConfigError as exc:
+        raise ConfigError(f"override {text!r}: the value is {exc}") from None
     return nested_override(key.strip(), value)
 
 
@@ -386,9 +391,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: Mapping[str, A
         except UnicodeDecodeError:
             raise ConfigError(f"config file {source} is not a UTF-8 text (YAML) file") from None
         try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {source} is not valid YAML: {exc}") from None
+            loaded = load_yaml(text)
+        except ConfigError as exc:
+            raise ConfigError(f"config file {source} is {exc}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, Mapping):

@@ -16,7 +16,7 @@ from .config import Config, EmbedderConfig, MatchConfig, StoreConfig
 from .decision import CANDIDATES, WINDOW_SIGNAL, DecisionModel, Evidence, candidate_background
 from .framing import (best_over_orientations, best_over_windows, needs_second_look, orient, orientation_variants,
                       query_windows)
-from ._lazy import require
+from ._lazy import require_onnxruntime
 from .errors import ConfigError, Id2Error, MediaError
 from .media import MediaLike, MediaLimits
 from .plugins import embedder_factories, get_plugin_manager, store_factories
@@ -149,7 +149,7 @@ def sscd_available(cfg: EmbedderConfig) -> str | None:
     from .embedders.sscd import resolve_sscd_model
 
     try:
-        require("onnxruntime")
+        require_onnxruntime()
         resolve_sscd_model(cfg.sscd_weights)
     except Id2Error as exc:
         return str(exc)

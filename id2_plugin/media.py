@@ -291,11 +291,12 @@ def scan_image_files(paths: list[str | os.PathLike] | tuple[str | os.PathLike, .
     """
     files: list[Path] = []
     problems: list[str] = []
+    exts = scanned_extensions()
     for p in paths:
         path = Path(p)
         if path.is_dir():
             found: list[Path] = []
-            _walk(path, frozenset({_dir_key(path)}), found, problems)
+            _walk(path, frozenset({_dir_key(path)}), found, problems, exts)
             files.extend(sorted(found))
         elif path.exists():
             files.append(path)
@@ -322,7 +323,22 @@ def _missing(path: Path) -> str:
     return f"{path}: cannot access"
 
 
-def _walk(folder: Path, ancestors: frozenset[tuple[int, int]], found: list[Path], problems: list[str]) -> None:
+#: Pillow formats a folder scan leaves out (a file named explicitly is still tried): stubs that need a
+#: separate handler, documents rendered by Ghostscript (EPS), video (MPEG), metadata only (IPTC)
+_UNSCANNED_FORMATS = frozenset({"BUFR", "EPS", "FITS", "GRIB", "HDF5", "IPTC", "MPEG", "WMF"})
+
+
+def scanned_extensions() -> frozenset[str]:
+    """File extensions a folder scan picks: every format the installed Pillow opens, with the plugins
+    registered so far (AVIF, and HEIF once e.g. ``pillow_heif.register_heif_opener()`` ran), so a file that
+    works when named is not skipped without a word inside a folder."""
+    Image.init()
+    opened = set(Image.OPEN) - _UNSCANNED_FORMATS
+    return IMAGE_EXTENSIONS | {ext for ext, fmt in Image.registered_extensions().items() if fmt in opened}
+
+
+def _walk(folder: Path, ancestors: frozenset[tuple[int, int]], found: list[Path], problems: list[str],
+          exts: frozenset[str]) -> None:
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError as exc:
@@ -337,6 +353,6 @@ def _walk(folder: Path, ancestors: frozenset[tuple[int, int]], found: list[Path]
             if key in ancestors:
                 problems.append(f"{path}: symbolic link loop (points back to {os.path.realpath(path)})")
             else:
-                _walk(path, ancestors | {key}, found, problems)
-        elif path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+                _walk(path, ancestors | {key}, found, problems, exts)
+        elif path.is_file() and path.suffix.lower() in exts:
             found.append(path)

@@ -177,6 +177,10 @@ def test_unwalkable_paths_are_reported_and_the_rest_indexed(runner: CliRunner, p
     (["--config", "binary.yaml", "config", "show"], "is not a UTF-8 text (YAML) file"),
     (["--config", "broken.yaml", "config", "show"], "is not valid YAML"),
     (["--set", "match.k=[", "config", "show"], "the value is not valid YAML"),
+    (["--config", "deep.yaml", "config", "show"], "deep.yaml is not accepted: line 1 is nested more than 32 levels"),
+    (["--config", "bomb.yaml", "config", "show"], "bomb.yaml is not accepted: line 4 uses a YAML alias (*name)"),
+    (["--config", "twice.yaml", "config", "show"], "twice.yaml is not accepted: line 3 repeats the key 'k'"),
+    (["--set", "serve.port=99999", "config", "show"], "serve.port=99999: expected a TCP port, 0 to 65535"),
     (["--set", "media.max_pixels=-1", "config", "show"], "media.max_pixels=-1: must lie in [1, "),
     (["--set", "media.max_pixels=1000000000", "config", "show"], "media.max_pixels=1000000000: must lie in [1, "),
     (["--set", "embedder.name=taef2", "--set", "embedder.weights=pickle.pkl", "embed", "x.jpg", "--out", "o.npz"],
@@ -197,6 +201,11 @@ def test_bad_input_is_one_clear_line_and_exit_2(runner: CliRunner, tmp_path: Pat
     shutil.copy(photo_paths[0], "x.jpg")
     Path("binary.yaml").write_bytes(b"\xff\xfe\x00\x01 not text")
     Path("broken.yaml").write_text("match: [\n")
+    Path("deep.yaml").write_text("a: " + "[" * 1000 + "]" * 1000 + "\n")
+    # a billion laughs, cut to 9^5 strings: the full one ran past 60 s and 6 GB
+    levels = [f"    l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, 6)]
+    Path("bomb.yaml").write_text("store:\n  index_options:\n    l0: &l0 [lol]\n" + "\n".join(levels) + "\n")
+    Path("twice.yaml").write_text("match:\n  k: 3\n  k: 4\n")
     Path("pickle.pkl").write_bytes(pickle.dumps({"w": Path("x")}))  # a pickled object, not tensors
     Path("bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage")
     torch.save({"0.weight": torch.zeros(3)}, "other.pth")
@@ -245,3 +254,38 @@ def test_readme_exit_code_table_is_the_code() -> None:
     assert [cli_support.exit_code_for(e("x")) for e in (ConfigError, StoreError, MediaError)] == [2, 3, 4]
     assert cli_support.outcome_code(unreadable=2, no_match=3) == 4 and cli_support.outcome_code(no_match=1) == 1
     assert cli_support.outcome_code() == 0
+
+
+def test_disk_full_while_the_store_is_created_is_one_error_line_and_leaves_no_temp_files(
+        photo_paths: list[Path], tmp_path: Path) -> None:
+    import resource
+    import signal
+
+    def small_disk() -> None:  # files may not grow past 8 KB: writes fail like on a full disk
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
+
+    exe = Path(sys.executable).with_name("id2-plugin")
+    store = tmp_path / "store"
+    res = subprocess.run([str(exe), "--set", f"store.path={store}", "index", "add", str(photo_paths[3])],
+                         capture_output=True, text=True, preexec_fn=small_disk, timeout=300)
+    errors = [line for line in res.stderr.splitlines() if "error" in line.lower()]
+    assert res.returncode == 3 and errors == [f"error: creating the store at {store} failed (is the disk full?): "
+                                              "disk I/O error"], res.stderr
+    assert "Traceback" not in res.stderr and sorted(p.name for p in store.iterdir()) == ["write.lock"]
+
+
+def test_a_file_name_with_newlines_cannot_forge_output_lines(runner: CliRunner, photo_paths: list[Path],
+                                                             tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    forged = lib / "x.jpg\n  #1 score=1.0000 id=0 FAKE.jpg"
+    shutil.copy(photo_paths[5], forged)
+    shutil.copy(photo_paths[6], lib / "y.jpg")
+    store = tmp_path / "store"
+    assert invoke(runner, store, "index", "add", str(lib)).exit_code == 0
+    res = invoke(runner, store, "query", "--k", "2", str(forged))
+    lines = res.output.splitlines()
+    assert res.exit_code == 0 and len(lines) == 3 and lines[2].endswith("y.jpg"), lines  # a line per answer
+    assert lines[0].endswith(r"x.jpg\n  #1 score=1.0000 id=0 FAKE.jpg: MATCH (threshold 0.500)")
+    assert lines[1].startswith("  #1 score=") and lines[1].endswith(r"x.jpg\n  #1 score=1.0000 id=0 FAKE.jpg")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -73,9 +74,12 @@ def test_png_holds_both_normalised_images_and_the_scores(copy_explained: Explana
 
 
 def test_a_crop_has_many_inliers_and_an_unrelated_photo_few(copy_explained: Explanation, embedder, pair,
-                                                             tmp_path: Path) -> None:
+                                                             tmp_path: Path,
+                                                             tmp_path_factory: pytest.TempPathFactory) -> None:
     crop, ref, other = pair
-    unrelated = explain_match(other, ref, load_config(None, CPU), out=tmp_path / "x.html", embedder=embedder)
+    named = tmp_path_factory.mktemp("names") / "a<!--<script>&\"'.jpg"  # a name an HTML page must not obey
+    shutil.copy(other, named)
+    unrelated = explain_match(named, ref, load_config(None, CPU), out=tmp_path / "x.html", embedder=embedder)
     assert copy_explained.inliers is not None and copy_explained.inliers >= 40
     assert unrelated.inliers is not None and unrelated.inliers < 15
     assert copy_explained.score > unrelated.score + 0.3
@@ -83,6 +87,9 @@ def test_a_crop_has_many_inliers_and_an_unrelated_photo_few(copy_explained: Expl
     assert copy_explained.cell_similarity.mean() > unrelated.cell_similarity.mean() + 0.1
     page = (tmp_path / "x.html").read_text()
     assert "data:image/png;base64," in page and f"{unrelated.score:.4f}" in page
+    assert "<!--" not in page and page.count("<script") == 1
+    embedded = json.loads(page.split("id='id2-explain'>", 1)[1].split("</script>", 1)[0])  # as JSON.parse sees it
+    assert embedded == json.loads(json.dumps(unrelated.to_dict())) and embedded["query"] == str(named)
     assert sorted(os.listdir(tmp_path)) == ["x.html"]
 
 

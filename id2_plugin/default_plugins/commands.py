@@ -24,6 +24,7 @@ from ..cli_support import (
     match_option_flags,
     outcome_code,
     parse_rotations,
+    printable,
 )
 from ..errors import MediaError
 from ..hookspecs import hookimpl
@@ -58,7 +59,7 @@ def index_add(ctx: click.Context, paths: tuple[str, ...], labels: tuple[str, ...
         # Commits every commit_every references, so an interrupted run keeps what it embedded.
         res = pipeline.add_files(files, labels=labels, commit_every=commit_every, progress=True)
     for what, why in res.failures:
-        click.echo(f"skipped {what}: {why}", err=True)
+        click.echo(printable(f"skipped {what}: {why}"), err=True)
     failed = len(res.failures) + len(problems)
     click.echo(f"added {len(res.added)}, duplicates skipped {len(res.duplicates)}, failed {failed}; "
                f"store now holds {res.store_count} references")
@@ -152,19 +153,19 @@ def _print_report(path: Path, report: Any, as_json: bool) -> str:
         if as_json:
             echo_json({"query": str(path), "error": str(report)})
         else:
-            click.echo(f"{path}: ERROR {report}", err=True)
+            click.echo(printable(f"{path}: ERROR {report}"), err=True)
         return "error"
     outcome = "match" if report.is_match else "no_match"
     if as_json:
         echo_json(report.to_dict())
         return outcome
     rate = "" if report.false_match_rate is None else f", false matches <= {report.false_match_rate:.2%} of unrelated queries"
-    click.echo(f"{path}: {report.decision.upper()} ({report.score_kind} threshold {report.threshold:.3f}{rate})")
+    click.echo(printable(f"{path}: {report.decision.upper()} ({report.score_kind} threshold {report.threshold:.3f}{rate})"))
     for m in report.matches:
         cosine = "" if m.cosine is None else f" cosine={m.cosine:.4f}"
         evidence = "".join(f" {name}={score:.3f}" for name, score in m.signals)
         turned = "".join(f" ({v})" for v in (m.orientation, m.window and f"window {m.window}") if v)
-        click.echo(f"  #{m.rank} score={m.score:.4f}{cosine}{evidence}{turned} id={m.reference_id} {m.uri}")
+        click.echo(printable(f"  #{m.rank} score={m.score:.4f}{cosine}{evidence}{turned} id={m.reference_id} {m.uri}"))
     return outcome
 
 
@@ -186,7 +187,7 @@ def embed(ctx: click.Context, files: tuple[str, ...], out: str, **flags: Any) ->
     for item in embedder.embed_iter(paths, progress="embedding", total=len(paths)):
         if item.error is not None:
             bad += 1
-            click.echo(f"skipped {item.error}", err=True)
+            click.echo(printable(f"skipped {item.error}"), err=True)
             continue
         vecs.append(item.vector)
         names.append(describe(item.source))

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from ..cli_support import (cache_option, config_from_flags, config_option_flags, echo_json, handle_errors, outcome_code,
-                           scan_inputs)
+                           printable, scan_inputs)
 from ..errors import ConfigError
 from ..calibrate import save_histogram
 from ..evaluate import DEFAULT_K, METHOD_NAMES, EmbedderMethod, load_images, load_pairs_for_eval, prepare_eval_set
@@ -46,7 +46,7 @@ def format_group_table(table: dict[str, dict[str, Any]]) -> str:
 
 def _report_skipped(skipped: list[str]) -> None:
     for line in skipped:
-        click.echo(line, err=True)
+        click.echo(printable(line), err=True)
 
 
 @click.command("evaluate")

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from ..hookspecs import hookimpl
-from ..cli_support import config_from_flags, config_option_flags, echo_json, handle_errors, outcome_code
+from ..cli_support import config_from_flags, config_option_flags, echo_json, handle_errors, outcome_code, printable
 
 
 @click.command("explain")
@@ -31,7 +31,7 @@ def explain_command(ctx: click.Context, query: str, reference: str, out: str | N
         echo_json(expl.to_dict())
     else:
         for line in expl.summary():
-            click.echo(line)
+            click.echo(printable(line))
         if expl.out is not None:
             click.echo(f"wrote {expl.out}")
     sys.exit(outcome_code(no_match=expl.score < expl.threshold))

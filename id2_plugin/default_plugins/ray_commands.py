@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from ..cli_support import config_from_flags, config_option_flags, handle_errors, outcome_code, ray_option_flags
+from ..cli_support import config_from_flags, config_option_flags, handle_errors, outcome_code, printable, ray_option_flags
 from .commands import index_group
 
 from ..hookspecs import hookimpl
@@ -53,7 +53,7 @@ def index_add_ray(ctx: click.Context, paths: tuple[str, ...], labels: tuple[str,
         progress=not no_progress,
     )
     for uri, message in result.failures:
-        click.echo(f"skipped {uri}: {message}", err=True)
+        click.echo(printable(f"skipped {uri}: {message}"), err=True)
     click.echo(
         f"added {result.added}, duplicates skipped {result.duplicates}, failed {len(result.failures)}; "
         f"store now holds {result.store_count} references"

@@ -101,7 +101,10 @@ def index_verify(ctx: click.Context, repair: bool, as_json: bool, **flags: Any) 
             click.echo(f"damaged: {line}")
         for line in repaired:
             click.echo(f"repaired: {line}")
-        click.echo("store is sound" if not left else "store is damaged; run `id2-plugin index verify --repair`")
+        # --repair rebuilds everything from store.sqlite, so a damaged database is beyond it
+        fix = ("restore store.sqlite from a backup or build the store again with `id2-plugin index add`"
+               if any(p.startswith("store.sqlite") for p in left) else "run `id2-plugin index verify --repair`")
+        click.echo("store is sound" if not left else f"store is damaged; {fix}")
     sys.exit(EXIT_OK if not left else EXIT_STORE)
 
 

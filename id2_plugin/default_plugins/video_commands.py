@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from ..cli_support import config_from_flags, config_option_flags, handle_errors, match_option_flags, outcome_code, ray_option_flags
+from ..cli_support import (config_from_flags, config_option_flags, handle_errors, match_option_flags, outcome_code, printable,
+                           ray_option_flags)
 from ..errors import ConfigError, MediaError
 
 from ..hookspecs import hookimpl
@@ -52,7 +53,7 @@ def scan_video_command(ctx: click.Context, paths: tuple[str, ...], keyframes_onl
         raise ConfigError(f"no video files found under {', '.join(paths)}")
     missing = [f for f in files if not f.exists()]
     for f in missing:  # before the model loads: a mistyped path fails at once
-        click.echo(f"skipped {f}: not found", err=True)
+        click.echo(printable(f"skipped {f}: not found"), err=True)
     files = [f for f in files if f.exists()]
     if not files:
         raise MediaError(f"nothing to read: every path given was skipped ({len(missing)})")
@@ -79,7 +80,7 @@ def scan_video_command(ctx: click.Context, paths: tuple[str, ...], keyframes_onl
                 stream.flush()
             if report.error and (out or writer is not None):
                 # Keep failures visible on the terminal even when results go to a file or a data format.
-                click.echo(f"{report.path}: ERROR ({report.error_kind}) {report.error}", err=True)
+                click.echo(printable(f"{report.path}: ERROR ({report.error_kind}) {report.error}"), err=True)
     click.echo(f"scanned {len(files)} videos, {failed} failed" + (f", {len(missing)} not found" if missing else "")
                + (f"; results in {out}" if out else ""), err=True)
     sys.exit(outcome_code(unreadable=failed + len(missing), no_match=unmatched))

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .._lazy import require
+from .._lazy import require, require_onnxruntime
 
 INPUT, OUTPUT = "image", "latent"
 #: ONNX metadata keys written into the quantised model
@@ -59,7 +59,7 @@ def _kept_fp32(model_path: Path) -> list[str]:
 
 def _reader(images: Sequence[np.ndarray]) -> Any:
     """A calibration reader over batches of ``images``, with the ``set_range`` that strided calibration uses."""
-    quantization = require("onnxruntime.quantization")
+    quantization = require_onnxruntime("onnxruntime.quantization")
     starts = list(range(0, len(images), _CALIBRATION_BATCH))
 
     class Reader(quantization.CalibrationDataReader):  # type: ignore[misc, name-defined]
@@ -81,7 +81,7 @@ def _reader(images: Sequence[np.ndarray]) -> Any:
 
 def quantize_static_int8(fp32_path: Path, out_path: Path, images: Sequence[np.ndarray], source_sha256: str) -> None:
     """Quantise ``fp32_path`` with ``images`` (normalised uint8 squares) as calibration; write ``out_path``."""
-    quantization = require("onnxruntime.quantization")
+    quantization = require_onnxruntime("onnxruntime.quantization")
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with tempfile.TemporaryDirectory(prefix="id2-quantize-") as tmp:

@@ -36,7 +36,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .._files import sha256_file
-from .._lazy import require
+from .._lazy import require, require_onnxruntime
 from ..errors import ConfigError, ModelNotFoundError
 from ..media import MediaLike, MediaLimits, ResizePolicy, to_rgb_array
 from .base import ImageEmbedder, fit_arrays, l2_normalise
@@ -159,7 +159,7 @@ class SSCDEmbedder(ImageEmbedder):
 
     # -- model back-ends: NHWC uint8 batch in, N x 512 float out -------------------------------------------------
     def _onnx(self, device: str) -> Callable[[np.ndarray], np.ndarray]:
-        ort = require("onnxruntime")
+        ort = require_onnxruntime()
         available = ort.get_available_providers()
         has_cuda = "CUDAExecutionProvider" in available
         if device.startswith("cuda") and not has_cuda:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .._files import sha256_file
-from .._lazy import require
+from .._lazy import require, require_onnxruntime
 from ..errors import ConfigError, ModelNotFoundError
 from ..media import MediaLike, to_rgb_array
 from ..models import resolve_model_file
@@ -128,7 +128,7 @@ class TAEF2Int8Encoder(_TAEF2OnnxEncoder):
 
 
 def _cpu_session(path: Path) -> Any:
-    ort = require("onnxruntime")
+    ort = require_onnxruntime()
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = os.cpu_count() or 1
     try:

@@ -316,11 +316,17 @@ def zero_stored_vectors(index: Any, ids: Iterable[int]) -> int:
     wanted = np.fromiter(ids, dtype=np.int64)
     if not len(wanted) or not index.ntotal:
         return 0
-    storage = faiss.downcast_index(faiss.downcast_index(index.index).storage)
-    xb = faiss.rev_swig_ptr(storage.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
+    xb = hnsw_vectors(index)
     rows = np.flatnonzero(np.isin(faiss.vector_to_array(index.id_map), wanted))
     xb[rows] = 0.0
     return int(len(rows))
+
+
+def hnsw_vectors(index: Any) -> np.ndarray:
+    """A writable view (no copy) of the vectors stored in an ``IDMap2`` over ``HNSW..,Flat``, in id_map order."""
+    faiss = _faiss()
+    storage = faiss.downcast_index(faiss.downcast_index(index.index).storage)
+    return faiss.rev_swig_ptr(storage.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
 
 
 def exact_top1(queries: np.ndarray, ids: np.ndarray, fetch: Callable[[np.ndarray], np.ndarray],

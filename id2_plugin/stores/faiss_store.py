@@ -74,6 +74,7 @@ from .._lazy import require
 from ..errors import IncompatibleStoreError, StoreDamagedError, StoreError
 from ..types import AddResult, Match, ReferenceRecord, StoreInfo
 from . import _faiss_index as fx
+from . import _integrity as ix
 from .base import ReferenceStore
 
 logger = logging.getLogger(__name__)
@@ -156,7 +157,7 @@ CREATE TABLE refs (
 );
 CREATE TABLE removed (id INTEGER PRIMARY KEY, generation INTEGER NOT NULL, in_main INTEGER NOT NULL);
 CREATE INDEX removed_generation ON removed (generation);
-"""
+""" + ix.SCHEMA + ";"
 
 
 @dataclass
@@ -315,47 +316,60 @@ class FaissStore(ReferenceStore):
         try:
             if self._db_path.exists():  # another process created it while we waited
                 return
+            self._remove_db_temps()  # left by a creator that failed or was killed: we hold the lock
             tmp = self.location / f"{DB_NAME}.{os.getpid()}.tmp"
-            tmp.unlink(missing_ok=True)
-            conn = sqlite3.connect(tmp, isolation_level=None)
             try:
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.executescript(_SCHEMA)
-                raw_ext = "f32" if spec.raw_dtype == np.float32 else "f16"
-                meta = {
-                    "format": FORMAT,
-                    "format_version": FORMAT_VERSION,
-                    "embedder": embedder_identity,
-                    "dim": spec.dim,
-                    "index_type": spec.kind,
-                    "index_options": spec.options,
-                    "raw_file": f"vectors.0.{raw_ext}",
-                    "generation": 0,
-                    "next_id": 0,
-                    "count": 0,
-                    "snap_gen": None,
-                    "prev_snap_gen": None,
-                    "snap_next_id": 0,
-                    "main_count": 0,
-                    "clean_gen": 0,
-                    "trained_count": 0,
-                    "facts": {},
-                    "search_params": {},
-                    "tuned": None,
-                    "created_at": _now(),
-                }
-                conn.execute("BEGIN")
-                conn.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
-                conn.execute("COMMIT")
-            finally:
-                conn.close()
-            for suffix in ("-wal", "-shm"):
-                Path(f"{tmp}{suffix}").unlink(missing_ok=True)
-            _fsync_file(tmp)
-            os.replace(tmp, self._db_path)
-            _fsync_dir(self.location)
+                self._init_db(tmp, spec, embedder_identity)
+                _fsync_file(tmp)
+                os.replace(tmp, self._db_path)
+                _fsync_dir(self.location)
+            except (OSError, sqlite3.Error) as exc:
+                self._remove_db_temps()
+                raise StoreError(f"creating the store at {self.location} failed (is the disk full?): {exc}") from None
         finally:
             lock.release()
+
+    def _remove_db_temps(self) -> None:
+        for p in self.location.glob(f"{DB_NAME}.*.tmp*"):
+            p.unlink(missing_ok=True)
+
+    @staticmethod
+    def _init_db(tmp: Path, spec: fx.IndexSpec, embedder_identity: str) -> None:
+        """Write the schema and the meta of generation 0 to a database file at ``tmp`` (no WAL left beside it)."""
+        conn = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(_SCHEMA)
+            raw_ext = "f32" if spec.raw_dtype == np.float32 else "f16"
+            meta = {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "embedder": embedder_identity,
+                "dim": spec.dim,
+                "index_type": spec.kind,
+                "index_options": spec.options,
+                "raw_file": f"vectors.0.{raw_ext}",
+                "generation": 0,
+                "next_id": 0,
+                "count": 0,
+                "snap_gen": None,
+                "prev_snap_gen": None,
+                "snap_next_id": 0,
+                "main_count": 0,
+                "clean_gen": 0,
+                "trained_count": 0,
+                "facts": {},
+                "search_params": {},
+                "tuned": None,
+                "created_at": _now(),
+            }
+            conn.execute("BEGIN")
+            conn.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+        for suffix in ("-wal", "-shm"):
+            Path(f"{tmp}{suffix}").unlink(missing_ok=True)
 
     @property
     def _conn(self) -> sqlite3.Connection:
@@ -440,6 +454,7 @@ class FaissStore(ReferenceStore):
                     "retry later or raise store.index_options.lock_timeout"
                 ) from None
             try:
+                self._conn.execute(ix.SCHEMA)
                 meta = self._read_meta()
                 problems = self._damage(meta) if check else []
                 if problems:
@@ -469,8 +484,9 @@ class FaissStore(ReferenceStore):
             keep_snaps.add(meta.prev_snap_gen)
         for p in self.location.iterdir():
             name = p.name
-            if name.endswith(".tmp") and not name.startswith(DB_NAME):
-                p.unlink(missing_ok=True)
+            failed_create = name.startswith(f"{DB_NAME}.") and ".tmp" in name
+            if (name.endswith(".tmp") and not name.startswith(DB_NAME)) or failed_create:
+                p.unlink(missing_ok=True)  # store.sqlite.<pid>.tmp*: a creation that failed (lock held: none runs)
             elif name.startswith("main.") and name.endswith(".faiss"):
                 try:
                     g = int(name.split(".")[1])
@@ -509,9 +525,14 @@ class FaissStore(ReferenceStore):
                             f"{meta.generation} committed {meta.count} below id {meta.next_id}")
         if meta.snap_gen is not None:
             problems += self._snapshot_damage(meta, deep)
+        if deep and rows >= meta.next_id:
+            problems += ix.scan(self._conn, self._raw_file(meta)).problems(meta.raw_file)
         if deep and not problems:
             problems += self._unscrubbed_damage(meta)
         return problems
+
+    def _raw_file(self, meta: _Meta) -> ix.RawFile:
+        return ix.RawFile(self._raw_path(meta), np.dtype(self._spec.raw_dtype), self._dim, meta.next_id)
 
     def _unscrubbed_damage(self, meta: _Meta) -> list[str]:
         left = self._unscrubbed(meta)
@@ -527,22 +548,33 @@ class FaissStore(ReferenceStore):
             want = f"{expected} bytes" if expected is not None else "a non-empty file"
             return [f"{name} is {size} bytes where the commit wrote {want}: truncated or missing"]
         if deep:
+            want = meta.facts.get("snap_digest")
+            if want is not None and ix.file_digest(self.location / name) != want:
+                return [f"{name} does not match its checksum: content damaged"]
             try:
                 require("faiss").read_index(str(self.location / name))
             except (RuntimeError, OSError) as exc:
                 return [f"{name} does not load: {str(exc).splitlines()[0]}"]
         return []
 
-    def _damage_message(self, problems: list[str]) -> str:
-        return (f"the store at {self.location} is damaged, nothing was written: {'; '.join(problems)}. "
+    def _damage_message(self, problems: list[str], reading: bool = False) -> str:
+        what = "" if reading else ", nothing was written"
+        return (f"the store at {self.location} is damaged{what}: {'; '.join(problems)}. "
                 "Run `id2-plugin index verify --repair` (references whose vectors are lost are dropped; "
                 "add them again)")
 
     def verify(self) -> list[str]:
-        """Every problem found in the committed store (files, rows, the ANN snapshot loads); empty = sound."""
+        """Every problem found in the committed store (SQLite's own check, file lengths, checksums, rows, the
+        ANN snapshot loads); empty = sound."""
         with self._mutex:
-            with self._read_txn():
-                return self._damage(self._read_meta(), deep=True)
+            try:
+                problems = ix.sqlite_damage(self._conn, DB_NAME)
+                if problems:
+                    return problems  # nothing read from a damaged database can be trusted
+                with self._read_txn():
+                    return self._damage(self._read_meta(), deep=True)
+            except sqlite3.DatabaseError as exc:
+                return [f"{DB_NAME} is unreadable: {exc}"]
 
     def repair(self) -> list[str]:
         """Make a damaged store writable again; returns what was done (empty: nothing was wrong).
@@ -550,11 +582,26 @@ class FaissStore(ReferenceStore):
         References whose vector rows are gone are dropped (``index add`` re-adds them), the raw file is
         restored to its committed length, and the ANN index is rebuilt from the raw vectors and SQLite.
         """
+        try:
+            return self._repair()
+        except sqlite3.DatabaseError as exc:
+            raise StoreDamagedError(self._unrepairable(f"{DB_NAME} is unreadable: {exc}")) from None
+
+    def _unrepairable(self, problem: str) -> str:
+        return (f"the store at {self.location} is damaged: {problem}; repair cannot rebuild the database: restore "
+                f"{DB_NAME} from a backup or build the store again with `id2-plugin index add`")
+
+    def _repair(self) -> list[str]:
         with self._writing(check=False) as meta:
+            sql = ix.sqlite_damage(self._conn, DB_NAME)
+            if sql:
+                raise StoreDamagedError(self._unrepairable(sql[0]))
             problems = self._damage(meta, deep=True)
             if not problems:
                 return []
             done = self._drop_lost_rows(meta)
+            meta = self._read_meta()
+            done += self._drop_damaged_rows(meta)
             meta = self._read_meta()
             scrubbed = self._unscrubbed(meta)
             if scrubbed:
@@ -562,8 +609,30 @@ class FaissStore(ReferenceStore):
                 done.append(f"overwrote the vectors of {len(scrubbed)} removed reference(s) with zeros")
             if self._maybe_merge(meta, force=True, rebuild=True) == "rebuild":
                 done.append(f"rebuilt the {self._spec.kind} index from the {meta.count} stored vectors")
+            with self._write_txn() as conn:
+                ix.record_all(conn, self._raw_file(meta))
             self._state = None
             return done
+
+    def _drop_damaged_rows(self, meta: _Meta) -> list[str]:
+        """Remove the references whose vectors fail their checksum or the row check (lock held)."""
+        ids = ix.scan(self._conn, self._raw_file(meta)).suspect_ids
+        if not ids:
+            return []
+        uris: dict[int, str] = {}
+        gen = meta.generation + 1
+        with self._write_txn() as conn:
+            for start in range(0, len(ids), _SQL_BATCH):
+                part = ids[start : start + _SQL_BATCH]
+                marks = ",".join("?" * len(part))
+                uris.update(conn.execute(f"SELECT id, uri FROM refs WHERE id IN ({marks})", part).fetchall())
+                conn.execute(f"DELETE FROM refs WHERE id IN ({marks})", part)
+            # _drop_lost_rows ran first: the snapshot is gone, so nothing is in_main
+            conn.executemany("INSERT OR REPLACE INTO removed (id, generation, in_main) VALUES (?, ?, 0)",
+                             [(i, gen) for i in ids])
+            self._set_meta(conn, generation=gen, count=meta.count - len(ids))
+        return [f"dropped {len(ids)} reference(s) whose vectors were damaged (cannot be recovered: add them "
+                f"again): {ix.describe(ids, uris)}"]
 
     def _drop_lost_rows(self, meta: _Meta) -> list[str]:
         """Remove references whose vectors the raw file lost and pad it back to the committed length."""
@@ -583,7 +652,8 @@ class FaissStore(ReferenceStore):
             os.fsync(f.fileno())
         return [f"dropped {len(lost)} reference(s) whose vectors were lost (ids {lost[:5]}{' ...' if len(lost) > 5 else ''})"] if lost else []
 
-    def _write_raw(self, meta: _Meta, start: int, rows: np.ndarray) -> None:
+    def _write_raw(self, meta: _Meta, start: int, rows: np.ndarray) -> np.ndarray:
+        """Write ``rows`` at row ``start`` (fsynced); returns them as written (the raw dtype)."""
         path = self._raw_path(meta)
         created = not path.exists()
         data = np.ascontiguousarray(rows, dtype=self._spec.raw_dtype)
@@ -595,6 +665,7 @@ class FaissStore(ReferenceStore):
             os.fsync(f.fileno())
         if created:
             _fsync_dir(self.location)
+        return data
 
     def _removed_ids(self, since: int) -> list[int]:
         cur = self._conn.execute("SELECT id FROM removed WHERE generation > ? ORDER BY id", (since,))
@@ -668,7 +739,16 @@ class FaissStore(ReferenceStore):
         fetch = self._fetch(raw)
         for start in range(0, len(ids), _CHUNK):
             part = ids[start : start + _CHUNK]
-            index.add_with_ids(np.ascontiguousarray(fetch(part)), part)
+            x = np.ascontiguousarray(fetch(part))
+            self._refuse_bad_rows(x, part, "the vectors of reference(s)")
+            index.add_with_ids(x, part)
+
+    def _refuse_bad_rows(self, x: np.ndarray, ids: np.ndarray, what: str, allow_zero: bool = False) -> None:
+        """The cheap check at load: a damaged row would score cosines far above 1, i.e. a false match."""
+        bad = ix.bad_rows(x, allow_zero)
+        if len(bad):
+            found = f"{what} {ids[bad][:5].tolist()} are not unit vectors: content damaged"
+            raise StoreDamagedError(self._damage_message([found], reading=True))
 
     def _apply_removals(self, state: _State, ids: np.ndarray) -> None:
         if not len(ids):
@@ -692,6 +772,9 @@ class FaissStore(ReferenceStore):
         if meta.snap_gen is not None:
             path = self.location / f"main.{meta.snap_gen}.faiss"
             main = faiss.read_index(str(path))  # FileNotFoundError is retried by the caller
+            if self._spec.kind == "hnsw" and main.ntotal:  # removed references stay as zeroed tombstones
+                self._refuse_bad_rows(fx.hnsw_vectors(main), faiss.vector_to_array(main.id_map),
+                                      f"in main.{meta.snap_gen}.faiss the vectors of reference(s)", allow_zero=True)
         state = _State(generation=meta.generation, epoch=(meta.raw_file, meta.snap_gen), next_id=meta.next_id,
                        snap_next_id=meta.snap_next_id, main=main, buffer=self._new_buffer(), raw=raw,
                        search_params=dict(meta.search_params))
@@ -802,6 +885,11 @@ class FaissStore(ReferenceStore):
         D = np.concatenate([p[0] for p in parts], axis=1).astype(np.float32)
         I = np.concatenate([p[1] for p in parts], axis=1).astype(np.int64)
         D = np.where(I >= 0, D, -np.inf)
+        # PQ scores without re-ranking are approximations that may overshoot: clipped, not refused
+        over = ix.over_bound(D, q, clip_only=self._spec.kind in fx.PQ_TYPES and not params.get("rerank"))
+        if over is not None:
+            found = f"reference {int(I[over[0]])} scores a cosine of {over[1]:.4g}: its vector is damaged"
+            raise StoreDamagedError(self._damage_message([found], reading=True))
         order = np.argsort(-D, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(D, order, 1), np.take_along_axis(I, order, 1)
 
@@ -910,6 +998,9 @@ class FaissStore(ReferenceStore):
         for r in records:
             if not r.sha256:
                 raise ValueError(f"record for {r.uri!r} has no sha256")
+        bad = ix.bad_rows(v)
+        if len(bad):
+            raise ValueError(f"vector {int(bad[0])} is not L2-normalised (norm {float(np.linalg.norm(v[bad[0]])):.4g})")
         with self._writing() as meta:
             first: dict[str, int] = {}
             duplicates: list[str] = []
@@ -925,7 +1016,7 @@ class FaissStore(ReferenceStore):
                 return AddResult(added=(), duplicates=tuple(duplicates))
             start = meta.next_id
             ids = list(range(start, start + len(keep)))
-            self._write_raw(meta, start, v[keep])
+            written = self._write_raw(meta, start, v[keep])
             _checkpoint("add:raw_written")
             gen = meta.generation + 1
             now = _now()
@@ -935,6 +1026,7 @@ class FaissStore(ReferenceStore):
                     [(rid, records[i].sha256, records[i].uri, records[i].added_at or now,
                       json.dumps(list(records[i].labels)), gen) for rid, i in zip(ids, keep)],
                 )
+                ix.append(conn, self._raw_file(meta), start, written)
                 _checkpoint("add:before_commit")
                 self._set_meta(conn, generation=gen, next_id=start + len(keep), count=meta.count + len(keep))
             _checkpoint("add:committed")
@@ -1060,6 +1152,7 @@ class FaissStore(ReferenceStore):
         faiss.write_index(state.main, str(tmp))
         _fsync_file(tmp)
         facts["snap_bytes"] = tmp.stat().st_size  # lets every later write and `info` detect a truncated snapshot
+        facts["snap_digest"] = ix.file_digest(tmp)  # read back: what the disk holds, checked by `verify`
         _checkpoint("merge:tmp_written")
         os.replace(tmp, final)
         _fsync_dir(self.location)

@@ -207,3 +207,16 @@ def test_torchscript_weights_run_with_sscd_normalisation(tmp_path, photo_paths):
     want /= np.linalg.norm(want, axis=1, keepdims=True)
     assert np.allclose(got, want, atol=1e-5)
     assert np.allclose(imagenet_nchw(arrays), x.transpose(0, 3, 1, 2), atol=1e-6)
+
+
+def test_onnx_runtime_telemetry_stays_off(photo_paths: list[Path], tmp_path: Path) -> None:
+    """ONNX Runtime's own builds queue telemetry under ~/.cache/Microsoft to upload later; the project's
+    sessions must leave nothing there (a fresh process: ONNX Runtime sets telemetry up when imported)."""
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    env["HOME"] = str(tmp_path)
+    code = ("import sys; from id2_plugin.embedders.sscd import SSCDEmbedder; "
+            "print(SSCDEmbedder(device='cpu').embed([sys.argv[1]]).shape)")
+    res = subprocess.run([sys.executable, "-c", code, str(photo_paths[0])], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0 and "(1, 512)" in res.stdout, res.stderr
+    assert not (tmp_path / ".cache" / "Microsoft").exists()
