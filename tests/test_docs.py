@@ -56,6 +56,8 @@ def test_the_site_builds_with_the_generated_references(docs_copy: Path, tmp_path
     ("a link to a heading that does not exist", "index.md", "\nSee [store](reference/store.md#no-such-heading).\n"),
     ("a stale API name", "reference/python-api.md", "\n::: id2_plugin.no_such_module\n"),
     ("a repository path that does not exist", "results.md", "\nRun `python benchmarks/no_such_script.py`.\n"),
+    ("a configuration key the code does not have", "reference/configuration.md",
+     "\n| key | default | meaning |\n|---|---|---|\n| `match.no_such_key` | 1 | gone |\n"),
 ])
 def test_the_strict_build_fails_on(fault: str, page: str, text: str, docs_copy: Path, tmp_path: Path) -> None:
     with (docs_copy / page).open("a", encoding="utf-8") as f:
@@ -72,6 +74,24 @@ def test_repository_paths_are_checked_in_code_and_placeholders_are_not() -> None
     assert hook.missing_paths(text, ROOT) == ["benchmarks/results/gone.md", "examples/missing_example.py"]
     assert hook.missing_links("[a](docs/index.md) [b](docs/gone.md#x) [c](https://example.org/x)", ROOT) == [
         "docs/gone.md"]
+
+
+def test_configuration_keys_are_checked_against_the_code_and_all_listed() -> None:
+    import dataclasses
+
+    from id2_plugin.config import Config
+
+    hook = _hook("config_keys")
+    table = ("| `store.backend` / `path` | x |\n| `store.index_options.query_threads` / `batch_threads` | x |\n"
+             "| `serve.*` | x |\n| `match.k` / `windowz` | x |\n| `matching.k` | x |\n")
+    assert hook.unknown_keys(table) == ["windowz", "matching.k"]
+    generated = hook.keys_markdown()
+    for section in dataclasses.fields(Config):
+        value = getattr(Config(), section.name)
+        if dataclasses.is_dataclass(value):
+            for field in dataclasses.fields(value):
+                assert f"| `{section.name}.{field.name}` |" in generated
+    assert "| `media.max_pixels` | `int` | `64000000` | " in generated
 
 
 def test_the_http_reference_lists_every_route_and_status_of_the_app() -> None:
