@@ -18,7 +18,8 @@ log = logging.getLogger("mkdocs.hooks.repo_paths")
 #: The top-level folders whose files the docs name; a path is recognised by starting with one of them.
 TOP = ("id2_plugin", "adapters", "robustness", "benchmarks", "examples", "scripts", "tests", "docs", ".ci")
 _CODE = re.compile(r"```.*?```|`[^`\n]+`", re.S)
-_PATH = re.compile(r"(?<![\w./~-])((?:%s)/[\w./*<>-]*)" % "|".join(re.escape(t) for t in TOP))
+_TOPS = "|".join(re.escape(t) for t in TOP)
+_PATH = re.compile(rf"(?<![\w./~-])((?:{_TOPS})/[\w./*<>-]*)")
 _LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
