@@ -15,7 +15,7 @@ character is URL-safe, so a signal can travel in a query string unescaped.
 
 Version 1 (bare float16 hex for photos, ``{"id2_video": 1, ...}`` JSON for videos) still *parses*, as
 :class:`Parsed` with ``digest=None``, so an operator can read and explicitly upgrade stored strings; the
-signal types refuse to compare or index it (see the README, "OpenMediaMatch").
+signal types refuse to compare or index it (see ``docs/guides/omm-operator.md``).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ Use from the ``threatexchange`` CLI::
     threatexchange match photo suspected_edit.jpg      # -> "id2 0.1412 (collab) ..."
 
 or list the classes in OpenMediaMatch's ``omm_config.py`` (OMM does not read ``TX_MANIFEST``; see
-``examples/openmediamatch_config.py`` and the README section "OpenMediaMatch")::
+``examples/openmediamatch_config.py`` and ``docs/guides/omm-operator.md``)::
 
     STORAGE_IFACE_INSTANCE = DefaultOMMStore(signal_types=[PdqSignal, VideoMD5Signal, ID2PhotoSignal])
 
@@ -269,7 +269,7 @@ def _check_versioned(name: str, parsed: _txsignal.Parsed) -> None:
         raise SignalIdentityError(
             f"unversioned (format 1) {name} signal: it does not record which embedder made it, so it cannot be "
             f"compared safely. Re-hash the content, or, if this embedder made it, convert it with "
-            f"upgrade_legacy_signal() (README: OpenMediaMatch, upgrading)",
+            f"upgrade_legacy_signal() (docs/guides/omm-operator.md, upgrading)",
             "unversioned",
         )
 

@@ -1,8 +1,8 @@
 """Example: adding the ID2 signal types to OpenMediaMatch (Hasher-Matcher-Actioner 2.0).
 
 OMM does not read ``TX_MANIFEST``; it takes the signal types listed in its ``omm_config.py``. Copy the
-block between the markers into your OMM config (OMM itself is not a dependency of id2-plugin); the README
-section "OpenMediaMatch" explains each line::
+block between the markers into your OMM config (OMM itself is not a dependency of id2-plugin); the operator's
+guide, docs/guides/omm-operator.md, explains each line::
 
     # --- omm_config.py ---------------------------------------------------------------------------
     from threatexchange.signal_type.pdq.signal import PdqSignal

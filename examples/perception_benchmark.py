@@ -1,6 +1,6 @@
 """Example: benchmark the ID2 hasher against PDQ and pHash with Thorn perception's own benchmarking.
 
-Needs ``perception[benchmarking]`` importable (see the README: albumentations is installed without its
+Needs ``perception[benchmarking]`` importable (see docs/install.md: albumentations is installed without its
 opencv-python-headless requirement; the project's single OpenCV is opencv-contrib-python-headless).
 
 Usage: ``python examples/perception_benchmark.py [--photos 16] [--input-size 256]``

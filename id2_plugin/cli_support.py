@@ -13,7 +13,7 @@ import click
 from .config import Config, load_config, parse_override
 from .errors import ConfigError, Id2Error, MediaError, MissingExtraError, ModelNotFoundError
 
-#: Exit codes, one table for every command (the README's): 0 ok; 1 no match (a query, video or key
+#: Exit codes, one table for every command (docs/reference/exit-codes.md): 0 ok; 1 no match (a query, video or key
 #: matched nothing); 2 usage or configuration error (options, config file, weights, W, paths that hold no
 #: image); 3 store error (missing, locked, damaged, incompatible) or another runtime failure; 4 some input
 #: was unreadable or skipped (each reported, the rest processed). 4 wins over 1: an answer that left

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Run the README's install table in fresh virtualenvs and check that each row delivers what it says.
+"""Run the install table (docs/install.md) in fresh virtualenvs and check that each row delivers what it says.
 
-The table sits between the ``<!-- install-lines ... -->`` markers of README.md. Each row names an extra,
+The table sits between the ``<!-- install-lines ... -->`` markers of docs/install.md. Each row names an extra,
 its ``pip install`` lines (backticked, column 2) and what it provides (column 3: backticked module names
 are imported, backticked items with a space are run as commands). The first row (the core) is installed
 into a base venv after ``pip install torch==2.13.0``; every other row goes into its own fresh venv that
@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TORCH = "torch==2.13.0"  # the CPU wheel, installed before any extra (README "Set-up")
+TORCH = "torch==2.13.0"  # the CPU wheel, installed before any extra (the README's "Set-up")
+INSTALL_PAGE = ROOT / "docs" / "install.md"
 _START, _END = "<!-- install-lines:", "<!-- install-lines: end -->"
 
 
@@ -42,10 +43,10 @@ class Row:
     runs: tuple[tuple[str, ...], ...]
 
 
-def parse_table(readme: str) -> list[Row]:
-    """The rows of the install table in ``readme`` (the README's text), in order."""
-    start = readme.index(_START)
-    block = readme[start:readme.index(_END, start)]
+def parse_table(page: str) -> list[Row]:
+    """The rows of the install table in ``page`` (the text of docs/install.md), in order."""
+    start = page.index(_START)
+    block = page[start:page.index(_END, start)]
     rows = []
     for line in block.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -112,7 +113,7 @@ def main() -> int:
     ap.add_argument("--base", type=Path, default=None, help="Reuse this venv (torch installed) as the base.")
     ap.add_argument("--workdir", type=Path, default=None, help="Where the venvs go (default: a temporary folder).")
     args = ap.parse_args()
-    rows = parse_table((ROOT / "README.md").read_text(encoding="utf-8"))
+    rows = parse_table(INSTALL_PAGE.read_text(encoding="utf-8"))
     core, hosts = rows[0], rows[1:]
     work = args.workdir or Path(tempfile.mkdtemp(prefix="id2-install-"))
     failed: list[str] = []
@@ -121,7 +122,7 @@ def main() -> int:
     for row in [core, *(r for r in hosts if args.only is None or r.extra in args.only)]:
         t0, log = time.monotonic(), []
         if not row.imports and not row.runs:
-            print(f"[skip] {row.extra}: not checked (the README says why)", flush=True)
+            print(f"[skip] {row.extra}: not checked (docs/install.md says why)", flush=True)
             continue
         if row is core:
             ok = (args.base is not None or _run(base, ("pip", "install", TORCH), log)) and check_row(row, base, log)

@@ -239,15 +239,15 @@ def test_a_missing_store_fails_before_the_model_loads(runner: CliRunner, tmp_pat
     assert not (tmp_path / "e.npz").exists()
 
 
-def test_readme_exit_code_table_is_the_code() -> None:
-    """The README's one table lists exactly the codes cli_support defines, with the same meanings."""
+def test_documented_exit_code_table_is_the_code() -> None:
+    """docs/reference/exit-codes.md lists exactly the codes cli_support defines, with the same meanings."""
     import re
 
     from id2_plugin import cli_support
     from id2_plugin.errors import ConfigError, MediaError, StoreError
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    table = dict(re.findall(r"^\| \*\*(\d)\*\* \| (\w[^|]*)\|", readme, re.M))
+    page = (Path(__file__).resolve().parents[1] / "docs" / "reference" / "exit-codes.md").read_text()
+    table = dict(re.findall(r"^\| \*\*(\d)\*\* \| (\w[^|]*)\|", page, re.M))
     assert set(map(int, table)) == {cli_support.EXIT_OK, cli_support.EXIT_NO_MATCH, cli_support.EXIT_USAGE,
                                     cli_support.EXIT_STORE, cli_support.EXIT_UNREADABLE} == {0, 1, 2, 3, 4}
     assert table["1"].startswith("no match") and table["4"].startswith("some input was unreadable")

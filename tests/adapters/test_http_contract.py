@@ -102,7 +102,7 @@ def test_the_spec_declares_every_error_and_one_error_shape(pipeline) -> None:
     for key, statuses in want.items():
         responses = ops[key]["responses"]
         assert statuses <= set(responses), (key, set(responses))
-        own_422 = key == ("POST", "/v1/references")  # its 422 may also be the add result (see the README)
+        own_422 = key == ("POST", "/v1/references")  # its 422 may also be the add result (docs: HTTP)
         for status in sorted(statuses - ({"422"} if own_422 else set())):
             assert responses[status]["content"]["application/json"]["schema"] == error, (key, status)
     assert "HTTPValidationError" not in spec["components"]["schemas"]  # FastAPI's shape is never answered

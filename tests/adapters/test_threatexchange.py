@@ -259,7 +259,7 @@ def test_a_three_keyframe_video_signal_fits_a_gunicorn_get_request_line(configur
                                                                         make_frame, tmp_path: Path) -> None:
     """The id2 signal with the shipped W (768-d): 3 keyframes took over 9,000 characters as hex JSON, now ~3,100.
 
-    (The fused 1,280-d default fits 2 keyframes in a GET request line; the README says what to do beyond.)
+    (The fused 1,280-d default fits 2 keyframes in a GET request line; the OMM guide says what to do beyond.)
     """
     video = make_video(tmp_path / "three.mp4", [make_frame(p) for p in photo_paths[8:11]])
     signal = ID2VideoSignal.hash_from_file(video)
