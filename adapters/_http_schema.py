@@ -10,12 +10,20 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+from starlette.responses import JSONResponse
 
 
 class ErrorBody(BaseModel):
     """Every error answer (4xx, 5xx), including request validation: one line saying what went wrong."""
 
     detail: str = Field(description="What went wrong; server paths are cut to '.../name' unless serve.expose_paths")
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """An :class:`ErrorBody` answer; a 503 always says when to retry (``Retry-After``)."""
+    if status == 503:
+        headers = {"Retry-After": "1", **(headers or {})}
+    return JSONResponse({"detail": message}, status_code=status, headers=headers)
 
 
 class MatchBody(BaseModel):

@@ -7,8 +7,6 @@ import contextlib
 import hashlib
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -109,6 +107,21 @@ def test_add_references_then_identify_edited_copies(identifier, photo_paths, edi
         assert "multipart/form-data" in schema["paths"]["/v1/identify"]["post"]["requestBody"]["content"]
 
 
+def test_a_served_identifier_keeps_its_match_settings(small_embedder, photo_paths, tmp_path: Path) -> None:
+    """match.windows holds when the app is given an Identifier: with ``off`` an unmatched query gets no
+    second look at its windows, with ``auto`` it does."""
+    from id2_plugin.pipeline import Pipeline
+
+    store = FaissStore(tmp_path / "store", embedder_identity=small_embedder.identity, dim=small_embedder.dim, create=True)
+    Pipeline(small_embedder, store).add_files([photo_paths[0]])
+    for windows in ("off", "auto"):
+        served = Identifier(small_embedder, store, k=3, threshold=0.99, windows=windows)
+        with running(_app(served)) as url, httpx.Client(base_url=url, timeout=60) as client:
+            report = client.post("/v1/identify", content=photo_paths[40].read_bytes()).json()
+        assert report["decision"] == "no_match"
+        assert ("windows" in report["timings_ms"]) is (windows == "auto"), (windows, report["timings_ms"])
+
+
 def test_bad_media_gets_a_clear_422(identifier) -> None:
     with running(_app(identifier)) as url, httpx.Client(base_url=url, timeout=60) as client:
         r = client.post("/v1/identify", content=b"GIF89a this is not really an image")
@@ -194,11 +207,11 @@ def test_writes_need_the_token_and_are_off_without_one(identifier, photo_paths) 
 
 
 def test_full_queue_gets_503_and_timeouts_504(identifier, photo_paths) -> None:
-    from id2_plugin.adapters import http as http_mod
+    from id2_plugin.adapters._http_admission import LimitsMiddleware
 
     data = photo_paths[0].read_bytes()
     app = _app(identifier, max_concurrency=1, queue_size=1)
-    capacity = next(m.kwargs["capacity"] for m in app.user_middleware if m.cls is http_mod._LimitsMiddleware)
+    capacity = next(m.kwargs["capacity"] for m in app.user_middleware if m.cls is LimitsMiddleware)
     with running(app) as url, httpx.Client(base_url=url, timeout=60) as client:
         assert capacity.try_enter() and capacity.try_enter()  # two requests' worth: workers + queue taken
         try:
@@ -278,39 +291,18 @@ def test_load_200_requests_8_concurrent_and_no_lost_writes(identifier, photo_pat
 
 
 @pytest.mark.slow
-def test_cli_serve_subprocess(tmp_path: Path, photo_paths, edited_copies) -> None:
+def test_cli_serve_subprocess(tmp_path: Path, photo_paths, edited_copies, serve_cli) -> None:
     """``id2-plugin serve`` as a user runs it: a store created on start, filled and queried over HTTP."""
-    port = _free_port()
-    env = dict(os.environ, ID2_SERVE_TOKEN=TOKEN)
-    cmd = [sys.executable, "-m", "id2_plugin.cli", "--set", "embedder.input_size=64", "--set", "embedder.device=cpu",
-           "--set", "embedder.allow_raw_latent=true", "serve", "--store", str(tmp_path / "store"), "--create-store", "--projection", "none",
-           "--port", str(port), "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"serve exited early: {proc.stderr.read() if proc.stderr else ''}")
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("serve did not come up")
-            time.sleep(0.5)
-        with httpx.Client(base_url=url, timeout=60) as client:
-            r = client.post("/v1/references", files=[("file", (p.name, p.read_bytes())) for p in photo_paths[:3]],
-                            headers=_auth())
-            assert r.status_code == 201 and len(r.json()["added"]) == 3
-            report = client.post("/v1/identify", content=edited_copies[photo_paths[2]].read_bytes()).json()
-            assert report["is_match"] and report["best"]["sha256"] == _sha(photo_paths[2].read_bytes())
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-    assert proc.returncode is not None
-    err = proc.stderr.read() if proc.stderr else ""
+    log = tmp_path / "serve.log"
+    args = ["--set", "embedder.input_size=64", "--set", "embedder.device=cpu", "--set", "embedder.allow_raw_latent=true"]
+    serve_args = ["--store", str(tmp_path / "store"), "--create-store", "--projection", "none"]
+    with serve_cli(args, serve_args, token=TOKEN, log=log) as url, httpx.Client(base_url=url, timeout=60) as client:
+        r = client.post("/v1/references", files=[("file", (p.name, p.read_bytes())) for p in photo_paths[:3]],
+                        headers=_auth())
+        assert r.status_code == 201 and len(r.json()["added"]) == 3
+        report = client.post("/v1/identify", content=edited_copies[photo_paths[2]].read_bytes()).json()
+        assert report["is_match"] and report["best"]["sha256"] == _sha(photo_paths[2].read_bytes())
+    err = log.read_text()
     assert "serving 0 references" in err and "writes enabled" in err
 
 
