@@ -63,11 +63,15 @@ from id2_plugin.pipeline import Pipeline, Upload
 
 from . import _http_schema as S
 from ._http_admission import Capacity, LimitsMiddleware
+from ._http_connections import bounded_protocol
 from ._http_schema import error_response
 
 __all__ = ["build_identifier", "create_app", "serve", "token_from_env"]
 
 T = TypeVar("T")
+
+#: connections beyond the request budgets: /healthz, /v1/info, /docs and idle keep-alive ones
+_CONNECTION_HEADROOM = 64
 
 _IMAGE_BODY = {
     "content": {
@@ -519,15 +523,22 @@ def serve(
 
     cfg = serve_config or ServeConfig()
     app = create_app(identifier_or_factory, cfg)
-    # uvicorn's own connection cap is the last line of defence; the app's admission control answers first.
+    # The connection budget replaces uvicorn's limit_concurrency, which counts idle connections.
     uvicorn.run(
         app,
         host=cfg.host,
         port=cfg.port,
         log_level=log_level,
-        limit_concurrency=cfg.max_concurrency + cfg.queue_size + 32,
+        http=bounded_protocol(head_timeout_s=cfg.upload_timeout_s, max_connections=max_connections(cfg)),
+        limit_concurrency=None,
         timeout_keep_alive=5,
     )
+
+
+def max_connections(cfg: ServeConfig) -> int:
+    """Connections kept open: every request the budgets can hold (uploads, workers, queue) plus headroom
+    for the cheap reads and idle keep-alive connections (closed first when the budget is reached)."""
+    return cfg.max_uploads + cfg.max_concurrency + cfg.queue_size + _CONNECTION_HEADROOM
 
 
 def token_from_env(cfg: ServeConfig) -> ServeConfig:

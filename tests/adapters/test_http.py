@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import os
 import socket
 import threading
@@ -29,12 +30,13 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def running(app, port: int | None = None) -> Iterator[str]:
+def running(app, port: int | None = None, **uvicorn_options: object) -> Iterator[str]:
     """Run ``app`` with a real uvicorn server in a thread; yields the base URL."""
     import uvicorn
 
     port = port or _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
+                                           **uvicorn_options))  # type: ignore[arg-type]
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -258,6 +260,37 @@ def test_trickling_uploads_do_not_lock_identify_out(identifier, photo_paths) -> 
                 s.close()
 
 
+def test_connections_all_inside_requests_get_a_json_503_and_bad_requests_a_json_400(identifier) -> None:
+    """3 connections allowed, all inside a request (bodies still arriving): a 4th client is told to retry
+    in the documented shape; a malformed request is answered in that shape too."""
+    from id2_plugin.adapters._http_connections import bounded_protocol
+
+    head = (b"POST /v1/identify HTTP/1.1\r\nHost: t\r\nContent-Type: application/octet-stream\r\n"
+            b"Content-Length: 100000\r\n\r\nx")
+    protocol = bounded_protocol(head_timeout_s=30, max_connections=3)
+    with running(_app(identifier, upload_timeout_s=30.0), http=protocol) as url:
+        port = int(url.rsplit(":", 1)[1])
+        busy = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+        try:
+            for s in busy:
+                s.sendall(head)
+            time.sleep(0.3)
+            with httpx.Client(base_url=url, timeout=60) as c:
+                r = c.get("/healthz")
+            assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+            assert "retry later" in r.json()["detail"]
+        finally:
+            for s in busy:
+                s.close()
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.settimeout(30)
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost t\r\n\r\n")
+            answer = b"".join(iter(lambda: s.recv(65536), b""))  # until the server closes
+        head_part, _, body = answer.partition(b"\r\n\r\n")
+        assert b" 400 " in head_part.split(b"\r\n")[0] and b"application/json" in head_part
+        assert "detail" in json.loads(body)
+
+
 def test_load_200_requests_8_concurrent_and_no_lost_writes(identifier, photo_paths, edited_copies) -> None:
     """8 clients: 16 concurrent reference uploads all land; then 200 identifications, none fails."""
     refs = photo_paths[:16]
@@ -309,7 +342,6 @@ def test_cli_serve_subprocess(tmp_path: Path, photo_paths, edited_copies, serve_
 def test_explain_route_returns_scores_and_the_picture_in_memory(identifier, photo_paths, edited_copies,
                                                                 tmp_path: Path) -> None:
     import io
-    import json
 
     from PIL import Image
 
