@@ -23,7 +23,9 @@ thread pool of ``serve.max_concurrency`` workers; at most ``serve.queue_size`` m
 worker, and admission happens before the body is read, so at most ``max_concurrency + queue_size``
 bodies are in memory. Beyond that a request gets 503 with ``Retry-After`` at once. A request that has not
 finished within ``serve.request_timeout_s`` (queueing included) gets 504; its worker slot is released only
-when the abandoned computation actually ends, so timeouts cannot pile up threads.
+when the abandoned computation actually ends, so timeouts cannot pile up threads, and a batch given up
+stops between its batches. Connections are bounded apart (:mod:`._http_connections`): a request head has
+``serve.upload_timeout_s`` to arrive, and idle connections make room for new ones.
 
 **One writer.** Reference writes are serialised in-process by a lock (the store additionally takes its
 file lock, which serialises writers across processes).
@@ -39,9 +41,11 @@ import asyncio
 import dataclasses
 import functools
 import hmac
+import itertools
 import json
 import os
 import re
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -146,8 +150,13 @@ class _Service:
         """The monotonic time by which a request arriving now must be answered."""
         return time.monotonic() + self.cfg.request_timeout_s
 
-    async def run(self, fn: Callable[..., T], *args: Any, deadline: float) -> T:
-        """Run ``fn`` on a worker once one is free; 504 when ``deadline`` (monotonic) passes first."""
+    async def run(self, fn: Callable[..., T], *args: Any, deadline: float,
+                  abandon: Callable[[], None] | None = None) -> T:
+        """Run ``fn`` on a worker once one is free; 504 when ``deadline`` (monotonic) passes first.
+
+        ``abandon`` is called when the request is given up (504 or client gone) while ``fn`` still runs,
+        so that work nobody will read can stop early.
+        """
         waiting = asyncio.ensure_future(self.slots.acquire())
         try:
             await asyncio.wait_for(asyncio.shield(waiting), timeout=max(deadline - time.monotonic(), 0.0))
@@ -177,6 +186,8 @@ class _Service:
                 # A thread cannot be interrupted: its worker slot stays taken until it really ends.
                 handed_off = True
                 fut.add_done_callback(release)
+                if abandon is not None:
+                    abandon()
             if isinstance(exc, asyncio.CancelledError):
                 raise
             raise HTTPException(504, "request timed out (serve.request_timeout_s)") from None
@@ -252,10 +263,17 @@ def _report_json(pipeline: Pipeline, data: bytes, name: str, expose_paths: bool,
     return _public_report(pipeline.identify(data, k=k), name, expose_paths)
 
 
-def _batch_json(pipeline: Pipeline, uploads: list[tuple[str, bytes]], expose_paths: bool, k: int | None) -> dict[str, Any]:
-    reports = pipeline.identify_many([data for _, data in uploads], k=k)
-    return {"results": [{"query": name, "error": f"not a usable image: {r}"} if isinstance(r, MediaError)
-                        else _public_report(r, name, expose_paths) for (name, _), r in zip(uploads, reports)]}
+def _batch_json(pipeline: Pipeline, uploads: list[tuple[str, bytes]], expose_paths: bool, k: int | None,
+                stop: threading.Event) -> dict[str, Any]:
+    """One report (or error) per upload; stops between batches once ``stop`` is set (the request was given up)."""
+    media = itertools.takewhile(lambda _: not stop.is_set(), (data for _, data in uploads))
+    results = []
+    for (name, _), r in zip(uploads, pipeline.identify_iter(media, k=k)):
+        if stop.is_set():
+            break
+        results.append({"query": name, "error": f"not a usable image: {r}"} if isinstance(r, MediaError)
+                       else _public_report(r, name, expose_paths))
+    return {"results": results}
 
 
 def _public_report(report: Any, name: str, expose_paths: bool) -> dict[str, Any]:
@@ -415,7 +433,9 @@ def _add_read_routes(app: FastAPI, service: Callable[[], _Service], capacity: Ca
         svc = service()
         deadline = svc.deadline()
         uploads, _ = await _read_uploads(request, many=True)  # an empty part is reported in its own item
-        return await svc.run(_batch_json, svc.pipeline, uploads, svc.cfg.expose_paths, k, deadline=deadline)
+        stop = threading.Event()
+        return await svc.run(_batch_json, svc.pipeline, uploads, svc.cfg.expose_paths, k, stop, deadline=deadline,
+                             abandon=stop.set)
 
     @app.post("/v1/explain", summary="Explain the match of two uploaded images (scores, similarity map, SIFT)",
               openapi_extra={"requestBody": _EXPLAIN_BODY}, response_class=Response,

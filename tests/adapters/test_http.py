@@ -235,6 +235,22 @@ def test_full_queue_gets_503_and_timeouts_504(identifier, photo_paths) -> None:
         assert client.post("/v1/identify", content=data).status_code == 200
 
 
+def test_a_batch_given_up_at_its_deadline_stops_computing(identifier, photo_paths, monkeypatch) -> None:
+    """A batch answered 504 stops between batches instead of decoding and embedding every image for nobody."""
+    embedder = identifier.context.embedder
+    decoded = []
+    normalise = embedder.normalise
+    monkeypatch.setattr(embedder, "normalise", lambda media: (decoded.append(1), normalise(media))[1])
+    files = [("file", (f"{i}.jpg", photo_paths[i % 8].read_bytes(), "image/jpeg")) for i in range(300)]
+    with running(_app(identifier, max_concurrency=1, queue_size=0, request_timeout_s=0.5)) as url:
+        with httpx.Client(base_url=url, timeout=120) as client:
+            assert client.post("/v1/identify/batch", files=files).status_code == 504
+    deadline = time.monotonic() + 300  # the abandoned computation ends, however far it goes
+    while any(t.name.startswith("id2-http") for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert 0 < len(decoded) < len(files)
+
+
 def test_trickling_uploads_do_not_lock_identify_out(identifier, photo_paths) -> None:
     """18 clients sending a body byte by byte hold no worker or queue slot (3 here): identify still answers,
     and each trickler is cut off with 408 at the upload deadline."""
