@@ -217,10 +217,17 @@ class _ID2SignalBase(SignalType):
         _check_versioned(cls.get_name(), parsed)
         emb = cls.embedder()
         digest = _txsignal.identity_digest(emb.identity)
-        if parsed.digest != digest or parsed.dim != emb.dim:
+        if parsed.digest != digest:
             raise SignalIdentityError(
                 f"{cls.get_name()} signal was made by embedder {parsed.digest} ({parsed.dim}-d); this process uses "
                 f"{digest} ({emb.dim}-d, {emb.identity}): re-hash the content with this embedder",
+                "other embedder",
+            )
+        if parsed.dim != emb.dim:
+            # Same digest, other length: the digest was copied onto another embedding, or the payload was cut.
+            raise SignalIdentityError(
+                f"{cls.get_name()} signal names this process's embedder ({digest}) but holds {parsed.dim} values where "
+                f"it makes {emb.dim}: the payload was truncated or altered; re-hash the content with this embedder",
                 "other embedder",
             )
 
