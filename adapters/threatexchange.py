@@ -471,7 +471,9 @@ def parse_video_signal(signal_str: str) -> list[tuple[float, int, np.ndarray]]:
 
 
 def warm_up(app: t.Any = None) -> dict[str, t.Any]:
-    """Build the embedder and run one forward pass now; ``APP_HOOK = warm_up`` in OMM's config.
+    """Build the embedder and run one forward pass now; call it from OMM's ``APP_HOOK`` beside OMM's own
+    ``on_flask_ready`` (README, "OpenMediaMatch"), with ``dictConfig(..., disable_existing_loggers=False)``
+    so that its "id2 ready" line is logged.
 
     The first hash otherwise pays the model load (5-20 s) inside a request, close to gunicorn's 30 s
     worker timeout. ``app`` (the Flask app OMM passes to its hook) is not used. Returns what an operator
