@@ -108,8 +108,8 @@ _WHY = {
     408: "The body did not arrive within serve.upload_timeout_s",
     413: "The body exceeds serve.max_upload_bytes (declared or streamed)",
     422: "Invalid request: not a usable image, a missing or empty upload field, or a query parameter out of range",
-    503: "The model is still loading, the reference store is unavailable, or all workers and queue slots "
-         "(or upload slots) are taken; retry after Retry-After",
+    503: "The model is still loading, the reference store is unavailable, all workers and queue slots "
+         "(or upload slots) are taken, or every connection is inside a request; retry after Retry-After",
     504: "Not answered within serve.request_timeout_s",
 }
 _RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying (when the server is busy)",
