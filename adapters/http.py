@@ -340,6 +340,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.add_middleware(LimitsMiddleware, capacity=capacity, cfg=cfg)
+    app.state.serve_config = cfg  # what server_options() needs to run this app as serve() does
 
     def service() -> _Service:
         svc = holder.get("service")
@@ -543,16 +544,17 @@ def serve(
 
     cfg = serve_config or ServeConfig()
     app = create_app(identifier_or_factory, cfg)
-    # The connection budget replaces uvicorn's limit_concurrency, which counts idle connections.
-    uvicorn.run(
-        app,
-        host=cfg.host,
-        port=cfg.port,
-        log_level=log_level,
-        http=bounded_protocol(head_timeout_s=cfg.upload_timeout_s, max_connections=max_connections(cfg)),
-        limit_concurrency=None,
-        timeout_keep_alive=5,
-    )
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=log_level, **server_options(cfg))
+
+
+def server_options(cfg: ServeConfig) -> dict[str, Any]:
+    """uvicorn's settings for ``cfg``: the connection budget in place of uvicorn's ``limit_concurrency``,
+    which counts idle connections."""
+    return {
+        "http": bounded_protocol(head_timeout_s=cfg.upload_timeout_s, max_connections=max_connections(cfg)),
+        "limit_concurrency": None,
+        "timeout_keep_alive": 5,
+    }
 
 
 def max_connections(cfg: ServeConfig) -> int:

@@ -31,12 +31,15 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def running(app, port: int | None = None, **uvicorn_options: object) -> Iterator[str]:
-    """Run ``app`` with a real uvicorn server in a thread; yields the base URL."""
+    """Run ``app`` with a real uvicorn server in a thread, set up as ``serve`` sets it up; yields the base URL."""
     import uvicorn
 
+    from id2_plugin.adapters.http import server_options
+
     port = port or _free_port()
+    options = {**server_options(app.state.serve_config), **uvicorn_options}
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
-                                           **uvicorn_options))  # type: ignore[arg-type]
+                                           **options))  # type: ignore[arg-type]
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
