@@ -33,7 +33,6 @@ def _free_port() -> int:
 def running(app, port: int | None = None, **uvicorn_options: object) -> Iterator[str]:
     """Run ``app`` with a real uvicorn server in a thread, set up as ``serve`` sets it up; yields the base URL."""
     import uvicorn
-
     from id2_plugin.adapters.http import server_options
 
     port = port or _free_port()
@@ -52,6 +51,23 @@ def running(app, port: int | None = None, **uvicorn_options: object) -> Iterator
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@contextlib.contextmanager
+def trickling(url: str, n: int) -> Iterator[list[socket.socket]]:
+    """``n`` connections that sent a request head and one byte of a 100 kB body, and then nothing."""
+    port = int(url.rsplit(":", 1)[1])
+    head = (b"POST /v1/identify HTTP/1.1\r\nHost: t\r\nContent-Type: application/octet-stream\r\n"
+            b"Content-Length: 100000\r\n\r\nx")
+    slow = [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
+    try:
+        for s in slow:
+            s.sendall(head)
+        time.sleep(0.3)  # the server has read every head
+        yield slow
+    finally:
+        for s in slow:
+            s.close()
 
 
 def _sha(data: bytes) -> str:
@@ -259,24 +275,13 @@ def test_trickling_uploads_do_not_lock_identify_out(identifier, photo_paths) -> 
     and each trickler is cut off with 408 at the upload deadline."""
     app = _app(identifier, max_concurrency=1, queue_size=2, upload_timeout_s=2.0)
     data = photo_paths[0].read_bytes()
-    head = (b"POST /v1/identify HTTP/1.1\r\nHost: t\r\nContent-Type: application/octet-stream\r\n"
-            b"Content-Length: 100000\r\n\r\nx")
-    with running(app) as url:
-        port = int(url.rsplit(":", 1)[1])
-        slow = [socket.create_connection(("127.0.0.1", port)) for _ in range(18)]
-        try:
-            for s in slow:
-                s.sendall(head)
-            time.sleep(0.3)
-            with httpx.Client(base_url=url, timeout=60) as c:
-                r = c.post("/v1/identify", content=data, headers={"content-type": "application/octet-stream"})
-            assert r.status_code == 200, r.text
-            slow[0].settimeout(15)
-            status_line = slow[0].recv(4096).split(b"\r\n")[0]
-            assert b" 408 " in status_line, status_line
-        finally:
-            for s in slow:
-                s.close()
+    with running(app) as url, trickling(url, 18) as slow:
+        with httpx.Client(base_url=url, timeout=60) as c:
+            r = c.post("/v1/identify", content=data, headers={"content-type": "application/octet-stream"})
+        assert r.status_code == 200, r.text
+        slow[0].settimeout(15)
+        status_line = slow[0].recv(4096).split(b"\r\n")[0]
+        assert b" 408 " in status_line, status_line
 
 
 def test_connections_all_inside_requests_get_a_json_503_and_bad_requests_a_json_400(identifier) -> None:
@@ -284,23 +289,13 @@ def test_connections_all_inside_requests_get_a_json_503_and_bad_requests_a_json_
     in the documented shape; a malformed request is answered in that shape too."""
     from id2_plugin.adapters._http_connections import bounded_protocol
 
-    head = (b"POST /v1/identify HTTP/1.1\r\nHost: t\r\nContent-Type: application/octet-stream\r\n"
-            b"Content-Length: 100000\r\n\r\nx")
     protocol = bounded_protocol(head_timeout_s=30, max_connections=3)
     with running(_app(identifier, upload_timeout_s=30.0), http=protocol) as url:
+        with trickling(url, 3), httpx.Client(base_url=url, timeout=60) as c:
+            r = c.get("/healthz")
+        assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+        assert "retry later" in r.json()["detail"]
         port = int(url.rsplit(":", 1)[1])
-        busy = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
-        try:
-            for s in busy:
-                s.sendall(head)
-            time.sleep(0.3)
-            with httpx.Client(base_url=url, timeout=60) as c:
-                r = c.get("/healthz")
-            assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
-            assert "retry later" in r.json()["detail"]
-        finally:
-            for s in busy:
-                s.close()
         with socket.create_connection(("127.0.0.1", port)) as s:
             s.settimeout(30)
             s.sendall(b"GET /healthz HTTP/1.1\r\nHost t\r\n\r\n")
