@@ -10,12 +10,20 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+from starlette.responses import JSONResponse
 
 
 class ErrorBody(BaseModel):
     """Every error answer (4xx, 5xx), including request validation: one line saying what went wrong."""
 
     detail: str = Field(description="What went wrong; server paths are cut to '.../name' unless serve.expose_paths")
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """An :class:`ErrorBody` answer; a 503 always says when to retry (``Retry-After``)."""
+    if status == 503:
+        headers = {"Retry-After": "1", **(headers or {})}
+    return JSONResponse({"detail": message}, status_code=status, headers=headers)
 
 
 class MatchBody(BaseModel):
@@ -100,8 +108,8 @@ _WHY = {
     408: "The body did not arrive within serve.upload_timeout_s",
     413: "The body exceeds serve.max_upload_bytes (declared or streamed)",
     422: "Invalid request: not a usable image, a missing or empty upload field, or a query parameter out of range",
-    503: "The model is still loading, the reference store is unavailable, or all workers and queue slots "
-         "(or upload slots) are taken; retry after Retry-After",
+    503: "The model is still loading, the reference store is unavailable, all workers and queue slots "
+         "(or upload slots) are taken, or every connection is inside a request; retry after Retry-After",
     504: "Not answered within serve.request_timeout_s",
 }
 _RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying (when the server is busy)",

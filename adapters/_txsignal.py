@@ -99,8 +99,13 @@ def _versioned(signal: str, name: str) -> tuple[str, tuple[str, str] | None]:
 def _split(signal: str, name: str) -> tuple[str, str] | None:
     """``name:2:digest:body`` -> ``(digest, body)``; None when the string does not start with ``name:``."""
     parts = signal.split(":")
-    if parts[0] != name:
+    if parts[0].lower() != name:
         return None
+    if parts[0] != name:
+        # base64url is case-sensitive: a case-changed payload decodes into another vector, so refuse it by name
+        raise ValueError(f"{name} signal starts with {parts[0]!r}, not {name!r}: its case was changed (by a tool "
+                         "that upper-cases hashes?), which also changes its case-sensitive base64url payload; "
+                         "store and send the signal exactly as it was hashed")
     if len(parts) != 4:
         raise ValueError(f"{name} signal must look like {name}:{VERSION}:<digest>:<payload>")
     if parts[1] != str(VERSION):

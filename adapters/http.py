@@ -23,7 +23,9 @@ thread pool of ``serve.max_concurrency`` workers; at most ``serve.queue_size`` m
 worker, and admission happens before the body is read, so at most ``max_concurrency + queue_size``
 bodies are in memory. Beyond that a request gets 503 with ``Retry-After`` at once. A request that has not
 finished within ``serve.request_timeout_s`` (queueing included) gets 504; its worker slot is released only
-when the abandoned computation actually ends, so timeouts cannot pile up threads.
+when the abandoned computation actually ends, so timeouts cannot pile up threads, and a batch given up
+stops between its batches. Connections are bounded apart (:mod:`._http_connections`): a request head has
+``serve.upload_timeout_s`` to arrive, and idle connections make room for new ones.
 
 **One writer.** Reference writes are serialised in-process by a lock (the store additionally takes its
 file lock, which serialises writers across processes).
@@ -39,6 +41,7 @@ import asyncio
 import dataclasses
 import functools
 import hmac
+import itertools
 import json
 import os
 import re
@@ -51,11 +54,11 @@ from typing import Any, TypeVar
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi_offline import FastAPIOffline
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPBearer
+from fastapi_offline import FastAPIOffline
 from starlette.datastructures import UploadFile
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from id2_plugin.config import Config, ServeConfig
 from id2_plugin.errors import ConfigError, Id2Error, MediaError, StoreError
@@ -63,13 +66,16 @@ from id2_plugin.identify import Identifier
 from id2_plugin.pipeline import Pipeline, Upload
 
 from . import _http_schema as S
+from ._http_admission import Capacity, LimitsMiddleware
+from ._http_connections import bounded_protocol
+from ._http_schema import error_response
 
 __all__ = ["build_identifier", "create_app", "serve", "token_from_env"]
 
 T = TypeVar("T")
 
-#: Paths whose requests do model work: admitted against the concurrency + queue budget.
-_HEAVY = {("POST", "/v1/identify"), ("POST", "/v1/identify/batch"), ("POST", "/v1/references"), ("POST", "/v1/explain")}
+#: connections beyond the request budgets: /healthz, /v1/info, /docs and idle keep-alive ones
+_CONNECTION_HEADROOM = 64
 
 _IMAGE_BODY = {
     "content": {
@@ -121,137 +127,6 @@ _REFERENCES_BODY = {
 _BEARER = HTTPBearer(auto_error=False, description="serve.token (or $ID2_SERVE_TOKEN)")
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": message}, status_code=status, headers=headers)
-
-
-class _Capacity:
-    """Admission control: ``running + waiting <= max_concurrency + queue_size``, counted per request."""
-
-    def __init__(self, max_concurrency: int, queue_size: int) -> None:
-        self.limit = max_concurrency + queue_size
-        self.inflight = 0
-        self._lock = threading.Lock()
-
-    def try_enter(self) -> bool:
-        with self._lock:
-            if self.inflight >= self.limit:
-                return False
-            self.inflight += 1
-            return True
-
-    def leave(self) -> None:
-        with self._lock:
-            self.inflight -= 1
-
-
-class _Rejected(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        self.status, self.message = status, message
-
-
-class _LimitsMiddleware:
-    """Pure ASGI middleware: the size limit (413), then the whole body under its own deadline (408) in a
-    bounded upload phase, and only then admission to the model's queue (503).
-
-    Reading the body before admission means a client that trickles its upload holds an upload slot for at
-    most ``upload_timeout_s``, never a worker or queue slot: slow clients cannot lock identify out.
-    """
-
-    def __init__(self, app: ASGIApp, capacity: _Capacity, cfg: ServeConfig) -> None:
-        self.app = app
-        self.capacity = capacity
-        self.max_bytes = cfg.max_upload_bytes
-        self.upload_timeout_s = cfg.upload_timeout_s
-        self.uploads = _Capacity(cfg.max_uploads, 0)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        heavy = (scope["method"], scope["path"].rstrip("/")) in _HEAVY
-        try:
-            self._check_declared_size(scope)
-            if not heavy:
-                await self.app(scope, self._counted(receive), send)
-                return
-            body = await self._upload(receive)
-        except _Rejected as exc:
-            await _error(exc.status, exc.message, {"Retry-After": "1"} if exc.status == 503 else None)(scope, receive, send)
-            return
-        if not self.capacity.try_enter():
-            await _error(503, "server busy: all workers and queue slots are taken; retry later",
-                         {"Retry-After": "1"})(scope, receive, send)
-            return
-        try:
-            await self.app(scope, _replay(body, receive), send)
-        finally:
-            self.capacity.leave()
-
-    def _check_declared_size(self, scope: Scope) -> None:
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is None:
-            return
-        try:
-            too_big = int(declared) > self.max_bytes
-        except ValueError:
-            raise _Rejected(400, "invalid Content-Length header") from None
-        if too_big:
-            raise _Rejected(413, f"upload exceeds the {self.max_bytes}-byte limit (serve.max_upload_bytes)")
-
-    async def _upload(self, receive: Receive) -> bytes:
-        """The whole body, within the byte budget and the upload deadline, holding one upload slot."""
-        if not self.uploads.try_enter():
-            raise _Rejected(503, "server busy: too many uploads in progress (serve.max_uploads); retry later")
-        try:
-            return await asyncio.wait_for(self._read_all(receive), timeout=self.upload_timeout_s)
-        except asyncio.TimeoutError:
-            raise _Rejected(408, f"upload too slow: the body did not arrive within {self.upload_timeout_s:g} s "
-                                 "(serve.upload_timeout_s)") from None
-        finally:
-            self.uploads.leave()
-
-    async def _read_all(self, receive: Receive) -> bytes:
-        chunks, received = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _Rejected(400, "client disconnected during the upload")
-            body = message.get("body", b"")
-            received += len(body)
-            if received > self.max_bytes:
-                raise _Rejected(413, f"upload exceeds the {self.max_bytes}-byte limit (serve.max_upload_bytes)")
-            chunks.append(body)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
-
-    def _counted(self, receive: Receive) -> Receive:
-        received = 0
-
-        async def counted_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise HTTPException(413, f"upload exceeds the {self.max_bytes}-byte limit (serve.max_upload_bytes)")
-            return message
-
-        return counted_receive
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """A receive that hands the app the buffered body once, then the real channel (for disconnects)."""
-    sent = False
-
-    async def replayed() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replayed
 
 
 class _Service:
@@ -275,8 +150,13 @@ class _Service:
         """The monotonic time by which a request arriving now must be answered."""
         return time.monotonic() + self.cfg.request_timeout_s
 
-    async def run(self, fn: Callable[..., T], *args: Any, deadline: float) -> T:
-        """Run ``fn`` on a worker once one is free; 504 when ``deadline`` (monotonic) passes first."""
+    async def run(self, fn: Callable[..., T], *args: Any, deadline: float,
+                  abandon: Callable[[], None] | None = None) -> T:
+        """Run ``fn`` on a worker once one is free; 504 when ``deadline`` (monotonic) passes first.
+
+        ``abandon`` is called when the request is given up (504 or client gone) while ``fn`` still runs,
+        so that work nobody will read can stop early.
+        """
         waiting = asyncio.ensure_future(self.slots.acquire())
         try:
             await asyncio.wait_for(asyncio.shield(waiting), timeout=max(deadline - time.monotonic(), 0.0))
@@ -306,6 +186,8 @@ class _Service:
                 # A thread cannot be interrupted: its worker slot stays taken until it really ends.
                 handed_off = True
                 fut.add_done_callback(release)
+                if abandon is not None:
+                    abandon()
             if isinstance(exc, asyncio.CancelledError):
                 raise
             raise HTTPException(504, "request timed out (serve.request_timeout_s)") from None
@@ -381,10 +263,17 @@ def _report_json(pipeline: Pipeline, data: bytes, name: str, expose_paths: bool,
     return _public_report(pipeline.identify(data, k=k), name, expose_paths)
 
 
-def _batch_json(pipeline: Pipeline, uploads: list[tuple[str, bytes]], expose_paths: bool, k: int | None) -> dict[str, Any]:
-    reports = pipeline.identify_many([data for _, data in uploads], k=k)
-    return {"results": [{"query": name, "error": f"not a usable image: {r}"} if isinstance(r, MediaError)
-                        else _public_report(r, name, expose_paths) for (name, _), r in zip(uploads, reports)]}
+def _batch_json(pipeline: Pipeline, uploads: list[tuple[str, bytes]], expose_paths: bool, k: int | None,
+                stop: threading.Event) -> dict[str, Any]:
+    """One report (or error) per upload; stops between batches once ``stop`` is set (the request was given up)."""
+    media = itertools.takewhile(lambda _: not stop.is_set(), (data for _, data in uploads))
+    results = []
+    for (name, _), r in zip(uploads, pipeline.identify_iter(media, k=k)):
+        if stop.is_set():
+            break
+        results.append({"query": name, "error": f"not a usable image: {r}"} if isinstance(r, MediaError)
+                       else _public_report(r, name, expose_paths))
+    return {"results": results}
 
 
 def _public_report(report: Any, name: str, expose_paths: bool) -> dict[str, Any]:
@@ -424,7 +313,7 @@ def create_app(
     """
     cfg = serve_config or ServeConfig()
     _check_serve_config(cfg)
-    capacity = _Capacity(cfg.max_concurrency, cfg.queue_size)
+    capacity = Capacity(cfg.max_concurrency, cfg.queue_size)
     holder: dict[str, _Service] = {}
 
     @asynccontextmanager
@@ -450,7 +339,8 @@ def create_app(
         description="Find the original of an AI-edited or degraded image in a reference store (ID2).",
         lifespan=lifespan,
     )
-    app.add_middleware(_LimitsMiddleware, capacity=capacity, cfg=cfg)
+    app.add_middleware(LimitsMiddleware, capacity=capacity, cfg=cfg)
+    app.state.serve_config = cfg  # what server_options() needs to run this app as serve() does
 
     def service() -> _Service:
         svc = holder.get("service")
@@ -480,19 +370,23 @@ def _add_error_handlers(app: FastAPI, cfg: ServeConfig) -> None:
 
     @app.exception_handler(MediaError)
     async def _media_error(_: Request, exc: MediaError) -> JSONResponse:
-        return _error(422, f"not a usable image: {said(exc)}")
+        return error_response(422, f"not a usable image: {said(exc)}")
 
     @app.exception_handler(StoreError)
     async def _store_error(_: Request, exc: StoreError) -> JSONResponse:
-        return _error(503, f"reference store unavailable: {said(exc)}")
+        return error_response(503, f"reference store unavailable: {said(exc)}")
 
     @app.exception_handler(Id2Error)
     async def _id2_error(_: Request, exc: Id2Error) -> JSONResponse:
-        return _error(500, said(exc))
+        return error_response(500, said(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail), dict(exc.headers or {}))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error(422, f"invalid request: {_validation_summary(exc)}")
+        return error_response(422, f"invalid request: {_validation_summary(exc)}")
 
 
 def _validation_summary(exc: RequestValidationError) -> str:
@@ -505,7 +399,7 @@ def _validation_summary(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-def _add_read_routes(app: FastAPI, service: Callable[[], _Service], capacity: _Capacity) -> None:
+def _add_read_routes(app: FastAPI, service: Callable[[], _Service], capacity: Capacity) -> None:
     """``/healthz``, ``/v1/info`` and ``/v1/identify``: open to every client."""
 
     @app.get("/healthz", summary="Liveness: 200 once the model is loaded", response_model=None,
@@ -539,10 +433,10 @@ def _add_read_routes(app: FastAPI, service: Callable[[], _Service], capacity: _C
     async def identify_batch(request: Request, k: int | None = Query(None, ge=1, le=1000, description="Matches per image")) -> dict[str, Any]:
         svc = service()
         deadline = svc.deadline()
-        uploads, _ = await _read_uploads(request, many=True)
-        if not all(data for _, data in uploads):
-            raise HTTPException(422, "empty upload: every 'file' needs the image bytes")
-        return await svc.run(_batch_json, svc.pipeline, uploads, svc.cfg.expose_paths, k, deadline=deadline)
+        uploads, _ = await _read_uploads(request, many=True)  # an empty part is reported in its own item
+        stop = threading.Event()
+        return await svc.run(_batch_json, svc.pipeline, uploads, svc.cfg.expose_paths, k, stop, deadline=deadline,
+                             abandon=stop.set)
 
     @app.post("/v1/explain", summary="Explain the match of two uploaded images (scores, similarity map, SIFT)",
               openapi_extra={"requestBody": _EXPLAIN_BODY}, response_class=Response,
@@ -556,7 +450,7 @@ def _add_read_routes(app: FastAPI, service: Callable[[], _Service], capacity: _C
         return Response(body, media_type=media_type)
 
 
-def _info_json(svc: _Service, store_info: Any, capacity: _Capacity) -> dict[str, Any]:
+def _info_json(svc: _Service, store_info: Any, capacity: Capacity) -> dict[str, Any]:
     from id2_plugin import __version__
 
     p, cfg = svc.pipeline, svc.cfg
@@ -636,10 +530,7 @@ def build_identifier(cfg: Config, *, create_store: bool = False) -> Identifier:
 
 
 def _as_pipeline(built: Pipeline | Identifier) -> Pipeline:
-    if isinstance(built, Pipeline):
-        return built
-    ctx = built.context
-    return Pipeline(ctx.embedder, ctx.store, k=ctx.k, threshold=ctx.threshold, rotations=ctx.rotations, mirror=ctx.mirror)
+    return built if isinstance(built, Pipeline) else Pipeline.around(built)
 
 
 def serve(
@@ -653,15 +544,23 @@ def serve(
 
     cfg = serve_config or ServeConfig()
     app = create_app(identifier_or_factory, cfg)
-    # uvicorn's own connection cap is the last line of defence; the app's admission control answers first.
-    uvicorn.run(
-        app,
-        host=cfg.host,
-        port=cfg.port,
-        log_level=log_level,
-        limit_concurrency=cfg.max_concurrency + cfg.queue_size + 32,
-        timeout_keep_alive=5,
-    )
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=log_level, **server_options(cfg))
+
+
+def server_options(cfg: ServeConfig) -> dict[str, Any]:
+    """uvicorn's settings for ``cfg``: the connection budget in place of uvicorn's ``limit_concurrency``,
+    which counts idle connections."""
+    return {
+        "http": bounded_protocol(head_timeout_s=cfg.upload_timeout_s, max_connections=max_connections(cfg)),
+        "limit_concurrency": None,
+        "timeout_keep_alive": 5,
+    }
+
+
+def max_connections(cfg: ServeConfig) -> int:
+    """Connections kept open: every request the budgets can hold (uploads, workers, queue) plus headroom
+    for the cheap reads and idle keep-alive connections (closed first when the budget is reached)."""
+    return cfg.max_uploads + cfg.max_concurrency + cfg.queue_size + _CONNECTION_HEADROOM
 
 
 def token_from_env(cfg: ServeConfig) -> ServeConfig:

@@ -217,10 +217,17 @@ class _ID2SignalBase(SignalType):
         _check_versioned(cls.get_name(), parsed)
         emb = cls.embedder()
         digest = _txsignal.identity_digest(emb.identity)
-        if parsed.digest != digest or parsed.dim != emb.dim:
+        if parsed.digest != digest:
             raise SignalIdentityError(
                 f"{cls.get_name()} signal was made by embedder {parsed.digest} ({parsed.dim}-d); this process uses "
                 f"{digest} ({emb.dim}-d, {emb.identity}): re-hash the content with this embedder",
+                "other embedder",
+            )
+        if parsed.dim != emb.dim:
+            # Same digest, other length: the digest was copied onto another embedding, or the payload was cut.
+            raise SignalIdentityError(
+                f"{cls.get_name()} signal names this process's embedder ({digest}) but holds {parsed.dim} values where "
+                f"it makes {emb.dim}: the payload was truncated or altered; re-hash the content with this embedder",
                 "other embedder",
             )
 
@@ -464,7 +471,9 @@ def parse_video_signal(signal_str: str) -> list[tuple[float, int, np.ndarray]]:
 
 
 def warm_up(app: t.Any = None) -> dict[str, t.Any]:
-    """Build the embedder and run one forward pass now; ``APP_HOOK = warm_up`` in OMM's config.
+    """Build the embedder and run one forward pass now; call it from OMM's ``APP_HOOK`` beside OMM's own
+    ``on_flask_ready`` (README, "OpenMediaMatch"), with ``dictConfig(..., disable_existing_loggers=False)``
+    so that its "id2 ready" line is logged.
 
     The first hash otherwise pays the model load (5-20 s) inside a request, close to gunicorn's 30 s
     worker timeout. ``app`` (the Flask app OMM passes to its hook) is not used. Returns what an operator

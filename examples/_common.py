@@ -8,11 +8,19 @@ module by name (``from _common import ...``); it is not part of the installed pa
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 SHARED = Path(os.environ.get("ID2_SHARED_DIR", Path(__file__).resolve().parent.parent.parent / "shared"))
 
 
 def shared_photos(n: int) -> list[Path]:
-    """The first ``n`` of ../shared/data/photos, sorted by name so every run uses the same ones."""
-    return sorted((SHARED / "data" / "photos").glob("*.jpg"))[:n]
+    """The first ``n`` of ../shared/data/photos, sorted by name so every run uses the same ones; exits with
+    one ``error:`` line naming ``ID2_SHARED_DIR`` when there are fewer."""
+    folder = SHARED / "data" / "photos"
+    photos = sorted(folder.glob("*.jpg"))[:n]
+    if len(photos) < n:
+        print(f"error: this example needs {n} JPEG photos in {folder} and found {len(photos)}; set ID2_SHARED_DIR "
+              "to the folder holding data/photos/*.jpg (the project's ../shared by default)", file=sys.stderr)
+        raise SystemExit(2)
+    return photos

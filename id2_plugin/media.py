@@ -37,6 +37,11 @@ DEFAULT_MAX_PIXELS = 64_000_000
 #: The largest ``max_pixels`` that means anything: the decoder turns Pillow's DecompressionBombWarning (at
 #: ``Image.MAX_IMAGE_PIXELS``) into an error, so a higher limit would be silently ignored.
 PILLOW_MAX_PIXELS = int(Image.MAX_IMAGE_PIXELS or 2**31 - 1)
+#: Longest side over shortest side: decoding costs memory per row and per column besides per pixel (Pillow
+#: keeps a pointer per row and whole-row filter buffers), so a 1 x 60,000,000 PNG of 117 KB, under the
+#: pixel limit, peaked at 1.9 GB; at 100:1 a 64 MP image is at most 80,000 px long. Long screenshots
+#: (1:30) and panoramas (1:12) fit; nothing squashed from 100:1 to a square is a photo's likeness anyway.
+DEFAULT_MAX_ASPECT_RATIO = 100
 #: Refuse to read files larger than this many bytes (a compressed bomb still costs I/O).
 DEFAULT_MAX_BYTES = 100 * 1024 * 1024
 
@@ -55,6 +60,8 @@ class MediaLimits:
     unletterbox: bool = True
     #: per-channel difference (0-255) still counted as the border colour (JPEG / video noise)
     border_tolerance: int = BorderTrim.tolerance
+    #: refuse images whose longest side exceeds this many times the shortest, before decoding them
+    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO
 
     @classmethod
     def from_config(cls, media: Any) -> MediaLimits:
@@ -74,6 +81,15 @@ def describe(source: Any) -> str:
         return f"<array {source.dtype} {source.shape}>"
     name = getattr(source, "name", None)
     return str(name) if isinstance(name, str) else f"<{type(source).__name__}>"
+
+
+def _check_size(width: int, height: int, label: str, limits: MediaLimits, why: str = "") -> None:
+    """Refuse, before any pixel is decoded, sizes whose decoding cost the limits do not allow."""
+    if width * height > limits.max_pixels:
+        raise MediaError(f"{width}x{height} exceeds the {limits.max_pixels}-pixel limit{why}", label)
+    if max(width, height) > limits.max_aspect_ratio * max(min(width, height), 1):
+        raise MediaError(f"{width}x{height}: the long side is more than {limits.max_aspect_ratio:g} times the short "
+                         f"one (the aspect-ratio limit){why}", label)
 
 
 def _read_bytes(source: Any, limits: MediaLimits) -> bytes:
@@ -118,8 +134,7 @@ def _array_to_rgb(arr: np.ndarray, label: str, limits: MediaLimits) -> np.ndarra
         raise MediaError(f"array must be HxW, HxWx1, HxWx3 or HxWx4, got shape {arr.shape}", label)
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise MediaError("array has zero size", label)
-    if arr.shape[0] * arr.shape[1] > limits.max_pixels:
-        raise MediaError(f"{arr.shape[1]}x{arr.shape[0]} exceeds the {limits.max_pixels}-pixel limit", label)
+    _check_size(arr.shape[1], arr.shape[0], label, limits)
     if arr.dtype == np.bool_:
         arr = arr.astype(np.uint8) * 255
     elif arr.dtype == np.uint16:
@@ -139,8 +154,7 @@ def _array_to_rgb(arr: np.ndarray, label: str, limits: MediaLimits) -> np.ndarra
 
 
 def _pil_to_rgb(img: Image.Image, label: str, limits: MediaLimits) -> Image.Image:
-    if img.width * img.height > limits.max_pixels:
-        raise MediaError(f"{img.width}x{img.height} exceeds the {limits.max_pixels}-pixel limit", label)
+    _check_size(img.width, img.height, label, limits)
     try:
         img = ImageOps.exif_transpose(img) or img
     except Exception:  # a broken EXIF block must not make the image unusable
@@ -188,12 +202,7 @@ def load_image(source: MediaLike, *, limits: MediaLimits | None = None) -> Image
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
-            if img.width * img.height > limits.max_pixels:
-                raise MediaError(
-                    f"{img.width}x{img.height} exceeds the {limits.max_pixels}-pixel limit "
-                    "(possible decompression bomb)",
-                    label,
-                )
+            _check_size(img.width, img.height, label, limits, " (possible decompression bomb)")
             if getattr(img, "n_frames", 1) > 1:
                 img.seek(0)  # animated GIF/WebP/TIFF: the first frame is the image a viewer shows first
             img.load()

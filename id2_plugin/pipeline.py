@@ -77,34 +77,47 @@ class Pipeline:
         limits: MediaLimits | None = None,
         batch_size: int | str | None = None,
     ) -> None:
-        self.embedder = embedder
-        self.store = store
-        self.k = k
-        self.threshold = threshold
-        self.limits = limits or MediaLimits()
-        self.decision = decision
-        self.identifier = Identifier(embedder, store, k=k, threshold=threshold, rotations=rotations, mirror=mirror,
-                                     windows=windows, decision=decision, batch_size=batch_size)
-        #: the batch size of every bulk use case (an int, or ``auto``: tuned on the first batches, then kept)
-        self.batching = self.identifier.batching
+        self._attach(Identifier(embedder, store, k=k, threshold=threshold, rotations=rotations, mirror=mirror,
+                                windows=windows, decision=decision, batch_size=batch_size), limits)
 
     @classmethod
     def from_config(cls, cfg: Config, *, create_store: bool = False) -> Pipeline:
         """Build the embedder and open (``create_store``: create if missing) the configured store.
 
-        An existing store is opened first: a wrong path fails at once, not after the model has loaded.
+        An existing store is opened first: a wrong path fails at once, not after the model has loaded. It is
+        then reopened with the embedder's identity and dimension, which checks them and lets this pipeline
+        add references (a store opened without an identity is read-only).
         """
-        if create_store:  # a new store needs the embedder's identity and dimension
-            embedder = embedder_from_config(cfg)
-            store = open_store(cfg.store, embedder_identity=embedder.identity, dim=embedder.dim, create=True)
-        else:
-            store = open_store(cfg.store, embedder_identity=None, dim=None, create=False)
-            try:
-                embedder = embedder_from_config(cfg)
-            except BaseException:
-                store.close()
-                raise
-        return cls(embedder, store, **match_options(cfg.match, embedder), limits=cfg.media.limits(), batch_size=cfg.embedder.batch_size)
+        if not create_store:
+            open_store(cfg.store, embedder_identity=None, dim=None, create=False).close()
+        embedder = embedder_from_config(cfg)
+        store = open_store(cfg.store, embedder_identity=embedder.identity, dim=embedder.dim, create=create_store)
+        try:
+            return cls(embedder, store, **match_options(cfg.match, embedder), limits=cfg.media.limits(),
+                       batch_size=cfg.embedder.batch_size)
+        except BaseException:
+            store.close()
+            raise
+
+    @classmethod
+    def around(cls, identifier: Identifier, *, limits: MediaLimits | None = None) -> Pipeline:
+        """The pipeline of a ready :class:`Identifier`: the same object, so every setting it was built with
+        (windows, rotations, batching) holds; ``limits`` default to those the embedder decodes with."""
+        pipeline = cls.__new__(cls)
+        pipeline._attach(identifier, limits or getattr(identifier.context.embedder, "limits", None))
+        return pipeline
+
+    def _attach(self, identifier: Identifier, limits: MediaLimits | None) -> None:
+        ctx = identifier.context
+        self.embedder = ctx.embedder
+        self.store = ctx.store
+        self.k = ctx.k
+        self.threshold = ctx.threshold
+        self.decision = ctx.decision
+        self.limits = limits or MediaLimits()
+        self.identifier = identifier
+        #: the batch size of every bulk use case (an int, or ``auto``: tuned on the first batches, then kept)
+        self.batching = identifier.batching
 
     def __enter__(self) -> Pipeline:
         return self

@@ -106,6 +106,19 @@ def test_decompression_bomb_refused() -> None:
         load_image(_encode(Image.new("RGB", (100, 100)), "PNG"), limits=MediaLimits(max_pixels=5000))
 
 
+def test_extreme_aspect_ratios_refused_before_decoding() -> None:
+    """A long side over 100 times the short one is refused whatever the input kind; 100:1 itself decodes."""
+    assert load_image(_encode(Image.new("RGB", (3000, 30)), "PNG")).size == (3000, 30)
+    for size in ((3030, 30), (30, 3030)):
+        with pytest.raises(MediaError, match="aspect-ratio limit"):
+            load_image(_encode(Image.new("RGB", size), "PNG"))
+        with pytest.raises(MediaError, match="aspect-ratio limit"):
+            load_image(Image.new("RGB", size))
+        with pytest.raises(MediaError, match="aspect-ratio limit"):
+            load_image(np.zeros((size[1], size[0], 3), np.uint8))
+    assert load_image(_encode(Image.new("RGB", (3030, 30)), "PNG"), limits=MediaLimits(max_aspect_ratio=200))
+
+
 def test_bad_inputs(tmp_path: Path, photo: Path) -> None:
     data = photo.read_bytes()
     cases = {

@@ -96,14 +96,17 @@ def test_arrays_of_any_shape_and_dtype(data: st.DataObject) -> None:
 
 
 @BOUNDED
-@given(st.integers(1, 3000), st.integers(1, 3000), st.integers(1, 5_000_000))
-def test_pixel_limits(width: int, height: int, max_pixels: int) -> None:
+@given(st.integers(1, 3000), st.integers(1, 3000), st.integers(1, 5_000_000), st.integers(1, 400))
+def test_size_limits(width: int, height: int, max_pixels: int, max_aspect: int) -> None:
+    """Refused exactly when over the pixel limit or the aspect-ratio limit."""
+    limits = MediaLimits(max_pixels=max_pixels, max_aspect_ratio=max_aspect)
+    allowed = width * height <= max_pixels and max(width, height) <= max_aspect * min(width, height)
     try:
-        arr = to_rgb_array(np.zeros((height, width, 3), np.uint8), limits=MediaLimits(max_pixels=max_pixels))
+        arr = to_rgb_array(np.zeros((height, width, 3), np.uint8), limits=limits)
     except MediaError:
-        assert width * height > max_pixels
+        assert not allowed
         return
-    assert arr.shape == (height, width, 3) and width * height <= max_pixels
+    assert arr.shape == (height, width, 3) and allowed
 
 
 @pytest.mark.parametrize("source", [None, 3, "", Path("/"), object(), io.StringIO("text"), memoryview(b"")])

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -86,3 +94,55 @@ def make_video():
 def make_frame():
     """``make_frame(path_or_bytes)`` -> 320x240 RGB frame: see :func:`frame_of`."""
     return frame_of
+
+
+CLI = Path(sys.executable).with_name("id2-plugin")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serving(args: list[str], serve_args: list[str], *, token: str, log: Path) -> Iterator[str]:
+    """``id2-plugin ARGS serve SERVE_ARGS`` as a user starts it, on 127.0.0.1 and a free port; yields its URL
+    once ``/healthz`` answers, and stops it (SIGTERM, then SIGKILL) afterwards."""
+    port = free_port()
+    cmd = [str(CLI), *args, "serve", *serve_args, "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    env = dict(os.environ, ID2_SERVE_TOKEN=token)
+    with open(log, "w") as err:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(proc, url, log)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+def _wait_healthy(proc: subprocess.Popen, url: str, log: Path) -> None:
+    deadline = time.monotonic() + 180
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"serve exited early: {log.read_text()}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail("serve did not come up within 180 s")
+        time.sleep(0.3)
+
+
+@pytest.fixture(scope="session")
+def serve_cli():
+    """``serve_cli(args, serve_args, token=..., log=...)`` -> context manager yielding the URL: see :func:`serving`."""
+    return serving

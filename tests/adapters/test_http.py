@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -31,12 +30,15 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def running(app, port: int | None = None) -> Iterator[str]:
-    """Run ``app`` with a real uvicorn server in a thread; yields the base URL."""
+def running(app, port: int | None = None, **uvicorn_options: object) -> Iterator[str]:
+    """Run ``app`` with a real uvicorn server in a thread, set up as ``serve`` sets it up; yields the base URL."""
     import uvicorn
+    from id2_plugin.adapters.http import server_options
 
     port = port or _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    options = {**server_options(app.state.serve_config), **uvicorn_options}
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
+                                           **options))  # type: ignore[arg-type]
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -49,6 +51,23 @@ def running(app, port: int | None = None) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@contextlib.contextmanager
+def trickling(url: str, n: int) -> Iterator[list[socket.socket]]:
+    """``n`` connections that sent a request head and one byte of a 100 kB body, and then nothing."""
+    port = int(url.rsplit(":", 1)[1])
+    head = (b"POST /v1/identify HTTP/1.1\r\nHost: t\r\nContent-Type: application/octet-stream\r\n"
+            b"Content-Length: 100000\r\n\r\nx")
+    slow = [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
+    try:
+        for s in slow:
+            s.sendall(head)
+        time.sleep(0.3)  # the server has read every head
+        yield slow
+    finally:
+        for s in slow:
+            s.close()
 
 
 def _sha(data: bytes) -> str:
@@ -107,6 +126,21 @@ def test_add_references_then_identify_edited_copies(identifier, photo_paths, edi
         schema = client.get("/openapi.json").json()
         assert {"/v1/identify", "/v1/references", "/v1/references/{key}", "/healthz", "/v1/info"} <= set(schema["paths"])
         assert "multipart/form-data" in schema["paths"]["/v1/identify"]["post"]["requestBody"]["content"]
+
+
+def test_a_served_identifier_keeps_its_match_settings(small_embedder, photo_paths, tmp_path: Path) -> None:
+    """match.windows holds when the app is given an Identifier: with ``off`` an unmatched query gets no
+    second look at its windows, with ``auto`` it does."""
+    from id2_plugin.pipeline import Pipeline
+
+    store = FaissStore(tmp_path / "store", embedder_identity=small_embedder.identity, dim=small_embedder.dim, create=True)
+    Pipeline(small_embedder, store).add_files([photo_paths[0]])
+    for windows in ("off", "auto"):
+        served = Identifier(small_embedder, store, k=3, threshold=0.99, windows=windows)
+        with running(_app(served)) as url, httpx.Client(base_url=url, timeout=60) as client:
+            report = client.post("/v1/identify", content=photo_paths[40].read_bytes()).json()
+        assert report["decision"] == "no_match"
+        assert ("windows" in report["timings_ms"]) is (windows == "auto"), (windows, report["timings_ms"])
 
 
 def test_bad_media_gets_a_clear_422(identifier) -> None:
@@ -194,11 +228,11 @@ def test_writes_need_the_token_and_are_off_without_one(identifier, photo_paths) 
 
 
 def test_full_queue_gets_503_and_timeouts_504(identifier, photo_paths) -> None:
-    from id2_plugin.adapters import http as http_mod
+    from id2_plugin.adapters._http_admission import LimitsMiddleware
 
     data = photo_paths[0].read_bytes()
     app = _app(identifier, max_concurrency=1, queue_size=1)
-    capacity = next(m.kwargs["capacity"] for m in app.user_middleware if m.cls is http_mod._LimitsMiddleware)
+    capacity = next(m.kwargs["capacity"] for m in app.user_middleware if m.cls is LimitsMiddleware)
     with running(app) as url, httpx.Client(base_url=url, timeout=60) as client:
         assert capacity.try_enter() and capacity.try_enter()  # two requests' worth: workers + queue taken
         try:
@@ -220,29 +254,55 @@ def test_full_queue_gets_503_and_timeouts_504(identifier, photo_paths) -> None:
         assert client.post("/v1/identify", content=data).status_code == 200
 
 
+def test_a_batch_given_up_at_its_deadline_stops_computing(identifier, photo_paths, monkeypatch) -> None:
+    """A batch answered 504 stops between batches instead of decoding and embedding every image for nobody."""
+    embedder = identifier.context.embedder
+    decoded = []
+    normalise = embedder.normalise
+    monkeypatch.setattr(embedder, "normalise", lambda media: (decoded.append(1), normalise(media))[1])
+    files = [("file", (f"{i}.jpg", photo_paths[i % 8].read_bytes(), "image/jpeg")) for i in range(300)]
+    with running(_app(identifier, max_concurrency=1, queue_size=0, request_timeout_s=0.5)) as url:
+        with httpx.Client(base_url=url, timeout=120) as client:
+            assert client.post("/v1/identify/batch", files=files).status_code == 504
+    deadline = time.monotonic() + 300  # the abandoned computation ends, however far it goes
+    while any(t.name.startswith("id2-http") for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert 0 < len(decoded) < len(files)
+
+
 def test_trickling_uploads_do_not_lock_identify_out(identifier, photo_paths) -> None:
     """18 clients sending a body byte by byte hold no worker or queue slot (3 here): identify still answers,
     and each trickler is cut off with 408 at the upload deadline."""
     app = _app(identifier, max_concurrency=1, queue_size=2, upload_timeout_s=2.0)
     data = photo_paths[0].read_bytes()
-    head = (b"POST /v1/identify HTTP/1.1\r\nHost: t\r\nContent-Type: application/octet-stream\r\n"
-            b"Content-Length: 100000\r\n\r\nx")
-    with running(app) as url:
+    with running(app) as url, trickling(url, 18) as slow:
+        with httpx.Client(base_url=url, timeout=60) as c:
+            r = c.post("/v1/identify", content=data, headers={"content-type": "application/octet-stream"})
+        assert r.status_code == 200, r.text
+        slow[0].settimeout(15)
+        status_line = slow[0].recv(4096).split(b"\r\n")[0]
+        assert b" 408 " in status_line, status_line
+
+
+def test_connections_all_inside_requests_get_a_json_503_and_bad_requests_a_json_400(identifier) -> None:
+    """3 connections allowed, all inside a request (bodies still arriving): a 4th client is told to retry
+    in the documented shape; a malformed request is answered in that shape too."""
+    from id2_plugin.adapters._http_connections import bounded_protocol
+
+    protocol = bounded_protocol(head_timeout_s=30, max_connections=3)
+    with running(_app(identifier, upload_timeout_s=30.0), http=protocol) as url:
+        with trickling(url, 3), httpx.Client(base_url=url, timeout=60) as c:
+            r = c.get("/healthz")
+        assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+        assert "retry later" in r.json()["detail"]
         port = int(url.rsplit(":", 1)[1])
-        slow = [socket.create_connection(("127.0.0.1", port)) for _ in range(18)]
-        try:
-            for s in slow:
-                s.sendall(head)
-            time.sleep(0.3)
-            with httpx.Client(base_url=url, timeout=60) as c:
-                r = c.post("/v1/identify", content=data, headers={"content-type": "application/octet-stream"})
-            assert r.status_code == 200, r.text
-            slow[0].settimeout(15)
-            status_line = slow[0].recv(4096).split(b"\r\n")[0]
-            assert b" 408 " in status_line, status_line
-        finally:
-            for s in slow:
-                s.close()
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.settimeout(30)
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost t\r\n\r\n")
+            answer = b"".join(iter(lambda: s.recv(65536), b""))  # until the server closes
+        head_part, _, body = answer.partition(b"\r\n\r\n")
+        assert b" 400 " in head_part.split(b"\r\n")[0] and b"application/json" in head_part
+        assert "detail" in json.loads(body)
 
 
 def test_load_200_requests_8_concurrent_and_no_lost_writes(identifier, photo_paths, edited_copies) -> None:
@@ -278,46 +338,24 @@ def test_load_200_requests_8_concurrent_and_no_lost_writes(identifier, photo_pat
 
 
 @pytest.mark.slow
-def test_cli_serve_subprocess(tmp_path: Path, photo_paths, edited_copies) -> None:
+def test_cli_serve_subprocess(tmp_path: Path, photo_paths, edited_copies, serve_cli) -> None:
     """``id2-plugin serve`` as a user runs it: a store created on start, filled and queried over HTTP."""
-    port = _free_port()
-    env = dict(os.environ, ID2_SERVE_TOKEN=TOKEN)
-    cmd = [sys.executable, "-m", "id2_plugin.cli", "--set", "embedder.input_size=64", "--set", "embedder.device=cpu",
-           "--set", "embedder.allow_raw_latent=true", "serve", "--store", str(tmp_path / "store"), "--create-store", "--projection", "none",
-           "--port", str(port), "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"serve exited early: {proc.stderr.read() if proc.stderr else ''}")
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("serve did not come up")
-            time.sleep(0.5)
-        with httpx.Client(base_url=url, timeout=60) as client:
-            r = client.post("/v1/references", files=[("file", (p.name, p.read_bytes())) for p in photo_paths[:3]],
-                            headers=_auth())
-            assert r.status_code == 201 and len(r.json()["added"]) == 3
-            report = client.post("/v1/identify", content=edited_copies[photo_paths[2]].read_bytes()).json()
-            assert report["is_match"] and report["best"]["sha256"] == _sha(photo_paths[2].read_bytes())
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-    assert proc.returncode is not None
-    err = proc.stderr.read() if proc.stderr else ""
+    log = tmp_path / "serve.log"
+    args = ["--set", "embedder.input_size=64", "--set", "embedder.device=cpu", "--set", "embedder.allow_raw_latent=true"]
+    serve_args = ["--store", str(tmp_path / "store"), "--create-store", "--projection", "none"]
+    with serve_cli(args, serve_args, token=TOKEN, log=log) as url, httpx.Client(base_url=url, timeout=60) as client:
+        r = client.post("/v1/references", files=[("file", (p.name, p.read_bytes())) for p in photo_paths[:3]],
+                        headers=_auth())
+        assert r.status_code == 201 and len(r.json()["added"]) == 3
+        report = client.post("/v1/identify", content=edited_copies[photo_paths[2]].read_bytes()).json()
+        assert report["is_match"] and report["best"]["sha256"] == _sha(photo_paths[2].read_bytes())
+    err = log.read_text()
     assert "serving 0 references" in err and "writes enabled" in err
 
 
 def test_explain_route_returns_scores_and_the_picture_in_memory(identifier, photo_paths, edited_copies,
                                                                 tmp_path: Path) -> None:
     import io
-    import json
 
     from PIL import Image
 

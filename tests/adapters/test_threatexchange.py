@@ -163,9 +163,13 @@ def test_the_door_refuses_other_embedders_dimensions_and_unversioned_hashes(smal
     assert exc.value.reason == "other embedder"
     with pytest.raises(SignalIdentityError, match="different embedders"):
         ID2PhotoSignal.compare_hash(mine, theirs)
-    # Right digest, wrong dimension (what used to make every index build fail).
-    with pytest.raises(SignalIdentityError, match="512-d"):
+    # Right digest, wrong dimension (what used to make every index build fail): said as such, digest once.
+    with pytest.raises(SignalIdentityError, match="holds 512 values where it makes 2048") as exc:
         ID2PhotoSignal.validate_signal_str(_photo(_unit(rng, 1, 512)[0]))
+    assert str(exc.value).count(ID2PhotoSignal.identity_digest()) == 1
+    # Upper-cased by some tool: named as a case change, not as a bad hexadecimal float16 hash.
+    with pytest.raises(ValueError, match="case was changed"):
+        ID2PhotoSignal.validate_signal_str(mine.upper())
     legacy = encode_vector(small.embed_one(photo_paths[0]))
     for call in (lambda: ID2PhotoSignal.validate_signal_str(legacy), lambda: ID2PhotoSignal.compare_hash(legacy, legacy)):
         with pytest.raises(SignalIdentityError, match="unversioned.*upgrade_legacy_signal"):

@@ -188,3 +188,36 @@ def test_configure_refuses_bad_settings_at_start_up(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="match.threshold"):
         ID2PhotoSignal.configure(config=tmp_path / "bad.yaml")
     assert ID2PhotoSignal.threshold_source() != str(tmp_path / "bad.yaml")
+
+
+def test_the_omm_example_names_what_to_set_when_the_photos_are_absent(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "openmediamatch_config.py"
+    env = dict(os.environ, ID2_SHARED_DIR=str(tmp_path))
+    run = subprocess.run([sys.executable, str(example)], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.startswith("error: ") and "ID2_SHARED_DIR" in run.stderr and "Traceback" not in run.stderr
+
+
+_OMM_LOGGING = """
+import logging.config, sys
+from id2_plugin.adapters.threatexchange import ID2PhotoSignal, warm_up
+ID2PhotoSignal.configure(config=sys.argv[1])
+logging.config.dictConfig({"version": 1, %s
+    "handlers": {"h": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr"}},
+    "root": {"level": "INFO", "handlers": ["h"]}})
+warm_up(None)
+"""
+
+
+def test_omm_style_logging_shows_the_warm_up_line_only_with_existing_loggers_kept(tmp_path: Path) -> None:
+    """What the README tells OMM operators: dictConfig after the adapter's import silences it unless
+    ``disable_existing_loggers`` is False."""
+    config = tmp_path / "id2.yaml"
+    config.write_text("embedder:\n  input_size: 64\n  device: cpu\n  projection: none\n  allow_raw_latent: true\n")
+    shown = {}
+    for keep in (False, True):
+        code = _OMM_LOGGING % ('"disable_existing_loggers": False,' if keep else "")
+        run = subprocess.run([sys.executable, "-c", code, str(config)], capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        shown[keep] = "id2 ready" in run.stderr
+    assert shown == {False: False, True: True}
