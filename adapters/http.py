@@ -252,7 +252,7 @@ def _explain_body(pipeline: Pipeline, query: bytes, reference: bytes, fmt: str) 
     """The explanation as JSON, or its picture; built in memory, never written to disk."""
     from id2_plugin.explain import explain_pair, render_explanation
 
-    expl, images = explain_pair(query, reference, pipeline.embedder, threshold=pipeline.threshold)
+    expl, images = explain_pair(query, reference, pipeline.embedder, threshold=pipeline.cosine_threshold)
     if fmt == "json":
         return json.dumps(expl.to_dict()).encode(), "application/json"
     data, _ = render_explanation(expl, images, fmt)

@@ -64,6 +64,7 @@ from threatexchange.signal_type.signal_base import BytesHasher, FileHasher, Sign
 from id2_plugin.extras import require
 from id2_plugin.config import Config, MatchConfig, default_config_path, load_config
 from id2_plugin.errors import MediaError, MissingExtraError
+from id2_plugin.identify import cosine_threshold
 
 from . import _jsoncodec, _txsignal
 from ._shared import SerialEmbedder, get_embedder, synthetic_images
@@ -306,7 +307,7 @@ def _cosine_threshold() -> tuple[float, str]:
     if path is None:
         found = default_config_path()
         if found is None:
-            return MatchConfig().threshold, "built-in default"
+            return cosine_threshold(MatchConfig(), _ID2SignalBase.embedder()), "built-in default (the shipped calibration)"
         path = found.resolve()
     return _file_threshold(path), str(path)
 
@@ -318,7 +319,7 @@ def _file_threshold(path: pathlib.Path) -> float:
     with _settings.lock:
         cached = _settings.file_threshold
     if cached is None or cached[0] != key:
-        value = load_config(path).match.threshold
+        value = cosine_threshold(load_config(path).match, _ID2SignalBase.embedder())
         logger.info("id2: match threshold %.4f (cosine) from %s", value, path)
         cached = (key, value)
         with _settings.lock:

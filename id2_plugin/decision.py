@@ -156,6 +156,9 @@ class OperatingPoint:
     #: below this whole-image score the query windows are not searched: no calibration query crossed the
     #: threshold with them from there
     window_floor: float
+    #: the fused cosine's threshold for the same target on the same negatives, for deciding on one distance
+    #: (``match.decision: cosine``, ThreatExchange / OpenMediaMatch and perception hosts)
+    cosine_threshold: float
 
     def per_query_fpr(self, n_references: int) -> float:
         """The false-match bound per unrelated query at a store of ``n_references`` (grows with the store)."""

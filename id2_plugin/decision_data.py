@@ -195,10 +195,10 @@ def fit_decision_files(cfg: Config, pairs: Sequence[str | os.PathLike], negative
     floor = window_floor(whole.score, with_w.score, first.threshold)
     final = _decisions_auto(whole, with_w, first.threshold, floor)
     positives = QueryDecisions(final.score[edit], final.reference[edit], final.correct[edit])
-    op = operating_point(final.score[d.negative], positives, target_fpr=target_fpr, confidence=confidence,
-                         n_references=d.n_references, floor=floor)
-    coef, b = fit_rows(cands, np.arange(len(cands.query)), features, l2)
     cosine, cos_threshold = _cosine_baseline(d, target_fpr, confidence)
+    op = operating_point(final.score[d.negative], positives, target_fpr=target_fpr, confidence=confidence,
+                         n_references=d.n_references, cosine_threshold=cos_threshold, floor=floor)
+    coef, b = fit_rows(cands, np.arange(len(cands.query)), features, l2)
     report = _report(d, final, op.threshold, cosine, cos_threshold)
     model = DecisionModel(tuple(features), tuple(float(c) for c in coef), b, d.embedder, op, {
         "fit": f"logistic regression, L2 {l2:g}, classes balanced; top {cands.query.size} candidate rows",

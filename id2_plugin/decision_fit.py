@@ -134,7 +134,7 @@ def window_floor(whole: np.ndarray, with_windows: np.ndarray, threshold: float, 
 
 
 def operating_point(neg_best: np.ndarray, pos: QueryDecisions, *, target_fpr: float, confidence: float,
-                    n_references: int, floor: float | None = None) -> OperatingPoint:
+                    n_references: int, cosine_threshold: float, floor: float | None = None) -> OperatingPoint:
     """The threshold with the one-sided Clopper-Pearson bound on the false-match rate per unrelated query
     at most ``target_fpr``, and what it achieves on the edits (MATCH with the right origin)."""
     cal = calibrate_threshold(pos.score[pos.correct], neg_best, target_fpr=target_fpr, confidence=confidence)
@@ -148,6 +148,7 @@ def operating_point(neg_best: np.ndarray, pos: QueryDecisions, *, target_fpr: fl
         pair_fpr_upper_bound=float(clopper_pearson_upper(false, pairs, confidence)),
         recall=float((pos.correct & (pos.score >= cal.threshold)).mean()),
         window_floor=float("-inf") if floor is None else floor,
+        cosine_threshold=float(cosine_threshold),
     )
 
 

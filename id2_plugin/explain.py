@@ -197,13 +197,13 @@ def explain_match(
     ``embedder`` reuses an already built one (else it is built from ``config.embedder``, like
     identification). ``out`` (``.png`` or ``.html``) is the only file written.
     """
-    from .identify import build_embedder
+    from .identify import build_embedder, cosine_threshold
 
     cfg = config or load_config()
     if out is not None and Path(out).suffix.lower() not in (".png", ".html"):
         raise ConfigError(f"explain output {out}: expected a .png or .html file")
     emb = embedder or build_embedder(cfg.embedder, cfg.media.limits())
-    expl, images = explain_pair(query, reference, emb, threshold=cfg.match.threshold)
+    expl, images = explain_pair(query, reference, emb, threshold=cosine_threshold(cfg.match, emb))
     if out is None:
         return expl
     from ._explain_render import write_explanation

@@ -202,12 +202,11 @@ def _notice(message: str) -> None:
         log.warning("%s", message)
 
 
-def load_decision(spec: str, embedder: ImageEmbedder) -> DecisionModel | None:
-    """``match.decision``: ``auto`` -> the shipped model when it holds for ``embedder`` (else None, with a
-    notice for a fused embedder), ``cosine`` -> None, else a model file, refused for another embedder."""
-    if spec == "cosine":
-        return None
-    if spec == "auto":
+def calibrated_model(spec: str, embedder: ImageEmbedder) -> DecisionModel | None:
+    """The decision model that holds for ``embedder``: ``match.decision`` ``auto`` or ``cosine`` -> the shipped
+    one when fitted for this embedder (else None, with a notice for a multi-signal embedder), a path -> that
+    file, refused when fitted for another embedder."""
+    if spec in ("auto", "cosine"):
         path = default_decision_path()
         if not path.is_file():
             return None
@@ -216,7 +215,7 @@ def load_decision(spec: str, embedder: ImageEmbedder) -> DecisionModel | None:
             return model
         if len(embedder.signals) > 1:
             _notice(f"decision: the shipped decision model holds for {model.embedder}, not {embedder.identity}; "
-                    "deciding on the cosine (fit one with `id2-plugin fit-decision`)")
+                    "deciding on the uncalibrated cosine (fit one with `id2-plugin fit-decision`)")
         return None
     model = DecisionModel.load(spec)
     if model.embedder != embedder.identity:
@@ -224,16 +223,43 @@ def load_decision(spec: str, embedder: ImageEmbedder) -> DecisionModel | None:
     return model
 
 
-def resolve_threshold(threshold: float | str, decision: DecisionModel | None) -> float:
-    """``match.threshold``: a number as given; ``auto`` -> the decision model's operating point, else the
-    uncalibrated cosine default with a notice."""
+def load_decision(spec: str, embedder: ImageEmbedder) -> DecisionModel | None:
+    """The model that decides (``match.decision``): None for ``cosine`` or when none holds for ``embedder``."""
+    return None if spec == "cosine" else calibrated_model(spec, embedder)
+
+
+def resolve_threshold(threshold: float | str, decision: DecisionModel | None,
+                      calibrated: DecisionModel | None = None) -> float:
+    """``match.threshold``: a number as given; ``auto`` -> the deciding model's operating point, or when the
+    cosine decides, the cosine threshold the ``calibrated`` model's fit chose for the same target (what a
+    host comparing one distance uses); else the uncalibrated cosine default with a notice."""
     if threshold != "auto":
         return float(threshold)
     if decision is not None and decision.operating_point is not None:
         return decision.operating_point.threshold
+    if calibrated is not None and calibrated.operating_point is not None:
+        return calibrated.operating_point.cosine_threshold
     _notice(f"match.threshold: auto has no calibrated operating point for this embedder; using the cosine "
             f"{UNCALIBRATED_THRESHOLD} (run `id2-plugin calibrate` to choose one)")
     return UNCALIBRATED_THRESHOLD
+
+
+def cosine_threshold(match: MatchConfig, embedder: ImageEmbedder) -> float:
+    """The threshold on the store's (fused) cosine for the paths that decide on one distance: video keyframes,
+    ``explain`` of a pair, the ThreatExchange / OpenMediaMatch and perception hosts. A number given with
+    ``match.decision: cosine`` (or with no calibration for the embedder) is taken as is; otherwise the cosine
+    threshold of the calibration that holds for ``embedder``."""
+    calibrated = calibrated_model(match.decision, embedder)
+    if match.threshold != "auto" and (match.decision == "cosine" or calibrated is None):
+        return float(match.threshold)
+    return resolve_threshold("auto", None, calibrated)
+
+
+def decision_settings(match: MatchConfig, embedder: ImageEmbedder) -> tuple[DecisionModel | None, float]:
+    """The deciding model (None: the cosine) and the threshold, for ``embedder`` under the ``match`` section."""
+    calibrated = calibrated_model(match.decision, embedder)
+    decision = None if match.decision == "cosine" else calibrated
+    return decision, resolve_threshold(match.threshold, decision, calibrated)
 
 
 def open_store(cfg: StoreConfig, *, embedder_identity: str | None, dim: int | None, create: bool) -> ReferenceStore:
@@ -357,8 +383,8 @@ def _or_error(fn: Any, media: MediaLike) -> Any:
 def match_options(match: MatchConfig, embedder: ImageEmbedder) -> dict[str, Any]:
     """The :class:`Identifier` keyword arguments the ``match`` config section sets for ``embedder``: the
     decision model and the threshold resolved (``auto``)."""
-    decision = load_decision(match.decision, embedder)
-    return dict(k=match.k, threshold=resolve_threshold(match.threshold, decision), rotations=tuple(match.rotations),
+    decision, threshold = decision_settings(match, embedder)
+    return dict(k=match.k, threshold=threshold, rotations=tuple(match.rotations),
                 mirror=match.mirror, windows=match.windows, decision=decision)
 
 

@@ -114,6 +114,9 @@ class Pipeline:
         self.k = ctx.k
         self.threshold = ctx.threshold
         self.decision = ctx.decision
+        op = ctx.decision.operating_point if ctx.decision is not None else None
+        #: the threshold on the store's cosine where one distance decides (video keyframes, explain of a pair)
+        self.cosine_threshold = op.cosine_threshold if op is not None else ctx.threshold
         self.limits = limits or MediaLimits()
         self.identifier = identifier
         #: the batch size of every bulk use case (an int, or ``auto``: tuned on the first batches, then kept)
@@ -212,7 +215,7 @@ class Pipeline:
         from .video import scan_videos
 
         options.setdefault("k", self.k)
-        options.setdefault("threshold", self.threshold)
+        options.setdefault("threshold", self.cosine_threshold)
         options.setdefault("batch_size", self.batching)
         return scan_videos(paths, self.embedder, self.store, **options)
 

@@ -15,6 +15,7 @@ import click
 from id2_plugin.cli_support import (EXIT_OK, EXIT_UNREADABLE, cache_option, config_from_flags, embedder_option_flags,
                                     handle_errors, scan_inputs)
 from id2_plugin.errors import ConfigError
+from id2_plugin.identify import decision_settings
 
 from .attacks import BUILTIN_ATTACKS
 
@@ -92,7 +93,9 @@ def robustness_command(ctx: click.Context, pairs: str | None, photos: str | None
     limits = cfg.media.limits()
     needs_model = names is None or bool({"id2", "vae_raw", "sscd", "fused"} & set(names))
     embedder = embedder_from_config(cfg, in_memory_only=True) if needs_model else None
-    method_list = build_methods(embedder, names, cache_root=cache_dir, use_cache=cache_dir is not None)
+    decision, threshold = decision_settings(cfg.match, embedder) if embedder is not None else (None, 0.5)
+    method_list = build_methods(embedder, names, cache_root=cache_dir, use_cache=cache_dir is not None,
+                                decision=decision)
     dataset, problems = _dataset(photos, pairs, distractors, limit, max_distractors)
     click.echo(
         f"{dataset.kind}: {len(dataset.query_paths)} queries, {len(dataset.reference_paths)} references; "
@@ -103,7 +106,7 @@ def robustness_command(ctx: click.Context, pairs: str | None, photos: str | None
         dataset, method_list, suite, seed=seed, embedder=embedder,
         compare_policies=RESIZE_POLICIES if compare_resize_policies else (),
         cache_root=cache_dir, use_cache=cache_dir is not None, n_failures=n_failures, limits=limits, progress=not quiet,
-        command=_command_line(ctx), threshold=cfg.match.threshold,
+        command=_command_line(ctx), threshold=threshold,
     )
     paths = write_reports(result, out_dir, pdf=pdf)
     _print_summary(result)

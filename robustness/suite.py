@@ -38,6 +38,7 @@ from id2_plugin.media import MediaLimits, iter_image_files, load_image, to_rgb_a
 from .attacks import Attack, Identity, SuiteEntry
 
 if TYPE_CHECKING:
+    from id2_plugin.decision import DecisionModel
     from id2_plugin.embedders.base import Embedder
     from id2_plugin.evaluate import Method, Metrics
 
@@ -358,8 +359,10 @@ def build_methods(
     *,
     cache_root: str | os.PathLike | None = None,
     use_cache: bool = False,
+    decision: DecisionModel | None = None,
 ) -> list[Method]:
-    """:func:`id2_plugin.evaluate.default_methods` (latents through the cache), filtered by ``names``.
+    """:func:`id2_plugin.evaluate.default_methods` (latents through the cache; ``fused`` scored by the
+    ``decision`` model when one is given), filtered by ``names``.
 
     ``id2`` needs ``embedder`` to carry a W; asking for it explicitly without one is a :class:`ConfigError`.
     """
@@ -372,7 +375,7 @@ def build_methods(
 
         latent = latent_part(embedder)
         cache = latent_cache(getattr(latent, "encoder", None), cache_root if use_cache else None)
-        methods = default_methods(embedder, cache)
+        methods = default_methods(embedder, cache, decision=decision)
     if names is None:
         return methods
     available = {m.name: m for m in methods}

@@ -21,8 +21,9 @@ from ..pipeline import Pipeline, embedder_from_config
 from ..hookspecs import hookimpl
 
 
-def comparison_methods(embedder: Any, cfg: Any) -> list[Any]:
-    """The configured embedder's methods, plus ``sscd`` and ``fused`` whenever SSCD resolves, and baselines."""
+def comparison_methods(embedder: Any, cfg: Any, decision: Any = None) -> list[Any]:
+    """The configured embedder's methods, plus ``sscd`` and ``fused`` whenever SSCD resolves, and baselines;
+    ``fused`` scored by the ``decision`` model when one decides (and ``fused_cosine`` beside it)."""
     from ..cache import latent_cache
     from ..evaluate import default_methods, latent_part
     from ..identify import build_embedder, sscd_available
@@ -31,7 +32,8 @@ def comparison_methods(embedder: Any, cfg: Any) -> list[Any]:
     if "sscd" not in embedder.signals and embedder.name != "fused" and sscd_available(cfg.embedder) is None:
         sscd = build_embedder(dataclasses.replace(cfg.embedder, name="sscd", weights=cfg.embedder.sscd_weights))
     latent = latent_part(embedder)
-    return default_methods(embedder, latent_cache(getattr(latent, "encoder", None), cfg.cache.dir), sscd=sscd)
+    return default_methods(embedder, latent_cache(getattr(latent, "encoder", None), cfg.cache.dir), sscd=sscd,
+                           decision=decision)
 
 
 def format_group_table(table: dict[str, dict[str, Any]]) -> str:
@@ -56,6 +58,9 @@ def _report_skipped(skipped: list[str]) -> None:
               help="Extra reference images (folders recurse; repeatable).")
 @click.option("--max-distractors", type=click.IntRange(min=0), default=None,
               help="Use at most N distractors (the first N, folders in sorted order).")
+@click.option("--negatives", "negative_dirs", multiple=True, type=click.Path(exists=True),
+              help="Unrelated queries with no origin among the references (folders recurse; repeatable): they "
+                   "enter micro-AP and recall at precision, and the false matches at the threshold.")
 @click.option("--k", "eval_k", type=int, default=DEFAULT_K, show_default=True,
               help="Predictions kept per query for micro-AP, mAP and recall@precision.")
 @click.option("--method", "method_names", multiple=True, type=click.Choice(METHOD_NAMES),
@@ -68,50 +73,124 @@ def _report_skipped(skipped: list[str]) -> None:
 @config_option_flags
 @click.pass_context
 @handle_errors
-def evaluate_command(ctx: click.Context, pairs_path: str, distractors: tuple[str, ...], max_distractors: int | None, eval_k: int,
-                     method_names: tuple[str, ...], as_json: bool, per_query_path: str | None, **flags: Any) -> None:
-    """Retrieval metrics (top-1, mAP, micro-AP, recall at 90%/99.9% precision) of id2 and baselines.
+def evaluate_command(ctx: click.Context, pairs_path: str, distractors: tuple[str, ...], max_distractors: int | None,
+                     negative_dirs: tuple[str, ...], eval_k: int, method_names: tuple[str, ...], as_json: bool,
+                     per_query_path: str | None, **flags: Any) -> None:
+    """Retrieval metrics (top-1, mAP, micro-AP, recall at 90%/99.9% precision) of id2 and baselines, and the
+    decisions at the configured threshold (MATCH with the right origin; false matches of --negatives).
 
     id2 is evaluated when a W is configured (or shipped); vae_raw, pdq and phash always. Exit 4 when
-    some image could not be read or some path under --distractors could not be walked (an unreadable
-    folder, a dangling link, a symlink loop): each is reported and skipped, the rest evaluated.
+    some image could not be read or some path under --distractors or --negatives could not be walked (an
+    unreadable folder, a dangling link, a symlink loop): each is reported and skipped, the rest evaluated.
     """
     from ..evaluate import metrics_by_group, query_labels, score_methods
+    from ..identify import decision_settings
 
     if eval_k < 1:
         raise ConfigError(f"--k must be >= 1, got {eval_k}")
     cfg = config_from_flags(ctx, **flags)
-    # The manifest and distractor folders first: a wrong path fails before the models load.
+    # The manifest and folders first: a wrong path fails before the models load.
     distractor_files, skipped = scan_inputs(distractors)
+    negative_files, problems = scan_inputs(negative_dirs)
+    skipped += problems
     query_paths, ref_paths, positives = load_pairs_for_eval(pairs_path, distractor_files, max_distractors)
     embedder = embedder_from_config(cfg, in_memory_only=True)
-    methods = comparison_methods(embedder, cfg)
-    if method_names:
-        unknown = [n for n in method_names if n not in {m.name for m in methods}]
-        if unknown:
-            raise ConfigError(f"--method {', '.join(unknown)} is not available with this configuration "
-                              f"(available: {', '.join(m.name for m in methods)})")
-        methods = [m for m in methods if m.name in method_names]
+    decision, threshold = decision_settings(cfg.match, embedder)
+    methods = _chosen_methods(comparison_methods(embedder, cfg, decision), method_names)
     data = prepare_eval_set(query_paths, ref_paths, positives, embedder.normalise)
+    data, problems = _with_negatives(data, negative_files, embedder.normalise)
     _report_skipped(data.skipped)
     skipped += data.skipped
     if not data.queries or not data.positives.any():
         raise ConfigError("nothing to evaluate: no readable query with a readable origin")
+    n_neg = int((~data.positives.any(axis=1)).sum())
     groups = {key: query_labels(pairs_path, data.query_paths, key) for key in ("source", "family")}
     groups = {key: labels for key, labels in groups.items() if any(labels)}
-    windows = {embedder.name: (cfg.match.windows, cfg.match.threshold)} if cfg.match.windows != "off" else None
+    windows = {embedder.name: (cfg.match.windows, threshold)} if cfg.match.windows != "off" else None
     sims = score_methods(data.queries, data.references, methods, windows=windows)
     results, by_group = metrics_by_group(sims, data.positives, groups=groups, k=eval_k)
+    decisions = _decisions(sims, data.positives, embedder.name, threshold, decision, groups)
     bits = {m.name: method_bits(m) for m in methods if method_bits(m)}
     if per_query_path:
         _write_per_query(per_query_path, sims, data, bits)
-    head = dict(default=embedder.name, windows=cfg.match.windows, n_queries=len(data.queries), n_references=len(data.references),
-                k=eval_k, embedder=embedder.identity, skipped=skipped)
+    head = dict(default=embedder.name, windows=cfg.match.windows, n_queries=len(data.queries) - n_neg,
+                n_negatives=n_neg, n_references=len(data.references), k=eval_k, embedder=embedder.identity,
+                decision="model" if decision is not None else "cosine", threshold=threshold, skipped=skipped)
     if as_json:
-        echo_json(_evaluation_doc(results, by_group, bits, head, per_query_path))
+        echo_json(dict(_evaluation_doc(results, by_group, bits, head, per_query_path), decisions=decisions))
     else:
         _print_evaluation(results, by_group, bits, head, int(data.positives.any(axis=0).sum()), per_query_path)
+        _print_decisions(decisions)
     sys.exit(outcome_code(unreadable=skipped))
+
+
+def _chosen_methods(methods: list[Any], names: tuple[str, ...]) -> list[Any]:
+    if not names:
+        return methods
+    unknown = [n for n in names if n not in {m.name for m in methods}]
+    if unknown:
+        raise ConfigError(f"--method {', '.join(unknown)} is not available with this configuration "
+                          f"(available: {', '.join(m.name for m in methods)})")
+    return [m for m in methods if m.name in names]
+
+
+def _with_negatives(data: Any, negative_files: list[Path], normalise: Any) -> tuple[Any, list[str]]:
+    """``data`` with the readable negatives appended as queries without an origin (copies of a reference or
+    query dropped: they are not unrelated)."""
+    import numpy as np
+
+    from ..calibrate import select_negatives
+
+    if not negative_files:
+        return data, []
+    paths, _, dropped = select_negatives(negative_files, [*data.query_paths, *data.reference_paths])
+    if dropped:
+        click.echo(f"dropped {dropped} negative(s) identical to a reference or query", err=True)
+    images, kept, errors = load_images(paths, normalise, "loading negatives")
+    problems = [f"unreadable, skipped: {e}" for e in errors]
+    return dataclasses.replace(
+        data, queries=[*data.queries, *images], query_paths=[*data.query_paths, *(paths[i] for i in kept)],
+        positives=np.vstack([data.positives, np.zeros((len(images), data.positives.shape[1]), bool)]),
+        skipped=[*data.skipped, *problems]), problems
+
+
+def _decisions(sims: dict[str, Any], positives: Any, default: str, threshold: float, decision: Any,
+               groups: dict[str, Any]) -> dict[str, Any]:
+    """The default method's decisions at the configured threshold (overall and per group), and the fused
+    cosine's at its calibrated cosine threshold when a decision model decides."""
+    import numpy as np
+
+    from ..decision_metrics import decision_metrics
+
+    out: dict[str, Any] = {}
+    if default in sims:
+        out[default] = decision_metrics(sims[default], positives, threshold).to_dict()
+        for key, labels in groups.items():
+            lab = np.array([x or "" for x in labels] + [""] * (len(positives) - len(labels)), dtype=object)
+            out[f"{default} per {key}"] = {
+                label: decision_metrics(sims[default][lab == label], positives[lab == label], threshold).to_dict()
+                for label in sorted({x for x in lab if x})}
+    op = decision.operating_point if decision is not None else None
+    if op is not None and "fused_cosine" in sims:
+        out["fused_cosine"] = decision_metrics(sims["fused_cosine"], positives, op.cosine_threshold).to_dict()
+    return out
+
+
+def _print_decisions(decisions: dict[str, Any]) -> None:
+    from ..decision_metrics import DecisionMetrics, format_decisions
+
+    def metrics(d: dict[str, Any]) -> DecisionMetrics:
+        return DecisionMetrics(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    click.echo("\ndecisions (what a deployment reports):")
+    for name, d in decisions.items():
+        if " per " not in name:
+            click.echo("  " + format_decisions(name, metrics(d)))
+    for name, table in decisions.items():
+        if " per " in name and len(table) > 1:
+            click.echo(f"  {name} (MATCH with the right origin):")
+            for label, d in table.items():
+                click.echo(f"    {label[:60]:60s} {d['matched']:4d}/{d['n_edits']:<4d} = {d['recall']:.3f}")
 
 
 def _write_per_query(path: str, sims: dict[str, Any], data: Any, bits: dict[str, int]) -> None:

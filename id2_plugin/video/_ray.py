@@ -29,7 +29,7 @@ class _RayScanner:
 
         cfg = load_config(None, config)
         self.pipeline = Pipeline.from_config(cfg)
-        self.options = dict(options, k=cfg.match.k, threshold=cfg.match.threshold,
+        self.options = dict(options, k=cfg.match.k, threshold=self.pipeline.cosine_threshold,
                             batch_size=options.get("batch_size") or self.pipeline.batching)
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
