@@ -29,7 +29,8 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
 class MatchBody(BaseModel):
     reference_id: str
     uri: str = Field(description="The uri the reference was added with (a server file path: its file name)")
-    score: float = Field(description="Cosine similarity in [-1, 1]")
+    score: float = Field(description="What the threshold decides on: the calibrated decision score in [0, 1] "
+                                     "(score_kind 'decision'), else the cosine in [-1, 1]")
     rank: int
     sha256: str
     labels: list[str]
@@ -37,6 +38,8 @@ class MatchBody(BaseModel):
     orientation: str | None = Field(None, description="The query variant that scored best, e.g. 'rot90'; absent when upright")
     window: str | None = Field(None, description="The query window that scored best, e.g. 'r0c1' (row, column of the 3 x 3 "
                                                  "grid; match.windows); absent when the whole image did")
+    cosine: float | None = Field(None, description="The store's (fused) cosine when score is a decision score; absent "
+                                                   "when score is that cosine")
 
 
 class ReportBody(BaseModel):
@@ -44,6 +47,11 @@ class ReportBody(BaseModel):
     decision: Literal["match", "no_match"]
     is_match: bool
     threshold: float
+    score_kind: Literal["decision", "cosine"] = Field(description="What score and threshold are: the decision "
+                                                                  "model's calibrated score, or the store's cosine")
+    false_match_rate: float | None = Field(description="Calibrated bound on the share of unrelated queries "
+                                                       "reported as a match at this store's size; null when "
+                                                       "uncalibrated")
     best: MatchBody | None
     matches: list[MatchBody]
     embedder: str

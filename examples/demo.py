@@ -59,6 +59,8 @@ def main() -> int:
     ap.add_argument("--store", default="demo-store", help="Reference store folder (created).")
     ap.add_argument("--limit", type=int, default=0, help="Index only the first N photos (0 = all 793).")
     ap.add_argument("--queries", type=int, default=10, help="How many photos get an edited copy.")
+    ap.add_argument("--unrelated", type=int, default=12, help="How many unrelated photos (people, streets, rooms) "
+                                                               "are queried too: none of them may match.")
     args = ap.parse_args()
     photos_dir = SHARED / "data" / "photos"
     edits_dir = SHARED / "data" / "real-edits-dev"
@@ -89,20 +91,34 @@ def main() -> int:
         pair = json.loads(line)
         truth[Path(pair["query"]).name] = str((edits_dir / pair["origin"]).resolve())
 
-    print("3) identify them, plus the 27 real diffusion edits (FLUX.1 Kontext, MGIE, SD img2img)")
-    res = cli("--set", f"store.path={args.store}", "query", "--k", "3", "--json", "demo-out/queries", str(edits_dir / "edited"))
-    correct = total = 0
+    unrelated = sorted((SHARED / "data" / "unrelated").glob("*.jpg"))[:: 40][: args.unrelated]
+    print(f"3) identify them, the 27 real diffusion edits (FLUX.1 Kontext, MGIE, SD img2img) and {len(unrelated)} "
+          "unrelated photos that must not match")
+    res = cli("--set", f"store.path={args.store}", "query", "--k", "3", "--json", "demo-out/queries",
+              str(edits_dir / "edited"), *map(str, unrelated))
+    counts = {"edits": 0, "ranked": 0, "matched": 0, "wrong": 0, "unrelated": 0, "false": 0}
     for line in res.stdout.splitlines():
         report = json.loads(line)
         name = Path(report["query"]).name
         best = report.get("best") or {}
-        ok = best.get("uri") == truth.get(name)
-        correct += ok
-        total += 1
+        decided = report.get("decision") == "match"
+        if name not in truth:
+            counts["unrelated"] += 1
+            counts["false"] += decided
+            verdict = "FALSE MATCH" if decided else "ok (no match)"
+        else:
+            first = best.get("uri") == truth[name]
+            counts["edits"] += 1
+            counts["ranked"] += first
+            counts["matched"] += decided and first
+            counts["wrong"] += decided and not first
+            verdict = "MATCH" if decided and first else ("WRONG ORIGIN" if decided else "missed (no match)")
         evidence = " ".join(f"{k}={v:.2f}" for k, v in (best.get("signals") or {}).items())
-        print(f"  {'OK  ' if ok else 'MISS'} {name[:44]:44s} -> {Path(best.get('uri', '?')).name[:36]:36s} "
-              f"score={best.get('score', float('nan')):.3f} {evidence} {report.get('decision', report.get('error'))}")
-    print(f"\ntop-1 correct: {correct}/{total}")
+        print(f"  {verdict:17s} {name[:44]:44s} -> {Path(best.get('uri', '?')).name[:36]:36s} "
+              f"score={best.get('score', float('nan')):.3f} {evidence}")
+    print(f"\nreported MATCH with the right origin: {counts['matched']}/{counts['edits']} "
+          f"(origin ranked first: {counts['ranked']}/{counts['edits']}; wrong origin: {counts['wrong']}); "
+          f"unrelated photos reported as a MATCH: {counts['false']}/{counts['unrelated']}")
     return 0
 
 

@@ -206,20 +206,23 @@ def calibrated_model(spec: str, embedder: ImageEmbedder) -> DecisionModel | None
     """The decision model that holds for ``embedder``: ``match.decision`` ``auto`` or ``cosine`` -> the shipped
     one when fitted for this embedder (else None, with a notice for a multi-signal embedder), a path -> that
     file, refused when fitted for another embedder."""
+    model = model_for_identity(spec, embedder.identity)
+    if model is None and spec in ("auto", "cosine") and len(embedder.signals) > 1 and default_decision_path().is_file():
+        _notice(f"decision: the shipped decision model holds for another embedder than {embedder.identity}; "
+                "deciding on the uncalibrated cosine (fit one with `id2-plugin fit-decision`)")
+    return model
+
+
+def model_for_identity(spec: str, identity: str) -> DecisionModel | None:
+    """The decision model ``match.decision`` names for the embedder ``identity`` (no model needs loading:
+    ``index info`` compares a store's identity): the shipped one when it holds, a given file or an error."""
     if spec in ("auto", "cosine"):
         path = default_decision_path()
-        if not path.is_file():
-            return None
-        model = DecisionModel.load(path)
-        if model.embedder == embedder.identity:
-            return model
-        if len(embedder.signals) > 1:
-            _notice(f"decision: the shipped decision model holds for {model.embedder}, not {embedder.identity}; "
-                    "deciding on the uncalibrated cosine (fit one with `id2-plugin fit-decision`)")
-        return None
+        model = DecisionModel.load(path) if path.is_file() else None
+        return model if model is not None and model.embedder == identity else None
     model = DecisionModel.load(spec)
-    if model.embedder != embedder.identity:
-        raise ConfigError(f"decision model {spec} was fitted for embedder {model.embedder}, not {embedder.identity}")
+    if model.embedder != identity:
+        raise ConfigError(f"decision model {spec} was fitted for embedder {model.embedder}, not {identity}")
     return model
 
 

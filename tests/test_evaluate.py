@@ -308,6 +308,56 @@ def test_load_pairs_for_eval(tmp_path: Path) -> None:
         load_pairs_for_eval(bad)
 
 
+def test_identical_origins_are_one_reference_and_twins_are_correct_answers(tmp_path: Path) -> None:
+    _png(tmp_path / "q" / "0.png", 0)
+    _png(tmp_path / "q" / "1.png", 1)
+    _png(tmp_path / "q" / "2.png", 2)
+    _png(tmp_path / "o" / "a.png", 10)
+    shutil.copy(tmp_path / "o" / "a.png", tmp_path / "o" / "a_again.png")  # the same photo under another name
+    _png(tmp_path / "o" / "b.png", 11)
+    _png(tmp_path / "o" / "b_twin.png", 12)  # a near-identical twin: another file, another photo's bytes
+    manifest = tmp_path / "pairs.jsonl"
+    manifest.write_text(
+        '{"query": "q/0.png", "origin": "o/a.png"}\n'
+        '{"query": "q/1.png", "origin": "o/a_again.png"}\n'
+        '{"query": "q/2.png", "origin": "o/b.png", "twins": ["o/b_twin.png"]}\n'
+    )
+    queries, refs, pos = load_pairs_for_eval(manifest)
+    assert [p.name for p in refs] == ["a.png", "b.png", "b_twin.png"]
+    assert pos.tolist() == [[True, False, False], [True, False, False], [False, True, True]]
+    # either twin first is a correct top-1; two byte-identical origins no longer tie against each other
+    scores = np.array([[0.9, 0.1, 0.2], [0.8, 0.1, 0.1], [0.1, 0.5, 0.7]])
+    assert compute_metrics(scores, pos).top1 == 1.0
+    manifest.write_text('{"query": "q/2.png", "origin": "o/b.png", "twins": "o/b_twin.png"}\n')
+    with pytest.raises(ConfigError, match="twins"):
+        load_pairs_for_eval(manifest)
+
+
+def test_evaluate_command_with_negatives_reports_decisions(real_copies, tmp_path: Path, photo_paths) -> None:
+    manifest = tmp_path / "pairs.jsonl"
+    manifest.write_text("".join(json.dumps({"query": str(c), "origin": str(o), "source": "copy"}) + "\n"
+                                for c, o in zip(real_copies["copies"], real_copies["origins"])))
+    negatives = tmp_path / "negatives"
+    negatives.mkdir()
+    for p in [*photo_paths[600:612], real_copies["distractors"][0]]:  # the last is a reference: dropped
+        shutil.copy(p, negatives / p.name)
+    args = ["evaluate", "--pairs", str(manifest), "--method", "fused", "--method", "sscd", "--json",
+            *sum((["--distractors", str(d)] for d in real_copies["distractors"]), [])]
+    plain = json.loads(_invoke(args).stdout)
+    res = _invoke([*args, "--negatives", str(negatives)])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["n_negatives"] == 12 and out["n_queries"] == 10 and plain["n_negatives"] == 0
+    decided = out["decisions"]["fused"]
+    assert decided["n_unrelated"] == 12 and decided["n_edits"] == 10 and decided["matched"] >= 9
+    assert decided["false_matches"] == 0 and decided["threshold"] == out["threshold"]
+    # unrelated queries only add wrong predictions to the pooled list: micro-AP cannot rise, ranks do not move
+    for m in ("fused", "sscd"):
+        assert out["methods"][m]["micro_ap"] <= plain["methods"][m]["micro_ap"] + 1e-9
+        assert out["methods"][m]["top1"] == plain["methods"][m]["top1"]
+    assert out["methods"]["fused"]["micro_ap"] >= out["methods"]["sscd"]["micro_ap"]
+
+
 def test_prepare_eval_set_skips_unreadable(tmp_path: Path) -> None:
     q = [_png(tmp_path / f"q{i}.png", i) for i in range(3)]
     r = [_png(tmp_path / f"r{i}.png", 10 + i) for i in range(3)]

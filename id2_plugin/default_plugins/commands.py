@@ -80,7 +80,8 @@ def index_info(ctx: click.Context, as_json: bool, **flags: Any) -> None:
 
     with open_store(cfg.store, embedder_identity=None, dim=None, create=False) as store:
         info = store.info()
-    doc = dict(info.to_dict(), method=embedder_kind(info.embedder), status=info.extra.get("status", "ok"))
+    doc = dict(info.to_dict(), method=embedder_kind(info.embedder), status=info.extra.get("status", "ok"),
+               decision=_decision_summary(cfg, info))
     if as_json:
         echo_json(doc)
     else:
@@ -90,6 +91,22 @@ def index_info(ctx: click.Context, as_json: bool, **flags: Any) -> None:
     if doc["status"].startswith("damaged"):
         click.echo("error: the store is damaged; run `id2-plugin index verify --repair`", err=True)
         sys.exit(EXIT_STORE)
+
+
+def _decision_summary(cfg: Any, info: Any) -> dict[str, Any] | str:
+    """How this store's queries are decided: the calibrated operating point and its false-match bound at the
+    store's size (false matches grow with the store), or why the cosine decides uncalibrated."""
+    from ..identify import model_for_identity
+
+    model = model_for_identity(cfg.match.decision, info.embedder) if info.embedder else None
+    op = model.operating_point if model is not None else None
+    if op is None:
+        return "cosine, uncalibrated for this store's embedder (run `id2-plugin calibrate --store`)"
+    return {"model": model.source, "decides": "cosine" if cfg.match.decision == "cosine" else "model",
+            "threshold": op.threshold, "cosine_threshold": op.cosine_threshold,
+            "target_false_match_rate": op.target_fpr, "pair_rate_bound": op.pair_fpr_upper_bound,
+            "false_match_rate_bound_at_this_size": round(op.per_query_fpr(info.count), 6),
+            "calibrated_at_references": op.n_references}
 
 
 @index_group.command("remove")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 
 from ..cli_support import (cache_option, config_from_flags, config_option_flags, echo_json, handle_errors, outcome_code,
                            printable, scan_inputs)
@@ -344,6 +345,14 @@ def _calibration_method(name: str, embedder: Any, cfg: Any) -> tuple[Any, str]:
         return PDQMethod(), f"pdq (on {cfg.embedder.input_size} px normalised images)"
     if name == "phash":
         return PHashMethod(), f"phash (on {cfg.embedder.input_size} px normalised images)"
+    from ..identify import decision_settings
+
+    decision, _ = decision_settings(cfg.match, embedder)
+    if decision is not None:  # the score identify decides on: the decision model's, recalibrated here
+        from ..evaluate import DecisionMethod
+
+        parts = [EmbedderMethod(p, None, p.name) for p in embedder.parts]
+        return DecisionMethod(embedder, parts, decision), embedder.identity
     # A VAE embedder's latents go through the cache when asked; a fused or SSCD embedder embeds directly.
     return EmbedderMethod(embedder, latent_cache(getattr(embedder, "encoder", None), cfg.cache.dir)), embedder.identity
 
@@ -360,7 +369,12 @@ def _scores(method: Any, data: Any, neg_imgs: Any, pipeline: Any, store_path: st
         return got, best, f"{len(data.references)} references (pair origins + distractors)"
     with pipeline:
         got = score_calibration_set(method, data.queries, data.references, data.positives, None)
-        neg, uris = store_best_matches(pipeline.store, embed_images(method, neg_imgs, progress="negatives"))
+        if pipeline.decision is not None:  # negatives decided as identify decides them, windows included
+            reports = [r for r in pipeline.identify_many(neg_imgs) if not isinstance(r, Exception)]
+            neg = np.array([r.best.score if r.best else -1.0 for r in reports])
+            uris = [r.best.uri if r.best else None for r in reports]
+        else:
+            neg, uris = store_best_matches(pipeline.store, embed_images(method, neg_imgs, progress="negatives"))
         got = dataclasses.replace(got, negative_best=neg)
         return got, uris, f"store {store_path} ({pipeline.store.info().count} references)"
 

