@@ -26,7 +26,8 @@ def cli(ctx: click.Context, config_path: str | None, overrides: tuple[str, ...])
         sys.exit(EXIT_USAGE)
 
 
-def _load_plugin_commands() -> None:
+def load_commands() -> None:
+    """Add every plugin's commands to :data:`cli` (what :func:`main` does first; tests and the docs build call it)."""
     from .plugins import get_plugin_manager
 
     get_plugin_manager().hook.id2_register_commands(cli=cli)
@@ -35,7 +36,7 @@ def _load_plugin_commands() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     try:
-        _load_plugin_commands()
+        load_commands()
     except Id2Error as exc:
         click.echo(f"error: {printable(exc)}", err=True)
         sys.exit(exit_code_for(exc))

@@ -159,6 +159,9 @@ class MediaConfig:
     unletterbox: bool = True
     #: per-channel difference (0-255) from the border colour still counted as border (JPEG/video noise)
     border_tolerance: int = 24
+    #: images whose long side exceeds this many times the short one are refused from their header, before
+    #: decoding (decoding cost grows per row and column, not only per pixel: a 1 x 60M px PNG)
+    max_aspect_ratio: float = 100.0
 
     def limits(self) -> MediaLimits:
         """These limits as the :class:`~id2_plugin.media.MediaLimits` the normaliser takes."""
@@ -175,6 +178,8 @@ class MediaConfig:
             raise ConfigError(f"media.max_pixels={self.max_pixels}: must lie in [1, {PILLOW_MAX_PIXELS}]")
         if self.max_bytes < 1:
             raise ConfigError(f"media.max_bytes={self.max_bytes}: must be >= 1")
+        if not self.max_aspect_ratio >= 1.0:
+            raise ConfigError(f"media.max_aspect_ratio={self.max_aspect_ratio}: must be >= 1")
         if not 0 <= self.border_tolerance <= 128:
             raise ConfigError(f"media.border_tolerance={self.border_tolerance}: expected 0-128")
 

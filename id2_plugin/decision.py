@@ -18,7 +18,6 @@ any front end (identify, explain, the ThreatExchange index) computes the same sc
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -28,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ._jsonfile import read_json_object, write_json_atomic
 from .errors import ConfigError
 
 #: store candidates the decision model re-scores per query; their median cosine is the query's background
@@ -217,21 +217,7 @@ class DecisionModel:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> DecisionModel:
-        path = Path(path)
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"cannot read decision model {path}: {exc.strerror or exc}") from None
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"decision model {path} is not valid JSON: {exc.msg}") from None
-        if not isinstance(doc, dict):
-            raise ConfigError(f"decision model {path} is not a JSON object")
-        return cls.from_dict(doc, str(path))
+        return cls.from_dict(read_json_object(path, "decision model"), str(path))
 
     def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        return write_json_atomic(path, self.to_dict())

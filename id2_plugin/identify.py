@@ -460,7 +460,7 @@ def search_normalised(media: Sequence[MediaLike], images: Sequence[np.ndarray], 
     best = [_best_of_variants(variants, found[row * nv:(row + 1) * nv], vecs[row * nv:(row + 1) * nv], n)
             for row in range(len(images))]
     if context.decision is not None:
-        best = [(decide(context, matches, vectors), vectors) for matches, vectors in best]
+        best = [_decided(context, matches, vectors) for matches, vectors in best]
     best = _second_look(images, vecs[::nv], best, context, timings)
     fmr = _false_match_rate(context)
     return [_report(_evidence_shown(context, matches, vectors), context, timings, describe(query), fmr)
@@ -548,6 +548,16 @@ def _second_look(images: Sequence[np.ndarray], upright: np.ndarray, best: list[t
     return out
 
 
+def _decided(context: IdentifyContext, matches: list[Match], vectors: np.ndarray,
+             windows: tuple[Sequence[str], np.ndarray] | None = None, n_whole: int | None = None,
+             ) -> tuple[list[Match], np.ndarray]:
+    """:func:`decide`, with the query vector each re-ranked match came from kept beside it."""
+    rows = np.broadcast_to(np.atleast_2d(vectors), (len(matches), np.atleast_2d(vectors).shape[1]))
+    came_from = {m.reference_id: r for m, r in zip(matches, rows)}
+    decided = decide(context, matches, rows, windows, n_whole)
+    return decided, np.stack([came_from[m.reference_id] for m in decided]) if decided else rows[:0]
+
+
 def _decide_with_windows(context: IdentifyContext, best: tuple[list[Match], np.ndarray], upright: np.ndarray,
                          window_found: Sequence[Sequence[Match]], windows: tuple[Sequence[str], np.ndarray],
                          ) -> tuple[list[Match], np.ndarray]:
@@ -558,9 +568,7 @@ def _decide_with_windows(context: IdentifyContext, best: tuple[list[Match], np.n
     extra = list({m.reference_id: m for ms in window_found for m in ms if m.reference_id not in seen}.values())
     candidates = [*matches, *(dataclasses.replace(m, window="") for m in extra)]
     all_rows = np.concatenate([rows, np.repeat(upright[None], len(extra), axis=0)])
-    decided = decide(context, candidates, all_rows, windows, n_whole=len(matches))
-    came_from = {m.reference_id: r for m, r in zip(candidates, all_rows)}
-    return decided, np.stack([came_from[m.reference_id] for m in decided]) if decided else all_rows[:0]
+    return _decided(context, candidates, all_rows, windows, n_whole=len(matches))
 
 
 def _merge_windows(context: IdentifyContext, best: tuple[list[Match], np.ndarray], window_found: Sequence[Sequence[Match]],

@@ -66,7 +66,7 @@ class MediaLimits:
     @classmethod
     def from_config(cls, media: Any) -> MediaLimits:
         """The limits a ``media`` config section (:class:`~id2_plugin.config.MediaConfig`) asks for."""
-        return cls(media.max_pixels, media.max_bytes, media.unletterbox, media.border_tolerance)
+        return cls(media.max_pixels, media.max_bytes, media.unletterbox, media.border_tolerance, media.max_aspect_ratio)
 
 
 def describe(source: Any) -> str:

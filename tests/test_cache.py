@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from id2_plugin.cli import _load_plugin_commands, cli
+from id2_plugin.cli import load_commands, cli
 
 # ONNX Runtime (SSCD's runtime) writes a random telemetry device id there; it holds nothing of the images.
 THIRD_PARTY = "Microsoft/DeveloperTools/.onnxruntime/"
@@ -50,7 +50,7 @@ def _written(home: Path) -> list[str]:
 
 @pytest.mark.slow  # two commands, each loading TAEF2 and SSCD
 def test_evaluate_and_calibrate_write_nothing_under_home(home: Path, small_set: dict[str, Path], tmp_path: Path) -> None:
-    _load_plugin_commands()
+    load_commands()
     runner = CliRunner()
     base = ["--set", "embedder.name=taef2"]
     res = runner.invoke(cli, [*base, "evaluate", "--pairs", str(small_set["pairs"]), "--distractors",
@@ -65,7 +65,7 @@ def test_evaluate_and_calibrate_write_nothing_under_home(home: Path, small_set: 
 
 @pytest.mark.slow
 def test_opt_in_cache_is_used_then_purged(home: Path, small_set: dict[str, Path], tmp_path: Path) -> None:
-    _load_plugin_commands()
+    load_commands()
     runner = CliRunner()
     cache = tmp_path / "my-cache"
     args = ["--set", "embedder.name=taef2", "evaluate", "--pairs", str(small_set["pairs"]), "--distractors",
@@ -86,7 +86,7 @@ def test_purge_removes_what_earlier_releases_left_in_the_user_cache(home: Path) 
     legacy = home / ".xdg-cache" / "id2_plugin" / "latents" / "taef2@x" / "ab"
     legacy.mkdir(parents=True)
     np.save(legacy / "ab12.npy", np.zeros(4, np.float16))
-    _load_plugin_commands()
+    load_commands()
     res = CliRunner().invoke(cli, ["cache", "purge"], catch_exceptions=False)
     assert res.exit_code == 0 and "removed 1 cached latent" in res.output
     assert not (home / ".xdg-cache" / "id2_plugin").exists()

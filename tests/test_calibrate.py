@@ -193,9 +193,9 @@ def test_calibrate_on_real_photos(real_scores, tmp_path: Path) -> None:
 
 
 def _invoke(args: list[str]):
-    from id2_plugin.cli import _load_plugin_commands, cli
+    from id2_plugin.cli import load_commands, cli
 
-    _load_plugin_commands()
+    load_commands()
     return CliRunner().invoke(cli, args, catch_exceptions=False)
 
 

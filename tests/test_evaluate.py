@@ -383,9 +383,9 @@ def test_prepare_eval_set_skips_unreadable(tmp_path: Path) -> None:
 # the evaluate command
 # ---------------------------------------------------------------------------------------------------
 def _invoke(args: list[str]):
-    from id2_plugin.cli import _load_plugin_commands, cli
+    from id2_plugin.cli import load_commands, cli
 
-    _load_plugin_commands()
+    load_commands()
     return CliRunner().invoke(cli, args, catch_exceptions=False)
 
 
@@ -483,7 +483,8 @@ def test_evaluate_command_default_is_fused_with_per_source_breakdown(real_copies
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert out["default"] == "fused" and out["embedder"].startswith("fused[") and out["windows"] == "auto"
-    assert list(out["methods"]) == ["fused", "fused_whole", "id2", "vae_raw", "sscd", "pdq", "phash"]
+    assert list(out["methods"]) == ["fused", "fused_whole", "fused_cosine", "id2", "vae_raw", "sscd", "pdq", "phash"]
+    assert out["decision"] == "model" and out["decisions"]["fused"]["n_edits"] == 11
     assert set(out["per_source"]) == {"jpeg", "blur", "restaged"}
     assert out["per_source"]["jpeg"]["fused"]["n_queries"] == 5
     for m in ("fused", "id2", "sscd"):

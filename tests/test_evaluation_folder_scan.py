@@ -16,9 +16,9 @@ SMALL = ["--set", "embedder.input_size=64", "--set", "embedder.device=cpu"]
 
 
 def _invoke(args: list[str]):
-    from id2_plugin.cli import _load_plugin_commands, cli
+    from id2_plugin.cli import load_commands, cli
 
-    _load_plugin_commands()
+    load_commands()
     return CliRunner().invoke(cli, args, catch_exceptions=False)
 
 

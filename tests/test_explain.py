@@ -94,9 +94,9 @@ def test_a_crop_has_many_inliers_and_an_unrelated_photo_few(copy_explained: Expl
 
 
 def test_cli_explain_writes_only_where_asked(pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from id2_plugin.cli import _load_plugin_commands, cli
+    from id2_plugin.cli import load_commands, cli
 
-    _load_plugin_commands()
+    load_commands()
     _, ref, _ = pair
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(cli, ["--set", "embedder.device=cpu", "explain", str(ref), str(ref), "--json"])

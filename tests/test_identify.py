@@ -138,7 +138,7 @@ def test_raw_latent_embedders_need_an_explicit_opt_in(shared_dir: Path, tmp_path
     """A raw latent decodes back into the image: stores and hashes of it are refused unless asked for."""
     from click.testing import CliRunner
 
-    from id2_plugin.cli import _load_plugin_commands, cli
+    from id2_plugin.cli import load_commands, cli
     from id2_plugin.config import EmbedderConfig
     from id2_plugin.errors import ConfigError
     from id2_plugin.identify import build_embedder
@@ -149,7 +149,7 @@ def test_raw_latent_embedders_need_an_explicit_opt_in(shared_dir: Path, tmp_path
     assert build_embedder(raw, in_memory_only=True).projection is None  # evaluate never lets vectors out
     assert build_embedder(EmbedderConfig(**{**raw.__dict__, "allow_raw_latent": True})).projection is None
 
-    _load_plugin_commands()
+    load_commands()
     photo = sorted((shared_dir / "data" / "photos").glob("*.jpg"))[0]
     store = tmp_path / "store"
     res = CliRunner().invoke(cli, ["--set", f"store.path={store}", "index", "add", "--embedder", "taef2",

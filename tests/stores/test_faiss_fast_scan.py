@@ -102,9 +102,9 @@ def test_real_photos_through_the_cli_find_what_exact_search_finds(photo_paths: l
                                                                   tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from id2_plugin.cli import _load_plugin_commands, cli
+    from id2_plugin.cli import load_commands, cli
 
-    _load_plugin_commands()
+    load_commands()
     pairs = [json.loads(line) for line in (real_edits_dir / "pairs.jsonl").read_text().splitlines()[:8]]
     origins = sorted({real_edits_dir / p["origin"] for p in pairs})
     refs = [*origins, *photo_paths[:12]]

@@ -219,9 +219,9 @@ def test_cli_index_and_query_real_photos(tmp_path: Path, photo_paths: list[Path]
     """End to end with the real TAEF2 embedder: index 10 photos in Qdrant, find a JPEG-degraded copy."""
     from click.testing import CliRunner
 
-    from id2_plugin.cli import _load_plugin_commands, cli
+    from id2_plugin.cli import load_commands, cli
 
-    _load_plugin_commands()
+    load_commands()
     refs = photo_paths[100:110]
     loc = str(tmp_path / "qdrant")
     base = ["--set", "store.backend=qdrant", "--set", f"store.url={loc}", "--set", "store.collection=photos"]

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import id2_plugin
-from id2_plugin.cli import _load_plugin_commands, cli
+from id2_plugin.cli import load_commands, cli
 from id2_plugin.errors import StoreError
 from id2_plugin.plugins import get_plugin_manager
 from id2_plugin.types import AddResult, Match, ReferenceRecord, StoreInfo
@@ -96,7 +96,7 @@ class DictStorePlugin:
 
 @pytest.fixture()
 def plugin() -> DictStorePlugin:
-    _load_plugin_commands()
+    load_commands()
     pm = get_plugin_manager()
     plugin = DictStorePlugin()
     pm.register(plugin, name="test-dictstore")

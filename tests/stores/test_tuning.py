@@ -102,11 +102,11 @@ def test_perturbed_queries_have_the_requested_similarity() -> None:
 def test_index_tune_cli(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from id2_plugin.cli import _load_plugin_commands, cli
+    from id2_plugin.cli import load_commands, cli
 
     x = clustered(2000, seed=6)
     make_store(tmp_path / "s", "ivf_flat", {"nlist": 16, "merge_min": 0}, x).close()
-    _load_plugin_commands()
+    load_commands()
     runner = CliRunner()
     res = runner.invoke(cli, ["index", "tune", "--store", str(tmp_path / "s"), "--queries", "200",
                               "--target-recall", "0.95"])

@@ -51,9 +51,9 @@ def test_train_on_real_pairs_never_picks_a_recipe_below_the_pca_map(real_edits_d
 
 
 def test_train_cli_real_recipe_end_to_end(real_edits_dir, unlabelled, latents_dir, tmp_path):
-    from id2_plugin.cli import _load_plugin_commands, cli
+    from id2_plugin.cli import load_commands, cli
 
-    _load_plugin_commands()
+    load_commands()
     out = tmp_path / "w.safetensors"
     res = CliRunner().invoke(cli, ["train", "--recipe", "pair-whiten", "--real", str(real_edits_dir / "pairs.jsonl"),
                                    "--unlabelled", str(unlabelled), "--pool", "4", "--rank", "32", "--folds", "3",

@@ -204,9 +204,9 @@ def test_resume_continues_an_interrupted_run(small_set, small_encoder, tmp_path)
 
 
 def test_cli_train_and_make_pairs(small_set, photo_paths, tmp_path) -> None:
-    from id2_plugin.cli import _load_plugin_commands, cli
+    from id2_plugin.cli import load_commands, cli
 
-    _load_plugin_commands()
+    load_commands()
     manifest, cache = small_set
     runner = CliRunner()
     out = tmp_path / "w.safetensors"

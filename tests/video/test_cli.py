@@ -13,9 +13,9 @@ from click.testing import CliRunner
 
 @pytest.fixture(scope="module")
 def cli():
-    from id2_plugin.cli import _load_plugin_commands, cli
+    from id2_plugin.cli import load_commands, cli
 
-    _load_plugin_commands()
+    load_commands()
     return cli
 
 

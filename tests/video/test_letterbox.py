@@ -40,9 +40,9 @@ def _scan(cli, ref_store, video: Path, *extra: str) -> dict:
 
 
 def test_scan_video_matches_letterboxed_reference_photos(letterboxed_video: Path, ref_store, ref_photos) -> None:
-    from id2_plugin.cli import _load_plugin_commands, cli
+    from id2_plugin.cli import load_commands, cli
 
-    _load_plugin_commands()
+    load_commands()
     report = _scan(cli, ref_store, letterboxed_video)
     assert report["ok"] and [round(h["timestamp"], 3) for h in report["hits"]] == [0.0, 2.0, 4.0]
     assert [h["matches"][0]["uri"] for h in report["hits"]] == [str(ref_photos[i]) for i in range(3)]
