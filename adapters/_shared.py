@@ -127,7 +127,7 @@ def get_embedder(cfg: EmbedderConfig | None = None, limits: MediaLimits | None =
         with _lock:
             found = _embedders.get(key)
         if found is None:
-            from id2_plugin.identify import build_embedder
+            from id2_plugin.assembly import build_embedder
 
             found = SerialEmbedder(build_embedder(cfg, limits))
             with _lock:

@@ -31,7 +31,7 @@ call to :func:`_restore_index` on the adapter's own validated bytes (``faiss.ser
 entries, :mod:`id2_plugin.adapters._jsoncodec`); nothing else is referenced by the pickle. A build keeps
 the signals of the embedder in use and skips (counts in ``skipped``, logs) the others.
 
-**Model.** Nothing is loaded at import. The embedder (:func:`id2_plugin.identify.build_embedder` on the
+**Model.** Nothing is loaded at import. The embedder (:func:`id2_plugin.assembly.build_embedder` on the
 config's ``embedder`` section) is built on first use, once per process, or by :func:`warm_up` (call it
 from the host's start-up hook). ``configure(threads=N)`` or ``$ID2_THREADS`` caps torch / ONNX Runtime
 threads.
@@ -64,7 +64,7 @@ from threatexchange.signal_type.signal_base import BytesHasher, FileHasher, Sign
 from id2_plugin.extras import require
 from id2_plugin.config import Config, MatchConfig, default_config_path, load_config
 from id2_plugin.errors import MediaError, MissingExtraError
-from id2_plugin.identify import cosine_threshold
+from id2_plugin.assembly import cosine_threshold
 
 from . import _jsoncodec, _txsignal
 from ._shared import SerialEmbedder, get_embedder, synthetic_images

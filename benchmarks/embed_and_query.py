@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from id2_plugin.config import EmbedderConfig
-from id2_plugin.identify import build_embedder
+from id2_plugin.assembly import build_embedder
 from id2_plugin.types import ReferenceRecord
 
 SHARED = Path(os.environ.get("ID2_SHARED_DIR", Path(__file__).resolve().parent.parent.parent / "shared"))

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from id2_plugin.config import load_config
-    from id2_plugin.identify import build_embedder
+    from id2_plugin.assembly import build_embedder
     from id2_plugin.media import MediaLimits, load_image
 
     paths = sorted(PHOTOS.glob("*.jpg"))

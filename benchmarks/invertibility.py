@@ -38,7 +38,7 @@ def decode(decoder: object, latents: np.ndarray, shape: tuple[int, int, int]) ->
 
 def main(argv: list[str] | None = None) -> int:
     from id2_plugin.embedders.taesd import TAEF2Decoder, TAEF2Encoder
-    from id2_plugin.identify import load_projection
+    from id2_plugin.assembly import load_projection
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--photos", type=int, default=10)

@@ -45,7 +45,7 @@ BATCH = 16
 
 def embedder(runtime: str = "torch", weights: str | None = None):
     from id2_plugin.config import EmbedderConfig
-    from id2_plugin.identify import build_embedder
+    from id2_plugin.assembly import build_embedder
 
     return build_embedder(EmbedderConfig(name="taef2", device="cpu", batch_size=BATCH, runtime=runtime, weights=weights))
 

@@ -67,7 +67,7 @@ def degrade(path: Path, kind: str):
 
 def embedders(models: Path):
     from id2_plugin.config import EmbedderConfig
-    from id2_plugin.identify import build_embedder
+    from id2_plugin.assembly import build_embedder
 
     base = EmbedderConfig(name="taef2", device="cpu", batch_size=16)
     int8 = dataclasses.replace(base, precision="int8", weights=str(models / "taef2"))

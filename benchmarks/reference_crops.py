@@ -47,7 +47,7 @@ from id2_plugin.decision_fit import (CandidateSet, QueryDecisions, balanced_weig
                                      candidate_set, window_floor)
 from id2_plugin.embedders.base import fit_arrays  # noqa: E402
 from id2_plugin.framing import query_windows  # noqa: E402
-from id2_plugin.identify import build_embedder  # noqa: E402
+from id2_plugin.assembly import build_embedder  # noqa: E402
 from id2_plugin.media import iter_image_files  # noqa: E402
 from id2_plugin.train.crossval import grouped_folds  # noqa: E402
 

@@ -67,7 +67,7 @@ def real_embeddings(n_photos: int, dim: int, seed: int) -> tuple[np.ndarray | No
     try:
         from id2_plugin.embedders.base import Embedder, Projection, l2_normalise
         from id2_plugin.embedders.taesd import TAEF2Encoder
-        from id2_plugin.identify import default_projection_path
+        from id2_plugin.assembly import default_projection_path
     except ImportError as exc:
         return None, f"unavailable ({exc})"
     encoder = TAEF2Encoder(weights=weights, device="cpu", batch_size=16)

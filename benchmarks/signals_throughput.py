@@ -25,7 +25,7 @@ SHARED = Path(os.environ.get("ID2_SHARED_DIR", Path(__file__).resolve().parent.p
 
 def main(argv: list[str] | None = None) -> int:
     from id2_plugin.config import EmbedderConfig
-    from id2_plugin.identify import build_embedder
+    from id2_plugin.assembly import build_embedder
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=48)

@@ -106,7 +106,7 @@ def _open(store_path: str, projection: str, threads: int | None = None) -> tuple
     import torch
 
     from id2_plugin.config import EmbedderConfig
-    from id2_plugin.identify import build_embedder
+    from id2_plugin.assembly import build_embedder
     from id2_plugin.stores.faiss_store import FaissStore
 
     if threads:
@@ -170,7 +170,7 @@ def build_store(photos: list[Path], store_path: Path, projection: str) -> dict[s
     import hashlib
 
     from id2_plugin.config import EmbedderConfig
-    from id2_plugin.identify import build_embedder
+    from id2_plugin.assembly import build_embedder
     from id2_plugin.stores.faiss_store import FaissStore
     from id2_plugin.types import ReferenceRecord
 

@@ -25,7 +25,9 @@ from .errors import (
 from .calibrate import Calibration, calibrate_threshold
 from .evaluate import Metrics, compute_metrics, evaluate_methods
 from .explain import Explanation, LocalMatches, explain_match, explain_pair, render_explanation
-from .identify import IdentifyContext, Identifier, build_embedder, open_store
+from .search import IdentifyContext
+from .identify import Identifier
+from .assembly import build_embedder, open_store
 from .media import MediaLimits, load_image, to_rgb_array
 from .pipeline import IngestResult, Pipeline, Upload
 from .hookspecs import hookimpl

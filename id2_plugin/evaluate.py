@@ -457,7 +457,7 @@ def default_methods(embedder: ImageEmbedder, cache: LatentCache | None = None, s
     if sscd is not None:
         by_name["sscd"] = EmbedderMethod(sscd, None, name="sscd")
     if fused is None and latent is not None and latent.projection is not None and sscd is not None:
-        from .identify import load_fusion
+        from .assembly import load_fusion
 
         fused = FusedEmbedder([latent, sscd], load_fusion("default"), resize_policy=latent.encoder.resize_policy)
     if fused is not None and all(p.name in by_name for p in fused.parts):

@@ -197,7 +197,7 @@ def explain_match(
     ``embedder`` reuses an already built one (else it is built from ``config.embedder``, like
     identification). ``out`` (``.png`` or ``.html``) is the only file written.
     """
-    from .identify import build_embedder, cosine_threshold
+    from .assembly import build_embedder, cosine_threshold
 
     cfg = config or load_config()
     if out is not None and Path(out).suffix.lower() not in (".png", ".html"):

@@ -16,7 +16,7 @@ import pluggy
 if TYPE_CHECKING:
     import click
 
-    from .identify import IdentifyContext
+    from .search import IdentifyContext
     from .types import OriginReport
 
 PROJECT_NAME = "id2_plugin"

@@ -22,7 +22,8 @@ import numpy as np
 from ._files import sha256_file_or_none
 from .config import Config
 from .errors import MediaError
-from .identify import Identifier, build_embedder, match_options, open_store
+from .identify import Identifier
+from .assembly import build_embedder, match_options, open_store
 from .media import MediaLike, MediaLimits
 from .types import OriginReport, ReferenceRecord
 

@@ -97,7 +97,7 @@ class _EmbedActor:
     """
 
     def __init__(self, embedder_config: dict[str, Any], limits: dict[str, Any]) -> None:
-        from .identify import build_embedder
+        from .assembly import build_embedder
 
         self.limits = MediaLimits(**limits)
         self.embedder = build_embedder(EmbedderConfig(**embedder_config), self.limits)
@@ -132,7 +132,7 @@ class _EmbedActor:
 
 def _driver_identity(embedder_config: EmbedderConfig, limits: MediaLimits) -> tuple[str, int]:
     """The identity and dimension the store must match, from an embedder built once on the driver."""
-    from .identify import build_embedder
+    from .assembly import build_embedder
 
     # Built on the driver to validate the config before any cluster work; the workers build their own copy.
     embedder = build_embedder(embedder_config, limits)
@@ -219,7 +219,7 @@ def index_folder_ray(
     missing and must have been built by the same embedder. Re-running on the same input adds nothing:
     content (sha256) already stored is skipped before it is embedded.
     """
-    from .identify import open_store
+    from .assembly import open_store
     from .stores._bulk import bulk_add
 
     if batch_size < 1 or num_workers < 1 or commit_every < 1:

@@ -15,7 +15,7 @@ import click
 from id2_plugin.cli_support import (EXIT_OK, EXIT_UNREADABLE, cache_option, config_from_flags, embedder_option_flags,
                                     handle_errors, scan_inputs)
 from id2_plugin.errors import ConfigError
-from id2_plugin.identify import decision_settings
+from id2_plugin.assembly import decision_settings
 
 from .attacks import BUILTIN_ATTACKS
 

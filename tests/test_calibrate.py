@@ -204,7 +204,8 @@ def test_calibrate_command_and_identifier_end_to_end(
 ) -> None:
     from id2_plugin.config import MatchConfig, StoreConfig, load_config
     from id2_plugin.embedders.base import Embedder
-    from id2_plugin.identify import Identifier, open_store
+    from id2_plugin.identify import Identifier
+    from id2_plugin.assembly import open_store
     from id2_plugin.types import ReferenceRecord
 
     d = calib_data["dir"]

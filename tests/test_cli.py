@@ -59,7 +59,7 @@ def test_index_query_remove_cycle(runner: CliRunner, library: Path, tmp_path: Pa
     report = json.loads(res.output.strip().splitlines()[-1])
     assert Path(report["best"]["uri"]).name == photo_paths[102].name and len(report["matches"]) == 3
     # per-signal evidence: the store's fused cosine is the weighted mean of the signals' own cosines
-    from id2_plugin.identify import load_fusion
+    from id2_plugin.assembly import load_fusion
 
     weights = load_fusion("default").weights
     for m in report["matches"]:

@@ -82,7 +82,7 @@ def test_model_round_trip_and_refusals(tmp_path: Path) -> None:
 
 
 def test_shipped_model_holds_for_the_default_embedder_and_has_an_operating_point() -> None:
-    from id2_plugin.identify import default_decision_path
+    from id2_plugin.assembly import default_decision_path
 
     model = DecisionModel.load(default_decision_path())
     op = model.operating_point

@@ -21,7 +21,7 @@ CPU = {"embedder": {"device": "cpu"}}
 @pytest.fixture(scope="module")
 def embedder(shared_dir):
     """The default embedder (fused id2 + SSCD when SSCD resolves), as identification builds it."""
-    from id2_plugin.identify import build_embedder
+    from id2_plugin.assembly import build_embedder
 
     return build_embedder(load_config(None, CPU).embedder)
 

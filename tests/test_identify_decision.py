@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from id2_plugin.cli import cli, load_commands
 
 N_REFS = 40
+pytestmark = pytest.mark.slow  # a real store of 40 photos through the CLI: about a minute on 2 cores
 
 
 @pytest.fixture(scope="module")

@@ -92,7 +92,7 @@ def test_external_embedder_and_command_work(external_plugin: Path) -> None:
     code = textwrap.dedent('''
         import numpy as np
         from id2_plugin.config import EmbedderConfig
-        from id2_plugin.identify import build_embedder
+        from id2_plugin.assembly import build_embedder
         e = build_embedder(EmbedderConfig(name="acme-const", projection="none", allow_raw_latent=True, device="cpu"))
         v = e.embed([np.zeros((8, 8, 3), np.uint8)])
         print(e.dim, v.shape)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from id2_plugin.config import EmbedderConfig, StoreConfig
-from id2_plugin.identify import build_embedder, open_store
+from id2_plugin.assembly import build_embedder, open_store
 
 # The VAE signal alone: these tests are about the Ray plumbing, which is the same for every embedder.
 EMBEDDER = EmbedderConfig(name="taef2", device="cpu", batch_size=8)
@@ -32,7 +32,7 @@ def _folder(tmp_path: Path, photos: list[Path]) -> tuple[Path, Path]:
 def test_workers_hash_and_embed_with_per_file_errors(tmp_path: Path, photo_paths: list[Path], taef2_encoder,
                                                      latent_cache) -> None:
     from id2_plugin.embedders.base import Embedder
-    from id2_plugin.identify import load_projection
+    from id2_plugin.assembly import load_projection
     from id2_plugin.ray_index import _EmbedActor, _hash_batch
 
     good = photo_paths[200:202]
@@ -67,7 +67,7 @@ def test_index_folder_on_local_ray_into_faiss_and_qdrant(tmp_path: Path, photo_p
     pytest.importorskip("faiss")
     pytest.importorskip("qdrant_client")
     from id2_plugin.embedders.base import Embedder
-    from id2_plugin.identify import load_projection
+    from id2_plugin.assembly import load_projection
     from id2_plugin.ray_index import index_folder_ray
 
     photos = photo_paths[300:312]

@@ -73,7 +73,7 @@ def index_add(ctx: click.Context, paths: tuple[str, ...], labels: tuple[str, ...
 @handle_errors
 def index_info(ctx: click.Context, as_json: bool, **flags: Any) -> None:
     """Show the store's size, dimension, index type and embedder identity."""
-    from ..identify import open_store
+    from ..assembly import open_store
 
     cfg = config_from_flags(ctx, **flags)
     from ..stores.base import embedder_kind
@@ -96,7 +96,7 @@ def index_info(ctx: click.Context, as_json: bool, **flags: Any) -> None:
 def _decision_summary(cfg: Any, info: Any) -> dict[str, Any] | str:
     """How this store's queries are decided: the calibrated operating point and its false-match bound at the
     store's size (false matches grow with the store), or why the cosine decides uncalibrated."""
-    from ..identify import model_for_identity
+    from ..assembly import model_for_identity
 
     model = model_for_identity(cfg.match.decision, info.embedder) if info.embedder else None
     op = model.operating_point if model is not None else None
@@ -117,7 +117,7 @@ def _decision_summary(cfg: Any, info: Any) -> dict[str, Any] | str:
 def index_remove(ctx: click.Context, keys: tuple[str, ...], **flags: Any) -> None:
     """Remove references by reference id, sha256, or the path of the original file. Exit 1 if some key
     matched no reference."""
-    from ..identify import open_store
+    from ..assembly import open_store
     from ..pipeline import remove_references
 
     cfg = config_from_flags(ctx, **flags)
@@ -224,7 +224,7 @@ def config_group() -> None:
 @handle_errors
 def config_show(ctx: click.Context) -> None:
     """Print the effective configuration (file + --set overrides) as YAML."""
-    from ..identify import resolve_embedder_name, sscd_available
+    from ..assembly import resolve_embedder_name, sscd_available
 
     cfg = get_state(ctx).config()
     click.echo(f"# source: {cfg.source or 'defaults'}")

@@ -12,7 +12,6 @@ import click
 
 from ..cli_support import config_from_flags, config_option_flags, echo_json, handle_errors, outcome_code, scan_inputs
 from ..decision import DEFAULT_FEATURES, DecisionModel
-from ..errors import ConfigError
 from ..hookspecs import hookimpl
 
 

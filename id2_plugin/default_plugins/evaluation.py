@@ -27,7 +27,7 @@ def comparison_methods(embedder: Any, cfg: Any, decision: Any = None) -> list[An
     ``fused`` scored by the ``decision`` model when one decides (and ``fused_cosine`` beside it)."""
     from ..cache import latent_cache
     from ..evaluate import default_methods, latent_part
-    from ..identify import build_embedder, sscd_available
+    from ..assembly import build_embedder, sscd_available
 
     sscd = None
     if "sscd" not in embedder.signals and embedder.name != "fused" and sscd_available(cfg.embedder) is None:
@@ -85,7 +85,7 @@ def evaluate_command(ctx: click.Context, pairs_path: str, distractors: tuple[str
     unreadable folder, a dangling link, a symlink loop): each is reported and skipped, the rest evaluated.
     """
     from ..evaluate import metrics_by_group, query_labels, score_methods
-    from ..identify import decision_settings
+    from ..assembly import decision_settings
 
     if eval_k < 1:
         raise ConfigError(f"--k must be >= 1, got {eval_k}")
@@ -345,7 +345,7 @@ def _calibration_method(name: str, embedder: Any, cfg: Any) -> tuple[Any, str]:
         return PDQMethod(), f"pdq (on {cfg.embedder.input_size} px normalised images)"
     if name == "phash":
         return PHashMethod(), f"phash (on {cfg.embedder.input_size} px normalised images)"
-    from ..identify import decision_settings
+    from ..assembly import decision_settings
 
     decision, _ = decision_settings(cfg.match, embedder)
     if decision is not None:  # the score identify decides on: the decision model's, recalibrated here

@@ -42,7 +42,7 @@ def fit_fusion_command(ctx: click.Context, pairs_paths: tuple[str, ...], distrac
     from ..embedders.fused import FusedEmbedder, FusionFit
     from ..evaluate import EmbedderMethod, embed_images, load_pairs_for_eval, prepare_eval_set
     from ..fusion import fit_fusion
-    from ..identify import build_signals
+    from ..assembly import build_signals
     from ..train.crossval import grouped_folds, origin_groups
     from ..pairs import manifest_digest
 

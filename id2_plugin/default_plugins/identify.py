@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 
-from ..identify import IdentifyContext, search
+from ..search import IdentifyContext, search
 from ..types import OriginReport
 
 from ..hookspecs import hookimpl

@@ -14,7 +14,7 @@ from ..hookspecs import hookimpl
 
 
 def _open_faiss(ctx: click.Context, flags: dict[str, Any]) -> Any:
-    from ..identify import open_store
+    from ..assembly import open_store
     from ..stores.faiss_store import FaissStore
 
     cfg = config_from_flags(ctx, **flags)

@@ -83,7 +83,7 @@ def _now() -> str:
 class QdrantStore(ReferenceStore):
     """A reference store in a Qdrant collection (server, local folder or in-memory).
 
-    Parameters mirror :func:`id2_plugin.identify.open_store`: ``location`` is an ``http(s)://`` URL, a
+    Parameters mirror :func:`id2_plugin.assembly.open_store`: ``location`` is an ``http(s)://`` URL, a
     local folder or ``":memory:"``; ``embedder_identity`` and ``dim`` are required to create the
     collection and, when given on open, are checked against the recorded ones; ``index`` and
     ``index_options`` only matter at creation (see the module docstring); ``create`` allows creating a

@@ -146,7 +146,7 @@ def train(ctx: click.Context, pairs: tuple[str, ...], out: str, recipe: str | No
     unsupervised PCA map. Without --real, `paper`: CosFace W on the PAIRS manifest (the reference recipe).
     """
     from ..cache import latent_cache
-    from ..identify import build_encoder
+    from ..assembly import build_encoder
     from ..media import iter_image_files
     from .trainer import TrainConfig, train_projection
 

@@ -42,7 +42,7 @@ def degrade_array():
 def embedder_256(taef2_encoder):
     """TAEF2 at 256 px with the shipped W when present, else the raw latent (what the adapters default to)."""
     from id2_plugin.embedders.base import Embedder
-    from id2_plugin.identify import load_projection
+    from id2_plugin.assembly import load_projection
 
     return Embedder(taef2_encoder, load_projection("default", "taef2"))
 
@@ -51,7 +51,7 @@ def embedder_256(taef2_encoder):
 def small_embedder(shared_dir: Path):
     """TAEF2 at 64 px, raw latent (2,048-d): ~16x cheaper per image, for tests that embed hundreds."""
     from id2_plugin.config import EmbedderConfig
-    from id2_plugin.identify import build_embedder
+    from id2_plugin.assembly import build_embedder
 
     return build_embedder(EmbedderConfig(input_size=64, projection="none", allow_raw_latent=True, device="cpu", batch_size=8))
 

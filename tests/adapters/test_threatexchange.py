@@ -76,7 +76,7 @@ def pad_embedder(shared_dir: Path):
     """Same encoder, size and dimension as ``small_embedder`` but another resize policy: another identity."""
     from id2_plugin.adapters._shared import SerialEmbedder
     from id2_plugin.config import EmbedderConfig
-    from id2_plugin.identify import build_embedder
+    from id2_plugin.assembly import build_embedder
 
     return SerialEmbedder(build_embedder(EmbedderConfig(input_size=64, projection="none", device="cpu", batch_size=8, resize_policy="pad",
                                                      allow_raw_latent=True)))

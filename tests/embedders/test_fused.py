@@ -15,7 +15,9 @@ from id2_plugin.embedders.base import Embedder  # noqa: E402
 from id2_plugin.embedders.fused import FusedEmbedder, FusionFit  # noqa: E402
 from id2_plugin.embedders.sscd import SSCDEmbedder  # noqa: E402
 from id2_plugin.errors import ConfigError, IncompatibleStoreError  # noqa: E402
-from id2_plugin.identify import IdentifyContext, Identifier, load_projection, search  # noqa: E402
+from id2_plugin.search import IdentifyContext
+from id2_plugin.identify import Identifier, search  # noqa: E402
+from id2_plugin.assembly import load_projection
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from id2_plugin.config import EmbedderConfig
 from id2_plugin.embedders.base import Embedder, Projection, select_device
 from id2_plugin.embedders.sd_vae import SDVAEEncoder
 from id2_plugin.errors import ConfigError, ModelNotFoundError
-from id2_plugin.identify import build_embedder
+from id2_plugin.assembly import build_embedder
 
 
 @pytest.fixture(scope="module")

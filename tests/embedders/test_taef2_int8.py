@@ -17,7 +17,7 @@ from id2_plugin.embedders.taef2_int8 import (FP32_FILE, INT8_FILE, TAEF2Int8Enco
                                              export_taef2_fp32, quantize_taef2, runtime_for)
 from id2_plugin.embedders.taesd import ENCODER_FILE, TAEF2Encoder
 from id2_plugin.errors import ConfigError, IncompatibleStoreError, ModelNotFoundError
-from id2_plugin.identify import build_embedder, build_encoder
+from id2_plugin.assembly import build_embedder, build_encoder
 from id2_plugin.media import sha256_file
 from id2_plugin.stores.faiss_store import FaissStore
 

@@ -254,7 +254,7 @@ def test_store_meta_wins_over_config_on_open(tmp_path: Path) -> None:
 
 def test_open_store_through_the_plugin_registry(tmp_path: Path) -> None:
     from id2_plugin.config import StoreConfig
-    from id2_plugin.identify import open_store
+    from id2_plugin.assembly import open_store
 
     cfg = StoreConfig(path=str(tmp_path / "s"), index="flat_fp16")
     with open_store(cfg, embedder_identity=EMB, dim=DIM, create=True) as store:

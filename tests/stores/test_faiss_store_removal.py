@@ -27,7 +27,7 @@ LAYOUTS = {
 def photo_vectors(shared_dir: Path, photo_paths: list[Path]) -> tuple[str, list[Path], np.ndarray]:
     """Eight real photos embedded by TAEF2 at 64 px (raw latent: cheap, and the most invertible case)."""
     from id2_plugin.config import EmbedderConfig
-    from id2_plugin.identify import build_embedder
+    from id2_plugin.assembly import build_embedder
 
     emb = build_embedder(EmbedderConfig(input_size=64, projection="none", allow_raw_latent=True, device="cpu"))
     paths = photo_paths[100:108]

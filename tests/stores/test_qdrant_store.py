@@ -15,7 +15,7 @@ pytest.importorskip("qdrant_client")
 
 from id2_plugin.config import StoreConfig
 from id2_plugin.errors import ConfigError, IncompatibleStoreError, StoreError
-from id2_plugin.identify import open_store
+from id2_plugin.assembly import open_store
 from id2_plugin.stores.qdrant_store import QdrantStore, point_id
 from id2_plugin.types import ReferenceRecord
 

@@ -124,8 +124,11 @@ def test_documented_store_factory_works_end_to_end(plugin: DictStorePlugin, phot
     assert Path(report["best"]["uri"]).name == photo_paths[201].name
 
     # the factory got every documented argument, with the configured values, every time
+    # (a query opens the store twice: once before the model loads, so a wrong location fails at once, then
+    # with the embedder's identity and dimension, which writes on an existing store need)
     calls = plugin.calls
-    assert len(calls) == 2 and all(c["location"] == "mem://contract" and c["collection"] == "c1" for c in calls)
-    assert calls[0]["create"] is True and calls[1]["create"] is False
+    assert len(calls) == 3 and all(c["location"] == "mem://contract" and c["collection"] == "c1" for c in calls)
+    assert calls[0]["create"] is True and calls[1]["create"] is False and calls[2]["create"] is False
+    assert calls[1]["embedder_identity"] is None and calls[2]["embedder_identity"] == calls[0]["embedder_identity"]
     assert isinstance(calls[0]["dim"], int) and calls[0]["index"] == "flat"
     assert len(plugin.servers["mem://contract/c1"]["records"]) == 4

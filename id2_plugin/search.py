@@ -1,0 +1,267 @@
+"""The built-in search: embed the query (every orientation variant in one pass), query the store, re-score the
+candidates with the decision model, take the query windows' second look where it can change the decision,
+and decide against the threshold. :class:`IdentifyContext` is what the ``id2_identify_origin`` hook gets."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .decision import CANDIDATES, WINDOW_SIGNAL, DecisionModel, Evidence, candidate_background
+from .errors import Id2Error, MediaError
+from .framing import (best_over_orientations, best_over_windows, needs_second_look, orient, orientation_variants,
+                      query_windows)
+from .media import MediaLike
+from .types import Match, OriginReport
+
+if TYPE_CHECKING:
+    from .embedders.base import ImageEmbedder
+    from .stores.base import ReferenceStore
+
+
+@dataclass
+class IdentifyContext:
+    """What :func:`id2_identify_origin` implementations get besides the media."""
+
+    embedder: ImageEmbedder
+    store: ReferenceStore
+    k: int = 5
+    threshold: float = 0.5
+    #: query-time rotations searched (``match.rotations``) and whether mirrored too (``match.mirror``)
+    rotations: tuple[int, ...] = (0,)
+    mirror: bool = False
+    #: query windows searched as a second look (``match.windows``: ``auto``, ``always`` or ``off``)
+    windows: str = "auto"
+    #: the decision model re-scoring the candidates (None: the store's cosine decides)
+    decision: DecisionModel | None = None
+
+    @property
+    def candidates(self) -> int:
+        """References fetched per query: the decision model re-ranks more than ``k`` so that the best by
+        its score is among them."""
+        return max(self.k, CANDIDATES) if self.decision is not None else self.k
+
+    @property
+    def window_floor(self) -> float:
+        """Below this best score the windows are not searched in ``auto`` mode (they cannot change the decision)."""
+        op = self.decision.operating_point if self.decision is not None else None
+        return op.window_floor if op is not None else float("-inf")
+
+
+def _or_error(fn: Any, media: MediaLike) -> Any:
+    try:
+        return fn(media)
+    except MediaError as exc:
+        return exc
+
+
+def with_signal_scores(embedder: ImageEmbedder, store: ReferenceStore, vector: Any, matches: list[Match]) -> list[Match]:
+    """``matches`` with each signal's own cosine attached, when the embedding has several signals.
+
+    ``vector`` is the query's embedding, or one row per match (the query variant each match came from).
+    """
+    if len(embedder.signals) < 2 or not matches:
+        return matches
+    refs = store.fetch_vectors([m.reference_id for m in matches])
+    if refs is None:
+        return matches
+    queries = np.broadcast_to(np.atleast_2d(vector), (len(matches), refs.shape[1]))
+    per = [embedder.signal_scores(q, r[None])[0] for q, r in zip(queries, refs)]
+    return [dataclasses.replace(m, signals=tuple(s.items())) for m, s in zip(matches, per)]
+
+
+def _best_of_variants(variants: list[tuple[int, bool]], per_variant: list[list[Match]], vecs: np.ndarray,
+                      k: int) -> tuple[list[Match], np.ndarray]:
+    """Top matches over one query's orientation variants (best score per reference) and the vector each came from."""
+    if len(variants) == 1:
+        return per_variant[0], vecs[0]
+    ranked = best_over_orientations(per_variant, variants, k)
+    return [m for m, _ in ranked], vecs[[vi for _, vi in ranked]]
+
+
+def search(media: MediaLike, context: IdentifyContext) -> OriginReport:
+    """The built-in identification: normalise, embed, query the store, decide against the threshold."""
+    report = search_many([media], context)[0]
+    if isinstance(report, MediaError):
+        raise report
+    return report
+
+
+def search_many(media: Sequence[MediaLike], context: IdentifyContext) -> list[OriginReport | MediaError]:
+    """:func:`search` for a batch: one forward pass and one store query for every usable query."""
+    t0 = time.perf_counter()
+    images = [_or_error(context.embedder.normalise, m) for m in media]
+    ok = [i for i, im in enumerate(images) if not isinstance(im, MediaError)]
+    normalise_ms = (time.perf_counter() - t0) * 1e3 / max(len(ok), 1)
+    out: list[Any] = list(images)  # errors stay; the usable ones are replaced by their reports below
+    reports = search_normalised([media[i] for i in ok], [images[i] for i in ok], context, normalise_ms) if ok else []
+    for i, report in zip(ok, reports):
+        out[i] = report
+    return out
+
+
+def search_normalised(media: Sequence[MediaLike], images: Sequence[np.ndarray], context: IdentifyContext,
+                      normalise_ms: float = 0.0) -> list[OriginReport]:
+    """The reports for already normalised queries (``media`` names them): one forward pass, one store query.
+
+    ``normalise_ms`` is the decoding time per query, reported in the timings (in a pipelined stream it ran
+    beside the model, so ``total`` overstates the wall time a query adds).
+    """
+    from .media import describe
+
+    t1 = time.perf_counter()
+    # Every orientation variant of every query in one forward pass and one store query.
+    variants = orientation_variants(context.rotations, context.mirror)
+    nv = len(variants)
+    vecs = context.embedder.embed_arrays(np.stack([orient(im, r, m) for im in images for r, m in variants]))
+    t2 = time.perf_counter()
+    n = context.candidates
+    found = context.store.query(vecs, k=n)
+    t3 = time.perf_counter()
+    share = 1e3 / len(images)  # a batch's time, shared equally by its queries
+    timings = {"normalise": normalise_ms, "embed": (t2 - t1) * share, "search": (t3 - t2) * share,
+               "total": normalise_ms + (t3 - t1) * share}
+    best = [_best_of_variants(variants, found[row * nv:(row + 1) * nv], vecs[row * nv:(row + 1) * nv], n)
+            for row in range(len(images))]
+    if context.decision is not None:
+        best = [_decided(context, matches, vectors) for matches, vectors in best]
+    best = _second_look(images, vecs[::nv], best, context, timings)
+    fmr = _false_match_rate(context)
+    return [_report(_evidence_shown(context, matches, vectors), context, timings, describe(query), fmr)
+            for query, (matches, vectors) in zip(media, best)]
+
+
+def _false_match_rate(context: IdentifyContext) -> float | None:
+    """The calibrated bound on unrelated queries reported as a match, at this store's size (None: uncalibrated
+    or a threshold other than the operating point's)."""
+    op = context.decision.operating_point if context.decision is not None else None
+    if op is None or context.threshold != op.threshold:
+        return None
+    return op.per_query_fpr(context.store.info().count)
+
+
+def _evidence_shown(context: IdentifyContext, matches: list[Match], vectors: np.ndarray) -> list[Match]:
+    """The top ``k``; with each signal's cosine attached when the decision model did not already."""
+    matches = matches[:context.k]
+    if context.decision is not None:
+        return matches
+    return with_signal_scores(context.embedder, context.store, vectors[:len(matches)] if vectors.ndim == 2 else vectors,
+                              matches)
+
+
+def decide(context: IdentifyContext, matches: list[Match], vectors: np.ndarray,
+           windows: tuple[Sequence[str], np.ndarray] | None = None, n_whole: int | None = None) -> list[Match]:
+    """``matches`` re-scored by the decision model and re-ranked: each carries the decision score, the store's
+    cosine and each signal's cosine. ``vectors``: the query vector each match came from (one row, or one per
+    match); ``windows``: the labels and vectors of the query's windows when they were searched; the first
+    ``n_whole`` matches (default all) are the whole image's candidates, whose cosines are the query's background."""
+    assert context.decision is not None
+    if not matches:
+        return matches
+    refs = context.store.fetch_vectors([m.reference_id for m in matches])
+    if refs is None:
+        raise Id2Error(f"the {type(context.store).__name__} store cannot return stored vectors, which the decision "
+                       "model needs; set match.decision: cosine")
+    rows = np.broadcast_to(np.atleast_2d(vectors), (len(matches), refs.shape[1]))
+    slices = context.embedder.signals
+    cos = {name: np.einsum("ij,ij->i", refs[:, a:b], rows[:, a:b]) / max(w, 1e-12) for name, (a, b, w) in slices.items()}
+    background = candidate_background({name: c[:n_whole] for name, c in cos.items()})
+    window_cos, label = None, [""] * len(matches)
+    if windows is not None and WINDOW_SIGNAL in slices:
+        a, b, w = slices[WINDOW_SIGNAL]
+        per_window = refs[:, a:b] @ windows[1][:, a:b].T / max(w, 1e-12)
+        window_cos = per_window.max(axis=1)
+        best_window = per_window.argmax(axis=1)
+        label = [windows[0][j] if window_cos[i] > cos[WINDOW_SIGNAL][i] else "" for i, j in enumerate(best_window)]
+    evidence = Evidence(cos, window_cos, {name: np.full(len(matches), v) for name, v in background.items()})
+    scores = context.decision.score(evidence)
+    order = np.argsort(-scores, kind="stable")
+    fused = sum(w * cos[name] for name, (_, _, w) in slices.items())
+    return [dataclasses.replace(matches[i], rank=r + 1, score=float(scores[i]), cosine=round(float(fused[i]), 6),
+                                window=label[i] or matches[i].window,
+                                signals=tuple((name, round(float(c[i]), 6)) for name, c in cos.items()))
+            for r, i in enumerate(order)]
+
+
+def _second_look(images: Sequence[np.ndarray], upright: np.ndarray, best: list[tuple[list[Match], np.ndarray]],
+                 context: IdentifyContext, timings: dict[str, float]) -> list[tuple[list[Match], np.ndarray]]:
+    """Search the query windows of every upright query the whole image did not match (``match.windows``):
+    one embedding pass and one store query for all of them. With a decision model, only queries whose
+    score is at least its window floor are looked at again, and every candidate is re-scored with the
+    windows' evidence; with the cosine, each reference keeps its best score."""
+    todo = [i for i, (matches, _) in enumerate(best)
+            if needs_second_look(context.windows, matches[0].score if matches else None, context.threshold)
+            and (context.windows == "always" or (matches and matches[0].score >= context.window_floor))]
+    if not todo:
+        return best
+    t0 = time.perf_counter()
+    labels, crops = zip(*(query_windows(images[i]) for i in todo))
+    whole = np.concatenate([np.repeat(upright[i][None], len(c), axis=0) for i, c in zip(todo, crops)])
+    vecs = context.embedder.embed_windows(np.concatenate(crops), whole)
+    found = context.store.query(vecs, k=context.candidates)
+    out = list(best)
+    for j, i in enumerate(todo):
+        nw = len(labels[j])
+        window_found, window_vecs = found[j * nw:(j + 1) * nw], vecs[j * nw:(j + 1) * nw]
+        if context.decision is not None:
+            out[i] = _decide_with_windows(context, best[i], upright[i], window_found, (labels[j], window_vecs))
+        else:
+            out[i] = _merge_windows(context, best[i], window_found, labels[j], window_vecs)
+    timings["windows"] = (time.perf_counter() - t0) * 1e3 / len(images)
+    timings["total"] += timings["windows"]
+    return out
+
+
+def _decided(context: IdentifyContext, matches: list[Match], vectors: np.ndarray,
+             windows: tuple[Sequence[str], np.ndarray] | None = None, n_whole: int | None = None,
+             ) -> tuple[list[Match], np.ndarray]:
+    """:func:`decide`, with the query vector each re-ranked match came from kept beside it."""
+    rows = np.broadcast_to(np.atleast_2d(vectors), (len(matches), np.atleast_2d(vectors).shape[1]))
+    came_from = {m.reference_id: r for m, r in zip(matches, rows)}
+    decided = decide(context, matches, rows, windows, n_whole)
+    return decided, np.stack([came_from[m.reference_id] for m in decided]) if decided else rows[:0]
+
+
+def _decide_with_windows(context: IdentifyContext, best: tuple[list[Match], np.ndarray], upright: np.ndarray,
+                         window_found: Sequence[Sequence[Match]], windows: tuple[Sequence[str], np.ndarray],
+                         ) -> tuple[list[Match], np.ndarray]:
+    """The whole image's candidates and the windows' new ones, all re-scored with the windows' evidence."""
+    matches, vectors = best
+    rows = np.broadcast_to(np.atleast_2d(vectors), (len(matches), len(upright)))
+    seen = {m.reference_id for m in matches}
+    extra = list({m.reference_id: m for ms in window_found for m in ms if m.reference_id not in seen}.values())
+    candidates = [*matches, *(dataclasses.replace(m, window="") for m in extra)]
+    all_rows = np.concatenate([rows, np.repeat(upright[None], len(extra), axis=0)])
+    return _decided(context, candidates, all_rows, windows, n_whole=len(matches))
+
+
+def _merge_windows(context: IdentifyContext, best: tuple[list[Match], np.ndarray], window_found: Sequence[Sequence[Match]],
+                   labels: Sequence[str], window_vecs: np.ndarray) -> tuple[list[Match], np.ndarray]:
+    """Each reference's best cosine over the whole query and its windows (the cosine decision)."""
+    matches, whole_vectors = best
+    rows = np.atleast_2d(whole_vectors)
+    came_from = {m.reference_id: rows[0 if len(rows) == 1 else r] for r, m in enumerate(matches)}
+    ranked = best_over_windows(matches, window_found, labels, context.k)
+    vectors = [window_vecs[wi] if wi >= 0 else came_from[m.reference_id] for m, wi in ranked]
+    return [m for m, _ in ranked], np.stack(vectors) if vectors else rows[:0]
+
+
+def _report(matches: list[Match], context: IdentifyContext, timings: dict[str, float], query: str,
+            false_match_rate: float | None) -> OriginReport:
+    best = matches[0].score if matches else float("-inf")
+    return OriginReport(
+        score_kind="decision" if context.decision is not None else "cosine",
+        false_match_rate=false_match_rate,
+        matches=tuple(matches),
+        is_match=bool(matches) and best >= context.threshold,
+        threshold=context.threshold,
+        embedder=context.embedder.identity,
+        projection=context.embedder.projection_id,
+        timings_ms=timings,
+        query=query,
+    )
