@@ -130,10 +130,19 @@ def search_normalised(media: Sequence[MediaLike], images: Sequence[np.ndarray], 
             for row in range(len(images))]
     if context.decision is not None:
         best = [_decided(context, matches, vectors) for matches, vectors in best]
-    best = _second_look(images, vecs[::nv], best, context, timings)
+    best, looked, windows_ms = _second_look(images, vecs[::nv], best, context)
     fmr = _false_match_rate(context)
-    return [_report(_evidence_shown(context, matches, vectors), context, timings, describe(query), fmr)
-            for query, (matches, vectors) in zip(media, best)]
+    return [_report(_evidence_shown(context, matches, vectors), context, _own_timings(timings, i in looked, windows_ms),
+                    describe(query), fmr)
+            for i, (query, (matches, vectors)) in enumerate(zip(media, best))]
+
+
+def _own_timings(batch: dict[str, float], looked: bool, windows_ms: float) -> dict[str, float]:
+    """A query's timings: the batch's shares, plus the windows' time for a query that took the second look
+    (so ``"windows" in timings_ms`` says which queries paid for it)."""
+    if not looked:
+        return dict(batch)
+    return {**batch, "windows": windows_ms, "total": batch["total"] + windows_ms}
 
 
 def _false_match_rate(context: IdentifyContext) -> float | None:
@@ -189,7 +198,7 @@ def decide(context: IdentifyContext, matches: list[Match], vectors: np.ndarray,
 
 
 def _second_look(images: Sequence[np.ndarray], upright: np.ndarray, best: list[tuple[list[Match], np.ndarray]],
-                 context: IdentifyContext, timings: dict[str, float]) -> list[tuple[list[Match], np.ndarray]]:
+                 context: IdentifyContext) -> tuple[list[tuple[list[Match], np.ndarray]], set[int], float]:
     """Search the query windows of every upright query the whole image did not match (``match.windows``):
     one embedding pass and one store query for all of them. With a decision model, only queries whose
     score is at least its window floor are looked at again, and every candidate is re-scored with the
@@ -198,7 +207,7 @@ def _second_look(images: Sequence[np.ndarray], upright: np.ndarray, best: list[t
             if needs_second_look(context.windows, matches[0].score if matches else None, context.threshold)
             and (context.windows == "always" or (matches and matches[0].score >= context.window_floor))]
     if not todo:
-        return best
+        return best, set(), 0.0
     t0 = time.perf_counter()
     labels, crops = zip(*(query_windows(images[i]) for i in todo))
     whole = np.concatenate([np.repeat(upright[i][None], len(c), axis=0) for i, c in zip(todo, crops)])
@@ -212,9 +221,7 @@ def _second_look(images: Sequence[np.ndarray], upright: np.ndarray, best: list[t
             out[i] = _decide_with_windows(context, best[i], upright[i], window_found, (labels[j], window_vecs))
         else:
             out[i] = _merge_windows(context, best[i], window_found, labels[j], window_vecs)
-    timings["windows"] = (time.perf_counter() - t0) * 1e3 / len(images)
-    timings["total"] += timings["windows"]
-    return out
+    return out, set(todo), (time.perf_counter() - t0) * 1e3 / len(todo)
 
 
 def _decided(context: IdentifyContext, matches: list[Match], vectors: np.ndarray,

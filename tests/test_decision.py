@@ -89,3 +89,29 @@ def test_shipped_model_holds_for_the_default_embedder_and_has_an_operating_point
     assert op is not None and 0 < op.threshold < 1 and op.fpr_upper_bound <= op.target_fpr
     assert model.embedder.startswith("fused[") and op.n_negatives >= 500
     assert op.window_floor < op.threshold and -1 < op.cosine_threshold < 1
+
+
+def test_threshold_auto_resolves_per_embedder(caplog, monkeypatch) -> None:
+    """The shipped model decides only for the embedder it was fitted for; elsewhere the cosine decides, with the
+    calibration's cosine threshold when the cosine is asked for, and a notice when nothing is calibrated."""
+    from types import SimpleNamespace
+
+    from id2_plugin import assembly
+    from id2_plugin.assembly import cosine_threshold, decision_settings, default_decision_path
+    from id2_plugin.config import MatchConfig
+
+    monkeypatch.setattr(assembly, "_notified", set())  # notices are once per process: this test must see them
+
+    shipped = DecisionModel.load(default_decision_path())
+    op = shipped.operating_point
+    assert op is not None
+    same = SimpleNamespace(identity=shipped.embedder, signals={"id2": (0, 768, 0.45), "sscd": (768, 1280, 0.55)})
+    model, threshold = decision_settings(MatchConfig(), same)
+    assert model is not None and threshold == op.threshold
+    assert decision_settings(MatchConfig(decision="cosine"), same) == (None, op.cosine_threshold)
+    assert decision_settings(MatchConfig(threshold=0.7), same)[1] == 0.7
+    assert cosine_threshold(MatchConfig(), same) == op.cosine_threshold
+    other = SimpleNamespace(identity="fused[other]", signals=same.signals)
+    with caplog.at_level("WARNING"):
+        assert decision_settings(MatchConfig(), other) == (None, 0.5)
+    assert "holds for another embedder" in caplog.text and "no calibrated operating point" in caplog.text
