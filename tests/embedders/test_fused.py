@@ -15,9 +15,9 @@ from id2_plugin.embedders.base import Embedder  # noqa: E402
 from id2_plugin.embedders.fused import FusedEmbedder, FusionFit  # noqa: E402
 from id2_plugin.embedders.sscd import SSCDEmbedder  # noqa: E402
 from id2_plugin.errors import ConfigError, IncompatibleStoreError  # noqa: E402
-from id2_plugin.search import IdentifyContext
-from id2_plugin.identify import Identifier, search  # noqa: E402
-from id2_plugin.assembly import load_projection
+from id2_plugin.assembly import load_projection  # noqa: E402
+from id2_plugin.identify import Identifier  # noqa: E402
+from id2_plugin.search import IdentifyContext, search  # noqa: E402
 
 
 @pytest.fixture(scope="module")
