@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from id2_plugin.config import load_config
-from id2_plugin.evaluate import (EmbedderMethod, FusedMethod, compute_metrics, embed_images, load_pairs_for_eval,
-                                 prepare_eval_set, query_labels, windowed_similarity)
+from id2_plugin.evaluate import EmbedderMethod, FusedMethod, embed_images, windowed_similarity
+from id2_plugin.metrics import compute_metrics
+from id2_plugin.eval_sets import load_pairs_for_eval, prepare_eval_set, query_labels
 from id2_plugin.framing import query_windows
 from id2_plugin.pipeline import embedder_from_config
 

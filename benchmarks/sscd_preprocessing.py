@@ -23,7 +23,7 @@ MODES = ("square320", "square256", "edge288")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from id2_plugin.evaluate import compute_metrics
+    from id2_plugin.metrics import compute_metrics
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work-dir", type=Path, required=True)

@@ -23,7 +23,8 @@ from .errors import (
     StoreError,
 )
 from .calibrate import Calibration, calibrate_threshold
-from .evaluate import Metrics, compute_metrics, evaluate_methods
+from .metrics import Metrics, compute_metrics
+from .evaluate import evaluate_methods
 from .explain import Explanation, LocalMatches, explain_match, explain_pair, render_explanation
 from .search import IdentifyContext
 from .identify import Identifier

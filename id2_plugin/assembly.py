@@ -98,9 +98,7 @@ def build_embedder(cfg: EmbedderConfig, limits: MediaLimits | None = None, *, in
 
 def refuse_raw_latent(embedder: ImageEmbedder) -> None:
     """Raise :class:`ConfigError` when ``embedder``'s vectors contain a raw VAE latent (decodable into the image)."""
-    from .evaluate import latent_part
-
-    part = latent_part(embedder)
+    part = embedder.latent_part()
     if part is not None and part.projection is None:
         raise ConfigError(
             f"embedder {embedder.identity} has no W (embedder.projection is 'none', or no W is shipped for "

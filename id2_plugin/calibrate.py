@@ -340,7 +340,7 @@ def calibration_scores(
     against all references), from normalised images. ``negatives=None`` returns only positive scores (and an
     empty negative array), e.g. when negatives are scored against a store with :func:`store_best_scores`.
 
-    ``positives`` is the ``Q x R`` ground truth (see :func:`~id2_plugin.evaluate.load_pairs_for_eval`).
+    ``positives`` is the ``Q x R`` ground truth (see :func:`~id2_plugin.eval_sets.load_pairs_for_eval`).
     """
     got = score_calibration_set(method, queries, references, positives, negatives, batch_size=batch_size,
                                 progress=progress, chunk=chunk)

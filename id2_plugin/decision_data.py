@@ -18,7 +18,8 @@ from .decision import DecisionModel, feature_matrix, sigmoid
 from .decision_fit import (CandidateSet, DecisionFit, QueryDecisions, best_per_query, candidate_set, fit_rows,
                            operating_point, window_floor)
 from .errors import ConfigError
-from .evaluate import EmbedderMethod, embed_images, load_images, load_pairs_for_eval, prepare_eval_set, query_labels
+from .evaluate import EmbedderMethod, embed_images
+from .eval_sets import load_images, load_pairs_for_eval, prepare_eval_set, query_labels
 from .signal_scores import SignalScores, signal_scores
 
 #: SSCD cosine at or above which two origins count as one photo for the folds

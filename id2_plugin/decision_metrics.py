@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .calibrate import clopper_pearson_upper
-from .evaluate import wilson_interval
+from .metrics import wilson_interval
 
 
 @dataclass(frozen=True)

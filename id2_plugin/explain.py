@@ -140,16 +140,12 @@ def match_local_features(query: np.ndarray, reference: np.ndarray) -> LocalMatch
     return LocalMatches(pq, pr, mask, (len(kq), len(kr)))
 
 
-def _latent_part(embedder: ImageEmbedder) -> Any:
-    """The part of ``embedder`` built on a VAE latent (an :class:`Embedder`), if any."""
-    parts = getattr(embedder, "parts", [embedder])
-    return next((p for p in parts if hasattr(p, "encoder")), None)
 
 
 def signal_scores(embedder: ImageEmbedder, images: np.ndarray) -> tuple[dict[str, float], np.ndarray | None]:
     """Each signal's cosine between ``images[0]`` and ``images[1]`` (normalised), ``fused`` as the weighted
     sum the fused vector's dot product is, and the two latents when a signal has one (encoded once)."""
-    latent = _latent_part(embedder)
+    latent = embedder.latent_part()
     latents = latent.encoder.encode_arrays(fit_arrays(images, latent.input_size)) if latent is not None else None
     parts = getattr(embedder, "parts", [embedder])
     scores: dict[str, float] = {}
@@ -170,7 +166,7 @@ def explain_pair(query: MediaLike, reference: MediaLike, embedder: ImageEmbedder
 
     images = np.stack([embedder.normalise(query), embedder.normalise(reference)])
     scores, latents = signal_scores(embedder, images)
-    part = _latent_part(embedder)
+    part = embedder.latent_part()
     cells = cell_similarity(latents, part.encoder.latent_shape) if latents is not None else None
     expl = Explanation(describe(query), describe(reference), scores, cells, _local_or_none(images), threshold,
                        embedder.identity)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .evaluate import DEFAULT_K, compute_metrics
+from .metrics import DEFAULT_K, compute_metrics
 
 
 def weight_grid(names: Sequence[str], step: float = 0.05) -> list[dict[str, float]]:

@@ -32,7 +32,7 @@ import numpy as np
 
 from id2_plugin.media import sha256_file, sha256_file_or_none
 from id2_plugin.errors import ConfigError, MediaError
-from id2_plugin.evaluate import RetrievalScores, latent_part
+from id2_plugin.metrics import RetrievalScores
 from id2_plugin.media import MediaLimits, iter_image_files, load_image, to_rgb_array
 
 from .attacks import Attack, Identity, SuiteEntry
@@ -40,11 +40,12 @@ from .attacks import Attack, Identity, SuiteEntry
 if TYPE_CHECKING:
     from id2_plugin.decision import DecisionModel
     from id2_plugin.embedders.base import Embedder
-    from id2_plugin.evaluate import Method, Metrics
+    from id2_plugin.evaluate import Method
+    from id2_plugin.metrics import Metrics
 
 
 RESIZE_POLICIES = ("squash", "center_crop", "pad")
-#: Metric fields copied from :class:`id2_plugin.evaluate.Metrics` into every curve point.
+#: Metric fields copied from :class:`id2_plugin.metrics.Metrics` into every curve point.
 METRIC_FIELDS = tuple(f.name for f in fields(RetrievalScores))
 
 
@@ -126,7 +127,7 @@ def pairs_set(
     max_distractors: int | None = None,
 ) -> RobustnessSet:
     """Edited queries from a pairs manifest (``{"query", "origin"}`` lines); the edits are what is attacked."""
-    from id2_plugin.evaluate import load_pairs_for_eval
+    from id2_plugin.eval_sets import load_pairs_for_eval
 
     queries, origins, pos = load_pairs_for_eval(manifest, ())
     if limit is not None:
@@ -150,7 +151,7 @@ class CurvePoint(RetrievalScores):
     """Metrics of one method (at one resize policy) on the queries attacked at one level.
 
     The metric fields (``top1`` ... ``n_references``) are inherited from
-    :class:`id2_plugin.evaluate.RetrievalScores`.
+    :class:`id2_plugin.metrics.RetrievalScores`.
     """
 
     series: str
@@ -317,7 +318,7 @@ def provenance(
         except ImportError:
             pass
     w_sha = w_path = None
-    latent = latent_part(embedder) if embedder is not None else None
+    latent = embedder.latent_part() if embedder is not None else None
     w = latent.projection if latent is not None else None
     if w is not None and w.source:
         w_path = w.source
@@ -373,14 +374,14 @@ def build_methods(
     else:
         from id2_plugin.cache import latent_cache
 
-        latent = latent_part(embedder)
+        latent = embedder.latent_part()
         cache = latent_cache(getattr(latent, "encoder", None), cache_root if use_cache else None)
         methods = default_methods(embedder, cache, decision=decision)
     if names is None:
         return methods
     available = {m.name: m for m in methods}
     missing = [n for n in names if n not in available]
-    if "id2" in missing and embedder is not None and getattr(latent_part(embedder), "projection", None) is None:
+    if "id2" in missing and embedder is not None and getattr(embedder.latent_part(), "projection", None) is None:
         raise ConfigError("method id2 needs a projection W: none is shipped for this embedder; pass --projection PATH")
     if missing:
         raise ConfigError(f"unknown or unavailable method(s) {', '.join(missing)}; available: {', '.join(available)}")
@@ -391,7 +392,7 @@ def _policy_methods(methods: Sequence[Method], embedder: Embedder, policy: str, 
     """Copies of the latent methods (``id2``/``vae_raw``) whose encoder uses ``policy``."""
     from id2_plugin.evaluate import EmbedderMethod
 
-    latent = latent_part(embedder)
+    latent = embedder.latent_part()
     if latent is None:
         return []
     emb = _encoder_for_policy(latent, policy)
@@ -409,7 +410,7 @@ def _policy_methods(methods: Sequence[Method], embedder: Embedder, policy: str, 
 
 def _metrics_point(series: Series, attack: Attack, family: str, level: int, m: Metrics, scores: np.ndarray,
                    positives: np.ndarray, threshold: float | None) -> CurvePoint:
-    from id2_plugin.evaluate import recall_at_threshold, wilson_interval
+    from id2_plugin.metrics import recall_at_threshold, wilson_interval
 
     d = m.to_dict()
     low, high = wilson_interval(round(m.top1 * m.n_positive_queries), m.n_positive_queries)
@@ -599,7 +600,8 @@ class _LevelRun:
     def one_level(self, queries: list[np.ndarray], family: str, level: int, attack: Attack, keep_thumbs: bool,
                   points: list[CurvePoint], failures: list[FailureExample]) -> None:
         """Attack every query once, then score every series on the attacked images."""
-        from id2_plugin.evaluate import compute_metrics, embed_images
+        from id2_plugin.metrics import compute_metrics
+        from id2_plugin.evaluate import embed_images
 
         attacked = [attack(img, attack_seed(self.seed, attack, name)) for img, name in zip(queries, self.q_names)]
         has_pos = self.positives.any(axis=1)

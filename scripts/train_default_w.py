@@ -52,7 +52,7 @@ def candidates(proxies: bool):
 
 def copy_checks(projection, encoder, photos: list[Path], n: int, seed: int) -> dict[str, dict[str, dict[str, float]]]:
     """W against the raw latent on degraded copies and 60% crops of ``n`` photos among all photos."""
-    from id2_plugin.evaluate import compute_metrics
+    from id2_plugin.metrics import compute_metrics
     from id2_plugin.embedders.base import l2_normalise
     from id2_plugin.robustness.attacks import JPEG, Crop, Downscale, GaussianBlur, TextWatermark
     from id2_plugin.media import to_rgb_array

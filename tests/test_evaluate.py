@@ -14,22 +14,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from id2_plugin.errors import ConfigError, MediaError
-from id2_plugin.evaluate import (
-    EmbedderMethod,
-    Method,
-    PDQMethod,
-    PHashMethod,
-    compute_metrics,
-    default_methods,
-    evaluate_methods,
-    format_table,
-    hamming_similarity,
-    load_pairs_for_eval,
-    micro_average_precision,
-    prepare_eval_set,
-    recall_at_precision,
-    top_k_predictions,
-)
+from id2_plugin.evaluate import EmbedderMethod, Method, PDQMethod, PHashMethod, default_methods, evaluate_methods, hamming_similarity
+from id2_plugin.metrics import compute_metrics, format_table, micro_average_precision, recall_at_precision, top_k_predictions
+from id2_plugin.eval_sets import load_pairs_for_eval, prepare_eval_set
 from id2_plugin.media import to_rgb_array
 
 # ---------------------------------------------------------------------------------------------------
@@ -514,7 +501,7 @@ def test_windowed_similarity_raises_a_restaged_origin_and_skips_matched_queries(
 
 
 def test_max_distractors_keeps_a_reproducible_prefix(real_edits_dir: Path, shared_dir: Path) -> None:
-    from id2_plugin.evaluate import load_pairs_for_eval
+    from id2_plugin.eval_sets import load_pairs_for_eval
 
     manifest, photos = real_edits_dir / "pairs.jsonl", shared_dir / "data" / "photos"
     q_all, r_all, pos_all = load_pairs_for_eval(manifest, [photos])
@@ -525,7 +512,7 @@ def test_max_distractors_keeps_a_reproducible_prefix(real_edits_dir: Path, share
 
 
 def test_wilson_interval_hand_computed() -> None:
-    from id2_plugin.evaluate import wilson_interval
+    from id2_plugin.metrics import wilson_interval
 
     low, high = wilson_interval(8, 8)  # "1.000" on 8 queries means little: [0.676, 1]
     assert abs(low - 0.6756) < 1e-3 and high == 1.0
@@ -537,7 +524,7 @@ def test_wilson_interval_hand_computed() -> None:
 
 
 def test_recall_at_threshold_hand_computed() -> None:
-    from id2_plugin.evaluate import recall_at_threshold
+    from id2_plugin.metrics import recall_at_threshold
 
     scores = np.array([[0.9, 0.1], [0.4, 0.6], [0.3, 0.3], [0.45, 0.2]])
     positives = np.array([[1, 0], [1, 0], [0, 1], [1, 0]], bool)

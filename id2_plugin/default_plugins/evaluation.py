@@ -15,7 +15,9 @@ from ..cli_support import (cache_option, config_from_flags, config_option_flags,
                            printable, scan_inputs)
 from ..errors import ConfigError
 from ..calibrate import save_histogram
-from ..evaluate import DEFAULT_K, METHOD_NAMES, EmbedderMethod, load_images, load_pairs_for_eval, prepare_eval_set
+from ..metrics import DEFAULT_K
+from ..evaluate import METHOD_NAMES, EmbedderMethod
+from ..eval_sets import load_images, load_pairs_for_eval, prepare_eval_set
 from ..per_query import max_distance_bits, method_bits
 from ..pipeline import Pipeline, embedder_from_config
 
@@ -26,13 +28,13 @@ def comparison_methods(embedder: Any, cfg: Any, decision: Any = None) -> list[An
     """The configured embedder's methods, plus ``sscd`` and ``fused`` whenever SSCD resolves, and baselines;
     ``fused`` scored by the ``decision`` model when one decides (and ``fused_cosine`` beside it)."""
     from ..cache import latent_cache
-    from ..evaluate import default_methods, latent_part
+    from ..evaluate import default_methods
     from ..assembly import build_embedder, sscd_available
 
     sscd = None
     if "sscd" not in embedder.signals and embedder.name != "fused" and sscd_available(cfg.embedder) is None:
         sscd = build_embedder(dataclasses.replace(cfg.embedder, name="sscd", weights=cfg.embedder.sscd_weights))
-    latent = latent_part(embedder)
+    latent = embedder.latent_part()
     return default_methods(embedder, latent_cache(getattr(latent, "encoder", None), cfg.cache.dir), sscd=sscd,
                            decision=decision)
 
@@ -84,7 +86,8 @@ def evaluate_command(ctx: click.Context, pairs_path: str, distractors: tuple[str
     some image could not be read or some path under --distractors or --negatives could not be walked (an
     unreadable folder, a dangling link, a symlink loop): each is reported and skipped, the rest evaluated.
     """
-    from ..evaluate import metrics_by_group, query_labels, score_methods
+    from ..evaluate import metrics_by_group, score_methods
+    from ..eval_sets import query_labels
     from ..assembly import decision_settings
 
     if eval_k < 1:
@@ -222,7 +225,7 @@ def _evaluation_doc(results: dict[str, Any], by_group: dict[str, Any], bits: dic
 
 def _print_evaluation(results: dict[str, Any], by_group: dict[str, Any], bits: dict[str, int], head: dict[str, Any],
                       n_origins: int, per_query_path: str | None) -> None:
-    from ..evaluate import format_table
+    from ..metrics import format_table
 
     click.echo(f"{head['n_queries']} queries, {head['n_references']} references ({n_origins} origins), "
                f"k={head['k']}, default method {head['default']} ({head['embedder']}), query windows {head['windows']}")

@@ -40,7 +40,8 @@ def fit_fusion_command(ctx: click.Context, pairs_paths: tuple[str, ...], distrac
     fit beside each signal alone. Use the result with `--set embedder.fusion=OUT`.
     """
     from ..embedders.fused import FusedEmbedder, FusionFit
-    from ..evaluate import EmbedderMethod, embed_images, load_pairs_for_eval, prepare_eval_set
+    from ..evaluate import EmbedderMethod, embed_images
+    from ..eval_sets import load_pairs_for_eval, prepare_eval_set
     from ..fusion import fit_fusion
     from ..assembly import build_signals
     from ..train.crossval import grouped_folds, origin_groups

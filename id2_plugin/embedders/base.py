@@ -324,6 +324,10 @@ class ImageEmbedder(ABC):
         """Signal name -> (start, stop, weight) of its slice; the slice's dot product / weight is its cosine."""
         return {self.name: (0, self.dim, 1.0)}
 
+    def latent_part(self) -> Embedder | None:
+        """The VAE (+ W) signal inside this embedder: itself, one of a composite's parts, or None."""
+        return None
+
     #: whether crops of a query are worth embedding with this signal (a copy detector trained on crops);
     #: a composite embedder re-embeds only such signals for query windows
     window_signal: bool = False
@@ -409,6 +413,9 @@ class Embedder(ImageEmbedder):
     @property
     def projection_id(self) -> str | None:
         return self.projection.identity if self.projection else None
+
+    def latent_part(self) -> Embedder:
+        return self
 
     @property
     def resize_policy(self) -> ResizePolicy:

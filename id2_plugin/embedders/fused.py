@@ -24,7 +24,7 @@ import numpy as np
 from .._jsonfile import read_json_object, write_json_atomic
 from ..errors import ConfigError
 from ..media import MediaLike, MediaLimits, ResizePolicy, to_rgb_array
-from .base import ImageEmbedder
+from .base import Embedder, ImageEmbedder
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,9 @@ class FusedEmbedder(ImageEmbedder):
     def projection_id(self) -> str | None:
         ids = [p.projection_id for p in self.parts if p.projection_id]
         return ids[0] if len(ids) == 1 else (";".join(ids) or None)
+
+    def latent_part(self) -> Embedder | None:
+        return next((q for p in self.parts if (q := p.latent_part()) is not None), None)
 
     def part(self, name: str) -> ImageEmbedder | None:
         return next((p for p in self.parts if p.name == name), None)

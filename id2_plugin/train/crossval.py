@@ -79,7 +79,7 @@ class CVResult:
 
 
 def _scores(sim: np.ndarray, origin_col: np.ndarray) -> dict[str, float]:
-    from ..evaluate import compute_metrics
+    from ..metrics import compute_metrics
 
     pos = np.zeros(sim.shape, bool)
     pos[np.arange(len(origin_col)), origin_col] = True

@@ -287,7 +287,7 @@ def init_projection(
 # --------------------------------------------------------------------------------------------------
 def retrieval_metrics(queries: np.ndarray, gallery: np.ndarray, query_origin: Sequence[int]) -> dict[str, float]:
     """top-1 and mAP (plus micro-AP) of L2-normalised ``queries`` against ``gallery`` with one origin each."""
-    from ..evaluate import compute_metrics
+    from ..metrics import compute_metrics
 
     scores = l2_normalise(queries) @ l2_normalise(gallery).T
     pos = np.zeros(scores.shape, bool)
