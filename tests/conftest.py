@@ -8,6 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# Tests import onnxruntime themselves (importorskip) before the package can switch its telemetry off.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("ID2_SHARED_DIR", ROOT.parent / "shared"))
 PHOTOS = SHARED / "data" / "photos"
