@@ -16,7 +16,7 @@ from .decision import CANDIDATES, WINDOW_SIGNAL, DecisionModel, Evidence, candid
 from .errors import Id2Error, MediaError
 from .framing import (best_over_orientations, best_over_windows, needs_second_look, orient, orientation_variants,
                       query_windows)
-from .media import MediaLike
+from .media import MediaLike, describe
 from .types import Match, OriginReport
 
 if TYPE_CHECKING:
@@ -112,8 +112,6 @@ def search_normalised(media: Sequence[MediaLike], images: Sequence[np.ndarray], 
     ``normalise_ms`` is the decoding time per query, reported in the timings (in a pipelined stream it ran
     beside the model, so ``total`` overstates the wall time a query adds).
     """
-    from .media import describe
-
     t1 = time.perf_counter()
     # Every orientation variant of every query in one forward pass and one store query.
     variants = orientation_variants(context.rotations, context.mirror)
