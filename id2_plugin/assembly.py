@@ -4,6 +4,7 @@ built; this module builds it from the config's frozen sections, once, for every 
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -205,12 +206,18 @@ def calibrated_model(spec: str, embedder: ImageEmbedder) -> DecisionModel | None
     return model
 
 
+@functools.cache
+def _shipped_model() -> DecisionModel | None:
+    # Read once per process: the ThreatExchange signal resolves its threshold on every match.
+    path = default_decision_path()
+    return DecisionModel.load(path) if path.is_file() else None
+
+
 def model_for_identity(spec: str, identity: str) -> DecisionModel | None:
     """The decision model ``match.decision`` names for the embedder ``identity`` (no model needs loading:
     ``index info`` compares a store's identity): the shipped one when it holds, a given file or an error."""
     if spec in ("auto", "cosine"):
-        path = default_decision_path()
-        model = DecisionModel.load(path) if path.is_file() else None
+        model = _shipped_model()
         return model if model is not None and model.embedder == identity else None
     model = DecisionModel.load(spec)
     if model.embedder != identity:

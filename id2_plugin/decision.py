@@ -185,10 +185,6 @@ class DecisionModel:
         if unknown:
             raise ConfigError(f"decision model {self.source or ''}: unknown feature(s) {', '.join(unknown)}")
 
-    @property
-    def uses_background(self) -> bool:
-        return any("background" in n for n in self.features)
-
     def score(self, evidence: Evidence) -> np.ndarray:
         """The decision score in [0, 1] of each pair (the evidence's shape: a vector or a matrix of pairs)."""
         x = feature_matrix(evidence, self.features)

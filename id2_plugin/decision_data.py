@@ -14,8 +14,8 @@ import numpy as np
 
 from .calibrate import calibrate_threshold, select_negatives
 from .config import Config
-from .decision import DecisionModel, feature_matrix, sigmoid
-from .decision_fit import (CandidateSet, DecisionFit, QueryDecisions, best_per_query, candidate_set, fit_rows,
+from .decision import DecisionModel
+from .decision_fit import (DecisionFit, QueryDecisions, best_per_query, candidate_set, cross_validated_scores, fit_rows,
                            operating_point, window_floor)
 from .errors import ConfigError
 from .evaluate import EmbedderMethod, embed_images
@@ -118,20 +118,6 @@ def load_decision_data(cfg: Config, pairs: Sequence[str | os.PathLike], negative
     return DecisionData(scores, all_pos, negative, sets, families, groups, len(refs), embedder.identity, skipped)
 
 
-def _fold_scores(cands: CandidateSet, features: Sequence[str], folds: np.ndarray, l2: float) -> tuple[np.ndarray, np.ndarray]:
-    """Held-out scores of every row with the windows' evidence and without it (the same fold models)."""
-    with_w = np.zeros(len(cands.query))
-    whole = np.zeros(len(cands.query))
-    no_window = dataclasses.replace(cands, window=None)
-    row_fold = folds[cands.query]
-    for f in np.unique(folds):
-        held = np.flatnonzero(row_fold == f)
-        coef, b = fit_rows(cands, np.flatnonzero(row_fold != f), features, l2)
-        with_w[held] = sigmoid(feature_matrix(cands.evidence(held), features) @ coef + b)
-        whole[held] = sigmoid(feature_matrix(no_window.evidence(held), features) @ coef + b)
-    return with_w, whole
-
-
 def _decisions_auto(whole: QueryDecisions, with_w: QueryDecisions, threshold: float, floor: float) -> QueryDecisions:
     """What ``match.windows: auto`` decides: the windows are searched only below the threshold and from the floor."""
     looked = (whole.score < threshold) & (whole.score >= floor)
@@ -187,7 +173,7 @@ def fit_decision_files(cfg: Config, pairs: Sequence[str | os.PathLike], negative
     _, group_ids = np.unique(np.array(d.groups), return_inverse=True)
     folds = grouped_folds(group_ids.tolist(), n_folds, seed=seed)
     cands = candidate_set(d.scores.sims, d.scores.weights, d.positives, d.scores.window)
-    with_rows, whole_rows = _fold_scores(cands, features, folds, l2)
+    with_rows, whole_rows = cross_validated_scores(cands, features, folds, l2=l2)
     n = len(d.positives)
     with_w, whole = best_per_query(cands, with_rows, n), best_per_query(cands, whole_rows, n)
     edit = ~d.negative

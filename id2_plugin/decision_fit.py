@@ -10,6 +10,7 @@ on those held-out scores, so the threshold is not fitted on the scores it is jud
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,16 +104,19 @@ def best_per_query(cands: CandidateSet, scores: np.ndarray, n_queries: int) -> Q
 
 
 def cross_validated_scores(cands: CandidateSet, features: Sequence[str], folds: np.ndarray, *,
-                           l2: float = 1e-3) -> np.ndarray:
-    """Every row scored by a model fitted on the other folds (``folds``: one fold id per query)."""
-    scores = np.zeros(len(cands.query))
+                           l2: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
+    """Every row scored by a model fitted on the other folds (``folds``: one fold id per query), with the
+    windows' evidence and, by the same fold models, without it (what ``match.windows: auto`` sees first)."""
+    with_windows = np.zeros(len(cands.query))
+    whole = np.zeros(len(cands.query))
+    no_window = dataclasses.replace(cands, window=None)
     row_fold = folds[cands.query]
     for f in np.unique(folds):
-        held = row_fold == f
-        coef, b = fit_rows(cands, np.flatnonzero(~held), features, l2)
-        x = feature_matrix(cands.evidence(np.flatnonzero(held)), features)
-        scores[held] = sigmoid(x @ coef + b)
-    return scores
+        held = np.flatnonzero(row_fold == f)
+        coef, b = fit_rows(cands, np.flatnonzero(row_fold != f), features, l2)
+        with_windows[held] = sigmoid(feature_matrix(cands.evidence(held), features) @ coef + b)
+        whole[held] = sigmoid(feature_matrix(no_window.evidence(held), features) @ coef + b)
+    return with_windows, whole
 
 
 @dataclass

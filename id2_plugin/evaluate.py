@@ -17,6 +17,7 @@ import numpy as np
 from ._lazy import require
 from .decision import CANDIDATES, WINDOW_SIGNAL, DecisionModel, Evidence
 from .metrics import DEFAULT_K, Metrics, compute_metrics
+from .signal_scores import slice_cosines
 
 if TYPE_CHECKING:
     from .cache import LatentCache
@@ -104,9 +105,7 @@ class DecisionMethod(FusedMethod):
     def _evidence(self, q: np.ndarray, r: np.ndarray, window: np.ndarray | None = None) -> Evidence:
         """The evidence of queries ``q`` against references ``r``: per-signal cosines (``Q x R``), the window
         cosines, and each query's background from its top candidates by the fused cosine (as the store ranks)."""
-        q = np.atleast_2d(q)
-        cos = {name: np.asarray(q[:, a:b], np.float32) @ np.asarray(r[:, a:b], np.float32).T / max(w, 1e-12)
-               for name, (a, b, w) in self.embedder.signals.items()}
+        cos = slice_cosines(self.embedder, np.atleast_2d(q), r)
         fused = sum(w * cos[name] for name, (_, _, w) in self.embedder.signals.items())
         top = np.argsort(-fused, axis=1, kind="stable")[:, :CANDIDATES]
         background = {name: np.repeat(np.median(np.take_along_axis(c, top, axis=1), axis=1, keepdims=True),

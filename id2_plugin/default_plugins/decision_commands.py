@@ -3,6 +3,7 @@ unrelated photos, with grouped cross-validation."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -59,14 +60,14 @@ def fit_decision_command(ctx: click.Context, pairs_paths: tuple[str, ...], negat
                                         holdout_every=holdout_every)
     skipped += report.pop("skipped")
     model: DecisionModel = fit.model
-    model = DecisionModel(**{**model.__dict__, "provenance": {
+    model = dataclasses.replace(model, provenance={
         **model.provenance,
         "pairs": [str(Path(p).resolve()) for p in pairs_paths],
         "negatives": [str(Path(d).resolve()) for d in negative_dirs],
         "distractors": [str(Path(d).resolve()) for d in distractors],
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": "id2-plugin fit-decision " + " ".join(sys.argv[2:]),
-    }})
+    })
     path = model.save(out_path)
     if as_json:
         echo_json(dict(report, out=str(path), skipped=skipped))

@@ -170,7 +170,7 @@ def _decisions(sims: dict[str, Any], positives: Any, default: str, threshold: fl
     if default in sims:
         out[default] = decision_metrics(sims[default], positives, threshold).to_dict()
         for key, labels in groups.items():
-            lab = np.array([x or "" for x in labels] + [""] * (len(positives) - len(labels)), dtype=object)
+            lab = np.array([x or "" for x in labels], dtype=object)
             out[f"{default} per {key}"] = {
                 label: decision_metrics(sims[default][lab == label], positives[lab == label], threshold).to_dict()
                 for label in sorted({x for x in lab if x})}
