@@ -77,7 +77,8 @@ class LimitsMiddleware:
             return
         if not self.capacity.try_enter():
             await error_response(503, "server busy: all workers and queue slots are taken; retry later")(
-                scope, receive, send)
+                scope, receive, send
+            )
             return
         try:
             await self.app(scope, _replay(body, receive), send)
@@ -102,8 +103,10 @@ class LimitsMiddleware:
         try:
             return await asyncio.wait_for(self._read_all(receive), timeout=self.upload_timeout_s)
         except asyncio.TimeoutError:
-            raise _Rejected(408, f"upload too slow: the body did not arrive within {self.upload_timeout_s:g} s "
-                                 "(serve.upload_timeout_s)") from None
+            raise _Rejected(
+                408,
+                f"upload too slow: the body did not arrive within {self.upload_timeout_s:g} s (serve.upload_timeout_s)",
+            ) from None
         finally:
             self.uploads.leave()
 

@@ -57,10 +57,16 @@ class _BoundedH11(H11Protocol):
 
     def send_400_response(self, msg: str) -> None:
         body = json.dumps({"detail": msg}).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                   (b"connection", b"close")]
-        for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body),
-                      h11.EndOfMessage()):
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        for event in (
+            h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+            h11.Data(data=body),
+            h11.EndOfMessage(),
+        ):
             self.transport.write(self.conn.send(event) or b"")
         self.transport.close()
 
@@ -93,5 +99,6 @@ class _BoundedH11(H11Protocol):
 
 def bounded_protocol(*, head_timeout_s: float, max_connections: int) -> type[H11Protocol]:
     """uvicorn's ``http=`` protocol class with these bounds (see the module docstring)."""
-    return type("BoundedH11Protocol", (_BoundedH11,),
-                {"head_timeout_s": head_timeout_s, "max_connections": max_connections})
+    return type(
+        "BoundedH11Protocol", (_BoundedH11,), {"head_timeout_s": head_timeout_s, "max_connections": max_connections}
+    )

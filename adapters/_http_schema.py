@@ -29,17 +29,25 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
 class MatchBody(BaseModel):
     reference_id: str
     uri: str = Field(description="The uri the reference was added with (a server file path: its file name)")
-    score: float = Field(description="What the threshold decides on: the calibrated decision score in [0, 1] "
-                                     "(score_kind 'decision'), else the cosine in [-1, 1]")
+    score: float = Field(
+        description="What the threshold decides on: the calibrated decision score in [0, 1] "
+        "(score_kind 'decision'), else the cosine in [-1, 1]"
+    )
     rank: int
     sha256: str
     labels: list[str]
     signals: dict[str, float] = Field(description="Each signal's own cosine for a fused embedding, else empty")
-    orientation: str | None = Field(None, description="The query variant that scored best, e.g. 'rot90'; absent when upright")
-    window: str | None = Field(None, description="The query window that scored best, e.g. 'r0c1' (row, column of the 3 x 3 "
-                                                 "grid; match.windows); absent when the whole image did")
-    cosine: float | None = Field(None, description="The store's (fused) cosine when score is a decision score; absent "
-                                                   "when score is that cosine")
+    orientation: str | None = Field(
+        None, description="The query variant that scored best, e.g. 'rot90'; absent when upright"
+    )
+    window: str | None = Field(
+        None,
+        description="The query window that scored best, e.g. 'r0c1' (row, column of the 3 x 3 "
+        "grid; match.windows); absent when the whole image did",
+    )
+    cosine: float | None = Field(
+        None, description="The store's (fused) cosine when score is a decision score; absent when score is that cosine"
+    )
 
 
 class ReportBody(BaseModel):
@@ -47,11 +55,14 @@ class ReportBody(BaseModel):
     decision: Literal["match", "no_match"]
     is_match: bool
     threshold: float
-    score_kind: Literal["decision", "cosine"] = Field(description="What score and threshold are: the decision "
-                                                                  "model's calibrated score, or the store's cosine")
-    false_match_rate: float | None = Field(description="Calibrated bound on the share of unrelated queries "
-                                                       "reported as a match at this store's size; null when "
-                                                       "uncalibrated")
+    score_kind: Literal["decision", "cosine"] = Field(
+        description="What score and threshold are: the decision model's calibrated score, or the store's cosine"
+    )
+    false_match_rate: float | None = Field(
+        description="Calibrated bound on the share of unrelated queries "
+        "reported as a match at this store's size; null when "
+        "uncalibrated"
+    )
     best: MatchBody | None
     matches: list[MatchBody]
     embedder: str
@@ -117,11 +128,15 @@ _WHY = {
     413: "The body exceeds serve.max_upload_bytes (declared or streamed)",
     422: "Invalid request: not a usable image, a missing or empty upload field, or a query parameter out of range",
     503: "The model is still loading, the reference store is unavailable, all workers and queue slots "
-         "(or upload slots) are taken, or every connection is inside a request; retry after Retry-After",
+    "(or upload slots) are taken, or every connection is inside a request; retry after Retry-After",
     504: "Not answered within serve.request_timeout_s",
 }
-_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying (when the server is busy)",
-                                "schema": {"type": "string"}}}
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before retrying (when the server is busy)",
+        "schema": {"type": "string"},
+    }
+}
 
 #: statuses every route can answer with (the size check runs before routing)
 _COMMON = (400, 413, 503)
@@ -151,7 +166,13 @@ def ok(model: Any, description: str, status: int = 200) -> dict[int, dict[str, A
     return {status: {"model": model, "description": description}}
 
 
-EXPLAIN_OK = {200: {"description": "The explanation: JSON numbers, or with ?format=png|html the picture",
-                    "content": {"application/json": {"schema": {"type": "object"}},
-                                "image/png": {"schema": {"type": "string", "format": "binary"}},
-                                "text/html": {"schema": {"type": "string"}}}}}
+EXPLAIN_OK = {
+    200: {
+        "description": "The explanation: JSON numbers, or with ?format=png|html the picture",
+        "content": {
+            "application/json": {"schema": {"type": "object"}},
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "text/html": {"schema": {"type": "string"}},
+        },
+    }
+}

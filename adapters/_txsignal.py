@@ -32,7 +32,16 @@ import numpy as np
 
 from ._shared import decode_vector
 
-__all__ = ["LEGACY", "VERSION", "Parsed", "format_photo", "format_video", "identity_digest", "parse_photo", "parse_video"]
+__all__ = [
+    "LEGACY",
+    "VERSION",
+    "Parsed",
+    "format_photo",
+    "format_video",
+    "identity_digest",
+    "parse_photo",
+    "parse_video",
+]
 
 VERSION = 2
 LEGACY = 1
@@ -103,13 +112,17 @@ def _split(signal: str, name: str) -> tuple[str, str] | None:
         return None
     if parts[0] != name:
         # base64url is case-sensitive: a case-changed payload decodes into another vector, so refuse it by name
-        raise ValueError(f"{name} signal starts with {parts[0]!r}, not {name!r}: its case was changed (by a tool "
-                         "that upper-cases hashes?), which also changes its case-sensitive base64url payload; "
-                         "store and send the signal exactly as it was hashed")
+        raise ValueError(
+            f"{name} signal starts with {parts[0]!r}, not {name!r}: its case was changed (by a tool "
+            "that upper-cases hashes?), which also changes its case-sensitive base64url payload; "
+            "store and send the signal exactly as it was hashed"
+        )
     if len(parts) != 4:
         raise ValueError(f"{name} signal must look like {name}:{VERSION}:<digest>:<payload>")
     if parts[1] != str(VERSION):
-        raise ValueError(f"{name} signal format version {parts[1]!r} is not supported (this id2-plugin reads {VERSION})")
+        raise ValueError(
+            f"{name} signal format version {parts[1]!r} is not supported (this id2-plugin reads {VERSION})"
+        )
     if not _DIGEST.match(parts[2]):
         raise ValueError(f"{name} signal embedder digest {parts[2]!r} must be {_DIGEST_LEN} lowercase hex digits")
     return parts[2], parts[3]

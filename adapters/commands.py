@@ -19,14 +19,23 @@ from id2_plugin.hookspecs import hookimpl
 @click.option("--port", type=int, default=None, help="TCP port (serve.port, default 8000).")
 @click.option("--max-concurrency", type=int, default=None, help="Model workers (serve.max_concurrency).")
 @click.option("--queue-size", type=int, default=None, help="Requests allowed to wait for a worker (serve.queue_size).")
-@click.option("--timeout", "request_timeout_s", type=float, default=None,
-              help="Seconds before a request gets 504 (serve.request_timeout_s).")
+@click.option(
+    "--timeout",
+    "request_timeout_s",
+    type=float,
+    default=None,
+    help="Seconds before a request gets 504 (serve.request_timeout_s).",
+)
 @click.option("--max-upload-bytes", type=int, default=None, help="Largest accepted body (serve.max_upload_bytes).")
 @click.option("--create-store", is_flag=True, help="Create an empty store if none exists, to fill it over HTTP.")
 @match_option_flags
 @config_option_flags
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+)
 @click.pass_context
 @handle_errors
 def serve_command(ctx: click.Context, create_store: bool, log_level: str, **flags: Any) -> None:
@@ -43,8 +52,10 @@ def serve_command(ctx: click.Context, create_store: bool, log_level: str, **flag
     require("fastapi_offline")
     from .http import serve, token_from_env
 
-    serve_keys = {name: f"serve.{name}" for name in
-                  ("host", "port", "max_concurrency", "queue_size", "request_timeout_s", "max_upload_bytes")}
+    serve_keys = {
+        name: f"serve.{name}"
+        for name in ("host", "port", "max_concurrency", "queue_size", "request_timeout_s", "max_upload_bytes")
+    }
     cfg = config_from_flags(ctx, extra_keys=serve_keys, **flags)
     serve_cfg = token_from_env(cfg.serve)
     # Loaded before the server starts, so a missing store or model is a clean CLI error, not a traceback.

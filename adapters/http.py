@@ -96,8 +96,10 @@ _EXPLAIN_BODY = {
         "multipart/form-data": {
             "schema": {
                 "type": "object",
-                "properties": {"query": {"type": "string", "format": "binary"},
-                               "reference": {"type": "string", "format": "binary"}},
+                "properties": {
+                    "query": {"type": "string", "format": "binary"},
+                    "reference": {"type": "string", "format": "binary"},
+                },
                 "required": ["query", "reference"],
             }
         },
@@ -127,8 +129,6 @@ _REFERENCES_BODY = {
 _BEARER = HTTPBearer(auto_error=False, description="serve.token (or $ID2_SERVE_TOKEN)")
 
 
-
-
 class _Service:
     """Runtime state: the pipeline, the worker pool, the write lock."""
 
@@ -150,8 +150,9 @@ class _Service:
         """The monotonic time by which a request arriving now must be answered."""
         return time.monotonic() + self.cfg.request_timeout_s
 
-    async def run(self, fn: Callable[..., T], *args: Any, deadline: float,
-                  abandon: Callable[[], None] | None = None) -> T:
+    async def run(
+        self, fn: Callable[..., T], *args: Any, deadline: float, abandon: Callable[[], None] | None = None
+    ) -> T:
         """Run ``fn`` on a worker once one is free; 504 when ``deadline`` (monotonic) passes first.
 
         ``abandon`` is called when the request is given up (504 or client gone) while ``fn`` still runs,
@@ -263,23 +264,28 @@ def _report_json(pipeline: Pipeline, data: bytes, name: str, expose_paths: bool,
     return _public_report(pipeline.identify(data, k=k), name, expose_paths)
 
 
-def _batch_json(pipeline: Pipeline, uploads: list[tuple[str, bytes]], expose_paths: bool, k: int | None,
-                stop: threading.Event) -> dict[str, Any]:
+def _batch_json(
+    pipeline: Pipeline, uploads: list[tuple[str, bytes]], expose_paths: bool, k: int | None, stop: threading.Event
+) -> dict[str, Any]:
     """One report (or error) per upload; stops between batches once ``stop`` is set (the request was given up)."""
     media = itertools.takewhile(lambda _: not stop.is_set(), (data for _, data in uploads))
     results = []
     for (name, _), r in zip(uploads, pipeline.identify_iter(media, k=k)):
         if stop.is_set():
             break
-        results.append({"query": name, "error": f"not a usable image: {r}"} if isinstance(r, MediaError)
-                       else _public_report(r, name, expose_paths))
+        results.append(
+            {"query": name, "error": f"not a usable image: {r}"}
+            if isinstance(r, MediaError)
+            else _public_report(r, name, expose_paths)
+        )
     return {"results": results}
 
 
 def _public_report(report: Any, name: str, expose_paths: bool) -> dict[str, Any]:
     if not expose_paths:
-        report = dataclasses.replace(report, matches=tuple(dataclasses.replace(m, uri=public_uri(m.uri))
-                                                           for m in report.matches))
+        report = dataclasses.replace(
+            report, matches=tuple(dataclasses.replace(m, uri=public_uri(m.uri)) for m in report.matches)
+        )
     return dataclasses.replace(report, query=name).to_dict()
 
 
@@ -289,7 +295,7 @@ _PATH = re.compile(r"(?<![\w:/])(?:[A-Za-z]:\\|/)(?:[^\s'\"<>|,;()]+[/\\])+([^\s
 
 def public_uri(uri: str) -> str:
     """A reference uri as clients see it: a server file path becomes its file name; other uris stay."""
-    path = uri[len("file://"):] if uri.startswith("file://") else uri
+    path = uri[len("file://") :] if uri.startswith("file://") else uri
     if os.path.isabs(path) or re.match(r"^[A-Za-z]:[\\/]", path):
         return os.path.basename(path.rstrip("/\\")) or uri
     return uri
@@ -356,10 +362,13 @@ def create_app(
 
 def _check_serve_config(cfg: ServeConfig) -> None:
     if cfg.max_concurrency < 1 or cfg.queue_size < 0:
-        raise ConfigError(f"serve.max_concurrency={cfg.max_concurrency} must be >= 1 and serve.queue_size="
-                          f"{cfg.queue_size} >= 0")
+        raise ConfigError(
+            f"serve.max_concurrency={cfg.max_concurrency} must be >= 1 and serve.queue_size={cfg.queue_size} >= 0"
+        )
     if cfg.max_upload_bytes < 1 or cfg.request_timeout_s <= 0 or cfg.upload_timeout_s <= 0 or cfg.max_uploads < 1:
-        raise ConfigError("serve.max_upload_bytes, request_timeout_s, upload_timeout_s and max_uploads must be positive")
+        raise ConfigError(
+            "serve.max_upload_bytes, request_timeout_s, upload_timeout_s and max_uploads must be positive"
+        )
 
 
 def _add_error_handlers(app: FastAPI, cfg: ServeConfig) -> None:
@@ -402,23 +411,37 @@ def _validation_summary(exc: RequestValidationError) -> str:
 def _add_read_routes(app: FastAPI, service: Callable[[], _Service], capacity: Capacity) -> None:
     """``/healthz``, ``/v1/info`` and ``/v1/identify``: open to every client."""
 
-    @app.get("/healthz", summary="Liveness: 200 once the model is loaded", response_model=None,
-             responses=S.responses(S.ok(S.HealthBody, "The model is loaded")))
+    @app.get(
+        "/healthz",
+        summary="Liveness: 200 once the model is loaded",
+        response_model=None,
+        responses=S.responses(S.ok(S.HealthBody, "The model is loaded")),
+    )
     async def healthz() -> dict[str, Any]:
         svc = service()
         return {"status": "ok", "uptime_s": round(time.time() - svc.started, 3)}
 
-    @app.get("/v1/info", summary="Model, store and limits in use", response_model=None,
-             responses=S.responses(S.ok(S.InfoBody, "Model, store and limits"), 504))
+    @app.get(
+        "/v1/info",
+        summary="Model, store and limits in use",
+        response_model=None,
+        responses=S.responses(S.ok(S.InfoBody, "Model, store and limits"), 504),
+    )
     async def info() -> dict[str, Any]:
         svc = service()
         store_info = await svc.run(svc.store.info, deadline=svc.deadline())
         return _info_json(svc, store_info, capacity)
 
-    @app.post("/v1/identify", summary="Identify the original of an uploaded image",
-              openapi_extra={"requestBody": _IMAGE_BODY}, response_model=None,
-              responses=S.responses(S.ok(S.ReportBody, "The origin report"), *S.UPLOAD_ERRORS))
-    async def identify(request: Request, k: int | None = Query(None, ge=1, le=1000, description="Matches to return (default match.k)")) -> dict[str, Any]:
+    @app.post(
+        "/v1/identify",
+        summary="Identify the original of an uploaded image",
+        openapi_extra={"requestBody": _IMAGE_BODY},
+        response_model=None,
+        responses=S.responses(S.ok(S.ReportBody, "The origin report"), *S.UPLOAD_ERRORS),
+    )
+    async def identify(
+        request: Request, k: int | None = Query(None, ge=1, le=1000, description="Matches to return (default match.k)")
+    ) -> dict[str, Any]:
         svc = service()
         deadline = svc.deadline()
         uploads, _ = await _read_uploads(request, many=False)
@@ -427,22 +450,37 @@ def _add_read_routes(app: FastAPI, service: Callable[[], _Service], capacity: Ca
             raise HTTPException(422, "empty upload: send the image bytes")
         return await svc.run(_report_json, svc.pipeline, data, name, svc.cfg.expose_paths, k, deadline=deadline)
 
-    @app.post("/v1/identify/batch", summary="Identify the originals of several uploaded images (multipart 'file' fields)",
-              openapi_extra={"requestBody": _REFERENCES_BODY}, response_model=None,
-              responses=S.responses(S.ok(S.BatchBody, "One report (or error) per image"), *S.UPLOAD_ERRORS))
-    async def identify_batch(request: Request, k: int | None = Query(None, ge=1, le=1000, description="Matches per image")) -> dict[str, Any]:
+    @app.post(
+        "/v1/identify/batch",
+        summary="Identify the originals of several uploaded images (multipart 'file' fields)",
+        openapi_extra={"requestBody": _REFERENCES_BODY},
+        response_model=None,
+        responses=S.responses(S.ok(S.BatchBody, "One report (or error) per image"), *S.UPLOAD_ERRORS),
+    )
+    async def identify_batch(
+        request: Request, k: int | None = Query(None, ge=1, le=1000, description="Matches per image")
+    ) -> dict[str, Any]:
         svc = service()
         deadline = svc.deadline()
         uploads, _ = await _read_uploads(request, many=True)  # an empty part is reported in its own item
         stop = threading.Event()
-        return await svc.run(_batch_json, svc.pipeline, uploads, svc.cfg.expose_paths, k, stop, deadline=deadline,
-                             abandon=stop.set)
+        return await svc.run(
+            _batch_json, svc.pipeline, uploads, svc.cfg.expose_paths, k, stop, deadline=deadline, abandon=stop.set
+        )
 
-    @app.post("/v1/explain", summary="Explain the match of two uploaded images (scores, similarity map, SIFT)",
-              openapi_extra={"requestBody": _EXPLAIN_BODY}, response_class=Response,
-              responses=S.responses(S.EXPLAIN_OK, *S.UPLOAD_ERRORS))
-    async def explain(request: Request, format: str = Query("json", pattern="^(json|png|html)$",
-                                                            description="json (numbers), png or html (the picture)")) -> Response:
+    @app.post(
+        "/v1/explain",
+        summary="Explain the match of two uploaded images (scores, similarity map, SIFT)",
+        openapi_extra={"requestBody": _EXPLAIN_BODY},
+        response_class=Response,
+        responses=S.responses(S.EXPLAIN_OK, *S.UPLOAD_ERRORS),
+    )
+    async def explain(
+        request: Request,
+        format: str = Query(
+            "json", pattern="^(json|png|html)$", description="json (numbers), png or html (the picture)"
+        ),
+    ) -> Response:
         svc = service()
         deadline = svc.deadline()
         query, reference = await _read_pair(request)
@@ -475,17 +513,31 @@ def _info_json(svc: _Service, store_info: Any, capacity: Capacity) -> dict[str, 
 def _public_store_info(info: dict[str, Any], expose_paths: bool) -> dict[str, Any]:
     if expose_paths:
         return info
-    return dict(info, location=public_uri(str(info["location"])), extra=json.loads(redact_paths(json.dumps(info["extra"]))))
+    return dict(
+        info, location=public_uri(str(info["location"])), extra=json.loads(redact_paths(json.dumps(info["extra"])))
+    )
 
 
 def _add_write_routes(app: FastAPI, service: Callable[[], _Service]) -> None:
     """Adding and removing references: bearer token only, one write at a time."""
 
-    @app.post("/v1/references", summary="Add one or more reference images (bearer token)",
-              openapi_extra={"requestBody": _REFERENCES_BODY}, response_model=None, dependencies=[Depends(_BEARER)],
-              responses=S.responses({**S.ok(S.ReferencesBody, "Nothing new: every upload was a duplicate"),
-                                     **S.ok(S.ReferencesBody, "References added", 201)},
-                                    401, 403, *S.UPLOAD_ERRORS, s422=S.ErrorBody | S.ReferencesBody))
+    @app.post(
+        "/v1/references",
+        summary="Add one or more reference images (bearer token)",
+        openapi_extra={"requestBody": _REFERENCES_BODY},
+        response_model=None,
+        dependencies=[Depends(_BEARER)],
+        responses=S.responses(
+            {
+                **S.ok(S.ReferencesBody, "Nothing new: every upload was a duplicate"),
+                **S.ok(S.ReferencesBody, "References added", 201),
+            },
+            401,
+            403,
+            *S.UPLOAD_ERRORS,
+            s422=S.ErrorBody | S.ReferencesBody,
+        ),
+    )
     async def add_references(
         request: Request,
         uri: str | None = Query(None, description="URI recorded for a single uploaded image"),
@@ -496,13 +548,16 @@ def _add_write_routes(app: FastAPI, service: Callable[[], _Service]) -> None:
         svc.check_token(request)
         uploads, form_labels = await _read_uploads(request, many=True)
         labels = tuple(form_labels or label or ())
-        items = [Upload(data, uri if (uri and len(uploads) == 1) else f"upload:{name}", name=name)
-                 for name, data in uploads]
+        items = [
+            Upload(data, uri if (uri and len(uploads) == 1) else f"upload:{name}", name=name) for name, data in uploads
+        ]
         async with svc.write_lock:
             res = await svc.run(functools.partial(svc.pipeline.add_uploads, items, labels=labels), deadline=deadline)
         body = {
-            "added": [{"id": rid, "sha256": rec.sha256, "uri": rec.uri if svc.cfg.expose_paths else public_uri(rec.uri)}
-                      for rid, rec in res.added],
+            "added": [
+                {"id": rid, "sha256": rec.sha256, "uri": rec.uri if svc.cfg.expose_paths else public_uri(rec.uri)}
+                for rid, rec in res.added
+            ],
             "duplicates": res.duplicates,
             "errors": [{"name": name, "error": why} for name, why in res.failures],
         }
@@ -510,9 +565,13 @@ def _add_write_routes(app: FastAPI, service: Callable[[], _Service]) -> None:
             return JSONResponse(body, status_code=422)
         return JSONResponse(body, status_code=201 if res.added else 200)
 
-    @app.delete("/v1/references/{key:path}", summary="Remove a reference by id or sha256 (bearer token)",
-                response_model=None, dependencies=[Depends(_BEARER)],
-                responses=S.responses(S.ok(S.RemovedBody, "Removed"), 401, 403, 404, 422, 504))
+    @app.delete(
+        "/v1/references/{key:path}",
+        summary="Remove a reference by id or sha256 (bearer token)",
+        response_model=None,
+        dependencies=[Depends(_BEARER)],
+        responses=S.responses(S.ok(S.RemovedBody, "Removed"), 401, 403, 404, 422, 504),
+    )
     async def remove_reference(key: str, request: Request) -> dict[str, Any]:
         svc = service()
         deadline = svc.deadline()
@@ -567,4 +626,3 @@ def token_from_env(cfg: ServeConfig) -> ServeConfig:
     """``$ID2_SERVE_TOKEN`` wins over ``serve.token`` (keeps the secret out of files and process lists)."""
     env = os.environ.get("ID2_SERVE_TOKEN")
     return dataclasses.replace(cfg, token=env) if env else cfg
-

@@ -61,10 +61,10 @@ from threatexchange.extensions.manifest import ThreatExchangeExtensionManifest
 from threatexchange.signal_type import index
 from threatexchange.signal_type.signal_base import BytesHasher, FileHasher, SignalComparisonResult, SignalType
 
-from id2_plugin.extras import require
+from id2_plugin.assembly import cosine_threshold
 from id2_plugin.config import Config, MatchConfig, default_config_path, load_config
 from id2_plugin.errors import MediaError, MissingExtraError
-from id2_plugin.assembly import cosine_threshold
+from id2_plugin.extras import require
 
 from . import _jsoncodec, _txsignal
 from ._shared import SerialEmbedder, get_embedder, synthetic_images
@@ -307,7 +307,9 @@ def _cosine_threshold() -> tuple[float, str]:
     if path is None:
         found = default_config_path()
         if found is None:
-            return cosine_threshold(MatchConfig(), _ID2SignalBase.embedder()), "built-in default (the shipped calibration)"
+            return cosine_threshold(
+                MatchConfig(), _ID2SignalBase.embedder()
+            ), "built-in default (the shipped calibration)"
         path = found.resolve()
     return _file_threshold(path), str(path)
 
@@ -606,7 +608,9 @@ class _ID2Index(index.SignalTypeIndex[index.T]):
             self.skipped.update(skipped)
             logger.warning(
                 "%s index (embedder %s): skipped %s; re-hash that content with the embedder in use",
-                self._SIGNAL_TYPE.get_name(), self.digest, ", ".join(f"{n} {r}" for r, n in sorted(skipped.items())),
+                self._SIGNAL_TYPE.get_name(),
+                self.digest,
+                ", ".join(f"{n} {r}" for r, n in sorted(skipped.items())),
             )
 
     def query(self, query: str) -> list[index.IndexMatch[index.T]]:
@@ -617,8 +621,9 @@ class _ID2Index(index.SignalTypeIndex[index.T]):
         threshold = self.threshold
         # IndexFlatIP.range_search keeps scores strictly above the radius; the tiny margin makes the
         # threshold inclusive like compare_hash, and the exact test below decides.
-        lims, scores, rows = self._faiss.range_search(np.ascontiguousarray(parsed.vectors, dtype=np.float32),
-                                                      1.0 - threshold - 1e-6)
+        lims, scores, rows = self._faiss.range_search(
+            np.ascontiguousarray(parsed.vectors, dtype=np.float32), 1.0 - threshold - 1e-6
+        )
         best: dict[int, float] = {}
         for score, row in zip(scores[: lims[-1]], rows[: lims[-1]]):
             slot = self._row_slot[int(row)]
@@ -681,7 +686,9 @@ class _ID2Index(index.SignalTypeIndex[index.T]):
             out._faiss = faiss.deserialize_index(np.frombuffer(faiss_bytes, dtype=np.uint8))
             out._dim, out.digest = int(header["dim"]), str(header["digest"])
             if out._faiss.ntotal != len(row_slot) or out._faiss.d != out._dim:
-                raise ValueError(f"corrupt id2 {name} index: FAISS holds {out._faiss.ntotal} vectors, header {len(row_slot)}")
+                raise ValueError(
+                    f"corrupt id2 {name} index: FAISS holds {out._faiss.ntotal} vectors, header {len(row_slot)}"
+                )
         elif row_slot:
             raise ValueError(f"corrupt id2 {name} index: rows listed but no vectors stored")
         out._slots = slots

@@ -77,8 +77,9 @@ def cached(work: Path, name: str, paths: list[Path], compute) -> np.ndarray:
 
 
 def taef2_latents(paths: list[Path]) -> np.ndarray:
-    from id2_plugin.embedders.taesd import TAEF2Encoder
     from tqdm import tqdm
+
+    from id2_plugin.embedders.taesd import TAEF2Encoder
 
     enc = TAEF2Encoder()
     out = np.empty((len(paths), enc.latent_dim), np.float32)
@@ -98,9 +99,10 @@ def sscd_session():
 
 def sscd_features(paths: list[Path], mode: str) -> np.ndarray:
     """SSCD descriptors: ``square320`` (squash, batched), ``edge288`` (small edge 288, one at a time)."""
-    from id2_plugin.media import load_image
     from PIL import Image
     from tqdm import tqdm
+
+    from id2_plugin.media import load_image
 
     sess = sscd_session()
     out = np.empty((len(paths), 512), np.float32)

@@ -59,8 +59,7 @@ def _run(store: Path, overrides: dict, queries: list[Path], truth: dict[Path, Pa
     rows: dict[str, dict[str, float]] = {}
     for kind in ("unrelated", "edits"):
         picked = [(q, r) for q, r in zip(queries, reports) if (q in truth) == (kind == "edits")]
-        matched = sum(r.is_match and (kind == "unrelated" or Path(r.best.uri).resolve() == truth[q])
-                      for q, r in picked)
+        matched = sum(r.is_match and (kind == "unrelated" or Path(r.best.uri).resolve() == truth[q]) for q, r in picked)
         looked = sum("windows" in r.timings_ms for _, r in picked)
         rows[kind] = {"n": len(picked), "match": matched / len(picked), "second_look": looked / len(picked)}
     rows["all"] = {"cpu_s_per_query": cpu / len(queries)}
@@ -83,15 +82,22 @@ def main() -> int:
         with Pipeline.from_config(cfg, create_store=True) as pipeline:
             pipeline.add_files([*photos, *origins])
         results = {name: _run(store, overrides, queries, truth) for name, overrides in CONFIGS.items()}
-    lines = [f"# Decision and query windows on the common path ({len(photos) + len(origins)} references)", "",
-             f"`python benchmarks/decision_windows.py --photos {args.photos} --unrelated {args.unrelated} "
-             f"--edits {args.edits}` on {platform.machine()}, {os.cpu_count()} cores; one process, same queries.", "",
-             "| configuration | unrelated: false MATCH | unrelated: second look | edits: MATCH, right origin | "
-             "edits: second look | CPU s / query |", "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"# Decision and query windows on the common path ({len(photos) + len(origins)} references)",
+        "",
+        f"`python benchmarks/decision_windows.py --photos {args.photos} --unrelated {args.unrelated} "
+        f"--edits {args.edits}` on {platform.machine()}, {os.cpu_count()} cores; one process, same queries.",
+        "",
+        "| configuration | unrelated: false MATCH | unrelated: second look | edits: MATCH, right origin | "
+        "edits: second look | CPU s / query |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for name, r in results.items():
         u, e = r["unrelated"], r["edits"]
-        lines.append(f"| {name} | {u['match']:.3f} ({u['n']}) | {u['second_look']:.2f} | {e['match']:.3f} ({e['n']}) | "
-                     f"{e['second_look']:.2f} | {r['all']['cpu_s_per_query']:.2f} |")
+        lines.append(
+            f"| {name} | {u['match']:.3f} ({u['n']}) | {u['second_look']:.2f} | {e['match']:.3f} ({e['n']}) | "
+            f"{e['second_look']:.2f} | {r['all']['cpu_s_per_query']:.2f} |"
+        )
     base = results["cosine 0.5, windows auto (before)"]["all"]["cpu_s_per_query"]
     now = results["decision, windows auto (default)"]["all"]["cpu_s_per_query"]
     lines += ["", f"CPU per query, default / before: {now / base:.2f}x."]

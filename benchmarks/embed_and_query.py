@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from id2_plugin.config import EmbedderConfig
 from id2_plugin.assembly import build_embedder
+from id2_plugin.config import EmbedderConfig
 from id2_plugin.types import ReferenceRecord
 
 SHARED = Path(os.environ.get("ID2_SHARED_DIR", Path(__file__).resolve().parent.parent.parent / "shared"))
@@ -54,7 +54,9 @@ def main() -> None:
         store = FaissStore(Path(d) / "s", embedder_identity=emb.identity, dim=emb.dim, create=True)
         recs = [ReferenceRecord(sha256=f"{i:064x}", uri=f"ref{i}") for i in range(len(refs))]
         store.add(refs, recs)
-        q = refs[rng.integers(0, len(refs), args.queries)] + 0.01 * rng.standard_normal((args.queries, emb.dim)).astype(np.float32)
+        q = refs[rng.integers(0, len(refs), args.queries)] + 0.01 * rng.standard_normal((args.queries, emb.dim)).astype(
+            np.float32
+        )
         lat = []
         for v in q:
             t = time.perf_counter()
@@ -63,8 +65,10 @@ def main() -> None:
         store.close()
     rows[f"query p50 on {len(refs)} refs, k=5 (ms)"] = float(np.percentile(lat, 50))
     rows[f"query p99 on {len(refs)} refs, k=5 (ms)"] = float(np.percentile(lat, 99))
-    print(f"embedder {emb.identity} (dim {emb.dim}); torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")
+    print(
+        f"embedder {emb.identity} (dim {emb.dim}); torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    )
     print("| measure | value |\n|---|---|")
     for k, v in rows.items():
         print(f"| {k} | {v:.2f} |")

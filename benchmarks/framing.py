@@ -27,7 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _framing import PHOTOS, publish  # noqa: E402
 
 
-
 def letterboxed(img: Image.Image) -> Image.Image:
     fitted = img.copy()
     fitted.thumbnail((640, 360), Image.Resampling.BICUBIC)
@@ -71,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--save", type=Path, default=None)
     args = ap.parse_args(argv)
 
-    from id2_plugin.config import load_config
     from id2_plugin.assembly import build_embedder
+    from id2_plugin.config import load_config
     from id2_plugin.media import MediaLimits, load_image
 
     paths = sorted(PHOTOS.glob("*.jpg"))
@@ -83,22 +82,30 @@ def main(argv: list[str] | None = None) -> int:
     off = build_embedder(cfg.embedder, MediaLimits(unletterbox=False))
     gallery = on.embed_arrays(np.stack([on.normalise(p) for p in [*origins, *distractors]]))
     photos = [load_image(p) for p in origins]
-    lines = [f"embedder: `{on.identity}`", f"gallery: {len(gallery)} photos ({len(origins)} queried origins)", "",
-             f"| query | setting | mean cosine to origin | top-1 | MATCH at {cfg.match.threshold} | embed s/query |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"embedder: `{on.identity}`",
+        f"gallery: {len(gallery)} photos ({len(origins)} queried origins)",
+        "",
+        f"| query | setting | mean cosine to origin | top-1 | MATCH at {cfg.match.threshold} | embed s/query |",
+        "|---|---|---|---|---|---|",
+    ]
     t = cfg.match.threshold
     for name, edit in (("640x360 letterbox/pillarbox", letterboxed), ("2x white canvas", on_canvas)):
         queries = [edit(p) for p in photos]
         for label, emb in (("unletterbox off", off), ("unletterbox on", on)):
             lines.append(row(name, label, *best_scores(emb, [emb.normalise(q) for q in queries], gallery), t))
-    turns = (("rotated 90 deg", lambda a: np.rot90(a, k=-1), {"rotations": (0, 90, 180, 270)}),
-             ("mirrored", lambda a: a[:, ::-1], {"mirror": True}))
+    turns = (
+        ("rotated 90 deg", lambda a: np.rot90(a, k=-1), {"rotations": (0, 90, 180, 270)}),
+        ("mirrored", lambda a: a[:, ::-1], {"mirror": True}),
+    )
     for name, edit, option in turns:
         images = [on.normalise(np.ascontiguousarray(edit(np.asarray(p)))) for p in photos]
         lines.append(row(name, "upright only", *best_scores(on, images, gallery), t))
         setting = ", ".join(f"{k}={list(v) if isinstance(v, tuple) else v}" for k, v in option.items())
         lines.append(row(name, setting, *best_scores(on, images, gallery, **option), t))
-    return publish(lines, args.save, f"python benchmarks/framing.py --queries {args.queries} --distractors {args.distractors}")
+    return publish(
+        lines, args.save, f"python benchmarks/framing.py --queries {args.queries} --distractors {args.distractors}"
+    )
 
 
 if __name__ == "__main__":

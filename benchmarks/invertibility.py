@@ -37,8 +37,8 @@ def decode(decoder: object, latents: np.ndarray, shape: tuple[int, int, int]) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    from id2_plugin.embedders.taesd import TAEF2Decoder, TAEF2Encoder
     from id2_plugin.assembly import load_projection
+    from id2_plugin.embedders.taesd import TAEF2Decoder, TAEF2Encoder
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--photos", type=int, default=10)
@@ -64,13 +64,22 @@ def main(argv: list[str] | None = None) -> int:
     unit = y / norms[:, None] * guess[:, None]
     rows = {
         "raw latent (projection: none)": decode(decoder, z, shape),
-        f"W embedding ({w.in_dim}x{w.out_dim}) at its true scale, through pinv(W)": decode(decoder, y @ inverse + mean, shape),
-        "stored unit W embedding, scale guessed from other photos, through pinv(W)": decode(decoder, unit @ inverse + mean, shape),
+        f"W embedding ({w.in_dim}x{w.out_dim}) at its true scale, through pinv(W)": decode(
+            decoder, y @ inverse + mean, shape
+        ),
+        "stored unit W embedding, scale guessed from other photos, through pinv(W)": decode(
+            decoder, unit @ inverse + mean, shape
+        ),
         "mean latent only (no information)": decode(decoder, np.repeat(mean[None], len(z), 0), shape),
     }
-    lines = [f"# Invertibility of stored vectors ({len(photos)} photos, 256x256, TAEF2 decoder)", "",
-             f"`python benchmarks/invertibility.py --photos {args.photos}`; {platform.machine()}, Python {sys.version.split()[0]}", "",
-             "| decoded from | PSNR mean dB | min | max |", "|---|---:|---:|---:|"]
+    lines = [
+        f"# Invertibility of stored vectors ({len(photos)} photos, 256x256, TAEF2 decoder)",
+        "",
+        f"`python benchmarks/invertibility.py --photos {args.photos}`; {platform.machine()}, Python {sys.version.split()[0]}",
+        "",
+        "| decoded from | PSNR mean dB | min | max |",
+        "|---|---:|---:|---:|",
+    ]
     for name, out in rows.items():
         vals = [psnr(a, b) for a, b in zip(images, out)]
         lines.append(f"| {name} | {np.mean(vals):.2f} | {np.min(vals):.2f} | {np.max(vals):.2f} |")

@@ -44,10 +44,12 @@ BATCH = 16
 
 
 def embedder(runtime: str = "torch", weights: str | None = None):
-    from id2_plugin.config import EmbedderConfig
     from id2_plugin.assembly import build_embedder
+    from id2_plugin.config import EmbedderConfig
 
-    return build_embedder(EmbedderConfig(name="taef2", device="cpu", batch_size=BATCH, runtime=runtime, weights=weights))
+    return build_embedder(
+        EmbedderConfig(name="taef2", device="cpu", batch_size=BATCH, runtime=runtime, weights=weights)
+    )
 
 
 def new_store(tmp: Path, e):
@@ -60,7 +62,7 @@ def model_only(e, photos: list[Path], tmp: Path) -> float:
     images = np.stack([e.normalise(p) for p in photos])
     t0 = time.perf_counter()
     for s in range(0, len(images), BATCH):
-        e.embed_arrays(images[s:s + BATCH])
+        e.embed_arrays(images[s : s + BATCH])
     return time.perf_counter() - t0
 
 
@@ -70,7 +72,7 @@ def sequential(e, photos: list[Path], tmp: Path) -> float:
     with new_store(tmp, e) as store:
         t0 = time.perf_counter()
         for s in range(0, len(photos), BATCH):
-            chunk = photos[s:s + BATCH]
+            chunk = photos[s : s + BATCH]
             shas = [hashlib.sha256(p.read_bytes()).hexdigest() for p in chunk]
             vectors = e.embed_arrays(np.stack([e.normalise(p) for p in chunk]))
             store.add(vectors, [ReferenceRecord(sha256=h, uri=str(p)) for h, p in zip(shas, chunk)])
@@ -94,8 +96,12 @@ def pipelined(batch_size):
 
 def measure(photos: list[Path], rounds: int, onnx: bool, tmp: Path) -> dict:
     torch_e = embedder()
-    ways = {"model only": (torch_e, model_only), "sequential": (torch_e, sequential),
-            "pipelined 16": (torch_e, pipelined(BATCH)), "pipelined auto": (torch_e, pipelined("auto"))}
+    ways = {
+        "model only": (torch_e, model_only),
+        "sequential": (torch_e, sequential),
+        "pipelined 16": (torch_e, pipelined(BATCH)),
+        "pipelined auto": (torch_e, pipelined("auto")),
+    }
     if onnx:
         from id2_plugin.embedders.taef2_int8 import export_taef2_fp32
 
@@ -120,18 +126,28 @@ def report(m: dict, argv: list[str]) -> list[str]:
     rates = m["rates"]
     seq = np.array(rates["sequential"])
     model = np.array(rates["model only"])
-    lines = [f"# index add: sequential vs pipelined decoding ({platform.machine()}, {os.cpu_count()} cores, shared machine)", "",
-             f"{m['images']} photos from data/photos, TAEF2 + W on the CPU, batch 16 unless noted, {m['rounds']} interleaved "
-             f"rounds; load average (1 min) during the runs {min(m['loads']):.1f}-{max(m['loads']):.1f} on 2 cores. "
-             "Ratios are per round (same round, same load), then averaged.", "",
-             "| way | img/s (mean of rounds) | vs sequential | of model only | GFLOP/s (30.8/img) | of 113 GFLOP/s roofline |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"# index add: sequential vs pipelined decoding ({platform.machine()}, {os.cpu_count()} cores, shared machine)",
+        "",
+        f"{m['images']} photos from data/photos, TAEF2 + W on the CPU, batch 16 unless noted, {m['rounds']} interleaved "
+        f"rounds; load average (1 min) during the runs {min(m['loads']):.1f}-{max(m['loads']):.1f} on 2 cores. "
+        "Ratios are per round (same round, same load), then averaged.",
+        "",
+        "| way | img/s (mean of rounds) | vs sequential | of model only | GFLOP/s (30.8/img) | of 113 GFLOP/s roofline |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for name, r in rates.items():
         r = np.array(r)
-        lines.append(f"| {name} | {r.mean():.2f} | {(r / seq).mean():.2f}x | {(r / model).mean():.0%} | "
-                     f"{r.mean() * GFLOP_PER_IMAGE:.0f} | {r.mean() * GFLOP_PER_IMAGE / ROOFLINE_GFLOPS:.0%} |")
-    lines += ["", f"`auto` chose batch sizes {m['auto_chosen']} (tries 4, 8, 16 once each after a warm-up batch).",
-              "", f"`python benchmarks/pipelining.py {' '.join(argv)}`"]
+        lines.append(
+            f"| {name} | {r.mean():.2f} | {(r / seq).mean():.2f}x | {(r / model).mean():.0%} | "
+            f"{r.mean() * GFLOP_PER_IMAGE:.0f} | {r.mean() * GFLOP_PER_IMAGE / ROOFLINE_GFLOPS:.0%} |"
+        )
+    lines += [
+        "",
+        f"`auto` chose batch sizes {m['auto_chosen']} (tries 4, 8, 16 once each after a warm-up batch).",
+        "",
+        f"`python benchmarks/pipelining.py {' '.join(argv)}`",
+    ]
     return lines
 
 
@@ -139,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--onnx", action="store_true", help="also the fp32 graph in ONNX Runtime (exported to a temp folder)")
+    ap.add_argument(
+        "--onnx", action="store_true", help="also the fp32 graph in ONNX Runtime (exported to a temp folder)"
+    )
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     argv = argv if argv is not None else sys.argv[1:]

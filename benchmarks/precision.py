@@ -66,8 +66,8 @@ def degrade(path: Path, kind: str):
 
 
 def embedders(models: Path):
-    from id2_plugin.config import EmbedderConfig
     from id2_plugin.assembly import build_embedder
+    from id2_plugin.config import EmbedderConfig
 
     base = EmbedderConfig(name="taef2", device="cpu", batch_size=16)
     int8 = dataclasses.replace(base, precision="int8", weights=str(models / "taef2"))
@@ -109,14 +109,22 @@ def fidelity(es, models: Path, n_distractors: int, limit: int | None) -> dict:
     for sig in ("id2", "raw"):
         allv = {p: np.concatenate([emb[p][k][sig] for k in emb[p]]) for p in emb}
         cos = (unit(allv["fp32"]) * unit(allv["int8"])).sum(1)
-        out[f"cosine_{sig}"] = {"min": float(cos.min()), "p1": float(np.percentile(cos, 1)), "mean": float(cos.mean()), "n": len(cos)}
+        out[f"cosine_{sig}"] = {
+            "min": float(cos.min()),
+            "p1": float(np.percentile(cos, 1)),
+            "mean": float(cos.mean()),
+            "n": len(cos),
+        }
         for k in queries:
             for s in ("dev", "train"):
                 m = sets == s
                 g32, g8 = emb["fp32"]["gallery"][sig], emb["int8"]["gallery"][sig]
                 q32, q8 = emb["fp32"][k][sig][m], emb["int8"][k][sig][m]
-                out[f"top1_{sig}_{k}_{s}"] = {"fp32": top1(q32, g32, truth[m]), "int8": top1(q8, g8, truth[m]),
-                                              "fp32_refs_int8_queries": top1(q8, g32, truth[m])}
+                out[f"top1_{sig}_{k}_{s}"] = {
+                    "fp32": top1(q32, g32, truth[m]),
+                    "int8": top1(q8, g8, truth[m]),
+                    "fp32_refs_int8_queries": top1(q8, g32, truth[m]),
+                }
     return out
 
 
@@ -141,10 +149,16 @@ def throughput(es, models: Path, n_images: int, rounds: int) -> dict:
     sess, w = ort_fp32(models), es["fp32"].projection
 
     def ort_embed(images):
-        z = np.concatenate([sess.run(None, {q.INPUT: q.nchw_unit(images[s:s + 16])})[0] for s in range(0, len(images), 16)])
+        z = np.concatenate(
+            [sess.run(None, {q.INPUT: q.nchw_unit(images[s : s + 16])})[0] for s in range(0, len(images), 16)]
+        )
         return l2_normalise(w.apply(z.reshape(len(z), -1), (32, 32, 32)))
 
-    runs = {"torch fp32": es["fp32"].embed_arrays, "onnxruntime fp32": ort_embed, "onnxruntime int8": es["int8"].embed_arrays}
+    runs = {
+        "torch fp32": es["fp32"].embed_arrays,
+        "onnxruntime fp32": ort_embed,
+        "onnxruntime int8": es["int8"].embed_arrays,
+    }
     norm = es["fp32"].normalise
     for f in runs.values():
         f(np.stack([norm(p) for p in photos[:2]]))  # warm-up
@@ -159,23 +173,42 @@ def throughput(es, models: Path, n_images: int, rounds: int) -> dict:
 
 def report(fid: dict, thr: dict, argv: list[str]) -> str:
     rate = thr["img_per_s"]
-    lines = [f"# int8 vs fp32 TAEF2 ({platform.machine()}, {os.cpu_count()} cores, shared machine)", "",
-             f"Throughput: {thr['images']} photos, batch 16, normalise + encode + W, best of {thr['rounds']} interleaved rounds.", "",
-             "| path | images/s | vs torch fp32 | GFLOP/s (30.8/img) | of 113 GFLOP/s fp32 roofline |", "|---|---:|---:|---:|---:|"]
+    lines = [
+        f"# int8 vs fp32 TAEF2 ({platform.machine()}, {os.cpu_count()} cores, shared machine)",
+        "",
+        f"Throughput: {thr['images']} photos, batch 16, normalise + encode + W, best of {thr['rounds']} interleaved rounds.",
+        "",
+        "| path | images/s | vs torch fp32 | GFLOP/s (30.8/img) | of 113 GFLOP/s fp32 roofline |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for k, r in rate.items():
-        lines.append(f"| {k} | {r:.2f} | {r / rate['torch fp32']:.2f}x | {r * GFLOP_PER_IMAGE:.0f} | {r * GFLOP_PER_IMAGE / ROOFLINE_GFLOPS:.0%} |")
-    lines += ["", f"Fidelity: {fid['cosine_id2']['n']} images (gallery + all queries), cosine int8 vs fp32 per image:", "",
-              "| signal | min | 1st percentile | mean |", "|---|---:|---:|---:|"]
+        lines.append(
+            f"| {k} | {r:.2f} | {r / rate['torch fp32']:.2f}x | {r * GFLOP_PER_IMAGE:.0f} | {r * GFLOP_PER_IMAGE / ROOFLINE_GFLOPS:.0%} |"
+        )
+    lines += [
+        "",
+        f"Fidelity: {fid['cosine_id2']['n']} images (gallery + all queries), cosine int8 vs fp32 per image:",
+        "",
+        "| signal | min | 1st percentile | mean |",
+        "|---|---:|---:|---:|",
+    ]
     for sig in ("id2", "raw"):
         c = fid[f"cosine_{sig}"]
         lines.append(f"| {sig} | {c['min']:.4f} | {c['p1']:.4f} | {c['mean']:.4f} |")
-    lines += ["", f"Top-1 among {fid['gallery']} references (all real-edit origins + distractor photos not used for calibration); "
-              f"queries dev {fid['queries_per_set']['dev']}, train {fid['queries_per_set']['train']}:", "",
-              "| signal | queries | set | fp32 | int8 | delta | fp32 refs, int8 queries |", "|---|---|---|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        f"Top-1 among {fid['gallery']} references (all real-edit origins + distractor photos not used for calibration); "
+        f"queries dev {fid['queries_per_set']['dev']}, train {fid['queries_per_set']['train']}:",
+        "",
+        "| signal | queries | set | fp32 | int8 | delta | fp32 refs, int8 queries |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
     for key, v in fid.items():
         if key.startswith("top1_"):
             _, sig, kind, s = key.split("_", 3)
-            lines.append(f"| {sig} | {kind} | {s} | {v['fp32']:.3f} | {v['int8']:.3f} | {v['int8'] - v['fp32']:+.3f} | {v['fp32_refs_int8_queries']:.3f} |")
+            lines.append(
+                f"| {sig} | {kind} | {s} | {v['fp32']:.3f} | {v['int8']:.3f} | {v['int8'] - v['fp32']:+.3f} | {v['fp32_refs_int8_queries']:.3f} |"
+            )
     lines += ["", f"`python benchmarks/precision.py {' '.join(argv)}`"]
     return "\n".join(lines)
 

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from id2_plugin.config import load_config
-from id2_plugin.evaluate import EmbedderMethod, FusedMethod, embed_images, windowed_similarity
-from id2_plugin.metrics import compute_metrics
 from id2_plugin.eval_sets import load_pairs_for_eval, prepare_eval_set, query_labels
+from id2_plugin.evaluate import EmbedderMethod, FusedMethod, embed_images, windowed_similarity
 from id2_plugin.framing import query_windows
+from id2_plugin.metrics import compute_metrics
 from id2_plugin.pipeline import embedder_from_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,14 +62,23 @@ def main() -> int:
     data = prepare_eval_set(qp, rp, pos, fused.normalise)
     parts = [EmbedderMethod(p, None, p.name) for p in fused.parts]
     method = FusedMethod(fused, parts)
-    descs = [(embed_images(p, data.queries, progress=f"{p.name}: queries"), embed_images(p, data.references, progress=f"{p.name}: references"))
-             for p in parts]
+    descs = [
+        (
+            embed_images(p, data.queries, progress=f"{p.name}: queries"),
+            embed_images(p, data.references, progress=f"{p.name}: references"),
+        )
+        for p in parts
+    ]
     qry, ref = method.combine([q for q, _ in descs]), method.combine([r for _, r in descs])
     whole = method.similarity(qry, ref)
     rows: dict[str, np.ndarray] = {}
     timing: dict[str, float] = {}
-    for name, mode, m in (("off", None, method), ("auto", "auto", method), ("always", "always", method),
-                          ("auto, every signal sees the windows", "auto", _wrap(method, fused))):
+    for name, mode, m in (
+        ("off", None, method),
+        ("auto", "auto", method),
+        ("always", "always", method),
+        ("auto, every signal sees the windows", "auto", _wrap(method, fused)),
+    ):
         t0 = time.perf_counter()
         rows[name] = whole if mode is None else windowed_similarity(m, data.queries, qry, ref, whole, mode, threshold)
         timing[name] = time.perf_counter() - t0
@@ -78,15 +87,22 @@ def main() -> int:
     sources = query_labels(MANIFESTS, data.query_paths, "source")
     groups = {"all": np.arange(len(sets))}
     groups.update({f"set {s}": np.flatnonzero(np.array(sets) == s) for s in ("dev", "train")})
-    groups.update({f"source {s}": np.flatnonzero(np.array(sources, dtype=object) == s) for s in sorted({s for s in sources if s})})
+    groups.update(
+        {f"source {s}": np.flatnonzero(np.array(sources, dtype=object) == s) for s in sorted({s for s in sources if s})}
+    )
     report = {
         "command": "python benchmarks/query_windows.py " + " ".join(sys.argv[1:]),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end",
-        "embedder": fused.identity, "threshold": threshold, "n_queries": len(data.queries), "n_references": len(data.references),
+        "embedder": fused.identity,
+        "threshold": threshold,
+        "n_queries": len(data.queries),
+        "n_references": len(data.references),
         "windows_per_query": len(query_windows(data.queries[0])[0]),
         "second_look_share": {g: float(np.isin(r, second).mean()) for g, r in groups.items()},
-        "seconds_per_second_look": {n: (t / max(len(second), 1) if n != "off" and n != "always" else t / len(data.queries))
-                                    for n, t in timing.items()},
+        "seconds_per_second_look": {
+            n: (t / max(len(second), 1) if n != "off" and n != "always" else t / len(data.queries))
+            for n, t in timing.items()
+        },
         "rows": {n: {g: _metrics(s, data.positives, r) for g, r in groups.items()} for n, s in rows.items()},
         "wall_s": time.time() - t_start,
     }
@@ -108,17 +124,32 @@ def _wrap(method, fused):
 def _markdown(rep: dict) -> str:
     modes = list(rep["rows"])
     groups = list(rep["rows"][modes[0]])
-    lines = [f"# Query windows on the real edits ({rep['n_queries']} queries, {rep['n_references']} references)", "",
-             f"Command: `{rep['command']}`  ", f"Machine: {rep['machine']}; wall time {rep['wall_s']:.0f} s  ",
-             f"Embedder: `{rep['embedder']}`; match.threshold {rep['threshold']}; {rep['windows_per_query']} windows per query", "",
-             "Cells: top-1 / mAP / micro-AP; `auto` = the default; second look = share of the group's queries `auto` searched again.", "",
-             "| queries | n | second look | " + " | ".join(f"`{m}`" if " " not in m else m for m in modes) + " |",
-             "|---|---:|---:|" + "---:|" * len(modes)]
+    lines = [
+        f"# Query windows on the real edits ({rep['n_queries']} queries, {rep['n_references']} references)",
+        "",
+        f"Command: `{rep['command']}`  ",
+        f"Machine: {rep['machine']}; wall time {rep['wall_s']:.0f} s  ",
+        f"Embedder: `{rep['embedder']}`; match.threshold {rep['threshold']}; {rep['windows_per_query']} windows per query",
+        "",
+        "Cells: top-1 / mAP / micro-AP; `auto` = the default; second look = share of the group's queries `auto` searched again.",
+        "",
+        "| queries | n | second look | " + " | ".join(f"`{m}`" if " " not in m else m for m in modes) + " |",
+        "|---|---:|---:|" + "---:|" * len(modes),
+    ]
     for g in groups:
-        cells = [f"{rep['rows'][m][g]['top1']:.3f} / {rep['rows'][m][g]['mAP']:.3f} / {rep['rows'][m][g]['micro_ap']:.3f}" for m in modes]
-        lines.append(f"| {g} | {rep['rows'][modes[0]][g]['n']} | {rep['second_look_share'][g]:.2f} | " + " | ".join(cells) + " |")
-    lines += ["", "Seconds of window embedding per windowed query (under the load above): "
-              + ", ".join(f"{n}: {v:.2f}" for n, v in rep["seconds_per_second_look"].items() if n != "off") + "."]
+        cells = [
+            f"{rep['rows'][m][g]['top1']:.3f} / {rep['rows'][m][g]['mAP']:.3f} / {rep['rows'][m][g]['micro_ap']:.3f}"
+            for m in modes
+        ]
+        lines.append(
+            f"| {g} | {rep['rows'][modes[0]][g]['n']} | {rep['second_look_share'][g]:.2f} | " + " | ".join(cells) + " |"
+        )
+    lines += [
+        "",
+        "Seconds of window embedding per windowed query (under the load above): "
+        + ", ".join(f"{n}: {v:.2f}" for n, v in rep["seconds_per_second_look"].items() if n != "off")
+        + ".",
+    ]
     return "\n".join(lines)
 
 

@@ -40,14 +40,20 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _real_edits import SHARED, cached  # noqa: E402
 
+from id2_plugin.assembly import build_embedder  # noqa: E402
 from id2_plugin.calibrate import calibrate_threshold  # noqa: E402
 from id2_plugin.config import load_config  # noqa: E402
 from id2_plugin.decision import DEFAULT_FEATURES, feature_matrix, fit_logistic, sigmoid  # noqa: E402
-from id2_plugin.decision_fit import (CandidateSet, QueryDecisions, balanced_weights, best_per_query,  # noqa: E402
-                                     candidate_set, window_floor)
+from id2_plugin.decision_fit import (
+    CandidateSet,
+    QueryDecisions,
+    balanced_weights,
+    best_per_query,  # noqa: E402
+    candidate_set,
+    window_floor,
+)
 from id2_plugin.embedders.base import fit_arrays  # noqa: E402
 from id2_plugin.framing import query_windows  # noqa: E402
-from id2_plugin.assembly import build_embedder  # noqa: E402
 from id2_plugin.media import iter_image_files  # noqa: E402
 from id2_plugin.train.crossval import grouped_folds  # noqa: E402
 
@@ -114,12 +120,21 @@ def load_images() -> Images:
     negs = unrelated + photos[::4]
     repo = _source_repos()
     # photos of one source are correlated (same person, same scene): one fold each; the photos have no source
-    groups = [repo.get(Path(paths[i]).name, f"photo{j % 5}") if j < len(unrelated) else f"photo{j % 5}"
-              for j, i in enumerate(negs)]
+    groups = [
+        repo.get(Path(paths[i]).name, f"photo{j % 5}") if j < len(unrelated) else f"photo{j % 5}"
+        for j, i in enumerate(negs)
+    ]
     queries = [(row[q], name, [row[a] for a in answers]) for name in SETS for q, answers in pairs[name]]
-    return Images(paths, np.array([q for q, _, _ in queries]), np.array([s for _, s, _ in queries]),
-                  [a for _, _, a in queries], np.array(refs), np.array(negs),
-                  np.array(["unrelated"] * len(unrelated) + ["photo"] * len(held)), np.array(groups))
+    return Images(
+        paths,
+        np.array([q for q, _, _ in queries]),
+        np.array([s for _, s, _ in queries]),
+        [a for _, _, a in queries],
+        np.array(refs),
+        np.array(negs),
+        np.array(["unrelated"] * len(unrelated) + ["photo"] * len(held)),
+        np.array(groups),
+    )
 
 
 def salient_boxes(image: np.ndarray) -> list[tuple[int, int, int]]:
@@ -138,8 +153,10 @@ def salient_boxes(image: np.ndarray) -> list[tuple[int, int, int]]:
     _, blobs = cv2.connectedComponents((sal >= np.quantile(sal, 0.9)).astype(np.uint8))
     ys, xs = np.nonzero(blobs == blobs[py, px])
     side = int(max(np.ptp(ys), np.ptp(xs), MIN_BOX * size))
-    return [_square((ys.min() + ys.max()) // 2, (xs.min() + xs.max()) // 2, side, size),
-            _square(py, px, size // 2, size)]
+    return [
+        _square((ys.min() + ys.max()) // 2, (xs.min() + xs.max()) // 2, side, size),
+        _square(py, px, size // 2, size),
+    ]
 
 
 def _square(cy: int, cx: int, side: int, size: int) -> tuple[int, int, int]:
@@ -154,7 +171,7 @@ def reference_crops(image: np.ndarray, size: int) -> np.ndarray:
     _, grid = query_windows(image)
     side = image.shape[0]
     boxes = [_square(side // 2, side // 2, int(CENTRE_SIDE * side), side), *salient_boxes(image)]
-    rest = [fit_arrays(image[y:y + s, x:x + s][None], size)[0] for y, x, s in boxes]
+    rest = [fit_arrays(image[y : y + s, x : x + s][None], size)[0] for y, x, s in boxes]
     return np.concatenate([fit_arrays(grid, size), np.stack(rest)])
 
 
@@ -169,7 +186,7 @@ class Embeddings:
         """id2 then SSCD unit vectors of each whole image, side by side."""
         out = []
         for s in range(0, len(paths), 16):
-            ims = np.stack([self.fused.normalise(p) for p in paths[s:s + 16]])
+            ims = np.stack([self.fused.normalise(p) for p in paths[s : s + 16]])
             out.append(np.hstack([self.id2.embed_arrays(ims), self.sscd.embed_arrays(ims)]))
         return np.concatenate(out)
 
@@ -194,9 +211,13 @@ def embed_everything(im: Images, emb: Embeddings, cache: Path | None) -> dict[st
     d = emb.id2.dim
     crops = _vectors(cache, "reference_crops", [im.paths[i] for i in im.references], emb.crops)
     placebo = np.random.default_rng(0).standard_normal(crops.shape, np.float32)
-    return dict(id2=whole[:, :d], sscd=whole[:, d:],
-                windows=_vectors(cache, "query_windows", [im.paths[i] for i in asking], emb.windows),
-                crops=crops, placebo=placebo / np.linalg.norm(placebo, axis=-1, keepdims=True))
+    return dict(
+        id2=whole[:, :d],
+        sscd=whole[:, d:],
+        windows=_vectors(cache, "query_windows", [im.paths[i] for i in asking], emb.windows),
+        crops=crops,
+        placebo=placebo / np.linalg.norm(placebo, axis=-1, keepdims=True),
+    )
 
 
 def measure_cost(im: Images, emb: Embeddings, n: int = 24) -> dict[str, float]:
@@ -222,9 +243,9 @@ def best_pair_cosine(a: np.ndarray, b: np.ndarray, chunk: int = 32) -> np.ndarra
     flat = b.reshape(-1, b.shape[-1]).T
     out = np.empty((len(a), len(b)), np.float32)
     for s in range(0, len(a), chunk):
-        block = a[s:s + chunk]
+        block = a[s : s + chunk]
         sims = (block.reshape(-1, block.shape[-1]) @ flat).reshape(len(block), -1, len(b), b.shape[1])
-        out[s:s + chunk] = sims.max(axis=(1, 3))
+        out[s : s + chunk] = sims.max(axis=(1, 3))
     return out
 
 
@@ -248,8 +269,11 @@ VARIANTS = [
     Variant("(d) + crop evidence, grid crops only: {whole, windows} x {whole, 9 grid}", GRID),
     Variant("(e) + crop evidence, centre + salient only: {whole, windows} x {whole, 3 crops}", SALIENT),
     Variant("(f) crop evidence instead of the SSCD window feature", GRID + SALIENT, replace=True),
-    Variant("(p) control: as (b) with 12 random unit vectors per reference instead of the crops", GRID + SALIENT,
-            vectors="placebo"),
+    Variant(
+        "(p) control: as (b) with 12 random unit vectors per reference instead of the crops",
+        GRID + SALIENT,
+        vectors="placebo",
+    ),
 ]
 
 
@@ -288,9 +312,19 @@ def build_problem(im: Images, v: dict[str, np.ndarray], weights: dict[str, float
     groups = [*(f"e{where[g]}" for g in _origin_groups(im, v["sscd"])), *im.negative_group]
     _, gid = np.unique(np.array(groups), return_inverse=True)
     negative = np.arange(len(rows)) >= len(im.queries)
-    return Problem(v, im, rows, sims, window, cands, pos, gid,
-                   np.argsort(-fused, axis=1, kind="stable")[:, :TOP], negative,
-                   np.concatenate([im.query_set, im.negative_kind]))
+    return Problem(
+        v,
+        im,
+        rows,
+        sims,
+        window,
+        cands,
+        pos,
+        gid,
+        np.argsort(-fused, axis=1, kind="stable")[:, :TOP],
+        negative,
+        np.concatenate([im.query_set, im.negative_kind]),
+    )
 
 
 def _origin_groups(im: Images, sscd: np.ndarray) -> list[int]:
@@ -325,7 +359,10 @@ def crop_evidence(p: Problem, variant: Variant) -> tuple[np.ndarray, np.ndarray]
 def feature_rows(p: Problem, variant: Variant) -> tuple[np.ndarray, np.ndarray]:
     """Per candidate row, the features without the query windows and with them."""
     shipped = [f for f in DEFAULT_FEATURES if not (variant.replace and "window" in f)]
-    xs = [feature_matrix(replace(p.cands, window=None).evidence(), shipped), feature_matrix(p.cands.evidence(), shipped)]
+    xs = [
+        feature_matrix(replace(p.cands, window=None).evidence(), shipped),
+        feature_matrix(p.cands.evidence(), shipped),
+    ]
     if variant.crops is None:
         return xs[0], xs[1]
     # without the windows: what ``auto`` knows before its second look
@@ -337,8 +374,9 @@ def feature_rows(p: Problem, variant: Variant) -> tuple[np.ndarray, np.ndarray]:
     return np.hstack([xs[0], extra[0]]), np.hstack([xs[1], extra[1]])
 
 
-def held_out_scores(p: Problem, x_whole: np.ndarray, x_windows: np.ndarray,
-                    folds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def held_out_scores(
+    p: Problem, x_whole: np.ndarray, x_windows: np.ndarray, folds: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Each row scored by the model of the other folds, without and with the windows (fitted with them)."""
     y = p.cands.correct
     row_fold = folds[p.cands.query]
@@ -356,15 +394,24 @@ def decide(p: Problem, features: tuple[np.ndarray, np.ndarray], seed: int) -> di
     scores = held_out_scores(p, *features, grouped_folds(p.groups.tolist(), FOLDS, seed=seed))
     whole, with_w = (best_per_query(p.cands, s, len(p.rows)) for s in scores)
     edit, neg = ~p.negative, p.negative
-    first = calibrate_threshold(with_w.score[edit & with_w.correct], with_w.score[neg], target_fpr=TARGET_FPR,
-                                confidence=CONFIDENCE).threshold
+    first = calibrate_threshold(
+        with_w.score[edit & with_w.correct], with_w.score[neg], target_fpr=TARGET_FPR, confidence=CONFIDENCE
+    ).threshold
     floor = window_floor(whole.score, with_w.score, first)
     looked = (whole.score < first) & (whole.score >= floor)
-    final = QueryDecisions(*(np.where(looked, b, a) for a, b in ((whole.score, with_w.score),
-                                                                  (whole.reference, with_w.reference),
-                                                                  (whole.correct, with_w.correct))))
-    thr = calibrate_threshold(final.score[edit & final.correct], final.score[neg], target_fpr=TARGET_FPR,
-                              confidence=CONFIDENCE).threshold
+    final = QueryDecisions(
+        *(
+            np.where(looked, b, a)
+            for a, b in (
+                (whole.score, with_w.score),
+                (whole.reference, with_w.reference),
+                (whole.correct, with_w.correct),
+            )
+        )
+    )
+    thr = calibrate_threshold(
+        final.score[edit & final.correct], final.score[neg], target_fpr=TARGET_FPR, confidence=CONFIDENCE
+    ).threshold
     match = final.correct & (final.score >= thr)
     out: dict[str, object] = {"threshold": float(thr), "match": match}
     for s in SETS:
@@ -376,15 +423,32 @@ def decide(p: Problem, features: tuple[np.ndarray, np.ndarray], seed: int) -> di
     return out
 
 
-def report(runs: dict[str, list[dict]], p: Problem, weights: dict[str, float], cost: dict[str, float], command: str,
-           wall: float) -> str:
-    lines = [f"# Reference crops on the real edits ({len(p.im.queries)} edits, {int(p.negative.sum())} negatives, "
-             f"{len(p.im.references)} references)", "",
-             f"Command: `{command}`  ",
-             f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end; "
-             f"wall time {wall:.0f} s (most of it embedding when the cache is cold)", "",
-             *first_seed_lines(runs, p), "", *seed_lines(runs), "", *pair_lines(runs, p), "",
-             *ranking_lines(p, weights, runs), "", *cost_lines(cost)]
+def report(
+    runs: dict[str, list[dict]],
+    p: Problem,
+    weights: dict[str, float],
+    cost: dict[str, float],
+    command: str,
+    wall: float,
+) -> str:
+    lines = [
+        f"# Reference crops on the real edits ({len(p.im.queries)} edits, {int(p.negative.sum())} negatives, "
+        f"{len(p.im.references)} references)",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end; "
+        f"wall time {wall:.0f} s (most of it embedding when the cache is cold)",
+        "",
+        *first_seed_lines(runs, p),
+        "",
+        *seed_lines(runs),
+        "",
+        *pair_lines(runs, p),
+        "",
+        *ranking_lines(p, weights, runs),
+        "",
+        *cost_lines(cost),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -392,19 +456,26 @@ def first_seed_lines(runs: dict[str, list[dict]], p: Problem) -> list[str]:
     n = {s: int((p.sets == s).sum()) for s in SETS}
     base = runs[VARIANTS[0].name][0]["match"]
     hard = p.sets == "hard"
-    lines = [f"## Fold seed {SEEDS[0]} (the shipped protocol's)", "",
-             "Cells: top-1 (the decision's best candidate is an origin or its twin) / MATCH (top-1 right and at or above "
-             f"the operating point: {TARGET_FPR:.1%} false matches per negative, one-sided {CONFIDENCE:.0%} bound); held-out "
-             f"scores of {FOLDS} grouped folds, `match.windows: auto`. False: negatives at or above the threshold. "
-             "Hard +/-: hard edits a MATCH with the row but not with (a) / the reverse.", "",
-             f"| features | train (n={n['train']}) | dev (n={n['dev']}) | hard (n={n['hard']}) | hard +/- | threshold | "
-             "false: unrelated | false: held-out photos |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"## Fold seed {SEEDS[0]} (the shipped protocol's)",
+        "",
+        "Cells: top-1 (the decision's best candidate is an origin or its twin) / MATCH (top-1 right and at or above "
+        f"the operating point: {TARGET_FPR:.1%} false matches per negative, one-sided {CONFIDENCE:.0%} bound); held-out "
+        f"scores of {FOLDS} grouped folds, `match.windows: auto`. False: negatives at or above the threshold. "
+        "Hard +/-: hard edits a MATCH with the row but not with (a) / the reverse.",
+        "",
+        f"| features | train (n={n['train']}) | dev (n={n['dev']}) | hard (n={n['hard']}) | hard +/- | threshold | "
+        "false: unrelated | false: held-out photos |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, rs in runs.items():
         r = rs[0]
         gain = int((r["match"] & ~base)[hard].sum()), int((base & ~r["match"])[hard].sum())
         cells = [f"{r[s][0]:.3f} / {r[s][1]:.3f}" for s in SETS]
-        lines.append(f"| {name} | {' | '.join(cells)} | +{gain[0]} / -{gain[1]} | {r['threshold']:.3f} | "
-                     f"{r['unrelated'][0]} of {r['unrelated'][1]} | {r['photo'][0]} of {r['photo'][1]} |")
+        lines.append(
+            f"| {name} | {' | '.join(cells)} | +{gain[0]} / -{gain[1]} | {r['threshold']:.3f} | "
+            f"{r['unrelated'][0]} of {r['unrelated'][1]} | {r['photo'][0]} of {r['photo'][1]} |"
+        )
     return lines
 
 
@@ -413,11 +484,15 @@ def seed_lines(runs: dict[str, list[dict]]) -> list[str]:
     of it a best-of-many cosine over random vectors gets too."""
     base, control = runs[VARIANTS[0].name], runs[VARIANTS[-1].name]
     span = lambda xs, sign="": f"{np.mean(xs):{sign}.3f} ({min(xs):{sign}.3f} to {max(xs):{sign}.3f})"  # noqa: E731
-    lines = [f"## Over fold seeds {SEEDS[0]}-{SEEDS[-1]}", "",
-             "Cells: MATCH mean (min to max) over the seeds; hard minus (a) / (p): the paired difference per seed; "
-             "false: the most false matches (unrelated + held-out photos) in any seed.", "",
-             "| features | train | dev | hard | hard minus (a) | hard minus (p) | false |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"## Over fold seeds {SEEDS[0]}-{SEEDS[-1]}",
+        "",
+        "Cells: MATCH mean (min to max) over the seeds; hard minus (a) / (p): the paired difference per seed; "
+        "false: the most false matches (unrelated + held-out photos) in any seed.",
+        "",
+        "| features | train | dev | hard | hard minus (a) | hard minus (p) | false |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, rs in runs.items():
         cells = [span([r[s][1] for r in rs]) for s in SETS]
         diffs = [span([r["hard"][1] - o["hard"][1] for r, o in zip(rs, other)], "+") for other in (base, control)]
@@ -431,9 +506,11 @@ def ranking_lines(p: Problem, weights: dict[str, float], runs: dict[str, list[di
     sims = p.sims
     _, crops = crop_evidence(p, VARIANTS[1])
     fused = weights["id2"] * sims["id2"]
-    rankings = {"fused cosine with the query windows (shipped)": fused + weights["sscd"] * np.fmax(sims["sscd"], p.window),
-                "fused cosine, SSCD term = crop evidence of (b)": fused + weights["sscd"] * crops,
-                "crop evidence of (b) alone": crops}
+    rankings = {
+        "fused cosine with the query windows (shipped)": fused + weights["sscd"] * np.fmax(sims["sscd"], p.window),
+        "fused cosine, SSCD term = crop evidence of (b)": fused + weights["sscd"] * crops,
+        "crop evidence of (b) alone": crops,
+    }
     edits = ~p.negative
     # the store's candidates: the top of the first two rankings (whole, and with the windows), no origin added
     store = np.zeros_like(p.positives)
@@ -441,16 +518,24 @@ def ranking_lines(p: Problem, weights: dict[str, float], runs: dict[str, list[di
         np.put_along_axis(store, np.argsort(-m, axis=1, kind="stable")[:, :TOP], True, axis=1)
     unseen = ~(store & p.positives).any(axis=1)
     borrowed = max(int((r[0]["match"] & unseen).sum()) for r in runs.values())
-    lines = ["## Ranking (no decision model)", "",
-             f"Cells: share of edits whose origin (or twin) is ranked first / within the top {TOP}. The decision rows "
-             f"above always include the origins, as `fit-decision`'s do; {int((unseen & edits & (p.sets == 'hard')).sum())} "
-             f"hard origins are outside the store's candidates of the shipped rankings, and MATCHes with such an "
-             f"origin in any row of the first table: {borrowed}.", "",
-             f"| ranking | {' | '.join(SETS)} |", "|---|" + "---:|" * len(SETS)]
+    lines = [
+        "## Ranking (no decision model)",
+        "",
+        f"Cells: share of edits whose origin (or twin) is ranked first / within the top {TOP}. The decision rows "
+        f"above always include the origins, as `fit-decision`'s do; {int((unseen & edits & (p.sets == 'hard')).sum())} "
+        f"hard origins are outside the store's candidates of the shipped rankings, and MATCHes with such an "
+        f"origin in any row of the first table: {borrowed}.",
+        "",
+        f"| ranking | {' | '.join(SETS)} |",
+        "|---|" + "---:|" * len(SETS),
+    ]
     for name, m in rankings.items():
         best_answer = np.where(p.positives, m, -np.inf).max(axis=1)
         rank = (m > best_answer[:, None]).sum(axis=1)
-        cells = [f"{(rank[sel] == 0).mean():.3f} / {(rank[sel] < TOP).mean():.3f}" for sel in (edits & (p.sets == s) for s in SETS)]
+        cells = [
+            f"{(rank[sel] == 0).mean():.3f} / {(rank[sel] < TOP).mean():.3f}"
+            for sel in (edits & (p.sets == s) for s in SETS)
+        ]
         lines.append(f"| {name} | {' | '.join(cells)} |")
     return lines
 
@@ -464,16 +549,23 @@ def pair_lines(runs: dict[str, list[dict]], p: Problem) -> list[str]:
     and of its origin give the crop evidence (what ``explain`` would show)."""
     a, b = (runs[v.name][0]["match"] for v in VARIANTS[:2])
     v = p.vectors
-    lines = [f"## Hard edits (b) decides differently from (a) (fold seed {SEEDS[0]})", "",
-             "SSCD cosine between the edit and its origin: whole x whole, and the best pair of (b)'s evidence.", "",
-             "| edit | with (b) | whole x whole | best pair (query x origin) | its cosine |", "|---|---|---:|---|---:|"]
+    lines = [
+        f"## Hard edits (b) decides differently from (a) (fold seed {SEEDS[0]})",
+        "",
+        "SSCD cosine between the edit and its origin: whole x whole, and the best pair of (b)'s evidence.",
+        "",
+        "| edit | with (b) | whole x whole | best pair (query x origin) | its cosine |",
+        "|---|---|---:|---|---:|",
+    ]
     for i in np.flatnonzero((a != b) & (p.sets == "hard")):
         origin = p.im.answers[i][0]
         ref = int(np.flatnonzero(p.im.references == origin)[0])
         sims = np.vstack([v["sscd"][p.rows[i]], v["windows"][i]]) @ np.vstack([v["sscd"][origin], v["crops"][ref]]).T
         qi, ri = np.unravel_index(int(sims.argmax()), sims.shape)
-        lines.append(f"| {Path(p.im.paths[p.rows[i]]).name} | {'MATCH' if b[i] else 'no longer a MATCH'} | "
-                     f"{sims[0, 0]:.3f} | {QUERY_PARTS[qi]} x {(['whole'] + CROPS)[ri]} | {sims[qi, ri]:.3f} |")
+        lines.append(
+            f"| {Path(p.im.paths[p.rows[i]]).name} | {'MATCH' if b[i] else 'no longer a MATCH'} | "
+            f"{sims[0, 0]:.3f} | {QUERY_PARTS[qi]} x {(['whole'] + CROPS)[ri]} | {sims[qi, ri]:.3f} |"
+        )
     return lines
 
 
@@ -484,7 +576,8 @@ def cost_lines(cost: dict[str, float]) -> list[str]:
         return f"{fused + 4 * 512 * crops} B ({(fused + 4 * 512 * crops) / fused:.1f}x)"
 
     return [
-        "## Cost", "",
+        "## Cost",
+        "",
         f"- Vectors per reference: 1 fused (id2 768 + SSCD 512, float32: {fused} B) today; + {len(CROPS)} SSCD crop "
         f"vectors (512 float32 each): {size(len(CROPS))} per reference; 9 grid crops only: {size(len(GRID))}; "
         f"centre + salient only: {size(len(SALIENT))}.",

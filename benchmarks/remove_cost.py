@@ -35,7 +35,9 @@ def _dir_bytes(folder: Path) -> int:
 def measure(kind: str, opts: dict, n: int, dim: int, removals: int, seed: int) -> dict[str, float]:
     x = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    recs = [ReferenceRecord(sha256=hashlib.sha256(f"{seed}:{i}".encode()).hexdigest(), uri=f"ref/{i}") for i in range(n)]
+    recs = [
+        ReferenceRecord(sha256=hashlib.sha256(f"{seed}:{i}".encode()).hexdigest(), uri=f"ref/{i}") for i in range(n)
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "s"
         with FaissStore(folder, "bench", dim, index=kind, index_options=opts, create=True) as store:
@@ -46,8 +48,11 @@ def measure(kind: str, opts: dict, n: int, dim: int, removals: int, seed: int) -
                 t0 = time.perf_counter()
                 store.remove([str(i * 7 + 1)])
                 times.append(time.perf_counter() - t0)
-            return {"remove_s": statistics.median(times), "store_mb": _dir_bytes(folder) / 1e6,
-                    "indexed": float(store.info().extra.get("indexed", 0))}
+            return {
+                "remove_s": statistics.median(times),
+                "store_mb": _dir_bytes(folder) / 1e6,
+                "indexed": float(store.info().extra.get("indexed", 0)),
+            }
 
 
 def main() -> None:

@@ -65,16 +65,20 @@ def real_embeddings(n_photos: int, dim: int, seed: int) -> tuple[np.ndarray | No
     if not photos or not weights.is_dir():
         return None, f"unavailable (no photos / TAEF2 under {SHARED})"
     try:
+        from id2_plugin.assembly import default_projection_path
         from id2_plugin.embedders.base import Embedder, Projection, l2_normalise
         from id2_plugin.embedders.taesd import TAEF2Encoder
-        from id2_plugin.assembly import default_projection_path
     except ImportError as exc:
         return None, f"unavailable ({exc})"
     encoder = TAEF2Encoder(weights=weights, device="cpu", batch_size=16)
     t = time.perf_counter()
     # Latents stay in memory: nothing decodable into an image is written (no latent cache).
-    latents = np.concatenate([encoder.encode_arrays(np.stack([encoder.normalise(p) for p in photos[s : s + 32]]))
-                              for s in range(0, len(photos), 32)])
+    latents = np.concatenate(
+        [
+            encoder.encode_arrays(np.stack([encoder.normalise(p) for p in photos[s : s + 32]]))
+            for s in range(0, len(photos), 32)
+        ]
+    )
     secs = time.perf_counter() - t
     w_path = default_projection_path("taef2")
     if w_path is not None and Projection.load(w_path).out_dim == dim:
@@ -114,8 +118,12 @@ class Synth:
         r = min(rank, len(x) - 1)
         var = s**2 / max(len(x) - 1, 1)
         resid = max(float(var[r:].sum()) / x.shape[1], 1e-8)
-        return cls(mean.astype(np.float32), (vt[:r] * np.sqrt(var[:r])[:, None]).astype(np.float32),
-                   float(np.sqrt(resid)), seed)
+        return cls(
+            mean.astype(np.float32),
+            (vt[:r] * np.sqrt(var[:r])[:, None]).astype(np.float32),
+            float(np.sqrt(resid)),
+            seed,
+        )
 
     def chunk(self, index: int, size: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, index])
@@ -178,8 +186,11 @@ def bandwidth(n_bytes: int) -> dict[str, float]:
         t = time.perf_counter()
         a @ v
         gemv_t.append(time.perf_counter() - t)
-    return {"buffer_mb": a.nbytes / 1e6, "memcpy_gb_s": a.nbytes / min(copy_t) / 1e9,
-            "gemv_gb_s": a.nbytes / min(gemv_t) / 1e9}
+    return {
+        "buffer_mb": a.nbytes / 1e6,
+        "memcpy_gb_s": a.nbytes / min(copy_t) / 1e9,
+        "gemv_gb_s": a.nbytes / min(gemv_t) / 1e9,
+    }
 
 
 def proc_status_mb(*keys: str) -> dict[str, float]:
@@ -241,8 +252,9 @@ print(json.dumps({"load_s": load_s, "rss_mb": after["VmRSS"] - before["VmRSS"],
 
 
 def load_in_fresh_process(spec: dict[str, Any]) -> dict[str, float]:
-    out = subprocess.run([sys.executable, "-c", _LOAD_SCRIPT, json.dumps(spec)], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _LOAD_SCRIPT, json.dumps(spec)], capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -282,21 +294,31 @@ class FaissBackend:
     def sizes(self, store: FaissStore, kind: str) -> dict[str, Any]:
         info = store.info()
         sqlite_bytes = sum(f.stat().st_size for f in (self.workdir / kind).glob("store.sqlite*"))
-        return {"count": info.count, "raw_mb": info.extra["raw_bytes"] / 1e6, "index_mb": info.extra["index_bytes"] / 1e6,
-                "sqlite_mb": sqlite_bytes / 1e6, "disk_mb": info.extra["disk_bytes"] / 1e6,
-                "search": info.extra["search"],
-                **{k: info.extra[k] for k in ("nlist", "m", "nbits", "trained_on") if k in info.extra}}
+        return {
+            "count": info.count,
+            "raw_mb": info.extra["raw_bytes"] / 1e6,
+            "index_mb": info.extra["index_bytes"] / 1e6,
+            "sqlite_mb": sqlite_bytes / 1e6,
+            "disk_mb": info.extra["disk_bytes"] / 1e6,
+            "search": info.extra["search"],
+            **{k: info.extra[k] for k in ("nlist", "m", "nbits", "trained_on") if k in info.extra},
+        }
 
     def tune(self, store: FaissStore, kind: str, refs: References) -> dict[str, Any]:
         if kind not in TUNED_TYPES:
             return {"param": "exact"}
         a = self.args
-        tuned = tune_search(store, None, a.target_recall, n_queries=a.tune_queries,
-                            query_similarity=a.query_similarity, seed=a.seed + 1)
+        tuned = tune_search(
+            store, None, a.target_recall, n_queries=a.tune_queries, query_similarity=a.query_similarity, seed=a.seed + 1
+        )
         rerank = f", rerank={tuned.extra['rerank']}" if "rerank" in tuned.extra else ""
-        return {"param": f"{tuned.parameter}={tuned.value}{rerank}", "rerank_curve": tuned.extra.get("rerank_curve", []),
-                "tune_recall": tuned.recall_at_1, "tune_reached": tuned.reached,
-                "tune_curve": [vars(p) for p in tuned.curve]}
+        return {
+            "param": f"{tuned.parameter}={tuned.value}{rerank}",
+            "rerank_curve": tuned.extra.get("rerank_curve", []),
+            "tune_recall": tuned.recall_at_1,
+            "tune_reached": tuned.reached,
+            "tune_curve": [vars(p) for p in tuned.curve],
+        }
 
     def fresh_spec(self, kind: str) -> dict[str, Any]:
         return {"backend": self.name, "location": self.location(kind)}
@@ -323,7 +345,10 @@ class FaissBackend:
             index.search(q[i : i + 1], 10)
             raw.append(time.perf_counter() - t)
         bytes_scanned = store.info().count * q.shape[1] * (4 if kind == "flat" else 2)
-        return {"faiss_b1_p50_ms": float(np.median(raw) * 1e3), "scan_gb_s": bytes_scanned / float(np.median(raw)) / 1e9}
+        return {
+            "faiss_b1_p50_ms": float(np.median(raw) * 1e3),
+            "scan_gb_s": bytes_scanned / float(np.median(raw)) / 1e9,
+        }
 
 
 class QdrantBackend:
@@ -363,11 +388,20 @@ class QdrantBackend:
 
     def create(self, kind: str, opts: dict[str, Any], dim: int) -> QdrantStore:
         if not self.url and kind != "flat":
-            raise SystemExit(f"--backend qdrant --types {kind} needs --qdrant-url: qdrant-client's local mode "
-                             "searches exactly whatever the index type")
+            raise SystemExit(
+                f"--backend qdrant --types {kind} needs --qdrant-url: qdrant-client's local mode "
+                "searches exactly whatever the index type"
+            )
         self.remove(kind)
-        return QdrantStore(self.location(kind), IDENTITY, dim, index=kind, index_options=opts, create=True,
-                           collection=self.collection(kind))
+        return QdrantStore(
+            self.location(kind),
+            IDENTITY,
+            dim,
+            index=kind,
+            index_options=opts,
+            create=True,
+            collection=self.collection(kind),
+        )
 
     def open(self, kind: str, search: dict[str, Any]) -> QdrantStore:
         return QdrantStore(self.location(kind), index_options=search, collection=self.collection(kind))
@@ -385,9 +419,14 @@ class QdrantBackend:
     def sizes(self, store: QdrantStore, kind: str) -> dict[str, Any]:
         disk = float("nan") if self.url else folder_bytes(Path(self.location(kind))) / 1e6
         info = store.info()  # one exact count: on a server it scans the collection
-        return {"count": info.count, "raw_mb": info.count * store.dim * 4 / 1e6, "index_mb": float("nan"),
-                "sqlite_mb": float("nan"), "disk_mb": disk,
-                "search": {"mode": info.extra["mode"], "segments": info.extra["segments_count"]}}
+        return {
+            "count": info.count,
+            "raw_mb": info.count * store.dim * 4 / 1e6,
+            "index_mb": float("nan"),
+            "sqlite_mb": float("nan"),
+            "disk_mb": disk,
+            "search": {"mode": info.extra["mode"], "segments": info.extra["segments_count"]},
+        }
 
     def tune(self, store: QdrantStore, kind: str, refs: References) -> dict[str, Any]:
         if kind == "flat":
@@ -404,9 +443,13 @@ class QdrantBackend:
 
         curve = sweep(search, self.EF_GRID, tq, gt_i[:, 0], gt_s[:, 0], lambda i: refs.rows(i), a.target_recall)
         best = next((p for p in curve if p.recall_at_1 >= a.target_recall), curve[-1])
-        return {"param": f"hnsw_ef={best.value}", "search_options": {"hnsw_ef": best.value},
-                "tune_recall": best.recall_at_1, "tune_reached": best.recall_at_1 >= a.target_recall,
-                "tune_curve": [vars(p) for p in curve]}
+        return {
+            "param": f"hnsw_ef={best.value}",
+            "search_options": {"hnsw_ef": best.value},
+            "tune_recall": best.recall_at_1,
+            "tune_reached": best.recall_at_1 >= a.target_recall,
+            "tune_curve": [vars(p) for p in curve],
+        }
 
     def fresh_spec(self, kind: str) -> dict[str, Any]:
         return {"backend": self.name, "location": self.location(kind), "collection": self.collection(kind)}
@@ -439,15 +482,19 @@ def build(backend: Any, kind: str, opts: dict[str, Any], refs: References, dim: 
         store = backend.open(kind, {})
         if (count := store.info().count) != refs.n:
             raise SystemExit(f"--reuse: {backend.location(kind)} holds {count:,} references, not {refs.n:,}")
-        print(f"  {kind}: reusing the built store at {backend.location(kind)} (build figures not measured)",
-              file=sys.stderr)
+        print(
+            f"  {kind}: reusing the built store at {backend.location(kind)} (build figures not measured)",
+            file=sys.stderr,
+        )
         return store, float("nan"), False
     store = backend.create(kind, opts, dim)
     for start, x in refs.chunks():
         for s in range(0, len(x), args.batch):
             part = x[s : s + args.batch]
-            store.add(part, [ReferenceRecord(sha256=f"{start + s + i:064x}", uri=f"ref:{start + s + i}")
-                             for i in range(len(part))])
+            store.add(
+                part,
+                [ReferenceRecord(sha256=f"{start + s + i:064x}", uri=f"ref:{start + s + i}") for i in range(len(part))],
+            )
         print(f"  {kind}: {start + len(x):,} added ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
     if hasattr(store, "compact"):
         store.compact()
@@ -458,8 +505,10 @@ def measure(store: Any, q: np.ndarray, gt_i: np.ndarray, args: argparse.Namespac
     """Recall against exact search, batch-1 / batch-64 latency and the big-batch throughput passes."""
     store.query(q[:1], k=10)  # load
     ids = result_ids(store.query(q, k=10), 10)
-    row: dict[str, Any] = {"recall_at_1": float(np.mean(ids[:, 0] == gt_i[:, 0])),
-                           "recall_at_10": float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, gt_i)]))}
+    row: dict[str, Any] = {
+        "recall_at_1": float(np.mean(ids[:, 0] == gt_i[:, 0])),
+        "recall_at_10": float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, gt_i)])),
+    }
     lat1, lat64 = [], []
     for i in range(min(len(q), args.latency_queries)):
         t = time.perf_counter()
@@ -485,22 +534,31 @@ def measure(store: Any, q: np.ndarray, gt_i: np.ndarray, args: argparse.Namespac
     return row
 
 
-def bench_type(backend: Any, kind: str, opts: dict[str, Any], refs: References, q: np.ndarray, gt_i: np.ndarray,
-               workdir: Path) -> dict[str, Any]:
+def bench_type(
+    backend: Any, kind: str, opts: dict[str, Any], refs: References, q: np.ndarray, gt_i: np.ndarray, workdir: Path
+) -> dict[str, Any]:
     args = backend.args
     base_rss = proc_status_mb("VmRSS").get("VmRSS", float("nan"))
     store, build_s, peak_ok = build(backend, kind, opts, refs, q.shape[1])
     mem = proc_status_mb("VmHWM", "RssAnon", "RssFile")
-    row: dict[str, Any] = {"index": kind, "backend": backend.name, "options": opts, "build_s": build_s,
-                           **backend.sizes(store, kind), "bench_rss_before_build_mb": base_rss,
-                           "build_peak_rss_mb": mem.get("VmHWM", float("nan")) if peak_ok else float("nan"),
-                           "after_build_anon_mb": mem.get("RssAnon"), "after_build_file_mb": mem.get("RssFile")}
+    row: dict[str, Any] = {
+        "index": kind,
+        "backend": backend.name,
+        "options": opts,
+        "build_s": build_s,
+        **backend.sizes(store, kind),
+        "bench_rss_before_build_mb": base_rss,
+        "build_peak_rss_mb": mem.get("VmHWM", float("nan")) if peak_ok else float("nan"),
+        "after_build_anon_mb": mem.get("RssAnon"),
+        "after_build_file_mb": mem.get("RssFile"),
+    }
     t = time.perf_counter()
     row.update(backend.tune(store, kind, refs), tune_s=time.perf_counter() - t)
     store.close()  # local-mode Qdrant locks its folder: the fresh process must be able to open it
     np.save(workdir / "q.npy", q)
-    row.update(load_in_fresh_process({**backend.fresh_spec(kind), "queries": str(workdir / "q.npy"),
-                                      "threads": args.threads}))
+    row.update(
+        load_in_fresh_process({**backend.fresh_spec(kind), "queries": str(workdir / "q.npy"), "threads": args.threads})
+    )
     gc.collect()
     with backend.open(kind, row.get("search_options", {})) as store:
         row.update(measure(store, q, gt_i, args))
@@ -549,34 +607,59 @@ def markdown(result: dict[str, Any]) -> str:
             f"{r.get('load_avg_1m', float('nan')):.1f} |"
         )
     sql = max([r["sqlite_mb"] for r in result["rows"] if r.get("backend", "faiss") == "faiss"], default=0.0)
-    lines += ["", f"raw = kept vectors (float32 for flat, float16 otherwise; flat indexes are built from them at load); "
-                  f"index = the persisted FAISS snapshot (IVF / HNSW); the SQLite metadata adds ~{sql:.0f} MB. "
-                  "recall@10 counts ranks 2-10, which for edited-copy queries are unrelated references at near-equal "
-                  "low similarity; recall@1 is what origin identification depends on."]
+    lines += [
+        "",
+        f"raw = kept vectors (float32 for flat, float16 otherwise; flat indexes are built from them at load); "
+        f"index = the persisted FAISS snapshot (IVF / HNSW); the SQLite metadata adds ~{sql:.0f} MB. "
+        "recall@10 counts ranks 2-10, which for edited-copy queries are unrelated references at near-equal "
+        "low similarity; recall@1 is what origin identification depends on.",
+    ]
     if any(r.get("backend") == "qdrant" for r in result["rows"]):
-        lines += ["", "qdrant rows: raw = float32 vectors held by Qdrant; in qdrant-client's local mode they live in the "
-                      "benchmark process (loaded whole from its folder, disk = that folder) and every search is exact, "
-                      "whatever the index type; against a server, RSS and disk are the server's and not measured here."]
-    lines += ["", "build peak RSS = VmHWM of the benchmark process during the bulk load (it also holds the queries and "
-                  "ground truth); RSS (fresh load) = growth of a new process opening the store and answering one query. "
-                  "Per type, after all queries in that fresh process: "
-                  + "; ".join(f"{label(r)} anon {r.get('process_anon_mb', float('nan')):.0f} MB + file-backed "
-                              f"{r.get('process_file_mb', float('nan')):.0f} MB" for r in result["rows"])
-                  + " (file-backed = mapped raw rows read by re-ranking: page cache, reclaimable). load avg = 1-minute "
-                  "load average after the type's measurements (2 cores)."]
-    lines += ["", f"b{cfg['big_batch']} q/s = median of {cfg.get('repeats', 1)} passes over all queries (k=10), without "
-                  f"and with the threshold, interleaved; every pass: "
-                  + "; ".join(f"{label(r)} " + ", ".join(f"{x:.0f}" for x in r.get("big_batch_qps_passes", []))
-                              + " / at the threshold " + ", ".join(f"{x:.0f}" for x in r.get("big_batch_thr_qps_passes", []))
-                              for r in result["rows"])]
+        lines += [
+            "",
+            "qdrant rows: raw = float32 vectors held by Qdrant; in qdrant-client's local mode they live in the "
+            "benchmark process (loaded whole from its folder, disk = that folder) and every search is exact, "
+            "whatever the index type; against a server, RSS and disk are the server's and not measured here.",
+        ]
+    lines += [
+        "",
+        "build peak RSS = VmHWM of the benchmark process during the bulk load (it also holds the queries and "
+        "ground truth); RSS (fresh load) = growth of a new process opening the store and answering one query. "
+        "Per type, after all queries in that fresh process: "
+        + "; ".join(
+            f"{label(r)} anon {r.get('process_anon_mb', float('nan')):.0f} MB + file-backed "
+            f"{r.get('process_file_mb', float('nan')):.0f} MB"
+            for r in result["rows"]
+        )
+        + " (file-backed = mapped raw rows read by re-ranking: page cache, reclaimable). load avg = 1-minute "
+        "load average after the type's measurements (2 cores).",
+    ]
+    lines += [
+        "",
+        f"b{cfg['big_batch']} q/s = median of {cfg.get('repeats', 1)} passes over all queries (k=10), without "
+        f"and with the threshold, interleaved; every pass: "
+        + "; ".join(
+            f"{label(r)} "
+            + ", ".join(f"{x:.0f}" for x in r.get("big_batch_qps_passes", []))
+            + " / at the threshold "
+            + ", ".join(f"{x:.0f}" for x in r.get("big_batch_thr_qps_passes", []))
+            for r in result["rows"]
+        ),
+    ]
     bw = result["bandwidth"]
-    lines += ["", f"Memory bandwidth on a {bw['buffer_mb']:.0f} MB buffer: memcpy {bw['memcpy_gb_s']:.2f} GB/s "
-                  f"(bytes copied/s), numpy GEMV {bw['gemv_gb_s']:.2f} GB/s (matrix bytes read/s).", ""]
+    lines += [
+        "",
+        f"Memory bandwidth on a {bw['buffer_mb']:.0f} MB buffer: memcpy {bw['memcpy_gb_s']:.2f} GB/s "
+        f"(bytes copied/s), numpy GEMV {bw['gemv_gb_s']:.2f} GB/s (matrix bytes read/s).",
+        "",
+    ]
     for r in result["rows"]:
         if "scan_gb_s" in r:
-            lines.append(f"- {label(r)}: raw FAISS batch-1 scan p50 {r['faiss_b1_p50_ms']:.2f} ms over "
-                         f"{r['count']:,} x {cfg['dim']} = {r['scan_gb_s']:.2f} GB/s effective "
-                         f"({r['scan_gb_s'] / bw['gemv_gb_s']:.0%} of GEMV, {r['scan_gb_s'] / bw['memcpy_gb_s']:.0%} of memcpy)")
+            lines.append(
+                f"- {label(r)}: raw FAISS batch-1 scan p50 {r['faiss_b1_p50_ms']:.2f} ms over "
+                f"{r['count']:,} x {cfg['dim']} = {r['scan_gb_s']:.2f} GB/s effective "
+                f"({r['scan_gb_s'] / bw['gemv_gb_s']:.0%} of GEMV, {r['scan_gb_s'] / bw['memcpy_gb_s']:.0%} of memcpy)"
+            )
     tuned = [r for r in result["rows"] if "tune_curve" in r]
     if tuned:
         lines += ["", "Tuning curves (value: recall@1 on the tuning queries):", ""]
@@ -584,8 +667,11 @@ def markdown(result: dict[str, Any]) -> str:
             curve = ", ".join(f"{p['value']}: {p['recall_at_1']:.3f}" for p in r["tune_curve"])
             extra = ", ".join(f"{k}={r[k]}" for k in ("nlist", "m", "nbits", "trained_on") if k in r)
             lines.append(f"- {label(r)} ({extra}{', ' if extra else ''}tuned in {r['tune_s']:.1f} s): {curve}")
-    lines += ["", f"Total wall time {result['total_s']:.0f} s. Note: the machine's 2 cores are shared with other "
-                  "jobs; absolute timings are indicative, ratios between index types are more stable."]
+    lines += [
+        "",
+        f"Total wall time {result['total_s']:.0f} s. Note: the machine's 2 cores are shared with other "
+        "jobs; absolute timings are indicative, ratios between index types are more stable.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -606,13 +692,22 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="100k references (unless --n is given explicitly)")
     ap.add_argument("--photos", type=int, default=200, help="real photos embedded for the statistics (0: none)")
     ap.add_argument("--rank", type=int, default=64, help="rank of the covariance fit")
-    ap.add_argument("--backend", default="faiss",
-                    help="store backend(s) measured on the same references and queries: faiss, qdrant or faiss,qdrant")
-    ap.add_argument("--qdrant-url", default=None,
-                    help="Qdrant server for the qdrant backend (default: qdrant-client's local mode in --workdir)")
-    ap.add_argument("--types", default=None,
-                    help="comma-separated index types, each run on every chosen backend that has it (default: all "
-                         "of the FAISS backend's; qdrant: flat, plus hnsw,hnsw_int8 with --qdrant-url)")
+    ap.add_argument(
+        "--backend",
+        default="faiss",
+        help="store backend(s) measured on the same references and queries: faiss, qdrant or faiss,qdrant",
+    )
+    ap.add_argument(
+        "--qdrant-url",
+        default=None,
+        help="Qdrant server for the qdrant backend (default: qdrant-client's local mode in --workdir)",
+    )
+    ap.add_argument(
+        "--types",
+        default=None,
+        help="comma-separated index types, each run on every chosen backend that has it (default: all "
+        "of the FAISS backend's; qdrant: flat, plus hnsw,hnsw_int8 with --qdrant-url)",
+    )
     ap.add_argument("--batch", type=int, default=20_000, help="vectors per store.add (commit) during the bulk load")
     ap.add_argument("--target-recall", type=float, default=0.99)
     ap.add_argument("--tune-queries", type=int, default=300)
@@ -624,16 +719,23 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--max-train-per-list", type=int, default=64, help="IVF training sample per list")
     ap.add_argument("--big-batch", type=int, default=500, help="batch size of the all-queries throughput run")
     ap.add_argument("--repeats", type=int, default=3, help="passes of the big-batch throughput run (median reported)")
-    ap.add_argument("--threshold", type=float, default=0.5,
-                    help="score threshold of the second big-batch run (identify's default; candidates below it are "
-                         "dropped before their metadata is read)")
+    ap.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="score threshold of the second big-batch run (identify's default; candidates below it are "
+        "dropped before their metadata is read)",
+    )
     ap.add_argument("--threads", type=int, default=0, help="FAISS OpenMP threads (0: FAISS default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default=None, help="where stores are built (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the built stores")
-    ap.add_argument("--reuse", action="store_true",
-                    help="measure stores kept in --workdir by an earlier --keep run of the same --n and --seed "
-                         "instead of building them (build time and peak RSS are then not reported)")
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="measure stores kept in --workdir by an earlier --keep run of the same --n and --seed "
+        "instead of building them (build time and peak RSS are then not reported)",
+    )
     ap.add_argument("--json", dest="json_out", default=str(ROOT / "benchmarks" / "results" / "scale.json"))
     ap.add_argument("--md", dest="md_out", default=str(ROOT / "benchmarks" / "results" / "scale.md"))
     args = ap.parse_args()
@@ -653,8 +755,9 @@ def plan(backends: list[Any], types: str | None) -> list[tuple[Any, str]]:
     for kind in kinds:
         if not any(kind in b.types for b in backends):
             names = ", ".join(b.name for b in backends)
-            raise SystemExit(f"--types: {kind!r} is not an index type of {names} "
-                             f"({'; '.join(', '.join(b.types) for b in backends)})")
+            raise SystemExit(
+                f"--types: {kind!r} is not an index type of {names} ({'; '.join(', '.join(b.types) for b in backends)})"
+            )
     return [(b, k) for b in backends for k in kinds if k in b.types]
 
 
@@ -691,10 +794,13 @@ def main() -> None:
     result = {
         "command": "python benchmarks/scale.py " + " ".join(sys.argv[1:]),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-                   f"faiss {faiss.__version__} ({faiss.omp_get_max_threads()} OpenMP threads), "
-                   f"{qdrant_version(args)}load average {os.getloadavg()[0]:.1f} at the end",
-        "config": {**{k: v for k, v in vars(args).items() if k not in ("json_out", "md_out")}, "dim": dim,
-                   "store_class": " / ".join(b.store_class for b in backends)},
+        f"faiss {faiss.__version__} ({faiss.omp_get_max_threads()} OpenMP threads), "
+        f"{qdrant_version(args)}load average {os.getloadavg()[0]:.1f} at the end",
+        "config": {
+            **{k: v for k, v in vars(args).items() if k not in ("json_out", "md_out")},
+            "dim": dim,
+            "store_class": " / ".join(b.store_class for b in backends),
+        },
         "real": f"{0 if real is None else len(real)} real embeddings ({real_note})",
         "bandwidth": bw,
         "rows": rows,

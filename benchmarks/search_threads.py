@@ -44,7 +44,9 @@ def build(path: Path, n: int, dim: int) -> None:
     with FaissStore(path, embedder_identity="bench", dim=dim, create=True) as store:
         for s in range(0, n, 10_000):
             m = min(10_000, n - s)
-            store.add(unit_rows(rng, m, dim), [ReferenceRecord(sha256=f"{s + i:064x}", uri=f"r{s + i}") for i in range(m)])
+            store.add(
+                unit_rows(rng, m, dim), [ReferenceRecord(sha256=f"{s + i:064x}", uri=f"r{s + i}") for i in range(m)]
+            )
 
 
 @contextmanager
@@ -107,12 +109,21 @@ def main(argv: list[str] | None = None) -> int:
                 bt = batch_times(batch, unit_rows(rng, args.batch, args.dim), args.rounds)
             cond = "+1 burner" if load else "as is"
             rows += [f"| single query | {k} | {cond} | {v['p50']:.2f} | {v['p99']:.2f} | |" for k, v in lat.items()]
-            rows += [f"| batch of {args.batch} | {k} | {cond} | {v:.1f} (median) | | {args.batch / v * 1e3:.0f} |" for k, v in bt.items()]
+            rows += [
+                f"| batch of {args.batch} | {k} | {cond} | {v:.1f} (median) | | {args.batch / v * 1e3:.0f} |"
+                for k, v in bt.items()
+            ]
         for s in (*single.values(), *batch.values()):
             s.close()
-    lines = [f"# Flat store search: {args.n} x {args.dim} float32, k=5 ({platform.machine()}, {os.cpu_count()} cores, shared machine)", "",
-             "| search | setting | load | p50 ms | p99 ms | queries/s |", "|---|---|---|---:|---:|---:|", *rows, "",
-             f"`python benchmarks/search_threads.py {' '.join(argv)}`"]
+    lines = [
+        f"# Flat store search: {args.n} x {args.dim} float32, k=5 ({platform.machine()}, {os.cpu_count()} cores, shared machine)",
+        "",
+        "| search | setting | load | p50 ms | p99 ms | queries/s |",
+        "|---|---|---|---:|---:|---:|",
+        *rows,
+        "",
+        f"`python benchmarks/search_threads.py {' '.join(argv)}`",
+    ]
     emit(lines, args.out)
     return 0
 

@@ -24,8 +24,8 @@ SHARED = Path(os.environ.get("ID2_SHARED_DIR", Path(__file__).resolve().parent.p
 
 
 def main(argv: list[str] | None = None) -> int:
-    from id2_plugin.config import EmbedderConfig
     from id2_plugin.assembly import build_embedder
+    from id2_plugin.config import EmbedderConfig
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=48)
@@ -34,8 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     photos = sorted((SHARED / "data" / "photos").glob("*.jpg"))[: args.images]
     base = EmbedderConfig(device="cpu", batch_size=16)
-    embedders = {name: build_embedder(dataclasses.replace(base, name=cfg_name))
-                 for name, cfg_name in (("id2", "taef2"), ("sscd", "sscd"), ("fused", "fused"))}
+    embedders = {
+        name: build_embedder(dataclasses.replace(base, name=cfg_name))
+        for name, cfg_name in (("id2", "taef2"), ("sscd", "sscd"), ("fused", "fused"))
+    }
     for e in embedders.values():
         e.embed(photos[:2])  # warm-up
     best = {name: 0.0 for name in embedders}
@@ -45,8 +47,12 @@ def main(argv: list[str] | None = None) -> int:
             for item in e.embed_iter(photos, batch_size=16):
                 assert item.error is None
             best[name] = max(best[name], len(photos) / (time.perf_counter() - t))
-    lines = [f"{len(photos)} photos, batch 16, best of {args.rounds} interleaved rounds; {platform.machine()}, {os.cpu_count()} cores",
-             "", "| embedder | dim | images/s | relative to id2 |", "|---|---:|---:|---:|"]
+    lines = [
+        f"{len(photos)} photos, batch 16, best of {args.rounds} interleaved rounds; {platform.machine()}, {os.cpu_count()} cores",
+        "",
+        "| embedder | dim | images/s | relative to id2 |",
+        "|---|---:|---:|---:|",
+    ]
     for name, rate in best.items():
         lines.append(f"| {name} | {embedders[name].dim} | {rate:.2f} | {rate / best['id2']:.2f}x |")
     lines += ["", f"`python benchmarks/signals_throughput.py {' '.join(argv if argv is not None else sys.argv[1:])}`"]

@@ -35,7 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     col = {int(r): i for i, r in enumerate(g)}
     origin_col = np.array([col[int(r)] for r in d.origin_rows])
     sets = np.array(d.sets)
-    lines = ["| SSCD input | set | queries | top-1 | mAP | micro-AP | img/s (one process, 2 cores) |", "|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| SSCD input | set | queries | top-1 | mAP | micro-AP | img/s (one process, 2 cores) |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for mode in MODES:
         x = cached(args.work_dir, f"sscd_{mode}", d.paths, lambda p, mode=mode: sscd_features(p, mode))
         x = x / np.linalg.norm(x, axis=1, keepdims=True)
@@ -48,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
             pos = np.zeros((len(sel), len(g)), bool)
             pos[np.arange(len(sel)), origin_col[sel]] = True
             m = compute_metrics(sims[sel], pos)
-            lines.append(f"| {mode} | {name} | {len(sel)} | {m.top1:.3f} | {m.mAP:.3f} | {m.micro_ap:.3f} | {rate:.1f} |")
+            lines.append(
+                f"| {mode} | {name} | {len(sel)} | {m.top1:.3f} | {m.mAP:.3f} | {m.micro_ap:.3f} | {rate:.1f} |"
+            )
     text = "\n".join(lines) + f"\n\n`python benchmarks/sscd_preprocessing.py {' '.join(argv or sys.argv[1:])}`\n"
     print(text)
     if args.out:

@@ -60,9 +60,13 @@ def main(argv: list[str] | None = None) -> int:
         elif i % args.every == 0:
             clean.append(img)
     ms = (time.perf_counter() - t0) / len(paths) * 1e3
-    lines = [f"photos: {len(paths)}; cut at all: {changed}; cut by more than 10% of the area: {big}; "
-             f"decode + cut: {ms:.1f} ms/photo", "", "| framing (JPEG q75) | photos | recovered (within 4 px) | over-cut |",
-             "|---|---|---|---|"]
+    lines = [
+        f"photos: {len(paths)}; cut at all: {changed}; cut by more than 10% of the area: {big}; "
+        f"decode + cut: {ms:.1f} ms/photo",
+        "",
+        "| framing (JPEG q75) | photos | recovered (within 4 px) | over-cut |",
+        "|---|---|---|---|",
+    ]
     for name, (colour, pad) in FRAMINGS.items():
         ok = over = 0
         for img in clean:

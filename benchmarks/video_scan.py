@@ -70,7 +70,9 @@ def synthesise(minutes: float, offset: int = 0) -> Path:
             s, j = divmod(i, per_scene)
             if j == 0:
                 photo = _scene_photos(minutes, offset)[s]
-                big = np.asarray(Image.open(photo).convert("RGB").resize((WIDTH + 160, HEIGHT + 90), Image.Resampling.BICUBIC))
+                big = np.asarray(
+                    Image.open(photo).convert("RGB").resize((WIDTH + 160, HEIGHT + 90), Image.Resampling.BICUBIC)
+                )
             x, y = 160 * j // per_scene, 90 * j // per_scene  # a slow pan: 20 px/s
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(big[y : y + HEIGHT, x : x + WIDTH]), format="rgb24")
             for packet in stream.encode(frame):
@@ -98,15 +100,20 @@ def measure_decode(path: str, mode: str) -> dict[str, Any]:
     for _frame, _dup in reader:
         n += 1
     dt = time.perf_counter() - t0
-    return {"frames": n, "decoded": reader.stats.frames_decoded, "seconds": dt, "video_s": reader.stats.duration_s,
-            "peak_mb": _peak_mb()}
+    return {
+        "frames": n,
+        "decoded": reader.stats.frames_decoded,
+        "seconds": dt,
+        "video_s": reader.stats.duration_s,
+        "peak_mb": _peak_mb(),
+    }
 
 
 def _open(store_path: str, projection: str, threads: int | None = None) -> tuple[Any, Any]:
     import torch
 
-    from id2_plugin.config import EmbedderConfig
     from id2_plugin.assembly import build_embedder
+    from id2_plugin.config import EmbedderConfig
     from id2_plugin.stores.faiss_store import FaissStore
 
     if threads:
@@ -126,8 +133,9 @@ def measure_scan(path: str, store_path: str, projection: str, threshold: float) 
     return {"report": report.to_dict(), "seconds": dt, "peak_mb": _peak_mb()}
 
 
-def measure_workers(paths: list[str], store_path: str, projection: str, threshold: float, workers: int,
-                    kind: str) -> dict[str, Any]:
+def measure_workers(
+    paths: list[str], store_path: str, projection: str, threshold: float, workers: int, kind: str
+) -> dict[str, Any]:
     """``kind``: ``threads`` (one model, decoder threads) or ``processes`` (one model per process)."""
     from id2_plugin.video import scan_videos
 
@@ -147,7 +155,12 @@ def measure_workers(paths: list[str], store_path: str, projection: str, threshol
             futs = [pool.submit(_scan_one, p, store_path, projection, threshold, threads) for p in paths]
             embedded = sum(f.result() for f in futs)
         child_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return {"seconds": time.perf_counter() - t0, "embedded": embedded, "peak_mb": _peak_mb(), "child_peak_mb": child_peak}
+    return {
+        "seconds": time.perf_counter() - t0,
+        "embedded": embedded,
+        "peak_mb": _peak_mb(),
+        "child_peak_mb": child_peak,
+    }
 
 
 _WORKER_STATE: dict[str, Any] = {}
@@ -169,8 +182,8 @@ def _in_fresh_process(fn: Any, *args: Any) -> Any:
 def build_store(photos: list[Path], store_path: Path, projection: str) -> dict[str, str]:
     import hashlib
 
-    from id2_plugin.config import EmbedderConfig
     from id2_plugin.assembly import build_embedder
+    from id2_plugin.config import EmbedderConfig
     from id2_plugin.stores.faiss_store import FaissStore
     from id2_plugin.types import ReferenceRecord
 
@@ -190,8 +203,11 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=10.0, help="Length of the synthetic video.")
     ap.add_argument("--projection", default="default", help="'default' (shipped W, else raw latent), 'none' or a path.")
     ap.add_argument("--threshold", type=float, default=0.5)
-    ap.add_argument("--compare-workers", action="store_true",
-                    help="Also time 4 short videos: sequential, 2 decoder threads + 1 model, 2 processes.")
+    ap.add_argument(
+        "--compare-workers",
+        action="store_true",
+        help="Also time 4 short videos: sequential, 2 decoder threads + 1 model, 2 processes.",
+    )
     ap.add_argument("--clip-minutes", type=float, default=0.5, help="Length of each --compare-workers video.")
     ap.add_argument("--save", default=None, help="Also write the markdown table (with the command) to this file.")
     args = ap.parse_args()
@@ -200,12 +216,20 @@ def main() -> None:
     # process it was forked from, so a heavy parent would inflate every measurement.
     path = _in_fresh_process(synthesise, args.minutes)
     photos = _scene_photos(args.minutes)
-    clips = [_in_fresh_process(synthesise, args.clip_minutes, 100 + 10 * i) for i in range(4)] if args.compare_workers else []
+    clips = (
+        [_in_fresh_process(synthesise, args.clip_minutes, 100 + 10 * i) for i in range(4)]
+        if args.compare_workers
+        else []
+    )
     rows: list[tuple[str, str]] = []
     with tempfile.TemporaryDirectory() as tmp:
         store_path = Path(tmp) / "store"
-        built = _in_fresh_process(build_store, photos + [p for i in range(len(clips)) for p in _scene_photos(args.clip_minutes, 100 + 10 * i)],
-                                  store_path, args.projection)
+        built = _in_fresh_process(
+            build_store,
+            photos + [p for i in range(len(clips)) for p in _scene_photos(args.clip_minutes, 100 + 10 * i)],
+            store_path,
+            args.projection,
+        )
 
         full = _in_fresh_process(measure_decode, str(path), "all")
         rows.append(("decode all frames to RGB (frames/s)", f"{full['frames'] / full['seconds']:.1f}"))
@@ -219,27 +243,49 @@ def main() -> None:
         scan = _in_fresh_process(measure_scan, str(path), str(store_path), args.projection, args.threshold)
         rep = scan["report"]
         found = {s["uri"] for s in rep["summary"]}
-        rows.append(("scan_video keyframes: decode + dedupe + embed + search (keyframes embedded/s)",
-                     f"{rep['frames_embedded'] / scan['seconds']:.2f}"))
+        rows.append(
+            (
+                "scan_video keyframes: decode + dedupe + embed + search (keyframes embedded/s)",
+                f"{rep['frames_embedded'] / scan['seconds']:.2f}",
+            )
+        )
         rows.append(("  ... wall time for the whole video (s)", f"{scan['seconds']:.1f}"))
-        rows.append(("  ... keyframes sampled / near-duplicates dropped / embedded",
-                     f"{rep['frames_sampled']} / {rep['duplicates_dropped']} / {rep['frames_embedded']}"))
-        rows.append(("  ... scenes whose photo was found (threshold {:.2f})".format(args.threshold),
-                     f"{len(found & {str(p) for p in photos})} / {len(set(photos))}"))
+        rows.append(
+            (
+                "  ... keyframes sampled / near-duplicates dropped / embedded",
+                f"{rep['frames_sampled']} / {rep['duplicates_dropped']} / {rep['frames_embedded']}",
+            )
+        )
+        rows.append(
+            (
+                "  ... scenes whose photo was found (threshold {:.2f})".format(args.threshold),
+                f"{len(found & {str(p) for p in photos})} / {len(set(photos))}",
+            )
+        )
         rows.append(("  ... peak RSS incl. torch + model (MB)", f"{scan['peak_mb']:.0f}"))
         if clips:
             cp = [str(c) for c in clips]
-            for label, workers, kind in (("sequential (1 worker)", 1, "threads"),
-                                         ("2 decoder threads, 1 shared model", 2, "threads"),
-                                         ("2 processes, 1 model each", 2, "processes")):
-                r = _in_fresh_process(measure_workers, cp, str(store_path), args.projection, args.threshold, workers, kind)
+            for label, workers, kind in (
+                ("sequential (1 worker)", 1, "threads"),
+                ("2 decoder threads, 1 shared model", 2, "threads"),
+                ("2 processes, 1 model each", 2, "processes"),
+            ):
+                r = _in_fresh_process(
+                    measure_workers, cp, str(store_path), args.projection, args.threshold, workers, kind
+                )
                 mem = f"{r['peak_mb']:.0f}" + (f" + 2 x {r['child_peak_mb']:.0f}" if kind == "processes" else "")
-                rows.append((f"4 x {args.clip_minutes:g}-min videos, {label}: wall s / keyframes/s / peak RSS MB",
-                             f"{r['seconds']:.1f} / {r['embedded'] / r['seconds']:.2f} / {mem}"))
+                rows.append(
+                    (
+                        f"4 x {args.clip_minutes:g}-min videos, {label}: wall s / keyframes/s / peak RSS MB",
+                        f"{r['seconds']:.1f} / {r['embedded'] / r['seconds']:.2f} / {mem}",
+                    )
+                )
 
-    header = (f"Video: {args.minutes:g} min synthetic 1280x720 25 fps H.264 (veryfast, keyframe every 2 s), "
-              f"{path.stat().st_size / 1e6:.1f} MB. Embedder {built['identity']}; torch {built['torch']}; "
-              f"{platform.machine()}, {os.cpu_count()} cores shared with other jobs.")
+    header = (
+        f"Video: {args.minutes:g} min synthetic 1280x720 25 fps H.264 (veryfast, keyframe every 2 s), "
+        f"{path.stat().st_size / 1e6:.1f} MB. Embedder {built['identity']}; torch {built['torch']}; "
+        f"{platform.machine()}, {os.cpu_count()} cores shared with other jobs."
+    )
     table = "| measure | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
     print(header)
     print(table)

@@ -66,30 +66,54 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--grid", choices=["pca", "learned", "shipped"], default="learned")
-    ap.add_argument("--compare-w", type=Path, default=ROOT / "id2_plugin" / "weights" / "taef2_w.safetensors",
-                    help="A W file scored beside the recipes (e.g. the previous proxy-trained W).")
+    ap.add_argument(
+        "--compare-w",
+        type=Path,
+        default=ROOT / "id2_plugin" / "weights" / "taef2_w.safetensors",
+        help="A W file scored beside the recipes (e.g. the previous proxy-trained W).",
+    )
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
 
     d = load_real_edits()
     z = cached(args.work_dir, "taef2", d.paths, taef2_latents)
-    data = PairData({p: pooled(z, p) for p in (1, 2)}, d.photo_rows, d.query_rows, d.origin_rows, d.gallery_rows, d.families)
+    data = PairData(
+        {p: pooled(z, p) for p in (1, 2)}, d.photo_rows, d.query_rows, d.origin_rows, d.gallery_rows, d.families
+    )
     groups = dict(zip(d.origin_set_rows.tolist(), origin_groups(z[d.origin_set_rows]).tolist()))
     folds = grouped_folds([groups[int(r)] for r in d.origin_rows], args.folds, seed=args.seed)
-    print(f"{len(d.query_rows)} real edits, {len(d.origin_set_rows)} origins in {len(set(groups.values()))} groups, "
-          f"gallery {len(d.gallery_rows)}, {args.folds} folds")
+    print(
+        f"{len(d.query_rows)} real edits, {len(d.origin_set_rows)} origins in {len(set(groups.values()))} groups, "
+        f"gallery {len(d.gallery_rows)}, {args.folds} folds"
+    )
     raw = raw_baseline(data, folds)
     shipped = Projection.load(args.compare_w)
-    ship = cross_validate(f"W {args.compare_w.name}", lambda _t: (lambda rows: l2_normalise(shipped.apply(z[rows], (32, 32, 32)))),
-                          d.query_rows, data.origin_col, d.gallery_rows, folds, d.families)
+    ship = cross_validate(
+        f"W {args.compare_w.name}",
+        lambda _t: lambda rows: l2_normalise(shipped.apply(z[rows], (32, 32, 32))),
+        d.query_rows,
+        data.origin_col,
+        d.gallery_rows,
+        folds,
+        d.families,
+    )
     for r in (raw, ship):
         print(f"{r.name:60s} top1 {r.pooled['top1']:.3f} mAP {r.pooled['mAP']:.3f} micro-AP {r.pooled['micro_ap']:.3f}")
     chosen, results = select_recipe(candidates(args.grid), data, folds)
     print(f"chosen: {chosen.name}")
     if args.out:
-        args.out.write_text(json.dumps({
-            "command": "python benchmarks/w_recipes.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "chosen": chosen.name, "baselines": [raw.to_dict(), ship.to_dict()], "results": [r.to_dict() for r in results]}, indent=1) + "\n")
+        args.out.write_text(
+            json.dumps(
+                {
+                    "command": "python benchmarks/w_recipes.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                    "chosen": chosen.name,
+                    "baselines": [raw.to_dict(), ship.to_dict()],
+                    "results": [r.to_dict() for r in results],
+                },
+                indent=1,
+            )
+            + "\n"
+        )
     return 0
 
 

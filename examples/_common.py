@@ -20,7 +20,10 @@ def shared_photos(n: int) -> list[Path]:
     folder = SHARED / "data" / "photos"
     photos = sorted(folder.glob("*.jpg"))[:n]
     if len(photos) < n:
-        print(f"error: this example needs {n} JPEG photos in {folder} and found {len(photos)}; set ID2_SHARED_DIR "
-              "to the folder holding data/photos/*.jpg (the project's ../shared by default)", file=sys.stderr)
+        print(
+            f"error: this example needs {n} JPEG photos in {folder} and found {len(photos)}; set ID2_SHARED_DIR "
+            "to the folder holding data/photos/*.jpg (the project's ../shared by default)",
+            file=sys.stderr,
+        )
         raise SystemExit(2)
     return photos

@@ -14,9 +14,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
-
 from _common import SHARED
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -36,7 +35,9 @@ def make_edits(photos: list[Path], out: Path) -> dict[str, str]:
             "jpeg30": lambda im: im,
             "blur3": lambda im: im.filter(ImageFilter.GaussianBlur(3)),
             "small": lambda im: im.resize((max(1, w // 3), max(1, h // 3))),
-            "crop_colour": lambda im: ImageEnhance.Color(im.crop((w // 10, h // 10, w - w // 10, h - h // 10))).enhance(1.8),
+            "crop_colour": lambda im: ImageEnhance.Color(im.crop((w // 10, h // 10, w - w // 10, h - h // 10))).enhance(
+                1.8
+            ),
             "watermark": lambda im: _watermark(im),
         }
         name, fn = list(edits.items())[i % len(edits)]
@@ -59,8 +60,12 @@ def main() -> int:
     ap.add_argument("--store", default="demo-store", help="Reference store folder (created).")
     ap.add_argument("--limit", type=int, default=0, help="Index only the first N photos (0 = all 793).")
     ap.add_argument("--queries", type=int, default=10, help="How many photos get an edited copy.")
-    ap.add_argument("--unrelated", type=int, default=12, help="How many unrelated photos (people, streets, rooms) "
-                                                               "are queried too: none of them may match.")
+    ap.add_argument(
+        "--unrelated",
+        type=int,
+        default=12,
+        help="How many unrelated photos (people, streets, rooms) are queried too: none of them may match.",
+    )
     args = ap.parse_args()
     photos_dir = SHARED / "data" / "photos"
     edits_dir = SHARED / "data" / "real-edits-dev"
@@ -79,7 +84,9 @@ def main() -> int:
         to_index = photos_dir
     show = cli("config", "show")
     print(next((line for line in show.stdout.splitlines() if line.startswith("# active embedder")), ""))
-    print(f"1) index {len(photos)} real photos and the 15 originals of the real-edit set (cached re-runs skip known files)")
+    print(
+        f"1) index {len(photos)} real photos and the 15 originals of the real-edit set (cached re-runs skip known files)"
+    )
     res = cli("--set", f"store.path={args.store}", "index", "add", str(to_index), str(edits_dir / "originals"))
     print(res.stdout)
 
@@ -91,11 +98,22 @@ def main() -> int:
         pair = json.loads(line)
         truth[Path(pair["query"]).name] = str((edits_dir / pair["origin"]).resolve())
 
-    unrelated = sorted((SHARED / "data" / "unrelated").glob("*.jpg"))[:: 40][: args.unrelated]
-    print(f"3) identify them, the 27 real diffusion edits (FLUX.1 Kontext, MGIE, SD img2img) and {len(unrelated)} "
-          "unrelated photos that must not match")
-    res = cli("--set", f"store.path={args.store}", "query", "--k", "3", "--json", "demo-out/queries",
-              str(edits_dir / "edited"), *map(str, unrelated))
+    unrelated = sorted((SHARED / "data" / "unrelated").glob("*.jpg"))[::40][: args.unrelated]
+    print(
+        f"3) identify them, the 27 real diffusion edits (FLUX.1 Kontext, MGIE, SD img2img) and {len(unrelated)} "
+        "unrelated photos that must not match"
+    )
+    res = cli(
+        "--set",
+        f"store.path={args.store}",
+        "query",
+        "--k",
+        "3",
+        "--json",
+        "demo-out/queries",
+        str(edits_dir / "edited"),
+        *map(str, unrelated),
+    )
     counts = {"edits": 0, "ranked": 0, "matched": 0, "wrong": 0, "unrelated": 0, "false": 0}
     for line in res.stdout.splitlines():
         report = json.loads(line)
@@ -114,11 +132,15 @@ def main() -> int:
             counts["wrong"] += decided and not first
             verdict = "MATCH" if decided and first else ("WRONG ORIGIN" if decided else "missed (no match)")
         evidence = " ".join(f"{k}={v:.2f}" for k, v in (best.get("signals") or {}).items())
-        print(f"  {verdict:17s} {name[:44]:44s} -> {Path(best.get('uri', '?')).name[:36]:36s} "
-              f"score={best.get('score', float('nan')):.3f} {evidence}")
-    print(f"\nreported MATCH with the right origin: {counts['matched']}/{counts['edits']} "
-          f"(origin ranked first: {counts['ranked']}/{counts['edits']}; wrong origin: {counts['wrong']}); "
-          f"unrelated photos reported as a MATCH: {counts['false']}/{counts['unrelated']}")
+        print(
+            f"  {verdict:17s} {name[:44]:44s} -> {Path(best.get('uri', '?')).name[:36]:36s} "
+            f"score={best.get('score', float('nan')):.3f} {evidence}"
+        )
+    print(
+        f"\nreported MATCH with the right origin: {counts['matched']}/{counts['edits']} "
+        f"(origin ranked first: {counts['ranked']}/{counts['edits']}; wrong origin: {counts['wrong']}); "
+        f"unrelated photos reported as a MATCH: {counts['false']}/{counts['unrelated']}"
+    )
     return 0
 
 

@@ -18,10 +18,9 @@ import tempfile
 import time
 
 import httpx
+from _common import shared_photos
 
 from id2_plugin.testing import reupload_jpeg
-
-from _common import shared_photos
 
 TOKEN = "example-token"
 
@@ -36,8 +35,21 @@ def main() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "id2_plugin.cli", "serve", "--store", f"{tmp}/store", "--create-store",
-               "--projection", args.projection, "--port", str(port), "--log-level", "warning"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "id2_plugin.cli",
+            "serve",
+            "--store",
+            f"{tmp}/store",
+            "--create-store",
+            "--projection",
+            args.projection,
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ]
         print("$ ID2_SERVE_TOKEN=... id2-plugin " + " ".join(cmd[3:]))
         server = subprocess.Popen(cmd, env=dict(os.environ, ID2_SERVE_TOKEN=TOKEN))
         url = f"http://127.0.0.1:{port}"
@@ -57,8 +69,10 @@ def main() -> None:
                 for p in photos[:-1]:
                     report = client.post("/v1/identify", content=reupload_jpeg(p)).json()
                     best = report["best"] or {}
-                    print(f"POST /v1/identify (edited {p.name}) -> {report['decision']} "
-                          f"{best.get('uri')} score={best.get('score', float('nan')):.3f}")
+                    print(
+                        f"POST /v1/identify (edited {p.name}) -> {report['decision']} "
+                        f"{best.get('uri')} score={best.get('score', float('nan')):.3f}"
+                    )
                 report = client.post("/v1/identify", content=photos[-1].read_bytes()).json()
                 print(f"POST /v1/identify (unrelated {photos[-1].name}) -> {report['decision']}")
                 bad = client.post("/v1/identify", content=b"not an image")

@@ -56,12 +56,11 @@ from __future__ import annotations
 import argparse
 import io
 
+from _common import shared_photos
 from threatexchange.signal_type.index import SignalTypeIndex
 
 from id2_plugin.adapters.threatexchange import ID2PhotoIndex, ID2PhotoSignal, warm_up
 from id2_plugin.testing import centre_crop_jpeg
-
-from _common import shared_photos
 
 
 def main() -> None:

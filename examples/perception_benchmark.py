@@ -13,11 +13,10 @@ import tempfile
 import warnings
 
 import numpy as np
+from _common import shared_photos
 from PIL import Image, ImageFilter
 
 from id2_plugin.testing import reupload_pixels
-
-from _common import shared_photos
 
 
 def blur3(image: np.ndarray) -> np.ndarray:

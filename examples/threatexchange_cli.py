@@ -20,15 +20,20 @@ import sys
 import tempfile
 from pathlib import Path
 
-from id2_plugin.testing import reupload_jpeg
-
 from _common import shared_photos
+
+from id2_plugin.testing import reupload_jpeg
 
 
 def tx(home: Path, *args: str) -> str:
     print("$ threatexchange " + " ".join(a if len(a) < 60 else a[:57] + "..." for a in args), flush=True)
-    proc = subprocess.run([sys.executable, "-m", "threatexchange.cli.main", *args], cwd=home, text=True,
-                          capture_output=True, env=dict(os.environ, HOME=str(home)))
+    proc = subprocess.run(
+        [sys.executable, "-m", "threatexchange.cli.main", *args],
+        cwd=home,
+        text=True,
+        capture_output=True,
+        env=dict(os.environ, HOME=str(home)),
+    )
     if proc.returncode:
         sys.exit(f"threatexchange failed:\n{proc.stderr}")
     return proc.stdout
@@ -51,7 +56,9 @@ def main() -> None:
         print(tx(home, "config", "extensions", "add", "id2_plugin.adapters.threatexchange"))
         out = tx(home, "hash", "-S", "id2", "photo", *map(str, originals))
         hashes = [line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("id2 ")]
-        print(f"  {len(hashes)} id2 hashes of {len(hashes[0])} characters each (embedder digest {hashes[0].split(':')[2]})")
+        print(
+            f"  {len(hashes)} id2 hashes of {len(hashes[0])} characters each (embedder digest {hashes[0].split(':')[2]})"
+        )
         refs = home / "refs.txt"
         refs.write_text("".join(f"id2 {h}\n" for h in hashes))
         tx(home, "config", "collab", "edit", "local_file", "--create", "--filename", str(refs), "id2-refs")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .assembly import build_embedder, open_store
+from .calibrate import Calibration, calibrate_threshold
 from .config import Config, load_config
 from .embedders.base import Embedder, ImageEmbedder, LatentEncoder, Projection
 from .embedders.fused import FusedEmbedder, FusionFit
@@ -22,17 +24,15 @@ from .errors import (
     ModelNotFoundError,
     StoreError,
 )
-from .calibrate import Calibration, calibrate_threshold
-from .metrics import Metrics, compute_metrics
 from .evaluate import evaluate_methods
 from .explain import Explanation, LocalMatches, explain_match, explain_pair, render_explanation
-from .search import IdentifyContext
-from .identify import Identifier
-from .assembly import build_embedder, open_store
-from .media import MediaLimits, load_image, to_rgb_array
-from .pipeline import IngestResult, Pipeline, Upload
 from .hookspecs import hookimpl
+from .identify import Identifier
+from .media import MediaLimits, load_image, to_rgb_array
+from .metrics import Metrics, compute_metrics
+from .pipeline import IngestResult, Pipeline, Upload
 from .plugins import get_plugin_manager
+from .search import IdentifyContext
 from .stores.base import ReferenceStore
 from .types import AddResult, Match, OriginReport, ReferenceRecord, StoreInfo
 from .video import VideoError, VideoReport, iter_frames, scan_video

@@ -105,11 +105,21 @@ def compose(expl: Explanation, images: np.ndarray) -> tuple[Image.Image, dict[st
     place("query", f"query: {Path(expl.query).name}", q, MARGIN, row1)
     place("reference", f"reference: {Path(expl.reference).name}", r, MARGIN + PANEL + MARGIN, row1)
     if expl.cell_similarity is not None:
-        place("similarity", "latent cell similarity (over the query)", _heat_panel(expl.cell_similarity, q),
-              MARGIN + 2 * (PANEL + MARGIN), row1)
+        place(
+            "similarity",
+            "latent cell similarity (over the query)",
+            _heat_panel(expl.cell_similarity, q),
+            MARGIN + 2 * (PANEL + MARGIN),
+            row1,
+        )
         place("legend", "", _legend(PANEL), MARGIN + 2 * (PANEL + MARGIN), row2)
-    place("matches", "local features: SIFT matches, RANSAC inliers in green",
-          _matches_panel(expl, q, r, PANEL / images.shape[1]), MARGIN, row2)
+    place(
+        "matches",
+        "local features: SIFT matches, RANSAC inliers in green",
+        _matches_panel(expl, q, r, PANEL / images.shape[1]),
+        MARGIN,
+        row2,
+    )
     return canvas, panels
 
 

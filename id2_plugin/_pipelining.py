@@ -58,8 +58,9 @@ class BatchSizer:
     at the smallest, and keeps the one with the least model time per item. Thread-safe.
     """
 
-    def __init__(self, requested: int | str, *, max_size: int = max(AUTO_CANDIDATES),
-                 candidates: Sequence[int] = AUTO_CANDIDATES) -> None:
+    def __init__(
+        self, requested: int | str, *, max_size: int = max(AUTO_CANDIDATES), candidates: Sequence[int] = AUTO_CANDIDATES
+    ) -> None:
         check_batch_size(requested)
         self.auto = requested == AUTO
         tried = sorted({min(c, max_size) for c in candidates}) or [max_size]
@@ -135,7 +136,9 @@ def pipelined(
     yield from _run(window, model, sizer)
 
 
-def _run(window: list[tuple[Done[T], Any]], model: Callable[..., Sequence[Any]], sizer: BatchSizer) -> Iterator[Done[T]]:
+def _run(
+    window: list[tuple[Done[T], Any]], model: Callable[..., Sequence[Any]], sizer: BatchSizer
+) -> Iterator[Done[T]]:
     """The model over the window's prepared items (timed for the sizer), then the window in order."""
     ok = [(d, v) for d, v in window if d.error is None]
     if ok:
@@ -149,8 +152,9 @@ def _run(window: list[tuple[Done[T], Any]], model: Callable[..., Sequence[Any]],
         yield d
 
 
-def prefetch(source: Iterable[T], prepare: Callable[[T], Any], *, depth: int,
-             workers: int = 2) -> Iterator[tuple[Done[T], Any]]:
+def prefetch(
+    source: Iterable[T], prepare: Callable[[T], Any], *, depth: int, workers: int = 2
+) -> Iterator[tuple[Done[T], Any]]:
     """``(Done(index, item, error), prepare(item))`` in input order, prepared up to ``depth`` items ahead."""
     if depth < 1 or workers < 1:
         raise ValueError(f"depth={depth} and workers={workers} must be >= 1")
@@ -158,8 +162,9 @@ def prefetch(source: Iterable[T], prepare: Callable[[T], Any], *, depth: int,
     ahead = threading.BoundedSemaphore(depth)
     stop = threading.Event()
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="id2-prepare")
-    feeder = threading.Thread(target=_feed, args=(source, prepare, pool, slots, ahead, stop),
-                              name="id2-feeder", daemon=True)
+    feeder = threading.Thread(
+        target=_feed, args=(source, prepare, pool, slots, ahead, stop), name="id2-feeder", daemon=True
+    )
     feeder.start()
     try:
         yield from _drain(slots, ahead)
@@ -189,8 +194,14 @@ def _drain(slots: queue.Queue[Any], ahead: threading.BoundedSemaphore) -> Iterat
         index += 1
 
 
-def _feed(source: Iterable[Any], prepare: Callable[[Any], Any], pool: ThreadPoolExecutor,
-          slots: queue.Queue[Any], ahead: threading.BoundedSemaphore, stop: threading.Event) -> None:
+def _feed(
+    source: Iterable[Any],
+    prepare: Callable[[Any], Any],
+    pool: ThreadPoolExecutor,
+    slots: queue.Queue[Any],
+    ahead: threading.BoundedSemaphore,
+    stop: threading.Event,
+) -> None:
     """The feeder thread: iterate ``source`` and submit ``prepare`` while fewer than ``depth`` wait."""
     items = iter(source)
     try:

@@ -26,8 +26,9 @@ class _ConfigLoader(yaml.SafeLoader):
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
             mark = self.peek_event().start_mark
-            raise ConfigError(f"not accepted: line {mark.line + 1} uses a YAML alias (*name); "
-                              "configuration refuses them")
+            raise ConfigError(
+                f"not accepted: line {mark.line + 1} uses a YAML alias (*name); configuration refuses them"
+            )
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:

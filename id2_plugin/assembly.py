@@ -85,7 +85,9 @@ def load_projection(spec: str, encoder_name: str) -> Projection | None:
     return Projection.load(spec)
 
 
-def build_embedder(cfg: EmbedderConfig, limits: MediaLimits | None = None, *, in_memory_only: bool = False) -> ImageEmbedder:
+def build_embedder(
+    cfg: EmbedderConfig, limits: MediaLimits | None = None, *, in_memory_only: bool = False
+) -> ImageEmbedder:
     """The embedder the ``embedder`` config section names (see :func:`resolve_embedder_name` for ``auto``).
 
     An embedder whose vectors contain a raw VAE latent (no W) is refused unless ``embedder.allow_raw_latent``
@@ -117,7 +119,9 @@ def _build_embedder(cfg: EmbedderConfig, limits: MediaLimits | None) -> ImageEmb
     if name == SSCD:
         return _build_sscd(cfg, cfg.weights, limits)
     if name == "fused":
-        return FusedEmbedder(build_signals(cfg, limits), load_fusion(cfg.fusion), resize_policy=cfg.resize_policy, limits=limits)  # type: ignore[arg-type]
+        return FusedEmbedder(
+            build_signals(cfg, limits), load_fusion(cfg.fusion), resize_policy=cfg.resize_policy, limits=limits
+        )  # type: ignore[arg-type]
     built = _build_registered(name, cfg, cfg.weights, limits)
     if isinstance(built, ImageEmbedder):  # a whole signal (like sscd): no W to add
         return built
@@ -129,7 +133,10 @@ def build_signals(cfg: EmbedderConfig, limits: MediaLimits | None = None) -> lis
     from .embedders.base import Embedder
 
     encoder = _build_registered(cfg.vae, cfg, cfg.weights, limits)
-    return [Embedder(encoder, load_projection(cfg.projection, encoder.name)), _build_sscd(cfg, cfg.sscd_weights, limits)]
+    return [
+        Embedder(encoder, load_projection(cfg.projection, encoder.name)),
+        _build_sscd(cfg, cfg.sscd_weights, limits),
+    ]
 
 
 def _build_sscd(cfg: EmbedderConfig, weights: str | None, limits: MediaLimits | None) -> ImageEmbedder:
@@ -201,8 +208,10 @@ def calibrated_model(spec: str, embedder: ImageEmbedder) -> DecisionModel | None
     file, refused when fitted for another embedder."""
     model = model_for_identity(spec, embedder.identity)
     if model is None and spec in ("auto", "cosine") and len(embedder.signals) > 1 and default_decision_path().is_file():
-        _notice(f"decision: the shipped decision model holds for another embedder than {embedder.identity}; "
-                "deciding on the uncalibrated cosine (fit one with `id2-plugin fit-decision`)")
+        _notice(
+            f"decision: the shipped decision model holds for another embedder than {embedder.identity}; "
+            "deciding on the uncalibrated cosine (fit one with `id2-plugin fit-decision`)"
+        )
     return model
 
 
@@ -230,8 +239,9 @@ def load_decision(spec: str, embedder: ImageEmbedder) -> DecisionModel | None:
     return None if spec == "cosine" else calibrated_model(spec, embedder)
 
 
-def resolve_threshold(threshold: float | str, decision: DecisionModel | None,
-                      calibrated: DecisionModel | None = None) -> float:
+def resolve_threshold(
+    threshold: float | str, decision: DecisionModel | None, calibrated: DecisionModel | None = None
+) -> float:
     """``match.threshold``: a number as given; ``auto`` -> the deciding model's operating point, or when the
     cosine decides, the cosine threshold the ``calibrated`` model's fit chose for the same target (what a
     host comparing one distance uses); else the uncalibrated cosine default with a notice."""
@@ -241,8 +251,10 @@ def resolve_threshold(threshold: float | str, decision: DecisionModel | None,
         return decision.operating_point.threshold
     if calibrated is not None and calibrated.operating_point is not None:
         return calibrated.operating_point.cosine_threshold
-    _notice(f"match.threshold: auto has no calibrated operating point for this embedder; using the cosine "
-            f"{UNCALIBRATED_THRESHOLD} (run `id2-plugin calibrate` to choose one)")
+    _notice(
+        f"match.threshold: auto has no calibrated operating point for this embedder; using the cosine "
+        f"{UNCALIBRATED_THRESHOLD} (run `id2-plugin calibrate` to choose one)"
+    )
     return UNCALIBRATED_THRESHOLD
 
 
@@ -285,5 +297,11 @@ def match_options(match: MatchConfig, embedder: ImageEmbedder) -> dict[str, Any]
     """The :class:`Identifier` keyword arguments the ``match`` config section sets for ``embedder``: the
     decision model and the threshold resolved (``auto``)."""
     decision, threshold = decision_settings(match, embedder)
-    return dict(k=match.k, threshold=threshold, rotations=tuple(match.rotations),
-                mirror=match.mirror, windows=match.windows, decision=decision)
+    return dict(
+        k=match.k,
+        threshold=threshold,
+        rotations=tuple(match.rotations),
+        mirror=match.mirror,
+        windows=match.windows,
+        decision=decision,
+    )

@@ -263,7 +263,12 @@ def _threshold_at(u: np.ndarray, j: int) -> float:
 
 
 def _calibration(
-    threshold: float, pos: np.ndarray, neg: np.ndarray, target: str, target_value: float, confidence: float,
+    threshold: float,
+    pos: np.ndarray,
+    neg: np.ndarray,
+    target: str,
+    target_value: float,
+    confidence: float,
     bound: _FprBound,
 ) -> Calibration:
     """What ``threshold`` achieves on the samples ``pos`` and ``neg``."""
@@ -342,8 +347,9 @@ def calibration_scores(
 
     ``positives`` is the ``Q x R`` ground truth (see :func:`~id2_plugin.eval_sets.load_pairs_for_eval`).
     """
-    got = score_calibration_set(method, queries, references, positives, negatives, batch_size=batch_size,
-                                progress=progress, chunk=chunk)
+    got = score_calibration_set(
+        method, queries, references, positives, negatives, batch_size=batch_size, progress=progress, chunk=chunk
+    )
     return got.positive_scores, got.negative_best
 
 
@@ -364,8 +370,15 @@ class CalibrationScores:
 
 
 def score_calibration_set(
-    method: Method, queries: Sequence[np.ndarray], references: Sequence[np.ndarray], positives: np.ndarray,
-    negatives: Sequence[np.ndarray] | None, *, batch_size: int = 64, progress: bool = False, chunk: int = 1024,
+    method: Method,
+    queries: Sequence[np.ndarray],
+    references: Sequence[np.ndarray],
+    positives: np.ndarray,
+    negatives: Sequence[np.ndarray] | None,
+    *,
+    batch_size: int = 64,
+    progress: bool = False,
+    chunk: int = 1024,
 ) -> CalibrationScores:
     """The scores of :func:`calibration_scores`, with the full query matrix and the negatives' best references."""
     from .evaluate import embed_images
@@ -390,7 +403,9 @@ def store_best_scores(store: ReferenceStore, vectors: np.ndarray, chunk: int = 1
     return store_best_matches(store, vectors, chunk)[0]
 
 
-def store_best_matches(store: ReferenceStore, vectors: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, list[str | None]]:
+def store_best_matches(
+    store: ReferenceStore, vectors: np.ndarray, chunk: int = 1024
+) -> tuple[np.ndarray, list[str | None]]:
     """Best score of each (embedded) negative against an existing store, and that reference's uri."""
     if store.info().count == 0:
         raise ConfigError("the reference store is empty: negatives need references to be scored against")
@@ -427,7 +442,9 @@ def save_histogram(
     hi = float(max(pos.max(), neg.max(), threshold))
     bins = np.linspace(lo, hi if hi > lo else lo + 1e-6, 60)
     ax.hist(neg, bins=bins, alpha=0.6, label=f"negatives: best score (n={len(neg)})", color="tab:red", density=True)
-    ax.hist(pos, bins=bins, alpha=0.6, label=f"positives: query vs origin (n={len(pos)})", color="tab:blue", density=True)
+    ax.hist(
+        pos, bins=bins, alpha=0.6, label=f"positives: query vs origin (n={len(pos)})", color="tab:blue", density=True
+    )
     ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.4f}")
     ax.set_xlabel("cosine similarity")
     ax.set_ylabel("density")
@@ -438,7 +455,9 @@ def save_histogram(
 
 
 # -- the calibrate use case: choosing negatives, writing the config ------------------------------------------
-def select_negatives(negative_dirs: Sequence[str | os.PathLike], known: Sequence[Path]) -> tuple[list[Path], list[str], int]:
+def select_negatives(
+    negative_dirs: Sequence[str | os.PathLike], known: Sequence[Path]
+) -> tuple[list[Path], list[str], int]:
     """Images under ``negative_dirs`` that are not one of ``known`` (same path or same bytes).
 
     Negatives must have no origin among the references; an exact copy of a reference or query is certainly
@@ -474,9 +493,18 @@ def check_enough_negatives(n: int, target_fpr: float | None, confidence: float) 
         )
 
 
-def calibration_config(cal: Calibration, *, embedder: dict[str, Any], store: dict[str, Any] | None, k: int,
-                       embedder_identity: str, data: str, date: str, hash_method: str | None = None,
-                       n_bits: int | None = None) -> dict[str, Any]:
+def calibration_config(
+    cal: Calibration,
+    *,
+    embedder: dict[str, Any],
+    store: dict[str, Any] | None,
+    k: int,
+    embedder_identity: str,
+    data: str,
+    date: str,
+    hash_method: str | None = None,
+    n_bits: int | None = None,
+) -> dict[str, Any]:
     """The config document a calibration writes: the embedder it holds for, match.threshold, provenance.
 
     A hash baseline (``hash_method`` with ``n_bits``) records its threshold in the calibration block only,
@@ -487,10 +515,25 @@ def calibration_config(cal: Calibration, *, embedder: dict[str, Any], store: dic
         doc["store"] = store
     if hash_method is None:
         doc["match"] = {"k": k, "threshold": cal.threshold}
-    fields = ("target", "target_value", "confidence", "threshold", "fpr_upper_bound", "fpr", "recall", "precision",
-              "n_pos", "n_neg", "false_matches")
-    doc["calibration"] = {**{f: getattr(cal, f) for f in fields}, "embedder": embedder_identity, "date": date,
-                          "data": data}
+    fields = (
+        "target",
+        "target_value",
+        "confidence",
+        "threshold",
+        "fpr_upper_bound",
+        "fpr",
+        "recall",
+        "precision",
+        "n_pos",
+        "n_neg",
+        "false_matches",
+    )
+    doc["calibration"] = {
+        **{f: getattr(cal, f) for f in fields},
+        "embedder": embedder_identity,
+        "date": date,
+        "data": data,
+    }
     if hash_method is not None and n_bits:
         from .per_query import max_distance_bits
 
@@ -505,12 +548,16 @@ def write_calibration_config(path: str | os.PathLike, doc: dict[str, Any]) -> Pa
     from .config import load_config
 
     header = (
-        f"# Written by `id2-plugin calibrate` on {doc['calibration']['date']}.\n"
-        f"# match.threshold is valid only for the embedder in calibration.embedder; recalibrate after changing\n"
-        f"# the embedder, W, input size or resize policy.\n"
-    ) if "match" in doc else (
-        f"# Written by `id2-plugin calibrate` on {doc['calibration']['date']}: a {doc['calibration'].get('method')}\n"
-        f"# threshold for another system (HMA / ThreatExchange: calibration.threshold_bits); match.threshold is unset.\n"
+        (
+            f"# Written by `id2-plugin calibrate` on {doc['calibration']['date']}.\n"
+            f"# match.threshold is valid only for the embedder in calibration.embedder; recalibrate after changing\n"
+            f"# the embedder, W, input size or resize policy.\n"
+        )
+        if "match" in doc
+        else (
+            f"# Written by `id2-plugin calibrate` on {doc['calibration']['date']}: a {doc['calibration'].get('method')}\n"
+            f"# threshold for another system (HMA / ThreatExchange: calibration.threshold_bits); match.threshold is unset.\n"
+        )
     )
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -523,4 +570,3 @@ def write_calibration_config(path: str | os.PathLike, doc: dict[str, Any]) -> Pa
         raise
     os.replace(tmp, out)
     return out
-

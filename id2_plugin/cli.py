@@ -11,10 +11,21 @@ from .errors import Id2Error
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, envvar="ID2_CONFIG",
-              help="YAML config file (default: $ID2_CONFIG, else ./id2.yaml if present).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a config key, e.g. --set match.threshold=0.6 (repeatable).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    envvar="ID2_CONFIG",
+    help="YAML config file (default: $ID2_CONFIG, else ./id2.yaml if present).",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config key, e.g. --set match.threshold=0.6 (repeatable).",
+)
 @click.version_option(package_name="id2-plugin")
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None, overrides: tuple[str, ...]) -> None:

@@ -131,8 +131,12 @@ def embedder_option_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--embedder", "embedder_name", default=None, help="Embedder name (embedder.name)."),
         click.option("--projection", default=None, help="'default', 'none' (raw latent) or a W .safetensors path."),
         click.option("--device", default=None, help="auto, cpu, cuda, cuda:N (embedder.device)."),
-        click.option("--batch-size", default=None, callback=parse_batch_size,
-                     help="Images per forward pass, or 'auto' to tune it on the first batches (embedder.batch_size)."),
+        click.option(
+            "--batch-size",
+            default=None,
+            callback=parse_batch_size,
+            help="Images per forward pass, or 'auto' to tune it on the first batches (embedder.batch_size).",
+        ),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -149,19 +153,28 @@ def ray_option_flags(workers_flag: str, workers_help: str) -> Callable[[Callable
     """``--ray-address``, the actor count (``workers_flag``) and ``--cpus-per-worker``: one Ray job's resources."""
 
     def add(fn: Callable[..., Any]) -> Callable[..., Any]:
-        fn = click.option("--cpus-per-worker", type=click.FloatRange(min=0, min_open=True), default=1.0,
-                          show_default=True, help="CPUs reserved per Ray actor.")(fn)
+        fn = click.option(
+            "--cpus-per-worker",
+            type=click.FloatRange(min=0, min_open=True),
+            default=1.0,
+            show_default=True,
+            help="CPUs reserved per Ray actor.",
+        )(fn)
         fn = click.option(workers_flag, type=click.IntRange(min=1), default=1, show_default=True, help=workers_help)(fn)
-        return click.option("--ray-address", default=None,
-                            help="Ray cluster to use ('auto', 'ray://host:10001'); default: start a local Ray.")(fn)
+        return click.option(
+            "--ray-address",
+            default=None,
+            help="Ray cluster to use ('auto', 'ray://host:10001'); default: start a local Ray.",
+        )(fn)
 
     return add
 
 
 def match_option_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``--k`` and ``--threshold``: the match section, for commands that decide matches."""
-    fn = click.option("--threshold", type=float, default=None,
-                      help="Decision threshold on the cosine score (match.threshold).")(fn)
+    fn = click.option(
+        "--threshold", type=float, default=None, help="Decision threshold on the cosine score (match.threshold)."
+    )(fn)
     return click.option("--k", type=int, default=None, help="Matches to return per query (match.k).")(fn)
 
 
@@ -182,9 +195,13 @@ FLAG_KEYS = {
 
 #: ``--cache DIR``: the opt-in latent cache (cache.dir); without it nothing derived from the images is kept.
 cache_option = click.option(
-    "--cache", "cache", default=None, type=click.Path(file_okay=False),
+    "--cache",
+    "cache",
+    default=None,
+    type=click.Path(file_okay=False),
     help="Keep TAEF2 latents in DIR to skip re-encoding on reruns (cache.dir). Off by default: cached "
-         "latents decode back into near-copies of the images; 'id2-plugin cache purge' deletes them.")
+    "latents decode back into near-copies of the images; 'id2-plugin cache purge' deletes them.",
+)
 
 
 def parse_batch_size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | str | None:

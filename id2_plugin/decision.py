@@ -54,8 +54,10 @@ class Evidence:
 
     def signal(self, name: str) -> np.ndarray:
         if name not in self.signals:
-            raise ConfigError(f"the decision model needs the {name!r} signal, which this embedder does not have "
-                              f"(it has {', '.join(self.signals) or 'none'})")
+            raise ConfigError(
+                f"the decision model needs the {name!r} signal, which this embedder does not have "
+                f"(it has {', '.join(self.signals) or 'none'})"
+            )
         return np.asarray(self.signals[name], np.float64)
 
     def window_or_whole(self) -> np.ndarray:
@@ -108,8 +110,9 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(z, np.float64)))
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, *, l2: float = 1e-3, weights: np.ndarray | None = None,
-                 iterations: int = 100) -> tuple[np.ndarray, float]:
+def fit_logistic(
+    x: np.ndarray, y: np.ndarray, *, l2: float = 1e-3, weights: np.ndarray | None = None, iterations: int = 100
+) -> tuple[np.ndarray, float]:
     """L2-regularised logistic regression by Newton's method: ``(coefficients, intercept)``.
 
     ``weights`` per sample (e.g. to balance classes); the intercept is not penalised. Deterministic.
@@ -180,7 +183,9 @@ class DecisionModel:
 
     def __post_init__(self) -> None:
         if len(self.features) != len(self.coefficients):
-            raise ConfigError(f"decision model: {len(self.features)} features but {len(self.coefficients)} coefficients")
+            raise ConfigError(
+                f"decision model: {len(self.features)} features but {len(self.coefficients)} coefficients"
+            )
         unknown = [n for n in self.features if n not in FEATURES]
         if unknown:
             raise ConfigError(f"decision model {self.source or ''}: unknown feature(s) {', '.join(unknown)}")

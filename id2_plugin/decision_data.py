@@ -15,11 +15,19 @@ import numpy as np
 from .calibrate import calibrate_threshold, select_negatives
 from .config import Config
 from .decision import DecisionModel
-from .decision_fit import (DecisionFit, QueryDecisions, best_per_query, candidate_set, cross_validated_scores, fit_rows,
-                           operating_point, window_floor)
+from .decision_fit import (
+    DecisionFit,
+    QueryDecisions,
+    best_per_query,
+    candidate_set,
+    cross_validated_scores,
+    fit_rows,
+    operating_point,
+    window_floor,
+)
 from .errors import ConfigError
-from .evaluate import EmbedderMethod, embed_images
 from .eval_sets import load_images, load_pairs_for_eval, prepare_eval_set, query_labels
+from .evaluate import EmbedderMethod, embed_images
 from .signal_scores import SignalScores, signal_scores
 
 #: SSCD cosine at or above which two origins count as one photo for the folds
@@ -76,23 +84,32 @@ def _manifest_names(pairs: Sequence[str | os.PathLike], queries: Sequence[Path])
     return [name.get(Path(q), "?") for q in queries]
 
 
-def load_decision_data(cfg: Config, pairs: Sequence[str | os.PathLike], negative_files: Sequence[Path],
-                       distractor_files: Sequence[Path], *, holdout_every: int = 0, windows: bool = True) -> DecisionData:
+def load_decision_data(
+    cfg: Config,
+    pairs: Sequence[str | os.PathLike],
+    negative_files: Sequence[Path],
+    distractor_files: Sequence[Path],
+    *,
+    holdout_every: int = 0,
+    windows: bool = True,
+) -> DecisionData:
     """Embed everything once with the configured embedder; the windows of every query when ``windows``.
 
     ``holdout_every`` > 0 moves every that-many-th distractor to the negatives: unrelated queries of the same
     kind as the references (ImageNet-like photos beside photos of people) without a second folder of them.
     """
     if holdout_every > 0:
-        negative_files = [*negative_files, *distractor_files[holdout_every - 1::holdout_every]]
-        held = set(distractor_files[holdout_every - 1::holdout_every])
+        negative_files = [*negative_files, *distractor_files[holdout_every - 1 :: holdout_every]]
+        held = set(distractor_files[holdout_every - 1 :: holdout_every])
         distractor_files = [p for p in distractor_files if p not in held]
     from .pipeline import embedder_from_config
 
     embedder = embedder_from_config(cfg, in_memory_only=True)
     if len(embedder.signals) < 2:
-        raise ConfigError(f"a decision model combines signals: the embedder {embedder.identity} has only one "
-                          "(use embedder.name: fused)")
+        raise ConfigError(
+            f"a decision model combines signals: the embedder {embedder.identity} has only one "
+            "(use embedder.name: fused)"
+        )
     query_paths, ref_paths, positives = load_pairs_for_eval(list(pairs), distractor_files)
     neg_paths, _, _ = select_negatives(negative_files, [*query_paths, *ref_paths])
     data = prepare_eval_set(query_paths, ref_paths, positives, embedder.normalise)
@@ -108,8 +125,12 @@ def load_decision_data(cfg: Config, pairs: Sequence[str | os.PathLike], negative
     n_edit = len(data.queries)
     all_pos = np.vstack([data.positives, np.zeros((len(neg_images), len(refs)), bool)])
     sets = _manifest_names(pairs, data.query_paths) + [Path(neg_paths[i]).parent.name for i in kept]
-    families = [str(f or s) for f, s in zip(query_labels(list(pairs), data.query_paths, "family"),
-                                            query_labels(list(pairs), data.query_paths, "source"))]
+    families = [
+        str(f or s)
+        for f, s in zip(
+            query_labels(list(pairs), data.query_paths, "family"), query_labels(list(pairs), data.query_paths, "source")
+        )
+    ]
     families += ["negative"] * len(neg_images)
     a, b, _ = embedder.signals.get("sscd", next(iter(embedder.signals.values())))
     groups = _edit_groups(data.positives, refs[:, a:b]) + [_negative_group(Path(neg_paths[i])) for i in kept]
@@ -122,8 +143,9 @@ def _decisions_auto(whole: QueryDecisions, with_w: QueryDecisions, threshold: fl
     """What ``match.windows: auto`` decides: the windows are searched only below the threshold and from the floor."""
     looked = (whole.score < threshold) & (whole.score >= floor)
     pick = lambda a, b: np.where(looked, b, a)  # noqa: E731
-    return QueryDecisions(pick(whole.score, with_w.score), pick(whole.reference, with_w.reference),
-                          pick(whole.correct, with_w.correct))
+    return QueryDecisions(
+        pick(whole.score, with_w.score), pick(whole.reference, with_w.reference), pick(whole.correct, with_w.correct)
+    )
 
 
 def _cosine_baseline(d: DecisionData, target_fpr: float, confidence: float) -> tuple[QueryDecisions, float]:
@@ -139,33 +161,53 @@ def _cosine_baseline(d: DecisionData, target_fpr: float, confidence: float) -> t
     rows = np.arange(len(fused))
     best = QueryDecisions(fused[rows, top], top, d.positives[rows, top])
     edit = ~d.negative
-    cal = calibrate_threshold(best.score[edit & best.correct], best.score[d.negative], target_fpr=target_fpr,
-                              confidence=confidence)
+    cal = calibrate_threshold(
+        best.score[edit & best.correct], best.score[d.negative], target_fpr=target_fpr, confidence=confidence
+    )
     return best, cal.threshold
 
 
-def _report(d: DecisionData, final: QueryDecisions, threshold: float, cosine: QueryDecisions,
-            cos_threshold: float) -> dict[str, Any]:
+def _report(
+    d: DecisionData, final: QueryDecisions, threshold: float, cosine: QueryDecisions, cos_threshold: float
+) -> dict[str, Any]:
     per_set: dict[str, dict[str, Any]] = {}
-    for label in [*dict.fromkeys(s for s, n in zip(d.sets, d.negative) if not n),
-                  *dict.fromkeys(f for f, n in zip(d.families, d.negative) if not n)]:
+    for label in [
+        *dict.fromkeys(s for s, n in zip(d.sets, d.negative) if not n),
+        *dict.fromkeys(f for f, n in zip(d.families, d.negative) if not n),
+    ]:
         sel = np.array([(s == label or f == label) and not n for s, f, n in zip(d.sets, d.families, d.negative)])
-        per_set[label] = dict(n=int(sel.sum()), top1=float(final.correct[sel].mean()),
-                              match=float((final.correct & (final.score >= threshold))[sel].mean()),
-                              cosine_top1=float(cosine.correct[sel].mean()),
-                              cosine_match=float((cosine.correct & (cosine.score >= cos_threshold))[sel].mean()))
+        per_set[label] = dict(
+            n=int(sel.sum()),
+            top1=float(final.correct[sel].mean()),
+            match=float((final.correct & (final.score >= threshold))[sel].mean()),
+            cosine_top1=float(cosine.correct[sel].mean()),
+            cosine_match=float((cosine.correct & (cosine.score >= cos_threshold))[sel].mean()),
+        )
     negatives: dict[str, dict[str, Any]] = {}
     for label in dict.fromkeys(s for s, n in zip(d.sets, d.negative) if n):
         sel = np.array([s == label and n for s, n in zip(d.sets, d.negative)])
-        negatives[label] = dict(n=int(sel.sum()), false=int((final.score[sel] >= threshold).sum()),
-                                cosine_false=int((cosine.score[sel] >= cos_threshold).sum()))
+        negatives[label] = dict(
+            n=int(sel.sum()),
+            false=int((final.score[sel] >= threshold).sum()),
+            cosine_false=int((cosine.score[sel] >= cos_threshold).sum()),
+        )
     return dict(per_set=per_set, negatives=negatives, cosine_threshold=cos_threshold)
 
 
-def fit_decision_files(cfg: Config, pairs: Sequence[str | os.PathLike], negative_files: Sequence[Path],
-                       distractor_files: Sequence[Path], *, features: Sequence[str], target_fpr: float,
-                       confidence: float = 0.95, n_folds: int = 5, seed: int = 0, holdout_every: int = 0,
-                       l2: float = 1e-3) -> tuple[DecisionFit, dict[str, Any]]:
+def fit_decision_files(
+    cfg: Config,
+    pairs: Sequence[str | os.PathLike],
+    negative_files: Sequence[Path],
+    distractor_files: Sequence[Path],
+    *,
+    features: Sequence[str],
+    target_fpr: float,
+    confidence: float = 0.95,
+    n_folds: int = 5,
+    seed: int = 0,
+    holdout_every: int = 0,
+    l2: float = 1e-3,
+) -> tuple[DecisionFit, dict[str, Any]]:
     """Fit, cross-validate and calibrate a decision model for the configured embedder (see ``fit-decision``)."""
     from .train.crossval import grouped_folds
 
@@ -177,21 +219,39 @@ def fit_decision_files(cfg: Config, pairs: Sequence[str | os.PathLike], negative
     n = len(d.positives)
     with_w, whole = best_per_query(cands, with_rows, n), best_per_query(cands, whole_rows, n)
     edit = ~d.negative
-    first = calibrate_threshold(with_w.score[edit & with_w.correct], with_w.score[d.negative],
-                                target_fpr=target_fpr, confidence=confidence)
+    first = calibrate_threshold(
+        with_w.score[edit & with_w.correct], with_w.score[d.negative], target_fpr=target_fpr, confidence=confidence
+    )
     floor = window_floor(whole.score, with_w.score, first.threshold)
     final = _decisions_auto(whole, with_w, first.threshold, floor)
     positives = QueryDecisions(final.score[edit], final.reference[edit], final.correct[edit])
     cosine, cos_threshold = _cosine_baseline(d, target_fpr, confidence)
-    op = operating_point(final.score[d.negative], positives, target_fpr=target_fpr, confidence=confidence,
-                         n_references=d.n_references, cosine_threshold=cos_threshold, floor=floor)
+    op = operating_point(
+        final.score[d.negative],
+        positives,
+        target_fpr=target_fpr,
+        confidence=confidence,
+        n_references=d.n_references,
+        cosine_threshold=cos_threshold,
+        floor=floor,
+    )
     coef, b = fit_rows(cands, np.arange(len(cands.query)), features, l2)
     report = _report(d, final, op.threshold, cosine, cos_threshold)
-    model = DecisionModel(tuple(features), tuple(float(c) for c in coef), b, d.embedder, op, {
-        "fit": f"logistic regression, L2 {l2:g}, classes balanced; top {cands.query.size} candidate rows",
-        "folds": n_folds, "seed": seed, "n_edits": int(edit.sum()), "n_negatives": int(d.negative.sum()),
-        "cross_validated": report,
-    })
+    model = DecisionModel(
+        tuple(features),
+        tuple(float(c) for c in coef),
+        b,
+        d.embedder,
+        op,
+        {
+            "fit": f"logistic regression, L2 {l2:g}, classes balanced; top {cands.query.size} candidate rows",
+            "folds": n_folds,
+            "seed": seed,
+            "n_edits": int(edit.sum()),
+            "n_negatives": int(d.negative.sum()),
+            "cross_validated": report,
+        },
+    )
     report["skipped"] = d.skipped
     report["operating_point"] = dataclasses.asdict(op)
     return DecisionFit(model, report), report

@@ -35,12 +35,18 @@ class CandidateSet:
 
     def evidence(self, rows: np.ndarray | slice = slice(None)) -> Evidence:
         window = None if self.window is None else self.window[rows]
-        return Evidence({n: s[rows] for n, s in self.signals.items()}, window,
-                        {n: b[rows] for n, b in self.background.items()})
+        return Evidence(
+            {n: s[rows] for n, s in self.signals.items()}, window, {n: b[rows] for n, b in self.background.items()}
+        )
 
 
-def candidate_set(sims: Mapping[str, np.ndarray], weights: Mapping[str, float], positives: np.ndarray,
-                  window: np.ndarray | None = None, n: int = CANDIDATES) -> CandidateSet:
+def candidate_set(
+    sims: Mapping[str, np.ndarray],
+    weights: Mapping[str, float],
+    positives: np.ndarray,
+    window: np.ndarray | None = None,
+    n: int = CANDIDATES,
+) -> CandidateSet:
     """The top ``n`` references of each query by the fused cosine (``weights``), and with ``window`` (the best
     window cosine of the window signal, ``Q x R``, NaN where not searched) also by the fused cosine with the
     window's evidence; each query's origins are always rows, so every edit teaches the positive class."""
@@ -50,19 +56,28 @@ def candidate_set(sims: Mapping[str, np.ndarray], weights: Mapping[str, float], 
     if window is not None:
         from .decision import WINDOW_SIGNAL
 
-        with_window = fused + weights[WINDOW_SIGNAL] * (np.fmax(sims[WINDOW_SIGNAL], np.nan_to_num(window, nan=-1.0))
-                                                         - sims[WINDOW_SIGNAL])
+        with_window = fused + weights[WINDOW_SIGNAL] * (
+            np.fmax(sims[WINDOW_SIGNAL], np.nan_to_num(window, nan=-1.0)) - sims[WINDOW_SIGNAL]
+        )
         ranked.append(np.argsort(-with_window, axis=1, kind="stable")[:, :n])
     q_rows, r_rows = [], []
     for qi in range(len(fused)):
-        refs = dict.fromkeys([*np.concatenate([r[qi] for r in ranked]).tolist(), *np.flatnonzero(positives[qi]).tolist()])
+        refs = dict.fromkeys(
+            [*np.concatenate([r[qi] for r in ranked]).tolist(), *np.flatnonzero(positives[qi]).tolist()]
+        )
         q_rows += [qi] * len(refs)
         r_rows += list(refs)
     q, r = np.array(q_rows, dtype=np.int64), np.array(r_rows, dtype=np.int64)
     whole = ranked[0]
     background = {name: np.median(np.take_along_axis(sims[name], whole, axis=1), axis=1)[q] for name in names}
-    return CandidateSet(q, r, {name: sims[name][q, r] for name in names}, None if window is None else window[q, r],
-                        positives[q, r], background)
+    return CandidateSet(
+        q,
+        r,
+        {name: sims[name][q, r] for name in names},
+        None if window is None else window[q, r],
+        positives[q, r],
+        background,
+    )
 
 
 def balanced_weights(y: np.ndarray) -> np.ndarray:
@@ -103,8 +118,9 @@ def best_per_query(cands: CandidateSet, scores: np.ndarray, n_queries: int) -> Q
     return QueryDecisions(out_s, out_r, out_c)
 
 
-def cross_validated_scores(cands: CandidateSet, features: Sequence[str], folds: np.ndarray, *,
-                           l2: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
+def cross_validated_scores(
+    cands: CandidateSet, features: Sequence[str], folds: np.ndarray, *, l2: float = 1e-3
+) -> tuple[np.ndarray, np.ndarray]:
     """Every row scored by a model fitted on the other folds (``folds``: one fold id per query), with the
     windows' evidence and, by the same fold models, without it (what ``match.windows: auto`` sees first)."""
     with_windows = np.zeros(len(cands.query))
@@ -137,8 +153,16 @@ def window_floor(whole: np.ndarray, with_windows: np.ndarray, threshold: float, 
     return float(whole[lifted].min() * (1.0 - margin))
 
 
-def operating_point(neg_best: np.ndarray, pos: QueryDecisions, *, target_fpr: float, confidence: float,
-                    n_references: int, cosine_threshold: float, floor: float | None = None) -> OperatingPoint:
+def operating_point(
+    neg_best: np.ndarray,
+    pos: QueryDecisions,
+    *,
+    target_fpr: float,
+    confidence: float,
+    n_references: int,
+    cosine_threshold: float,
+    floor: float | None = None,
+) -> OperatingPoint:
     """The threshold with the one-sided Clopper-Pearson bound on the false-match rate per unrelated query
     at most ``target_fpr``, and what it achieves on the edits (MATCH with the right origin)."""
     cal = calibrate_threshold(pos.score[pos.correct], neg_best, target_fpr=target_fpr, confidence=confidence)
@@ -146,8 +170,12 @@ def operating_point(neg_best: np.ndarray, pos: QueryDecisions, *, target_fpr: fl
     false = int((neg_best >= cal.threshold).sum())
     pairs = n_neg * max(n_references, 1)
     return OperatingPoint(
-        threshold=float(cal.threshold), target_fpr=target_fpr, confidence=confidence, n_negatives=n_neg,
-        false_matches=false, fpr_upper_bound=float(clopper_pearson_upper(false, n_neg, confidence)),
+        threshold=float(cal.threshold),
+        target_fpr=target_fpr,
+        confidence=confidence,
+        n_negatives=n_neg,
+        false_matches=false,
+        fpr_upper_bound=float(clopper_pearson_upper(false, n_neg, confidence)),
         n_references=n_references,
         pair_fpr_upper_bound=float(clopper_pearson_upper(false, pairs, confidence)),
         recall=float((pos.correct & (pos.score >= cal.threshold)).mean()),
@@ -156,5 +184,16 @@ def operating_point(neg_best: np.ndarray, pos: QueryDecisions, *, target_fpr: fl
     )
 
 
-__all__ = ["CANDIDATES", "CandidateSet", "DecisionFit", "QueryDecisions", "balanced_weights", "best_per_query",
-           "candidate_set", "cross_validated_scores", "fit_rows", "operating_point", "window_floor"]
+__all__ = [
+    "CANDIDATES",
+    "CandidateSet",
+    "DecisionFit",
+    "QueryDecisions",
+    "balanced_weights",
+    "best_per_query",
+    "candidate_set",
+    "cross_validated_scores",
+    "fit_rows",
+    "operating_point",
+    "window_floor",
+]

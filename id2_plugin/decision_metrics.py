@@ -63,25 +63,35 @@ def decision_metrics(scores: np.ndarray, positives: np.ndarray, threshold: float
     false_pairs = int((scores[~edit] >= threshold).sum())
     n_pairs = n_unrelated * scores.shape[1]
     return DecisionMetrics(
-        threshold=float(threshold), n_edits=n_edits, matched=matched,
-        recall=matched / n_edits if n_edits else float("nan"), recall_interval=wilson_interval(matched, n_edits),
-        wrong_origin=wrong, n_unrelated=n_unrelated, false_matches=false,
+        threshold=float(threshold),
+        n_edits=n_edits,
+        matched=matched,
+        recall=matched / n_edits if n_edits else float("nan"),
+        recall_interval=wilson_interval(matched, n_edits),
+        wrong_origin=wrong,
+        n_unrelated=n_unrelated,
+        false_matches=false,
         false_match_rate=false / n_unrelated if n_unrelated else float("nan"),
         false_match_interval=wilson_interval(false, n_unrelated),
         false_match_upper=clopper_pearson_upper(false, n_unrelated) if n_unrelated else 1.0,
-        false_pairs=false_pairs, pair_rate=false_pairs / n_pairs if n_pairs else float("nan"),
+        false_pairs=false_pairs,
+        pair_rate=false_pairs / n_pairs if n_pairs else float("nan"),
     )
 
 
 def format_decisions(name: str, m: DecisionMetrics) -> str:
     """One line: MATCH with the right origin, wrong origins, false matches of unrelated queries."""
     lo, hi = m.recall_interval
-    line = (f"{name}: threshold {m.threshold:.4f}: MATCH with the right origin {m.matched}/{m.n_edits} = "
-            f"{m.recall:.3f} [{lo:.3f}, {hi:.3f}], wrong origin {m.wrong_origin}")
+    line = (
+        f"{name}: threshold {m.threshold:.4f}: MATCH with the right origin {m.matched}/{m.n_edits} = "
+        f"{m.recall:.3f} [{lo:.3f}, {hi:.3f}], wrong origin {m.wrong_origin}"
+    )
     if m.n_unrelated:
         flo, fhi = m.false_match_interval
-        line += (f"; unrelated queries matched {m.false_matches}/{m.n_unrelated} = {m.false_match_rate:.4f} "
-                 f"[{flo:.4f}, {fhi:.4f}] (95% upper bound {m.false_match_upper:.4f}), per pair {m.pair_rate:.2e}")
+        line += (
+            f"; unrelated queries matched {m.false_matches}/{m.n_unrelated} = {m.false_match_rate:.4f} "
+            f"[{flo:.4f}, {fhi:.4f}] (95% upper bound {m.false_match_upper:.4f}), per pair {m.pair_rate:.2e}"
+        )
     return line
 
 

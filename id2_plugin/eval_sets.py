@@ -32,7 +32,8 @@ class EvalSet:
 
 
 def load_pairs_for_eval(
-    manifest: str | os.PathLike | Sequence[str | os.PathLike], distractors: Sequence[str | os.PathLike] = (),
+    manifest: str | os.PathLike | Sequence[str | os.PathLike],
+    distractors: Sequence[str | os.PathLike] = (),
     max_distractors: int | None = None,
 ) -> tuple[list[Path], list[Path], np.ndarray]:
     """Queries, references and ground truth from a pairs manifest (or several, pooled) plus distractor folders/files.
@@ -100,7 +101,9 @@ def load_pairs_for_eval(
     return queries, references, positives
 
 
-def query_labels(manifest: str | os.PathLike | Sequence[str | os.PathLike], query_paths: Sequence[Path], key: str) -> list[str | None]:
+def query_labels(
+    manifest: str | os.PathLike | Sequence[str | os.PathLike], query_paths: Sequence[Path], key: str
+) -> list[str | None]:
     """Per query the manifest's ``key`` (``source``, ``family``, ``model``) of its first pair (None if absent)."""
     from .pairs import load_pairs
 

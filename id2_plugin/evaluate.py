@@ -27,8 +27,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-
-
 # --------------------------------------------------------------------------------------------------
 # methods
 # --------------------------------------------------------------------------------------------------
@@ -57,7 +55,9 @@ class EmbedderMethod:
 
     def __init__(self, embedder: ImageEmbedder, cache: LatentCache | None = None, name: str | None = None) -> None:
         encoder = getattr(embedder, "encoder", None)
-        if cache is not None and (encoder is None or (cache.encoder is not encoder and cache.encoder.identity != encoder.identity)):
+        if cache is not None and (
+            encoder is None or (cache.encoder is not encoder and cache.encoder.identity != encoder.identity)
+        ):
             raise ValueError("the latent cache belongs to another encoder than the embedder's")
         self.embedder = embedder
         self.cache = cache
@@ -108,8 +108,10 @@ class DecisionMethod(FusedMethod):
         cos = slice_cosines(self.embedder, np.atleast_2d(q), r)
         fused = sum(w * cos[name] for name, (_, _, w) in self.embedder.signals.items())
         top = np.argsort(-fused, axis=1, kind="stable")[:, :CANDIDATES]
-        background = {name: np.repeat(np.median(np.take_along_axis(c, top, axis=1), axis=1, keepdims=True),
-                                      c.shape[1], axis=1) for name, c in cos.items()}
+        background = {
+            name: np.repeat(np.median(np.take_along_axis(c, top, axis=1), axis=1, keepdims=True), c.shape[1], axis=1)
+            for name, c in cos.items()
+        }
         return Evidence(cos, window, background)
 
     def similarity(self, q: np.ndarray, r: np.ndarray) -> np.ndarray:
@@ -183,14 +185,16 @@ class PHashMethod:
         return hamming_similarity(q, r, self.n_bits)
 
 
-
-
 #: Names of the methods :func:`default_methods` can build, in report order.
 METHOD_NAMES = ("fused", "fused_cosine", "id2", "vae_raw", "sscd", "pdq", "phash")
 
 
-def default_methods(embedder: ImageEmbedder, cache: LatentCache | None = None, sscd: ImageEmbedder | None = None,
-                    decision: DecisionModel | None = None) -> list[Method]:
+def default_methods(
+    embedder: ImageEmbedder,
+    cache: LatentCache | None = None,
+    sscd: ImageEmbedder | None = None,
+    decision: DecisionModel | None = None,
+) -> list[Method]:
     """Every method the embedder makes possible: ``fused`` (a fused embedder, or a VAE embedder with W plus
     ``sscd`` given, fused with the default fit), ``id2`` (VAE + W), ``vae_raw``, ``sscd``, ``pdq``, ``phash``.
     With a ``decision`` model for the fused embedder, ``fused`` is scored by it (what identify decides on)
@@ -288,7 +292,9 @@ def evaluate_methods(
     array). ``query_origin``: per query the index of its origin in ``references`` (None = no origin), or a
     ``Q x R`` boolean matrix of positives (several origins per query).
     """
-    return evaluate_methods_by_group(queries, query_origin, references, methods, k=k, batch_size=batch_size, progress=progress)[0]
+    return evaluate_methods_by_group(
+        queries, query_origin, references, methods, k=k, batch_size=batch_size, progress=progress
+    )[0]
 
 
 def evaluate_methods_by_group(
@@ -313,7 +319,10 @@ def evaluate_methods_by_group(
 
 
 def metrics_by_group(
-    sims: dict[str, np.ndarray], positives: np.ndarray, *, groups: dict[str, Sequence[str | None]] | None = None,
+    sims: dict[str, np.ndarray],
+    positives: np.ndarray,
+    *,
+    groups: dict[str, Sequence[str | None]] | None = None,
     k: int | None = DEFAULT_K,
 ) -> tuple[dict[str, Metrics], dict[str, dict[str, dict[str, Metrics]]]]:
     """The metrics of :func:`evaluate_methods_by_group` from the methods' ``Q x R`` scores (:func:`score_methods`)."""
@@ -322,8 +331,13 @@ def metrics_by_group(
 
 
 def score_methods(
-    queries: Sequence[np.ndarray], references: Sequence[np.ndarray], methods: Sequence[Method], *,
-    batch_size: int = 64, progress: bool = True, windows: dict[str, tuple[str, float]] | None = None,
+    queries: Sequence[np.ndarray],
+    references: Sequence[np.ndarray],
+    methods: Sequence[Method],
+    *,
+    batch_size: int = 64,
+    progress: bool = True,
+    windows: dict[str, tuple[str, float]] | None = None,
 ) -> dict[str, np.ndarray]:
     """Each method's ``Q x R`` similarity matrix, in the order of ``methods``.
 
@@ -358,8 +372,15 @@ def score_methods(
 WHOLE_SUFFIX = "_whole"
 
 
-def windowed_similarity(method: Method, queries: Sequence[np.ndarray], qry: np.ndarray, ref: np.ndarray,
-                        sim: np.ndarray, mode: str, threshold: float) -> np.ndarray:
+def windowed_similarity(
+    method: Method,
+    queries: Sequence[np.ndarray],
+    qry: np.ndarray,
+    ref: np.ndarray,
+    sim: np.ndarray,
+    mode: str,
+    threshold: float,
+) -> np.ndarray:
     """``sim`` with the query-window second look of the identify path (``match.windows``): the queries whose
     best whole-image score is below ``threshold`` (every query when ``mode`` is ``always``) keep, per
     reference, the best of the whole image and its windows."""

@@ -83,11 +83,15 @@ class Explanation:
     def summary(self) -> list[str]:
         """The lines written on the picture and printed by ``id2-plugin explain``."""
         decision = "MATCH" if self.score >= self.threshold else "NO MATCH"
-        lines = [f"score {self.score:.4f} vs threshold {self.threshold:.3f}: {decision}",
-                 "signals: " + "   ".join(f"{name} {value:.4f}" for name, value in self.scores.items())]
+        lines = [
+            f"score {self.score:.4f} vs threshold {self.threshold:.3f}: {decision}",
+            "signals: " + "   ".join(f"{name} {value:.4f}" for name, value in self.scores.items()),
+        ]
         if self.local is not None:
-            lines.append(f"SIFT + RANSAC: {self.local.inliers} inliers of {self.local.matches} matches "
-                         f"({self.local.keypoints[0]} / {self.local.keypoints[1]} keypoints)")
+            lines.append(
+                f"SIFT + RANSAC: {self.local.inliers} inliers of {self.local.matches} matches "
+                f"({self.local.keypoints[0]} / {self.local.keypoints[1]} keypoints)"
+            )
         if self.cell_similarity is not None:
             c = self.cell_similarity
             lines.append(f"latent cells {c.shape[0]}x{c.shape[1]}: mean cosine {c.mean():.3f}, lowest {c.min():.3f}")
@@ -103,11 +107,19 @@ class Explanation:
             "is_match": self.score >= self.threshold,
             "threshold": self.threshold,
             "embedder": self.embedder,
-            "cell_similarity": None if cells is None else {
-                "shape": list(cells.shape), "mean": round(float(cells.mean()), 6), "min": round(float(cells.min()), 6),
+            "cell_similarity": None
+            if cells is None
+            else {
+                "shape": list(cells.shape),
+                "mean": round(float(cells.mean()), 6),
+                "min": round(float(cells.min()), 6),
             },
-            "local_features": None if self.local is None else {
-                "inliers": self.local.inliers, "matches": self.local.matches, "keypoints": list(self.local.keypoints),
+            "local_features": None
+            if self.local is None
+            else {
+                "inliers": self.local.inliers,
+                "matches": self.local.matches,
+                "keypoints": list(self.local.keypoints),
             },
             "out": str(self.out) if self.out else None,
         }
@@ -140,8 +152,6 @@ def match_local_features(query: np.ndarray, reference: np.ndarray) -> LocalMatch
     return LocalMatches(pq, pr, mask, (len(kq), len(kr)))
 
 
-
-
 def signal_scores(embedder: ImageEmbedder, images: np.ndarray) -> tuple[dict[str, float], np.ndarray | None]:
     """Each signal's cosine between ``images[0]`` and ``images[1]`` (normalised), ``fused`` as the weighted
     sum the fused vector's dot product is, and the two latents when a signal has one (encoded once)."""
@@ -158,8 +168,9 @@ def signal_scores(embedder: ImageEmbedder, images: np.ndarray) -> tuple[dict[str
     return scores, latents
 
 
-def explain_pair(query: MediaLike, reference: MediaLike, embedder: ImageEmbedder, *,
-                 threshold: float = 0.5) -> tuple[Explanation, np.ndarray]:
+def explain_pair(
+    query: MediaLike, reference: MediaLike, embedder: ImageEmbedder, *, threshold: float = 0.5
+) -> tuple[Explanation, np.ndarray]:
     """The :class:`Explanation` of ``query`` against ``reference`` and the two normalised images
     (``2 x S x S x 3``) it was computed on, for :func:`render_explanation`. Nothing is written."""
     from .media import describe
@@ -168,8 +179,9 @@ def explain_pair(query: MediaLike, reference: MediaLike, embedder: ImageEmbedder
     scores, latents = signal_scores(embedder, images)
     part = embedder.latent_part()
     cells = cell_similarity(latents, part.encoder.latent_shape) if latents is not None else None
-    expl = Explanation(describe(query), describe(reference), scores, cells, _local_or_none(images), threshold,
-                       embedder.identity)
+    expl = Explanation(
+        describe(query), describe(reference), scores, cells, _local_or_none(images), threshold, embedder.identity
+    )
     return expl, images
 
 

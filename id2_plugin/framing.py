@@ -167,7 +167,9 @@ def best_over_orientations(
 ) -> list[tuple[Match, int]]:
     """Each reference's best match over the query variants, re-ranked, top ``k``, with the index of the
     variant that won (its vector gives the per-signal scores). A non-upright winner is labelled."""
-    return [(replace(m, orientation=orientation_label(*variants[vi])), vi) for m, vi in best_per_reference(per_variant, k)]
+    return [
+        (replace(m, orientation=orientation_label(*variants[vi])), vi) for m, vi in best_per_reference(per_variant, k)
+    ]
 
 
 #: Query windows: a 3 x 3 grid of half-size squares at quarter steps. An edit that re-stages a subject small
@@ -183,7 +185,7 @@ def query_windows(image: np.ndarray, grid: int = WINDOW_GRID) -> tuple[list[str]
     half = size // 2
     steps = [round(i * (size - half) / (grid - 1)) for i in range(grid)] if grid > 1 else [(size - half) // 2]
     labels = [f"r{r}c{c}" for r in range(len(steps)) for c in range(len(steps))]
-    crops = np.stack([image[y:y + half, x:x + half] for y in steps for x in steps])
+    crops = np.stack([image[y : y + half, x : x + half] for y in steps for x in steps])
     return labels, crops
 
 

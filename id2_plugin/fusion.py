@@ -67,7 +67,12 @@ class FusionReport:
     fold_weights: list[dict[str, float]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"weights": self.weights, "cross_validated": self.cross_validated, "fold_weights": self.fold_weights, "curve": self.curve}
+        return {
+            "weights": self.weights,
+            "cross_validated": self.cross_validated,
+            "fold_weights": self.fold_weights,
+            "curve": self.curve,
+        }
 
 
 def fit_fusion(

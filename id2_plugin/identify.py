@@ -26,16 +26,34 @@ if TYPE_CHECKING:
 class Identifier:
     """A ready pipeline: reuse one instance for many queries (the model loads once)."""
 
-    def __init__(self, embedder: ImageEmbedder, store: ReferenceStore, *, k: int = 5, threshold: float = 0.5,
-                 rotations: tuple[int, ...] = (0,), mirror: bool = False, windows: str = "auto",
-                 decision: DecisionModel | None = None, batch_size: int | str | None = None) -> None:
+    def __init__(
+        self,
+        embedder: ImageEmbedder,
+        store: ReferenceStore,
+        *,
+        k: int = 5,
+        threshold: float = 0.5,
+        rotations: tuple[int, ...] = (0,),
+        mirror: bool = False,
+        windows: str = "auto",
+        decision: DecisionModel | None = None,
+        batch_size: int | str | None = None,
+    ) -> None:
         from ._pipelining import BatchSizer, auto_max_batch
 
         store.check_compatible(embedder.identity)
         if decision is not None and decision.embedder != embedder.identity:
             raise ConfigError(f"the decision model holds for {decision.embedder}, not {embedder.identity}")
-        self.context = IdentifyContext(embedder=embedder, store=store, k=k, threshold=threshold,
-                                       rotations=tuple(rotations), mirror=mirror, windows=windows, decision=decision)
+        self.context = IdentifyContext(
+            embedder=embedder,
+            store=store,
+            k=k,
+            threshold=threshold,
+            rotations=tuple(rotations),
+            mirror=mirror,
+            windows=windows,
+            decision=decision,
+        )
         #: batches of :meth:`identify_iter` (``batch_size``: an int, ``auto``, or None = the embedder's)
         self.batching = BatchSizer(batch_size or embedder.batch_size, max_size=auto_max_batch(embedder.input_size))
 

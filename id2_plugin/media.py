@@ -24,7 +24,8 @@ from typing import IO, Any, Literal, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ._files import sha256_file as sha256_file, sha256_file_or_none as sha256_file_or_none  # public: the content key
+from ._files import sha256_file as sha256_file  # public: the content key
+from ._files import sha256_file_or_none as sha256_file_or_none
 from .errors import MediaError
 from .framing import BorderTrim, border_box
 
@@ -88,8 +89,11 @@ def _check_size(width: int, height: int, label: str, limits: MediaLimits, why: s
     if width * height > limits.max_pixels:
         raise MediaError(f"{width}x{height} exceeds the {limits.max_pixels}-pixel limit{why}", label)
     if max(width, height) > limits.max_aspect_ratio * max(min(width, height), 1):
-        raise MediaError(f"{width}x{height}: the long side is more than {limits.max_aspect_ratio:g} times the short "
-                         f"one (the aspect-ratio limit){why}", label)
+        raise MediaError(
+            f"{width}x{height}: the long side is more than {limits.max_aspect_ratio:g} times the short "
+            f"one (the aspect-ratio limit){why}",
+            label,
+        )
 
 
 def _read_bytes(source: Any, limits: MediaLimits) -> bytes:
@@ -346,8 +350,9 @@ def scanned_extensions() -> frozenset[str]:
     return IMAGE_EXTENSIONS | {ext for ext, fmt in Image.registered_extensions().items() if fmt in opened}
 
 
-def _walk(folder: Path, ancestors: frozenset[tuple[int, int]], found: list[Path], problems: list[str],
-          exts: frozenset[str]) -> None:
+def _walk(
+    folder: Path, ancestors: frozenset[tuple[int, int]], found: list[Path], problems: list[str], exts: frozenset[str]
+) -> None:
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError as exc:

@@ -219,11 +219,22 @@ def format_table(results: dict[str, Metrics]) -> str:
 
     header = ["method", "top1", "mAP", "micro_ap", "R@P90", "thr@P90", "R@P99.9", "thr@P99.9"]
     rows = [
-        [name, num(m.top1), num(m.mAP), num(m.micro_ap), num(m.recall_at_p90), num(m.threshold_at_p90),
-         num(m.recall_at_p999), num(m.threshold_at_p999)]
+        [
+            name,
+            num(m.top1),
+            num(m.mAP),
+            num(m.micro_ap),
+            num(m.recall_at_p90),
+            num(m.threshold_at_p90),
+            num(m.recall_at_p999),
+            num(m.threshold_at_p999),
+        ]
         for name, m in results.items()
     ]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in [header, *rows]]
+    lines = [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        for r in [header, *rows]
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)

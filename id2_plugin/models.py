@@ -25,7 +25,9 @@ def candidate_dirs(name: str) -> list[Path]:
     return dirs
 
 
-def resolve_model_file(name: str, filename: str, configured: str | os.PathLike | None = None, *, allow_download: bool = True) -> Path:
+def resolve_model_file(
+    name: str, filename: str, configured: str | os.PathLike | None = None, *, allow_download: bool = True
+) -> Path:
     """Find ``filename`` of model ``name``.
 
     ``configured`` may be a file or a folder containing ``filename``; it wins when given (and must exist).
@@ -51,4 +53,6 @@ def resolve_model_file(name: str, filename: str, configured: str | os.PathLike |
                 f"{filename} of model {name!r} not found locally (searched {searched}) and the hub download from "
                 f"{HUB_REPOS[name]} failed: {exc}. Set embedder.weights or ID2_MODELS_DIR."
             ) from None
-    raise ModelNotFoundError(f"{filename} of model {name!r} not found (searched {searched}); set embedder.weights or ID2_MODELS_DIR")
+    raise ModelNotFoundError(
+        f"{filename} of model {name!r} not found (searched {searched}); set embedder.weights or ID2_MODELS_DIR"
+    )

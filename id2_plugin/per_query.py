@@ -20,8 +20,18 @@ from typing import Any
 import numpy as np
 
 #: The columns of every record, in CSV order.
-FIELDS = ("kind", "query", "method", "origin", "rank", "score", "best_wrong", "best_wrong_score",
-          "distance_bits", "best_wrong_distance_bits")
+FIELDS = (
+    "kind",
+    "query",
+    "method",
+    "origin",
+    "rank",
+    "score",
+    "best_wrong",
+    "best_wrong_score",
+    "distance_bits",
+    "best_wrong_distance_bits",
+)
 
 
 def distance_bits(similarity: float, n_bits: int) -> int:
@@ -44,8 +54,14 @@ def _bits(score: float | None, n_bits: int | None) -> int | None:
     return None if score is None or n_bits is None else distance_bits(score, n_bits)
 
 
-def query_records(name: str, scores: np.ndarray, positives: np.ndarray, query_paths: Sequence[str | os.PathLike],
-                  reference_paths: Sequence[str | os.PathLike], n_bits: int | None = None) -> list[dict[str, Any]]:
+def query_records(
+    name: str,
+    scores: np.ndarray,
+    positives: np.ndarray,
+    query_paths: Sequence[str | os.PathLike],
+    reference_paths: Sequence[str | os.PathLike],
+    n_bits: int | None = None,
+) -> list[dict[str, Any]]:
     """One record per query for one method, from its ``Q x R`` scores and the ``Q x R`` ground truth."""
     scores = np.asarray(scores, dtype=np.float64)
     positives = np.asarray(positives, dtype=bool)
@@ -58,22 +74,47 @@ def query_records(name: str, scores: np.ndarray, positives: np.ndarray, query_pa
         origin_score = float(with_origin[i, o]) if has_origin else None
         wrong_score = float(wrong[i, w]) if has_wrong else None
         rank = 1 + int((wrong[i] >= origin_score).sum()) if origin_score is not None else None
-        out.append({
-            "kind": "positive" if has_origin else "negative", "query": str(query), "method": name,
-            "origin": str(reference_paths[o]) if has_origin else None, "rank": rank, "score": origin_score,
-            "best_wrong": str(reference_paths[w]) if has_wrong else None, "best_wrong_score": wrong_score,
-            "distance_bits": _bits(origin_score, n_bits), "best_wrong_distance_bits": _bits(wrong_score, n_bits),
-        })
+        out.append(
+            {
+                "kind": "positive" if has_origin else "negative",
+                "query": str(query),
+                "method": name,
+                "origin": str(reference_paths[o]) if has_origin else None,
+                "rank": rank,
+                "score": origin_score,
+                "best_wrong": str(reference_paths[w]) if has_wrong else None,
+                "best_wrong_score": wrong_score,
+                "distance_bits": _bits(origin_score, n_bits),
+                "best_wrong_distance_bits": _bits(wrong_score, n_bits),
+            }
+        )
     return out
 
 
-def negative_records(name: str, query_paths: Sequence[str | os.PathLike], best: Sequence[str | None],
-                     best_scores: Sequence[float], n_bits: int | None = None) -> list[dict[str, Any]]:
+def negative_records(
+    name: str,
+    query_paths: Sequence[str | os.PathLike],
+    best: Sequence[str | None],
+    best_scores: Sequence[float],
+    n_bits: int | None = None,
+) -> list[dict[str, Any]]:
     """Records of queries with no origin: the reference each scored best against (a false match when at or
     above the threshold)."""
-    return [{"kind": "negative", "query": str(q), "method": name, "origin": None, "rank": None, "score": None,
-             "best_wrong": b, "best_wrong_score": float(s), "distance_bits": None,
-             "best_wrong_distance_bits": _bits(float(s), n_bits)} for q, b, s in zip(query_paths, best, best_scores)]
+    return [
+        {
+            "kind": "negative",
+            "query": str(q),
+            "method": name,
+            "origin": None,
+            "rank": None,
+            "score": None,
+            "best_wrong": b,
+            "best_wrong_score": float(s),
+            "distance_bits": None,
+            "best_wrong_distance_bits": _bits(float(s), n_bits),
+        }
+        for q, b, s in zip(query_paths, best, best_scores)
+    ]
 
 
 def write_records(path: str | os.PathLike, records: Sequence[dict[str, Any]]) -> Path:
@@ -89,5 +130,12 @@ def write_records(path: str | os.PathLike, records: Sequence[dict[str, Any]]) ->
     return out
 
 
-__all__ = ["FIELDS", "distance_bits", "max_distance_bits", "method_bits", "negative_records", "query_records",
-           "write_records"]
+__all__ = [
+    "FIELDS",
+    "distance_bits",
+    "max_distance_bits",
+    "method_bits",
+    "negative_records",
+    "query_records",
+    "write_records",
+]

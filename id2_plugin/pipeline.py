@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._files import sha256_file_or_none
+from .assembly import build_embedder, match_options, open_store
 from .config import Config
 from .errors import MediaError
 from .identify import Identifier
-from .assembly import build_embedder, match_options, open_store
 from .media import MediaLike, MediaLimits
 from .types import OriginReport, ReferenceRecord
 
@@ -78,8 +78,20 @@ class Pipeline:
         limits: MediaLimits | None = None,
         batch_size: int | str | None = None,
     ) -> None:
-        self._attach(Identifier(embedder, store, k=k, threshold=threshold, rotations=rotations, mirror=mirror,
-                                windows=windows, decision=decision, batch_size=batch_size), limits)
+        self._attach(
+            Identifier(
+                embedder,
+                store,
+                k=k,
+                threshold=threshold,
+                rotations=rotations,
+                mirror=mirror,
+                windows=windows,
+                decision=decision,
+                batch_size=batch_size,
+            ),
+            limits,
+        )
 
     @classmethod
     def from_config(cls, cfg: Config, *, create_store: bool = False) -> Pipeline:
@@ -94,8 +106,13 @@ class Pipeline:
         embedder = embedder_from_config(cfg)
         store = open_store(cfg.store, embedder_identity=embedder.identity, dim=embedder.dim, create=create_store)
         try:
-            return cls(embedder, store, **match_options(cfg.match, embedder), limits=cfg.media.limits(),
-                       batch_size=cfg.embedder.batch_size)
+            return cls(
+                embedder,
+                store,
+                **match_options(cfg.match, embedder),
+                limits=cfg.media.limits(),
+                batch_size=cfg.embedder.batch_size,
+            )
         except BaseException:
             store.close()
             raise
@@ -151,14 +168,26 @@ class Pipeline:
         return self.identifier.identify_iter(media, k=k)
 
     # -- add / remove -----------------------------------------------------------------------------------
-    def add_files(self, paths: Sequence[Path], *, labels: Sequence[str] = (), commit_every: int = 1024,
-                  progress: bool | str = False) -> IngestResult:
+    def add_files(
+        self,
+        paths: Sequence[Path],
+        *,
+        labels: Sequence[str] = (),
+        commit_every: int = 1024,
+        progress: bool | str = False,
+    ) -> IngestResult:
         """Add image files (already expanded from folders); the uri recorded is the absolute path."""
         items = [_Item(p, sha256_file_or_none(p), str(Path(p).resolve()), str(p)) for p in paths]
         return self._ingest(items, labels, commit_every, progress)
 
-    def add_uploads(self, uploads: Sequence[Upload], *, labels: Sequence[str] = (), commit_every: int = 1024,
-                    progress: bool | str = False) -> IngestResult:
+    def add_uploads(
+        self,
+        uploads: Sequence[Upload],
+        *,
+        labels: Sequence[str] = (),
+        commit_every: int = 1024,
+        progress: bool | str = False,
+    ) -> IngestResult:
         """Add references given as content (HTTP uploads, host callbacks)."""
         items = []
         for u in uploads:
@@ -169,15 +198,22 @@ class Pipeline:
             items.append(_Item(u.data, sha, u.uri, u.name or u.uri))
         return self._ingest(items, labels, commit_every, progress)
 
-    def add_vectors(self, batches: Iterable[Batch], *, commit_every: int = 1024, progress: bool | str = False,
-                    total: int | None = None) -> BulkAddResult:
+    def add_vectors(
+        self,
+        batches: Iterable[Batch],
+        *,
+        commit_every: int = 1024,
+        progress: bool | str = False,
+        total: int | None = None,
+    ) -> BulkAddResult:
         """Add vectors embedded elsewhere (Ray workers) with this pipeline's embedder identity."""
         from .stores._bulk import bulk_add
 
         return bulk_add(self.store, batches, commit_every=commit_every, progress=progress, total=total)
 
-    def _ingest(self, items: list[_Item], labels: Sequence[str], commit_every: int,
-                progress: bool | str) -> IngestResult:
+    def _ingest(
+        self, items: list[_Item], labels: Sequence[str], commit_every: int, progress: bool | str
+    ) -> IngestResult:
         """The one ingestion path: drop unreadable and already-stored content, embed the rest, commit in chunks."""
         from .stores._bulk import bulk_add
 
@@ -200,9 +236,14 @@ class Pipeline:
 
         # Stored content was dropped above, before embedding; the store's add still refuses a duplicate
         # another writer committed meanwhile, which counts as a duplicate here.
-        bulk_add(self.store, batches(), commit_every=commit_every, skip_known=False,
-                 on_commit=lambda res: result.duplicates.extend(res.duplicates),
-                 on_added=result.added.extend)
+        bulk_add(
+            self.store,
+            batches(),
+            commit_every=commit_every,
+            skip_known=False,
+            on_commit=lambda res: result.duplicates.extend(res.duplicates),
+            on_added=result.added.extend,
+        )
         result.store_count = self.store.info().count
         return result
 

@@ -121,7 +121,7 @@ class _EmbedActor:
                 # The error names its source "<N bytes>" (it was decoded from memory); the uri is reported beside it.
                 msg = str(exc)
                 prefix = f"{exc.source}: " if exc.source else ""
-                errors[i] = msg[len(prefix):] if prefix and msg.startswith(prefix) else msg
+                errors[i] = msg[len(prefix) :] if prefix and msg.startswith(prefix) else msg
             except OSError as exc:
                 errors[i] = f"cannot read file: {exc.strerror or exc}"
         vectors = np.zeros((len(uris), self.embedder.dim), np.float32)
@@ -164,8 +164,13 @@ def _hash_pass(
 
 
 def _embed_dataset(
-    ray: Any, todo: list[dict[str, str]], embedder_config: EmbedderConfig, limits: MediaLimits,
-    batch_size: int, num_workers: int, num_cpus_per_worker: float,
+    ray: Any,
+    todo: list[dict[str, str]],
+    embedder_config: EmbedderConfig,
+    limits: MediaLimits,
+    batch_size: int,
+    num_workers: int,
+    num_cpus_per_worker: float,
 ) -> Any:
     """The lazy Ray dataset embedding ``todo`` on a pool of ``num_workers`` actors."""
     return ray.data.from_items(todo).map_batches(
@@ -244,10 +249,16 @@ def index_folder_ray(
             embedded = _embed_dataset(ray, todo, embedder_config, limits, batch_size, num_workers, num_cpus_per_worker)
             now = datetime.now(timezone.utc).isoformat(timespec="seconds")
             rows = _record_batches(embedded, batch_size, labels, now, failures)
-            res = bulk_add(store, rows, commit_every=commit_every, progress="indexing" if progress else False, total=len(todo))
+            res = bulk_add(
+                store, rows, commit_every=commit_every, progress="indexing" if progress else False, total=len(todo)
+            )
             added, duplicates = res.added, duplicates + res.duplicates
         return RayIndexResult(
-            files=len(files), added=added, duplicates=duplicates, failures=tuple(failures), store_count=store.info().count
+            files=len(files),
+            added=added,
+            duplicates=duplicates,
+            failures=tuple(failures),
+            store_count=store.info().count,
         )
     finally:
         store.close()

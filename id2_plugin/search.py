@@ -14,8 +14,14 @@ import numpy as np
 
 from .decision import CANDIDATES, WINDOW_SIGNAL, DecisionModel, Evidence, candidate_background
 from .errors import Id2Error, MediaError
-from .framing import (best_over_orientations, best_over_windows, needs_second_look, orient, orientation_variants,
-                      query_windows)
+from .framing import (
+    best_over_orientations,
+    best_over_windows,
+    needs_second_look,
+    orient,
+    orientation_variants,
+    query_windows,
+)
 from .media import MediaLike, describe
 from .types import Match, OriginReport
 
@@ -60,7 +66,9 @@ def _or_error(fn: Any, media: MediaLike) -> Any:
         return exc
 
 
-def with_signal_scores(embedder: ImageEmbedder, store: ReferenceStore, vector: Any, matches: list[Match]) -> list[Match]:
+def with_signal_scores(
+    embedder: ImageEmbedder, store: ReferenceStore, vector: Any, matches: list[Match]
+) -> list[Match]:
     """``matches`` with each signal's own cosine attached, when the embedding has several signals.
 
     ``vector`` is the query's embedding, or one row per match (the query variant each match came from).
@@ -75,8 +83,9 @@ def with_signal_scores(embedder: ImageEmbedder, store: ReferenceStore, vector: A
     return [dataclasses.replace(m, signals=tuple(s.items())) for m, s in zip(matches, per)]
 
 
-def _best_of_variants(variants: list[tuple[int, bool]], per_variant: list[list[Match]], vecs: np.ndarray,
-                      k: int) -> tuple[list[Match], np.ndarray]:
+def _best_of_variants(
+    variants: list[tuple[int, bool]], per_variant: list[list[Match]], vecs: np.ndarray, k: int
+) -> tuple[list[Match], np.ndarray]:
     """Top matches over one query's orientation variants (best score per reference) and the vector each came from."""
     if len(variants) == 1:
         return per_variant[0], vecs[0]
@@ -105,8 +114,9 @@ def search_many(media: Sequence[MediaLike], context: IdentifyContext) -> list[Or
     return out
 
 
-def search_normalised(media: Sequence[MediaLike], images: Sequence[np.ndarray], context: IdentifyContext,
-                      normalise_ms: float = 0.0) -> list[OriginReport]:
+def search_normalised(
+    media: Sequence[MediaLike], images: Sequence[np.ndarray], context: IdentifyContext, normalise_ms: float = 0.0
+) -> list[OriginReport]:
     """The reports for already normalised queries (``media`` names them): one forward pass, one store query.
 
     ``normalise_ms`` is the decoding time per query, reported in the timings (in a pipelined stream it ran
@@ -122,17 +132,30 @@ def search_normalised(media: Sequence[MediaLike], images: Sequence[np.ndarray], 
     found = context.store.query(vecs, k=n)
     t3 = time.perf_counter()
     share = 1e3 / len(images)  # a batch's time, shared equally by its queries
-    timings = {"normalise": normalise_ms, "embed": (t2 - t1) * share, "search": (t3 - t2) * share,
-               "total": normalise_ms + (t3 - t1) * share}
-    best = [_best_of_variants(variants, found[row * nv:(row + 1) * nv], vecs[row * nv:(row + 1) * nv], n)
-            for row in range(len(images))]
+    timings = {
+        "normalise": normalise_ms,
+        "embed": (t2 - t1) * share,
+        "search": (t3 - t2) * share,
+        "total": normalise_ms + (t3 - t1) * share,
+    }
+    best = [
+        _best_of_variants(variants, found[row * nv : (row + 1) * nv], vecs[row * nv : (row + 1) * nv], n)
+        for row in range(len(images))
+    ]
     if context.decision is not None:
         best = [_decided(context, matches, vectors) for matches, vectors in best]
     best, looked, windows_ms = _second_look(images, vecs[::nv], best, context)
     fmr = _false_match_rate(context)
-    return [_report(_evidence_shown(context, matches, vectors), context, _own_timings(timings, i in looked, windows_ms),
-                    describe(query), fmr)
-            for i, (query, (matches, vectors)) in enumerate(zip(media, best))]
+    return [
+        _report(
+            _evidence_shown(context, matches, vectors),
+            context,
+            _own_timings(timings, i in looked, windows_ms),
+            describe(query),
+            fmr,
+        )
+        for i, (query, (matches, vectors)) in enumerate(zip(media, best))
+    ]
 
 
 def _own_timings(batch: dict[str, float], looked: bool, windows_ms: float) -> dict[str, float]:
@@ -154,15 +177,21 @@ def _false_match_rate(context: IdentifyContext) -> float | None:
 
 def _evidence_shown(context: IdentifyContext, matches: list[Match], vectors: np.ndarray) -> list[Match]:
     """The top ``k``; with each signal's cosine attached when the decision model did not already."""
-    matches = matches[:context.k]
+    matches = matches[: context.k]
     if context.decision is not None:
         return matches
-    return with_signal_scores(context.embedder, context.store, vectors[:len(matches)] if vectors.ndim == 2 else vectors,
-                              matches)
+    return with_signal_scores(
+        context.embedder, context.store, vectors[: len(matches)] if vectors.ndim == 2 else vectors, matches
+    )
 
 
-def decide(context: IdentifyContext, matches: list[Match], vectors: np.ndarray,
-           windows: tuple[Sequence[str], np.ndarray] | None = None, n_whole: int | None = None) -> list[Match]:
+def decide(
+    context: IdentifyContext,
+    matches: list[Match],
+    vectors: np.ndarray,
+    windows: tuple[Sequence[str], np.ndarray] | None = None,
+    n_whole: int | None = None,
+) -> list[Match]:
     """``matches`` re-scored by the decision model and re-ranked: each carries the decision score, the store's
     cosine and each signal's cosine. ``vectors``: the query vector each match came from (one row, or one per
     match); ``windows``: the labels and vectors of the query's windows when they were searched; the first
@@ -172,11 +201,15 @@ def decide(context: IdentifyContext, matches: list[Match], vectors: np.ndarray,
         return matches
     refs = context.store.fetch_vectors([m.reference_id for m in matches])
     if refs is None:
-        raise Id2Error(f"the {type(context.store).__name__} store cannot return stored vectors, which the decision "
-                       "model needs; set match.decision: cosine")
+        raise Id2Error(
+            f"the {type(context.store).__name__} store cannot return stored vectors, which the decision "
+            "model needs; set match.decision: cosine"
+        )
     rows = np.broadcast_to(np.atleast_2d(vectors), (len(matches), refs.shape[1]))
     slices = context.embedder.signals
-    cos = {name: np.einsum("ij,ij->i", refs[:, a:b], rows[:, a:b]) / max(w, 1e-12) for name, (a, b, w) in slices.items()}
+    cos = {
+        name: np.einsum("ij,ij->i", refs[:, a:b], rows[:, a:b]) / max(w, 1e-12) for name, (a, b, w) in slices.items()
+    }
     background = candidate_background({name: c[:n_whole] for name, c in cos.items()})
     window_cos, label = None, [""] * len(matches)
     if windows is not None and WINDOW_SIGNAL in slices:
@@ -189,21 +222,35 @@ def decide(context: IdentifyContext, matches: list[Match], vectors: np.ndarray,
     scores = context.decision.score(evidence)
     order = np.argsort(-scores, kind="stable")
     fused = sum(w * cos[name] for name, (_, _, w) in slices.items())
-    return [dataclasses.replace(matches[i], rank=r + 1, score=float(scores[i]), cosine=round(float(fused[i]), 6),
-                                window=label[i] or matches[i].window,
-                                signals=tuple((name, round(float(c[i]), 6)) for name, c in cos.items()))
-            for r, i in enumerate(order)]
+    return [
+        dataclasses.replace(
+            matches[i],
+            rank=r + 1,
+            score=float(scores[i]),
+            cosine=round(float(fused[i]), 6),
+            window=label[i] or matches[i].window,
+            signals=tuple((name, round(float(c[i]), 6)) for name, c in cos.items()),
+        )
+        for r, i in enumerate(order)
+    ]
 
 
-def _second_look(images: Sequence[np.ndarray], upright: np.ndarray, best: list[tuple[list[Match], np.ndarray]],
-                 context: IdentifyContext) -> tuple[list[tuple[list[Match], np.ndarray]], set[int], float]:
+def _second_look(
+    images: Sequence[np.ndarray],
+    upright: np.ndarray,
+    best: list[tuple[list[Match], np.ndarray]],
+    context: IdentifyContext,
+) -> tuple[list[tuple[list[Match], np.ndarray]], set[int], float]:
     """Search the query windows of every upright query the whole image did not match (``match.windows``):
     one embedding pass and one store query for all of them. With a decision model, only queries whose
     score is at least its window floor are looked at again, and every candidate is re-scored with the
     windows' evidence; with the cosine, each reference keeps its best score."""
-    todo = [i for i, (matches, _) in enumerate(best)
-            if needs_second_look(context.windows, matches[0].score if matches else None, context.threshold)
-            and (context.windows == "always" or (matches and matches[0].score >= context.window_floor))]
+    todo = [
+        i
+        for i, (matches, _) in enumerate(best)
+        if needs_second_look(context.windows, matches[0].score if matches else None, context.threshold)
+        and (context.windows == "always" or (matches and matches[0].score >= context.window_floor))
+    ]
     if not todo:
         return best, set(), 0.0
     t0 = time.perf_counter()
@@ -214,7 +261,7 @@ def _second_look(images: Sequence[np.ndarray], upright: np.ndarray, best: list[t
     out = list(best)
     for j, i in enumerate(todo):
         nw = len(labels[j])
-        window_found, window_vecs = found[j * nw:(j + 1) * nw], vecs[j * nw:(j + 1) * nw]
+        window_found, window_vecs = found[j * nw : (j + 1) * nw], vecs[j * nw : (j + 1) * nw]
         if context.decision is not None:
             out[i] = _decide_with_windows(context, best[i], upright[i], window_found, (labels[j], window_vecs))
         else:
@@ -222,9 +269,13 @@ def _second_look(images: Sequence[np.ndarray], upright: np.ndarray, best: list[t
     return out, set(todo), (time.perf_counter() - t0) * 1e3 / len(todo)
 
 
-def _decided(context: IdentifyContext, matches: list[Match], vectors: np.ndarray,
-             windows: tuple[Sequence[str], np.ndarray] | None = None, n_whole: int | None = None,
-             ) -> tuple[list[Match], np.ndarray]:
+def _decided(
+    context: IdentifyContext,
+    matches: list[Match],
+    vectors: np.ndarray,
+    windows: tuple[Sequence[str], np.ndarray] | None = None,
+    n_whole: int | None = None,
+) -> tuple[list[Match], np.ndarray]:
     """:func:`decide`, with the query vector each re-ranked match came from kept beside it."""
     rows = np.broadcast_to(np.atleast_2d(vectors), (len(matches), np.atleast_2d(vectors).shape[1]))
     came_from = {m.reference_id: r for m, r in zip(matches, rows)}
@@ -232,9 +283,13 @@ def _decided(context: IdentifyContext, matches: list[Match], vectors: np.ndarray
     return decided, np.stack([came_from[m.reference_id] for m in decided]) if decided else rows[:0]
 
 
-def _decide_with_windows(context: IdentifyContext, best: tuple[list[Match], np.ndarray], upright: np.ndarray,
-                         window_found: Sequence[Sequence[Match]], windows: tuple[Sequence[str], np.ndarray],
-                         ) -> tuple[list[Match], np.ndarray]:
+def _decide_with_windows(
+    context: IdentifyContext,
+    best: tuple[list[Match], np.ndarray],
+    upright: np.ndarray,
+    window_found: Sequence[Sequence[Match]],
+    windows: tuple[Sequence[str], np.ndarray],
+) -> tuple[list[Match], np.ndarray]:
     """The whole image's candidates and the windows' new ones, all re-scored with the windows' evidence."""
     matches, vectors = best
     rows = np.broadcast_to(np.atleast_2d(vectors), (len(matches), len(upright)))
@@ -245,8 +300,13 @@ def _decide_with_windows(context: IdentifyContext, best: tuple[list[Match], np.n
     return _decided(context, candidates, all_rows, windows, n_whole=len(matches))
 
 
-def _merge_windows(context: IdentifyContext, best: tuple[list[Match], np.ndarray], window_found: Sequence[Sequence[Match]],
-                   labels: Sequence[str], window_vecs: np.ndarray) -> tuple[list[Match], np.ndarray]:
+def _merge_windows(
+    context: IdentifyContext,
+    best: tuple[list[Match], np.ndarray],
+    window_found: Sequence[Sequence[Match]],
+    labels: Sequence[str],
+    window_vecs: np.ndarray,
+) -> tuple[list[Match], np.ndarray]:
     """Each reference's best cosine over the whole query and its windows (the cosine decision)."""
     matches, whole_vectors = best
     rows = np.atleast_2d(whole_vectors)
@@ -256,8 +316,13 @@ def _merge_windows(context: IdentifyContext, best: tuple[list[Match], np.ndarray
     return [m for m, _ in ranked], np.stack(vectors) if vectors else rows[:0]
 
 
-def _report(matches: list[Match], context: IdentifyContext, timings: dict[str, float], query: str,
-            false_match_rate: float | None) -> OriginReport:
+def _report(
+    matches: list[Match],
+    context: IdentifyContext,
+    timings: dict[str, float],
+    query: str,
+    false_match_rate: float | None,
+) -> OriginReport:
     best = matches[0].score if matches else float("-inf")
     return OriginReport(
         score_kind="decision" if context.decision is not None else "cosine",

@@ -32,18 +32,29 @@ class SignalScores:
 
     def rows(self, index: np.ndarray) -> SignalScores:
         """These scores for a subset of the queries."""
-        return SignalScores({n: s[index] for n, s in self.sims.items()},
-                            None if self.window is None else self.window[index], self.weights)
+        return SignalScores(
+            {n: s[index] for n, s in self.sims.items()},
+            None if self.window is None else self.window[index],
+            self.weights,
+        )
 
 
 def slice_cosines(embedder: ImageEmbedder, q: np.ndarray, r: np.ndarray) -> dict[str, np.ndarray]:
     """Each signal's cosines between the rows of ``q`` and ``r`` (vectors of ``embedder``)."""
-    return {name: np.asarray(q[:, a:b], np.float32) @ np.asarray(r[:, a:b], np.float32).T / np.float32(max(w, 1e-12))
-            for name, (a, b, w) in embedder.signals.items()}
+    return {
+        name: np.asarray(q[:, a:b], np.float32) @ np.asarray(r[:, a:b], np.float32).T / np.float32(max(w, 1e-12))
+        for name, (a, b, w) in embedder.signals.items()
+    }
 
 
-def window_cosines(embedder: ImageEmbedder, images: Sequence[np.ndarray], vectors: np.ndarray, references: np.ndarray,
-                   searched: np.ndarray, progress: bool | str = False) -> np.ndarray:
+def window_cosines(
+    embedder: ImageEmbedder,
+    images: Sequence[np.ndarray],
+    vectors: np.ndarray,
+    references: np.ndarray,
+    searched: np.ndarray,
+    progress: bool | str = False,
+) -> np.ndarray:
     """``Q x R`` best cosine of the window signal over each query's windows (NaN for queries not ``searched``)."""
     a, b, w = embedder.signals[WINDOW_SIGNAL]
     refs = np.asarray(references[:, a:b], np.float32)
@@ -58,9 +69,14 @@ def window_cosines(embedder: ImageEmbedder, images: Sequence[np.ndarray], vector
     return out
 
 
-def signal_scores(embedder: ImageEmbedder, queries: Sequence[np.ndarray], query_vectors: np.ndarray,
-                  reference_vectors: np.ndarray, searched: np.ndarray | None = None,
-                  progress: bool | str = False) -> SignalScores:
+def signal_scores(
+    embedder: ImageEmbedder,
+    queries: Sequence[np.ndarray],
+    query_vectors: np.ndarray,
+    reference_vectors: np.ndarray,
+    searched: np.ndarray | None = None,
+    progress: bool | str = False,
+) -> SignalScores:
     """The per-signal scores of the queries against the references (both embedded by ``embedder``), with
     the windows of the ``searched`` queries (None: no windows)."""
     sims = slice_cosines(embedder, query_vectors, reference_vectors)

@@ -31,16 +31,18 @@ class Match:
     cosine: float | None = None
 
     @classmethod
-    def ranked(cls, reference_id: str, uri: str, score: float, rank: int, sha256: str,
-               labels: tuple[str, ...]) -> Match:
+    def ranked(
+        cls, reference_id: str, uri: str, score: float, rank: int, sha256: str, labels: tuple[str, ...]
+    ) -> Match:
         """A store's result row as a Match, equal to the keyword constructor's.
 
         A batched lookup makes tens of thousands of these per second; the frozen dataclass ``__init__`` (one
         ``object.__setattr__`` per field) was a tenth of a 10M-reference lookup's time.
         """
         m = object.__new__(cls)
-        m.__dict__.update(_MATCH_DEFAULTS, reference_id=reference_id, uri=uri, score=score, rank=rank,
-                          sha256=sha256, labels=labels)
+        m.__dict__.update(
+            _MATCH_DEFAULTS, reference_id=reference_id, uri=uri, score=score, rank=rank, sha256=sha256, labels=labels
+        )
         return m
 
     def to_dict(self) -> dict[str, Any]:

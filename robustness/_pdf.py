@@ -75,8 +75,9 @@ def table_figures(title: str, headers: Sequence[str], rows: Sequence[Sequence[st
         used += n
     pages.append(page)
     total = len(pages)
-    return [_table_page(title if total == 1 else f"{title} ({i + 1}/{total})", head, p, chars)
-            for i, p in enumerate(pages)]
+    return [
+        _table_page(title if total == 1 else f"{title} ({i + 1}/{total})", head, p, chars) for i, p in enumerate(pages)
+    ]
 
 
 def _table_page(title: str, head: list[str], rows: list[list[str]], chars: list[int]) -> Any:
@@ -102,9 +103,8 @@ def _table_page(title: str, head: list[str], rows: list[list[str]], chars: list[
 def _thumb(data: bytes | None) -> Any:
     if not data:
         return None
-    from PIL import Image
-
     import numpy as np
+    from PIL import Image
 
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
@@ -114,12 +114,22 @@ def failure_figures(failures: Sequence[Any], per_page: int = 4) -> list[Any]:
     shown = [f for f in failures if f.query_thumb is not None]
     pages = []
     for start in range(0, len(shown), per_page):
-        chunk = shown[start:start + per_page]
+        chunk = shown[start : start + per_page]
         fig = _figure()
-        fig.text(0.03, 0.97, "Failure examples (strongest level of each attack): query, wrong first match, true origin",
-                 fontsize=12, weight="bold", va="top")
-        axes = fig.subplots(per_page, 3, squeeze=False, gridspec_kw={"left": 0.3, "right": 0.97, "top": 0.92,
-                                                                       "bottom": 0.03, "hspace": 0.35})
+        fig.text(
+            0.03,
+            0.97,
+            "Failure examples (strongest level of each attack): query, wrong first match, true origin",
+            fontsize=12,
+            weight="bold",
+            va="top",
+        )
+        axes = fig.subplots(
+            per_page,
+            3,
+            squeeze=False,
+            gridspec_kw={"left": 0.3, "right": 0.97, "top": 0.92, "bottom": 0.03, "hspace": 0.35},
+        )
         for row, f in zip(axes, chunk):
             captions = ("query", f"wrong {f.wrong_score:.3f}", f"origin {f.true_score:.3f}")
             colours = ("black", "#b00000", "#007000")
@@ -131,7 +141,7 @@ def failure_figures(failures: Sequence[Any], per_page: int = 4) -> list[Any]:
                 ax.axis("off")
             label = textwrap.fill(f"{f.series} · {f.label} · {f.query}", 50, break_long_words=True)
             row[0].text(-0.15, 0.5, label, transform=row[0].transAxes, ha="right", va="center", fontsize=7.5)
-        for row in axes[len(chunk):]:
+        for row in axes[len(chunk) :]:
             for ax in row:
                 ax.set_visible(False)
         pages.append(fig)

@@ -12,14 +12,20 @@ from typing import Any
 
 import click
 
-from id2_plugin.cli_support import (EXIT_OK, EXIT_UNREADABLE, cache_option, config_from_flags, embedder_option_flags,
-                                    handle_errors, scan_inputs)
-from id2_plugin.errors import ConfigError
 from id2_plugin.assembly import decision_settings
+from id2_plugin.cli_support import (
+    EXIT_OK,
+    EXIT_UNREADABLE,
+    cache_option,
+    config_from_flags,
+    embedder_option_flags,
+    handle_errors,
+    scan_inputs,
+)
+from id2_plugin.errors import ConfigError
+from id2_plugin.hookspecs import hookimpl
 
 from .attacks import BUILTIN_ATTACKS
-
-from id2_plugin.hookspecs import hookimpl
 
 
 @hookimpl
@@ -29,37 +35,91 @@ def id2_register_attacks(register: Any) -> None:
 
 
 @click.command("robustness")
-@click.option("--pairs", "pairs", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Pairs manifest (JSONL query/origin): the edited queries are attacked.")
-@click.option("--photos", "photos", type=click.Path(exists=True), default=None,
-              help="Folder of photos: each unedited photo is a reference and, attacked, a query (image-copy case).")
-@click.option("--distractors", multiple=True, type=click.Path(exists=True),
-              help="Extra reference images/folders (repeatable; may be the --photos folder: queries are skipped there).")
+@click.option(
+    "--pairs",
+    "pairs",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Pairs manifest (JSONL query/origin): the edited queries are attacked.",
+)
+@click.option(
+    "--photos",
+    "photos",
+    type=click.Path(exists=True),
+    default=None,
+    help="Folder of photos: each unedited photo is a reference and, attacked, a query (image-copy case).",
+)
+@click.option(
+    "--distractors",
+    multiple=True,
+    type=click.Path(exists=True),
+    help="Extra reference images/folders (repeatable; may be the --photos folder: queries are skipped there).",
+)
 @click.option("--max-distractors", type=int, default=None, help="Use at most this many distractors.")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder for the reports.")
-@click.option("--limit", type=int, default=None, help="Use at most N queries (the first N, sorted by name / manifest order).")
+@click.option(
+    "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder for the reports."
+)
+@click.option(
+    "--limit", type=int, default=None, help="Use at most N queries (the first N, sorted by name / manifest order)."
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the attacks (same seed = same pixels).")
-@click.option("--attack", "attack_specs", multiple=True, metavar="SPEC",
-              help="Attack family instead of the default suite, e.g. 'jpeg:90,50,30', 'blur:1,3' or a chain "
-                   "'downscale:0.5+jpeg:70,30'; names come from the attack registry (plugins included). Repeatable.")
-@click.option("--levels", "n_levels", type=int, default=0,
-              help="Keep N levels per family, spread from mild to the strongest (0 = all).")
-@click.option("--methods", default=None,
-              help="Comma-separated subset of fused, id2, vae_raw, sscd, pdq, phash (default: all available; id2 needs a W).")
-@click.option("--compare-resize-policies", is_flag=True,
-              help="Also evaluate id2/vae_raw with the other resize policies (squash, center_crop, pad).")
-@click.option("--failures", "n_failures", type=int, default=3, show_default=True,
-              help="Failure examples kept per method and attack level.")
+@click.option(
+    "--attack",
+    "attack_specs",
+    multiple=True,
+    metavar="SPEC",
+    help="Attack family instead of the default suite, e.g. 'jpeg:90,50,30', 'blur:1,3' or a chain "
+    "'downscale:0.5+jpeg:70,30'; names come from the attack registry (plugins included). Repeatable.",
+)
+@click.option(
+    "--levels",
+    "n_levels",
+    type=int,
+    default=0,
+    help="Keep N levels per family, spread from mild to the strongest (0 = all).",
+)
+@click.option(
+    "--methods",
+    default=None,
+    help="Comma-separated subset of fused, id2, vae_raw, sscd, pdq, phash (default: all available; id2 needs a W).",
+)
+@click.option(
+    "--compare-resize-policies",
+    is_flag=True,
+    help="Also evaluate id2/vae_raw with the other resize policies (squash, center_crop, pad).",
+)
+@click.option(
+    "--failures",
+    "n_failures",
+    type=int,
+    default=3,
+    show_default=True,
+    help="Failure examples kept per method and attack level.",
+)
 @click.option("--pdf/--no-pdf", default=True, show_default=True, help="Also write report.pdf.")
 @cache_option
 @embedder_option_flags
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.pass_context
 @handle_errors
-def robustness_command(ctx: click.Context, pairs: str | None, photos: str | None, distractors: tuple[str, ...],
-                       max_distractors: int | None, out_dir: str, limit: int | None, seed: int,
-                       attack_specs: tuple[str, ...], n_levels: int, methods: str | None,
-                       compare_resize_policies: bool, n_failures: int, pdf: bool, quiet: bool, **flags: Any) -> None:
+def robustness_command(
+    ctx: click.Context,
+    pairs: str | None,
+    photos: str | None,
+    distractors: tuple[str, ...],
+    max_distractors: int | None,
+    out_dir: str,
+    limit: int | None,
+    seed: int,
+    attack_specs: tuple[str, ...],
+    n_levels: int,
+    methods: str | None,
+    compare_resize_policies: bool,
+    n_failures: int,
+    pdf: bool,
+    quiet: bool,
+    **flags: Any,
+) -> None:
     """Attack queries at every level and measure id2, raw VAE, PDQ and pHash on them.
 
     Writes OUT/report.json (every curve point), OUT/curves.csv, a self-contained OUT/report.html (plots,
@@ -94,8 +154,9 @@ def robustness_command(ctx: click.Context, pairs: str | None, photos: str | None
     needs_model = names is None or bool({"id2", "vae_raw", "sscd", "fused"} & set(names))
     embedder = embedder_from_config(cfg, in_memory_only=True) if needs_model else None
     decision, threshold = decision_settings(cfg.match, embedder) if embedder is not None else (None, 0.5)
-    method_list = build_methods(embedder, names, cache_root=cache_dir, use_cache=cache_dir is not None,
-                                decision=decision)
+    method_list = build_methods(
+        embedder, names, cache_root=cache_dir, use_cache=cache_dir is not None, decision=decision
+    )
     dataset, problems = _dataset(photos, pairs, distractors, limit, max_distractors)
     click.echo(
         f"{dataset.kind}: {len(dataset.query_paths)} queries, {len(dataset.reference_paths)} references; "
@@ -103,10 +164,19 @@ def robustness_command(ctx: click.Context, pairs: str | None, photos: str | None
         err=True,
     )
     result = run_robustness(
-        dataset, method_list, suite, seed=seed, embedder=embedder,
+        dataset,
+        method_list,
+        suite,
+        seed=seed,
+        embedder=embedder,
         compare_policies=RESIZE_POLICIES if compare_resize_policies else (),
-        cache_root=cache_dir, use_cache=cache_dir is not None, n_failures=n_failures, limits=limits, progress=not quiet,
-        command=_command_line(ctx), threshold=threshold,
+        cache_root=cache_dir,
+        use_cache=cache_dir is not None,
+        n_failures=n_failures,
+        limits=limits,
+        progress=not quiet,
+        command=_command_line(ctx),
+        threshold=threshold,
     )
     paths = write_reports(result, out_dir, pdf=pdf)
     _print_summary(result)
@@ -115,8 +185,9 @@ def robustness_command(ctx: click.Context, pairs: str | None, photos: str | None
     sys.exit(EXIT_UNREADABLE if problems else EXIT_OK)
 
 
-def _dataset(photos: str | None, pairs: str | None, distractors: tuple[str, ...], limit: int | None,
-             max_distractors: int | None) -> tuple[Any, list[str]]:
+def _dataset(
+    photos: str | None, pairs: str | None, distractors: tuple[str, ...], limit: int | None, max_distractors: int | None
+) -> tuple[Any, list[str]]:
     """The photos or pairs set, plus the paths its folder scans had to skip (each reported, noted in the report)."""
     from .suite import pairs_set, photos_set
 

@@ -325,7 +325,9 @@ class TextWatermark(_Overlay):
     name = "watermark_text"
     TEXTS = ("© stockphoto", "SAMPLE", "@channel_name", "shared via app", "CONFIDENTIAL")
 
-    def __init__(self, opacity: float, *, size: float = 0.12, position: str = "random", text: str | None = None) -> None:
+    def __init__(
+        self, opacity: float, *, size: float = 0.12, position: str = "random", text: str | None = None
+    ) -> None:
         super().__init__(opacity, size=size, position=position)
         self.text = text
 
@@ -339,7 +341,11 @@ class TextWatermark(_Overlay):
         left, top, right, bottom = font.getbbox(text, stroke_width=stroke)
         img = Image.new("RGBA", (right - left + 2, bottom - top + 2), (0, 0, 0, 0))
         ImageDraw.Draw(img).text(
-            (-left + 1, -top + 1), text, font=font, fill=(255, 255, 255, 255), stroke_width=stroke,
+            (-left + 1, -top + 1),
+            text,
+            font=font,
+            fill=(255, 255, 255, 255),
+            stroke_width=stroke,
             stroke_fill=(20, 20, 20, 255),
         )
         return img
@@ -399,7 +405,9 @@ class Chain(Attack):
 class FunctionAttack(Attack):
     """Wrap ``fn(rgb, rng, intensity) -> rgb`` as an attack: the easy path for plugin authors."""
 
-    def __init__(self, name: str, intensity: float, fn: Callable[[np.ndarray, np.random.Generator, float], np.ndarray]) -> None:
+    def __init__(
+        self, name: str, intensity: float, fn: Callable[[np.ndarray, np.random.Generator, float], np.ndarray]
+    ) -> None:
         super().__init__(intensity)
         self.name = name
         self.fn = fn
@@ -451,7 +459,9 @@ BUILTIN_ATTACKS: dict[str, Callable[[float], Attack]] = {
 def default_suite() -> list[SuiteEntry]:
     """Every built-in family at its default levels, plus two chains (a re-shared thumbnail and a cropped
     re-upload: ``downscale:0.5`` then JPEG, ``crop:0.8`` then JPEG, at the JPEG levels)."""
-    suite = [SuiteEntry(name, tuple(BUILTIN_ATTACKS[name](v) for v in levels)) for name, levels in DEFAULT_LEVELS.items()]
+    suite = [
+        SuiteEntry(name, tuple(BUILTIN_ATTACKS[name](v) for v in levels)) for name, levels in DEFAULT_LEVELS.items()
+    ]
     for first in (Downscale(0.5), Crop(0.8)):
         chain = tuple(Chain(first, JPEG(q)) for q in DEFAULT_LEVELS["jpeg"])
         suite.append(SuiteEntry(chain[0].name, chain))

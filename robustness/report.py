@@ -23,10 +23,27 @@ from . import _pdf
 from .suite import METRIC_FIELDS, CurvePoint, RobustnessResult
 
 #: Curve-point columns, in the order of ``curves.csv``.
-CSV_FIELDS = ("series", "method", "resize_policy", "attack", "label", "intensity", "level", *METRIC_FIELDS,
-              "top1_low", "top1_high", "threshold", "recall_at_threshold", "recall_at_threshold_low",
-              "recall_at_threshold_high")
-PLOT_METRICS = (("top1", "top-1 accuracy"), ("micro_ap", "micro-AP (ISC)"), ("recall_at_p999", "recall @ 99.9% precision"))
+CSV_FIELDS = (
+    "series",
+    "method",
+    "resize_policy",
+    "attack",
+    "label",
+    "intensity",
+    "level",
+    *METRIC_FIELDS,
+    "top1_low",
+    "top1_high",
+    "threshold",
+    "recall_at_threshold",
+    "recall_at_threshold_low",
+    "recall_at_threshold_high",
+)
+PLOT_METRICS = (
+    ("top1", "top-1 accuracy"),
+    ("micro_ap", "micro-AP (ISC)"),
+    ("recall_at_p999", "recall @ 99.9% precision"),
+)
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1200px;color:#222}
@@ -115,19 +132,34 @@ def _grid_figure(result: RobustnessResult, metric: str, title: str, series: Sequ
             # Equal curves (e.g. every method at 1.0) would hide each other: each series gets its own
             # marker and a small fixed offset, stated in the legend note.
             dx, dy = _offset(i, len(series))
-            ax.plot([p.level + dx for p in pts], [getattr(p, metric) + dy for p in pts],
-                    marker=_MARKERS[i % len(_MARKERS)], ms=6, lw=1.8, alpha=0.85, ls=styles.get(pol, "-"),
-                    color=f"C{_method_colour(result, pts[0].method)}", label=name)
+            ax.plot(
+                [p.level + dx for p in pts],
+                [getattr(p, metric) + dy for p in pts],
+                marker=_MARKERS[i % len(_MARKERS)],
+                ms=6,
+                lw=1.8,
+                alpha=0.85,
+                ls=styles.get(pol, "-"),
+                color=f"C{_method_colour(result, pts[0].method)}",
+                label=name,
+            )
         ax.set_title(fam, fontsize=10)
         ax.set_xticks(range(len(labels)), labels, fontsize=8)
         ax.set_ylim(-0.05, 1.06)
         ax.grid(alpha=0.3)
         ax.set_xlabel("mild → strong", fontsize=8)
-    for ax in axes.ravel()[len(fams):]:
+    for ax in axes.ravel()[len(fams) :]:
         ax.set_visible(False)
     handles, names = axes.ravel()[0].get_legend_handles_labels()
-    legend = fig.legend(handles, names, loc="outside lower center", ncols=min(6, max(1, len(names))), fontsize=9,
-                        title=_OFFSET_NOTE if len(series) > 1 else None, title_fontsize=8)
+    legend = fig.legend(
+        handles,
+        names,
+        loc="outside lower center",
+        ncols=min(6, max(1, len(names))),
+        fontsize=9,
+        title=_OFFSET_NOTE if len(series) > 1 else None,
+        title_fontsize=8,
+    )
     legend.get_title().set_color("#555555")
     fig.suptitle(title, fontsize=12)
     return fig
@@ -136,8 +168,10 @@ def _grid_figure(result: RobustnessResult, metric: str, title: str, series: Sequ
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 #: the largest offset drawn, in level units (x) and metric units (y)
 _MAX_DX, _MAX_DY = 0.12, 0.025
-_OFFSET_NOTE = (f"series are drawn up to ±{_MAX_DY} apart (and ±{_MAX_DX} along the level axis) so equal "
-                "values stay visible; the tables give the exact numbers")
+_OFFSET_NOTE = (
+    f"series are drawn up to ±{_MAX_DY} apart (and ±{_MAX_DX} along the level axis) so equal "
+    "values stay visible; the tables give the exact numbers"
+)
 
 
 def _offset(i: int, n: int) -> tuple[float, float]:
@@ -159,7 +193,12 @@ def figures(result: RobustnessResult) -> list[tuple[str, Any]]:
     out = [(title, _grid_figure(result, metric, f"{title} under attack", primary)) for metric, title in PLOT_METRICS]
     if any(not s.primary for s in result.series):
         latent = [s.name for s in result.series if s.method in {x.method for x in result.series if not x.primary}]
-        out.append(("resize policy: top-1", _grid_figure(result, "top1", "top-1 by resize policy (— squash, -- center_crop, ·· pad)", latent)))
+        out.append(
+            (
+                "resize policy: top-1",
+                _grid_figure(result, "top1", "top-1 by resize policy (— squash, -- center_crop, ·· pad)", latent),
+            )
+        )
     return out
 
 
@@ -172,8 +211,13 @@ def _png_b64(fig: Any) -> str:
 # --------------------------------------------------------------------------------------------------
 # HTML
 # --------------------------------------------------------------------------------------------------
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], left: int = 1, row_classes: Sequence[str] = ()) -> str:
-    head = "".join(f'<th class="l">{html.escape(h)}</th>' if i < left else f"<th>{html.escape(h)}</th>" for i, h in enumerate(headers))
+def _table(
+    headers: Sequence[str], rows: Sequence[Sequence[Any]], left: int = 1, row_classes: Sequence[str] = ()
+) -> str:
+    head = "".join(
+        f'<th class="l">{html.escape(h)}</th>' if i < left else f"<th>{html.escape(h)}</th>"
+        for i, h in enumerate(headers)
+    )
     body = []
     for r, row in enumerate(rows):
         cls = f' class="{row_classes[r]}"' if r < len(row_classes) and row_classes[r] else ""
@@ -188,11 +232,27 @@ def _attack_rows(result: RobustnessResult, family: str) -> tuple[list[list[str]]
     rows, classes = [], []
     # Grouped by level (clean first), methods in series order within a level.
     for p in sorted(pts, key=lambda p: (p.level, order.index(p.series))):
-        at_thr = "–" if p.recall_at_threshold is None else (
-            f"{_fmt(p.recall_at_threshold)} [{_fmt(p.recall_at_threshold_low)}, {_fmt(p.recall_at_threshold_high)}]")
-        rows.append([html.escape(p.label), html.escape(p.series), f"{_fmt(p.top1)} [{_fmt(p.top1_low)}, {_fmt(p.top1_high)}]",
-                     at_thr, _fmt(p.mAP), _fmt(p.micro_ap),
-                     _fmt(p.recall_at_p90), _fmt(p.threshold_at_p90), _fmt(p.recall_at_p999), _fmt(p.threshold_at_p999)])
+        at_thr = (
+            "–"
+            if p.recall_at_threshold is None
+            else (
+                f"{_fmt(p.recall_at_threshold)} [{_fmt(p.recall_at_threshold_low)}, {_fmt(p.recall_at_threshold_high)}]"
+            )
+        )
+        rows.append(
+            [
+                html.escape(p.label),
+                html.escape(p.series),
+                f"{_fmt(p.top1)} [{_fmt(p.top1_low)}, {_fmt(p.top1_high)}]",
+                at_thr,
+                _fmt(p.mAP),
+                _fmt(p.micro_ap),
+                _fmt(p.recall_at_p90),
+                _fmt(p.threshold_at_p90),
+                _fmt(p.recall_at_p999),
+                _fmt(p.threshold_at_p999),
+            ]
+        )
         classes.append("clean" if p.attack == "clean" else "")
     return rows, classes
 
@@ -202,8 +262,18 @@ def _attack_table(result: RobustnessResult, family: str) -> str:
     return _table(ATTACK_HEADERS, rows, left=2, row_classes=classes)
 
 
-ATTACK_HEADERS = ("level", "method", "top1 [95% CI]", "MATCH at threshold [95% CI]", "mAP", "micro-AP", "R@P90",
-                  "thr@P90", "R@P99.9", "thr@P99.9")
+ATTACK_HEADERS = (
+    "level",
+    "method",
+    "top1 [95% CI]",
+    "MATCH at threshold [95% CI]",
+    "mAP",
+    "micro-AP",
+    "R@P90",
+    "thr@P90",
+    "R@P99.9",
+    "thr@P99.9",
+)
 
 
 def headline_rows(result: RobustnessResult) -> tuple[list[str], list[list[str]]]:
@@ -224,10 +294,12 @@ def _policy_section(result: RobustnessResult) -> str:
     findings = result.findings()
     if not findings:
         return "<p class='note'>Only one resize policy was evaluated (run with <code>--compare-resize-policies</code> to measure the others).</p>"
-    parts = ["<p class='note'>The normaliser turns every image into a square: <code>squash</code> stretches it, "
-             "<code>center_crop</code> cuts the long side, <code>pad</code> adds black borders. Means over all attacked "
-             "levels; top-1 measures ranking, micro-AP and recall@99.9% precision measure how well one global "
-             "threshold works.</p>"]
+    parts = [
+        "<p class='note'>The normaliser turns every image into a square: <code>squash</code> stretches it, "
+        "<code>center_crop</code> cuts the long side, <code>pad</code> adds black borders. Means over all attacked "
+        "levels; top-1 measures ranking, micro-AP and recall@99.9% precision measure how well one global "
+        "threshold works.</p>"
+    ]
     metrics = (("top1", "top-1"), ("micro_ap", "micro-AP"), ("recall_at_p999", "R@P99.9"))
     for method, f in findings.items():
         pols = list(f["mean_top1"])
@@ -236,9 +308,12 @@ def _policy_section(result: RobustnessResult) -> str:
             [html.escape(fam), *(_fmt(f[f"per_family_mean_{m}"][fam][pol]) for m, _ in metrics for pol in pols)]
             for fam in f["per_family_mean_top1"]
         ]
-        rows.append(["<b>all attacks</b>", *(f"<b>{_fmt(f[f'mean_{m}'][pol])}</b>" for m, _ in metrics for pol in pols)])
+        rows.append(
+            ["<b>all attacks</b>", *(f"<b>{_fmt(f[f'mean_{m}'][pol])}</b>" for m, _ in metrics for pol in pols)]
+        )
         summary = "; ".join(
-            f"{label}: " + ", ".join(f"{html.escape(pol)} {_fmt(f[f'mean_{m}'][pol])}" for pol in pols)
+            f"{label}: "
+            + ", ".join(f"{html.escape(pol)} {_fmt(f[f'mean_{m}'][pol])}" for pol in pols)
             + f" (best {html.escape(max(pols, key=lambda pol, m=m: f[f'mean_{m}'][pol]))})"
             for m, label in metrics
         )
@@ -297,19 +372,23 @@ def render_html(result: RobustnessResult) -> str:
     headers, rows = headline_rows(result)
     tables = "".join(f"<h3>{html.escape(fam)}</h3>" + _attack_table(result, fam) for fam in _families(result))
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in result.notes)
-    kind = "image copies: the unedited photo is the query" if ds.get("kind") == "photos" else "edited queries from a pairs manifest"
+    kind = (
+        "image copies: the unedited photo is the query"
+        if ds.get("kind") == "photos"
+        else "edited queries from a pairs manifest"
+    )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>id2-plugin robustness report</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head>
 <body>
 <h1>id2-plugin robustness report</h1>
-<p>{ds.get('n_queries')} queries ({html.escape(kind)}) against {ds.get('n_references')} references
-({ds.get('n_distractors')} distractors); normalised to {ds.get('input_size')} px with
-<code>{html.escape(str(ds.get('resize_policy')))}</code>; seed {prov.get('seed')}; {html.escape(str(prov.get('date')))}.
-Methods: {html.escape(', '.join(ds.get('methods', [])))}. Top-1 is pessimistic (ties count as errors); micro-AP and
+<p>{ds.get("n_queries")} queries ({html.escape(kind)}) against {ds.get("n_references")} references
+({ds.get("n_distractors")} distractors); normalised to {ds.get("input_size")} px with
+<code>{html.escape(str(ds.get("resize_policy")))}</code>; seed {prov.get("seed")}; {html.escape(str(prov.get("date")))}.
+Methods: {html.escape(", ".join(ds.get("methods", [])))}. Top-1 is pessimistic (ties count as errors); micro-AP and
 recall at precision pool the top-100 predictions of all queries (ISC 2021 definitions); thresholds are on each
 method's own similarity scale (cosine for id2 / vae_raw, 1 − Hamming/bits for pdq / phash).</p>
-{f'<ul class="note">{notes}</ul>' if notes else ''}
+{f'<ul class="note">{notes}</ul>' if notes else ""}
 <h2>Curves</h2>
 {plot_html}
 <h2>Headline: top-1 per attack level</h2>
@@ -338,17 +417,30 @@ def write_html(result: RobustnessResult, path: str | os.PathLike) -> Path:
 # --------------------------------------------------------------------------------------------------
 def _title_page(result: RobustnessResult) -> Any:
     ds, prov = result.dataset, result.provenance
-    kind = "image copies: the unedited photo is the query" if ds.get("kind") == "photos" else "edited queries from a pairs manifest"
-    intro = (f"{ds.get('n_queries')} queries ({kind}) against {ds.get('n_references')} references "
-             f"({ds.get('n_distractors')} distractors), normalised to {ds.get('input_size')} px with "
-             f"{ds.get('resize_policy')}. Top-1 is pessimistic (ties count as errors); micro-AP and recall at precision "
-             "pool the top-100 predictions of all queries (ISC 2021); thresholds are on each method's own scale "
-             "(cosine for id2 / vae_raw, 1 - Hamming/bits for pdq / phash).")
-    contents = ("Contents: curves per metric; top-1 per attack level; one table per attack (top-1 and MATCH at the "
-                "operating threshold with 95% intervals); failure examples; provenance.")
-    facts = [("methods", ", ".join(ds.get("methods", []))), ("date", str(prov.get("date"))),
-             ("seed", str(prov.get("seed"))), ("command", str(prov.get("command"))),
-             ("git commit", str(prov.get("git_commit"))), *(("note", n) for n in result.notes)]
+    kind = (
+        "image copies: the unedited photo is the query"
+        if ds.get("kind") == "photos"
+        else "edited queries from a pairs manifest"
+    )
+    intro = (
+        f"{ds.get('n_queries')} queries ({kind}) against {ds.get('n_references')} references "
+        f"({ds.get('n_distractors')} distractors), normalised to {ds.get('input_size')} px with "
+        f"{ds.get('resize_policy')}. Top-1 is pessimistic (ties count as errors); micro-AP and recall at precision "
+        "pool the top-100 predictions of all queries (ISC 2021); thresholds are on each method's own scale "
+        "(cosine for id2 / vae_raw, 1 - Hamming/bits for pdq / phash)."
+    )
+    contents = (
+        "Contents: curves per metric; top-1 per attack level; one table per attack (top-1 and MATCH at the "
+        "operating threshold with 95% intervals); failure examples; provenance."
+    )
+    facts = [
+        ("methods", ", ".join(ds.get("methods", []))),
+        ("date", str(prov.get("date"))),
+        ("seed", str(prov.get("seed"))),
+        ("command", str(prov.get("command"))),
+        ("git commit", str(prov.get("git_commit"))),
+        *(("note", n) for n in result.notes),
+    ]
     return _pdf.title_figure("id2-plugin robustness report", [intro, contents], facts)
 
 

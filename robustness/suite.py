@@ -30,10 +30,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from id2_plugin.media import sha256_file, sha256_file_or_none
 from id2_plugin.errors import ConfigError, MediaError
+from id2_plugin.media import MediaLimits, iter_image_files, load_image, sha256_file, sha256_file_or_none, to_rgb_array
 from id2_plugin.metrics import RetrievalScores
-from id2_plugin.media import MediaLimits, iter_image_files, load_image, to_rgb_array
 
 from .attacks import Attack, Identity, SuiteEntry
 
@@ -253,7 +252,9 @@ class RobustnessResult:
                 }
                 entry[f"per_family_mean_{metric}"] = {
                     fam: {
-                        pol: float(np.mean([getattr(p, metric) for p in mine if p.resize_policy == pol and p.attack == fam]))
+                        pol: float(
+                            np.mean([getattr(p, metric) for p in mine if p.resize_policy == pol and p.attack == fam])
+                        )
                         for pol in pols
                     }
                     for fam in families
@@ -388,7 +389,9 @@ def build_methods(
     return [available[n] for n in names]
 
 
-def _policy_methods(methods: Sequence[Method], embedder: Embedder, policy: str, cache_root: Any, use_cache: bool) -> list[Method]:
+def _policy_methods(
+    methods: Sequence[Method], embedder: Embedder, policy: str, cache_root: Any, use_cache: bool
+) -> list[Method]:
     """Copies of the latent methods (``id2``/``vae_raw``) whose encoder uses ``policy``."""
     from id2_plugin.evaluate import EmbedderMethod
 
@@ -408,8 +411,16 @@ def _policy_methods(methods: Sequence[Method], embedder: Embedder, policy: str, 
     return out
 
 
-def _metrics_point(series: Series, attack: Attack, family: str, level: int, m: Metrics, scores: np.ndarray,
-                   positives: np.ndarray, threshold: float | None) -> CurvePoint:
+def _metrics_point(
+    series: Series,
+    attack: Attack,
+    family: str,
+    level: int,
+    m: Metrics,
+    scores: np.ndarray,
+    positives: np.ndarray,
+    threshold: float | None,
+) -> CurvePoint:
     from id2_plugin.metrics import recall_at_threshold, wilson_interval
 
     d = m.to_dict()
@@ -418,12 +429,24 @@ def _metrics_point(series: Series, attack: Attack, family: str, level: int, m: M
     if threshold is not None:
         k, n = recall_at_threshold(scores, positives, threshold)
         r_low, r_high = wilson_interval(k, n)
-        at = dict(threshold=threshold, recall_at_threshold=k / n if n else 0.0, recall_at_threshold_low=r_low,
-                  recall_at_threshold_high=r_high)
+        at = dict(
+            threshold=threshold,
+            recall_at_threshold=k / n if n else 0.0,
+            recall_at_threshold_low=r_low,
+            recall_at_threshold_high=r_high,
+        )
     return CurvePoint(
-        series=series.name, method=series.method, resize_policy=series.resize_policy, attack=family,
-        label=attack.label, intensity=attack.intensity, level=level, **{k: d[k] for k in METRIC_FIELDS},
-        top1_low=low, top1_high=high, **at,
+        series=series.name,
+        method=series.method,
+        resize_policy=series.resize_policy,
+        attack=family,
+        label=attack.label,
+        intensity=attack.intensity,
+        level=level,
+        **{k: d[k] for k in METRIC_FIELDS},
+        top1_low=low,
+        top1_high=high,
+        **at,
     )
 
 
@@ -475,11 +498,25 @@ def run_robustness(
     positives = dataset.positives[np.ix_(q_keep, r_keep)]
     if not positives.any(axis=1).any():
         raise ConfigError("no query has a readable origin among the references")
-    ref_emb = {series.name: embed_images(method, ref_arrays[pol], progress=f"{series.name}: references" if progress else False)
-               for pol, members in variants for series, method in members}
-    run = _LevelRun(variants, ref_emb, positives, [dataset.query_paths[i].name for i in q_keep],
-                    [str(dataset.reference_paths[j]) for j in r_keep], size, seed, limits, n_failures, progress,
-                    threshold, embedder.name if embedder is not None else None)
+    ref_emb = {
+        series.name: embed_images(method, ref_arrays[pol], progress=f"{series.name}: references" if progress else False)
+        for pol, members in variants
+        for series, method in members
+    }
+    run = _LevelRun(
+        variants,
+        ref_emb,
+        positives,
+        [dataset.query_paths[i].name for i in q_keep],
+        [str(dataset.reference_paths[j]) for j in r_keep],
+        size,
+        seed,
+        limits,
+        n_failures,
+        progress,
+        threshold,
+        embedder.name if embedder is not None else None,
+    )
     points, failures = run.all_levels(queries, suite)
     ds = {
         "kind": dataset.kind,
@@ -506,8 +543,15 @@ if TYPE_CHECKING:
     Variant = tuple[str, list[tuple[Series, Method]]]
 
 
-def _variants(methods: Sequence[Method], resize_policy: str, compare_policies: Sequence[str], embedder: Embedder | None,
-              cache_root: Any, use_cache: bool, notes: list[str]) -> list[Variant]:
+def _variants(
+    methods: Sequence[Method],
+    resize_policy: str,
+    compare_policies: Sequence[str],
+    embedder: Embedder | None,
+    cache_root: Any,
+    use_cache: bool,
+    notes: list[str],
+) -> list[Variant]:
     """(policy, [(series, method)]) to evaluate; the primary policy carries every method."""
     variants: list[Variant] = [(resize_policy, [(Series(m.name, m.name, resize_policy, True), m) for m in methods])]
     for pol in dict.fromkeys(compare_policies):
@@ -535,8 +579,9 @@ def _load_queries(paths: Sequence[Path], limits: MediaLimits, notes: list[str]) 
     return queries, keep
 
 
-def _load_references(paths: Sequence[Path], policies: Sequence[str], size: tuple[int, int], limits: MediaLimits,
-                     notes: list[str]) -> tuple[dict[str, np.ndarray], list[int]]:
+def _load_references(
+    paths: Sequence[Path], policies: Sequence[str], size: tuple[int, int], limits: MediaLimits, notes: list[str]
+) -> tuple[dict[str, np.ndarray], list[int]]:
     """References normalised once per policy, and the indices readable under the primary (first) policy."""
     arrays: dict[str, np.ndarray] = {}
     keep: list[int] | None = None
@@ -557,7 +602,10 @@ def _load_references(paths: Sequence[Path], policies: Sequence[str], size: tuple
 def _suite_description(suite: Sequence[SuiteEntry]) -> list[dict[str, Any]]:
     clean = {"family": "clean", "levels": [{"label": "clean", "intensity": 0.0, "repr": "Identity()"}]}
     return [clean] + [
-        {"family": e.family, "levels": [{"label": a.label, "intensity": a.intensity, "repr": repr(a)} for a in e.levels]}
+        {
+            "family": e.family,
+            "levels": [{"label": a.label, "intensity": a.intensity, "repr": repr(a)} for a in e.levels],
+        }
         for e in suite
     ]
 
@@ -580,7 +628,9 @@ class _LevelRun:
     threshold: float | None = None
     threshold_method: str | None = None
 
-    def all_levels(self, queries: list[np.ndarray], suite: Sequence[SuiteEntry]) -> tuple[list[CurvePoint], list[FailureExample]]:
+    def all_levels(
+        self, queries: list[np.ndarray], suite: Sequence[SuiteEntry]
+    ) -> tuple[list[CurvePoint], list[FailureExample]]:
         from tqdm import tqdm
 
         levels: list[tuple[str, int, Attack]] = [("clean", 0, Identity())]
@@ -597,25 +647,56 @@ class _LevelRun:
                 bar.update(1)
         return points, failures
 
-    def one_level(self, queries: list[np.ndarray], family: str, level: int, attack: Attack, keep_thumbs: bool,
-                  points: list[CurvePoint], failures: list[FailureExample]) -> None:
+    def one_level(
+        self,
+        queries: list[np.ndarray],
+        family: str,
+        level: int,
+        attack: Attack,
+        keep_thumbs: bool,
+        points: list[CurvePoint],
+        failures: list[FailureExample],
+    ) -> None:
         """Attack every query once, then score every series on the attacked images."""
-        from id2_plugin.metrics import compute_metrics
         from id2_plugin.evaluate import embed_images
+        from id2_plugin.metrics import compute_metrics
 
         attacked = [attack(img, attack_seed(self.seed, attack, name)) for img, name in zip(queries, self.q_names)]
         has_pos = self.positives.any(axis=1)
         for pol, members in self.variants:
             q_arr = np.stack([to_rgb_array(a, self.size, policy=pol, limits=self.limits) for a in attacked])  # type: ignore[arg-type]
             for series, method in members:
-                q_emb = embed_images(method, q_arr, progress=f"{series.name}: {attack.label}" if self.progress else False)
+                q_emb = embed_images(
+                    method, q_arr, progress=f"{series.name}: {attack.label}" if self.progress else False
+                )
                 scores = np.asarray(method.similarity(q_emb, self.ref_emb[series.name]), dtype=np.float64)
                 thr = self.threshold if series.primary and series.method == self.threshold_method else None
-                points.append(_metrics_point(series, attack, family, level, compute_metrics(scores, self.positives),
-                                             scores, self.positives, thr))
+                points.append(
+                    _metrics_point(
+                        series,
+                        attack,
+                        family,
+                        level,
+                        compute_metrics(scores, self.positives),
+                        scores,
+                        self.positives,
+                        thr,
+                    )
+                )
                 failures.extend(
-                    _failures(series, family, attack, scores, self.positives, has_pos, self.q_names, self.ref_names,
-                              attacked if keep_thumbs else None, self.limits if keep_thumbs else None, self.n_failures)
+                    _failures(
+                        series,
+                        family,
+                        attack,
+                        scores,
+                        self.positives,
+                        has_pos,
+                        self.q_names,
+                        self.ref_names,
+                        attacked if keep_thumbs else None,
+                        self.limits if keep_thumbs else None,
+                        self.n_failures,
+                    )
                 )
 
 
@@ -649,9 +730,14 @@ def _failures(
     out = []
     for qi in failed:
         ex = FailureExample(
-            series=series.name, attack=family, label=attack.label, query=q_names[qi],
-            wrong_reference=ref_names[wrong[qi]], true_reference=ref_names[true_idx[qi]],
-            wrong_score=float(best_neg[qi]), true_score=float(best_pos[qi]),
+            series=series.name,
+            attack=family,
+            label=attack.label,
+            query=q_names[qi],
+            wrong_reference=ref_names[wrong[qi]],
+            true_reference=ref_names[true_idx[qi]],
+            wrong_score=float(best_neg[qi]),
+            true_score=float(best_pos[qi]),
         )
         if attacked is not None:
             # Thumbnails show what a person would see: the attacked file and the references as stored.

@@ -46,16 +46,24 @@ class Row:
 def parse_table(page: str) -> list[Row]:
     """The rows of the install table in ``page`` (the text of docs/install.md), in order."""
     start = page.index(_START)
-    block = page[start:page.index(_END, start)]
+    block = page[start : page.index(_END, start)]
     rows = []
     for line in block.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) != 3 or cells[0] in ("extra", "") or set(cells[0]) <= {"-"}:
             continue
-        installs = tuple(tuple(shlex.split(c)) for c in re.findall(r"`([^`]+)`", cells[1]) if c.startswith("pip install"))
+        installs = tuple(
+            tuple(shlex.split(c)) for c in re.findall(r"`([^`]+)`", cells[1]) if c.startswith("pip install")
+        )
         provided = re.findall(r"`([^`]+)`", cells[2])
-        rows.append(Row(cells[0], installs, tuple(p for p in provided if " " not in p),
-                        tuple(tuple(shlex.split(p)) for p in provided if " " in p)))
+        rows.append(
+            Row(
+                cells[0],
+                installs,
+                tuple(p for p in provided if " " not in p),
+                tuple(tuple(shlex.split(p)) for p in provided if " " in p),
+            )
+        )
     return rows
 
 

@@ -52,18 +52,27 @@ def candidates(proxies: bool):
 
 def copy_checks(projection, encoder, photos: list[Path], n: int, seed: int) -> dict[str, dict[str, dict[str, float]]]:
     """W against the raw latent on degraded copies and 60% crops of ``n`` photos among all photos."""
-    from id2_plugin.metrics import compute_metrics
     from id2_plugin.embedders.base import l2_normalise
-    from id2_plugin.robustness.attacks import JPEG, Crop, Downscale, GaussianBlur, TextWatermark
     from id2_plugin.media import to_rgb_array
+    from id2_plugin.metrics import compute_metrics
+    from id2_plugin.robustness.attacks import JPEG, Crop, Downscale, GaussianBlur, TextWatermark
 
     size = (encoder.input_size, encoder.input_size)
-    gallery = np.concatenate([encoder.encode_arrays(np.stack([to_rgb_array(p, size) for p in photos[s : s + 32]]))
-                              for s in range(0, len(photos), 32)])
+    gallery = np.concatenate(
+        [
+            encoder.encode_arrays(np.stack([to_rgb_array(p, size) for p in photos[s : s + 32]]))
+            for s in range(0, len(photos), 32)
+        ]
+    )
     rng = np.random.default_rng(seed)
     picks = sorted(rng.choice(len(photos), size=n, replace=False).tolist())
-    attacks = {"jpeg_q30": JPEG(30), "blur_sigma2": GaussianBlur(2.0), "downscale_0.25": Downscale(0.25),
-               "text_watermark": TextWatermark(0.6), "crop_0.6": Crop(0.6)}
+    attacks = {
+        "jpeg_q30": JPEG(30),
+        "blur_sigma2": GaussianBlur(2.0),
+        "downscale_0.25": Downscale(0.25),
+        "text_watermark": TextWatermark(0.6),
+        "crop_0.6": Crop(0.6),
+    }
     out = {}
     for name, attack in attacks.items():
         q = np.stack([to_rgb_array(attack(np.asarray(to_rgb_array(photos[i])), i), size) for i in picks])
@@ -71,20 +80,37 @@ def copy_checks(projection, encoder, photos: list[Path], n: int, seed: int) -> d
         pos = np.zeros((n, len(photos)), bool)
         pos[np.arange(n), picks] = True
         res = {}
-        for method, f in (("raw_latent", l2_normalise), ("W", lambda z: l2_normalise(projection.apply(z, encoder.latent_shape)))):
+        for method, f in (
+            ("raw_latent", l2_normalise),
+            ("W", lambda z: l2_normalise(projection.apply(z, encoder.latent_shape))),
+        ):
             m = compute_metrics(f(zq) @ f(gallery).T, pos)
             res[method] = {"top1": round(m.top1, 4), "mAP": round(m.mAP, 4)}
         out[name] = res
-        print(f"{name:16s} raw {res['raw_latent']['top1']:.3f}/{res['raw_latent']['mAP']:.3f}  W {res['W']['top1']:.3f}/{res['W']['mAP']:.3f}", flush=True)
+        print(
+            f"{name:16s} raw {res['raw_latent']['top1']:.3f}/{res['raw_latent']['mAP']:.3f}  W {res['W']['top1']:.3f}/{res['W']['mAP']:.3f}",
+            flush=True,
+        )
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--photos", type=Path, default=SHARED / "data" / "photos")
-    ap.add_argument("--real", type=Path, action="append", default=None,
-                    help="Real pairs manifests (default: real-edits-train and real-edits-dev).")
-    ap.add_argument("--proxy-pairs", type=Path, action="append", default=[], help="Proxy pairs (make-pairs --proxy) for the cosface candidates.")
+    ap.add_argument(
+        "--real",
+        type=Path,
+        action="append",
+        default=None,
+        help="Real pairs manifests (default: real-edits-train and real-edits-dev).",
+    )
+    ap.add_argument(
+        "--proxy-pairs",
+        type=Path,
+        action="append",
+        default=[],
+        help="Proxy pairs (make-pairs --proxy) for the cosface candidates.",
+    )
     ap.add_argument("--work-dir", type=Path, required=True)
     ap.add_argument("--out", type=Path, default=ROOT / "id2_plugin" / "weights" / "taef2_w.safetensors")
     ap.add_argument("--folds", type=int, default=5)
@@ -98,29 +124,54 @@ def main(argv: list[str] | None = None) -> int:
     from id2_plugin.media import iter_image_files
     from id2_plugin.train.real_pairs import never_below, train_on_real_pairs
 
-    real = args.real or [SHARED / "data" / "real-edits-train" / "pairs.jsonl", SHARED / "data" / "real-edits-dev" / "pairs.jsonl"]
+    real = args.real or [
+        SHARED / "data" / "real-edits-train" / "pairs.jsonl",
+        SHARED / "data" / "real-edits-dev" / "pairs.jsonl",
+    ]
     encoder = TAEF2Encoder(device="cpu", batch_size=16)
     latents = args.work_dir / "latents"
     candidate = args.work_dir / "taef2_w.safetensors"
     try:
-        result = train_on_real_pairs(real, [args.photos], candidate, encoder=encoder, candidates=candidates(bool(args.proxy_pairs)),
-                                     proxy_manifests=args.proxy_pairs, n_folds=args.folds, seed=args.seed, cache_dir=latents)
+        result = train_on_real_pairs(
+            real,
+            [args.photos],
+            candidate,
+            encoder=encoder,
+            candidates=candidates(bool(args.proxy_pairs)),
+            proxy_manifests=args.proxy_pairs,
+            n_folds=args.folds,
+            seed=args.seed,
+            cache_dir=latents,
+        )
     finally:
         if not args.keep_latents:
             shutil.rmtree(latents, ignore_errors=True)
     report = result.report()
     chosen = report["chosen"]
-    floor = max((r for r in result.results if r.params.get("kind") == "pca"), key=lambda r: r.pooled["top1"] + r.pooled["mAP"])
+    floor = max(
+        (r for r in result.results if r.params.get("kind") == "pca"), key=lambda r: r.pooled["top1"] + r.pooled["mAP"]
+    )
     checks = copy_checks(result.projection, encoder, iter_image_files([args.photos]), args.copies, args.seed)
-    report.update(checks=checks, pca_floor=floor.to_dict(),
-                  command="python scripts/train_default_w.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+    report.update(
+        checks=checks,
+        pca_floor=floor.to_dict(),
+        command="python scripts/train_default_w.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    )
     problems = []
     if not never_below(next(r for r in result.results if r.name == result.recipe.name), floor):
         problems.append("cross-validated top-1 or mAP below the PCA map")
     if not never_below(next(r for r in result.results if r.name == result.recipe.name), result.raw):
         problems.append("cross-validated top-1 or mAP below the raw latent")
-    problems += [f"{name}: top-1 {c['W']['top1']:.3f} < 0.995" for name, c in checks.items() if name != "crop_0.6" and c["W"]["top1"] < 0.995]
-    print(json.dumps({"chosen": result.recipe.name, "cv": chosen["pooled"], "raw": report["raw_latent"]["pooled"]}, indent=1))
+    problems += [
+        f"{name}: top-1 {c['W']['top1']:.3f} < 0.995"
+        for name, c in checks.items()
+        if name != "crop_0.6" and c["W"]["top1"] < 0.995
+    ]
+    print(
+        json.dumps(
+            {"chosen": result.recipe.name, "cv": chosen["pooled"], "raw": report["raw_latent"]["pooled"]}, indent=1
+        )
+    )
     if problems and not args.force:
         print("NOT installing: " + "; ".join(problems) + f"; candidate kept at {candidate}")
         return 1

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from id2_plugin.cli import load_commands, cli
+from id2_plugin.cli import cli, load_commands
 
 # ONNX Runtime (SSCD's runtime) writes a random telemetry device id there; it holds nothing of the images.
 THIRD_PARTY = "Microsoft/DeveloperTools/.onnxruntime/"
@@ -49,16 +49,46 @@ def _written(home: Path) -> list[str]:
 
 
 @pytest.mark.slow  # two commands, each loading TAEF2 and SSCD
-def test_evaluate_and_calibrate_write_nothing_under_home(home: Path, small_set: dict[str, Path], tmp_path: Path) -> None:
+def test_evaluate_and_calibrate_write_nothing_under_home(
+    home: Path, small_set: dict[str, Path], tmp_path: Path
+) -> None:
     load_commands()
     runner = CliRunner()
     base = ["--set", "embedder.name=taef2"]
-    res = runner.invoke(cli, [*base, "evaluate", "--pairs", str(small_set["pairs"]), "--distractors",
-                              str(small_set["distractors"]), "--method", "id2", "--json"], catch_exceptions=False)
+    res = runner.invoke(
+        cli,
+        [
+            *base,
+            "evaluate",
+            "--pairs",
+            str(small_set["pairs"]),
+            "--distractors",
+            str(small_set["distractors"]),
+            "--method",
+            "id2",
+            "--json",
+        ],
+        catch_exceptions=False,
+    )
     assert res.exit_code == 0, res.output
-    res = runner.invoke(cli, [*base, "calibrate", "--pairs", str(small_set["pairs"]), "--negatives", str(small_set["negatives"]),
-                              "--distractors", str(small_set["distractors"]), "--target-precision", "0.5",
-                              "--out", str(tmp_path / "cal.yaml")], catch_exceptions=False)
+    res = runner.invoke(
+        cli,
+        [
+            *base,
+            "calibrate",
+            "--pairs",
+            str(small_set["pairs"]),
+            "--negatives",
+            str(small_set["negatives"]),
+            "--distractors",
+            str(small_set["distractors"]),
+            "--target-precision",
+            "0.5",
+            "--out",
+            str(tmp_path / "cal.yaml"),
+        ],
+        catch_exceptions=False,
+    )
     assert res.exit_code == 0, res.output
     assert _written(home) == []
 
@@ -68,8 +98,20 @@ def test_opt_in_cache_is_used_then_purged(home: Path, small_set: dict[str, Path]
     load_commands()
     runner = CliRunner()
     cache = tmp_path / "my-cache"
-    args = ["--set", "embedder.name=taef2", "evaluate", "--pairs", str(small_set["pairs"]), "--distractors",
-            str(small_set["distractors"]), "--method", "vae_raw", "--json", "--cache", str(cache)]
+    args = [
+        "--set",
+        "embedder.name=taef2",
+        "evaluate",
+        "--pairs",
+        str(small_set["pairs"]),
+        "--distractors",
+        str(small_set["distractors"]),
+        "--method",
+        "vae_raw",
+        "--json",
+        "--cache",
+        str(cache),
+    ]
     first = runner.invoke(cli, args, catch_exceptions=False)
     assert first.exit_code == 0, first.output
     cached = sorted(cache.rglob("*.npy"))

@@ -34,7 +34,7 @@ def test_clopper_pearson_closed_forms() -> None:
     assert clopper_pearson_upper(0, 3000) == pytest.approx(0.000998079, abs=1e-9)
     # k = n - 1: P(X <= n-1) = 1 - p^n = alpha  ->  p = 0.95^(1/n); n = 2: sqrt(0.95) = 0.9746794
     assert clopper_pearson_upper(1, 2) == pytest.approx(math.sqrt(0.95), rel=1e-12)
-    assert clopper_pearson_upper(9, 10, 0.99) == pytest.approx(0.99 ** 0.1, rel=1e-12)
+    assert clopper_pearson_upper(9, 10, 0.99) == pytest.approx(0.99**0.1, rel=1e-12)
     # k = n: nothing bounds the rate below 1.
     assert clopper_pearson_upper(5, 5) == 1.0
     # k = 0, n = 100: 1 - 0.05**0.01 = 0.0295130
@@ -143,8 +143,7 @@ N_REF, N_NEG = 30, 70  # 70 negatives >= 59, the minimum for a 5% false-match ta
 
 
 @pytest.fixture(scope="module")
-def calib_data(photo_paths: list[Path], degraded_copy,
-               tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+def calib_data(photo_paths: list[Path], degraded_copy, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """Pairs manifest of degraded copies (PNG) -> their origins, and a folder of unrelated negatives."""
     d = tmp_path_factory.mktemp("calib")
     (d / "copies").mkdir()
@@ -193,7 +192,7 @@ def test_calibrate_on_real_photos(real_scores, tmp_path: Path) -> None:
 
 
 def _invoke(args: list[str]):
-    from id2_plugin.cli import load_commands, cli
+    from id2_plugin.cli import cli, load_commands
 
     load_commands()
     return CliRunner().invoke(cli, args, catch_exceptions=False)
@@ -202,10 +201,10 @@ def _invoke(args: list[str]):
 def test_calibrate_command_and_identifier_end_to_end(
     calib_data, real_scores, taef2_encoder, latent_cache, tmp_path: Path
 ) -> None:
+    from id2_plugin.assembly import open_store
     from id2_plugin.config import MatchConfig, StoreConfig, load_config
     from id2_plugin.embedders.base import Embedder
     from id2_plugin.identify import Identifier
-    from id2_plugin.assembly import open_store
     from id2_plugin.types import ReferenceRecord
 
     d = calib_data["dir"]
@@ -214,9 +213,27 @@ def test_calibrate_command_and_identifier_end_to_end(
     # 1. Reference set = the pairs' origins: the command reproduces the library calibration exactly.
     out, plot = tmp_path / "cal.yaml", tmp_path / "hist.png"
     # --cache: the library scores above came through the (float16) latent cache; the same latents here
-    res = _invoke(["calibrate", "--pairs", str(d / "pairs.jsonl"), "--negatives", str(d / "negatives"),
-                   "--target-fpr", "0.05", "--projection", "none", "--out", str(out), "--plot", str(plot),
-                   "--cache", os.environ["ID2_TEST_CACHE_DIR"], "--per-query", str(tmp_path / "pq.jsonl")])
+    res = _invoke(
+        [
+            "calibrate",
+            "--pairs",
+            str(d / "pairs.jsonl"),
+            "--negatives",
+            str(d / "negatives"),
+            "--target-fpr",
+            "0.05",
+            "--projection",
+            "none",
+            "--out",
+            str(out),
+            "--plot",
+            str(plot),
+            "--cache",
+            os.environ["ID2_TEST_CACHE_DIR"],
+            "--per-query",
+            str(tmp_path / "pq.jsonl"),
+        ]
+    )
     assert res.exit_code == 0, res.output
     assert "threshold" in res.stdout and "upper bound" in res.stdout and "Hamming" not in res.stdout
     records = [json.loads(line) for line in (tmp_path / "pq.jsonl").read_text().splitlines()]
@@ -238,16 +255,41 @@ def test_calibrate_command_and_identifier_end_to_end(
 
     # 1b. The default (fused) embedder calibrates the same way; the threshold is valid for its identity only.
     fused_out = tmp_path / "cal_fused.yaml"
-    res = _invoke(["calibrate", "--pairs", str(d / "pairs.jsonl"), "--negatives", str(d / "negatives"),
-                   "--target-fpr", "0.05", "--out", str(fused_out)])
+    res = _invoke(
+        [
+            "calibrate",
+            "--pairs",
+            str(d / "pairs.jsonl"),
+            "--negatives",
+            str(d / "negatives"),
+            "--target-fpr",
+            "0.05",
+            "--out",
+            str(fused_out),
+        ]
+    )
     assert res.exit_code == 0, res.output
     fused_cfg = load_config(fused_out)
     assert fused_cfg.calibration.embedder.startswith("fused[id2=") and fused_cfg.calibration.recall >= 0.8
 
     # 1c. A PDQ threshold for HMA: in Hamming bits beside the similarity, match.threshold left unset.
     pdq_out = tmp_path / "cal_pdq.yaml"
-    res = _invoke(["calibrate", "--pairs", str(d / "pairs.jsonl"), "--negatives", str(d / "negatives"),
-                   "--target-fpr", "0.05", "--method", "pdq", "--out", str(pdq_out), "--json"])
+    res = _invoke(
+        [
+            "calibrate",
+            "--pairs",
+            str(d / "pairs.jsonl"),
+            "--negatives",
+            str(d / "negatives"),
+            "--target-fpr",
+            "0.05",
+            "--method",
+            "pdq",
+            "--out",
+            str(pdq_out),
+            "--json",
+        ]
+    )
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc["n_bits"] == 256 and doc["threshold_bits"] == int((1 - doc["threshold"]) * 256 + 1e-6)
@@ -255,14 +297,40 @@ def test_calibrate_command_and_identifier_end_to_end(
     assert (pdq_cfg.calibration.method, pdq_cfg.calibration.threshold_bits) == ("pdq", doc["threshold_bits"])
     assert pdq_cfg.match.threshold == MatchConfig().threshold  # the plugin does not match with PDQ
     assert pdq_cfg.calibration.embedder.startswith("pdq")
-    res = _invoke(["calibrate", "--pairs", str(d / "pairs.jsonl"), "--negatives", str(d / "negatives"),
-                   "--target-fpr", "0.05", "--method", "phash", "--out", str(tmp_path / "cal_phash.yaml")])
+    res = _invoke(
+        [
+            "calibrate",
+            "--pairs",
+            str(d / "pairs.jsonl"),
+            "--negatives",
+            str(d / "negatives"),
+            "--target-fpr",
+            "0.05",
+            "--method",
+            "phash",
+            "--out",
+            str(tmp_path / "cal_phash.yaml"),
+        ]
+    )
     assert res.exit_code == 0 and "match when distance <= " in res.stdout and "of 64 bits" in res.stdout
 
     # 2. Too few negatives for 1e-3: refused with exit 2 and nothing written.
     refused = tmp_path / "refused.yaml"
-    res = _invoke(["calibrate", "--pairs", str(d / "pairs.jsonl"), "--negatives", str(d / "negatives"),
-                   "--target-fpr", "1e-3", "--projection", "none", "--out", str(refused)])
+    res = _invoke(
+        [
+            "calibrate",
+            "--pairs",
+            str(d / "pairs.jsonl"),
+            "--negatives",
+            str(d / "negatives"),
+            "--target-fpr",
+            "1e-3",
+            "--projection",
+            "none",
+            "--out",
+            str(refused),
+        ]
+    )
     assert res.exit_code == 2 and "need at least 2995 negatives" in res.stderr
     assert not refused.exists()
 
@@ -271,18 +339,43 @@ def test_calibrate_command_and_identifier_end_to_end(
     pytest.importorskip("qdrant_client")
     embedder = Embedder(taef2_encoder, None)
     store_dir = tmp_path / "store"
-    store = open_store(StoreConfig(backend="qdrant", path=str(store_dir)), embedder_identity=embedder.identity,
-                       dim=embedder.dim, create=True)
+    store = open_store(
+        StoreConfig(backend="qdrant", path=str(store_dir)),
+        embedder_identity=embedder.identity,
+        dim=embedder.dim,
+        create=True,
+    )
     import hashlib
 
     vecs = embedder.project(latent_cache.encode(calib_data["origins"]))
-    store.add(vecs, [ReferenceRecord(sha256=hashlib.sha256(p.read_bytes()).hexdigest(), uri=str(p))
-                     for p in calib_data["origins"]])
+    store.add(
+        vecs,
+        [ReferenceRecord(sha256=hashlib.sha256(p.read_bytes()).hexdigest(), uri=str(p)) for p in calib_data["origins"]],
+    )
     store.close()
     out2 = tmp_path / "cal_store.yaml"
-    res = _invoke(["--set", "store.backend=qdrant", "--set", "embedder.allow_raw_latent=true", "calibrate", "--pairs", str(d / "pairs.jsonl"),
-                   "--negatives", str(d / "negatives"), "--store", str(store_dir), "--target-fpr", "0.05",
-                   "--projection", "none", "--out", str(out2), "--json"])
+    res = _invoke(
+        [
+            "--set",
+            "store.backend=qdrant",
+            "--set",
+            "embedder.allow_raw_latent=true",
+            "calibrate",
+            "--pairs",
+            str(d / "pairs.jsonl"),
+            "--negatives",
+            str(d / "negatives"),
+            "--store",
+            str(store_dir),
+            "--target-fpr",
+            "0.05",
+            "--projection",
+            "none",
+            "--out",
+            str(out2),
+            "--json",
+        ]
+    )
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
     cfg2 = load_config(out2)

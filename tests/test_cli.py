@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from id2_plugin.cli import load_commands, cli
+from id2_plugin.cli import cli, load_commands
 
 
 @pytest.fixture(scope="module")
@@ -70,14 +70,20 @@ def test_index_query_remove_cycle(runner: CliRunner, library: Path, tmp_path: Pa
     # "no match" and "unreadable" are told apart; an unreadable input wins, the answer being incomplete
     res = invoke(runner, store, "query", "--threshold", "0.99999", str(photo_paths[700]))
     assert res.exit_code == 1 and "NO_MATCH" in res.output and "ERROR" not in res.output
-    res = invoke(runner, store, "query", "--threshold", "0.99999", str(photo_paths[700]), str(library / "sub" / "broken.jpg"))
+    res = invoke(
+        runner, store, "query", "--threshold", "0.99999", str(photo_paths[700]), str(library / "sub" / "broken.jpg")
+    )
     assert res.exit_code == 4 and "NO_MATCH" in res.output and "ERROR" in res.output
 
     # a copy turned 90 degrees clockwise: found upright once --rotations lets the query be turned back
     turned = tmp_path / "turned.jpg"
     Image.open(photo_paths[104]).convert("RGB").rotate(-90, expand=True).save(turned, quality=90)
     res = invoke(runner, store, "query", "--rotations", "0,90,180,270", "--k", "2", str(turned))
-    assert res.exit_code == 0 and "(rot90)" in res.output.splitlines()[1] and photo_paths[104].name in res.output.splitlines()[1]
+    assert (
+        res.exit_code == 0
+        and "(rot90)" in res.output.splitlines()[1]
+        and photo_paths[104].name in res.output.splitlines()[1]
+    )
     assert invoke(runner, store, "query", "--rotations", "0,45", str(turned)).exit_code == 2
 
     res = invoke(runner, store, "index", "remove", str(library / photo_paths[102].name))
@@ -131,7 +137,9 @@ def _sscd(runner: CliRunner, store: Path, *args: str):
     return runner.invoke(cli, ["--set", f"store.path={store}", "--set", "embedder.name=sscd", *args])
 
 
-def test_truncated_store_is_refused_reported_and_repaired(runner: CliRunner, photo_paths: list[Path], tmp_path: Path) -> None:
+def test_truncated_store_is_refused_reported_and_repaired(
+    runner: CliRunner, photo_paths: list[Path], tmp_path: Path
+) -> None:
     store = tmp_path / "store"
     assert _sscd(runner, store, "index", "add", *map(str, photo_paths[:4])).exit_code == 0
     raw = next(store.glob("vectors.*"))
@@ -149,7 +157,9 @@ def test_truncated_store_is_refused_reported_and_repaired(runner: CliRunner, pho
     assert res.exit_code == 0 and "added 3, duplicates skipped 2" in res.output  # the lost ones come back
 
 
-def test_unwalkable_paths_are_reported_and_the_rest_indexed(runner: CliRunner, photo_paths: list[Path], tmp_path: Path) -> None:
+def test_unwalkable_paths_are_reported_and_the_rest_indexed(
+    runner: CliRunner, photo_paths: list[Path], tmp_path: Path
+) -> None:
     root = tmp_path / "lib"
     (root / "sub").mkdir(parents=True)
     shutil.copy(photo_paths[0], root / "a.jpg")
@@ -172,27 +182,63 @@ def test_unwalkable_paths_are_reported_and_the_rest_indexed(runner: CliRunner, p
     assert "added 2" in res.output or "added 3" in res.output
 
 
-@pytest.mark.parametrize("args,message", [
-    (["index", "add", "--commit-every", "0", "x.jpg"], "--commit-every"),
-    (["--config", "binary.yaml", "config", "show"], "is not a UTF-8 text (YAML) file"),
-    (["--config", "broken.yaml", "config", "show"], "is not valid YAML"),
-    (["--set", "match.k=[", "config", "show"], "the value is not valid YAML"),
-    (["--config", "deep.yaml", "config", "show"], "deep.yaml is not accepted: line 1 is nested more than 32 levels"),
-    (["--config", "bomb.yaml", "config", "show"], "bomb.yaml is not accepted: line 4 uses a YAML alias (*name)"),
-    (["--config", "twice.yaml", "config", "show"], "twice.yaml is not accepted: line 3 repeats the key 'k'"),
-    (["--set", "serve.port=99999", "config", "show"], "serve.port=99999: expected a TCP port, 0 to 65535"),
-    (["--set", "media.max_pixels=-1", "config", "show"], "media.max_pixels=-1: must lie in [1, "),
-    (["--set", "media.max_pixels=1000000000", "config", "show"], "media.max_pixels=1000000000: must lie in [1, "),
-    (["--set", "embedder.name=taef2", "--set", "embedder.weights=pickle.pkl", "embed", "x.jpg", "--out", "o.npz"],
-     "never unpickled"),
-    (["--set", "embedder.name=taef2", "--set", "embedder.weights=bad.safetensors", "embed", "x.jpg", "--out", "o.npz"],
-     "is not a TAEF2 weights file"),
-    (["--set", "embedder.name=taef2", "--set", "embedder.weights=other.pth", "embed", "x.jpg", "--out", "o.npz"],
-     "do not match the architecture"),
-    (["--set", "embedder.name=sscd", "index", "add", "empty"], "no image files found in empty"),
-])
-def test_bad_input_is_one_clear_line_and_exit_2(runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                photo_paths: list[Path], args: list[str], message: str) -> None:
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["index", "add", "--commit-every", "0", "x.jpg"], "--commit-every"),
+        (["--config", "binary.yaml", "config", "show"], "is not a UTF-8 text (YAML) file"),
+        (["--config", "broken.yaml", "config", "show"], "is not valid YAML"),
+        (["--set", "match.k=[", "config", "show"], "the value is not valid YAML"),
+        (
+            ["--config", "deep.yaml", "config", "show"],
+            "deep.yaml is not accepted: line 1 is nested more than 32 levels",
+        ),
+        (["--config", "bomb.yaml", "config", "show"], "bomb.yaml is not accepted: line 4 uses a YAML alias (*name)"),
+        (["--config", "twice.yaml", "config", "show"], "twice.yaml is not accepted: line 3 repeats the key 'k'"),
+        (["--set", "serve.port=99999", "config", "show"], "serve.port=99999: expected a TCP port, 0 to 65535"),
+        (["--set", "media.max_pixels=-1", "config", "show"], "media.max_pixels=-1: must lie in [1, "),
+        (["--set", "media.max_pixels=1000000000", "config", "show"], "media.max_pixels=1000000000: must lie in [1, "),
+        (
+            [
+                "--set",
+                "embedder.name=taef2",
+                "--set",
+                "embedder.weights=pickle.pkl",
+                "embed",
+                "x.jpg",
+                "--out",
+                "o.npz",
+            ],
+            "never unpickled",
+        ),
+        (
+            [
+                "--set",
+                "embedder.name=taef2",
+                "--set",
+                "embedder.weights=bad.safetensors",
+                "embed",
+                "x.jpg",
+                "--out",
+                "o.npz",
+            ],
+            "is not a TAEF2 weights file",
+        ),
+        (
+            ["--set", "embedder.name=taef2", "--set", "embedder.weights=other.pth", "embed", "x.jpg", "--out", "o.npz"],
+            "do not match the architecture",
+        ),
+        (["--set", "embedder.name=sscd", "index", "add", "empty"], "no image files found in empty"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_exit_2(
+    runner: CliRunner,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    photo_paths: list[Path],
+    args: list[str],
+    message: str,
+) -> None:
     import pickle
 
     import torch
@@ -215,7 +261,9 @@ def test_bad_input_is_one_clear_line_and_exit_2(runner: CliRunner, tmp_path: Pat
     assert message in res.output and isinstance(res.exception, SystemExit)  # no traceback: a clean exit
 
 
-def test_quantize_needs_a_folder_to_write_to(runner: CliRunner, photo_paths: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_quantize_needs_a_folder_to_write_to(
+    runner: CliRunner, photo_paths: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Without --out or $ID2_MODELS_DIR the int8 model has nowhere the user named: a usage error, nothing written."""
     monkeypatch.delenv("ID2_MODELS_DIR", raising=False)
     result = runner.invoke(cli, ["quantize", str(photo_paths[0])], catch_exceptions=False)
@@ -227,14 +275,38 @@ def test_quantize_int8_needs_photos_and_fp32_none(runner: CliRunner, tmp_path: P
     assert result.exit_code == 2 and "PHOTOS" in result.output and not any(tmp_path.iterdir())
 
 
-def test_a_missing_store_fails_before_the_model_loads(runner: CliRunner, tmp_path: Path, photo_paths: list[Path]) -> None:
+def test_a_missing_store_fails_before_the_model_loads(
+    runner: CliRunner, tmp_path: Path, photo_paths: list[Path]
+) -> None:
     # weights that would fail to load: the store error comes first, so the model was never touched
-    res = runner.invoke(cli, ["--set", f"store.path={tmp_path / 'none'}", "--set", "embedder.name=taef2",
-                              "--set", f"embedder.weights={tmp_path / 'absent.safetensors'}", "query", str(photo_paths[0])])
+    res = runner.invoke(
+        cli,
+        [
+            "--set",
+            f"store.path={tmp_path / 'none'}",
+            "--set",
+            "embedder.name=taef2",
+            "--set",
+            f"embedder.weights={tmp_path / 'absent.safetensors'}",
+            "query",
+            str(photo_paths[0]),
+        ],
+    )
     assert res.exit_code == 3 and "store" in res.output.lower() and "absent.safetensors" not in res.output
     # nothing readable to embed: exit 4 at once, the weights never looked at
-    res = runner.invoke(cli, ["--set", "embedder.name=taef2", "--set", f"embedder.weights={tmp_path / 'absent.safetensors'}",
-                              "embed", str(tmp_path / "missing.jpg"), "--out", str(tmp_path / "e.npz")])
+    res = runner.invoke(
+        cli,
+        [
+            "--set",
+            "embedder.name=taef2",
+            "--set",
+            f"embedder.weights={tmp_path / 'absent.safetensors'}",
+            "embed",
+            str(tmp_path / "missing.jpg"),
+            "--out",
+            str(tmp_path / "e.npz"),
+        ],
+    )
     assert res.exit_code == 4 and "missing.jpg: not found" in res.output and "absent.safetensors" not in res.output
     assert not (tmp_path / "e.npz").exists()
 
@@ -248,8 +320,17 @@ def test_documented_exit_code_table_is_the_code() -> None:
 
     page = (Path(__file__).resolve().parents[1] / "docs" / "reference" / "exit-codes.md").read_text()
     table = dict(re.findall(r"^\| \*\*(\d)\*\* \| (\w[^|]*)\|", page, re.M))
-    assert set(map(int, table)) == {cli_support.EXIT_OK, cli_support.EXIT_NO_MATCH, cli_support.EXIT_USAGE,
-                                    cli_support.EXIT_STORE, cli_support.EXIT_UNREADABLE} == {0, 1, 2, 3, 4}
+    assert (
+        set(map(int, table))
+        == {
+            cli_support.EXIT_OK,
+            cli_support.EXIT_NO_MATCH,
+            cli_support.EXIT_USAGE,
+            cli_support.EXIT_STORE,
+            cli_support.EXIT_UNREADABLE,
+        }
+        == {0, 1, 2, 3, 4}
+    )
     assert table["1"].startswith("no match") and table["4"].startswith("some input was unreadable")
     assert [cli_support.exit_code_for(e("x")) for e in (ConfigError, StoreError, MediaError)] == [2, 3, 4]
     assert cli_support.outcome_code(unreadable=2, no_match=3) == 4 and cli_support.outcome_code(no_match=1) == 1
@@ -257,7 +338,8 @@ def test_documented_exit_code_table_is_the_code() -> None:
 
 
 def test_disk_full_while_the_store_is_created_is_one_error_line_and_leaves_no_temp_files(
-        photo_paths: list[Path], tmp_path: Path) -> None:
+    photo_paths: list[Path], tmp_path: Path
+) -> None:
     import resource
     import signal
 
@@ -267,16 +349,23 @@ def test_disk_full_while_the_store_is_created_is_one_error_line_and_leaves_no_te
 
     exe = Path(sys.executable).with_name("id2-plugin")
     store = tmp_path / "store"
-    res = subprocess.run([str(exe), "--set", f"store.path={store}", "index", "add", str(photo_paths[3])],
-                         capture_output=True, text=True, preexec_fn=small_disk, timeout=300)
+    res = subprocess.run(
+        [str(exe), "--set", f"store.path={store}", "index", "add", str(photo_paths[3])],
+        capture_output=True,
+        text=True,
+        preexec_fn=small_disk,
+        timeout=300,
+    )
     errors = [line for line in res.stderr.splitlines() if "error" in line.lower()]
-    assert res.returncode == 3 and errors == [f"error: creating the store at {store} failed (is the disk full?): "
-                                              "disk I/O error"], res.stderr
+    assert res.returncode == 3 and errors == [
+        f"error: creating the store at {store} failed (is the disk full?): disk I/O error"
+    ], res.stderr
     assert "Traceback" not in res.stderr and sorted(p.name for p in store.iterdir()) == ["write.lock"]
 
 
-def test_a_file_name_with_newlines_cannot_forge_output_lines(runner: CliRunner, photo_paths: list[Path],
-                                                             tmp_path: Path) -> None:
+def test_a_file_name_with_newlines_cannot_forge_output_lines(
+    runner: CliRunner, photo_paths: list[Path], tmp_path: Path
+) -> None:
     lib = tmp_path / "lib"
     lib.mkdir()
     forged = lib / "x.jpg\n  #1 score=1.0000 id=0 FAKE.jpg"

@@ -13,7 +13,9 @@ from id2_plugin.errors import ConfigError
 
 def test_defaults_and_frozen() -> None:
     cfg = load_config(None)
-    assert cfg.embedder.name == "auto" and cfg.embedder.vae == "taef2" and cfg.match.k == 5 and cfg.store.index == "flat"
+    assert (
+        cfg.embedder.name == "auto" and cfg.embedder.vae == "taef2" and cfg.match.k == 5 and cfg.store.index == "flat"
+    )
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.match.k = 3  # type: ignore[misc]
 

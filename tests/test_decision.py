@@ -10,21 +10,41 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from id2_plugin.decision import (DecisionModel, Evidence, OperatingPoint, candidate_background, feature_matrix,
-                                 fit_logistic, sigmoid)
+from id2_plugin.decision import (
+    DecisionModel,
+    Evidence,
+    OperatingPoint,
+    candidate_background,
+    feature_matrix,
+    fit_logistic,
+    sigmoid,
+)
 from id2_plugin.errors import ConfigError
 
 
 def _op(**kw) -> OperatingPoint:
-    base = dict(threshold=0.6, target_fpr=0.005, confidence=0.95, n_negatives=600, false_matches=0,
-                fpr_upper_bound=0.005, n_references=1000, pair_fpr_upper_bound=5e-6, recall=0.9,
-                window_floor=0.2, cosine_threshold=0.26)
+    base = dict(
+        threshold=0.6,
+        target_fpr=0.005,
+        confidence=0.95,
+        n_negatives=600,
+        false_matches=0,
+        fpr_upper_bound=0.005,
+        n_references=1000,
+        pair_fpr_upper_bound=5e-6,
+        recall=0.9,
+        window_floor=0.2,
+        cosine_threshold=0.26,
+    )
     return OperatingPoint(**{**base, **kw})
 
 
 def test_features_on_hand_computed_evidence() -> None:
-    e = Evidence({"id2": np.array([0.5, 0.1]), "sscd": np.array([0.2, 0.3])}, np.array([0.6, np.nan]),
-                 {"id2": np.array([0.1, 0.1]), "sscd": np.array([0.05, 0.05])})
+    e = Evidence(
+        {"id2": np.array([0.5, 0.1]), "sscd": np.array([0.2, 0.3])},
+        np.array([0.6, np.nan]),
+        {"id2": np.array([0.1, 0.1]), "sscd": np.array([0.05, 0.05])},
+    )
     x = feature_matrix(e, ["id2", "sscd_window", "id2_over_background", "sscd_window_over_background"])
     # window 0.6 beats the whole 0.2; NaN (not searched) keeps the whole 0.3
     np.testing.assert_allclose(x, [[0.5, 0.6, 0.4, 0.55], [0.1, 0.3, 0.0, 0.25]])

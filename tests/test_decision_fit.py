@@ -6,13 +6,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from id2_plugin.decision_fit import (QueryDecisions, best_per_query, candidate_set, cross_validated_scores,
-                                     operating_point, window_floor)
+from id2_plugin.decision_fit import (
+    QueryDecisions,
+    best_per_query,
+    candidate_set,
+    cross_validated_scores,
+    operating_point,
+    window_floor,
+)
 
 
 def _toy() -> tuple[dict[str, np.ndarray], np.ndarray]:
-    sims = {"id2": np.array([[0.9, 0.2, 0.1, 0.3], [0.1, 0.2, 0.8, 0.0], [0.2, 0.1, 0.3, 0.25]]),
-            "sscd": np.array([[0.7, 0.1, 0.0, 0.2], [0.0, 0.1, 0.1, 0.6], [0.1, 0.2, 0.1, 0.15]])}
+    sims = {
+        "id2": np.array([[0.9, 0.2, 0.1, 0.3], [0.1, 0.2, 0.8, 0.0], [0.2, 0.1, 0.3, 0.25]]),
+        "sscd": np.array([[0.7, 0.1, 0.0, 0.2], [0.0, 0.1, 0.1, 0.6], [0.1, 0.2, 0.1, 0.15]]),
+    }
     positives = np.zeros((3, 4), bool)
     positives[0, 0] = positives[1, 3] = True  # query 2 is unrelated
     return sims, positives
@@ -22,9 +30,9 @@ def test_candidates_keep_the_top_and_every_origin_with_the_whole_images_backgrou
     sims, positives = _toy()
     c = candidate_set(sims, {"id2": 0.5, "sscd": 0.5}, positives, n=2)
     rows_of = {q: c.reference[c.query == q].tolist() for q in range(3)}
-    assert rows_of[0] == [0, 3]          # fused 0.8, 0.25
-    assert rows_of[1] == [2, 3]          # fused 0.45 and 0.3: the origin 3 is in the top 2
-    assert rows_of[2] == [2, 3]          # tied at 0.2: the stable order keeps the lower index first
+    assert rows_of[0] == [0, 3]  # fused 0.8, 0.25
+    assert rows_of[1] == [2, 3]  # fused 0.45 and 0.3: the origin 3 is in the top 2
+    assert rows_of[2] == [2, 3]  # tied at 0.2: the stable order keeps the lower index first
     assert c.correct.tolist() == [True, False, False, True, False, False]
     # background: median of the top-2 candidates' own cosines, per signal
     assert c.background["id2"][c.query == 0][0] == pytest.approx((0.9 + 0.3) / 2)

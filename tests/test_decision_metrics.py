@@ -9,14 +9,16 @@ from id2_plugin.decision_metrics import decision_metrics, format_decisions
 
 
 def test_decisions_on_a_toy_matrix() -> None:
-    scores = np.array([
-        [0.9, 0.1, 0.2],  # edit, origin 0 first and over 0.5: a correct MATCH
-        [0.3, 0.6, 0.1],  # edit, wrong reference first over 0.5: a wrong-origin MATCH
-        [0.4, 0.1, 0.0],  # edit, origin first but under 0.5: no MATCH
-        [0.7, 0.7, 0.1],  # edit, origin 1 tied with a wrong one at the top: counts against
-        [0.1, 0.55, 0.6],  # unrelated: a false match, 2 pairs over the threshold
-        [0.2, 0.3, 0.1],  # unrelated: no match
-    ])
+    scores = np.array(
+        [
+            [0.9, 0.1, 0.2],  # edit, origin 0 first and over 0.5: a correct MATCH
+            [0.3, 0.6, 0.1],  # edit, wrong reference first over 0.5: a wrong-origin MATCH
+            [0.4, 0.1, 0.0],  # edit, origin first but under 0.5: no MATCH
+            [0.7, 0.7, 0.1],  # edit, origin 1 tied with a wrong one at the top: counts against
+            [0.1, 0.55, 0.6],  # unrelated: a false match, 2 pairs over the threshold
+            [0.2, 0.3, 0.1],  # unrelated: no match
+        ]
+    )
     positives = np.zeros_like(scores, bool)
     positives[0, 0] = positives[1, 0] = positives[2, 0] = positives[3, 1] = True
     m = decision_metrics(scores, positives, 0.5)

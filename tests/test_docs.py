@@ -51,14 +51,20 @@ def test_the_site_builds_with_the_generated_references(docs_copy: Path, tmp_path
     assert "identify_many" in api and "ID2PhotoSignal" in api  # docstrings, adapters/ included
 
 
-@pytest.mark.parametrize("fault, page, text", [
-    ("a link to a page that does not exist", "guides/auditor.md", "\nSee [the old page](../no-such-page.md).\n"),
-    ("a link to a heading that does not exist", "index.md", "\nSee [store](reference/store.md#no-such-heading).\n"),
-    ("a stale API name", "reference/python-api.md", "\n::: id2_plugin.no_such_module\n"),
-    ("a repository path that does not exist", "results.md", "\nRun `python benchmarks/no_such_script.py`.\n"),
-    ("a configuration key the code does not have", "reference/configuration.md",
-     "\n| key | default | meaning |\n|---|---|---|\n| `match.no_such_key` | 1 | gone |\n"),
-])
+@pytest.mark.parametrize(
+    "fault, page, text",
+    [
+        ("a link to a page that does not exist", "guides/auditor.md", "\nSee [the old page](../no-such-page.md).\n"),
+        ("a link to a heading that does not exist", "index.md", "\nSee [store](reference/store.md#no-such-heading).\n"),
+        ("a stale API name", "reference/python-api.md", "\n::: id2_plugin.no_such_module\n"),
+        ("a repository path that does not exist", "results.md", "\nRun `python benchmarks/no_such_script.py`.\n"),
+        (
+            "a configuration key the code does not have",
+            "reference/configuration.md",
+            "\n| key | default | meaning |\n|---|---|---|\n| `match.no_such_key` | 1 | gone |\n",
+        ),
+    ],
+)
 def test_the_strict_build_fails_on(fault: str, page: str, text: str, docs_copy: Path, tmp_path: Path) -> None:
     with (docs_copy / page).open("a", encoding="utf-8") as f:
         f.write(text)
@@ -68,12 +74,15 @@ def test_the_strict_build_fails_on(fault: str, page: str, text: str, docs_copy: 
 
 def test_repository_paths_are_checked_in_code_and_placeholders_are_not() -> None:
     hook = _hook("repo_paths")
-    text = ("Run `python benchmarks/scale.py --out benchmarks/results/gone.md`, see `adapters/<host>.py` and\n"
-            "```bash\npython examples/missing_example.py ../shared/data/photos\n```\n"
-            "and benchmarks/not_in_code.py outside code.")
+    text = (
+        "Run `python benchmarks/scale.py --out benchmarks/results/gone.md`, see `adapters/<host>.py` and\n"
+        "```bash\npython examples/missing_example.py ../shared/data/photos\n```\n"
+        "and benchmarks/not_in_code.py outside code."
+    )
     assert hook.missing_paths(text, ROOT) == ["benchmarks/results/gone.md", "examples/missing_example.py"]
     assert hook.missing_links("[a](docs/index.md) [b](docs/gone.md#x) [c](https://example.org/x)", ROOT) == [
-        "docs/gone.md"]
+        "docs/gone.md"
+    ]
 
 
 def test_configuration_keys_are_checked_against_the_code_and_all_listed() -> None:
@@ -82,8 +91,10 @@ def test_configuration_keys_are_checked_against_the_code_and_all_listed() -> Non
     from id2_plugin.config import Config
 
     hook = _hook("config_keys")
-    table = ("| `store.backend` / `path` | x |\n| `store.index_options.query_threads` / `batch_threads` | x |\n"
-             "| `serve.*` | x |\n| `match.k` / `windowz` | x |\n| `matching.k` | x |\n")
+    table = (
+        "| `store.backend` / `path` | x |\n| `store.index_options.query_threads` / `batch_threads` | x |\n"
+        "| `serve.*` | x |\n| `match.k` / `windowz` | x |\n| `matching.k` | x |\n"
+    )
     assert hook.unknown_keys(table) == ["windowz", "matching.k"]
     generated = hook.keys_markdown()
     for section in dataclasses.fields(Config):
@@ -109,15 +120,17 @@ def test_the_http_reference_lists_every_route_and_status_of_the_app() -> None:
 
 def _layout_table() -> str:
     page = (ROOT / "docs" / "development.md").read_text(encoding="utf-8")
-    return page[page.index("## Layout"):page.index("## Writing a new adapter")]
+    return page[page.index("## Layout") : page.index("## Writing a new adapter")]
 
 
 def test_the_layout_table_names_every_part_of_the_tree() -> None:
     named = set(re.findall(r"`([^`\s]+)`", _layout_table()))
-    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
-                             check=True).stdout.split()
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     wanted = {p.split("/")[0] + "/" for p in tracked if "/" in p and not p.startswith(".")}  # top-level folders
     for package in ("id2_plugin", "adapters", "robustness"):  # and every module and subpackage of the package
-        wanted |= {"/".join(p.split("/")[:2]) + ("/" if p.count("/") > 1 else "")
-                   for p in tracked if p.startswith(package + "/") and not p.endswith(("__init__.py", "py.typed"))}
+        wanted |= {
+            "/".join(p.split("/")[:2]) + ("/" if p.count("/") > 1 else "")
+            for p in tracked
+            if p.startswith(package + "/") and not p.endswith(("__init__.py", "py.typed"))
+        }
     assert not wanted - named, f"not in the layout table of docs/development.md: {sorted(wanted - named)}"

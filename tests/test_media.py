@@ -33,13 +33,23 @@ def test_all_input_kinds_agree(photo: Path, photo_img: Image.Image) -> None:
     ref = to_rgb_array(photo, (256, 256))
     assert ref.shape == (256, 256, 3) and ref.dtype == np.uint8
     data = photo.read_bytes()
-    for src in (str(photo), photo, data, bytearray(data), memoryview(data), io.BytesIO(data), photo_img,
-                np.asarray(photo_img)):
+    for src in (
+        str(photo),
+        photo,
+        data,
+        bytearray(data),
+        memoryview(data),
+        io.BytesIO(data),
+        photo_img,
+        np.asarray(photo_img),
+    ):
         np.testing.assert_array_equal(to_rgb_array(src, (256, 256)), ref)
 
 
-@pytest.mark.parametrize("fmt,kw", [("PNG", {}), ("WEBP", {"lossless": True}), ("BMP", {}), ("TIFF", {}),
-                                    ("GIF", {}), ("JPEG", {"quality": 95})])
+@pytest.mark.parametrize(
+    "fmt,kw",
+    [("PNG", {}), ("WEBP", {"lossless": True}), ("BMP", {}), ("TIFF", {}), ("GIF", {}), ("JPEG", {"quality": 95})],
+)
 def test_formats_decode_close_to_original(photo_img: Image.Image, fmt: str, kw: dict) -> None:
     out = np.asarray(load_image(_encode(photo_img, fmt, **kw)), dtype=np.int16)
     assert out.shape == (photo_img.height, photo_img.width, 3)
@@ -68,8 +78,11 @@ def test_exif_orientation_applied(photo_img: Image.Image) -> None:
 def test_modes_to_rgb(photo_img: Image.Image) -> None:
     small = photo_img.resize((48, 32))
     for mode in ("L", "P", "CMYK", "RGBA", "LA", "1", "I;16"):
-        img = small.convert(mode) if mode != "I;16" else Image.fromarray(
-            (np.asarray(small.convert("L"), dtype=np.uint16) * 257))
+        img = (
+            small.convert(mode)
+            if mode != "I;16"
+            else Image.fromarray((np.asarray(small.convert("L"), dtype=np.uint16) * 257))
+        )
         fmt = "TIFF" if mode in ("CMYK", "I;16") else "PNG"
         out = load_image(_encode(img, fmt))
         assert out.mode == "RGB" and out.size == (48, 32), mode
@@ -176,8 +189,11 @@ def test_folder_scans_pick_every_format_pillow_opens(tmp_path: Path, photo: Path
     from PIL import features
 
     img = Image.open(photo).convert("RGB")
-    kinds = [k for k, feature in (("avif", "avif"), ("jp2", "jpg_2000"), ("qoi", None))
-             if feature is None or features.check(feature)]
+    kinds = [
+        k
+        for k, feature in (("avif", "avif"), ("jp2", "jpg_2000"), ("qoi", None))
+        if feature is None or features.check(feature)
+    ]
     assert "avif" in kinds  # this Pillow writes AVIF: the case reported (named it worked, in a folder it was skipped)
     for kind in kinds:
         img.save(tmp_path / f"p.{kind}")

@@ -19,16 +19,27 @@ from id2_plugin.media import MediaLimits, to_rgb_array
 ROOT = Path(__file__).resolve().parent.parent
 PHOTO = sorted((ROOT.parent / "shared" / "data" / "photos").glob("*.jpg"))[:1]
 
-BOUNDED = settings(max_examples=150, deadline=timedelta(seconds=10), derandomize=True,
-                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+BOUNDED = settings(
+    max_examples=150,
+    deadline=timedelta(seconds=10),
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 def _seed_files() -> list[bytes]:
     """Small valid files of every format the normaliser documents, made from a real photo crop."""
     img = Image.open(PHOTO[0]).convert("RGB").resize((48, 32)) if PHOTO else Image.new("RGB", (48, 32), (90, 30, 200))
     out = []
-    for fmt, im, kw in [("JPEG", img, {"quality": 80}), ("PNG", img.convert("RGBA"), {}), ("GIF", img.convert("P"), {}),
-                        ("WEBP", img, {}), ("BMP", img, {}), ("TIFF", img.convert("I;16"), {}), ("PNG", img.convert("LA"), {})]:
+    for fmt, im, kw in [
+        ("JPEG", img, {"quality": 80}),
+        ("PNG", img.convert("RGBA"), {}),
+        ("GIF", img.convert("P"), {}),
+        ("WEBP", img, {}),
+        ("BMP", img, {}),
+        ("TIFF", img.convert("I;16"), {}),
+        ("PNG", img.convert("LA"), {}),
+    ]:
         buf = io.BytesIO()
         im.save(buf, fmt, **kw)
         out.append(buf.getvalue())

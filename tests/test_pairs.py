@@ -28,7 +28,17 @@ def test_load_resolves_paths_relative_to_manifest_and_keeps_provenance(files: Pa
     m = _write(
         files / "pairs.jsonl",
         [
-            json.dumps({"query": "img/e1.jpg", "origin": "img/o1.jpg", "model": "sd2", "prompt": "snow", "strength": 0.9, "source": "x", "id": 7}),
+            json.dumps(
+                {
+                    "query": "img/e1.jpg",
+                    "origin": "img/o1.jpg",
+                    "model": "sd2",
+                    "prompt": "snow",
+                    "strength": 0.9,
+                    "source": "x",
+                    "id": 7,
+                }
+            ),
             "",
             json.dumps({"query": "img/e2.jpg", "origin": "img/o1.jpg"}),
             json.dumps({"query": "img/e3.jpg", "origin": str(files / "img" / "o2.jpg")}),
@@ -66,7 +76,10 @@ def test_malformed_lines_name_the_line(files: Path, line: str, message: str) -> 
 def test_missing_file_names_line_and_path(files: Path) -> None:
     m = _write(
         files / "pairs.jsonl",
-        [json.dumps({"query": "img/e1.jpg", "origin": "img/o1.jpg"}), json.dumps({"query": "img/nope.jpg", "origin": "img/o1.jpg"})],
+        [
+            json.dumps({"query": "img/e1.jpg", "origin": "img/o1.jpg"}),
+            json.dumps({"query": "img/nope.jpg", "origin": "img/o1.jpg"}),
+        ],
     )
     with pytest.raises(ManifestError, match=r"line 2: query file not found: .*nope\.jpg"):
         load_pairs(m)

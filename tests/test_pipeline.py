@@ -12,8 +12,10 @@ from id2_plugin.pipeline import Pipeline, Upload
 def test_from_config_adds_uploads_to_an_existing_store(photo_paths: list[Path], tmp_path: Path) -> None:
     """A store made earlier is opened without ``create_store`` and still takes new references."""
     config = tmp_path / "id2.yaml"
-    config.write_text("embedder:\n  input_size: 64\n  device: cpu\n  projection: none\n  allow_raw_latent: true\n"
-                      f"store:\n  path: {tmp_path / 'store'}\n")
+    config.write_text(
+        "embedder:\n  input_size: 64\n  device: cpu\n  projection: none\n  allow_raw_latent: true\n"
+        f"store:\n  path: {tmp_path / 'store'}\n"
+    )
     cfg = load_config(config)
     with Pipeline.from_config(cfg, create_store=True) as pipeline:
         pipeline.add_files(photo_paths[:2])

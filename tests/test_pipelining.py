@@ -131,8 +131,8 @@ def test_bad_batch_sizes_are_refused(value) -> None:
 
 
 def test_pipelined_embeddings_equal_the_sequential_ones(photo_paths: list[Path], taef2_encoder) -> None:
-    from id2_plugin.embedders.base import Embedder, Projection
     from id2_plugin.assembly import default_projection_path
+    from id2_plugin.embedders.base import Embedder, Projection
 
     embedder = Embedder(taef2_encoder, Projection.load(default_projection_path("taef2")))
     paths = photo_paths[100:105]

@@ -35,7 +35,8 @@ def test_import_is_light() -> None:
 @pytest.fixture()
 def external_plugin(tmp_path: Path) -> Path:
     """A real installed distribution (dist-info + entry point) providing an embedder and a command."""
-    (tmp_path / "acme_id2.py").write_text(textwrap.dedent('''
+    (tmp_path / "acme_id2.py").write_text(
+        textwrap.dedent("""
         import click, numpy as np
         import id2_plugin
 
@@ -60,7 +61,8 @@ def external_plugin(tmp_path: Path) -> Path:
         @id2_plugin.hookimpl
         def id2_register_commands(cli):
             cli.add_command(hello)
-    '''))
+    """)
+    )
     dist = tmp_path / "acme_id2-1.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-id2\nVersion: 1.0\n")
@@ -83,20 +85,23 @@ def test_entry_point_discovery(external_plugin: Path) -> None:
     assert "acme-const" not in _run(code, external_plugin, ID2_LOAD_PLUGINS="").stdout
     assert "acme-const" in _run(code, external_plugin, ID2_LOAD_PLUGINS="acme").stdout
     # disabling a built-in by its short module name
-    out = _run("from id2_plugin import plugins; print(sorted(plugins.store_factories()))", external_plugin,
-               ID2_DISABLE_PLUGINS="stores").stdout
+    out = _run(
+        "from id2_plugin import plugins; print(sorted(plugins.store_factories()))",
+        external_plugin,
+        ID2_DISABLE_PLUGINS="stores",
+    ).stdout
     assert "faiss" not in out
 
 
 def test_external_embedder_and_command_work(external_plugin: Path) -> None:
-    code = textwrap.dedent('''
+    code = textwrap.dedent("""
         import numpy as np
         from id2_plugin.config import EmbedderConfig
         from id2_plugin.assembly import build_embedder
         e = build_embedder(EmbedderConfig(name="acme-const", projection="none", allow_raw_latent=True, device="cpu"))
         v = e.embed([np.zeros((8, 8, 3), np.uint8)])
         print(e.dim, v.shape)
-    ''')
+    """)
     res = _run(code, external_plugin)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["4", "(1,", "4)"]

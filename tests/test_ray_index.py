@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from id2_plugin.config import EmbedderConfig, StoreConfig
 from id2_plugin.assembly import build_embedder, open_store
+from id2_plugin.config import EmbedderConfig, StoreConfig
 
 # The VAE signal alone: these tests are about the Ray plumbing, which is the same for every embedder.
 EMBEDDER = EmbedderConfig(name="taef2", device="cpu", batch_size=8)
@@ -29,10 +29,11 @@ def _folder(tmp_path: Path, photos: list[Path]) -> tuple[Path, Path]:
     return folder, bad
 
 
-def test_workers_hash_and_embed_with_per_file_errors(tmp_path: Path, photo_paths: list[Path], taef2_encoder,
-                                                     latent_cache) -> None:
-    from id2_plugin.embedders.base import Embedder
+def test_workers_hash_and_embed_with_per_file_errors(
+    tmp_path: Path, photo_paths: list[Path], taef2_encoder, latent_cache
+) -> None:
     from id2_plugin.assembly import load_projection
+    from id2_plugin.embedders.base import Embedder
     from id2_plugin.ray_index import _EmbedActor, _hash_batch
 
     good = photo_paths[200:202]
@@ -60,14 +61,15 @@ def test_workers_hash_and_embed_with_per_file_errors(tmp_path: Path, photo_paths
 
 
 @pytest.mark.slow
-def test_index_folder_on_local_ray_into_faiss_and_qdrant(tmp_path: Path, photo_paths: list[Path], taef2_encoder,
-                                                          latent_cache) -> None:
+def test_index_folder_on_local_ray_into_faiss_and_qdrant(
+    tmp_path: Path, photo_paths: list[Path], taef2_encoder, latent_cache
+) -> None:
     """12 real photos -> Ray (2 CPUs) -> FAISS and Qdrant stores; a rerun adds nothing."""
     ray = pytest.importorskip("ray")
     pytest.importorskip("faiss")
     pytest.importorskip("qdrant_client")
-    from id2_plugin.embedders.base import Embedder
     from id2_plugin.assembly import load_projection
+    from id2_plugin.embedders.base import Embedder
     from id2_plugin.ray_index import index_folder_ray
 
     photos = photo_paths[300:312]
@@ -84,8 +86,9 @@ def test_index_folder_on_local_ray_into_faiss_and_qdrant(tmp_path: Path, photo_p
             "qdrant": StoreConfig(backend="qdrant", url=str(tmp_path / "qdrant"), collection="photos"),
         }
         for name, cfg in stores.items():
-            first = index_folder_ray([folder], EMBEDDER, cfg, labels=("ray",), batch_size=4, num_workers=1,
-                                     commit_every=5, progress=False)
+            first = index_folder_ray(
+                [folder], EMBEDDER, cfg, labels=("ray",), batch_size=4, num_workers=1, commit_every=5, progress=False
+            )
             assert (first.files, first.added, first.duplicates, first.store_count) == (14, 12, 1, 12), name
             assert [u for u, _ in first.failures] == [str(bad)], name
             again = index_folder_ray([folder], EMBEDDER, cfg, batch_size=4, progress=False)

@@ -73,8 +73,10 @@ def keys_markdown() -> str:
         for field in dataclasses.fields(value):
             default = getattr(value, field.name)
             shown = "none" if default is None else f"`{default!r}`"
-            rows.append(f"| `{section}.{field.name}` | `{_cell(str(field.type))}` | {_cell(shown)} | "
-                        f"{_cell(notes.get(field.name, ''))} |")
+            rows.append(
+                f"| `{section}.{field.name}` | `{_cell(str(field.type))}` | {_cell(shown)} | "
+                f"{_cell(notes.get(field.name, ''))} |"
+            )
     return "\n".join(rows) + "\n"
 
 

@@ -56,8 +56,10 @@ def _operation(method: str, path: str, op: dict[str, Any]) -> str:
     if op.get("parameters"):
         out.append("| parameter | in | type | required | description |\n|---|---|---|---|---|")
         for p in op["parameters"]:
-            out.append(f"| `{p['name']}` | {p['in']} | {_type(p.get('schema', {}))} | "
-                       f"{'yes' if p.get('required') else 'no'} | {_cell(p.get('description', ''))} |")
+            out.append(
+                f"| `{p['name']}` | {p['in']} | {_type(p.get('schema', {}))} | "
+                f"{'yes' if p.get('required') else 'no'} | {_cell(p.get('description', ''))} |"
+            )
         out.append("")
     body = op.get("requestBody")
     if body:
@@ -71,8 +73,9 @@ def _operation(method: str, path: str, op: dict[str, Any]) -> str:
             out.append("")
     out.append("| status | meaning | body |\n|---|---|---|")
     for status, resp in op.get("responses", {}).items():
-        bodies = ", ".join(f"`{kind}` {_type(c.get('schema', {}))}".rstrip()
-                           for kind, c in resp.get("content", {}).items())
+        bodies = ", ".join(
+            f"`{kind}` {_type(c.get('schema', {}))}".rstrip() for kind, c in resp.get("content", {}).items()
+        )
         headers = ", ".join(f"header `{h}`" for h in resp.get("headers", {}))
         shapes = ", ".join(x for x in (bodies, headers) if x)
         out.append(f"| {status} | {_cell(resp.get('description', ''))} | {shapes} |")
@@ -87,16 +90,21 @@ def _schema(name: str, schema: dict[str, Any]) -> str:
     if props:
         out.append("| field | type | required | description |\n|---|---|---|---|")
         for field, s in props.items():
-            out.append(f"| `{field}` | {_type(s)} | {'yes' if field in schema.get('required', []) else 'no'} | "
-                       f"{_cell(s.get('description', ''))} |")
+            out.append(
+                f"| `{field}` | {_type(s)} | {'yes' if field in schema.get('required', []) else 'no'} | "
+                f"{_cell(s.get('description', ''))} |"
+            )
     return "\n".join(out) + "\n"
 
 
 def spec_markdown(spec: dict[str, Any]) -> str:
     """The routes (each with its parameters, body and every declared status) and then the body schemas."""
     info = spec["info"]
-    out = [f"OpenAPI {spec['openapi']}, `{info['title']}` {info['version']}: {info.get('description', '')} "
-           f"The whole document: [openapi.json](openapi.json).\n", "## Routes\n"]
+    out = [
+        f"OpenAPI {spec['openapi']}, `{info['title']}` {info['version']}: {info.get('description', '')} "
+        f"The whole document: [openapi.json](openapi.json).\n",
+        "## Routes\n",
+    ]
     for path, methods in spec["paths"].items():
         out.extend(_operation(method, path, op) for method, op in methods.items())
     out.append("## Bodies\n")

@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from ..cli_support import cache_option, echo_json, get_state, handle_errors
-
 from ..hookspecs import hookimpl
 
 

@@ -40,13 +40,24 @@ def index_group() -> None:
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--label", "labels", multiple=True, help="Label stored with every added reference (repeatable).")
 @click.option("--index-type", default=None, help="Index type when the store is created (store.index).")
-@click.option("--commit-every", type=click.IntRange(min=1), default=1024, show_default=True,
-              help="Commit after this many new references, so an interrupted run keeps its work.")
+@click.option(
+    "--commit-every",
+    type=click.IntRange(min=1),
+    default=1024,
+    show_default=True,
+    help="Commit after this many new references, so an interrupted run keeps its work.",
+)
 @config_option_flags
 @click.pass_context
 @handle_errors
-def index_add(ctx: click.Context, paths: tuple[str, ...], labels: tuple[str, ...], index_type: str | None,
-              commit_every: int, **flags: Any) -> None:
+def index_add(
+    ctx: click.Context,
+    paths: tuple[str, ...],
+    labels: tuple[str, ...],
+    index_type: str | None,
+    commit_every: int,
+    **flags: Any,
+) -> None:
     """Embed images (folders recurse) and add them to the store; duplicates (same bytes) are skipped.
     Exit 4 if some file could not be read (reported; the rest is added)."""
     from ..pipeline import Pipeline
@@ -61,8 +72,10 @@ def index_add(ctx: click.Context, paths: tuple[str, ...], labels: tuple[str, ...
     for what, why in res.failures:
         click.echo(printable(f"skipped {what}: {why}"), err=True)
     failed = len(res.failures) + len(problems)
-    click.echo(f"added {len(res.added)}, duplicates skipped {len(res.duplicates)}, failed {failed}; "
-               f"store now holds {res.store_count} references")
+    click.echo(
+        f"added {len(res.added)}, duplicates skipped {len(res.duplicates)}, failed {failed}; "
+        f"store now holds {res.store_count} references"
+    )
     sys.exit(outcome_code(unreadable=failed))
 
 
@@ -80,8 +93,12 @@ def index_info(ctx: click.Context, as_json: bool, **flags: Any) -> None:
 
     with open_store(cfg.store, embedder_identity=None, dim=None, create=False) as store:
         info = store.info()
-    doc = dict(info.to_dict(), method=embedder_kind(info.embedder), status=info.extra.get("status", "ok"),
-               decision=_decision_summary(cfg, info))
+    doc = dict(
+        info.to_dict(),
+        method=embedder_kind(info.embedder),
+        status=info.extra.get("status", "ok"),
+        decision=_decision_summary(cfg, info),
+    )
     if as_json:
         echo_json(doc)
     else:
@@ -102,11 +119,16 @@ def _decision_summary(cfg: Any, info: Any) -> dict[str, Any] | str:
     op = model.operating_point if model is not None else None
     if op is None:
         return "cosine, uncalibrated for this store's embedder (run `id2-plugin calibrate --store`)"
-    return {"model": model.source, "decides": "cosine" if cfg.match.decision == "cosine" else "model",
-            "threshold": op.threshold, "cosine_threshold": op.cosine_threshold,
-            "target_false_match_rate": op.target_fpr, "pair_rate_bound": op.pair_fpr_upper_bound,
-            "false_match_rate_bound_at_this_size": round(op.per_query_fpr(info.count), 6),
-            "calibrated_at_references": op.n_references}
+    return {
+        "model": model.source,
+        "decides": "cosine" if cfg.match.decision == "cosine" else "model",
+        "threshold": op.threshold,
+        "cosine_threshold": op.cosine_threshold,
+        "target_false_match_rate": op.target_fpr,
+        "pair_rate_bound": op.pair_fpr_upper_bound,
+        "false_match_rate_bound_at_this_size": round(op.per_query_fpr(info.count), 6),
+        "calibrated_at_references": op.n_references,
+    }
 
 
 @index_group.command("remove")
@@ -132,11 +154,21 @@ def index_remove(ctx: click.Context, keys: tuple[str, ...], **flags: Any) -> Non
 @click.argument("files", nargs=-1, required=True, type=click.Path())
 @match_option_flags
 @click.option("--json", "as_json", is_flag=True, help="One JSON report per line.")
-@click.option("--rotations", callback=parse_rotations, default=None,
-              help="Also search the query turned by these degrees, e.g. 0,90,180,270 (match.rotations; k variants = k embeddings).")
-@click.option("--mirror/--no-mirror", default=None, help="Also search each rotation mirrored (match.mirror; doubles the cost).")
-@click.option("--windows", type=click.Choice(["auto", "always", "off"]), default=None,
-              help="Search the query's 9 half-size windows too: below the threshold (auto), always, or never (match.windows).")
+@click.option(
+    "--rotations",
+    callback=parse_rotations,
+    default=None,
+    help="Also search the query turned by these degrees, e.g. 0,90,180,270 (match.rotations; k variants = k embeddings).",
+)
+@click.option(
+    "--mirror/--no-mirror", default=None, help="Also search each rotation mirrored (match.mirror; doubles the cost)."
+)
+@click.option(
+    "--windows",
+    type=click.Choice(["auto", "always", "off"]),
+    default=None,
+    help="Search the query's 9 half-size windows too: below the threshold (auto), always, or never (match.windows).",
+)
 @config_option_flags
 @click.pass_context
 @handle_errors
@@ -176,8 +208,14 @@ def _print_report(path: Path, report: Any, as_json: bool) -> str:
     if as_json:
         echo_json(report.to_dict())
         return outcome
-    rate = "" if report.false_match_rate is None else f", false matches <= {report.false_match_rate:.2%} of unrelated queries"
-    click.echo(printable(f"{path}: {report.decision.upper()} ({report.score_kind} threshold {report.threshold:.3f}{rate})"))
+    rate = (
+        ""
+        if report.false_match_rate is None
+        else f", false matches <= {report.false_match_rate:.2%} of unrelated queries"
+    )
+    click.echo(
+        printable(f"{path}: {report.decision.upper()} ({report.score_kind} threshold {report.threshold:.3f}{rate})")
+    )
     for m in report.matches:
         cosine = "" if m.cosine is None else f" cosine={m.cosine:.4f}"
         evidence = "".join(f" {name}={score:.3f}" for name, score in m.signals)
@@ -229,20 +267,39 @@ def config_show(ctx: click.Context) -> None:
     cfg = get_state(ctx).config()
     click.echo(f"# source: {cfg.source or 'defaults'}")
     active = resolve_embedder_name(cfg.embedder)
-    why = "" if cfg.embedder.name != "auto" else (
-        " (SSCD resolved)" if active == "fused" else f" (SSCD unavailable: {(sscd_available(cfg.embedder) or '').splitlines()[0]})")
+    why = (
+        ""
+        if cfg.embedder.name != "auto"
+        else (
+            " (SSCD resolved)"
+            if active == "fused"
+            else f" (SSCD unavailable: {(sscd_available(cfg.embedder) or '').splitlines()[0]})"
+        )
+    )
     click.echo(f"# active embedder: {active}{why}")
     click.echo(cfg.to_yaml(mask_secrets=True), nl=False)
 
 
 @click.command("quantize")
 @click.argument("photos", nargs=-1, type=click.Path(exists=True))
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Models folder to write taef2/taef2_encoder_{int8,fp32}.onnx into (default: the first $ID2_MODELS_DIR entry).")
-@click.option("--images", "count", type=int, default=100, show_default=True, help="Calibration photos used (spread over PHOTOS).")
-@click.option("--precision", type=click.Choice(["int8", "fp32"]), default="int8", show_default=True,
-              help="int8: quantise, calibrated on PHOTOS; fp32: export the weights as they are (no PHOTOS), "
-                   "for embedder.runtime=onnxruntime.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Models folder to write taef2/taef2_encoder_{int8,fp32}.onnx into (default: the first $ID2_MODELS_DIR entry).",
+)
+@click.option(
+    "--images", "count", type=int, default=100, show_default=True, help="Calibration photos used (spread over PHOTOS)."
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["int8", "fp32"]),
+    default="int8",
+    show_default=True,
+    help="int8: quantise, calibrated on PHOTOS; fp32: export the weights as they are (no PHOTOS), "
+    "for embedder.runtime=onnxruntime.",
+)
 @click.pass_context
 @handle_errors
 def quantize(ctx: click.Context, photos: tuple[str, ...], out_dir: str | None, count: int, precision: str) -> None:
@@ -263,14 +320,18 @@ def quantize(ctx: click.Context, photos: tuple[str, ...], out_dir: str | None, c
         raise ConfigError(f"quantize needs --out DIR (or $ID2_MODELS_DIR) for the {precision} model")
     if precision == "fp32":
         path = export_taef2_fp32(out_dir, weights=cfg.embedder.weights, input_size=cfg.embedder.input_size)
-        click.echo(f"wrote {path}; with ID2_MODELS_DIR={out_dir}, embedder.runtime auto (the default) runs it on the CPU")
+        click.echo(
+            f"wrote {path}; with ID2_MODELS_DIR={out_dir}, embedder.runtime auto (the default) runs it on the CPU"
+        )
         return
     if not photos:
         raise click.UsageError("--precision int8 needs calibration PHOTOS (files or folders)")
     files, problems = expand_inputs(photos)  # each problem reported; calibration uses the readable rest
     path = quantize_taef2(out_dir, files, weights=cfg.embedder.weights, count=count, input_size=cfg.embedder.input_size)
-    click.echo(f"wrote {path} (calibrated on {min(count, len(files))} photos); use it with ID2_MODELS_DIR={out_dir} "
-               f"and embedder.precision=int8 (or auto)")
+    click.echo(
+        f"wrote {path} (calibrated on {min(count, len(files))} photos); use it with ID2_MODELS_DIR={out_dir} "
+        f"and embedder.precision=int8 (or auto)"
+    )
     sys.exit(outcome_code(unreadable=bool(problems)))
 
 

@@ -17,30 +17,81 @@ from ..hookspecs import hookimpl
 
 
 @click.command("fit-decision")
-@click.option("--pairs", "pairs_paths", required=True, multiple=True, type=click.Path(dir_okay=False, exists=True),
-              help="Real edit pairs (JSONL {query, origin[, twins]}); repeatable, the manifests are pooled.")
-@click.option("--negatives", "negative_dirs", required=True, multiple=True, type=click.Path(exists=True),
-              help="Unrelated images, queries that must not match (folders recurse; repeatable).")
-@click.option("--distractors", multiple=True, type=click.Path(exists=True),
-              help="References without queries besides the pairs' origins (folders recurse; repeatable).")
-@click.option("--holdout-distractors", "holdout_every", type=click.IntRange(min=0), default=4, show_default=True,
-              help="Every N-th distractor becomes an unrelated query instead of a reference (0: none).")
+@click.option(
+    "--pairs",
+    "pairs_paths",
+    required=True,
+    multiple=True,
+    type=click.Path(dir_okay=False, exists=True),
+    help="Real edit pairs (JSONL {query, origin[, twins]}); repeatable, the manifests are pooled.",
+)
+@click.option(
+    "--negatives",
+    "negative_dirs",
+    required=True,
+    multiple=True,
+    type=click.Path(exists=True),
+    help="Unrelated images, queries that must not match (folders recurse; repeatable).",
+)
+@click.option(
+    "--distractors",
+    multiple=True,
+    type=click.Path(exists=True),
+    help="References without queries besides the pairs' origins (folders recurse; repeatable).",
+)
+@click.option(
+    "--holdout-distractors",
+    "holdout_every",
+    type=click.IntRange(min=0),
+    default=4,
+    show_default=True,
+    help="Every N-th distractor becomes an unrelated query instead of a reference (0: none).",
+)
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Decision model JSON to write.")
-@click.option("--target-fpr", type=float, default=0.002, show_default=True,
-              help="False-match rate per unrelated query the operating point must bound (95% one-sided).")
+@click.option(
+    "--target-fpr",
+    type=float,
+    default=0.002,
+    show_default=True,
+    help="False-match rate per unrelated query the operating point must bound (95% one-sided).",
+)
 @click.option("--confidence", type=float, default=0.95, show_default=True)
-@click.option("--feature", "features", multiple=True, default=DEFAULT_FEATURES, show_default=True,
-              help="Features of the model (repeatable).")
-@click.option("--folds", "n_folds", type=click.IntRange(min=2), default=5, show_default=True,
-              help="Grouped cross-validation folds.")
+@click.option(
+    "--feature",
+    "features",
+    multiple=True,
+    default=DEFAULT_FEATURES,
+    show_default=True,
+    help="Features of the model (repeatable).",
+)
+@click.option(
+    "--folds",
+    "n_folds",
+    type=click.IntRange(min=2),
+    default=5,
+    show_default=True,
+    help="Grouped cross-validation folds.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @config_option_flags
 @click.pass_context
 @handle_errors
-def fit_decision_command(ctx: click.Context, pairs_paths: tuple[str, ...], negative_dirs: tuple[str, ...],
-                         distractors: tuple[str, ...], holdout_every: int, out_path: str, target_fpr: float, confidence: float,
-                         features: tuple[str, ...], n_folds: int, seed: int, as_json: bool, **flags: Any) -> None:
+def fit_decision_command(
+    ctx: click.Context,
+    pairs_paths: tuple[str, ...],
+    negative_dirs: tuple[str, ...],
+    distractors: tuple[str, ...],
+    holdout_every: int,
+    out_path: str,
+    target_fpr: float,
+    confidence: float,
+    features: tuple[str, ...],
+    n_folds: int,
+    seed: int,
+    as_json: bool,
+    **flags: Any,
+) -> None:
     """Fit the decision model of the configured (multi-signal) embedder and choose its operating point.
 
     Every edit and every negative is searched among the origins and distractors; the store's top
@@ -55,19 +106,31 @@ def fit_decision_command(ctx: click.Context, pairs_paths: tuple[str, ...], negat
     negative_files, skipped = scan_inputs(negative_dirs)
     distractor_files, problems = scan_inputs(distractors)
     skipped += problems
-    fit, report = fit_decision_files(cfg, list(pairs_paths), negative_files, distractor_files, features=list(features),
-                          target_fpr=target_fpr, confidence=confidence, n_folds=n_folds, seed=seed,
-                                        holdout_every=holdout_every)
+    fit, report = fit_decision_files(
+        cfg,
+        list(pairs_paths),
+        negative_files,
+        distractor_files,
+        features=list(features),
+        target_fpr=target_fpr,
+        confidence=confidence,
+        n_folds=n_folds,
+        seed=seed,
+        holdout_every=holdout_every,
+    )
     skipped += report.pop("skipped")
     model: DecisionModel = fit.model
-    model = dataclasses.replace(model, provenance={
-        **model.provenance,
-        "pairs": [str(Path(p).resolve()) for p in pairs_paths],
-        "negatives": [str(Path(d).resolve()) for d in negative_dirs],
-        "distractors": [str(Path(d).resolve()) for d in distractors],
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": "id2-plugin fit-decision " + " ".join(sys.argv[2:]),
-    })
+    model = dataclasses.replace(
+        model,
+        provenance={
+            **model.provenance,
+            "pairs": [str(Path(p).resolve()) for p in pairs_paths],
+            "negatives": [str(Path(d).resolve()) for d in negative_dirs],
+            "distractors": [str(Path(d).resolve()) for d in distractors],
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": "id2-plugin fit-decision " + " ".join(sys.argv[2:]),
+        },
+    )
     path = model.save(out_path)
     if as_json:
         echo_json(dict(report, out=str(path), skipped=skipped))
@@ -80,17 +143,25 @@ def _print_report(model: DecisionModel, report: dict[str, Any], path: Path) -> N
     op = model.operating_point
     assert op is not None
     click.echo(f"decision model ({', '.join(model.features)}) -> {path}")
-    click.echo(f"  operating point: threshold {op.threshold:.4f}; held-out false matches {op.false_matches} of "
-               f"{op.n_negatives} negatives (95% bound {op.fpr_upper_bound:.4f} per query at {op.n_references} "
-               f"references, {op.pair_fpr_upper_bound:.2e} per pair); windows searched from {op.window_floor:.4f}")
-    click.echo("  held-out (grouped folds), MATCH with the right origin at the threshold, beside the fused cosine "
-               "at a threshold chosen the same way:")
+    click.echo(
+        f"  operating point: threshold {op.threshold:.4f}; held-out false matches {op.false_matches} of "
+        f"{op.n_negatives} negatives (95% bound {op.fpr_upper_bound:.4f} per query at {op.n_references} "
+        f"references, {op.pair_fpr_upper_bound:.2e} per pair); windows searched from {op.window_floor:.4f}"
+    )
+    click.echo(
+        "  held-out (grouped folds), MATCH with the right origin at the threshold, beside the fused cosine "
+        "at a threshold chosen the same way:"
+    )
     for label, row in report["per_set"].items():
-        click.echo(f"    {label[:50]:50s} n={row['n']:4d}  top1 {row['top1']:.3f}  MATCH {row['match']:.3f}  "
-                   f"(cosine: top1 {row['cosine_top1']:.3f} MATCH {row['cosine_match']:.3f})")
+        click.echo(
+            f"    {label[:50]:50s} n={row['n']:4d}  top1 {row['top1']:.3f}  MATCH {row['match']:.3f}  "
+            f"(cosine: top1 {row['cosine_top1']:.3f} MATCH {row['cosine_match']:.3f})"
+        )
     for label, row in report["negatives"].items():
-        click.echo(f"    negatives {label[:40]:40s} n={row['n']:4d}  false matches {row['false']} "
-                   f"(cosine: {row['cosine_false']})")
+        click.echo(
+            f"    negatives {label[:40]:40s} n={row['n']:4d}  false matches {row['false']} "
+            f"(cosine: {row['cosine_false']})"
+        )
     click.echo(f"use it with: id2-plugin --set match.decision={path} ...")
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-
 from ..hookspecs import hookimpl
 
 
@@ -15,7 +14,11 @@ def _taef2(precision: str = "fp32", runtime: str = "auto", **kwargs: Any) -> Any
     device, weights = kwargs.get("device", "auto"), kwargs.get("weights")
     if precision_for(precision, device, weights) == "int8":
         return TAEF2Int8Encoder(**kwargs)
-    return TAEF2OnnxFp32Encoder(**kwargs) if runtime_for(runtime, device, weights) == "onnxruntime" else TAEF2Encoder(**kwargs)
+    return (
+        TAEF2OnnxFp32Encoder(**kwargs)
+        if runtime_for(runtime, device, weights) == "onnxruntime"
+        else TAEF2Encoder(**kwargs)
+    )
 
 
 def _sd_vae(precision: str = "fp32", runtime: str = "auto", **kwargs: Any) -> Any:

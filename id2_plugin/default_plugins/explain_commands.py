@@ -7,20 +7,26 @@ from typing import Any
 
 import click
 
-from ..hookspecs import hookimpl
 from ..cli_support import config_from_flags, config_option_flags, echo_json, handle_errors, outcome_code, printable
+from ..hookspecs import hookimpl
 
 
 @click.command("explain")
 @click.argument("query", type=click.Path(exists=True, dir_okay=False))
 @click.argument("reference", type=click.Path(exists=True, dir_okay=False))
-@click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="Write the side-by-side picture here (.png, or .html embedding it); nothing is written without it.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the side-by-side picture here (.png, or .html embedding it); nothing is written without it.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the explanation as one JSON object.")
 @config_option_flags
 @click.pass_context
 @handle_errors
-def explain_command(ctx: click.Context, query: str, reference: str, out: str | None, as_json: bool, **flags: Any) -> None:
+def explain_command(
+    ctx: click.Context, query: str, reference: str, out: str | None, as_json: bool, **flags: Any
+) -> None:
     """Explain the match of QUERY against REFERENCE: each signal's score (id2, sscd, fused), the latent
     cell-by-cell similarity map and SIFT + RANSAC local-feature inliers, drawn side by side in --out.
     Exit 1 when the pair scores below the threshold, 4 when an image cannot be read."""

@@ -9,9 +9,9 @@ from typing import Any
 
 import click
 
-from ..hookspecs import hookimpl
 from ..cli_support import config_from_flags, config_option_flags, echo_json, handle_errors, outcome_code
 from ..errors import ConfigError
+from ..hookspecs import hookimpl
 
 #: SSCD cosine at or above which two origins count as one photo for the folds (copies score above 0.75,
 #: unrelated photos of the shared set below 0.35)
@@ -19,33 +19,54 @@ SAME_PHOTO_SSCD = 0.5
 
 
 @click.command("fit-fusion")
-@click.option("--pairs", "pairs_paths", required=True, multiple=True, type=click.Path(dir_okay=False, exists=True),
-              help="Real edit pairs (JSONL {query, origin}); repeatable, the manifests are pooled.")
-@click.option("--distractors", multiple=True, type=click.Path(exists=True),
-              help="References without queries, the negatives every query must rank below its origin (repeatable).")
+@click.option(
+    "--pairs",
+    "pairs_paths",
+    required=True,
+    multiple=True,
+    type=click.Path(dir_okay=False, exists=True),
+    help="Real edit pairs (JSONL {query, origin}); repeatable, the manifests are pooled.",
+)
+@click.option(
+    "--distractors",
+    multiple=True,
+    type=click.Path(exists=True),
+    help="References without queries, the negatives every query must rank below its origin (repeatable).",
+)
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Fusion fit JSON to write.")
 @click.option("--step", type=float, default=0.05, show_default=True, help="Grid step of the weights.")
-@click.option("--folds", "n_folds", type=int, default=5, show_default=True, help="Grouped cross-validation folds (0 = none).")
+@click.option(
+    "--folds", "n_folds", type=int, default=5, show_default=True, help="Grouped cross-validation folds (0 = none)."
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @config_option_flags
 @click.pass_context
 @handle_errors
-def fit_fusion_command(ctx: click.Context, pairs_paths: tuple[str, ...], distractors: tuple[str, ...], out_path: str, step: float,
-                       n_folds: int, seed: int, as_json: bool, **flags: Any) -> None:
+def fit_fusion_command(
+    ctx: click.Context,
+    pairs_paths: tuple[str, ...],
+    distractors: tuple[str, ...],
+    out_path: str,
+    step: float,
+    n_folds: int,
+    seed: int,
+    as_json: bool,
+    **flags: Any,
+) -> None:
     """Fit the per-signal weights of the fused embedder (id2 + sscd) and write them with their provenance.
 
     Every query is ranked among all origins and distractors; the weights maximise top-1 + mAP (micro-AP
     breaks ties). Grouped cross-validation (folds never split a photo) reports the held-out scores of the
     fit beside each signal alone. Use the result with `--set embedder.fusion=OUT`.
     """
-    from ..embedders.fused import FusedEmbedder, FusionFit
-    from ..evaluate import EmbedderMethod, embed_images
-    from ..eval_sets import load_pairs_for_eval, prepare_eval_set
-    from ..fusion import fit_fusion
     from ..assembly import build_signals
-    from ..train.crossval import grouped_folds, origin_groups
+    from ..embedders.fused import FusedEmbedder, FusionFit
+    from ..eval_sets import load_pairs_for_eval, prepare_eval_set
+    from ..evaluate import EmbedderMethod, embed_images
+    from ..fusion import fit_fusion
     from ..pairs import manifest_digest
+    from ..train.crossval import grouped_folds, origin_groups
 
     if not 0.0 < step <= 0.5:
         raise ConfigError(f"--step must be in (0, 0.5], got {step}")
@@ -61,7 +82,10 @@ def fit_fusion_command(ctx: click.Context, pairs_paths: tuple[str, ...], distrac
     descs = {}
     for p in parts:
         m = EmbedderMethod(p, None, p.name)
-        descs[p.name] = (embed_images(m, data.queries, progress=f"{p.name}: queries"), embed_images(m, data.references, progress=f"{p.name}: references"))
+        descs[p.name] = (
+            embed_images(m, data.queries, progress=f"{p.name}: queries"),
+            embed_images(m, data.references, progress=f"{p.name}: references"),
+        )
     sims = {name: q @ r.T for name, (q, r) in descs.items()}
     folds = None
     if n_folds:
@@ -71,23 +95,34 @@ def fit_fusion_command(ctx: click.Context, pairs_paths: tuple[str, ...], distrac
         group_of = dict(zip(used, origin_groups(sscd_refs[used], SAME_PHOTO_SSCD).tolist()))
         folds = grouped_folds([group_of[c] for c in origin_col], n_folds, seed=seed)
     report = fit_fusion(sims, data.positives, folds=folds, step=step)
-    fit = FusionFit(report.weights, {
-        "signals": {p.name: p.identity for p in parts},
-        "data": {"pairs": {str(Path(p).resolve()): manifest_digest(p) for p in pairs_paths},
-                 "distractors": [str(Path(d).resolve()) for d in distractors],
-                 "n_queries": len(data.queries), "n_references": len(data.references)},
-        "objective": "top1 + mAP (micro-AP breaks ties), grid step %g" % step,
-        "cross_validated": report.cross_validated, "fold_weights": report.fold_weights,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": "id2-plugin fit-fusion " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "id2-plugin fit-fusion",
-    })
+    fit = FusionFit(
+        report.weights,
+        {
+            "signals": {p.name: p.identity for p in parts},
+            "data": {
+                "pairs": {str(Path(p).resolve()): manifest_digest(p) for p in pairs_paths},
+                "distractors": [str(Path(d).resolve()) for d in distractors],
+                "n_queries": len(data.queries),
+                "n_references": len(data.references),
+            },
+            "objective": "top1 + mAP (micro-AP breaks ties), grid step %g" % step,
+            "cross_validated": report.cross_validated,
+            "fold_weights": report.fold_weights,
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": "id2-plugin fit-fusion " + " ".join(sys.argv[2:])
+            if len(sys.argv) > 2
+            else "id2-plugin fit-fusion",
+        },
+    )
     path = fit.save(out_path)
     if as_json:
         echo_json(dict(report.to_dict(), out=str(path), skipped=data.skipped))
     else:
         click.echo(f"weights {', '.join(f'{n} {w:.2f}' for n, w in fit.weights.items())} -> {path}")
         for name, m in report.cross_validated.items():
-            click.echo(f"  held-out ({n_folds} grouped folds) {name:6s} top1 {m['top1']:.3f}  mAP {m['mAP']:.3f}  micro-AP {m['micro_ap']:.3f}")
+            click.echo(
+                f"  held-out ({n_folds} grouped folds) {name:6s} top1 {m['top1']:.3f}  mAP {m['mAP']:.3f}  micro-AP {m['micro_ap']:.3f}"
+            )
         click.echo(f"use it with: id2-plugin --set embedder.fusion={path} ...")
     sys.exit(outcome_code(unreadable=data.skipped))
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-
+from ..hookspecs import hookimpl
 from ..search import IdentifyContext, search
 from ..types import OriginReport
-
-from ..hookspecs import hookimpl
 
 
 @hookimpl(trylast=True)

@@ -8,10 +8,16 @@ from typing import Any
 
 import click
 
-from ..cli_support import config_from_flags, config_option_flags, handle_errors, outcome_code, printable, ray_option_flags
-from .commands import index_group
-
+from ..cli_support import (
+    config_from_flags,
+    config_option_flags,
+    handle_errors,
+    outcome_code,
+    printable,
+    ray_option_flags,
+)
 from ..hookspecs import hookimpl
+from .commands import index_group
 
 
 @click.command("add-ray")
@@ -19,15 +25,29 @@ from ..hookspecs import hookimpl
 @click.option("--label", "labels", multiple=True, help="Label stored with every added reference (repeatable).")
 @click.option("--index-type", default=None, help="Index type when the store is created (store.index).")
 @ray_option_flags("--workers", "Embedding actors (each loads the model once).")
-@click.option("--commit-every", type=click.IntRange(min=1), default=1024, show_default=True,
-              help="Commit after this many new references, so an interrupted run keeps its work.")
+@click.option(
+    "--commit-every",
+    type=click.IntRange(min=1),
+    default=1024,
+    show_default=True,
+    help="Commit after this many new references, so an interrupted run keeps its work.",
+)
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @config_option_flags
 @click.pass_context
 @handle_errors
-def index_add_ray(ctx: click.Context, paths: tuple[str, ...], labels: tuple[str, ...], index_type: str | None,
-                  ray_address: str | None, workers: int, cpus_per_worker: float, commit_every: int,
-                  no_progress: bool, **flags: Any) -> None:
+def index_add_ray(
+    ctx: click.Context,
+    paths: tuple[str, ...],
+    labels: tuple[str, ...],
+    index_type: str | None,
+    ray_address: str | None,
+    workers: int,
+    cpus_per_worker: float,
+    commit_every: int,
+    no_progress: bool,
+    **flags: Any,
+) -> None:
     """Embed images (folders recurse) on Ray Data and add them to the store (FAISS or Qdrant).
 
     Content already in the store is skipped before embedding, so re-running after an interruption

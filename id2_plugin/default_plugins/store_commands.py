@@ -9,7 +9,6 @@ import click
 
 from ..cli_support import EXIT_OK, EXIT_STORE, config_from_flags, config_option_flags, echo_json, handle_errors
 from ..errors import StoreError
-
 from ..hookspecs import hookimpl
 
 
@@ -26,45 +25,75 @@ def _open_faiss(ctx: click.Context, flags: dict[str, Any]) -> Any:
 
 
 @click.command("tune")
-@click.option("--target-recall", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.99, show_default=True,
-              help="Recall@1 against exact search the chosen setting must reach.")
-@click.option("--queries", "n_queries", type=click.IntRange(min=1), default=1000, show_default=True,
-              help="Number of stored vectors sampled (then perturbed) as queries.")
-@click.option("--query-similarity", type=click.FloatRange(-1.0, 1.0), default=0.8, show_default=True,
-              help="Cosine between a tuning query and the stored vector it is made from (1 = unchanged).")
+@click.option(
+    "--target-recall",
+    type=click.FloatRange(0.0, 1.0, min_open=True),
+    default=0.99,
+    show_default=True,
+    help="Recall@1 against exact search the chosen setting must reach.",
+)
+@click.option(
+    "--queries",
+    "n_queries",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Number of stored vectors sampled (then perturbed) as queries.",
+)
+@click.option(
+    "--query-similarity",
+    type=click.FloatRange(-1.0, 1.0),
+    default=0.8,
+    show_default=True,
+    help="Cosine between a tuning query and the stored vector it is made from (1 = unchanged).",
+)
 @click.option("--no-save", is_flag=True, help="Only report; do not store the chosen value.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @config_option_flags
 @click.pass_context
 @handle_errors
-def index_tune(ctx: click.Context, target_recall: float, n_queries: int, query_similarity: float, no_save: bool,
-               as_json: bool, **flags: Any) -> None:
+def index_tune(
+    ctx: click.Context,
+    target_recall: float,
+    n_queries: int,
+    query_similarity: float,
+    no_save: bool,
+    as_json: bool,
+    **flags: Any,
+) -> None:
     """Choose the cheapest nprobe (IVF) / efSearch (HNSW) reaching TARGET recall@1 and save it in the store.
 
     PQ indexes then get the smallest re-ranking depth (``rerank``) that keeps the target."""
     from ..stores.tuning import tune_search
 
     with _open_faiss(ctx, flags) as store:
-        result = tune_search(store, None, target_recall, n_queries=n_queries, query_similarity=query_similarity,
-                             save=not no_save)
+        result = tune_search(
+            store, None, target_recall, n_queries=n_queries, query_similarity=query_similarity, save=not no_save
+        )
     if as_json:
         echo_json(result.to_dict())
         return
     if result.parameter is None:
         click.echo(f"{result.index_type}: {result.note}")
         return
-    click.echo(f"{result.index_type} over {result.n_vectors} vectors, {result.n_queries} queries "
-               f"(cosine {result.query_similarity} to a stored vector):")
+    click.echo(
+        f"{result.index_type} over {result.n_vectors} vectors, {result.n_queries} queries "
+        f"(cosine {result.query_similarity} to a stored vector):"
+    )
     click.echo(f"  {result.parameter:>8}  recall@1  ms/query")
     for p in result.curve:
         click.echo(f"  {p.value:>8}  {p.recall_at_1:8.4f}  {p.ms_per_query:8.3f}")
     verdict = "reaches" if result.reached else "does NOT reach (best tried)"
-    click.echo(f"chosen {result.parameter}={result.value}: recall@1 {result.recall_at_1:.4f} {verdict} target "
-               f"{result.target_recall}" + ("; saved to the store" if result.saved else "; not saved"))
+    click.echo(
+        f"chosen {result.parameter}={result.value}: recall@1 {result.recall_at_1:.4f} {verdict} target "
+        f"{result.target_recall}" + ("; saved to the store" if result.saved else "; not saved")
+    )
     if "rerank" in result.extra:
         tried = ", ".join(f"{p['value']}: {p['recall_at_1']:.4f}" for p in result.extra["rerank_curve"])
-        click.echo(f"chosen rerank={result.extra['rerank']} (re-scores rerank x max(k, 10) candidates; "
-                   f"smaller depths tried: {tried or 'none'})")
+        click.echo(
+            f"chosen rerank={result.extra['rerank']} (re-scores rerank x max(k, 10) candidates; "
+            f"smaller depths tried: {tried or 'none'})"
+        )
 
 
 @click.command("compact")
@@ -81,9 +110,12 @@ def index_compact(ctx: click.Context, rebuild: bool, **flags: Any) -> None:
 
 
 @click.command("verify")
-@click.option("--repair", is_flag=True,
-              help="Make a damaged store usable: drop references whose vectors are lost, zero the vectors "
-                   "of removed references still on disk, rebuild the index from the vectors and SQLite.")
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Make a damaged store usable: drop references whose vectors are lost, zero the vectors "
+    "of removed references still on disk, rebuild the index from the vectors and SQLite.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @config_option_flags
 @click.pass_context
@@ -102,8 +134,11 @@ def index_verify(ctx: click.Context, repair: bool, as_json: bool, **flags: Any) 
         for line in repaired:
             click.echo(f"repaired: {line}")
         # --repair rebuilds everything from store.sqlite, so a damaged database is beyond it
-        fix = ("restore store.sqlite from a backup or build the store again with `id2-plugin index add`"
-               if any(p.startswith("store.sqlite") for p in left) else "run `id2-plugin index verify --repair`")
+        fix = (
+            "restore store.sqlite from a backup or build the store again with `id2-plugin index add`"
+            if any(p.startswith("store.sqlite") for p in left)
+            else "run `id2-plugin index verify --repair`"
+        )
         click.echo("store is sound" if not left else f"store is damaged; {fix}")
     sys.exit(EXIT_OK if not left else EXIT_STORE)
 

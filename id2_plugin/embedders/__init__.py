@@ -3,4 +3,15 @@
 from .base import Embedder, EmbedItem, ImageEmbedder, LatentEncoder, Projection, fit_arrays, l2_normalise, select_device
 from .fused import FusedEmbedder, FusionFit
 
-__all__ = ["EmbedItem", "Embedder", "FusedEmbedder", "FusionFit", "ImageEmbedder", "LatentEncoder", "Projection", "fit_arrays", "l2_normalise", "select_device"]
+__all__ = [
+    "EmbedItem",
+    "Embedder",
+    "FusedEmbedder",
+    "FusionFit",
+    "ImageEmbedder",
+    "LatentEncoder",
+    "Projection",
+    "fit_arrays",
+    "l2_normalise",
+    "select_device",
+]

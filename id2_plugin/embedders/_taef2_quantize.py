@@ -45,8 +45,16 @@ def export_fp32(encoder_model: Any, path: Path, input_size: int) -> None:
     dynamic = {INPUT: {0: "n", 2: "h", 3: "w"}, OUTPUT: {0: "n", 2: "lh", 3: "lw"}}
     with torch.inference_mode():
         # The TorchScript exporter: no onnxscript dependency, and this graph is plain convolutions.
-        torch.onnx.export(encoder_model.float().eval(), (example,), str(path), input_names=[INPUT],
-                          output_names=[OUTPUT], dynamic_axes=dynamic, opset_version=_OPSET, dynamo=False)
+        torch.onnx.export(
+            encoder_model.float().eval(),
+            (example,),
+            str(path),
+            input_names=[INPUT],
+            output_names=[OUTPUT],
+            dynamic_axes=dynamic,
+            opset_version=_OPSET,
+            dynamo=False,
+        )
 
 
 def _kept_fp32(model_path: Path) -> list[str]:
@@ -88,10 +96,16 @@ def quantize_static_int8(fp32_path: Path, out_path: Path, images: Sequence[np.nd
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         quantization.quantize_static(
-            str(pre), str(Path(tmp) / "int8.onnx"), _reader(images),
-            quant_format=quantization.QuantFormat.QDQ, per_channel=True, reduce_range=True,
-            activation_type=quantization.QuantType.QUInt8, weight_type=quantization.QuantType.QInt8,
-            calibrate_method=quantization.CalibrationMethod.MinMax, nodes_to_exclude=_kept_fp32(pre),
+            str(pre),
+            str(Path(tmp) / "int8.onnx"),
+            _reader(images),
+            quant_format=quantization.QuantFormat.QDQ,
+            per_channel=True,
+            reduce_range=True,
+            activation_type=quantization.QuantType.QUInt8,
+            weight_type=quantization.QuantType.QInt8,
+            calibrate_method=quantization.CalibrationMethod.MinMax,
+            nodes_to_exclude=_kept_fp32(pre),
             # Ranges computed and merged batch by batch (strided min-max, exact for min-max): ORT otherwise keeps
             # every intermediate tensor of every calibration image in memory (~270 MB per image at 256 px).
             extra_options={"ActivationSymmetric": False, "CalibStridedMinMax": 1},

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -142,8 +141,10 @@ class LatentEncoder(ABC):
 
     def encode(self, sources: Sequence[MediaLike]) -> np.ndarray:
         """Normalise and encode; raises :class:`MediaError` on the first bad input."""
-        return self.encode_arrays(np.stack([self.normalise(s) for s in sources])) if len(sources) else np.zeros(
-            (0, self.latent_dim), np.float32
+        return (
+            self.encode_arrays(np.stack([self.normalise(s) for s in sources]))
+            if len(sources)
+            else np.zeros((0, self.latent_dim), np.float32)
         )
 
     @abstractmethod
@@ -216,7 +217,13 @@ class Projection:
             raise ConfigError(f"projection {path} has no 'weight' tensor (found {sorted(tensors)})")
         meta = header.get("__metadata__", {}) or {}
         mean = tensors["mean"].astype(np.float32) if "mean" in tensors else None
-        return cls(weight=tensors["weight"].astype(np.float32), metadata=meta, pool=int(meta.get("pool", 1)), source=str(path), mean=mean)
+        return cls(
+            weight=tensors["weight"].astype(np.float32),
+            metadata=meta,
+            pool=int(meta.get("pool", 1)),
+            source=str(path),
+            mean=mean,
+        )
 
     def save(self, path: str | os.PathLike, dtype: str = "float32") -> Path:
         safetensors_numpy = require("safetensors.numpy")
@@ -271,7 +278,9 @@ def fit_arrays(images: np.ndarray, size: int) -> np.ndarray:
 
     out = np.empty((len(images), size, size, 3), np.uint8)
     for i, im in enumerate(images):
-        out[i] = np.asarray(Image.fromarray(np.ascontiguousarray(im)).resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0))
+        out[i] = np.asarray(
+            Image.fromarray(np.ascontiguousarray(im)).resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
+        )
     return out
 
 
@@ -375,8 +384,9 @@ class ImageEmbedder(ABC):
             return self.embed_arrays(np.stack(images))
 
         with progress_bar(progress, total, "embedding") as bar:
-            for done in pipelined(sources, self.normalise, model, batch_size=batch_size or self.batch_size,
-                                  workers=workers):
+            for done in pipelined(
+                sources, self.normalise, model, batch_size=batch_size or self.batch_size, workers=workers
+            ):
                 yield EmbedItem(done.index, done.item, vector=done.output, error=done.error)
                 bar.update(1)
 

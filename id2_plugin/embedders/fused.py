@@ -126,7 +126,11 @@ class FusedEmbedder(ImageEmbedder):
     def combine(self, vectors: Sequence[np.ndarray]) -> np.ndarray:
         """Per-part L2-normalised vectors (in part order) -> fused vectors."""
         return np.concatenate(
-            [np.asarray(v, np.float32) * np.float32(math.sqrt(self.weights[p.name])) for p, v in zip(self.parts, vectors)], axis=1
+            [
+                np.asarray(v, np.float32) * np.float32(math.sqrt(self.weights[p.name]))
+                for p, v in zip(self.parts, vectors)
+            ],
+            axis=1,
         )
 
     def embed_arrays(self, images: np.ndarray) -> np.ndarray:

@@ -48,7 +48,12 @@ class SDVAEEncoder(LatentEncoder):
             elif weights is None:
                 subfolder = subfolder or "vae"
             local = Path(source).expanduser()
-            if local.is_dir() and subfolder is None and not (local / "config.json").is_file() and (local / "vae").is_dir():
+            if (
+                local.is_dir()
+                and subfolder is None
+                and not (local / "config.json").is_file()
+                and (local / "vae").is_dir()
+            ):
                 subfolder = "vae"
             try:
                 model = diffusers.AutoencoderKL.from_pretrained(source, subfolder=subfolder)

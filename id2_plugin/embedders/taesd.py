@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from .._files import sha256_file
 from .._lazy import require
 from ..errors import ConfigError
 from ..models import resolve_model_file
-from .._files import sha256_file
 from .base import LatentEncoder
 
 ENCODER_FILE = "taef2_encoder.pth"
@@ -93,7 +93,9 @@ def _load_state_dict(path: str | os.PathLike) -> dict[str, Any]:
             first = "not readable as plain tensors (not a torch file, or pickled objects, never unpickled: they could run code)"
         raise ConfigError(f"{path} is not a TAEF2 weights file (a torch state dict): {first}") from None
     if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
-        raise ConfigError(f"{path} is not a TAEF2 weights file: expected a state dict of tensors, got {type(sd).__name__}")
+        raise ConfigError(
+            f"{path} is not a TAEF2 weights file: expected a state dict of tensors, got {type(sd).__name__}"
+        )
     return sd
 
 

@@ -54,14 +54,34 @@ _COMMON: dict[str, Any] = {
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "flat": {},
     "flat_fp16": {},
-    "ivf_flat": {"nlist": "auto", "nprobe": "auto", "train_min": "auto", "max_train_per_list": 64,
-                 "retrain_growth": 4.0},
-    "ivf_pq": {"nlist": "auto", "nprobe": "auto", "train_min": "auto", "max_train_per_list": 64,
-               "retrain_growth": 4.0, "m": "auto", "nbits": 8, "rerank": 4},
+    "ivf_flat": {
+        "nlist": "auto",
+        "nprobe": "auto",
+        "train_min": "auto",
+        "max_train_per_list": 64,
+        "retrain_growth": 4.0,
+    },
+    "ivf_pq": {
+        "nlist": "auto",
+        "nprobe": "auto",
+        "train_min": "auto",
+        "max_train_per_list": 64,
+        "retrain_growth": 4.0,
+        "m": "auto",
+        "nbits": 8,
+        "rerank": 4,
+    },
     # 4-bit PQ codes scanned with SIMD (IndexIVFPQFastScan); their scores are coarse, so the top
     # ``rerank * max(k, 10)`` candidates are always re-scored from the kept float16 vectors
-    "ivf_pq_fs": {"nlist": "auto", "nprobe": "auto", "train_min": "auto", "max_train_per_list": 64,
-                  "retrain_growth": 4.0, "m": "auto", "rerank": 2},
+    "ivf_pq_fs": {
+        "nlist": "auto",
+        "nprobe": "auto",
+        "train_min": "auto",
+        "max_train_per_list": 64,
+        "retrain_growth": 4.0,
+        "m": "auto",
+        "rerank": 2,
+    },
     "hnsw": {"M": 32, "efConstruction": 80, "efSearch": 64, "tombstone_ratio": 0.1},
 }
 #: Options fixed when the index is built; changing them needs a rebuild (the stored value wins on open).
@@ -72,8 +92,10 @@ def _positive_int(key: str, value: Any, allow_auto: bool = False, minimum: int =
     if allow_auto and value == "auto":
         return value
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"store.index_options.{key}={value!r}: expected an integer >= {minimum}"
-                          + (" or 'auto'" if allow_auto else ""))
+        raise ConfigError(
+            f"store.index_options.{key}={value!r}: expected an integer >= {minimum}"
+            + (" or 'auto'" if allow_auto else "")
+        )
     return value
 
 
@@ -124,8 +146,10 @@ class IndexSpec:
                 opts[key] = _nonneg_float(key, opts[key])
         spec = cls(kind=kind, dim=int(dim), options=opts)
         if kind == "ivf_pq_fs" and spec.options["rerank"] < 1:
-            raise ConfigError("store.index_options.rerank=0: ivf_pq_fs scores are 4-bit approximations and need "
-                              "re-ranking (rerank >= 1)")
+            raise ConfigError(
+                "store.index_options.rerank=0: ivf_pq_fs scores are 4-bit approximations and need "
+                "re-ranking (rerank >= 1)"
+            )
         if kind in PQ_TYPES and dim % spec.pq_m:
             raise ConfigError(f"store.index_options.m={spec.pq_m} must divide the vector dimension {dim}")
         return spec
@@ -276,8 +300,9 @@ def ivf_of(index: Any) -> Any | None:
         return None
 
 
-def search_params(kind: str, *, nprobe: int | None = None, ef_search: int | None = None,
-                  selector: Any | None = None) -> Any | None:
+def search_params(
+    kind: str, *, nprobe: int | None = None, ef_search: int | None = None, selector: Any | None = None
+) -> Any | None:
     """Per-call FAISS search parameters (thread-safe: the index object is never mutated to search)."""
     faiss = _faiss()
     if kind in TRAINED_TYPES:
@@ -329,8 +354,9 @@ def hnsw_vectors(index: Any) -> np.ndarray:
     return faiss.rev_swig_ptr(storage.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
 
 
-def exact_top1(queries: np.ndarray, ids: np.ndarray, fetch: Callable[[np.ndarray], np.ndarray],
-               chunk: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
+def exact_top1(
+    queries: np.ndarray, ids: np.ndarray, fetch: Callable[[np.ndarray], np.ndarray], chunk: int = 65_536
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact best (score, id) of each query over the vectors of ``ids``, streamed in chunks."""
     q = np.ascontiguousarray(queries, dtype=np.float32)
     best = np.full(len(q), -np.inf, dtype=np.float32)

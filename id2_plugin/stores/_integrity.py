@@ -158,8 +158,9 @@ class Scan:
         for ids, what in ((self.changed, "do not match their checksum"), (self.bad_ids, "are not unit vectors")):
             if ids:
                 more = " ..." if len(ids) > 5 else ""
-                out.append(f"{name}: the vectors of {len(ids)} reference(s) {what} (ids {ids[:5]}{more}): "
-                           "content damaged")
+                out.append(
+                    f"{name}: the vectors of {len(ids)} reference(s) {what} (ids {ids[:5]}{more}): content damaged"
+                )
         return out
 
 

@@ -145,7 +145,8 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-_SCHEMA = """
+_SCHEMA = (
+    """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE refs (
     id INTEGER PRIMARY KEY,
@@ -157,7 +158,10 @@ CREATE TABLE refs (
 );
 CREATE TABLE removed (id INTEGER PRIMARY KEY, generation INTEGER NOT NULL, in_main INTEGER NOT NULL);
 CREATE INDEX removed_generation ON removed (generation);
-""" + ix.SCHEMA + ";"
+"""
+    + ix.SCHEMA
+    + ";"
+)
 
 
 @dataclass
@@ -266,13 +270,18 @@ class FaissStore(ReferenceStore):
         ignored = {k: v for k, v in requested.items() if k in fx.STRUCTURAL_KEYS and stored.options.get(k) != v}
         if create and (index != meta.index_type or ignored):
             # The configured type only matters at creation; an existing store keeps what it was built with.
-            logger.info("store %s already exists as %r %s; keeping it (create a new store to change the index)",
-                        self.location, meta.index_type, stored.options)
+            logger.info(
+                "store %s already exists as %r %s; keeping it (create a new store to change the index)",
+                self.location,
+                meta.index_type,
+                stored.options,
+            )
         runtime = {k: v for k, v in requested.items() if k not in fx.STRUCTURAL_KEYS and k in stored.options}
         foreign = sorted(k for k in requested if k not in stored.options)
         if foreign:
-            logger.warning("ignoring store.index_options %s: not options of this store's index %r", foreign,
-                           meta.index_type)
+            logger.warning(
+                "ignoring store.index_options %s: not options of this store's index %r", foreign, meta.index_type
+            )
         self._spec = stored.with_runtime(runtime)
         self._explicit_search = {k for k in runtime if k in ("nprobe", "efSearch", "rerank")}
         self._lock_timeout = float(self._spec.options["lock_timeout"])
@@ -381,8 +390,9 @@ class FaissStore(ReferenceStore):
                 filelock = require("filelock")
                 self._flock = filelock.FileLock(str(self.location / LOCK_NAME))
             try:
-                conn = sqlite3.connect(self._db_path, isolation_level=None, check_same_thread=False,
-                                       timeout=max(self._lock_timeout, 1.0))
+                conn = sqlite3.connect(
+                    self._db_path, isolation_level=None, check_same_thread=False, timeout=max(self._lock_timeout, 1.0)
+                )
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=FULL")
                 conn.execute("PRAGMA secure_delete=ON")  # a removed reference's row is zeroed, not just unlinked
@@ -517,12 +527,16 @@ class FaissStore(ReferenceStore):
         problems: list[str] = []
         rows = self._raw_rows_on_disk(meta)
         if rows < meta.next_id:
-            problems.append(f"{meta.raw_file} holds {rows} of the {meta.next_id} committed vectors "
-                            f"({self._file_size(meta.raw_file)} of {meta.next_id * self._row_bytes()} bytes): truncated or missing")
+            problems.append(
+                f"{meta.raw_file} holds {rows} of the {meta.next_id} committed vectors "
+                f"({self._file_size(meta.raw_file)} of {meta.next_id * self._row_bytes()} bytes): truncated or missing"
+            )
         n, top = self._conn.execute("SELECT COUNT(*), MAX(id) FROM refs").fetchone()
         if n != meta.count or (top is not None and top >= meta.next_id):
-            problems.append(f"the database lists {n} references (highest id {top}) but generation "
-                            f"{meta.generation} committed {meta.count} below id {meta.next_id}")
+            problems.append(
+                f"the database lists {n} references (highest id {top}) but generation "
+                f"{meta.generation} committed {meta.count} below id {meta.next_id}"
+            )
         if meta.snap_gen is not None:
             problems += self._snapshot_damage(meta, deep)
         if deep and rows >= meta.next_id:
@@ -538,8 +552,10 @@ class FaissStore(ReferenceStore):
         left = self._unscrubbed(meta)
         if not left:
             return []
-        return [f"{meta.raw_file} still holds the vectors of {len(left)} removed reference(s) (ids {left[:5]}"
-                f"{' ...' if len(left) > 5 else ''})"]
+        return [
+            f"{meta.raw_file} still holds the vectors of {len(left)} removed reference(s) (ids {left[:5]}"
+            f"{' ...' if len(left) > 5 else ''})"
+        ]
 
     def _snapshot_damage(self, meta: _Meta, deep: bool) -> list[str]:
         name = f"main.{meta.snap_gen}.faiss"
@@ -559,9 +575,11 @@ class FaissStore(ReferenceStore):
 
     def _damage_message(self, problems: list[str], reading: bool = False) -> str:
         what = "" if reading else ", nothing was written"
-        return (f"the store at {self.location} is damaged{what}: {'; '.join(problems)}. "
-                "Run `id2-plugin index verify --repair` (references whose vectors are lost are dropped; "
-                "add them again)")
+        return (
+            f"the store at {self.location} is damaged{what}: {'; '.join(problems)}. "
+            "Run `id2-plugin index verify --repair` (references whose vectors are lost are dropped; "
+            "add them again)"
+        )
 
     def verify(self) -> list[str]:
         """Every problem found in the committed store (SQLite's own check, file lengths, checksums, rows, the
@@ -588,8 +606,10 @@ class FaissStore(ReferenceStore):
             raise StoreDamagedError(self._unrepairable(f"{DB_NAME} is unreadable: {exc}")) from None
 
     def _unrepairable(self, problem: str) -> str:
-        return (f"the store at {self.location} is damaged: {problem}; repair cannot rebuild the database: restore "
-                f"{DB_NAME} from a backup or build the store again with `id2-plugin index add`")
+        return (
+            f"the store at {self.location} is damaged: {problem}; repair cannot rebuild the database: restore "
+            f"{DB_NAME} from a backup or build the store again with `id2-plugin index add`"
+        )
 
     def _repair(self) -> list[str]:
         with self._writing(check=False) as meta:
@@ -628,11 +648,14 @@ class FaissStore(ReferenceStore):
                 uris.update(conn.execute(f"SELECT id, uri FROM refs WHERE id IN ({marks})", part).fetchall())
                 conn.execute(f"DELETE FROM refs WHERE id IN ({marks})", part)
             # _drop_lost_rows ran first: the snapshot is gone, so nothing is in_main
-            conn.executemany("INSERT OR REPLACE INTO removed (id, generation, in_main) VALUES (?, ?, 0)",
-                             [(i, gen) for i in ids])
+            conn.executemany(
+                "INSERT OR REPLACE INTO removed (id, generation, in_main) VALUES (?, ?, 0)", [(i, gen) for i in ids]
+            )
             self._set_meta(conn, generation=gen, count=meta.count - len(ids))
-        return [f"dropped {len(ids)} reference(s) whose vectors were damaged (cannot be recovered: add them "
-                f"again): {ix.describe(ids, uris)}"]
+        return [
+            f"dropped {len(ids)} reference(s) whose vectors were damaged (cannot be recovered: add them "
+            f"again): {ix.describe(ids, uris)}"
+        ]
 
     def _drop_lost_rows(self, meta: _Meta) -> list[str]:
         """Remove references whose vectors the raw file lost and pad it back to the committed length."""
@@ -641,16 +664,24 @@ class FaissStore(ReferenceStore):
         gen = meta.generation + 1
         with self._write_txn() as conn:
             conn.execute("DELETE FROM refs WHERE id >= ?", (cut,))
-            conn.executemany("INSERT OR REPLACE INTO removed (id, generation, in_main) VALUES (?, ?, 0)",
-                             [(i, gen) for i in lost])
+            conn.executemany(
+                "INSERT OR REPLACE INTO removed (id, generation, in_main) VALUES (?, ?, 0)", [(i, gen) for i in lost]
+            )
             n = conn.execute("SELECT COUNT(*) FROM refs").fetchone()[0]
             # the snapshot is rebuilt next; everything is counted as buffered until then
-            self._set_meta(conn, generation=gen, count=n, main_count=0, snap_gen=None, prev_snap_gen=None,
-                           snap_next_id=0)
+            self._set_meta(
+                conn, generation=gen, count=n, main_count=0, snap_gen=None, prev_snap_gen=None, snap_next_id=0
+            )
         with open(self._raw_path(meta), "ab") as f:  # zero rows for the dropped ids, never read again
             f.truncate(meta.next_id * self._row_bytes())
             os.fsync(f.fileno())
-        return [f"dropped {len(lost)} reference(s) whose vectors were lost (ids {lost[:5]}{' ...' if len(lost) > 5 else ''})"] if lost else []
+        return (
+            [
+                f"dropped {len(lost)} reference(s) whose vectors were lost (ids {lost[:5]}{' ...' if len(lost) > 5 else ''})"
+            ]
+            if lost
+            else []
+        )
 
     def _write_raw(self, meta: _Meta, start: int, rows: np.ndarray) -> np.ndarray:
         """Write ``rows`` at row ``start`` (fsynced); returns them as written (the raw dtype)."""
@@ -710,7 +741,9 @@ class FaissStore(ReferenceStore):
         try:
             raw = np.memmap(path, dtype=self._spec.raw_dtype, mode="r", shape=(meta.next_id, self._dim))
         except (OSError, ValueError) as exc:
-            raise StoreDamagedError(self._damage_message([f"{meta.raw_file} is missing or truncated ({exc})"])) from None
+            raise StoreDamagedError(
+                self._damage_message([f"{meta.raw_file} is missing or truncated ({exc})"])
+            ) from None
         _advise_random(raw)
         return raw
 
@@ -773,15 +806,27 @@ class FaissStore(ReferenceStore):
             path = self.location / f"main.{meta.snap_gen}.faiss"
             main = faiss.read_index(str(path))  # FileNotFoundError is retried by the caller
             if self._spec.kind == "hnsw" and main.ntotal:  # removed references stay as zeroed tombstones
-                self._refuse_bad_rows(fx.hnsw_vectors(main), faiss.vector_to_array(main.id_map),
-                                      f"in main.{meta.snap_gen}.faiss the vectors of reference(s)", allow_zero=True)
-        state = _State(generation=meta.generation, epoch=(meta.raw_file, meta.snap_gen), next_id=meta.next_id,
-                       snap_next_id=meta.snap_next_id, main=main, buffer=self._new_buffer(), raw=raw,
-                       search_params=dict(meta.search_params))
+                self._refuse_bad_rows(
+                    fx.hnsw_vectors(main),
+                    faiss.vector_to_array(main.id_map),
+                    f"in main.{meta.snap_gen}.faiss the vectors of reference(s)",
+                    allow_zero=True,
+                )
+        state = _State(
+            generation=meta.generation,
+            epoch=(meta.raw_file, meta.snap_gen),
+            next_id=meta.next_id,
+            snap_next_id=meta.snap_next_id,
+            main=main,
+            buffer=self._new_buffer(),
+            raw=raw,
+            search_params=dict(meta.search_params),
+        )
         self._fill(state.buffer, self._live_ids(conn, meta.snap_next_id, meta.next_id), raw)
         if main is not None:
-            gone = conn.execute("SELECT id FROM removed WHERE generation > ? AND in_main = 1 ORDER BY id",
-                                (meta.clean_gen,)).fetchall()
+            gone = conn.execute(
+                "SELECT id FROM removed WHERE generation > ? AND in_main = 1 ORDER BY id", (meta.clean_gen,)
+            ).fetchall()
             self._apply_removals(state, np.array([r[0] for r in gone], dtype=np.int64))
         return state
 
@@ -790,8 +835,10 @@ class FaissStore(ReferenceStore):
         raw = self._open_raw(meta)
         new_ids = self._live_ids(conn, state.next_id, meta.next_id)
         self._fill(state.buffer, new_ids, raw)
-        gone = conn.execute("SELECT id FROM removed WHERE generation > ? AND generation <= ? ORDER BY id",
-                            (state.generation, meta.generation)).fetchall()
+        gone = conn.execute(
+            "SELECT id FROM removed WHERE generation > ? AND generation <= ? ORDER BY id",
+            (state.generation, meta.generation),
+        ).fetchall()
         self._apply_removals(state, np.array([r[0] for r in gone], dtype=np.int64))
         state.raw = raw
         state.next_id = meta.next_id
@@ -863,14 +910,26 @@ class FaissStore(ReferenceStore):
         ivf = fx.ivf_of(state.main) if state.main is not None and self._spec.trained else None
         return self._effective_search(state.search_params, int(ivf.nlist) if ivf is not None else None)
 
-    def _search_main(self, state: _State, q: np.ndarray, k: int, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    def _search_main(
+        self, state: _State, q: np.ndarray, k: int, params: dict[str, Any]
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Search the ANN index; with ``rerank`` re-score ``rerank * max(k, 10)`` candidates from the raw vectors."""
         fetch = self._fetch(state.raw) if state.raw is not None else None
-        return fx.ann_search(state.main, self._spec.kind, q, k, nprobe=params.get("nprobe"),
-                             ef_search=params.get("efSearch"), rerank=params.get("rerank", 0), fetch=fetch,
-                             selector=state.selector)
+        return fx.ann_search(
+            state.main,
+            self._spec.kind,
+            q,
+            k,
+            nprobe=params.get("nprobe"),
+            ef_search=params.get("efSearch"),
+            rerank=params.get("rerank", 0),
+            fetch=fetch,
+            selector=state.selector,
+        )
 
-    def _search(self, state: _State, q: np.ndarray, k: int, params: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def _search(
+        self, state: _State, q: np.ndarray, k: int, params: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` (scores, ids) over the ANN index and the exact buffer, merged; missing = (-inf, -1)."""
         params = self._state_search(state) if params is None else params
         parts: list[tuple[np.ndarray, np.ndarray]] = []
@@ -948,8 +1007,9 @@ class FaissStore(ReferenceStore):
         ids = np.array([int(r) for r in reference_ids], dtype=np.int64)
 
         def run(conn: sqlite3.Connection, state: _State) -> np.ndarray:
-            if len(ids) and (state.raw is None or ids.min() < 0 or ids.max() >= state.next_id
-                             or not self._all_live(conn, ids)):
+            if len(ids) and (
+                state.raw is None or ids.min() < 0 or ids.max() >= state.next_id or not self._all_live(conn, ids)
+            ):
                 raise StoreError(f"unknown reference id among {list(reference_ids)[:5]}")
             return np.asarray(state.raw[ids], dtype=np.float32) if len(ids) else np.zeros((0, self._dim), np.float32)
 
@@ -961,7 +1021,9 @@ class FaissStore(ReferenceStore):
         found = 0
         for start in range(0, len(wanted), _SQL_BATCH):
             part = wanted[start : start + _SQL_BATCH]
-            found += conn.execute(f"SELECT COUNT(*) FROM refs WHERE id IN ({','.join('?' * len(part))})", part).fetchone()[0]
+            found += conn.execute(
+                f"SELECT COUNT(*) FROM refs WHERE id IN ({','.join('?' * len(part))})", part
+            ).fetchone()[0]
         return found == len(wanted)
 
     # -- writes ----------------------------------------------------------------------------------------------
@@ -990,8 +1052,10 @@ class FaissStore(ReferenceStore):
         what is missing, because duplicates are detected by sha256).
         """
         if self._opened_identity is None:
-            raise StoreError("this store handle was opened without an embedder identity; open it with the "
-                             "embedder's identity to add references")
+            raise StoreError(
+                "this store handle was opened without an embedder identity; open it with the "
+                "embedder's identity to add references"
+            )
         v = self._check_vectors(vectors)
         if len(records) != len(v):
             raise ValueError(f"{len(v)} vectors but {len(records)} records")
@@ -1023,8 +1087,17 @@ class FaissStore(ReferenceStore):
             with self._write_txn() as conn:
                 conn.executemany(
                     "INSERT INTO refs (id, sha256, uri, added_at, labels, generation) VALUES (?, ?, ?, ?, ?, ?)",
-                    [(rid, records[i].sha256, records[i].uri, records[i].added_at or now,
-                      json.dumps(list(records[i].labels)), gen) for rid, i in zip(ids, keep)],
+                    [
+                        (
+                            rid,
+                            records[i].sha256,
+                            records[i].uri,
+                            records[i].added_at or now,
+                            json.dumps(list(records[i].labels)),
+                            gen,
+                        )
+                        for rid, i in zip(ids, keep)
+                    ],
                 )
                 ix.append(conn, self._raw_file(meta), start, written)
                 _checkpoint("add:before_commit")
@@ -1059,8 +1132,10 @@ class FaissStore(ReferenceStore):
                     part = ids[start : start + _SQL_BATCH]
                     conn.execute(f"DELETE FROM refs WHERE id IN ({','.join('?' * len(part))})", part)
                 # in_main: the id sits in the ANN index (an HNSW graph keeps it as a tombstone until rebuilt)
-                conn.executemany("INSERT OR REPLACE INTO removed (id, generation, in_main) VALUES (?, ?, ?)",
-                                 [(i, gen, int(i < meta.snap_next_id)) for i in ids])
+                conn.executemany(
+                    "INSERT OR REPLACE INTO removed (id, generation, in_main) VALUES (?, ?, ?)",
+                    [(i, gen, int(i < meta.snap_next_id)) for i in ids],
+                )
                 _checkpoint("remove:before_commit")
                 self._set_meta(conn, generation=gen, count=meta.count - len(ids), main_count=meta.main_count - in_main)
             meta = self._scrub_removed(self._read_meta())
@@ -1083,8 +1158,9 @@ class FaissStore(ReferenceStore):
     def _tombstone_count(self, meta: _Meta) -> int:
         if self._spec.kind != "hnsw" or meta.snap_gen is None:
             return 0
-        row = self._conn.execute("SELECT COUNT(*) FROM removed WHERE generation > ? AND in_main = 1",
-                                 (meta.clean_gen,)).fetchone()
+        row = self._conn.execute(
+            "SELECT COUNT(*) FROM removed WHERE generation > ? AND in_main = 1", (meta.clean_gen,)
+        ).fetchone()
         return int(row[0])
 
     def _merge_plan(self, meta: _Meta, force: bool = False, rebuild: bool = False) -> str | None:
@@ -1095,8 +1171,11 @@ class FaissStore(ReferenceStore):
         if spec.trained and meta.count < spec.train_min:
             return None  # too few vectors to train: searches stay exact
         if meta.snap_gen is None or rebuild:
-            return "rebuild" if (force or rebuild or meta.count - meta.main_count >= spec.options["merge_min"]
-                                 or spec.trained) else None
+            return (
+                "rebuild"
+                if (force or rebuild or meta.count - meta.main_count >= spec.options["merge_min"] or spec.trained)
+                else None
+            )
         if spec.trained:
             growth = float(spec.options["retrain_growth"])
             trained_on = int(meta.facts.get("trained_on", meta.trained_count))
@@ -1136,9 +1215,16 @@ class FaissStore(ReferenceStore):
                 facts.update(new_facts)
                 trained_count = meta.count
                 clean_gen = gen
-                state = _State(generation=meta.generation, epoch=("", None), next_id=meta.next_id,
-                               snap_next_id=meta.next_id, main=main, buffer=self._new_buffer(), raw=raw,
-                               search_params=dict(meta.search_params))
+                state = _State(
+                    generation=meta.generation,
+                    epoch=("", None),
+                    next_id=meta.next_id,
+                    snap_next_id=meta.next_id,
+                    main=main,
+                    buffer=self._new_buffer(),
+                    raw=raw,
+                    search_params=dict(meta.search_params),
+                )
             else:
                 state = self._current(conn)
                 buf_ids = self._live_ids(conn, meta.snap_next_id, meta.next_id)
@@ -1158,8 +1244,17 @@ class FaissStore(ReferenceStore):
         _fsync_dir(self.location)
         _checkpoint("merge:renamed")
         with self._write_txn() as conn:
-            self._set_meta(conn, generation=gen, snap_gen=gen, prev_snap_gen=meta.snap_gen, snap_next_id=meta.next_id,
-                           main_count=meta.count, clean_gen=clean_gen, trained_count=trained_count, facts=facts)
+            self._set_meta(
+                conn,
+                generation=gen,
+                snap_gen=gen,
+                prev_snap_gen=meta.snap_gen,
+                snap_next_id=meta.next_id,
+                main_count=meta.count,
+                clean_gen=clean_gen,
+                trained_count=trained_count,
+                facts=facts,
+            )
         _checkpoint("merge:committed")
         # Keep the fresh index in memory: it is exactly what the new generation describes.
         state.generation = gen
@@ -1183,8 +1278,9 @@ class FaissStore(ReferenceStore):
         """Persist search-time parameters (e.g. the tuned ``nprobe``); readers pick them up on their next query."""
         with self._writing() as meta:
             with self._write_txn() as conn:
-                self._set_meta(conn, generation=meta.generation + 1, search_params={**meta.search_params, **params},
-                               tuned=tuned)
+                self._set_meta(
+                    conn, generation=meta.generation + 1, search_params={**meta.search_params, **params}, tuned=tuned
+                )
         self._explicit_search -= set(params)
 
     # -- info ---------------------------------------------------------------------------------------------------
@@ -1218,8 +1314,11 @@ class FaissStore(ReferenceStore):
         if spec.kind in ("flat", "flat_fp16"):
             extra["search"] = "exact"
         elif not indexed:
-            why = (f"untrained: {meta.count} < train_min {spec.train_min}" if spec.trained
-                   else f"graph not built yet: {meta.count} < merge_min {spec.options['merge_min']}")
+            why = (
+                f"untrained: {meta.count} < train_min {spec.train_min}"
+                if spec.trained
+                else f"graph not built yet: {meta.count} < merge_min {spec.options['merge_min']}"
+            )
             extra["search"] = f"exact ({why})"
         else:
             extra["search"] = f"approximate {spec.kind} over {meta.main_count} + exact buffer of {buffered}"
@@ -1229,8 +1328,16 @@ class FaissStore(ReferenceStore):
             extra.update({k: meta.facts[k] for k in ("nlist", "m", "nbits", "trained_on") if k in meta.facts})
         if spec.kind == "hnsw":
             extra["tombstones"] = tombstones
-        return StoreInfo(backend=self.backend, location=str(self.location), count=int(meta.count), dim=self._dim,
-                         embedder=self._embedder, index_type=spec.kind, generation=int(meta.generation), extra=extra)
+        return StoreInfo(
+            backend=self.backend,
+            location=str(self.location),
+            count=int(meta.count),
+            dim=self._dim,
+            embedder=self._embedder,
+            index_type=spec.kind,
+            generation=int(meta.generation),
+            extra=extra,
+        )
 
     def _file_size(self, name: str) -> int:
         """Size of a store file; 0 if it is gone (a writer may delete superseded files at any time)."""
@@ -1250,7 +1357,8 @@ class FaissStore(ReferenceStore):
                 ids = self._live_ids(conn, 0, state.snap_next_id) if state.main is not None else np.zeros(0, np.int64)
                 raw = state.raw if state.raw is not None else np.zeros((0, self._dim), np.float32)
                 params = self._state_search(state) if state.main is not None else {}
-                return TuningView(state.main, ids, self._fetch(raw), params,
-                                  lambda q, k, p: self._search_main(state, q, k, p))
+                return TuningView(
+                    state.main, ids, self._fetch(raw), params, lambda q, k, p: self._search_main(state, q, k, p)
+                )
 
             yield self._with_current(run)

@@ -53,8 +53,18 @@ SCHEMA_VERSION = 1
 INDEX_TYPES = ("flat", "hnsw", "hnsw_int8")
 DISTANCES = ("cosine", "dot")
 _OPTION_KEYS = frozenset(
-    {"distance", "m", "ef_construct", "hnsw_ef", "on_disk", "shard_number", "replication_factor", "prefer_grpc",
-     "timeout", "upsert_batch"}
+    {
+        "distance",
+        "m",
+        "ef_construct",
+        "hnsw_ef",
+        "on_disk",
+        "shard_number",
+        "replication_factor",
+        "prefer_grpc",
+        "timeout",
+        "upsert_batch",
+    }
 )
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 # Request sizes: ids per retrieve call, and a byte budget per upsert so a batch of raw 32k-dim latents does
@@ -288,7 +298,9 @@ class QdrantStore(ReferenceStore):
         got: dict[str, np.ndarray] = {}
         for start in range(0, len(ids), _RETRIEVE_CHUNK):
             chunk = ids[start : start + _RETRIEVE_CHUNK]
-            recs = self._call("retrieve", self._client.retrieve, self._collection, ids=chunk, with_payload=False, with_vectors=True)
+            recs = self._call(
+                "retrieve", self._client.retrieve, self._collection, ids=chunk, with_payload=False, with_vectors=True
+            )
             got.update((str(r.id), np.asarray(r.vector, np.float32)) for r in recs)
         missing = [i for i in ids if i not in got]
         if missing:

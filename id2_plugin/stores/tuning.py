@@ -90,8 +90,13 @@ def perturbed_queries(vectors: np.ndarray, similarity: float, rng: np.random.Gen
     return np.ascontiguousarray(q / np.linalg.norm(q, axis=1, keepdims=True), dtype=np.float32)
 
 
-def recall_at_1(found: np.ndarray, gt_ids: np.ndarray, gt_scores: np.ndarray, fetch: Callable[[np.ndarray], np.ndarray],
-                queries: np.ndarray) -> float:
+def recall_at_1(
+    found: np.ndarray,
+    gt_ids: np.ndarray,
+    gt_scores: np.ndarray,
+    fetch: Callable[[np.ndarray], np.ndarray],
+    queries: np.ndarray,
+) -> float:
     """Fraction of queries whose ANN top-1 is the exact top-1 (or an exact tie with it)."""
     hit = found == gt_ids
     miss = np.flatnonzero(~hit & (found >= 0))
@@ -120,8 +125,9 @@ def sweep(
         t0 = time.perf_counter()
         found = search(queries, value)
         ms = (time.perf_counter() - t0) * 1e3 / max(len(queries), 1)
-        point = TunePoint(value=int(value), recall_at_1=recall_at_1(found, gt_ids, gt_scores, fetch, queries),
-                          ms_per_query=ms)
+        point = TunePoint(
+            value=int(value), recall_at_1=recall_at_1(found, gt_ids, gt_scores, fetch, queries), ms_per_query=ms
+        )
         curve.append(point)
         if point.recall_at_1 >= target_recall:
             break
@@ -144,8 +150,15 @@ def _grid(kind: str, nlist: int | None) -> tuple[str, tuple[int, ...]]:
     return "nprobe", values
 
 
-def _queries(queries: np.ndarray | None, ids: np.ndarray, fetch: Callable[[np.ndarray], np.ndarray], dim: int,
-             n_queries: int, similarity: float, seed: int) -> np.ndarray:
+def _queries(
+    queries: np.ndarray | None,
+    ids: np.ndarray,
+    fetch: Callable[[np.ndarray], np.ndarray],
+    dim: int,
+    n_queries: int,
+    similarity: float,
+    seed: int,
+) -> np.ndarray:
     rng = np.random.default_rng(seed)
     if queries is not None:
         q = np.ascontiguousarray(queries, dtype=np.float32)
@@ -182,19 +195,37 @@ def tune_search(
     if not -1.0 <= query_similarity <= 1.0:
         raise ConfigError(f"query_similarity={query_similarity}: expected a cosine in [-1, 1]")
     if isinstance(store_or_vectors, np.ndarray):
-        return _tune_vectors(store_or_vectors, queries, target_recall, n_queries, query_similarity, index,
-                             index_options or {}, seed)
+        return _tune_vectors(
+            store_or_vectors, queries, target_recall, n_queries, query_similarity, index, index_options or {}, seed
+        )
     return _tune_store(store_or_vectors, queries, target_recall, n_queries, query_similarity, save, seed)
 
 
-def _tune_vectors(vectors: np.ndarray, queries: np.ndarray | None, target: float, n_queries: int,
-                  similarity: float, index: str, options: Mapping[str, Any], seed: int) -> TuneResult:
+def _tune_vectors(
+    vectors: np.ndarray,
+    queries: np.ndarray | None,
+    target: float,
+    n_queries: int,
+    similarity: float,
+    index: str,
+    options: Mapping[str, Any],
+    seed: int,
+) -> TuneResult:
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     spec = fx.IndexSpec.create(index, x.shape[1], options)
     if not spec.snapshot:
-        return TuneResult(index_type=index, parameter=None, value=None, recall_at_1=1.0, target_recall=target,
-                          reached=True, n_queries=0, n_vectors=len(x), query_similarity=None,
-                          note="exact index: nothing to tune")
+        return TuneResult(
+            index_type=index,
+            parameter=None,
+            value=None,
+            recall_at_1=1.0,
+            target_recall=target,
+            reached=True,
+            n_queries=0,
+            n_vectors=len(x),
+            query_similarity=None,
+            note="exact index: nothing to tune",
+        )
     ids = np.arange(len(x), dtype=np.int64)
 
     def fetch(i: np.ndarray) -> np.ndarray:
@@ -212,13 +243,30 @@ def _tune_vectors(vectors: np.ndarray, queries: np.ndarray | None, target: float
 
     curve = sweep(search, values, q, gt_ids, gt_scores, fetch, target)
     chosen, reached = _choose(curve, target)
-    return TuneResult(index_type=spec.kind, parameter=param, value=chosen.value, recall_at_1=chosen.recall_at_1,
-                      target_recall=target, reached=reached, n_queries=len(q), n_vectors=len(x),
-                      query_similarity=None if queries is not None else similarity, curve=curve, extra=facts)
+    return TuneResult(
+        index_type=spec.kind,
+        parameter=param,
+        value=chosen.value,
+        recall_at_1=chosen.recall_at_1,
+        target_recall=target,
+        reached=reached,
+        n_queries=len(q),
+        n_vectors=len(x),
+        query_similarity=None if queries is not None else similarity,
+        curve=curve,
+        extra=facts,
+    )
 
 
-def _tune_rerank(view: Any, params: dict[str, Any], q: np.ndarray, gt_ids: np.ndarray, gt_scores: np.ndarray,
-                 fetch: Callable[[np.ndarray], np.ndarray], target: float) -> dict[str, Any]:
+def _tune_rerank(
+    view: Any,
+    params: dict[str, Any],
+    q: np.ndarray,
+    gt_ids: np.ndarray,
+    gt_scores: np.ndarray,
+    fetch: Callable[[np.ndarray], np.ndarray],
+    target: float,
+) -> dict[str, Any]:
     """The smallest re-ranking depth (at most the configured one) that keeps ``target`` at the chosen nprobe.
 
     Each candidate re-scored is a raw-row read, the main cost of a PQ query once nprobe is small.
@@ -233,17 +281,36 @@ def _tune_rerank(view: Any, params: dict[str, Any], q: np.ndarray, gt_ids: np.nd
     return {"rerank": best, "rerank_curve": [vars(p) for p in curve]}
 
 
-def _tune_store(store: FaissStore, queries: np.ndarray | None, target: float, n_queries: int, similarity: float,
-                save: bool, seed: int) -> TuneResult:
+def _tune_store(
+    store: FaissStore,
+    queries: np.ndarray | None,
+    target: float,
+    n_queries: int,
+    similarity: float,
+    save: bool,
+    seed: int,
+) -> TuneResult:
     kind = store.index_type
     base = dict(index_type=kind, target_recall=target)
     with store.tuning_view() as view:  # the index must not be refreshed (mutated) while it is being measured
         ids, fetch = view.ids, view.fetch
         if view.index is None:
-            note = ("exact index: nothing to tune" if kind in ("flat", "flat_fp16")
-                    else f"{kind} index not built yet (store below its training/merge size): searches are exact")
-            return TuneResult(parameter=None, value=None, recall_at_1=1.0, reached=True, n_queries=0,
-                              n_vectors=len(ids), query_similarity=None, note=note, **base)  # type: ignore[arg-type]
+            note = (
+                "exact index: nothing to tune"
+                if kind in ("flat", "flat_fp16")
+                else f"{kind} index not built yet (store below its training/merge size): searches are exact"
+            )
+            return TuneResult(
+                parameter=None,
+                value=None,
+                recall_at_1=1.0,
+                reached=True,
+                n_queries=0,
+                n_vectors=len(ids),
+                query_similarity=None,
+                note=note,
+                **base,
+            )  # type: ignore[arg-type]
         ivf = fx.ivf_of(view.index)
         param, values = _grid(kind, int(ivf.nlist) if ivf is not None else None)
         q = _queries(queries, ids, fetch, store.dim, n_queries, similarity, seed)
@@ -257,16 +324,33 @@ def _tune_store(store: FaissStore, queries: np.ndarray | None, target: float, n_
         extra: dict[str, Any] = {}
         if reached and kind in fx.PQ_TYPES and view.params.get("rerank"):
             extra = _tune_rerank(view, {**view.params, param: chosen.value}, q, gt_ids, gt_scores, fetch, target)
-    result = TuneResult(parameter=param, value=chosen.value, recall_at_1=chosen.recall_at_1, reached=reached,
-                        n_queries=len(q), n_vectors=len(ids), query_similarity=None if queries is not None else similarity,
-                        curve=curve, extra=extra, **base)  # type: ignore[arg-type]
+    result = TuneResult(
+        parameter=param,
+        value=chosen.value,
+        recall_at_1=chosen.recall_at_1,
+        reached=reached,
+        n_queries=len(q),
+        n_vectors=len(ids),
+        query_similarity=None if queries is not None else similarity,
+        curve=curve,
+        extra=extra,
+        **base,
+    )  # type: ignore[arg-type]
     if save:
         rerank = {"rerank": extra["rerank"]} if "rerank" in extra else {}
         store.save_search_params(
             {param: chosen.value, **rerank},
-            tuned={"parameter": param, "value": chosen.value, "recall_at_1": chosen.recall_at_1, "target_recall": target,
-                   "reached": reached, "n_queries": len(q), "n_vectors": int(len(ids)),
-                   "query_similarity": result.query_similarity, **rerank},
+            tuned={
+                "parameter": param,
+                "value": chosen.value,
+                "recall_at_1": chosen.recall_at_1,
+                "target_recall": target,
+                "reached": reached,
+                "n_queries": len(q),
+                "n_vectors": int(len(ids)),
+                "query_similarity": result.query_similarity,
+                **rerank,
+            },
         )
         result = TuneResult(**{**result.__dict__, "saved": True})
     return result

@@ -17,8 +17,8 @@ that needs them runs).
 
 from __future__ import annotations
 
-from ._encoders import check_embedder, check_latent_encoder
 from ..samples import synthetic_images
+from ._encoders import check_embedder, check_latent_encoder
 from ._images import centre_crop_jpeg, reupload_jpeg, reupload_pixels
 from ._signals import check_signal_type
 from ._stores import StoreFactory, check_reference_store

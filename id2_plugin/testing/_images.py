@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 
+
 def reupload_jpeg(image: np.ndarray | str | os.PathLike) -> bytes:
     """JPEG bytes of a typical re-upload of ``image`` (RGB array or image file): red +20 / blue -15, quality 50."""
     from PIL import Image

@@ -100,15 +100,20 @@ def _check_index(signal_type: Any, normalised: list[str]) -> None:
     _check_index_finds(index_cls.deserialize(buf), entries, "deserialised index")
     # OpenMediaMatch loads every stored index through the base class, whatever its signal type.
     buf.seek(0)
-    _check_index_finds(index_mod.SignalTypeIndex.deserialize(buf), entries, "index loaded by SignalTypeIndex.deserialize")
+    _check_index_finds(
+        index_mod.SignalTypeIndex.deserialize(buf), entries, "index loaded by SignalTypeIndex.deserialize"
+    )
     dup = index_cls.build(entries + [(normalised[0], {"example": "again"})])
     got = [m.metadata for m in dup.query(normalised[0])]
     if {"example": 0} not in got or {"example": "again"} not in got:
         _fail(f"an index must keep every entry added under the same signal, got {got}")
 
 
-def _check_files(signal_type: Any, matching_files: Sequence[tuple[str | Path, str | Path]],
-                 non_matching_files: Sequence[tuple[str | Path, str | Path]]) -> None:
+def _check_files(
+    signal_type: Any,
+    matching_files: Sequence[tuple[str | Path, str | Path]],
+    non_matching_files: Sequence[tuple[str | Path, str | Path]],
+) -> None:
     """Matching file pairs match (directly and through an index); non-matching ones do not."""
     index_cls = signal_type.get_index_cls()
     hashes: dict[Path, str] = {}

@@ -158,8 +158,9 @@ def check_reference_store(
     rng = np.random.default_rng(seed)
     ident = "conformance-embedder@0000/64/squash+raw"
     vecs = _unit(rng, n, dim)
-    records = [ReferenceRecord(sha256=_sha(i), uri=f"ref-{i}.jpg", labels=("conformance",) if i % 2 else ())
-               for i in range(n)]
+    records = [
+        ReferenceRecord(sha256=_sha(i), uri=f"ref-{i}.jpg", labels=("conformance",) if i % 2 else ()) for i in range(n)
+    ]
     store = factory(location, embedder_identity=ident, dim=dim, create=True)
     try:
         _check_new_store(store, dim, ident, vecs)

@@ -5,8 +5,8 @@ Importing this package is light: torch, diffusers and cv2 load only when a gener
 
 from __future__ import annotations
 
-from .make_pairs import make_diffusion_pairs, make_proxy_pairs, read_prompts
 from ..pairs import ManifestError, Pair, load_pairs, manifest_digest, write_pairs
+from .make_pairs import make_diffusion_pairs, make_proxy_pairs, read_prompts
 from .trainer import TrainConfig, TrainResult, cosface_loss, train_projection
 
 __all__ = [

@@ -21,8 +21,26 @@ Image = np.ndarray
 Donor = Callable[[], Image]
 
 _WORDS = (
-    "SALE", "hello", "Diffusion", "2024", "OPEN", "cat", "summer", "NEW", "love", "AI", "#edit", "wow",
-    "Paris", "free", "STOP", "happy", "Tokyo", "photo", "fake", "art",
+    "SALE",
+    "hello",
+    "Diffusion",
+    "2024",
+    "OPEN",
+    "cat",
+    "summer",
+    "NEW",
+    "love",
+    "AI",
+    "#edit",
+    "wow",
+    "Paris",
+    "free",
+    "STOP",
+    "happy",
+    "Tokyo",
+    "photo",
+    "fake",
+    "art",
 )
 
 
@@ -94,7 +112,9 @@ def insert_object(img: Image, rng: np.random.Generator, donor: Donor) -> Image:
         patch = _resize(patch, int(sw * scale), int(sh * scale))
         ph, pw = patch.shape[:2]
         mask = _soft_mask(ph, pw, rng)
-        img = _paste(img, patch, mask, int(rng.integers(-pw // 4, w - 3 * pw // 4)), int(rng.integers(-ph // 4, h - 3 * ph // 4)))
+        img = _paste(
+            img, patch, mask, int(rng.integers(-pw // 4, w - 3 * pw // 4)), int(rng.integers(-ph // 4, h - 3 * ph // 4))
+        )
     return img
 
 
@@ -105,7 +125,9 @@ def remove_object(img: Image, rng: np.random.Generator, donor: Donor | None = No
     mask = np.zeros((h, w), np.uint8)
     for _ in range(int(rng.integers(1, 3))):
         x, y, bw, bh = _random_box(h, w, rng, 0.12, 0.35)
-        mask[y : y + bh, x : x + bw] = np.maximum(mask[y : y + bh, x : x + bw], (_soft_mask(bh, bw, rng, "blob") > 0.5).astype(np.uint8) * 255)
+        mask[y : y + bh, x : x + bw] = np.maximum(
+            mask[y : y + bh, x : x + bw], (_soft_mask(bh, bw, rng, "blob") > 0.5).astype(np.uint8) * 255
+        )
     return cv2.inpaint(img, mask, 5, cv2.INPAINT_TELEA)  # type: ignore[no-any-return]
 
 
@@ -125,7 +147,13 @@ def move_region(img: Image, rng: np.random.Generator, donor: Donor | None = None
     if rng.random() < 0.3:
         patch = patch[:, ::-1]
     ph, pw = patch.shape[:2]
-    return _paste(out, patch, _soft_mask(ph, pw, rng), int(rng.integers(-pw // 4, w - 3 * pw // 4)), int(rng.integers(-ph // 4, h - 3 * ph // 4)))
+    return _paste(
+        out,
+        patch,
+        _soft_mask(ph, pw, rng),
+        int(rng.integers(-pw // 4, w - 3 * pw // 4)),
+        int(rng.integers(-ph // 4, h - 3 * ph // 4)),
+    )
 
 
 def duplicate_region(img: Image, rng: np.random.Generator, donor: Donor | None = None) -> Image:
@@ -138,7 +166,9 @@ def duplicate_region(img: Image, rng: np.random.Generator, donor: Donor | None =
     s = rng.uniform(0.6, 1.1)
     patch = _resize(patch, int(bw * s), int(bh * s))
     ph, pw = patch.shape[:2]
-    return _paste(img, patch, _soft_mask(ph, pw, rng), int(rng.integers(0, max(1, w - pw))), int(rng.integers(0, max(1, h - ph))))
+    return _paste(
+        img, patch, _soft_mask(ph, pw, rng), int(rng.integers(0, max(1, w - pw))), int(rng.integers(0, max(1, h - ph)))
+    )
 
 
 def _foreground_mask(img: Image, rng: np.random.Generator) -> np.ndarray:
@@ -268,7 +298,9 @@ def restage(img: Image, rng: np.random.Generator, donor: Donor) -> Image:
     scene = _resize(donor(), w, h)
     if rng.random() < 0.4:
         scene = cv2.GaussianBlur(scene, (0, 0), rng.uniform(1.0, 3.0))
-    return _paste(scene, subject, alpha, int(rng.integers(0, max(1, w - sw + 1))), int(rng.integers(0, max(1, h - sh + 1))))
+    return _paste(
+        scene, subject, alpha, int(rng.integers(0, max(1, w - sw + 1))), int(rng.integers(0, max(1, h - sh + 1)))
+    )
 
 
 def overlay_text(img: Image, rng: np.random.Generator, donor: Donor | None = None) -> Image:
@@ -302,7 +334,9 @@ def overlay_shapes(img: Image, rng: np.random.Generator, donor: Donor | None = N
         elif kind == 1:
             cv2.rectangle(layer, (cx - r, cy - r // 2), (cx + r, cy + r // 2), colour, -1)
         else:
-            cv2.line(layer, (cx, cy), (int(rng.integers(0, w)), int(rng.integers(0, h))), colour, max(2, r // 4), cv2.LINE_AA)
+            cv2.line(
+                layer, (cx, cy), (int(rng.integers(0, w)), int(rng.integers(0, h))), colour, max(2, r // 4), cv2.LINE_AA
+            )
     a = rng.uniform(0.5, 1.0)
     return np.clip(img * (1 - a) + layer * a + 0.5, 0, 255).astype(np.uint8)
 
@@ -351,9 +385,13 @@ def stylise(img: Image, rng: np.random.Generator, donor: Donor | None = None) ->
     if kind == 0:
         out = cv2.stylization(bgr, sigma_s=float(rng.uniform(30, 90)), sigma_r=float(rng.uniform(0.3, 0.6)))
     elif kind == 1:
-        out = cv2.edgePreservingFilter(bgr, flags=1, sigma_s=float(rng.uniform(40, 120)), sigma_r=float(rng.uniform(0.3, 0.7)))
+        out = cv2.edgePreservingFilter(
+            bgr, flags=1, sigma_s=float(rng.uniform(40, 120)), sigma_r=float(rng.uniform(0.3, 0.7))
+        )
     elif kind == 2:
-        _, out = cv2.pencilSketch(bgr, sigma_s=float(rng.uniform(30, 80)), sigma_r=0.07, shade_factor=float(rng.uniform(0.03, 0.08)))
+        _, out = cv2.pencilSketch(
+            bgr, sigma_s=float(rng.uniform(30, 80)), sigma_r=0.07, shade_factor=float(rng.uniform(0.03, 0.08))
+        )
     elif kind == 3:
         out = cv2.xphoto.oilPainting(bgr, int(rng.integers(4, 9)), int(rng.integers(1, 3)))
     else:
@@ -377,7 +415,9 @@ def cartoon(img: Image, rng: np.random.Generator, donor: Donor | None = None) ->
 # -- degradations -----------------------------------------------------------------------------------
 def jpeg(img: Image, rng: np.random.Generator, donor: Donor | None = None) -> Image:
     cv2 = _cv2()
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(25, 85))])
+    ok, buf = cv2.imencode(
+        ".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(25, 85))]
+    )
     return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) if ok else img  # type: ignore[no-any-return]
 
 

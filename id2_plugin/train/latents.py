@@ -58,7 +58,11 @@ def cache_latents(
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     key = matrix_key(encoder.identity, paths)
-    mat_path, status_path, meta_path = cache_dir / f"{key}.npy", cache_dir / f"{key}.status.npy", cache_dir / f"{key}.json"
+    mat_path, status_path, meta_path = (
+        cache_dir / f"{key}.npy",
+        cache_dir / f"{key}.status.npy",
+        cache_dir / f"{key}.json",
+    )
     n, d = len(paths), encoder.latent_dim
     status = np.load(status_path) if status_path.is_file() and mat_path.is_file() else None
     if status is None or status.shape != (n,):

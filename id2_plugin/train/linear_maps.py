@@ -37,7 +37,9 @@ def _pca(xc: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
     return u.astype(np.float32), var.astype(np.float32)
 
 
-def pca_whitening(x: np.ndarray, *, rank: int = 512, eps: float = 1.0, power: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+def pca_whitening(
+    x: np.ndarray, *, rank: int = 512, eps: float = 1.0, power: float = 0.5
+) -> tuple[np.ndarray, np.ndarray]:
     """``(mean, W)``: PCA of unlabelled rows ``x`` (n x d), ``rank`` directions scaled by ``(var + eps*mean var)^-power``.
 
     The columns are scaled so that their average norm is 1 (keeps score scales comparable across maps).

@@ -181,7 +181,16 @@ def make_diffusion_pairs(
                 _save(np.asarray(result.convert("RGB")), target, quality)
             else:
                 rng.integers(0, 2**63 - 1)  # keep the random stream identical whether the file existed or not
-            pairs.append(Pair(query=target, origin=origin, model=model, prompt=prompt, strength=strength, source="diffusers-img2img"))
+            pairs.append(
+                Pair(
+                    query=target,
+                    origin=origin,
+                    model=model,
+                    prompt=prompt,
+                    strength=strength,
+                    source="diffusers-img2img",
+                )
+            )
             bar.update(1)
     bar.close()
     if not pairs:
@@ -199,7 +208,7 @@ class _Pending:
 
 
 class LatentRegenerator:
-    """"Regeneration" through TAEF2: encode, noise the latent at strength ``s``, decode.
+    """ "Regeneration" through TAEF2: encode, noise the latent at strength ``s``, decode.
 
     ``z' = mu + sqrt(1 - s) (z - mu) + sqrt(s) sigma eps`` with per-image, per-channel mean ``mu`` and
     spread ``sigma`` and spatially smoothed Gaussian ``eps``: textures and local colours change the way a
@@ -213,7 +222,9 @@ class LatentRegenerator:
         self.encoder = TAEF2Encoder(weights=weights, device=device, dtype="float32", input_size=size)
         self.decoder = TAEF2Decoder(weights=weights, device=device, dtype="float32")
 
-    def __call__(self, images: list[np.ndarray], strengths: list[float], smooths: list[float], rngs: list[np.random.Generator]) -> list[np.ndarray]:
+    def __call__(
+        self, images: list[np.ndarray], strengths: list[float], smooths: list[float], rngs: list[np.random.Generator]
+    ) -> list[np.ndarray]:
         torch = require("torch")
         cv2 = require("cv2")
         sq = np.stack([cv2.resize(im, (self.size, self.size), interpolation=cv2.INTER_AREA) for im in images])
@@ -257,7 +268,11 @@ class ProxyPlan:
 
     def describe(self) -> str:
         """``proxy:<op>+<op>+latent0.23+jpeg``: the manifest's ``source`` field."""
-        names = list(self.pixel_ops) + ([f"latent{self.strength:.2f}"] if self.strength is not None else []) + list(self.degradations)
+        names = (
+            list(self.pixel_ops)
+            + ([f"latent{self.strength:.2f}"] if self.strength is not None else [])
+            + list(self.degradations)
+        )
         return "proxy:" + ("+".join(names) or "identity")
 
 
@@ -330,8 +345,13 @@ def _check_proxy_options(
 
 
 def _start_edit(
-    plan: ProxyPlan, target: Path, image: np.ndarray, origin: Path, donor_paths: list[Path],
-    donor_cache: dict[Path, np.ndarray], max_side: int,
+    plan: ProxyPlan,
+    target: Path,
+    image: np.ndarray,
+    origin: Path,
+    donor_paths: list[Path],
+    donor_cache: dict[Path, np.ndarray],
+    max_side: int,
 ) -> _Pending:
     """The plan's pixel ops applied to the origin: the edit up to its latent regeneration."""
     from . import _proxy_ops as ops
@@ -349,8 +369,13 @@ class _ProxyBatch:
     """Edits waiting for the latent regeneration, which runs on a whole batch; then degraded and saved."""
 
     def __init__(
-        self, bar: Any, batch_size: int, quality: int, regenerator: Callable[..., list[np.ndarray]] | None,
-        weights: str | os.PathLike | None, device: str,
+        self,
+        bar: Any,
+        batch_size: int,
+        quality: int,
+        regenerator: Callable[..., list[np.ndarray]] | None,
+        weights: str | os.PathLike | None,
+        device: str,
     ) -> None:
         """An empty batch; the regenerator is built on first use unless one is given."""
         self.bar, self.batch_size, self.quality = bar, batch_size, quality
@@ -382,7 +407,11 @@ class _ProxyBatch:
         if self.regen is None:
             self.regen = LatentRegenerator(weights=self.weights, device=self.device)
         noise_rngs = [np.random.default_rng([*p.plan.seed, 2]) for p in todo]
-        images, strengths, smooths = [p.image for p in todo], [p.plan.strength for p in todo], [p.plan.smooth for p in todo]
+        images, strengths, smooths = (
+            [p.image for p in todo],
+            [p.plan.strength for p in todo],
+            [p.plan.smooth for p in todo],
+        )
         regenerated = self.regen(images, strengths, smooths, noise_rngs)
         for p, im in zip(todo, regenerated):
             p.image = im
@@ -434,15 +463,26 @@ def make_proxy_pairs(
             bar.update(edits_per_origin)
             continue
         for k in range(edits_per_origin):
-            plan = sample_plan((seed, base_seed, k), latent_prob=latent_prob, latent_strength=latent_strength,
-                               scene_prob=scene_prob, crop_prob=crop_prob)
+            plan = sample_plan(
+                (seed, base_seed, k),
+                latent_prob=latent_prob,
+                latent_strength=latent_strength,
+                scene_prob=scene_prob,
+                crop_prob=crop_prob,
+            )
             target = out / EDITED_DIR / _edit_name(origin, k, "jpg")
             if target.is_file():
                 bar.update(1)
             else:
                 batch.add(_start_edit(plan, target, image, origin, donor_paths, donor_cache, max_side))
             pairs.append(
-                Pair(query=target, origin=origin, model="proxy:taef2", strength=plan.strength or 0.0, source=plan.describe())
+                Pair(
+                    query=target,
+                    origin=origin,
+                    model="proxy:taef2",
+                    strength=plan.strength or 0.0,
+                    source=plan.describe(),
+                )
             )
     batch.flush()
     bar.close()

@@ -86,7 +86,9 @@ class PairData:
         return np.array([col[int(r)] for r in self.real_origin])
 
 
-def fit_map(recipe: Recipe, data: PairData, train: np.ndarray, _pca_cache: dict[Recipe, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def fit_map(
+    recipe: Recipe, data: PairData, train: np.ndarray, _pca_cache: dict[Recipe, Any] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """``(mean, W)`` of ``recipe`` fitted on the unlabelled rows and the real pairs ``train`` (indices)."""
     z = data.latents[recipe.pool]
     key = recipe.base()
@@ -109,20 +111,38 @@ def fit_map(recipe: Recipe, data: PairData, train: np.ndarray, _pca_cache: dict[
         labels += [data.proxy_origin + off, data.proxy_origin + off]
         weights += [np.full(len(data.proxy_query), recipe.proxy_weight)] * 2
     x = z[np.concatenate(rows)]
-    w = cosface_correction(x, np.concatenate(labels), mean, w0, anchor=recipe.anchor, steps=recipe.steps, lr=recipe.lr,
-                           sample_weights=np.concatenate(weights))
+    w = cosface_correction(
+        x,
+        np.concatenate(labels),
+        mean,
+        w0,
+        anchor=recipe.anchor,
+        steps=recipe.steps,
+        lr=recipe.lr,
+        sample_weights=np.concatenate(weights),
+    )
     return mean, w
 
 
-def cross_validate_recipe(recipe: Recipe, data: PairData, folds: np.ndarray, pca_cache: dict[Recipe, Any] | None = None) -> CVResult:
+def cross_validate_recipe(
+    recipe: Recipe, data: PairData, folds: np.ndarray, pca_cache: dict[Recipe, Any] | None = None
+) -> CVResult:
     z = data.latents[recipe.pool]
 
     def fit(train: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
         mean, w = fit_map(recipe, data, train, pca_cache)
         return lambda rows: embed(z[rows], mean, w)
 
-    return cross_validate(recipe.name, fit, data.real_query, data.origin_col, data.gallery, folds, data.families,
-                          dataclasses.asdict(recipe))
+    return cross_validate(
+        recipe.name,
+        fit,
+        data.real_query,
+        data.origin_col,
+        data.gallery,
+        folds,
+        data.families,
+        dataclasses.asdict(recipe),
+    )
 
 
 def raw_baseline(data: PairData, folds: np.ndarray) -> CVResult:
@@ -152,8 +172,10 @@ def select_recipe(
     for r in candidates:
         res = cross_validate_recipe(r, data, folds, cache)
         results.append((r, res))
-        log(f"{res.name:60s} top1 {res.pooled['top1']:.3f} mAP {res.pooled['mAP']:.3f} micro-AP {res.pooled['micro_ap']:.3f}"
-            f"  (fold mAP {res.spread('mAP')[1]:.2f}-{res.spread('mAP')[2]:.2f})")
+        log(
+            f"{res.name:60s} top1 {res.pooled['top1']:.3f} mAP {res.pooled['mAP']:.3f} micro-AP {res.pooled['micro_ap']:.3f}"
+            f"  (fold mAP {res.spread('mAP')[1]:.2f}-{res.spread('mAP')[2]:.2f})"
+        )
     pcas = [(r, res) for r, res in results if r.kind == "pca"]
     if not pcas:
         raise ValueError("the candidates must include at least one unsupervised pca recipe (the floor)")
@@ -169,7 +191,9 @@ def never_below(candidate: CVResult, floor: CVResult) -> bool:
     return all(candidate.pooled[k] >= floor.pooled[k] - 1e-9 for k in ("top1", "mAP"))
 
 
-def default_candidates(pools: Sequence[int] = (1, 2), ranks: Sequence[int] = (512, 768), proxies: bool = False) -> list[Recipe]:
+def default_candidates(
+    pools: Sequence[int] = (1, 2), ranks: Sequence[int] = (512, 768), proxies: bool = False
+) -> list[Recipe]:
     """The documented search space of ``train --recipe auto``."""
     out: list[Recipe] = []
     for pool in pools:
@@ -187,10 +211,10 @@ def default_candidates(pools: Sequence[int] = (1, 2), ranks: Sequence[int] = (51
 def fit_projection(recipe: Recipe, data: PairData, metadata: dict[str, str]) -> Projection:
     """Fit ``recipe`` on every real pair and wrap it as a :class:`Projection` (with centring) for ``pool``."""
     mean, w = fit_map(recipe, data, np.arange(len(data.real_query)))
-    meta = dict(metadata, recipe=json.dumps(dataclasses.asdict(recipe), sort_keys=True), trainer="id2_plugin.train.real_pairs")
+    meta = dict(
+        metadata, recipe=json.dumps(dataclasses.asdict(recipe), sort_keys=True), trainer="id2_plugin.train.real_pairs"
+    )
     return Projection(w, metadata=meta, pool=recipe.pool, mean=mean)
-
-
 
 
 @dataclass
@@ -205,8 +229,13 @@ class RealTrainResult:
 
     def report(self) -> dict[str, Any]:
         chosen = next(r for r in self.results if r.name == self.recipe.name)
-        return {"recipe": dataclasses.asdict(self.recipe), "chosen": chosen.to_dict(), "raw_latent": self.raw.to_dict(),
-                "n_folds": self.n_folds, "candidates": [r.to_dict() for r in self.results]}
+        return {
+            "recipe": dataclasses.asdict(self.recipe),
+            "chosen": chosen.to_dict(),
+            "raw_latent": self.raw.to_dict(),
+            "n_folds": self.n_folds,
+            "candidates": [r.to_dict() for r in self.results],
+        }
 
 
 def load_pair_data(
@@ -221,8 +250,8 @@ def load_pair_data(
 ) -> PairData:
     """Encode every image once (memory-mapped in ``cache_dir``) and lay out the rows of :class:`PairData`."""
     from ..media import iter_image_files
-    from .latents import cache_latents
     from ..pairs import load_pairs
+    from .latents import cache_latents
     from .trainer import pool_rows
 
     row: dict[Any, int] = {}
@@ -231,7 +260,11 @@ def load_pair_data(
         return row.setdefault(p.resolve(), len(row))
 
     real = [p for m in real_manifests for p in load_pairs(m)]
-    rq, ro, fams = [at(p.query) for p in real], [at(p.origin) for p in real], [str(p.extra.get("family") or p.source or "") for p in real]
+    rq, ro, fams = (
+        [at(p.query) for p in real],
+        [at(p.origin) for p in real],
+        [str(p.extra.get("family") or p.source or "") for p in real],
+    )
     proxy = [p for m in proxy_manifests for p in load_pairs(m)]
     pq, po = [at(p.query) for p in proxy], [at(p.origin) for p in proxy]
     unl = [at(p) for p in iter_image_files(list(unlabelled))]
@@ -241,12 +274,23 @@ def load_pair_data(
     if bad:
         from ..errors import ConfigError
 
-        raise ConfigError(f"{len(bad)} image(s) could not be read, e.g. {bad[0]}; fix or drop them from the manifests / folders")
+        raise ConfigError(
+            f"{len(bad)} image(s) could not be read, e.g. {bad[0]}; fix or drop them from the manifests / folders"
+        )
     all_rows = np.arange(len(paths))
     pooled = {p: pool_rows(latents, all_rows, encoder.latent_shape, p) for p in sorted(set(pools) | {1})}
     origins = sorted(set(ro))
     gallery = np.array(origins + [u for u in unl if u not in set(origins) | set(rq)])
-    return PairData(pooled, np.array(unl), np.array(rq), np.array(ro), gallery, fams, np.array(pq, dtype=np.int64), np.array(po, dtype=np.int64))
+    return PairData(
+        pooled,
+        np.array(unl),
+        np.array(rq),
+        np.array(ro),
+        gallery,
+        fams,
+        np.array(pq, dtype=np.int64),
+        np.array(po, dtype=np.int64),
+    )
 
 
 def train_on_real_pairs(
@@ -272,24 +316,35 @@ def train_on_real_pairs(
     import tempfile
     from pathlib import Path
 
-    from .crossval import grouped_folds, origin_groups
     from ..pairs import manifest_digest
+    from .crossval import grouped_folds, origin_groups
 
     cands = list(candidates) if candidates is not None else default_candidates(proxies=bool(proxy_manifests))
     tmp = None if cache_dir is not None else tempfile.TemporaryDirectory(prefix="id2-train-")
     try:
-        data = load_pair_data(real_manifests, unlabelled, encoder, cache_dir or tmp.name,  # type: ignore[union-attr]
-                              proxy_manifests=proxy_manifests, pools={c.pool for c in cands}, progress=progress)
+        data = load_pair_data(
+            real_manifests,
+            unlabelled,
+            encoder,
+            cache_dir or tmp.name,  # type: ignore[union-attr]
+            proxy_manifests=proxy_manifests,
+            pools={c.pool for c in cands},
+            progress=progress,
+        )
     finally:
         if tmp is not None:
             tmp.cleanup()
     origins = np.unique(data.real_origin)
     group_of = dict(zip(origins.tolist(), origin_groups(data.latents[1][origins]).tolist()))
     folds = grouped_folds([group_of[int(o)] for o in data.real_origin], n_folds, seed=seed)
-    log(f"{len(data.real_query)} real pairs, {len(origins)} origins in {len(set(group_of.values()))} groups, "
-        f"{len(data.unlabelled)} unlabelled photos, {len(data.proxy_query)} proxy pairs; gallery {len(data.gallery)}; {n_folds} folds")
+    log(
+        f"{len(data.real_query)} real pairs, {len(origins)} origins in {len(set(group_of.values()))} groups, "
+        f"{len(data.unlabelled)} unlabelled photos, {len(data.proxy_query)} proxy pairs; gallery {len(data.gallery)}; {n_folds} folds"
+    )
     raw = raw_baseline(data, folds)
-    log(f"{'raw latent (no W)':60s} top1 {raw.pooled['top1']:.3f} mAP {raw.pooled['mAP']:.3f} micro-AP {raw.pooled['micro_ap']:.3f}")
+    log(
+        f"{'raw latent (no W)':60s} top1 {raw.pooled['top1']:.3f} mAP {raw.pooled['mAP']:.3f} micro-AP {raw.pooled['micro_ap']:.3f}"
+    )
     chosen, results = select_recipe(cands, data, folds, log)
     meta = {
         "embedder_name": encoder.name,
@@ -308,5 +363,18 @@ def train_on_real_pairs(
     return RealTrainResult(Projection.load(path), chosen, results, raw, n_folds)
 
 
-__all__ = ["KINDS", "PairData", "RealTrainResult", "Recipe", "cross_validate_recipe", "default_candidates", "fit_map",
-           "fit_projection", "load_pair_data", "never_below", "raw_baseline", "select_recipe", "train_on_real_pairs"]
+__all__ = [
+    "KINDS",
+    "PairData",
+    "RealTrainResult",
+    "Recipe",
+    "cross_validate_recipe",
+    "default_candidates",
+    "fit_map",
+    "fit_projection",
+    "load_pair_data",
+    "never_below",
+    "raw_baseline",
+    "select_recipe",
+    "train_on_real_pairs",
+]

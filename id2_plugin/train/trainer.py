@@ -41,8 +41,8 @@ from .._lazy import require
 from ..cache import LatentCache
 from ..embedders.base import LatentEncoder, Projection, l2_normalise
 from ..errors import ConfigError
-from .latents import cache_latents
 from ..pairs import group_by_origin, load_pairs, manifest_digest
+from .latents import cache_latents
 
 INITS = ("random", "pca", "lda")
 
@@ -155,7 +155,9 @@ def _build_split(
         raise ConfigError(f"need at least 2 training origins, got {len(train_items)}")
     train_groups = [[o, *qs] for o, qs in train_items]
     # Sorted, so every split of the same images shares one cached latent matrix.
-    images = sorted(_unique([p for g in train_groups for p in g] + [p for o, qs in val_items for p in (o, *qs)] + list(distractors)))
+    images = sorted(
+        _unique([p for g in train_groups for p in g] + [p for o, qs in val_items for p in (o, *qs)] + list(distractors))
+    )
     return images, train_groups, val_items, list(distractors)
 
 
@@ -167,7 +169,11 @@ def _unique(paths: list[Path]) -> list[Path]:
 
 
 def _index_split(
-    paths: list[Path], ok: np.ndarray, train_groups: list[list[Path]], val_items: list[tuple[Path, list[Path]]], distractors: list[Path]
+    paths: list[Path],
+    ok: np.ndarray,
+    train_groups: list[list[Path]],
+    val_items: list[tuple[Path, list[Path]]],
+    distractors: list[Path],
 ) -> _Split:
     row = {p: i for i, p in enumerate(paths)}
     members = []
@@ -203,7 +209,13 @@ def _index_split(
     return _Split(paths, members, vq, vo, gallery)
 
 
-def pool_rows(latents: np.ndarray, rows: Sequence[int] | np.ndarray, latent_shape: tuple[int, int, int], pool: int, chunk: int = 512) -> np.ndarray:
+def pool_rows(
+    latents: np.ndarray,
+    rows: Sequence[int] | np.ndarray,
+    latent_shape: tuple[int, int, int],
+    pool: int,
+    chunk: int = 512,
+) -> np.ndarray:
     """Rows of the (memory-mapped, float16) latent matrix as float32, average-pooled by ``pool``."""
     proj = Projection(np.zeros((1, 1), np.float32), pool=pool)
     rows = np.asarray(rows, dtype=np.int64)
@@ -293,7 +305,13 @@ def retrieval_metrics(queries: np.ndarray, gallery: np.ndarray, query_origin: Se
     pos = np.zeros(scores.shape, bool)
     pos[np.arange(len(query_origin)), np.asarray(query_origin)] = True
     m = compute_metrics(scores, pos, k=100)
-    return {"top1": m.top1, "mAP": m.mAP, "micro_ap": m.micro_ap, "n_queries": m.n_queries, "n_references": m.n_references}
+    return {
+        "top1": m.top1,
+        "mAP": m.mAP,
+        "micro_ap": m.micro_ap,
+        "n_queries": m.n_queries,
+        "n_references": m.n_references,
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -404,17 +422,26 @@ def _load_data(
     labels = np.array([c for c, m in enumerate(split.members) for _ in m])
     x = pool_rows(latents, rows, shape, cfg.pool)
     local = {r: j for j, r in enumerate(rows.tolist())}
-    log(f"training identities {len(split.members)} ({len(rows)} images, {latents.shape[0] - int(ok.sum())} unreadable), "
-        f"validation queries {len(split.val_queries)} vs gallery {len(split.val_gallery)}; W {x.shape[1]}x{cfg.out_dim}")
+    log(
+        f"training identities {len(split.members)} ({len(rows)} images, {latents.shape[0] - int(ok.sum())} unreadable), "
+        f"validation queries {len(split.val_queries)} vs gallery {len(split.val_gallery)}; W {x.shape[1]}x{cfg.out_dim}"
+    )
     val = None
     if split.val_queries:
         val = _Validation(
-            pool_rows(latents, split.val_queries, shape, cfg.pool), pool_rows(latents, split.val_gallery, shape, cfg.pool),
+            pool_rows(latents, split.val_queries, shape, cfg.pool),
+            pool_rows(latents, split.val_gallery, shape, cfg.pool),
             split.val_query_origin,
         )
     return _TrainData(
-        latents, split, (shape[0], shape[1] // cfg.pool, shape[2] // cfg.pool), x, labels,
-        [[local[i] for i in m] for m in split.members], val, _mean_direction(x) if cfg.center else None,
+        latents,
+        split,
+        (shape[0], shape[1] // cfg.pool, shape[2] // cfg.pool),
+        x,
+        labels,
+        [[local[i] for i in m] for m in split.members],
+        val,
+        _mean_direction(x) if cfg.center else None,
     )
 
 
@@ -424,7 +451,9 @@ def _raw_latent_metrics(latents: np.ndarray, split: _Split) -> dict[str, float]:
     return retrieval_metrics(queries, gallery, split.val_query_origin)
 
 
-def _baselines(data: _TrainData, w0: np.ndarray, cfg: TrainConfig, log: Callable[[str], None]) -> dict[str, dict[str, float]]:
+def _baselines(
+    data: _TrainData, w0: np.ndarray, cfg: TrainConfig, log: Callable[[str], None]
+) -> dict[str, dict[str, float]]:
     """Validation metrics of the raw latent, the pooled latent and the initial W (none without validation)."""
     if data.val is None:
         return {}
@@ -512,7 +541,11 @@ class _Trainer:
             self.cls.copy_(t["cls"].to(dev))
         self.w_ema, self.best_w = t["w_ema"].to(dev), t["best_w"].to(dev)
         moments = {
-            i: {"step": torch.tensor(float(adam_step)), "exp_avg": t[f"adam{i}.m"].to(dev), "exp_avg_sq": t[f"adam{i}.v"].to(dev)}
+            i: {
+                "step": torch.tensor(float(adam_step)),
+                "exp_avg": t[f"adam{i}.m"].to(dev),
+                "exp_avg_sq": t[f"adam{i}.v"].to(dev),
+            }
             for i in range(2)
         }
         self.opt.load_state_dict({"state": moments, "param_groups": self.opt.state_dict()["param_groups"]})
@@ -538,8 +571,13 @@ class _Trainer:
         from tqdm import tqdm
 
         losses = []
-        bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="step",
-                   disable=not self.progress, leave=False)
+        bar = tqdm(
+            range(self.steps_per_epoch),
+            desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
+            unit="step",
+            disable=not self.progress,
+            leave=False,
+        )
         for _ in bar:
             loss, lr = self._step()
             losses.append(loss)
@@ -551,7 +589,9 @@ class _Trainer:
         """One optimiser step on a PK batch; returns its loss and learning rate."""
         cfg = self.cfg
         xb, labels = self._sample_batch()
-        lr = lr_at(self.global_step, self.steps_per_epoch * cfg.epochs, self.steps_per_epoch * cfg.warmup_epochs, cfg.lr)
+        lr = lr_at(
+            self.global_step, self.steps_per_epoch * cfg.epochs, self.steps_per_epoch * cfg.warmup_epochs, cfg.lr
+        )
         for g in self.opt.param_groups:
             g["lr"] = lr
         loss = cosface_loss(xb @ self._effective(self.w), self.cls, labels, cfg.scale, cfg.margin)
@@ -594,7 +634,11 @@ class _Trainer:
             return {}
         m = self.data.val.score(self._effective(self.w_ema).detach().cpu().numpy())
         if m["mAP"] > self.best["mAP"]:
-            self.best, self.best_w, self.bad_epochs = {"epoch": epoch, "mAP": m["mAP"], "top1": m["top1"]}, self.w_ema.clone(), 0
+            self.best, self.best_w, self.bad_epochs = (
+                {"epoch": epoch, "mAP": m["mAP"], "top1": m["top1"]},
+                self.w_ema.clone(),
+                0,
+            )
         else:
             self.bad_epochs += 1
         return {"val_top1": m["top1"], "val_mAP": m["mAP"]}
@@ -641,7 +685,9 @@ def _metadata(
         "val_manifest_digest": digests["val_manifest"] or "",
         "seed": str(cfg.seed),
         "loss_curve": json.dumps([round(h["loss"], 5) for h in history]),
-        "val_history": json.dumps([{k: (round(v, 5) if isinstance(v, float) else v) for k, v in h.items()} for h in history]),
+        "val_history": json.dumps(
+            [{k: (round(v, 5) if isinstance(v, float) else v) for k, v in h.items()} for h in history]
+        ),
         "val_metrics": json.dumps(val_metrics),
         "best_epoch": str(best_epoch),
         "train_config": json.dumps(cfg.schedule_key(), sort_keys=True),
@@ -702,8 +748,17 @@ def _train_projection(
     device, _ = select_device(cfg.device, "float32")
     data = _load_data(pairs_path, val_path, distractors, encoder, cfg, cache_dir, latent_cache, progress, log)
     digests = {"manifest": manifest_digest(pairs_path), "val_manifest": manifest_digest(val_path) if val_path else None}
-    w0 = data.finish_w(init_projection(data.x, data.labels, kind=cfg.init, out_dim=cfg.out_dim, rank=cfg.init_rank,
-                                       eps=cfg.whiten_eps, seed=cfg.seed))
+    w0 = data.finish_w(
+        init_projection(
+            data.x,
+            data.labels,
+            kind=cfg.init,
+            out_dim=cfg.out_dim,
+            rank=cfg.init_rank,
+            eps=cfg.whiten_eps,
+            seed=cfg.seed,
+        )
+    )
     baselines = _baselines(data, w0, cfg, log)
     state_key = {"config": cfg.schedule_key(), "encoder": encoder.identity, **digests}
     trainer = _Trainer(data, w0, cfg, device, ckpt_dir, state_key, progress, log)

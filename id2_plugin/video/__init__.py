@@ -43,7 +43,7 @@ Nothing here imports PyAV, torch or ray at module level.
 
 from __future__ import annotations
 
-from ._decode import DEFAULT_DEDUPE_THRESHOLD, VIDEO_EXTENSIONS, Frame, SampleMode, VideoError, FrameReader, iter_frames
+from ._decode import DEFAULT_DEDUPE_THRESHOLD, VIDEO_EXTENSIONS, Frame, FrameReader, SampleMode, VideoError, iter_frames
 from ._output import VideoReportWriter, format_report_text
 from ._ray import scan_videos_ray
 from ._report import FrameHit, ReferenceSummary, VideoReport

@@ -25,8 +25,27 @@ DEFAULT_DEDUPE_THRESHOLD = 3.0
 _THUMB = 16
 
 VIDEO_EXTENSIONS = frozenset(
-    {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".m2ts", ".mts", ".wmv",
-     ".flv", ".3gp", ".3g2", ".ogv", ".mxf", ".vob", ".y4m"}
+    {
+        ".mp4",
+        ".m4v",
+        ".mov",
+        ".mkv",
+        ".webm",
+        ".avi",
+        ".mpg",
+        ".mpeg",
+        ".ts",
+        ".m2ts",
+        ".mts",
+        ".wmv",
+        ".flv",
+        ".3gp",
+        ".3g2",
+        ".ogv",
+        ".mxf",
+        ".vob",
+        ".y4m",
+    }
 )
 
 #: Demuxers that open still images as one-frame "videos"; a still image is not a video (use ``query``).
@@ -42,8 +61,15 @@ class VideoError(MediaError):
     (the stream ended before its declared duration).
     """
 
-    def __init__(self, message: str, source: str | None = None, *, kind: str = "corrupt", frames_read: int = 0,
-                 at_seconds: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        source: str | None = None,
+        *,
+        kind: str = "corrupt",
+        frames_read: int = 0,
+        at_seconds: float | None = None,
+    ) -> None:
         self.kind = kind
         self.frames_read = frames_read
         self.at_seconds = at_seconds
@@ -87,8 +113,15 @@ def _ffmpeg_message(exc: BaseException) -> str:
 class FrameReader:
     """Decode ``path`` and yield ``(frame, is_duplicate)`` for every sampled frame; see :func:`iter_frames`."""
 
-    def __init__(self, path: str | os.PathLike, mode: SampleMode = "keyframes", fps: float | None = None,
-                 dedupe: bool = True, dedupe_threshold: float = DEFAULT_DEDUPE_THRESHOLD, threads: int = 0) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        mode: SampleMode = "keyframes",
+        fps: float | None = None,
+        dedupe: bool = True,
+        dedupe_threshold: float = DEFAULT_DEDUPE_THRESHOLD,
+        threads: int = 0,
+    ) -> None:
         if mode not in ("keyframes", "fps", "all"):
             raise ConfigError(f"video mode={mode!r}: expected 'keyframes', 'fps' or 'all'")
         if mode == "fps" and (fps is None or not fps > 0):
@@ -118,21 +151,31 @@ class FrameReader:
         try:
             container = av.open(os.fspath(p), mode="r")
         except av.FFmpegError as exc:
-            raise VideoError(f"cannot read a video container (not a video, corrupt, or cut before its index): "
-                             f"{_ffmpeg_message(exc)}", label, kind="not_a_video") from None
+            raise VideoError(
+                f"cannot read a video container (not a video, corrupt, or cut before its index): "
+                f"{_ffmpeg_message(exc)}",
+                label,
+                kind="not_a_video",
+            ) from None
         except (OSError, ValueError) as exc:
             raise VideoError(f"cannot open video ({exc})", label, kind="not_a_video") from None
         try:
             fmt = container.format.name or ""
             if any(tag in fmt for tag in _IMAGE_DEMUXERS):
-                raise VideoError(f"is a still image ({fmt}), not a video; identify it with `id2-plugin query`",
-                                 label, kind="not_a_video")
+                raise VideoError(
+                    f"is a still image ({fmt}), not a video; identify it with `id2-plugin query`",
+                    label,
+                    kind="not_a_video",
+                )
             if not container.streams.video:
                 raise VideoError("contains no video stream", label, kind="no_video_stream")
             stream = container.streams.video[0]
             if stream.codec_context is None:
-                raise VideoError("unsupported codec: this FFmpeg build has no decoder for the video stream",
-                                 label, kind="unsupported_codec")
+                raise VideoError(
+                    "unsupported codec: this FFmpeg build has no decoder for the video stream",
+                    label,
+                    kind="unsupported_codec",
+                )
         except BaseException:
             container.close()
             raise
@@ -207,8 +250,11 @@ class FrameReader:
                     index = int(round(t * rate)) if rate else counter - 1
                     duplicate = False
                     if self.dedupe:
-                        thumb = vf.reformat(width=_THUMB, height=_THUMB, format="gray",
-                                            interpolation="AREA").to_ndarray().astype(np.float32)
+                        thumb = (
+                            vf.reformat(width=_THUMB, height=_THUMB, format="gray", interpolation="AREA")
+                            .to_ndarray()
+                            .astype(np.float32)
+                        )
                         if last_thumb is not None and float(np.abs(thumb - last_thumb).mean()) < self.dedupe_threshold:
                             duplicate = True
                             st.duplicates_dropped += 1
@@ -222,7 +268,10 @@ class FrameReader:
             raise VideoError(
                 f"decoding failed{f' near {at:.2f} s' if at is not None else ''} after {st.frames_decoded} decoded "
                 f"frames: {_ffmpeg_message(exc)}",
-                self.label, kind="corrupt", frames_read=st.frames_sampled, at_seconds=at,
+                self.label,
+                kind="corrupt",
+                frames_read=st.frames_sampled,
+                at_seconds=at,
             ) from None
         declared, seen = st.duration_s, st.last_packet_seconds
         if declared is not None and declared > 0:
@@ -232,7 +281,10 @@ class FrameReader:
             if seen < declared - tolerance:
                 raise VideoError(
                     f"truncated: the video stream ends at {seen:.2f} s but the file declares {declared:.2f} s",
-                    self.label, kind="truncated", frames_read=st.frames_sampled, at_seconds=seen,
+                    self.label,
+                    kind="truncated",
+                    frames_read=st.frames_sampled,
+                    at_seconds=seen,
                 )
 
 

@@ -7,15 +7,25 @@ import io
 import json
 from typing import IO, TYPE_CHECKING, Literal
 
-
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
     pass
 from ._report import VideoReport
 
-_CSV_FIELDS = ("video", "frame_index", "timestamp", "until", "is_key", "rank", "reference_id", "uri", "sha256",
-               "score", "error")
+_CSV_FIELDS = (
+    "video",
+    "frame_index",
+    "timestamp",
+    "until",
+    "is_key",
+    "rank",
+    "reference_id",
+    "uri",
+    "sha256",
+    "score",
+    "error",
+)
 
 
 class VideoReportWriter:
@@ -39,8 +49,21 @@ class VideoReportWriter:
         else:
             for hit in report.hits:
                 for m in hit.matches:
-                    self._csv.writerow((report.path, hit.frame_index, f"{hit.timestamp:.3f}", f"{hit.until:.3f}",
-                                        int(hit.is_key), m.rank, m.reference_id, m.uri, m.sha256, f"{m.score:.6f}", ""))
+                    self._csv.writerow(
+                        (
+                            report.path,
+                            hit.frame_index,
+                            f"{hit.timestamp:.3f}",
+                            f"{hit.until:.3f}",
+                            int(hit.is_key),
+                            m.rank,
+                            m.reference_id,
+                            m.uri,
+                            m.sha256,
+                            f"{m.score:.6f}",
+                            "",
+                        )
+                    )
             if report.error:
                 self._csv.writerow((report.path, "", "", "", "", "", "", "", "", "", report.error))
         self.stream.flush()
@@ -51,12 +74,16 @@ def format_report_text(report: VideoReport) -> str:
     buf = io.StringIO()
     status = "ERROR" if report.error else ("MATCH" if report.is_match else "NO MATCH")
     dur = f"{report.duration_s:.1f} s" if report.duration_s is not None else "? s"
-    buf.write(f"{report.path}: {status} ({dur}, {report.frames_sampled} sampled frames, "
-              f"{report.frames_embedded} embedded, {report.duplicates_dropped} near-duplicates dropped)\n")
+    buf.write(
+        f"{report.path}: {status} ({dur}, {report.frames_sampled} sampled frames, "
+        f"{report.frames_embedded} embedded, {report.duplicates_dropped} near-duplicates dropped)\n"
+    )
     for s in report.summary:
-        buf.write(f"  {s.reference_id} score={s.best_score:.4f} at {s.best_timestamp:.2f} s (frame "
-                  f"{s.best_frame_index}), seen {s.first_timestamp:.2f}-{s.last_timestamp:.2f} s in {s.frames} "
-                  f"frames  {s.uri}\n")
+        buf.write(
+            f"  {s.reference_id} score={s.best_score:.4f} at {s.best_timestamp:.2f} s (frame "
+            f"{s.best_frame_index}), seen {s.first_timestamp:.2f}-{s.last_timestamp:.2f} s in {s.frames} "
+            f"frames  {s.uri}\n"
+        )
     if report.error:
         buf.write(f"  error ({report.error_kind}): {report.error}\n")
     return buf.getvalue()

@@ -7,12 +7,11 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-
 from .._lazy import require
 
 if TYPE_CHECKING:
     from ..config import Config
-from ._decode import DEFAULT_DEDUPE_THRESHOLD, SampleMode, FrameReader
+from ._decode import DEFAULT_DEDUPE_THRESHOLD, FrameReader, SampleMode
 from ._report import VideoReport
 from ._scan import _video_bar, scan_video
 
@@ -29,8 +28,12 @@ class _RayScanner:
 
         cfg = load_config(None, config)
         self.pipeline = Pipeline.from_config(cfg)
-        self.options = dict(options, k=cfg.match.k, threshold=self.pipeline.cosine_threshold,
-                            batch_size=options.get("batch_size") or self.pipeline.batching)
+        self.options = dict(
+            options,
+            k=cfg.match.k,
+            threshold=self.pipeline.cosine_threshold,
+            batch_size=options.get("batch_size") or self.pipeline.batching,
+        )
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         report = scan_video(row["path"], self.pipeline.embedder, self.pipeline.store, **self.options)
@@ -76,8 +79,12 @@ def scan_videos_ray(
         ray.init(address=ray_address, include_dashboard=False, runtime_env={"env_vars": env})
     options = dict(mode=mode, fps=fps, batch_size=batch_size, dedupe=dedupe, dedupe_threshold=dedupe_threshold)
     ds = ray.data.from_items([{"path": os.path.abspath(p), "given": os.fspath(p)} for p in paths])
-    ds = ds.map(_RayScanner, fn_constructor_kwargs={"config": config.to_dict(), "options": options},
-                concurrency=concurrency, num_cpus=num_cpus)
+    ds = ds.map(
+        _RayScanner,
+        fn_constructor_kwargs={"config": config.to_dict(), "options": options},
+        concurrency=concurrency,
+        num_cpus=num_cpus,
+    )
     with _video_bar(progress, len(paths), "scanning videos (ray)") as bar:
         for row in ds.iter_rows():
             bar.update(1)

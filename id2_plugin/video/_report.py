@@ -13,6 +13,7 @@ from ..types import Match
 if TYPE_CHECKING:
     pass
 
+
 @dataclass(frozen=True)
 class FrameHit:
     """A sampled frame whose embedding matched at least one reference (``matches`` best first).
@@ -39,8 +40,10 @@ class FrameHit:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FrameHit:
-        matches = tuple(Match(**{**m, "labels": tuple(m.get("labels", ())), "signals": tuple((m.get("signals") or {}).items())})
-                        for m in d["matches"])
+        matches = tuple(
+            Match(**{**m, "labels": tuple(m.get("labels", ())), "signals": tuple((m.get("signals") or {}).items())})
+            for m in d["matches"]
+        )
         return cls(d["frame_index"], d["timestamp"], d["is_key"], matches, d["until"])
 
 
@@ -117,8 +120,11 @@ class VideoReport:
     def from_dict(cls, d: dict[str, Any]) -> VideoReport:
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in d.items() if k in names and k not in ("hits", "summary")}
-        return cls(hits=[FrameHit.from_dict(h) for h in d.get("hits", ())],
-                   summary=[ReferenceSummary.from_dict(s) for s in d.get("summary", ())], **kwargs)
+        return cls(
+            hits=[FrameHit.from_dict(h) for h in d.get("hits", ())],
+            summary=[ReferenceSummary.from_dict(s) for s in d.get("summary", ())],
+            **kwargs,
+        )
 
 
 class _Summariser:
@@ -132,9 +138,16 @@ class _Summariser:
             a = self._acc.get(m.reference_id)
             if a is None:
                 self._acc[m.reference_id] = dict(
-                    reference_id=m.reference_id, uri=m.uri, sha256=m.sha256, labels=tuple(m.labels),
-                    first_timestamp=hit.timestamp, last_timestamp=hit.until, best_score=m.score,
-                    best_timestamp=hit.timestamp, best_frame_index=hit.frame_index, frames=1,
+                    reference_id=m.reference_id,
+                    uri=m.uri,
+                    sha256=m.sha256,
+                    labels=tuple(m.labels),
+                    first_timestamp=hit.timestamp,
+                    last_timestamp=hit.until,
+                    best_score=m.score,
+                    best_timestamp=hit.timestamp,
+                    best_frame_index=hit.frame_index,
+                    frames=1,
                 )
                 continue
             a["first_timestamp"] = min(a["first_timestamp"], hit.timestamp)

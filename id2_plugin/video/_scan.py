@@ -20,8 +20,9 @@ from ..types import Match
 if TYPE_CHECKING:
     from ..embedders.base import Embedder
     from ..stores.base import ReferenceStore
-from ._decode import DEFAULT_DEDUPE_THRESHOLD, VIDEO_EXTENSIONS, SampleMode, VideoError, FrameReader, iter_frames
+from ._decode import DEFAULT_DEDUPE_THRESHOLD, VIDEO_EXTENSIONS, FrameReader, SampleMode, VideoError, iter_frames
 from ._report import FrameHit, VideoReport, _Pending, _Summariser
+
 
 def scan_video(
     path: str | os.PathLike,
@@ -62,8 +63,12 @@ def scan_video(
         with closing(pipelined(_kept_frames(reader), normalise, model, batch_size=sizer)) as stream:
             for done in stream:
                 if done.error is not None:  # a decoded frame the normaliser refuses (e.g. above the pixel limit)
-                    error = VideoError(f"a decoded frame could not be normalised: {done.error}", os.fspath(path),
-                                       kind="corrupt", frames_read=reader.stats.frames_sampled)
+                    error = VideoError(
+                        f"a decoded frame could not be normalised: {done.error}",
+                        os.fspath(path),
+                        kind="corrupt",
+                        frames_read=reader.stats.frames_sampled,
+                    )
                     break
                 embedded += 1
                 if done.output:
@@ -75,11 +80,25 @@ def scan_video(
         error = exc
     st = reader.stats
     return VideoReport(
-        path=os.fspath(path), hits=hits, summary=summariser.result(), mode=mode, sample_fps=fps, k=k,
-        threshold=threshold, embedder=embedder.identity, frames_decoded=st.frames_decoded,
-        frames_sampled=st.frames_sampled, frames_embedded=embedded, duplicates_dropped=st.duplicates_dropped,
-        duration_s=st.duration_s, codec=st.codec, width=st.width, height=st.height, frame_rate=st.frame_rate,
-        error=str(error) if error else None, error_kind=error.kind if error else None,
+        path=os.fspath(path),
+        hits=hits,
+        summary=summariser.result(),
+        mode=mode,
+        sample_fps=fps,
+        k=k,
+        threshold=threshold,
+        embedder=embedder.identity,
+        frames_decoded=st.frames_decoded,
+        frames_sampled=st.frames_sampled,
+        frames_embedded=embedded,
+        duplicates_dropped=st.duplicates_dropped,
+        duration_s=st.duration_s,
+        codec=st.codec,
+        width=st.width,
+        height=st.height,
+        frame_rate=st.frame_rate,
+        error=str(error) if error else None,
+        error_kind=error.kind if error else None,
         elapsed_s=time.perf_counter() - t0,
     )
 
@@ -120,13 +139,20 @@ def embed_keyframes(
     Raises :class:`VideoError` if the video cannot be decoded completely (a caller that wants partial
     results uses :func:`scan_video` or :func:`iter_frames`).
     """
+
     def model(frames: list[Any], images: list[np.ndarray]) -> np.ndarray:
         return embedder.embed_arrays(np.stack(images))
 
     out: list[tuple[float, int, np.ndarray]] = []
     # decoding and normalising overlap the model, as in scan_video
-    with closing(pipelined(iter_frames(path, "keyframes", dedupe=dedupe), lambda f: embedder.normalise(f.rgb),
-                           model, batch_size=batch_size)) as stream:
+    with closing(
+        pipelined(
+            iter_frames(path, "keyframes", dedupe=dedupe),
+            lambda f: embedder.normalise(f.rgb),
+            model,
+            batch_size=batch_size,
+        )
+    ) as stream:
         for done in stream:
             if done.error is not None:
                 raise done.error
@@ -202,8 +228,15 @@ def scan_videos(
     """
     if workers < 1:
         raise ConfigError(f"workers={workers} must be >= 1")
-    kwargs: dict[str, Any] = dict(k=k, threshold=threshold, mode=mode, fps=fps, batch_size=batch_size,
-                                  dedupe=dedupe, dedupe_threshold=dedupe_threshold)
+    kwargs: dict[str, Any] = dict(
+        k=k,
+        threshold=threshold,
+        mode=mode,
+        fps=fps,
+        batch_size=batch_size,
+        dedupe=dedupe,
+        dedupe_threshold=dedupe_threshold,
+    )
     # Validate the sampling options once, up front, instead of once per video.
     FrameReader("", mode, fps, dedupe, dedupe_threshold)
     with _video_bar(progress, len(paths), "scanning videos") as bar:

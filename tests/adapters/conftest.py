@@ -41,8 +41,8 @@ def degrade_array():
 @pytest.fixture(scope="session")
 def embedder_256(taef2_encoder):
     """TAEF2 at 256 px with the shipped W when present, else the raw latent (what the adapters default to)."""
-    from id2_plugin.embedders.base import Embedder
     from id2_plugin.assembly import load_projection
+    from id2_plugin.embedders.base import Embedder
 
     return Embedder(taef2_encoder, load_projection("default", "taef2"))
 
@@ -50,10 +50,12 @@ def embedder_256(taef2_encoder):
 @pytest.fixture(scope="session")
 def small_embedder(shared_dir: Path):
     """TAEF2 at 64 px, raw latent (2,048-d): ~16x cheaper per image, for tests that embed hundreds."""
-    from id2_plugin.config import EmbedderConfig
     from id2_plugin.assembly import build_embedder
+    from id2_plugin.config import EmbedderConfig
 
-    return build_embedder(EmbedderConfig(input_size=64, projection="none", allow_raw_latent=True, device="cpu", batch_size=8))
+    return build_embedder(
+        EmbedderConfig(input_size=64, projection="none", allow_raw_latent=True, device="cpu", batch_size=8)
+    )
 
 
 def write_video(path: Path, shots: list[np.ndarray], *, frames_per_shot: int = 8, fps: int = 4) -> Path:

@@ -33,12 +33,14 @@ def _free_port() -> int:
 def running(app, port: int | None = None, **uvicorn_options: object) -> Iterator[str]:
     """Run ``app`` with a real uvicorn server in a thread, set up as ``serve`` sets it up; yields the base URL."""
     import uvicorn
+
     from id2_plugin.adapters.http import server_options
 
     port = port or _free_port()
     options = {**server_options(app.state.serve_config), **uvicorn_options}
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
-                                           **options))  # type: ignore[arg-type]
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", **options)
+    )  # type: ignore[arg-type]
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -57,8 +59,10 @@ def running(app, port: int | None = None, **uvicorn_options: object) -> Iterator
 def trickling(url: str, n: int) -> Iterator[list[socket.socket]]:
     """``n`` connections that sent a request head and one byte of a 100 kB body, and then nothing."""
     port = int(url.rsplit(":", 1)[1])
-    head = (b"POST /v1/identify HTTP/1.1\r\nHost: t\r\nContent-Type: application/octet-stream\r\n"
-            b"Content-Length: 100000\r\n\r\nx")
+    head = (
+        b"POST /v1/identify HTTP/1.1\r\nHost: t\r\nContent-Type: application/octet-stream\r\n"
+        b"Content-Length: 100000\r\n\r\nx"
+    )
     slow = [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
     try:
         for s in slow:
@@ -76,7 +80,9 @@ def _sha(data: bytes) -> str:
 
 @pytest.fixture()
 def identifier(small_embedder, tmp_path: Path) -> Identifier:
-    store = FaissStore(tmp_path / "store", embedder_identity=small_embedder.identity, dim=small_embedder.dim, create=True)
+    store = FaissStore(
+        tmp_path / "store", embedder_identity=small_embedder.identity, dim=small_embedder.dim, create=True
+    )
     return Identifier(small_embedder, store, k=3, threshold=0.5)
 
 
@@ -124,7 +130,9 @@ def test_add_references_then_identify_edited_copies(identifier, photo_paths, edi
         assert info["writes_enabled"] is True and info["load"] == {"admitted": 0, "workers_busy": 0}
         assert client.get("/healthz").json()["status"] == "ok"
         schema = client.get("/openapi.json").json()
-        assert {"/v1/identify", "/v1/references", "/v1/references/{key}", "/healthz", "/v1/info"} <= set(schema["paths"])
+        assert {"/v1/identify", "/v1/references", "/v1/references/{key}", "/healthz", "/v1/info"} <= set(
+            schema["paths"]
+        )
         assert "multipart/form-data" in schema["paths"]["/v1/identify"]["post"]["requestBody"]["content"]
 
 
@@ -133,7 +141,9 @@ def test_a_served_identifier_keeps_its_match_settings(small_embedder, photo_path
     second look at its windows, with ``auto`` it does."""
     from id2_plugin.pipeline import Pipeline
 
-    store = FaissStore(tmp_path / "store", embedder_identity=small_embedder.identity, dim=small_embedder.dim, create=True)
+    store = FaissStore(
+        tmp_path / "store", embedder_identity=small_embedder.identity, dim=small_embedder.dim, create=True
+    )
     Pipeline(small_embedder, store).add_files([photo_paths[0]])
     for windows in ("off", "auto"):
         served = Identifier(small_embedder, store, k=3, threshold=0.99, windows=windows)
@@ -151,8 +161,9 @@ def test_bad_media_gets_a_clear_422(identifier) -> None:
         assert client.post("/v1/identify", content=b"").status_code == 422
         r = client.post("/v1/identify", files={"other": ("x.txt", b"abc", "text/plain")})
         assert r.status_code == 422 and "'file'" in r.json()["detail"]
-        r = client.post("/v1/references", files=[("file", ("bad.jpg", b"\xff\xd8\xff broken", "image/jpeg"))],
-                        headers=_auth())
+        r = client.post(
+            "/v1/references", files=[("file", ("bad.jpg", b"\xff\xd8\xff broken", "image/jpeg"))], headers=_auth()
+        )
         assert r.status_code == 422 and r.json()["errors"][0]["name"] == "bad.jpg"
 
 
@@ -341,11 +352,19 @@ def test_load_200_requests_8_concurrent_and_no_lost_writes(identifier, photo_pat
 def test_cli_serve_subprocess(tmp_path: Path, photo_paths, edited_copies, serve_cli) -> None:
     """``id2-plugin serve`` as a user runs it: a store created on start, filled and queried over HTTP."""
     log = tmp_path / "serve.log"
-    args = ["--set", "embedder.input_size=64", "--set", "embedder.device=cpu", "--set", "embedder.allow_raw_latent=true"]
+    args = [
+        "--set",
+        "embedder.input_size=64",
+        "--set",
+        "embedder.device=cpu",
+        "--set",
+        "embedder.allow_raw_latent=true",
+    ]
     serve_args = ["--store", str(tmp_path / "store"), "--create-store", "--projection", "none"]
     with serve_cli(args, serve_args, token=TOKEN, log=log) as url, httpx.Client(base_url=url, timeout=60) as client:
-        r = client.post("/v1/references", files=[("file", (p.name, p.read_bytes())) for p in photo_paths[:3]],
-                        headers=_auth())
+        r = client.post(
+            "/v1/references", files=[("file", (p.name, p.read_bytes())) for p in photo_paths[:3]], headers=_auth()
+        )
         assert r.status_code == 201 and len(r.json()["added"]) == 3
         report = client.post("/v1/identify", content=edited_copies[photo_paths[2]].read_bytes()).json()
         assert report["is_match"] and report["best"]["sha256"] == _sha(photo_paths[2].read_bytes())
@@ -353,8 +372,9 @@ def test_cli_serve_subprocess(tmp_path: Path, photo_paths, edited_copies, serve_
     assert "serving 0 references" in err and "writes enabled" in err
 
 
-def test_explain_route_returns_scores_and_the_picture_in_memory(identifier, photo_paths, edited_copies,
-                                                                tmp_path: Path) -> None:
+def test_explain_route_returns_scores_and_the_picture_in_memory(
+    identifier, photo_paths, edited_copies, tmp_path: Path
+) -> None:
     import io
 
     from PIL import Image

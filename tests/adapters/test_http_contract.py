@@ -29,8 +29,12 @@ def pipeline(small_embedder, photo_paths: list[Path], tmp_path_factory: pytest.T
     from id2_plugin.pipeline import Pipeline
     from id2_plugin.stores.faiss_store import FaissStore
 
-    store = FaissStore(tmp_path_factory.mktemp("contract") / "store", embedder_identity=small_embedder.identity,
-                       dim=small_embedder.dim, create=True)
+    store = FaissStore(
+        tmp_path_factory.mktemp("contract") / "store",
+        embedder_identity=small_embedder.identity,
+        dim=small_embedder.dim,
+        create=True,
+    )
     pipe = Pipeline(small_embedder, store, k=3, threshold=0.5)
     pipe.add_files(photo_paths[60:63])
     return pipe
@@ -48,8 +52,15 @@ def api_schema(pipeline):
 
 
 #: every operation of the spec (checked below, so a new route cannot go untested)
-OPERATIONS = [("GET", "/healthz"), ("GET", "/v1/info"), ("POST", "/v1/identify"), ("POST", "/v1/identify/batch"),
-              ("POST", "/v1/explain"), ("POST", "/v1/references"), ("DELETE", "/v1/references/{key}")]
+OPERATIONS = [
+    ("GET", "/healthz"),
+    ("GET", "/v1/info"),
+    ("POST", "/v1/identify"),
+    ("POST", "/v1/identify/batch"),
+    ("POST", "/v1/explain"),
+    ("POST", "/v1/references"),
+    ("DELETE", "/v1/references/{key}"),
+]
 
 
 def _checks() -> list[Any]:
@@ -63,8 +74,13 @@ def _checks() -> list[Any]:
         status_code_conformance,
     )
 
-    return [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
-            ignored_auth]
+    return [
+        not_a_server_error,
+        status_code_conformance,
+        content_type_conformance,
+        response_schema_conformance,
+        ignored_auth,
+    ]
 
 
 def test_schemathesis_covers_every_operation(api_schema) -> None:
@@ -76,7 +92,9 @@ def test_schemathesis_covers_every_operation(api_schema) -> None:
 NEGATIVE = [op for op in OPERATIONS if op[1] not in ("/healthz", "/v1/info")]
 
 
-@pytest.mark.parametrize("method,path,mode", [(*op, "positive") for op in OPERATIONS] + [(*op, "negative") for op in NEGATIVE])
+@pytest.mark.parametrize(
+    "method,path,mode", [(*op, "positive") for op in OPERATIONS] + [(*op, "negative") for op in NEGATIVE]
+)
 def test_service_answers_as_its_openapi_spec_says(api_schema, method: str, path: str, mode: str) -> None:
     """Schemathesis-generated requests (valid ones, and ones breaking the spec) against the in-process app."""
     from schemathesis import GenerationMode
@@ -95,10 +113,12 @@ def test_the_spec_declares_every_error_and_one_error_shape(pipeline) -> None:
     spec = _app(pipeline).openapi()
     error = {"$ref": "#/components/schemas/ErrorBody"}
     ops = {(m.upper(), p): op for p, item in spec["paths"].items() for m, op in item.items()}
-    want = {("POST", "/v1/identify"): {"400", "408", "413", "422", "503", "504"},
-            ("POST", "/v1/references"): {"400", "401", "403", "408", "413", "422", "503", "504"},
-            ("DELETE", "/v1/references/{key}"): {"400", "401", "403", "404", "413", "422", "503", "504"},
-            ("GET", "/v1/info"): {"400", "413", "503", "504"}}
+    want = {
+        ("POST", "/v1/identify"): {"400", "408", "413", "422", "503", "504"},
+        ("POST", "/v1/references"): {"400", "401", "403", "408", "413", "422", "503", "504"},
+        ("DELETE", "/v1/references/{key}"): {"400", "401", "403", "404", "413", "422", "503", "504"},
+        ("GET", "/v1/info"): {"400", "413", "503", "504"},
+    }
     for key, statuses in want.items():
         responses = ops[key]["responses"]
         assert statuses <= set(responses), (key, set(responses))
@@ -131,10 +151,16 @@ def _payloads(photo: bytes) -> st.SearchStrategy[bytes]:
     """Image-ish bytes: a real photo whole, truncated or with flipped bytes, image magic plus junk, noise."""
     truncated = st.integers(0, len(photo)).map(lambda n: photo[:n])
     flipped = st.tuples(st.integers(0, len(photo) - 1), st.integers(1, 255)).map(
-        lambda t: photo[: t[0]] + bytes([photo[t[0]] ^ t[1]]) + photo[t[0] + 1 :])
+        lambda t: photo[: t[0]] + bytes([photo[t[0]] ^ t[1]]) + photo[t[0] + 1 :]
+    )
     magic = st.sampled_from([b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF89a", b"RIFF\0\0\0\0WEBP", b"BM", b"II*\0"])
-    return st.one_of(st.just(photo), truncated, flipped, st.tuples(magic, st.binary(max_size=300)).map(b"".join),
-                     st.binary(max_size=600))
+    return st.one_of(
+        st.just(photo),
+        truncated,
+        flipped,
+        st.tuples(magic, st.binary(max_size=300)).map(b"".join),
+        st.binary(max_size=600),
+    )
 
 
 def _multipart(draw: Any, photo: bytes, route: str) -> tuple[bytes, str]:
@@ -151,8 +177,11 @@ def _multipart(draw: Any, photo: bytes, route: str) -> tuple[bytes, str]:
     out += f"--{boundary}--\r\n".encode()
     if draw(st.booleans()):
         out = out[: draw(st.integers(0, len(out)))]  # a body cut anywhere
-    ctype = draw(st.sampled_from([f"multipart/form-data; boundary={boundary}", "multipart/form-data",
-                                  "multipart/form-data; boundary=other"]))
+    ctype = draw(
+        st.sampled_from(
+            [f"multipart/form-data; boundary={boundary}", "multipart/form-data", "multipart/form-data; boundary=other"]
+        )
+    )
     return out, ctype
 
 
@@ -195,7 +224,9 @@ def test_fuzzed_uploads_get_documented_statuses_and_bodies(client, photo_bytes) 
         r = c.post(req["route"], content=req["body"], headers=req["headers"])
         assert r.status_code in _documented(spec, req["route"]), (r.status_code, r.text[:300], req["headers"])
         seen.add((req["route"], r.status_code))
-        if r.status_code >= 400 and not (req["route"] == "/v1/references" and r.status_code == 422 and "added" in r.json()):
+        if r.status_code >= 400 and not (
+            req["route"] == "/v1/references" and r.status_code == 422 and "added" in r.json()
+        ):
             assert set(r.json()) == {"detail"} and isinstance(r.json()["detail"], str), r.text[:300]
         elif req["route"] in bodies:
             bodies[req["route"]].model_validate(r.json())
@@ -205,7 +236,6 @@ def test_fuzzed_uploads_get_documented_statuses_and_bodies(client, photo_bytes) 
     one()
     statuses = {s for _, s in seen}
     assert {413, 400, 422} <= statuses and any(s < 300 for s in statuses), seen  # the fuzz reached every layer
-
 
 
 def test_validation_errors_use_the_one_error_shape(client) -> None:

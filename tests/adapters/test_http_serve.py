@@ -30,11 +30,14 @@ def served(tmp_path_factory: pytest.TempPathFactory, photo_paths: list[Path], se
     root = tmp_path_factory.mktemp("served")
     config = root / "id2.yaml"
     # the 64 px raw latent: a store is made and queried in seconds
-    config.write_text("embedder:\n  input_size: 64\n  device: cpu\n  projection: none\n  allow_raw_latent: true\n"
-                      f"store:\n  path: {root / 'store'}\nserve:\n  upload_timeout_s: {HEAD_TIMEOUT_S}\n")
+    config.write_text(
+        "embedder:\n  input_size: 64\n  device: cpu\n  projection: none\n  allow_raw_latent: true\n"
+        f"store:\n  path: {root / 'store'}\nserve:\n  upload_timeout_s: {HEAD_TIMEOUT_S}\n"
+    )
     args = ["--config", str(config)]
-    subprocess.run([str(CLI), *args, "index", "add", *map(str, photo_paths[:3])], check=True, timeout=300,
-                   capture_output=True)
+    subprocess.run(
+        [str(CLI), *args, "index", "add", *map(str, photo_paths[:3])], check=True, timeout=300, capture_output=True
+    )
     with serve_cli(args, [], token=TOKEN, log=root / "serve.log") as url:
         yield url
 
@@ -43,8 +46,11 @@ def test_references_are_added_to_an_existing_store(served: str, photo_paths, edi
     new = photo_paths[5]
     with httpx.Client(base_url=served, timeout=60) as client:
         assert client.get("/v1/info").json()["writes_enabled"] is True
-        r = client.post("/v1/references", files=[("file", (new.name, new.read_bytes()))],
-                        headers={"Authorization": f"Bearer {TOKEN}"})
+        r = client.post(
+            "/v1/references",
+            files=[("file", (new.name, new.read_bytes()))],
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        )
         assert r.status_code == 201, r.text
         assert [a["sha256"] for a in r.json()["added"]] == [_sha(new.read_bytes())]
         report = client.post("/v1/identify", content=edited_copies[new].read_bytes()).json()
@@ -73,8 +79,11 @@ def test_idle_and_half_sent_connections_do_not_lock_identify_out(served: str, ph
 
 
 def test_batch_reports_an_empty_part_in_its_own_item(served: str, photo_paths, edited_copies) -> None:
-    files = [("file", ("a.jpg", edited_copies[photo_paths[0]].read_bytes())), ("file", ("empty.jpg", b"")),
-             ("file", ("c.jpg", edited_copies[photo_paths[2]].read_bytes()))]
+    files = [
+        ("file", ("a.jpg", edited_copies[photo_paths[0]].read_bytes())),
+        ("file", ("empty.jpg", b"")),
+        ("file", ("c.jpg", edited_copies[photo_paths[2]].read_bytes())),
+    ]
     with httpx.Client(base_url=served, timeout=60) as client:
         r = client.post("/v1/identify/batch", files=files)
     assert r.status_code == 200, r.text

@@ -37,8 +37,9 @@ def test_hasher_strings_distances_and_pickling(embedder_256, photo_paths, edited
     assert clone.config is None and clone._embedder is None
 
 
-def test_framewise_video_hasher_keeps_one_hash_per_shot(small_embedder, photo_paths, make_video, make_frame,
-                                                         tmp_path: Path) -> None:
+def test_framewise_video_hasher_keeps_one_hash_per_shot(
+    small_embedder, photo_paths, make_video, make_frame, tmp_path: Path
+) -> None:
     shots = [make_frame(photo_paths[7]), make_frame(photo_paths[8])]
     video = make_video(tmp_path / "two_shots.mp4", shots, frames_per_shot=8, fps=4)
     hasher = ID2FramewiseHasher(ID2Hasher(embedder=small_embedder), interframe_threshold=0.05, frames_per_second=1)
@@ -50,8 +51,9 @@ def test_framewise_video_hasher_keeps_one_hash_per_shot(small_embedder, photo_pa
         assert single.compute_distance(single.compute(shot, hash_format="vector"), vec) < 0.1
 
 
-def test_perception_benchmark_runs_id2_next_to_pdq_and_phash(small_embedder, photo_paths, degrade_array,
-                                                            tmp_path: Path) -> None:
+def test_perception_benchmark_runs_id2_next_to_pdq_and_phash(
+    small_embedder, photo_paths, degrade_array, tmp_path: Path
+) -> None:
     """perception's own benchmark (transform -> compute_hashes -> compute_threshold_recall) on 8 real photos.
 
     The 64 px raw-latent embedder keeps it fast; the default 256 px one is exercised by the test above.

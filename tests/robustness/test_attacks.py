@@ -93,6 +93,7 @@ def test_jpeg_and_blur_are_real_operations(photos):
     # JPEG output is a valid decode at the same size; q30 loses more than q90.
     assert JPEG(90)(img).shape == img.shape
     assert _change(img, JPEG(30)(img)) > _change(img, JPEG(90)(img)) > 0
+
     # Blur removes high frequencies: the Laplacian energy drops.
     def lap(x: np.ndarray) -> float:
         g = x.astype(np.float32).mean(axis=2)
@@ -131,8 +132,14 @@ def test_labels_equality_and_validation():
     assert JPEG(30).label == "jpeg:30" and GaussianBlur(0.5).label == "blur:0.5"
     assert JPEG(30) == JPEG(30) and JPEG(30) != JPEG(50) and hash(JPEG(30)) == hash(JPEG(30))
     assert TextWatermark(0.5, text="a") != TextWatermark(0.5, text="b")
-    for bad in (lambda: JPEG(0), lambda: GaussianBlur(-1), lambda: Downscale(1.5), lambda: Crop(0),
-                lambda: TextWatermark(1.2), lambda: LogoWatermark(0.5, position="middle")):
+    for bad in (
+        lambda: JPEG(0),
+        lambda: GaussianBlur(-1),
+        lambda: Downscale(1.5),
+        lambda: Crop(0),
+        lambda: TextWatermark(1.2),
+        lambda: LogoWatermark(0.5, position="middle"),
+    ):
         with pytest.raises(ValueError):
             bad()
     with pytest.raises(ValueError, match="uint8"):
@@ -155,7 +162,10 @@ def test_parse_attack_spec_and_subsample():
     entry = parse_attack_spec("jpeg:90,50,30", BUILTIN_ATTACKS)
     assert entry.family == "jpeg" and [a.label for a in entry.levels] == ["jpeg:90", "jpeg:50", "jpeg:30"]
     chain = parse_attack_spec("downscale:0.5+jpeg:70,30", BUILTIN_ATTACKS)
-    assert chain.family == "downscale+jpeg" and [a.label for a in chain.levels] == ["downscale:0.5+jpeg:70", "downscale:0.5+jpeg:30"]
+    assert chain.family == "downscale+jpeg" and [a.label for a in chain.levels] == [
+        "downscale:0.5+jpeg:70",
+        "downscale:0.5+jpeg:30",
+    ]
     for bad in ("nope:1", "jpeg", "jpeg:", "jpeg:500", "crop:0.5,0.6+jpeg:30", "a:1+b:2+c:3"):
         with pytest.raises(ValueError):
             parse_attack_spec(bad, BUILTIN_ATTACKS)
@@ -165,8 +175,16 @@ def test_parse_attack_spec_and_subsample():
     assert subsample_levels(levels, 0) == levels
 
 
-@pytest.mark.parametrize("attack", [Border(0.2, sides="letterbox"), Border(0.15, sides="pillarbox"),
-                                    Border(0.1, colour=(40, 90, 160), sides="frame"), Canvas(2.0)], ids=repr)
+@pytest.mark.parametrize(
+    "attack",
+    [
+        Border(0.2, sides="letterbox"),
+        Border(0.15, sides="pillarbox"),
+        Border(0.1, colour=(40, 90, 160), sides="frame"),
+        Canvas(2.0),
+    ],
+    ids=repr,
+)
 def test_framing_attacks_add_uniform_borders_that_unletterbox_removes(attack, photos):
     """Bars and canvases come off exactly; where a photo's own edge is as dark as a black bar the cut may
     stop short (the safe side), but it never cuts into the photo."""

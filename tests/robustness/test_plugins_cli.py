@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import shlex
 import os
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +84,7 @@ def test_duplicate_attack_name_is_a_config_error():
 # ------------------------------------------------------------------------------------------------ CLI
 @pytest.fixture(scope="module")
 def cli():
-    from id2_plugin.cli import load_commands, cli
+    from id2_plugin.cli import cli, load_commands
 
     load_commands()
     return cli
@@ -101,11 +101,31 @@ def test_cli_photos_with_plugin_attack(cli, noise_plugin, photo_paths, tmp_path)
     photos = _link(photo_paths[10::90][:6], tmp_path / "photos")
     distractors = _link(photo_paths[20::45][:10], tmp_path / "distractors")
     out = tmp_path / "out"
-    res = CliRunner().invoke(cli, [
-        "robustness", "--photos", str(photos), "--distractors", str(distractors), "--distractors", str(photos),
-        "--out", str(out), "--methods", "pdq,phash", "--attack", "noise:8,40", "--attack", "crop:0.9,0.7,0.5",
-        "--levels", "2", "--seed", "5", "--quiet",
-    ])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "robustness",
+            "--photos",
+            str(photos),
+            "--distractors",
+            str(distractors),
+            "--distractors",
+            str(photos),
+            "--out",
+            str(out),
+            "--methods",
+            "pdq,phash",
+            "--attack",
+            "noise:8,40",
+            "--attack",
+            "crop:0.9,0.7,0.5",
+            "--levels",
+            "2",
+            "--seed",
+            "5",
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert {p.name for p in out.iterdir()} == {"report.json", "curves.csv", "report.html", "report.pdf"}
     data = json.loads((out / "report.json").read_text())
@@ -124,17 +144,34 @@ def test_cli_photos_with_plugin_attack(cli, noise_plugin, photo_paths, tmp_path)
     again = CliRunner().invoke(cli, words[1:])
     assert again.exit_code == 0, again.output
     rerun = json.loads((tmp_path / "again" / "report.json").read_text())["points"]
-    assert [(p["series"], p["label"], p["top1"], p["mAP"]) for p in rerun] == \
-        [(p["series"], p["label"], p["top1"], p["mAP"]) for p in data["points"]]
+    assert [(p["series"], p["label"], p["top1"], p["mAP"]) for p in rerun] == [
+        (p["series"], p["label"], p["top1"], p["mAP"]) for p in data["points"]
+    ]
 
 
 def test_cli_pairs_manifest(cli, real_edits_dir, photo_paths, tmp_path):
     distractors = _link(photo_paths[::80][:8], tmp_path / "distractors")
     out = tmp_path / "out"
-    res = CliRunner().invoke(cli, [
-        "robustness", "--pairs", str(real_edits_dir / "pairs.jsonl"), "--distractors", str(distractors),
-        "--out", str(out), "--methods", "pdq", "--attack", "jpeg:30", "--no-pdf", "--limit", "10", "--quiet",
-    ])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "robustness",
+            "--pairs",
+            str(real_edits_dir / "pairs.jsonl"),
+            "--distractors",
+            str(distractors),
+            "--out",
+            str(out),
+            "--methods",
+            "pdq",
+            "--attack",
+            "jpeg:30",
+            "--no-pdf",
+            "--limit",
+            "10",
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 0, res.output
     data = json.loads((out / "report.json").read_text())
     assert data["dataset"]["kind"] == "pairs" and data["dataset"]["n_queries"] == 10
@@ -149,10 +186,24 @@ def test_cli_reports_a_dangling_link_in_a_scanned_folder_and_exits_4(cli, photo_
     distractors = _link(photo_paths[40:43], tmp_path / "distractors")
     os.symlink(tmp_path / "deleted.jpg", distractors / "gone.jpg")
     out = tmp_path / "out"
-    res = CliRunner().invoke(cli, [
-        "robustness", "--photos", str(photos), "--distractors", str(distractors), "--out", str(out),
-        "--methods", "pdq", "--attack", "jpeg:30", "--no-pdf", "--quiet",
-    ])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "robustness",
+            "--photos",
+            str(photos),
+            "--distractors",
+            str(distractors),
+            "--out",
+            str(out),
+            "--methods",
+            "pdq",
+            "--attack",
+            "jpeg:30",
+            "--no-pdf",
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 4, res.output
     assert f"skipped {distractors / 'gone.jpg'}: dangling symbolic link" in res.stderr
     data = json.loads((out / "report.json").read_text())  # the rest was still measured and reported

@@ -95,8 +95,16 @@ def test_html_is_self_contained_with_plots_tables_failures(robustness_run):
     assert "<script" not in text.lower() and "<link" not in text.lower()
     assert text.count("data:image/png;base64,") == 4  # 3 metric grids + the resize-policy grid
     assert text.count("data:image/jpeg;base64,") >= 3  # failure thumbnails: query, wrong match, origin
-    for needle in ("Provenance", "manifest_digest", "machine.cpu_count", "Tables per attack", "vae_raw [center_crop]",
-                   robustness_run.embedder.identity, "crop:0.6", "Resize policy"):
+    for needle in (
+        "Provenance",
+        "manifest_digest",
+        "machine.cpu_count",
+        "Tables per attack",
+        "vae_raw [center_crop]",
+        robustness_run.embedder.identity,
+        "crop:0.6",
+        "Resize policy",
+    ):
         assert needle in text, needle
 
 
@@ -169,9 +177,16 @@ def test_rerun_resumes_from_the_latent_cache_with_identical_results(robustness_r
     monkeypatch.setattr(taef2_encoder, "_encode_batch", counting)
     cache = {"cache_root": os.environ["ID2_TEST_CACHE_DIR"], "use_cache": True}  # the opt-in cache the run used
     again = run_robustness(
-        robustness_run.dataset, build_methods(robustness_run.embedder, **cache), robustness_run.suite, seed=0,
-        embedder=robustness_run.embedder, compare_policies=("center_crop",), n_failures=2, progress=False,
-        threshold=0.5, **cache,
+        robustness_run.dataset,
+        build_methods(robustness_run.embedder, **cache),
+        robustness_run.suite,
+        seed=0,
+        embedder=robustness_run.embedder,
+        compare_policies=("center_crop",),
+        n_failures=2,
+        progress=False,
+        threshold=0.5,
+        **cache,
     )
     assert calls == []
     assert [p.to_dict() for p in again.points] == [p.to_dict() for p in robustness_run.result.points]
@@ -179,8 +194,13 @@ def test_rerun_resumes_from_the_latent_cache_with_identical_results(robustness_r
     from id2_plugin.robustness import Crop, SuiteEntry
 
     run_robustness(
-        robustness_run.dataset, build_methods(robustness_run.embedder, ["vae_raw"], **cache), [SuiteEntry("crop", (Crop(0.6),))],
-        seed=1, embedder=robustness_run.embedder, progress=False, **cache,
+        robustness_run.dataset,
+        build_methods(robustness_run.embedder, ["vae_raw"], **cache),
+        [SuiteEntry("crop", (Crop(0.6),))],
+        seed=1,
+        embedder=robustness_run.embedder,
+        progress=False,
+        **cache,
     )
     assert sum(calls) == 10
 
@@ -194,11 +214,26 @@ def test_html_renders_in_headless_chromium(robustness_run, tmp_path):
 
     shot = tmp_path / "report.png"
     proc = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1280,2000",
-         "--enable-logging=stderr", "--v=0", robustness_run.paths["html"].resolve().as_uri()],
-        capture_output=True, text=True, timeout=120,
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            f"--screenshot={shot}",
+            "--window-size=1280,2000",
+            "--enable-logging=stderr",
+            "--v=0",
+            robustness_run.paths["html"].resolve().as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     # Chromium logs every console message (errors included) as ":CONSOLE" lines; the page has no script.

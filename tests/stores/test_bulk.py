@@ -40,8 +40,9 @@ def _data(n: int, seed: int = 0) -> tuple[np.ndarray, list[ReferenceRecord]]:
     rng = np.random.default_rng(seed)
     v = rng.standard_normal((n, DIM)).astype(np.float32)
     v /= np.linalg.norm(v, axis=1, keepdims=True)
-    recs = [ReferenceRecord(sha256=hashlib.sha256(f"img-{i}".encode()).hexdigest(), uri=f"/img/{i}.jpg")
-            for i in range(n)]
+    recs = [
+        ReferenceRecord(sha256=hashlib.sha256(f"img-{i}".encode()).hexdigest(), uri=f"/img/{i}.jpg") for i in range(n)
+    ]
     return v, recs
 
 

@@ -57,7 +57,9 @@ def test_fast_scan_tunes_to_exact_recall_and_round_trips(tmp_path: Path) -> None
     assert tuned.parameter == "nprobe" and tuned.reached and tuned.saved and tuned.value > 1
     # then the re-ranking depth: the smallest tried that keeps the target, else the configured 2
     depths = [p["value"] for p in tuned.extra["rerank_curve"]]
-    assert depths == [1] and tuned.extra["rerank"] == (1 if tuned.extra["rerank_curve"][0]["recall_at_1"] >= 0.99 else 2)
+    assert depths == [1] and tuned.extra["rerank"] == (
+        1 if tuned.extra["rerank_curve"][0]["recall_at_1"] >= 0.99 else 2
+    )
     assert store.info().extra["search_params"] == {"nprobe": tuned.value, "rerank": tuned.extra["rerank"]}
     # The saved nprobe applies to a new handle, which reloads the snapshot from disk.
     store.close()
@@ -98,11 +100,12 @@ def test_truncated_fast_scan_snapshot_is_damage_and_is_rebuilt(tmp_path: Path) -
     assert store.verify() == [] and store.query(x[[7]], k=1)[0][0].reference_id == "7"
 
 
-def test_real_photos_through_the_cli_find_what_exact_search_finds(photo_paths: list[Path], real_edits_dir: Path,
-                                                                  tmp_path: Path) -> None:
+def test_real_photos_through_the_cli_find_what_exact_search_finds(
+    photo_paths: list[Path], real_edits_dir: Path, tmp_path: Path
+) -> None:
     from click.testing import CliRunner
 
-    from id2_plugin.cli import load_commands, cli
+    from id2_plugin.cli import cli, load_commands
 
     load_commands()
     pairs = [json.loads(line) for line in (real_edits_dir / "pairs.jsonl").read_text().splitlines()[:8]]
@@ -110,8 +113,10 @@ def test_real_photos_through_the_cli_find_what_exact_search_finds(photo_paths: l
     refs = [*origins, *photo_paths[:12]]
     edits = [str(real_edits_dir / p["query"]) for p in pairs]
     cfg = tmp_path / "id2.yaml"
-    cfg.write_text(f"embedder: {{name: sscd}}\nstore:\n  path: {tmp_path / 'store'}\n  index: ivf_pq_fs\n"
-                   "  index_options: {nlist: 2, train_min: 16, merge_min: 0}\n")
+    cfg.write_text(
+        f"embedder: {{name: sscd}}\nstore:\n  path: {tmp_path / 'store'}\n  index: ivf_pq_fs\n"
+        "  index_options: {nlist: 2, train_min: 16, merge_min: 0}\n"
+    )
     runner = CliRunner()
     added = runner.invoke(cli, ["--config", str(cfg), "index", "add", *map(str, refs)])
     assert added.exit_code == 0, added.output

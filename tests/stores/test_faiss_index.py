@@ -39,11 +39,15 @@ def test_blas_topk_with_fewer_vectors_than_k(rng: np.random.Generator) -> None:
 
 
 @pytest.mark.parametrize("index", ["flat", "ivf_flat"])
-def test_store_batches_rank_the_same_through_numpy_and_faiss(tmp_path: Path, rng: np.random.Generator, index: str) -> None:
+def test_store_batches_rank_the_same_through_numpy_and_faiss(
+    tmp_path: Path, rng: np.random.Generator, index: str
+) -> None:
     opts = {"nlist": 4, "merge_min": 10_000} if index == "ivf_flat" else {}  # ivf: everything still in the exact buffer
     store = FaissStore(tmp_path / "s", embedder_identity="e", dim=DIM, create=True, index=index, index_options=opts)
     vecs = unit(rng, 600)
-    store.add(vecs, [ReferenceRecord(sha256=hashlib.sha256(str(i).encode()).hexdigest(), uri=f"r{i}") for i in range(600)])
+    store.add(
+        vecs, [ReferenceRecord(sha256=hashlib.sha256(str(i).encode()).hexdigest(), uri=f"r{i}") for i in range(600)]
+    )
     store.remove(["3", "10"])
     queries = vecs[:40] + 0.05 * unit(rng, 40)
     numpy_path = [[m.reference_id for m in r] for r in store.query(queries, k=5)]
@@ -78,5 +82,7 @@ def test_fetch_rows_of_repeated_unsorted_ids(tmp_path: Path) -> None:
     raw[:] = x
     raw.flush()
     ids = np.array([6, 4, 3, 4], dtype=np.int64)
-    got = fx.fetch_rows(FaissStore._fetch(np.memmap(tmp_path / "v.f16", dtype=np.float16, mode="r", shape=x.shape)), ids)
+    got = fx.fetch_rows(
+        FaissStore._fetch(np.memmap(tmp_path / "v.f16", dtype=np.float16, mode="r", shape=x.shape)), ids
+    )
     np.testing.assert_array_equal(got, x[ids].astype(np.float32))

@@ -39,7 +39,10 @@ def sha(i: int, tag: str = "") -> str:
 
 
 def records(start: int, n: int, tag: str = "", labels: tuple[str, ...] = ()) -> list[ReferenceRecord]:
-    return [ReferenceRecord(sha256=sha(i, tag), uri=f"file:///ref/{tag}{i}.jpg", labels=labels) for i in range(start, start + n)]
+    return [
+        ReferenceRecord(sha256=sha(i, tag), uri=f"file:///ref/{tag}{i}.jpg", labels=labels)
+        for i in range(start, start + n)
+    ]
 
 
 def near(rng: np.random.Generator, x: np.ndarray, cos: float) -> np.ndarray:
@@ -242,7 +245,9 @@ def test_missing_and_invalid_stores(tmp_path: Path) -> None:
 
 def test_store_meta_wins_over_config_on_open(tmp_path: Path) -> None:
     rng = np.random.default_rng(8)
-    with FaissStore(tmp_path / "s", EMB, DIM, index="ivf_flat", index_options={"nlist": 8, "merge_min": 0}, create=True) as s:
+    with FaissStore(
+        tmp_path / "s", EMB, DIM, index="ivf_flat", index_options={"nlist": 8, "merge_min": 0}, create=True
+    ) as s:
         s.add(unit(rng, 400), records(0, 400))
     # a config for another index type: the store keeps its own type and build options
     opts = {"nlist": 64, "nprobe": 3, "efSearch": 10}
@@ -253,8 +258,8 @@ def test_store_meta_wins_over_config_on_open(tmp_path: Path) -> None:
 
 
 def test_open_store_through_the_plugin_registry(tmp_path: Path) -> None:
-    from id2_plugin.config import StoreConfig
     from id2_plugin.assembly import open_store
+    from id2_plugin.config import StoreConfig
 
     cfg = StoreConfig(path=str(tmp_path / "s"), index="flat_fp16")
     with open_store(cfg, embedder_identity=EMB, dim=DIM, create=True) as store:
@@ -280,7 +285,9 @@ def test_writer_lock_times_out(tmp_path: Path) -> None:
 def test_persistence_across_processes(tmp_path: Path) -> None:
     rng = np.random.default_rng(10)
     x = unit(rng, 400)
-    with FaissStore(tmp_path / "s", EMB, DIM, index="ivf_flat", index_options={"nlist": 8, "merge_min": 0}, create=True) as s:
+    with FaissStore(
+        tmp_path / "s", EMB, DIM, index="ivf_flat", index_options={"nlist": 8, "merge_min": 0}, create=True
+    ) as s:
         s.add(x, records(0, 400))
         s.remove(["7"])
         expected = [[m.reference_id for m in r] for r in s.query(x[:20], k=3)]
@@ -288,8 +295,8 @@ def test_persistence_across_processes(tmp_path: Path) -> None:
     script = f"""
 import json, numpy as np
 from id2_plugin.stores.faiss_store import FaissStore
-s = FaissStore({str(tmp_path / 's')!r})
-res = s.query(np.load({str(tmp_path / 'q.npy')!r}), k=3)
+s = FaissStore({str(tmp_path / "s")!r})
+res = s.query(np.load({str(tmp_path / "q.npy")!r}), k=3)
 print(json.dumps({{"ids": [[m.reference_id for m in r] for r in res], "count": s.info().count}}))
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
@@ -303,7 +310,9 @@ def test_reader_retries_when_a_snapshot_vanishes_while_loading(tmp_path: Path, m
 
     rng = np.random.default_rng(11)
     x = unit(rng, 400)
-    with FaissStore(tmp_path / "s", EMB, DIM, index="ivf_flat", index_options={"nlist": 8, "merge_min": 0}, create=True) as s:
+    with FaissStore(
+        tmp_path / "s", EMB, DIM, index="ivf_flat", index_options={"nlist": 8, "merge_min": 0}, create=True
+    ) as s:
         s.add(x, records(0, 400))
     real = faiss.read_index
     calls: list[str] = []

@@ -36,7 +36,9 @@ def recs(a, b):
     return [ReferenceRecord(sha256=hashlib.sha256(str(i).encode()).hexdigest(), uri=f"ref/{i}") for i in range(a, b)]
 """
 
-WRITER = PRELUDE + """
+WRITER = (
+    PRELUDE
+    + """
 path, kind, opts, start, stop, batch = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), *map(int, sys.argv[4:7])
 x = vectors(stop)
 s = FaissStore(path, EMB, DIM, index=kind, index_options=opts, create=True)
@@ -47,8 +49,11 @@ for a in range(start, stop, batch):
     print("committed", a + batch, flush=True)
 print("done", dups, flush=True)
 """
+)
 
-READER = PRELUDE + """
+READER = (
+    PRELUDE
+    + """
 path, n_probe, done_flag = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 probe = vectors(n_probe)
 s = FaissStore(path)
@@ -64,8 +69,11 @@ while not finished:
     it += 1
 print(json.dumps({"counts": counts, "gens": gens, "wrong": wrong, "iterations": it}))
 """
+)
 
-CRASHER = PRELUDE + """
+CRASHER = (
+    PRELUDE
+    + """
 path, stage = sys.argv[1], sys.argv[2]
 def hook(name):
     if name == stage:
@@ -76,6 +84,7 @@ s = FaissStore(path, EMB, DIM)
 s.add(x[400:500], recs(400, 500))
 print("no crash", flush=True)
 """
+)
 
 IVF = {"nlist": 8, "merge_min": 0, "train_min": 300}
 
@@ -87,8 +96,9 @@ def _env() -> dict[str, str]:
 
 
 def _run(script: str, *args: object, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=_env())
+    return subprocess.run(
+        [sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=_env()
+    )
 
 
 def _vectors(n: int) -> np.ndarray:
@@ -109,15 +119,25 @@ def _self_hits(store: FaissStore, ids: range) -> float:
     return float(np.mean([bool(r) and r[0].sha256 == _sha(i) for i, r in zip(ids, res)]))
 
 
-@pytest.mark.parametrize("kind,opts", [("ivf_flat", {"nlist": 8, "merge_min": 100, "merge_ratio": 0.2, "train_min": 300}),
-                                       ("hnsw", {"M": 16, "merge_min": 60, "merge_ratio": 0.2})])
+@pytest.mark.parametrize(
+    "kind,opts",
+    [
+        ("ivf_flat", {"nlist": 8, "merge_min": 100, "merge_ratio": 0.2, "train_min": 300}),
+        ("hnsw", {"M": 16, "merge_min": 60, "merge_ratio": 0.2}),
+    ],
+)
 def test_concurrent_reader_and_writer(tmp_path: Path, kind: str, opts: dict) -> None:
     store = tmp_path / "s"
     first = _run(WRITER, store, kind, json.dumps(opts), 0, 100, 100)
     assert first.returncode == 0, first.stderr
     done = tmp_path / "writer-done"
-    reader = subprocess.Popen([sys.executable, "-c", READER, str(store), "100", str(done)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=_env())
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER, str(store), "100", str(done)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
     writer = _run(WRITER, store, kind, json.dumps(opts), 100, 1300, 40)
     done.touch()
     out, err = reader.communicate(timeout=180)
@@ -133,13 +153,16 @@ def test_concurrent_reader_and_writer(tmp_path: Path, kind: str, opts: dict) -> 
         assert _self_hits(s, range(1300)) >= 0.99
 
 
-@pytest.mark.parametrize("stage,committed", [
-    ("add:raw_written", False),
-    ("add:before_commit", False),
-    ("add:committed", True),
-    ("merge:tmp_written", True),
-    ("merge:renamed", True),
-])
+@pytest.mark.parametrize(
+    "stage,committed",
+    [
+        ("add:raw_written", False),
+        ("add:before_commit", False),
+        ("add:committed", True),
+        ("merge:tmp_written", True),
+        ("merge:renamed", True),
+    ],
+)
 def test_crash_mid_commit_keeps_last_commit(tmp_path: Path, stage: str, committed: bool) -> None:
     store = tmp_path / "s"
     setup = _run(WRITER, store, "ivf_flat", json.dumps(IVF), 0, 400, 400)
@@ -174,8 +197,13 @@ def test_crash_mid_commit_keeps_last_commit(tmp_path: Path, stage: str, committe
 def test_sigkill_during_bulk_add_then_resume_without_duplicates(tmp_path: Path) -> None:
     store = tmp_path / "s"
     n, batch = 3000, 50
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(store), "ivf_flat", json.dumps(IVF), "0", str(n), str(batch)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(store), "ivf_flat", json.dumps(IVF), "0", str(n), str(batch)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
     assert proc.stdout is not None
     seen = 0
     for line in proc.stdout:

@@ -40,7 +40,9 @@ def _halve(path: Path) -> None:
 
 
 @pytest.mark.parametrize("kind,opts", [("flat", {}), ("flat_fp16", {}), HNSW])
-def test_add_to_truncated_vector_file_is_refused_and_repair_drops_only_lost_rows(tmp_path: Path, kind: str, opts: dict) -> None:
+def test_add_to_truncated_vector_file_is_refused_and_repair_drops_only_lost_rows(
+    tmp_path: Path, kind: str, opts: dict
+) -> None:
     store = _store(tmp_path / "s", kind, opts)
     raw = next((tmp_path / "s").glob("vectors.*"))
     _halve(raw)
@@ -101,11 +103,13 @@ def test_damaged_vector_rows_are_refused_at_load_found_by_verify_and_dropped_by_
         store.query(x[100:101], k=1)  # never a cosine of 30
     assert store.verify() == [
         "vectors.0.f32: the vectors of 1 reference(s) do not match their checksum (ids [100]): content damaged",
-        "vectors.0.f32: the vectors of 1 reference(s) are not unit vectors (ids [100]): content damaged"]
+        "vectors.0.f32: the vectors of 1 reference(s) are not unit vectors (ids [100]): content damaged",
+    ]
 
     done = store.repair()
-    assert done[0] == ("dropped 1 reference(s) whose vectors were damaged (cannot be recovered: add them again): "
-                       "100 ('ref/100')")
+    assert done[0] == (
+        "dropped 1 reference(s) whose vectors were damaged (cannot be recovered: add them again): 100 ('ref/100')"
+    )
     assert store.verify() == [] and store.info().count == 199
     assert store.query(x[[5, 150]], k=1)[0][0].reference_id == "5"
     assert max(m.score for r in store.query(x, k=3) for m in r) <= 1.0 + 1e-6
@@ -120,7 +124,8 @@ def test_removals_and_appends_keep_checksums_sound(tmp_path: Path) -> None:
     assert store.verify() == []
     _damage_row(tmp_path / "s" / "vectors.0.f32", x[280], scale=-1.0)  # norm kept: only the checksum sees it
     assert store.verify() == [
-        "vectors.0.f32: the vectors of 1 reference(s) do not match their checksum (ids [280]): content damaged"]
+        "vectors.0.f32: the vectors of 1 reference(s) do not match their checksum (ids [280]): content damaged"
+    ]
     assert store.repair()[0].endswith("280 ('ref/280')") and store.verify() == [] and store.info().count == 296
     store.close()
     with sqlite3.connect(tmp_path / "s" / "store.sqlite") as conn:  # a store made before checksums were kept

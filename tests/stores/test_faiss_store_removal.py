@@ -26,8 +26,8 @@ LAYOUTS = {
 @pytest.fixture(scope="module")
 def photo_vectors(shared_dir: Path, photo_paths: list[Path]) -> tuple[str, list[Path], np.ndarray]:
     """Eight real photos embedded by TAEF2 at 64 px (raw latent: cheap, and the most invertible case)."""
-    from id2_plugin.config import EmbedderConfig
     from id2_plugin.assembly import build_embedder
+    from id2_plugin.config import EmbedderConfig
 
     emb = build_embedder(EmbedderConfig(input_size=64, projection="none", allow_raw_latent=True, device="cpu"))
     paths = photo_paths[100:108]
@@ -82,7 +82,8 @@ def test_removed_vector_is_gone_from_results_and_files(tmp_path: Path, layout: s
 
 
 def test_a_crash_before_the_scrub_is_finished_by_the_next_writer_and_verify_reports_it(
-        tmp_path: Path, photo_vectors, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, photo_vectors, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store, ids, x = _filled(tmp_path, "flat", photo_vectors)
     needles, later = _stored_bytes(store, ids[5]), _stored_bytes(store, ids[6])
 

@@ -13,9 +13,9 @@ from PIL import Image
 
 pytest.importorskip("qdrant_client")
 
+from id2_plugin.assembly import open_store
 from id2_plugin.config import StoreConfig
 from id2_plugin.errors import ConfigError, IncompatibleStoreError, StoreError
-from id2_plugin.assembly import open_store
 from id2_plugin.stores.qdrant_store import QdrantStore, point_id
 from id2_plugin.types import ReferenceRecord
 
@@ -87,7 +87,10 @@ def test_readding_same_content_is_a_noop(store: QdrantStore, rng: np.random.Gene
     assert len(dup.added) == 1 and dup.duplicates == (extra[0].sha256,)
     assert store.info().count == 11
     assert store.contains([recs[0].sha256, extra[0].sha256, records(1, start=999)[0].sha256, ""]) == [
-        True, True, False, False,
+        True,
+        True,
+        False,
+        False,
     ]
 
 
@@ -190,8 +193,14 @@ def test_foreign_collection_is_not_written_into(tmp_path: Path) -> None:
 
 def test_dot_distance_and_int8_index(tmp_path: Path, rng: np.random.Generator) -> None:
     v = unit(rng, 30)
-    with QdrantStore(str(tmp_path / "q"), embedder_identity=EMB, dim=DIM, create=True, index="hnsw_int8",
-                     index_options={"distance": "dot", "m": 8, "ef_construct": 32, "upsert_batch": 7}) as s:
+    with QdrantStore(
+        str(tmp_path / "q"),
+        embedder_identity=EMB,
+        dim=DIM,
+        create=True,
+        index="hnsw_int8",
+        index_options={"distance": "dot", "m": 8, "ef_construct": 32, "upsert_batch": 7},
+    ) as s:
         assert len(s.add(v, records(30)).added) == 30  # 5 upsert requests of <= 7 points
         top = s.query(v[:3], k=1)
         assert [t[0].uri for t in top] == ["/refs/0.jpg", "/refs/1.jpg", "/refs/2.jpg"]
@@ -219,7 +228,7 @@ def test_cli_index_and_query_real_photos(tmp_path: Path, photo_paths: list[Path]
     """End to end with the real TAEF2 embedder: index 10 photos in Qdrant, find a JPEG-degraded copy."""
     from click.testing import CliRunner
 
-    from id2_plugin.cli import load_commands, cli
+    from id2_plugin.cli import cli, load_commands
 
     load_commands()
     refs = photo_paths[100:110]

@@ -17,16 +17,54 @@ pytest.importorskip("qdrant_client")
 
 ROOT = Path(__file__).resolve().parents[2]
 SCALE = ROOT / "benchmarks" / "scale.py"
-MEASURED = {"recall_at_1", "recall_at_10", "b1_p50_ms", "b1_p99_ms", "b64_p50_ms", "b64_qps", "big_batch_qps",
-            "big_batch_thr_qps", "big_batch_thr_qps_passes",
-            "big_batch_qps_passes", "load_s", "rss_mb", "build_s", "count", "disk_mb", "raw_mb", "param"}
+MEASURED = {
+    "recall_at_1",
+    "recall_at_10",
+    "b1_p50_ms",
+    "b1_p99_ms",
+    "b64_p50_ms",
+    "b64_qps",
+    "big_batch_qps",
+    "big_batch_thr_qps",
+    "big_batch_thr_qps_passes",
+    "big_batch_qps_passes",
+    "load_s",
+    "rss_mb",
+    "build_s",
+    "count",
+    "disk_mb",
+    "raw_mb",
+    "param",
+}
 
 
 def run_scale(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     out = tmp_path / "out"
-    cmd = [sys.executable, str(SCALE), "--n", "3000", "--queries", "80", "--photos", "0", "--dim", "32",
-           "--latency-queries", "10", "--repeats", "2", "--big-batch", "40", "--workdir", str(tmp_path / "work"),
-           "--json", str(out / "scale.json"), "--md", str(out / "scale.md"), *extra]
+    cmd = [
+        sys.executable,
+        str(SCALE),
+        "--n",
+        "3000",
+        "--queries",
+        "80",
+        "--photos",
+        "0",
+        "--dim",
+        "32",
+        "--latency-queries",
+        "10",
+        "--repeats",
+        "2",
+        "--big-batch",
+        "40",
+        "--workdir",
+        str(tmp_path / "work"),
+        "--json",
+        str(out / "scale.json"),
+        "--md",
+        str(out / "scale.md"),
+        *extra,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
 
 
@@ -70,12 +108,26 @@ def test_the_qdrant_hnsw_ef_sweep_runs_and_stops_at_the_target(tmp_path: Path, m
     scale = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "scale_bench", scale)  # dataclasses resolve the module by name
     spec.loader.exec_module(scale)
-    args = argparse.Namespace(qdrant_url=None, tune_queries=40, query_similarity=0.8, target_recall=0.99, seed=0,
-                              hnsw_M=16, hnsw_ef_construction=64)
+    args = argparse.Namespace(
+        qdrant_url=None,
+        tune_queries=40,
+        query_similarity=0.8,
+        target_recall=0.99,
+        seed=0,
+        hnsw_M=16,
+        hnsw_ef_construction=64,
+    )
     refs = scale.References(None, scale.Synth.fit(None, 32, 8, 0), 1500, chunk=500)
     backend = scale.QdrantBackend(args, tmp_path)
-    store = scale.QdrantStore(backend.location("hnsw"), scale.IDENTITY, 32, index="hnsw", create=True,
-                              index_options=backend.options("hnsw"), collection=backend.collection("hnsw"))
+    store = scale.QdrantStore(
+        backend.location("hnsw"),
+        scale.IDENTITY,
+        32,
+        index="hnsw",
+        create=True,
+        index_options=backend.options("hnsw"),
+        collection=backend.collection("hnsw"),
+    )
     for start, x in refs.chunks():
         store.add(x, [scale.ReferenceRecord(sha256=f"{start + i:064x}", uri=f"ref:{start + i}") for i in range(len(x))])
     store.close()

@@ -15,11 +15,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 import id2_plugin
-from id2_plugin.cli import load_commands, cli
+from id2_plugin.cli import cli, load_commands
 from id2_plugin.errors import StoreError
 from id2_plugin.plugins import get_plugin_manager
 from id2_plugin.types import AddResult, Match, ReferenceRecord, StoreInfo
-
 
 
 class DictStore(id2_plugin.ReferenceStore):
@@ -58,8 +57,13 @@ class DictStore(id2_plugin.ReferenceStore):
         for q in np.asarray(vectors, np.float32):
             scores = refs @ q
             order = np.argsort(-scores)[:k]
-            out.append([Match(str(i), self.db["records"][i].uri, float(scores[i]), rank + 1, self.db["records"][i].sha256)
-                        for rank, i in enumerate(order) if threshold is None or scores[i] >= threshold])
+            out.append(
+                [
+                    Match(str(i), self.db["records"][i].uri, float(scores[i]), rank + 1, self.db["records"][i].sha256)
+                    for rank, i in enumerate(order)
+                    if threshold is None or scores[i] >= threshold
+                ]
+            )
         return out
 
     def contains(self, sha256s: Sequence[str]) -> list[bool]:
@@ -77,11 +81,31 @@ class DictStorePlugin:
         self.servers: dict[str, dict[str, Any]] = {}
         self.calls: list[dict[str, Any]] = []
 
-    def open(self, *, location: str, embedder_identity: str | None, dim: int | None, index: str,
-             index_options: dict[str, Any], create: bool, collection: str, api_key: str | None) -> DictStore:
+    def open(
+        self,
+        *,
+        location: str,
+        embedder_identity: str | None,
+        dim: int | None,
+        index: str,
+        index_options: dict[str, Any],
+        create: bool,
+        collection: str,
+        api_key: str | None,
+    ) -> DictStore:
         """Keyword-only, exactly the arguments the hookspec documents: an extra or a missing one is a TypeError."""
-        self.calls.append(dict(location=location, embedder_identity=embedder_identity, dim=dim, index=index,
-                               index_options=index_options, create=create, collection=collection, api_key=api_key))
+        self.calls.append(
+            dict(
+                location=location,
+                embedder_identity=embedder_identity,
+                dim=dim,
+                index=index,
+                index_options=index_options,
+                create=create,
+                collection=collection,
+                api_key=api_key,
+            )
+        )
         key = f"{location}/{collection}"
         if key not in self.servers:
             if not create:
@@ -104,14 +128,24 @@ def plugin() -> DictStorePlugin:
     pm.unregister(name="test-dictstore")
 
 
-def test_documented_store_factory_works_end_to_end(plugin: DictStorePlugin, photo_paths: list[Path], tmp_path: Path) -> None:
+def test_documented_store_factory_works_end_to_end(
+    plugin: DictStorePlugin, photo_paths: list[Path], tmp_path: Path
+) -> None:
     runner = CliRunner()
     lib = tmp_path / "lib"
     lib.mkdir()
     for p in photo_paths[200:204]:
         shutil.copy(p, lib / p.name)
-    common = ["--set", "store.backend=dictstore", "--set", "store.url=mem://contract", "--set", "store.collection=c1",
-              "--set", "embedder.name=taef2"]
+    common = [
+        "--set",
+        "store.backend=dictstore",
+        "--set",
+        "store.url=mem://contract",
+        "--set",
+        "store.collection=c1",
+        "--set",
+        "embedder.name=taef2",
+    ]
     res = runner.invoke(cli, [*common, "index", "add", str(lib)], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     assert "added 4" in res.output

@@ -32,8 +32,9 @@ def make_store(path: Path, kind: str, opts: dict, x: np.ndarray) -> FaissStore:
 
 
 def measured_recall(store: FaissStore, x: np.ndarray, seed: int) -> float:
-    q = perturbed_queries(x[np.random.default_rng(seed).choice(len(x), 300, replace=False)], 0.8,
-                          np.random.default_rng(seed + 1))
+    q = perturbed_queries(
+        x[np.random.default_rng(seed).choice(len(x), 300, replace=False)], 0.8, np.random.default_rng(seed + 1)
+    )
     exact = np.argmax(q @ x.T, axis=1)
     got = [int(r[0].reference_id) for r in store.query(q, k=1)]
     return float(np.mean(np.array(got) == exact))
@@ -102,14 +103,15 @@ def test_perturbed_queries_have_the_requested_similarity() -> None:
 def test_index_tune_cli(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from id2_plugin.cli import load_commands, cli
+    from id2_plugin.cli import cli, load_commands
 
     x = clustered(2000, seed=6)
     make_store(tmp_path / "s", "ivf_flat", {"nlist": 16, "merge_min": 0}, x).close()
     load_commands()
     runner = CliRunner()
-    res = runner.invoke(cli, ["index", "tune", "--store", str(tmp_path / "s"), "--queries", "200",
-                              "--target-recall", "0.95"])
+    res = runner.invoke(
+        cli, ["index", "tune", "--store", str(tmp_path / "s"), "--queries", "200", "--target-recall", "0.95"]
+    )
     assert res.exit_code == 0, res.output
     assert "chosen nprobe=" in res.output and "saved to the store" in res.output
     info = runner.invoke(cli, ["index", "info", "--store", str(tmp_path / "s"), "--json"])

@@ -27,8 +27,12 @@ def _store(path: Path, n: int = 200) -> np.ndarray:
 
 def _verify(store: Path, *args: str) -> subprocess.CompletedProcess[str]:
     exe = Path(sys.executable).with_name("id2-plugin")
-    return subprocess.run([str(exe), "--set", f"store.path={store}", "index", "verify", *args],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [str(exe), "--set", f"store.path={store}", "index", "verify", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_flipped_bytes_in_the_vector_file_are_reported_and_repaired(tmp_path: Path) -> None:
@@ -41,8 +45,14 @@ def test_flipped_bytes_in_the_vector_file_are_reported_and_repaired(tmp_path: Pa
     res = _verify(tmp_path / "s")
     assert res.returncode == 3 and "do not match their checksum" in res.stdout, res.stdout + res.stderr
     res = _verify(tmp_path / "s", "--repair")
-    assert res.returncode == 0 and ("repaired: dropped 1 reference(s) whose vectors were damaged (cannot be "
-                                    "recovered: add them again): 100 ('ref/100')") in res.stdout
+    assert (
+        res.returncode == 0
+        and (
+            "repaired: dropped 1 reference(s) whose vectors were damaged (cannot be "
+            "recovered: add them again): 100 ('ref/100')"
+        )
+        in res.stdout
+    )
     assert _verify(tmp_path / "s").stdout == "store is sound\n"
 
 

@@ -11,6 +11,7 @@ import pytest
 from id2_plugin.embedders.base import Embedder
 from id2_plugin.testing import check_embedder, check_latent_encoder, check_reference_store, synthetic_images
 
+
 @pytest.fixture(scope="module")
 def taef2_64(shared_dir: Path):
     """The real TAEF2 encoder at 64 px (cheap: the checks run a dozen forward passes)."""

@@ -33,7 +33,9 @@ def test_pca_power_zero_is_a_rotation_that_keeps_distances_in_the_subspace(photo
     y = (photo_latents - mean) @ w
     # with every direction kept (rank n-1) a plain rotation keeps all pairwise distances of the centred data
     d_in = np.linalg.norm(photo_latents[:10, None] - photo_latents[None, :10], axis=2)
-    d_out = np.linalg.norm(y[:10, None] - y[None, :10], axis=2) * np.linalg.norm(w, axis=0).mean() / np.linalg.norm(w[:, 0])
+    d_out = (
+        np.linalg.norm(y[:10, None] - y[None, :10], axis=2) * np.linalg.norm(w, axis=0).mean() / np.linalg.norm(w[:, 0])
+    )
     assert np.allclose(d_in, d_out, rtol=1e-3, atol=1e-3)
 
 
@@ -54,7 +56,9 @@ def test_pair_whitening_shrink_one_is_the_pca_map_and_lower_shrink_discounts_edi
 
 def test_cosface_correction_moves_less_with_a_stronger_anchor(photo_latents, rng):
     mean, w0 = pca_whitening(photo_latents, rank=32, eps=0.1)
-    x = np.concatenate([photo_latents[:20], photo_latents[:20] + rng.normal(0, 1.0, (20, photo_latents.shape[1])).astype(np.float32)])
+    x = np.concatenate(
+        [photo_latents[:20], photo_latents[:20] + rng.normal(0, 1.0, (20, photo_latents.shape[1])).astype(np.float32)]
+    )
     labels = np.concatenate([np.arange(20), np.arange(20)])
     loose = cosface_correction(x, labels, mean, w0, anchor=0.01, steps=30, lr=1e-2)
     tight = cosface_correction(x, labels, mean, w0, anchor=100.0, steps=30, lr=1e-2)

@@ -10,9 +10,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from id2_plugin.train import _proxy_ops as ops
-from id2_plugin.train.make_pairs import LatentRegenerator, make_diffusion_pairs, make_proxy_pairs, read_prompts, sample_plan
 from id2_plugin.pairs import load_pairs
+from id2_plugin.train import _proxy_ops as ops
+from id2_plugin.train.make_pairs import (
+    LatentRegenerator,
+    make_diffusion_pairs,
+    make_proxy_pairs,
+    read_prompts,
+    sample_plan,
+)
 
 ALL_OPS = [*ops.CONTENT_OPS, *ops.STYLE_OPS, *ops.DEGRADE_OPS, "flip"]
 
@@ -72,9 +78,13 @@ def test_restage_shrinks_the_subject_into_the_donor_scene(photo_paths: list[Path
     assert 0.25 < green < 0.95  # the new scene fills much of the frame, the subject the rest
 
 
-def test_proxy_pairs_are_deterministic_and_valid(photo_paths: list[Path], tmp_path: Path, regenerator: LatentRegenerator) -> None:
+def test_proxy_pairs_are_deterministic_and_valid(
+    photo_paths: list[Path], tmp_path: Path, regenerator: LatentRegenerator
+) -> None:
     origins = photo_paths[:2]
-    kw = dict(edits_per_origin=1, seed=3, donors=photo_paths[:30], latent_prob=1.0, progress=False, regenerator=regenerator)
+    kw = dict(
+        edits_per_origin=1, seed=3, donors=photo_paths[:30], latent_prob=1.0, progress=False, regenerator=regenerator
+    )
     m1 = make_proxy_pairs(origins, tmp_path / "a", **kw)
     m2 = make_proxy_pairs(origins, tmp_path / "b", **kw)
     p1, p2 = load_pairs(m1), load_pairs(m2)
@@ -91,7 +101,9 @@ def test_proxy_pairs_are_deterministic_and_valid(photo_paths: list[Path], tmp_pa
     assert [p.query.read_bytes() for p in load_pairs(m3)] != [p.query.read_bytes() for p in p1]
 
 
-def test_proxy_resumes_and_skips_unreadable_origins(photo_paths: list[Path], tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+def test_proxy_resumes_and_skips_unreadable_origins(
+    photo_paths: list[Path], tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     src = tmp_path / "origins"
     src.mkdir()
     for p in photo_paths[:3]:
@@ -125,18 +137,38 @@ def _tiny_sd_img2img(folder: Path) -> Path:
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32, norm_num_groups=32,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        norm_num_groups=32,
     )
     vae = AutoencoderKL(
-        block_out_channels=(32, 64), in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=32,
+        block_out_channels=(32, 64),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=32,
     )
-    text = CLIPTextModel(CLIPTextConfig(
-        bos_token_id=0, eos_token_id=2, hidden_size=32, intermediate_size=37, layer_norm_eps=1e-5,
-        num_attention_heads=4, num_hidden_layers=2, pad_token_id=1, vocab_size=1000,
-    ))
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=0,
+            eos_token_id=2,
+            hidden_size=32,
+            intermediate_size=37,
+            layer_norm_eps=1e-5,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            pad_token_id=1,
+            vocab_size=1000,
+        )
+    )
     # GPT-2 byte-to-unicode table: a byte-level BPE vocabulary without merges covers any text.
     bs = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
     cs, n = bs[:], 0
@@ -152,10 +184,18 @@ def _tiny_sd_img2img(folder: Path) -> Path:
     (folder / "tok").mkdir(parents=True)
     (folder / "tok" / "vocab.json").write_text(json.dumps(vocab))
     (folder / "tok" / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(folder / "tok" / "vocab.json"), str(folder / "tok" / "merges.txt"), model_max_length=16)
+    tokenizer = CLIPTokenizer(
+        str(folder / "tok" / "vocab.json"), str(folder / "tok" / "merges.txt"), model_max_length=16
+    )
     pipe = StableDiffusionImg2ImgPipeline(
-        vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=DDIMScheduler(),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=vae,
+        text_encoder=text,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=DDIMScheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     pipe.save_pretrained(folder / "model")
     return folder / "model"
@@ -165,7 +205,15 @@ def _tiny_sd_img2img(folder: Path) -> Path:
 def test_diffusion_pairs_with_a_tiny_img2img_pipeline(photo_paths: list[Path], tmp_path: Path) -> None:
     model = _tiny_sd_img2img(tmp_path)
     prompts = ["a cat", "a snowy day", "an oil painting"]
-    kw = dict(model=str(model), prompts=prompts, edits_per_origin=2, num_inference_steps=2, size=64, device="cpu", progress=False)
+    kw = dict(
+        model=str(model),
+        prompts=prompts,
+        edits_per_origin=2,
+        num_inference_steps=2,
+        size=64,
+        device="cpu",
+        progress=False,
+    )
     manifest = make_diffusion_pairs(photo_paths[:2], tmp_path / "out", **kw)
     pairs = load_pairs(manifest)
     assert len(pairs) == 4

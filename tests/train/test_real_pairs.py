@@ -26,15 +26,31 @@ def latents_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("latents")
 
 
-def test_train_on_real_pairs_never_picks_a_recipe_below_the_pca_map(real_edits_dir, unlabelled, latents_dir, taef2_encoder, tmp_path):
-    candidates = [Recipe("pca", pool=4, rank=40, eps=0.1), Recipe("pca", pool=4, rank=40, eps=10.0),
-                  Recipe("pair-whiten", pool=4, rank=40, eps=0.1, shrink=0.5),
-                  Recipe("cosface", pool=4, rank=40, eps=0.1, anchor=0.01, steps=40, lr=1e-2)]
+def test_train_on_real_pairs_never_picks_a_recipe_below_the_pca_map(
+    real_edits_dir, unlabelled, latents_dir, taef2_encoder, tmp_path
+):
+    candidates = [
+        Recipe("pca", pool=4, rank=40, eps=0.1),
+        Recipe("pca", pool=4, rank=40, eps=10.0),
+        Recipe("pair-whiten", pool=4, rank=40, eps=0.1, shrink=0.5),
+        Recipe("cosface", pool=4, rank=40, eps=0.1, anchor=0.01, steps=40, lr=1e-2),
+    ]
     logs: list[str] = []
-    result = train_on_real_pairs([real_edits_dir / "pairs.jsonl"], [unlabelled], tmp_path / "w.safetensors", encoder=taef2_encoder,
-                                 candidates=candidates, n_folds=3, cache_dir=latents_dir, log=logs.append, progress=False)
+    result = train_on_real_pairs(
+        [real_edits_dir / "pairs.jsonl"],
+        [unlabelled],
+        tmp_path / "w.safetensors",
+        encoder=taef2_encoder,
+        candidates=candidates,
+        n_folds=3,
+        cache_dir=latents_dir,
+        log=logs.append,
+        progress=False,
+    )
     assert len(result.results) == 4 and any("raw latent" in line for line in logs)
-    pca_best = max((r for r in result.results if r.params["kind"] == "pca"), key=lambda r: r.pooled["top1"] + r.pooled["mAP"])
+    pca_best = max(
+        (r for r in result.results if r.params["kind"] == "pca"), key=lambda r: r.pooled["top1"] + r.pooled["mAP"]
+    )
     chosen = next(r for r in result.results if r.name == result.recipe.name)
     assert result.recipe.kind == "pca" or never_below(chosen, pca_best)
     for r in result.results:  # every fold scores held-out queries of the 27 real edits
@@ -51,13 +67,34 @@ def test_train_on_real_pairs_never_picks_a_recipe_below_the_pca_map(real_edits_d
 
 
 def test_train_cli_real_recipe_end_to_end(real_edits_dir, unlabelled, latents_dir, tmp_path):
-    from id2_plugin.cli import load_commands, cli
+    from id2_plugin.cli import cli, load_commands
 
     load_commands()
     out = tmp_path / "w.safetensors"
-    res = CliRunner().invoke(cli, ["train", "--recipe", "pair-whiten", "--real", str(real_edits_dir / "pairs.jsonl"),
-                                   "--unlabelled", str(unlabelled), "--pool", "4", "--rank", "32", "--folds", "3",
-                                   "--cache-dir", str(latents_dir), "--out", str(out), "--json"], catch_exceptions=False)
+    res = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--recipe",
+            "pair-whiten",
+            "--real",
+            str(real_edits_dir / "pairs.jsonl"),
+            "--unlabelled",
+            str(unlabelled),
+            "--pool",
+            "4",
+            "--rank",
+            "32",
+            "--folds",
+            "3",
+            "--cache-dir",
+            str(latents_dir),
+            "--out",
+            str(out),
+            "--json",
+        ],
+        catch_exceptions=False,
+    )
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout)
     assert report["recipe"]["kind"] in ("pca", "pair-whiten") and len(report["candidates"]) == 2

@@ -16,9 +16,9 @@ from click.testing import CliRunner
 
 from id2_plugin.embedders.base import Embedder, Projection
 from id2_plugin.errors import ConfigError
+from id2_plugin.pairs import load_pairs, manifest_digest
 from id2_plugin.train.latents import cache_latents
 from id2_plugin.train.make_pairs import make_proxy_pairs
-from id2_plugin.pairs import load_pairs, manifest_digest
 from id2_plugin.train.trainer import (
     TrainConfig,
     cosface_loss,
@@ -43,7 +43,9 @@ def small_encoder(shared_dir: Path):
 def small_set(photo_paths: list[Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(manifest of 24 origins x 3 pixel-space proxy edits, shared latent-matrix folder)."""
     root = tmp_path_factory.mktemp("small-set")
-    manifest = make_proxy_pairs(photo_paths[100:124], root / "pairs", edits_per_origin=3, seed=0, latent_prob=0.0, progress=False)
+    manifest = make_proxy_pairs(
+        photo_paths[100:124], root / "pairs", edits_per_origin=3, seed=0, latent_prob=0.0, progress=False
+    )
     return manifest, root / "latents"
 
 
@@ -51,7 +53,14 @@ def _train(small_set, encoder, out: Path, save_dtype: str = "float16", **overrid
     manifest, cache = small_set
     cfg = TrainConfig(**{**SMALL, **overrides})
     return train_projection(
-        manifest, out, encoder=encoder, config=cfg, cache_dir=cache, save_dtype=save_dtype, progress=False, log=lambda s: None
+        manifest,
+        out,
+        encoder=encoder,
+        config=cfg,
+        cache_dir=cache,
+        save_dtype=save_dtype,
+        progress=False,
+        log=lambda s: None,
     )
 
 
@@ -156,7 +165,9 @@ def test_training_saves_w_with_metadata_and_validation(small_set, small_encoder,
     assert all("val_top1" in h and "val_mAP" in h for h in res.history)
     assert 1 <= res.best_epoch <= 4 and val["W"]["mAP"] == pytest.approx(max(h["val_mAP"] for h in res.history))
     # The saved W is usable by the embedder it was trained for.
-    emb = Embedder(small_encoder, proj).embed([manifest.parent / "edited" / sorted(p.name for p in (manifest.parent / "edited").iterdir())[0]])
+    emb = Embedder(small_encoder, proj).embed(
+        [manifest.parent / "edited" / sorted(p.name for p in (manifest.parent / "edited").iterdir())[0]]
+    )
     assert emb.shape == (1, 32) and np.linalg.norm(emb) == pytest.approx(1.0, abs=1e-5)
 
 
@@ -189,42 +200,97 @@ def test_resume_continues_an_interrupted_run(small_set, small_encoder, tmp_path)
     cfg = TrainConfig(**SMALL)
     out = tmp_path / "resumed.safetensors"
     with pytest.raises(Interrupt):
-        train_projection(manifest, out, encoder=small_encoder, config=cfg, cache_dir=cache, progress=False, log=stop_at_epoch_3)
+        train_projection(
+            manifest, out, encoder=small_encoder, config=cfg, cache_dir=cache, progress=False, log=stop_at_epoch_3
+        )
     assert not out.exists()
     state = json.loads((tmp_path / "resumed.safetensors.ckpt" / "checkpoint.json").read_text())
     assert state["epoch"] == 2
     logs: list[str] = []
-    res = train_projection(manifest, out, encoder=small_encoder, config=cfg, cache_dir=cache, resume=True, progress=False, log=logs.append)
+    res = train_projection(
+        manifest, out, encoder=small_encoder, config=cfg, cache_dir=cache, resume=True, progress=False, log=logs.append
+    )
     assert any(m.startswith("resumed from") for m in logs)
     assert np.array_equal(res.projection.weight, full.projection.weight)
     assert res.history == full.history
     with pytest.raises(ConfigError, match="other manifests, encoder or settings"):
-        train_projection(manifest, out, encoder=small_encoder, config=TrainConfig(**{**SMALL, "lr": 1e-3}), cache_dir=cache,
-                         resume=True, progress=False, log=lambda s: None)
+        train_projection(
+            manifest,
+            out,
+            encoder=small_encoder,
+            config=TrainConfig(**{**SMALL, "lr": 1e-3}),
+            cache_dir=cache,
+            resume=True,
+            progress=False,
+            log=lambda s: None,
+        )
 
 
 def test_cli_train_and_make_pairs(small_set, photo_paths, tmp_path) -> None:
-    from id2_plugin.cli import load_commands, cli
+    from id2_plugin.cli import cli, load_commands
 
     load_commands()
     manifest, cache = small_set
     runner = CliRunner()
     out = tmp_path / "w.safetensors"
-    args = ["--set", "embedder.input_size=128", "train", str(manifest), "--out", str(out), "--epochs", "2", "--pool", "2",
-            "--out-dim", "16", "--ids-per-batch", "8", "--val-fraction", "0.25", "--device", "cpu", "--cache-dir", str(cache), "--json",
-            "--init-rank", "48", "--whiten-eps", "0.5"]
+    args = [
+        "--set",
+        "embedder.input_size=128",
+        "train",
+        str(manifest),
+        "--out",
+        str(out),
+        "--epochs",
+        "2",
+        "--pool",
+        "2",
+        "--out-dim",
+        "16",
+        "--ids-per-batch",
+        "8",
+        "--val-fraction",
+        "0.25",
+        "--device",
+        "cpu",
+        "--cache-dir",
+        str(cache),
+        "--json",
+        "--init-rank",
+        "48",
+        "--whiten-eps",
+        "0.5",
+    ]
     res = runner.invoke(cli, args)
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert summary["shape"] == [2048, 16] and Path(summary["out"]).is_file() and "W" in summary["validation"]
     trained = json.loads(Projection.load(out).metadata["train_config"])
     assert (trained["init_rank"], trained["whiten_eps"]) == (48, 0.5)
-    res = runner.invoke(cli, ["make-pairs", str(photo_paths[0]), str(photo_paths[1]), "--out", str(tmp_path / "p"), "--proxy",
-                              "--edits-per-origin", "1", "--latent-prob", "0", "--scene-prob", "1", "--donors", str(photo_paths[2])])
+    res = runner.invoke(
+        cli,
+        [
+            "make-pairs",
+            str(photo_paths[0]),
+            str(photo_paths[1]),
+            "--out",
+            str(tmp_path / "p"),
+            "--proxy",
+            "--edits-per-origin",
+            "1",
+            "--latent-prob",
+            "0",
+            "--scene-prob",
+            "1",
+            "--donors",
+            str(photo_paths[2]),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "wrote 2 pairs" in res.output
     assert all(p.source.startswith("proxy:restage") for p in load_pairs(tmp_path / "p" / "pairs.jsonl"))
-    res = runner.invoke(cli, ["make-pairs", str(photo_paths[0]), "--out", str(tmp_path / "r"), "--proxy", "--crop-prob", "2"])
+    res = runner.invoke(
+        cli, ["make-pairs", str(photo_paths[0]), "--out", str(tmp_path / "r"), "--proxy", "--crop-prob", "2"]
+    )
     assert res.exit_code == 2 and "crop_prob=2.0 must be in [0, 1]" in res.output
     res = runner.invoke(cli, ["make-pairs", str(photo_paths[0]), "--out", str(tmp_path / "q")])
     assert res.exit_code == 2 and "exactly one of --model" in res.output
@@ -234,7 +300,13 @@ def test_latents_live_in_a_work_dir_deleted_after_training(small_set, small_enco
     # Latents decode back into the training images: without --cache-dir nothing of them outlives training.
     manifest, _cache = small_set
     out_dir = tmp_path / "out"
-    train_projection(manifest, out_dir / "w.safetensors", encoder=small_encoder, config=TrainConfig(**{**SMALL, "epochs": 1}),
-                     progress=False, log=lambda s: None)
+    train_projection(
+        manifest,
+        out_dir / "w.safetensors",
+        encoder=small_encoder,
+        config=TrainConfig(**{**SMALL, "epochs": 1}),
+        progress=False,
+        log=lambda s: None,
+    )
     assert sorted(p.name for p in out_dir.iterdir()) == ["w.safetensors", "w.safetensors.ckpt"]
     assert not list(out_dir.rglob("*.npy"))

@@ -33,8 +33,15 @@ def edited_array(path: Path, size: tuple[int, int] = SIZE) -> np.ndarray:
     return photo_array(io.BytesIO(buf.getvalue()), size)
 
 
-def write_video(path: Path, frames: Sequence[np.ndarray], keyframes: set[int], *, fps: int = FPS,
-                codec: str = "libx264", container_options: dict[str, str] | None = None) -> Path:
+def write_video(
+    path: Path,
+    frames: Sequence[np.ndarray],
+    keyframes: set[int],
+    *,
+    fps: int = FPS,
+    codec: str = "libx264",
+    container_options: dict[str, str] | None = None,
+) -> Path:
     """Encode ``frames`` (RGB arrays) with intra frames exactly at ``keyframes`` and nowhere else."""
     import av
     from av.video.frame import PictureType
@@ -97,8 +104,12 @@ def scene(video_dir: Path, ref_photos: list[Path], photo_paths: list[Path]) -> S
     ====  =========  ===========================================  =========
     """
     unrelated = photo_paths[600]
-    segments = [photo_array(ref_photos[0]), photo_array(ref_photos[1]), edited_array(ref_photos[2]),
-                photo_array(unrelated)]
+    segments = [
+        photo_array(ref_photos[0]),
+        photo_array(ref_photos[1]),
+        edited_array(ref_photos[2]),
+        photo_array(unrelated),
+    ]
     frames = [segments[i // 8] for i in range(32)]
     keyframes = [0, 4, 8, 16, 24]
     path = write_video(video_dir / "scene.mp4", frames, set(keyframes))
@@ -139,8 +150,10 @@ def ref_store(tmp_path_factory: pytest.TempPathFactory, video_embedder, latent_c
     location = tmp_path_factory.mktemp("video-store") / "store"
     store = FaissStore(location, embedder_identity=video_embedder.identity, dim=video_embedder.dim, create=True)
     vectors = video_embedder.project(latent_cache.encode(ref_photos))
-    records = [ReferenceRecord(sha256=hashlib.sha256(p.read_bytes()).hexdigest(), uri=str(p), labels=("ref",))
-               for p in ref_photos]
+    records = [
+        ReferenceRecord(sha256=hashlib.sha256(p.read_bytes()).hexdigest(), uri=str(p), labels=("ref",))
+        for p in ref_photos
+    ]
     store.add(vectors, records)
     yield store
     store.close()

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 @pytest.fixture(scope="module")
 def cli():
-    from id2_plugin.cli import load_commands, cli
+    from id2_plugin.cli import cli, load_commands
 
     load_commands()
     return cli
@@ -31,14 +31,26 @@ def video_folder(scene, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _base_args(ref_store) -> list[str]:
-    return ["--set", "embedder.device=cpu", "--set", "embedder.allow_raw_latent=true", "scan-video", "--store", str(ref_store.location), "--projection", "none",
-            "--threshold", "0.5"]
+    return [
+        "--set",
+        "embedder.device=cpu",
+        "--set",
+        "embedder.allow_raw_latent=true",
+        "scan-video",
+        "--store",
+        str(ref_store.location),
+        "--projection",
+        "none",
+        "--threshold",
+        "0.5",
+    ]
 
 
 def test_scan_folder_json_lines_to_file(cli, ref_store, video_folder: Path, scene, tmp_path: Path) -> None:
     out = tmp_path / "results.jsonl"
-    result = CliRunner().invoke(cli, [*_base_args(ref_store), str(video_folder), "--json", "--out", str(out),
-                                      "--workers", "2", "--k", "2"])
+    result = CliRunner().invoke(
+        cli, [*_base_args(ref_store), str(video_folder), "--json", "--out", str(out), "--workers", "2", "--k", "2"]
+    )
     assert result.exit_code == 4, result.output  # the broken video failed
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     by_name = {Path(d["path"]).name: d for d in lines}

@@ -14,8 +14,7 @@ import pytest
 from PIL import Image, ImageEnhance
 
 from id2_plugin.errors import ConfigError, Id2Error, MediaError
-from id2_plugin.video import VideoError, FrameReader, iter_frames, iter_video_files
-
+from id2_plugin.video import FrameReader, VideoError, iter_frames, iter_video_files
 
 
 def _decoded(path: Path, mode: str = "keyframes", fps: float | None = None) -> int:
@@ -53,9 +52,9 @@ def test_mpeg4_in_matroska(frame_of, make_video, ref_photos) -> None:
     assert [f.index for f in iter_frames(path)] == [0, 5, 11]
 
 
-@pytest.mark.parametrize("fps,expected", [(1.0, [0, 4, 8, 12, 16, 20, 24, 28]),
-                                          (2.0, list(range(0, 32, 2))),
-                                          (10.0, list(range(32)))])
+@pytest.mark.parametrize(
+    "fps,expected", [(1.0, [0, 4, 8, 12, 16, 20, 24, 28]), (2.0, list(range(0, 32, 2))), (10.0, list(range(32)))]
+)
 def test_fixed_rate_sampling(scene, fps: float, expected: list[int]) -> None:
     frames = list(iter_frames(scene.path, mode="fps", fps=fps, dedupe=False))
     assert [f.index for f in frames] == expected
@@ -128,8 +127,12 @@ def test_truncated_matroska_reports_the_frames_before_the_cut(frame_of, make_vid
 
 def test_truncated_faststart_mp4_keeps_partial_frames(frame_of, make_video, ref_photos, tmp_path: Path) -> None:
     arrays = [frame_of(p) for p in ref_photos]
-    path = make_video([arrays[(i // 4) % len(arrays)] for i in range(48)], set(range(0, 48, 4)), suffix=".mp4",
-                      container_options={"movflags": "+faststart"})
+    path = make_video(
+        [arrays[(i // 4) % len(arrays)] for i in range(48)],
+        set(range(0, 48, 4)),
+        suffix=".mp4",
+        container_options={"movflags": "+faststart"},
+    )
     cut = tmp_path / "cut.mp4"
     data = path.read_bytes()
     cut.write_bytes(data[: int(len(data) * 0.6)])
@@ -151,11 +154,14 @@ def test_mp4_cut_before_its_index_cannot_be_opened(scene, tmp_path: Path) -> Non
     assert info.value.kind == "not_a_video" and info.value.frames_read == 0
 
 
-@pytest.mark.parametrize("name,content,kind", [
-    ("empty.mp4", b"", "not_a_video"),
-    ("random.mp4", np.random.default_rng(0).bytes(20_000), "not_a_video"),
-    ("notes.mkv", b"this is a text file, not a video\n" * 50, "not_a_video"),
-])
+@pytest.mark.parametrize(
+    "name,content,kind",
+    [
+        ("empty.mp4", b"", "not_a_video"),
+        ("random.mp4", np.random.default_rng(0).bytes(20_000), "not_a_video"),
+        ("notes.mkv", b"this is a text file, not a video\n" * 50, "not_a_video"),
+    ],
+)
 def test_non_videos_are_typed_errors(tmp_path: Path, name: str, content: bytes, kind: str) -> None:
     path = tmp_path / name
     path.write_bytes(content)
@@ -234,8 +240,9 @@ def test_unsupported_codec(frame_of, scene, make_video, ref_photos, tmp_path: Pa
     assert info.value.kind == "unsupported_codec"
 
 
-@pytest.mark.parametrize("kwargs", [dict(mode="fps"), dict(mode="fps", fps=0.0), dict(mode="keyframes", fps=2.0),
-                                    dict(mode="bogus")])
+@pytest.mark.parametrize(
+    "kwargs", [dict(mode="fps"), dict(mode="fps", fps=0.0), dict(mode="keyframes", fps=2.0), dict(mode="bogus")]
+)
 def test_bad_sampling_options_are_config_errors(scene, kwargs: dict) -> None:
     with pytest.raises(ConfigError):
         list(iter_frames(scene.path, **kwargs))

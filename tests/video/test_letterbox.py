@@ -32,15 +32,33 @@ def letterboxed_video(make_video, ref_photos: list[Path]) -> Path:
 
 
 def _scan(cli, ref_store, video: Path, *extra: str) -> dict:
-    result = CliRunner().invoke(cli, ["--set", "embedder.device=cpu", "--set", "embedder.allow_raw_latent=true", *extra, "scan-video", "--store",
-                                      str(ref_store.location), "--projection", "none", "--threshold", "0.8",
-                                      "--k", "1", "--json", str(video)])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "--set",
+            "embedder.device=cpu",
+            "--set",
+            "embedder.allow_raw_latent=true",
+            *extra,
+            "scan-video",
+            "--store",
+            str(ref_store.location),
+            "--projection",
+            "none",
+            "--threshold",
+            "0.8",
+            "--k",
+            "1",
+            "--json",
+            str(video),
+        ],
+    )
     assert result.exit_code in (0, 1), result.output
     return json.loads(result.stdout.splitlines()[0])
 
 
 def test_scan_video_matches_letterboxed_reference_photos(letterboxed_video: Path, ref_store, ref_photos) -> None:
-    from id2_plugin.cli import load_commands, cli
+    from id2_plugin.cli import cli, load_commands
 
     load_commands()
     report = _scan(cli, ref_store, letterboxed_video)

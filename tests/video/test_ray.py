@@ -15,9 +15,14 @@ def test_scan_videos_ray_matches_local_scan(scene, ref_store, video_embedder, tm
 
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"definitely not a video\n" * 40)
-    cfg = load_config(None, {"store": {"path": str(ref_store.location)},
-                             "embedder": {"projection": "none", "allow_raw_latent": True, "device": "cpu", "batch_size": 4},
-                             "match": {"k": 2, "threshold": 0.5}})
+    cfg = load_config(
+        None,
+        {
+            "store": {"path": str(ref_store.location)},
+            "embedder": {"projection": "none", "allow_raw_latent": True, "device": "cpu", "batch_size": 4},
+            "match": {"k": 2, "threshold": 0.5},
+        },
+    )
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -31,6 +36,7 @@ def test_scan_videos_ray_matches_local_scan(scene, ref_store, video_embedder, tm
     remote = reports[str(scene.path)]
     local = scan_video(scene.path, video_embedder, ref_store, k=2, threshold=0.5, batch_size=4)
     assert remote.ok and remote.embedder == local.embedder
-    assert [(h.timestamp, h.frame_index, [m.reference_id for m in h.matches]) for h in remote.hits] == \
-        [(round(h.timestamp, 6), h.frame_index, [m.reference_id for m in h.matches]) for h in local.hits]
+    assert [(h.timestamp, h.frame_index, [m.reference_id for m in h.matches]) for h in remote.hits] == [
+        (round(h.timestamp, 6), h.frame_index, [m.reference_id for m in h.matches]) for h in local.hits
+    ]
     assert [s.best_score for s in remote.summary] == pytest.approx([s.best_score for s in local.summary], abs=1e-5)

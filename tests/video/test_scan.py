@@ -12,8 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from id2_plugin.video import (VideoError, VideoReport, FrameReader, embed_keyframes, format_report_text, scan_video,
-                              scan_videos)
+from id2_plugin.video import (
+    FrameReader,
+    VideoError,
+    VideoReport,
+    embed_keyframes,
+    format_report_text,
+    scan_video,
+    scan_videos,
+)
 
 THRESHOLD = 0.5
 
@@ -31,7 +38,12 @@ def scene_report(scene, video_embedder, ref_store) -> VideoReport:
 def test_scan_video_reports_matches_with_timestamps(scene, scene_report, video_embedder) -> None:
     report = scene_report
     assert report.ok and report.error is None
-    assert (report.frames_decoded, report.frames_sampled, report.duplicates_dropped, report.frames_embedded) == (5, 5, 1, 4)
+    assert (report.frames_decoded, report.frames_sampled, report.duplicates_dropped, report.frames_embedded) == (
+        5,
+        5,
+        1,
+        4,
+    )
     assert report.codec == "h264" and (report.width, report.height) == (320, 240)
     assert report.duration_s == pytest.approx(8.0) and report.frame_rate == pytest.approx(4.0)
     expected = [(t, i) for t, i in scene.expected if i is not None]
@@ -60,8 +72,9 @@ def test_report_serialises_and_round_trips(scene_report, video_embedder) -> None
     assert {"frame_index", "timestamp", "until", "is_key", "matches"} <= set(d["hits"][0])
     assert {"reference_id", "first_timestamp", "last_timestamp", "best_score", "frames"} <= set(d["summary"][0])
     back = VideoReport.from_dict(d)
-    assert back.hits == [type(h)(h.frame_index, round(h.timestamp, 6), h.is_key, h.matches, round(h.until, 6))
-                         for h in report.hits]
+    assert back.hits == [
+        type(h)(h.frame_index, round(h.timestamp, 6), h.is_key, h.matches, round(h.until, 6)) for h in report.hits
+    ]
     assert [s.reference_id for s in back.summary] == [s.reference_id for s in report.summary]
 
 
@@ -75,7 +88,12 @@ def test_text_summary(scene, scene_report) -> None:
 
 def test_fixed_rate_scan_covers_each_segment(scene, video_embedder, ref_store) -> None:
     report = scan_video(scene.path, video_embedder, ref_store, k=1, threshold=THRESHOLD, mode="fps", fps=1.0)
-    assert (report.frames_decoded, report.frames_sampled, report.duplicates_dropped, report.frames_embedded) == (32, 8, 4, 4)
+    assert (report.frames_decoded, report.frames_sampled, report.duplicates_dropped, report.frames_embedded) == (
+        32,
+        8,
+        4,
+        4,
+    )
     spans = {s.uri: (s.first_timestamp, s.last_timestamp) for s in report.summary}
     assert spans == {str(scene.refs[0]): (0.0, 2.0), str(scene.refs[1]): (2.0, 4.0), str(scene.refs[2]): (4.0, 6.0)}
 
@@ -88,8 +106,9 @@ def test_last_shot_spans_to_the_end_of_the_video(make_video, frame_of, ref_photo
     assert f"seen 0.00-2.00 s in 1 frames  {ref_photos[3]}" in format_report_text(report)
 
 
-def test_truncated_video_keeps_partial_results(make_video, frame_of, ref_photos, video_embedder, ref_store,
-                                               tmp_path: Path) -> None:
+def test_truncated_video_keeps_partial_results(
+    make_video, frame_of, ref_photos, video_embedder, ref_store, tmp_path: Path
+) -> None:
     # 16 s: references 0, 1, 3 and 4 for 4 s each, a keyframe every 2 s; then cut in the middle.
     order = [0, 1, 3, 4]
     frames = [frame_of(ref_photos[order[i // 16]]) for i in range(64)]
@@ -107,8 +126,9 @@ def test_truncated_video_keeps_partial_results(make_video, frame_of, ref_photos,
 
 
 @pytest.mark.parametrize("content,kind", [(b"", "not_a_video"), (b"\x00\x01garbage" * 500, "not_a_video")])
-def test_bad_files_give_reports_not_exceptions(tmp_path: Path, video_embedder, ref_store, content: bytes,
-                                               kind: str) -> None:
+def test_bad_files_give_reports_not_exceptions(
+    tmp_path: Path, video_embedder, ref_store, content: bytes, kind: str
+) -> None:
     path = tmp_path / "bad.mp4"
     path.write_bytes(content)
     report = scan_video(path, video_embedder, ref_store)
@@ -142,8 +162,9 @@ class _MeanColourEmbedder:
         return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def test_memory_stays_bounded_on_a_long_video(make_video, frame_of, ref_photos, taef2_encoder, monkeypatch,
-                                              tmp_path: Path) -> None:
+def test_memory_stays_bounded_on_a_long_video(
+    make_video, frame_of, ref_photos, taef2_encoder, monkeypatch, tmp_path: Path
+) -> None:
     from id2_plugin.stores.faiss_store import FaissStore
     from id2_plugin.types import ReferenceRecord
 
@@ -186,14 +207,19 @@ def test_embed_keyframes_refuses_an_undecodable_video(video_embedder, tmp_path: 
         embed_keyframes(bad, video_embedder)
 
 
-def test_scan_videos_with_decoder_threads_matches_sequential(scene, scene_report, video_embedder, ref_store,
-                                                             tmp_path: Path) -> None:
+def test_scan_videos_with_decoder_threads_matches_sequential(
+    scene, scene_report, video_embedder, ref_store, tmp_path: Path
+) -> None:
     bad = tmp_path / "bad.mkv"
     bad.write_bytes(b"not a video" * 100)
-    par = {r.path: r for r in scan_videos([scene.path, bad], video_embedder, ref_store, k=3, threshold=THRESHOLD,
-                                          workers=2)}
+    par = {
+        r.path: r
+        for r in scan_videos([scene.path, bad], video_embedder, ref_store, k=3, threshold=THRESHOLD, workers=2)
+    }
     assert set(par) == {str(scene.path), str(bad)}
     assert par[str(bad)].error_kind == "not_a_video"
     a, b = scene_report, par[str(scene.path)]
-    assert [(h.timestamp, h.matches[0].reference_id) for h in a.hits] == [(h.timestamp, h.matches[0].reference_id) for h in b.hits]
+    assert [(h.timestamp, h.matches[0].reference_id) for h in a.hits] == [
+        (h.timestamp, h.matches[0].reference_id) for h in b.hits
+    ]
     assert [h.matches[0].score for h in a.hits] == pytest.approx([h.matches[0].score for h in b.hits], abs=1e-5)
