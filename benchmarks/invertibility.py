@@ -7,7 +7,8 @@ For each photo (256x256, the embedder's input) the table compares what an attack
 can decode: the raw TAEF2 latent (``projection: none``) decoded directly, and the shipped W embedding
 inverted by W's best linear inverse (Moore-Penrose pseudo-inverse, plus W's centring mean) before decoding.
 Two W rows: the embedding before L2 normalisation (its true scale: an upper bound), and the stored unit
-vector rescaled by the mean norm of the other photos' embeddings (what an attacker can do). The mean latent alone (no information about the photo) is the
+vector rescaled by the mean norm of the other photos' embeddings (what an attacker can do). The mean latent alone
+(no information about the photo) is the
 floor. PSNR is over 8-bit RGB against the normalised input.
 """
 
@@ -75,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"# Invertibility of stored vectors ({len(photos)} photos, 256x256, TAEF2 decoder)",
         "",
-        f"`python benchmarks/invertibility.py --photos {args.photos}`; {platform.machine()}, Python {sys.version.split()[0]}",
+        f"`python benchmarks/invertibility.py --photos {args.photos}`; {platform.machine()}, "
+        f"Python {sys.version.split()[0]}",
         "",
         "| decoded from | PSNR mean dB | min | max |",
         "|---|---:|---:|---:|",

@@ -129,11 +129,13 @@ def report(m: dict, argv: list[str]) -> list[str]:
     lines = [
         f"# index add: sequential vs pipelined decoding ({platform.machine()}, {os.cpu_count()} cores, shared machine)",
         "",
-        f"{m['images']} photos from data/photos, TAEF2 + W on the CPU, batch 16 unless noted, {m['rounds']} interleaved "
+        f"{m['images']} photos from data/photos, TAEF2 + W on the CPU, batch 16 unless noted, "
+        f"{m['rounds']} interleaved "
         f"rounds; load average (1 min) during the runs {min(m['loads']):.1f}-{max(m['loads']):.1f} on 2 cores. "
         "Ratios are per round (same round, same load), then averaged.",
         "",
-        "| way | img/s (mean of rounds) | vs sequential | of model only | GFLOP/s (30.8/img) | of 113 GFLOP/s roofline |",
+        "| way | img/s (mean of rounds) | vs sequential | of model only | GFLOP/s (30.8/img) "
+        "| of 113 GFLOP/s roofline |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for name, r in rates.items():

@@ -3,7 +3,8 @@ among all origins and reports per family:
 
     python benchmarks/pooled_pairs.py /tmp/all_pairs.jsonl
     id2-plugin evaluate --pairs /tmp/all_pairs.jsonl --distractors ../shared/data/photos \
-        --negatives ../shared/data/unrelated --cache /tmp/latent-cache --json > benchmarks/results/evaluate_decisions.json
+        --negatives ../shared/data/unrelated --cache /tmp/latent-cache --json \
+        > benchmarks/results/evaluate_decisions.json
 
 ``real-edits-dev`` has no ``family`` field: its lines get one naming the set. Twins are kept (absolute too).
 The manifest names files in ``../shared`` only: it is written where you say, never committed.

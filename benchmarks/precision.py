@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """int8 vs fp32 TAEF2: fidelity first (per-image cosine, retrieval top-1), then throughput, in one run.
 
-    python benchmarks/precision.py --models WORK/models [--distractors 300] [--rounds 3] [--out benchmarks/results/precision.md]
+    python benchmarks/precision.py --models WORK/models [--distractors 300] [--rounds 3] \
+        [--out benchmarks/results/precision.md]
 
 ``--models`` is a folder you name: the int8 model is made there (``quantize_taef2``, calibrated on 100 photos
 of ``data/photos`` that are not real-edit origins, by content hash) unless it is already there.
@@ -176,14 +177,16 @@ def report(fid: dict, thr: dict, argv: list[str]) -> str:
     lines = [
         f"# int8 vs fp32 TAEF2 ({platform.machine()}, {os.cpu_count()} cores, shared machine)",
         "",
-        f"Throughput: {thr['images']} photos, batch 16, normalise + encode + W, best of {thr['rounds']} interleaved rounds.",
+        f"Throughput: {thr['images']} photos, batch 16, normalise + encode + W, "
+        f"best of {thr['rounds']} interleaved rounds.",
         "",
         "| path | images/s | vs torch fp32 | GFLOP/s (30.8/img) | of 113 GFLOP/s fp32 roofline |",
         "|---|---:|---:|---:|---:|",
     ]
     for k, r in rate.items():
         lines.append(
-            f"| {k} | {r:.2f} | {r / rate['torch fp32']:.2f}x | {r * GFLOP_PER_IMAGE:.0f} | {r * GFLOP_PER_IMAGE / ROOFLINE_GFLOPS:.0%} |"
+            f"| {k} | {r:.2f} | {r / rate['torch fp32']:.2f}x | {r * GFLOP_PER_IMAGE:.0f} "
+            f"| {r * GFLOP_PER_IMAGE / ROOFLINE_GFLOPS:.0%} |"
         )
     lines += [
         "",
@@ -197,7 +200,8 @@ def report(fid: dict, thr: dict, argv: list[str]) -> str:
         lines.append(f"| {sig} | {c['min']:.4f} | {c['p1']:.4f} | {c['mean']:.4f} |")
     lines += [
         "",
-        f"Top-1 among {fid['gallery']} references (all real-edit origins + distractor photos not used for calibration); "
+        f"Top-1 among {fid['gallery']} references "
+        "(all real-edit origins + distractor photos not used for calibration); "
         f"queries dev {fid['queries_per_set']['dev']}, train {fid['queries_per_set']['train']}:",
         "",
         "| signal | queries | set | fp32 | int8 | delta | fp32 refs, int8 queries |",
@@ -207,7 +211,8 @@ def report(fid: dict, thr: dict, argv: list[str]) -> str:
         if key.startswith("top1_"):
             _, sig, kind, s = key.split("_", 3)
             lines.append(
-                f"| {sig} | {kind} | {s} | {v['fp32']:.3f} | {v['int8']:.3f} | {v['int8'] - v['fp32']:+.3f} | {v['fp32_refs_int8_queries']:.3f} |"
+                f"| {sig} | {kind} | {s} | {v['fp32']:.3f} | {v['int8']:.3f} | {v['int8'] - v['fp32']:+.3f} "
+                f"| {v['fp32_refs_int8_queries']:.3f} |"
             )
     lines += ["", f"`python benchmarks/precision.py {' '.join(argv)}`"]
     return "\n".join(lines)

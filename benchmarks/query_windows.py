@@ -1,6 +1,7 @@
 """Query windows (``match.windows``) on the real edits: the fused default with and without the second look.
 
-    python benchmarks/query_windows.py --md benchmarks/results/query_windows.md --json benchmarks/results/query_windows.json
+    python benchmarks/query_windows.py --md benchmarks/results/query_windows.md \
+        --json benchmarks/results/query_windows.json
 
 One run, the same queries and references for every row: the real-edits-train and real-edits-dev queries,
 ranked among all their origins plus the shared photos (as ``fit-fusion`` pools them). Rows: the whole image
@@ -129,9 +130,11 @@ def _markdown(rep: dict) -> str:
         "",
         f"Command: `{rep['command']}`  ",
         f"Machine: {rep['machine']}; wall time {rep['wall_s']:.0f} s  ",
-        f"Embedder: `{rep['embedder']}`; match.threshold {rep['threshold']}; {rep['windows_per_query']} windows per query",
+        f"Embedder: `{rep['embedder']}`; match.threshold {rep['threshold']}; "
+        f"{rep['windows_per_query']} windows per query",
         "",
-        "Cells: top-1 / mAP / micro-AP; `auto` = the default; second look = share of the group's queries `auto` searched again.",
+        "Cells: top-1 / mAP / micro-AP; `auto` = the default; "
+        "second look = share of the group's queries `auto` searched again.",
         "",
         "| queries | n | second look | " + " | ".join(f"`{m}`" if " " not in m else m for m in modes) + " |",
         "|---|---:|---:|" + "---:|" * len(modes),

@@ -460,7 +460,8 @@ def first_seed_lines(runs: dict[str, list[dict]], p: Problem) -> list[str]:
         f"## Fold seed {SEEDS[0]} (the shipped protocol's)",
         "",
         "Cells: top-1 (the decision's best candidate is an origin or its twin) / MATCH (top-1 right and at or above "
-        f"the operating point: {TARGET_FPR:.1%} false matches per negative, one-sided {CONFIDENCE:.0%} bound); held-out "
+        f"the operating point: {TARGET_FPR:.1%} false matches per negative, one-sided {CONFIDENCE:.0%} bound); "
+        "held-out "
         f"scores of {FOLDS} grouped folds, `match.windows: auto`. False: negatives at or above the threshold. "
         "Hard +/-: hard edits a MATCH with the row but not with (a) / the reverse.",
         "",
@@ -582,10 +583,12 @@ def cost_lines(cost: dict[str, float]) -> list[str]:
         f"vectors (512 float32 each): {size(len(CROPS))} per reference; 9 grid crops only: {size(len(GRID))}; "
         f"centre + salient only: {size(len(SALIENT))}.",
         f"- Indexing time per reference (median of {cost['n']} references timed one by one; load average "
-        f"{cost['load']:.1f} on a shared 2-CPU machine): as shipped {cost['index']:.2f} s (normalise, id2 and SSCD); the crops add "
-        f"{cost['crops']:.2f} s (+{cost['crops'] / cost['index']:.0%}: saliency, cutting, {len(CROPS)} SSCD embeddings).",
+        f"{cost['load']:.1f} on a shared 2-CPU machine): as shipped {cost['index']:.2f} s (normalise, id2 and SSCD); "
+        f"the crops add {cost['crops']:.2f} s (+{cost['crops'] / cost['index']:.0%}: saliency, cutting, "
+        f"{len(CROPS)} SSCD embeddings).",
         "- Query time: no extra embedding (the query's whole and window SSCD vectors exist today); re-scoring the "
-        f"top candidates reads their {len(CROPS)} crop vectors and takes 10 x {len(CROPS) + 1} dot products per candidate.",
+        f"top candidates reads their {len(CROPS)} crop vectors and takes 10 x {len(CROPS) + 1} dot products "
+        "per candidate.",
     ]
 
 

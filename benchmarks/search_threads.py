@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """FAISS store search latency by thread setting, with and without a competing process burning a core.
 
-    python benchmarks/search_threads.py [--n 50000] [--dim 1280] [--queries 200] [--out benchmarks/results/search_threads.md]
+    python benchmarks/search_threads.py [--n 50000] [--dim 1280] [--queries 200] \
+        [--out benchmarks/results/search_threads.md]
 
 A ``flat`` store of ``--n`` random unit vectors (fused dimension 1280 by default) is built in a temporary
 folder (removed after). Two measurements, each once with the machine as it is ("as is") and once while a
@@ -116,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         for s in (*single.values(), *batch.values()):
             s.close()
     lines = [
-        f"# Flat store search: {args.n} x {args.dim} float32, k=5 ({platform.machine()}, {os.cpu_count()} cores, shared machine)",
+        f"# Flat store search: {args.n} x {args.dim} float32, k=5 "
+        f"({platform.machine()}, {os.cpu_count()} cores, shared machine)",
         "",
         "| search | setting | load | p50 ms | p99 ms | queries/s |",
         "|---|---|---|---:|---:|---:|",

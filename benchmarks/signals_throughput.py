@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
                 assert item.error is None
             best[name] = max(best[name], len(photos) / (time.perf_counter() - t))
     lines = [
-        f"{len(photos)} photos, batch 16, best of {args.rounds} interleaved rounds; {platform.machine()}, {os.cpu_count()} cores",
+        f"{len(photos)} photos, batch 16, best of {args.rounds} interleaved rounds; "
+        f"{platform.machine()}, {os.cpu_count()} cores",
         "",
         "| embedder | dim | images/s | relative to id2 |",
         "|---|---:|---:|---:|",

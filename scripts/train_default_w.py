@@ -88,7 +88,8 @@ def copy_checks(projection, encoder, photos: list[Path], n: int, seed: int) -> d
             res[method] = {"top1": round(m.top1, 4), "mAP": round(m.mAP, 4)}
         out[name] = res
         print(
-            f"{name:16s} raw {res['raw_latent']['top1']:.3f}/{res['raw_latent']['mAP']:.3f}  W {res['W']['top1']:.3f}/{res['W']['mAP']:.3f}",
+            f"{name:16s} raw {res['raw_latent']['top1']:.3f}/{res['raw_latent']['mAP']:.3f}  "
+            f"W {res['W']['top1']:.3f}/{res['W']['mAP']:.3f}",
             flush=True,
         )
     return out

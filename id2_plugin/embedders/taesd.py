@@ -90,7 +90,10 @@ def _load_state_dict(path: str | os.PathLike) -> dict[str, Any]:
     except Exception as exc:  # torch.load raises UnpicklingError, RuntimeError, EOFError, SafetensorError, ...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "Weights only load failed" in first:  # torch's advice to load it unsafely must not reach users
-            first = "not readable as plain tensors (not a torch file, or pickled objects, never unpickled: they could run code)"
+            first = (
+                "not readable as plain tensors (not a torch file, or pickled objects, never unpickled: "
+                "they could run code)"
+            )
         raise ConfigError(f"{path} is not a TAEF2 weights file (a torch state dict): {first}") from None
     if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
         raise ConfigError(

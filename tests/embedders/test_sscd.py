@@ -198,7 +198,10 @@ def test_the_registered_factory_takes_the_vae_encoders_kwargs(package_model):
 
 
 def test_importing_the_package_does_not_import_onnxruntime():
-    code = "import json, sys, id2_plugin, id2_plugin.plugins; id2_plugin.plugins.embedder_factories(); print(json.dumps('onnxruntime' in sys.modules))"
+    code = (
+        "import json, sys, id2_plugin, id2_plugin.plugins; id2_plugin.plugins.embedder_factories(); "
+        "print(json.dumps('onnxruntime' in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert json.loads(out.strip().splitlines()[-1]) is False
 
