@@ -27,8 +27,8 @@ class BorderTrim:
     """How borders are found. ``tolerance``: largest per-channel difference (0-255) from a line's median
     colour that still counts as border (JPEG and chroma-subsampled video put noise of ~5-15 around flat
     colour); a line's median may differ from the side's outermost line's by half of it; ``uniform_fraction``:
-    share of a line's pixels that must be within tolerance (ringing and stray specks); ``min_fraction``/``min_pixels``: smallest content kept
-    per axis, as a fraction of the side and in pixels."""
+    share of a line's pixels that must be within tolerance (ringing and stray specks);
+    ``min_fraction``/``min_pixels``: smallest content kept per axis, as a fraction of the side and in pixels."""
 
     tolerance: int = 24
     uniform_fraction: float = 0.98
