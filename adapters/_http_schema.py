@@ -1,7 +1,8 @@
-"""The HTTP service's JSON bodies as pydantic models, and the responses each route declares in OpenAPI.
+"""The HTTP service's OpenAPI description: its JSON bodies as pydantic models, its request bodies, and the
+responses each route declares.
 
 The handlers return plain dicts (``OriginReport.to_dict`` and friends); these models only describe them
-in the spec. ``tests/adapters/test_http_openapi.py`` runs schemathesis against the spec to keep the two
+in the spec. ``tests/adapters/test_http_contract.py`` runs schemathesis against the spec to keep the two
 in agreement: every status a route answers with is declared, and every body matches its schema.
 """
 
@@ -175,4 +176,47 @@ EXPLAIN_OK = {
             "text/html": {"schema": {"type": "string"}},
         },
     }
+}
+
+
+# Request bodies: the handlers read the raw request (multipart or not), so FastAPI cannot infer these.
+_BINARY = {"type": "string", "format": "binary"}
+IMAGE_BODY = {
+    "content": {
+        "multipart/form-data": {
+            "schema": {"type": "object", "properties": {"file": _BINARY}, "required": ["file"]},
+        },
+        "application/octet-stream": {"schema": _BINARY},
+        "image/*": {"schema": _BINARY},
+    },
+    "required": True,
+}
+EXPLAIN_BODY = {
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"query": _BINARY, "reference": _BINARY},
+                "required": ["query", "reference"],
+            }
+        },
+    },
+    "required": True,
+}
+REFERENCES_BODY = {
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "file": {"type": "array", "items": _BINARY},
+                    "label": {"type": "array", "items": {"type": "string"}},
+                },
+                "required": ["file"],
+            }
+        },
+        "application/octet-stream": {"schema": _BINARY},
+        "image/*": {"schema": _BINARY},
+    },
+    "required": True,
 }

@@ -7,7 +7,8 @@ CPU this costs nothing (torch already uses every core for one forward pass) and 
 
 ``encode_vector`` / ``decode_vector`` are the version-1 hash strings (little-endian float16, hex encoded:
 ``4 * dim`` characters, no embedder identity). The ThreatExchange adapter now writes versioned strings
-(:mod:`id2_plugin.adapters._txsignal`) and only reads these to refuse or explicitly upgrade them.
+(:mod:`id2_plugin.adapters.threatexchange.signal_format`) and only reads these to refuse or explicitly
+upgrade them.
 """
 
 from __future__ import annotations

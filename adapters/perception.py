@@ -81,8 +81,8 @@ class ID2FramewiseHasher(FramewiseHasher):
     """Frame-wise video hasher: one ID2 embedding per sampled frame, skipping near-identical frames.
 
     Frames are read at ``frames_per_second``; a frame is kept when its cosine distance to the last kept
-    frame (see :meth:`process_frame`) exceeds ``interframe_threshold`` (0.05 ~ cosine 0.95: a static shot gives one hash, a cut or
-    visible motion a new one). Returns several hashes per video (``returns_multiple``).
+    frame (see :meth:`process_frame`) exceeds ``interframe_threshold`` (0.05 ~ cosine 0.95: a static shot
+    gives one hash, a cut or visible motion a new one). Returns several hashes per video (``returns_multiple``).
     """
 
     def __init__(

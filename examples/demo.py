@@ -85,7 +85,8 @@ def main() -> int:
     show = cli("config", "show")
     print(next((line for line in show.stdout.splitlines() if line.startswith("# active embedder")), ""))
     print(
-        f"1) index {len(photos)} real photos and the 15 originals of the real-edit set (cached re-runs skip known files)"
+        f"1) index {len(photos)} real photos and the 15 originals of the real-edit set "
+        "(cached re-runs skip known files)"
     )
     res = cli("--set", f"store.path={args.store}", "index", "add", str(to_index), str(edits_dir / "originals"))
     print(res.stdout)

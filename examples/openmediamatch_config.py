@@ -11,7 +11,8 @@ guide, docs/guides/omm-operator.md, explains each line::
     from threatexchange.signal_type.md5 import VideoMD5Signal
     from threatexchange.signal_type.pdq.signal import PdqSignal
 
-    from id2_plugin.adapters.threatexchange import ID2PhotoSignal, ID2VideoSignal, warm_up
+    from id2_plugin.adapters.threatexchange.signal import ID2PhotoSignal, ID2VideoSignal
+    from id2_plugin.adapters.threatexchange.warmup import warm_up
 
     STORAGE_IFACE_INSTANCE = DefaultOMMStore(
         signal_types=[PdqSignal, VideoMD5Signal, ID2PhotoSignal, ID2VideoSignal],
@@ -59,7 +60,9 @@ import io
 from _common import shared_photos
 from threatexchange.signal_type.index import SignalTypeIndex
 
-from id2_plugin.adapters.threatexchange import ID2PhotoIndex, ID2PhotoSignal, warm_up
+from id2_plugin.adapters.threatexchange.index import ID2PhotoIndex
+from id2_plugin.adapters.threatexchange.signal import ID2PhotoSignal
+from id2_plugin.adapters.threatexchange.warmup import warm_up
 from id2_plugin.testing import centre_crop_jpeg
 
 

@@ -57,7 +57,8 @@ def main() -> None:
         out = tx(home, "hash", "-S", "id2", "photo", *map(str, originals))
         hashes = [line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("id2 ")]
         print(
-            f"  {len(hashes)} id2 hashes of {len(hashes[0])} characters each (embedder digest {hashes[0].split(':')[2]})"
+            f"  {len(hashes)} id2 hashes of {len(hashes[0])} characters each "
+            f"(embedder digest {hashes[0].split(':')[2]})"
         )
         refs = home / "refs.txt"
         refs.write_text("".join(f"id2 {h}\n" for h in hashes))

@@ -16,16 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from id2_plugin.adapters import _jsoncodec
 from id2_plugin.adapters._shared import encode_vector
-from id2_plugin.adapters.threatexchange import (
-    TX_MANIFEST,
+from id2_plugin.adapters.threatexchange import TX_MANIFEST, entry_codec
+from id2_plugin.adapters.threatexchange.compare import SignalIdentityError
+from id2_plugin.adapters.threatexchange.index import ID2PhotoIndex, ID2VideoIndex
+from id2_plugin.adapters.threatexchange.signal import (
     HashError,
-    ID2PhotoIndex,
     ID2PhotoSignal,
-    ID2VideoIndex,
     ID2VideoSignal,
-    SignalIdentityError,
     format_video_signal,
     parse_video_signal,
 )
@@ -51,7 +49,7 @@ def _near(v: np.ndarray, cos: float, rng: np.random.Generator) -> np.ndarray:
 
 def _photo(v: np.ndarray) -> str:
     """A signal of the configured embedder for an arbitrary unit vector of its dimension."""
-    from id2_plugin.adapters._txsignal import format_photo
+    from id2_plugin.adapters.threatexchange.signal_format import format_photo
 
     return format_photo(v, ID2PhotoSignal.identity_digest())
 
@@ -160,7 +158,7 @@ def test_compact_payload_keeps_real_cosines_and_is_url_safe(small, photo_paths) 
 def test_the_door_refuses_other_embedders_dimensions_and_unversioned_hashes(
     small, pad_embedder, photo_paths, rng
 ) -> None:
-    from id2_plugin.adapters._txsignal import format_photo, identity_digest
+    from id2_plugin.adapters.threatexchange.signal_format import format_photo, identity_digest
 
     mine = _photo(small.embed_one(photo_paths[0]))
     # A real hash of another embedder of the SAME dimension: comparing it would be silently meaningless.
@@ -244,7 +242,7 @@ def test_index_ranks_dedupes_and_respects_the_threshold(small, rng) -> None:
 
 def test_a_changed_embedder_does_not_poison_the_bank_index(small, pad_embedder, photo_paths, edited_copies) -> None:
     """A bank holding hashes of an old embedder (and junk): the build keeps the current ones, counts the rest."""
-    from id2_plugin.adapters._txsignal import format_photo, identity_digest
+    from id2_plugin.adapters.threatexchange.signal_format import format_photo, identity_digest
 
     current = [(_photo(v), i) for i, v in enumerate(small.embed(photo_paths[:4]))]
     old_digest = identity_digest(pad_embedder.identity)
@@ -300,15 +298,15 @@ def test_json_codec_refuses_what_pickle_would_run() -> None:
         3: frozenset({"x"}),
         "op": SignalOpinion(True, SignalOpinionCategory.NEGATIVE_CLASS, set()),
     }
-    assert _jsoncodec.loads(_jsoncodec.dumps(value)) == value
+    assert entry_codec.loads(entry_codec.dumps(value)) == value
     with pytest.raises(ValueError, match="not a dataclass"):
-        _jsoncodec.decode({"__id2__": "dataclass", "cls": "subprocess:Popen", "f": {}})
+        entry_codec.decode({"__id2__": "dataclass", "cls": "subprocess:Popen", "f": {}})
     with pytest.raises(ValueError, match="not an Enum"):
-        _jsoncodec.decode({"__id2__": "enum", "cls": "subprocess:Popen", "v": "echo"})
+        entry_codec.decode({"__id2__": "enum", "cls": "subprocess:Popen", "v": "echo"})
     with pytest.raises(ValueError, match="not a class"):
-        _jsoncodec.decode({"__id2__": "dataclass", "cls": "os:system", "f": {}})
+        entry_codec.decode({"__id2__": "dataclass", "cls": "os:system", "f": {}})
     with pytest.raises(TypeError, match="cannot serialise"):
-        _jsoncodec.dumps(object())
+        entry_codec.dumps(object())
 
 
 def test_manifest_lists_both_signals() -> None:

@@ -20,7 +20,8 @@ import pytest
 from threatexchange.signal_type.index import SignalTypeIndex
 
 from id2_plugin.adapters._shared import encode_vector
-from id2_plugin.adapters.threatexchange import ID2PhotoIndex, ID2PhotoSignal, ID2VideoIndex, index_to_bytes
+from id2_plugin.adapters.threatexchange.index import ID2PhotoIndex, ID2VideoIndex, index_to_bytes
+from id2_plugin.adapters.threatexchange.signal import ID2PhotoSignal
 from id2_plugin.testing import centre_crop_jpeg
 
 
@@ -65,7 +66,7 @@ def test_the_pickle_references_only_the_adapters_restore_function(small, photo_p
             return super().find_class(module, name)
 
     restored = Recording(io.BytesIO(blob)).load()
-    assert seen == [("id2_plugin.adapters.threatexchange", "_restore_index")]
+    assert seen == [("id2_plugin.adapters.threatexchange.index", "_restore_index")]
     assert restored.query(sigs[0])[0].metadata[1][1].tags == {"a", "b"}
     assert [m.metadata for m in pickle.loads(pickle.dumps(idx)).query(sigs[2])][:1] == [idx.query(sigs[2])[0].metadata]
     empty = _omm_round_trip(ID2PhotoIndex())
@@ -87,7 +88,7 @@ class _Wrapped:
         self.blob = blob
 
     def __reduce__(self) -> tuple[object, tuple[bytes]]:
-        from id2_plugin.adapters.threatexchange import _restore_index
+        from id2_plugin.adapters.threatexchange.index import _restore_index
 
         return _restore_index, (self.blob,)
 
@@ -144,11 +145,13 @@ def test_threshold_is_read_at_match_time_not_frozen_in_the_stored_index(
 def test_warm_up_loads_the_model_with_the_thread_cap(shared_dir: Path, photo_paths, tmp_path: Path) -> None:
     cfg = tmp_path / "omm-id2.yaml"
     cfg.write_text(
-        "embedder:\n  name: taef2\n  input_size: 64\n  projection: none\n  allow_raw_latent: true\n  device: cpu\nmatch:\n  threshold: 0.61\n"
+        "embedder:\n  name: taef2\n  input_size: 64\n  projection: none\n  allow_raw_latent: true\n  device: cpu\n"
+        "match:\n  threshold: 0.61\n"
     )
     code = (
         "import json, sys\n"
-        "from id2_plugin.adapters.threatexchange import ID2PhotoSignal, warm_up\n"
+        "from id2_plugin.adapters.threatexchange.signal import ID2PhotoSignal\n"
+        "from id2_plugin.adapters.threatexchange.warmup import warm_up\n"
         f"ID2PhotoSignal.configure(config={str(cfg)!r})\n"
         "info = warm_up()\n"
         f"info['hash'] = ID2PhotoSignal.hash_from_file({str(photo_paths[0])!r})\n"
@@ -203,7 +206,8 @@ def test_the_omm_example_names_what_to_set_when_the_photos_are_absent(tmp_path: 
 
 _OMM_LOGGING = """
 import logging.config, sys
-from id2_plugin.adapters.threatexchange import ID2PhotoSignal, warm_up
+from id2_plugin.adapters.threatexchange.signal import ID2PhotoSignal
+from id2_plugin.adapters.threatexchange.warmup import warm_up
 ID2PhotoSignal.configure(config=sys.argv[1])
 logging.config.dictConfig({"version": 1, %s
     "handlers": {"h": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr"}},

@@ -1,4 +1,4 @@
-"""Versioned signal strings for the ThreatExchange adapter: format version, embedder identity, compact payload.
+"""The signal strings of the id2 signal types: format version, embedder identity, compact payload.
 
 Version 2 (what the adapter writes)::
 
@@ -30,11 +30,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._shared import decode_vector
+from .._shared import decode_vector
 
 __all__ = [
     "LEGACY",
+    "PHOTO",
     "VERSION",
+    "VIDEO",
     "Parsed",
     "format_photo",
     "format_video",
@@ -45,6 +47,9 @@ __all__ = [
 
 VERSION = 2
 LEGACY = 1
+#: the signal type names, which also open their signal strings
+PHOTO = "id2"
+VIDEO = "id2_video"
 _DIGEST_LEN = 12
 _MIN_DIM = 8
 _B64URL = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -129,12 +134,12 @@ def _split(signal: str, name: str) -> tuple[str, str] | None:
 
 
 def format_photo(vector: np.ndarray, digest: str) -> str:
-    return f"id2:{VERSION}:{digest}:{_encode_payload(vector)}"
+    return f"{PHOTO}:{VERSION}:{digest}:{_encode_payload(vector)}"
 
 
 def parse_photo(signal: str) -> Parsed:
     """A photo signal (version 2, or a version-1 bare hex hash); :class:`ValueError` if malformed."""
-    s, split = _versioned(signal, "id2")
+    s, split = _versioned(signal, PHOTO)
     if split is None:
         return Parsed(LEGACY, None, decode_vector(s)[None, :])
     return Parsed(VERSION, split[0], _decode_payload(split[1])[None, :])
@@ -144,12 +149,12 @@ def format_video(frames: t.Sequence[tuple[float, int, np.ndarray]], digest: str)
     if not frames:
         raise ValueError("a video signal needs at least one frame")
     body = "~".join(f"{round(float(ts) * 1000)}.{int(idx)}.{_encode_payload(v)}" for ts, idx, v in frames)
-    return f"id2_video:{VERSION}:{digest}:{body}"
+    return f"{VIDEO}:{VERSION}:{digest}:{body}"
 
 
 def parse_video(signal: str) -> Parsed:
     """A video signal (version 2, or version-1 JSON); :class:`ValueError` if malformed."""
-    s, split = _versioned(signal, "id2_video")
+    s, split = _versioned(signal, VIDEO)
     if split is None:
         return _parse_video_v1(s)
     digest, body = split
