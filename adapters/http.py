@@ -25,7 +25,7 @@ bodies are in memory. Beyond that a request gets 503 with ``Retry-After`` at onc
 finished within ``serve.request_timeout_s`` (queueing included) gets 504; its worker slot is released only
 when the abandoned computation actually ends, so timeouts cannot pile up threads, and a batch given up
 stops between its batches (:mod:`._http_worker`). Connections are bounded apart (:mod:`._http_connections`):
-a request head has ``serve.upload_timeout_s`` to arrive, and idle connections make room for new ones.
+a request head has ``serve.head_timeout_s`` to arrive, and idle connections make room for new ones.
 
 **One writer.** Reference writes are serialised in-process by a lock (the store additionally takes its
 file lock, which serialises writers across processes).
@@ -67,9 +67,6 @@ from ._http_schema import error_response
 from ._http_worker import Service
 
 __all__ = ["build_identifier", "create_app", "serve", "token_from_env"]
-
-#: connections beyond the request budgets: /healthz, /v1/info, /docs and idle keep-alive ones
-_CONNECTION_HEADROOM = 64
 
 
 def create_app(
@@ -130,10 +127,12 @@ def _check_serve_config(cfg: ServeConfig) -> None:
         raise ConfigError(
             f"serve.max_concurrency={cfg.max_concurrency} must be >= 1 and serve.queue_size={cfg.queue_size} >= 0"
         )
-    if cfg.max_upload_bytes < 1 or cfg.request_timeout_s <= 0 or cfg.upload_timeout_s <= 0 or cfg.max_uploads < 1:
-        raise ConfigError(
-            "serve.max_upload_bytes, request_timeout_s, upload_timeout_s and max_uploads must be positive"
-        )
+    positive = ("max_upload_bytes", "request_timeout_s", "upload_timeout_s", "head_timeout_s", "max_uploads")
+    bad = [f"serve.{name}={getattr(cfg, name)}" for name in positive if getattr(cfg, name) <= 0]
+    if cfg.idle_connections < 0:
+        bad.append(f"serve.idle_connections={cfg.idle_connections}")
+    if bad:
+        raise ConfigError(f"{', '.join(bad)}: expected a positive number (idle_connections: 0 or more)")
 
 
 def _add_error_handlers(app: FastAPI, cfg: ServeConfig) -> None:
@@ -200,16 +199,17 @@ def server_options(cfg: ServeConfig) -> dict[str, Any]:
     """uvicorn's settings for ``cfg``: the connection budget in place of uvicorn's ``limit_concurrency``,
     which counts idle connections."""
     return {
-        "http": bounded_protocol(head_timeout_s=cfg.upload_timeout_s, max_connections=max_connections(cfg)),
+        "http": bounded_protocol(head_timeout_s=cfg.head_timeout_s, max_connections=max_connections(cfg)),
         "limit_concurrency": None,
         "timeout_keep_alive": 5,
     }
 
 
 def max_connections(cfg: ServeConfig) -> int:
-    """Connections kept open: every request the budgets can hold (uploads, workers, queue) plus headroom
-    for the cheap reads and idle keep-alive connections (closed first when the budget is reached)."""
-    return cfg.max_uploads + cfg.max_concurrency + cfg.queue_size + _CONNECTION_HEADROOM
+    """Connections kept open: every request the budgets can hold (uploads, workers, queue) plus
+    ``serve.idle_connections`` for the cheap reads and idle keep-alive ones (closed first when the budget is
+    reached)."""
+    return cfg.max_uploads + cfg.max_concurrency + cfg.queue_size + cfg.idle_connections
 
 
 def token_from_env(cfg: ServeConfig) -> ServeConfig:

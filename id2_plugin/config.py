@@ -209,6 +209,12 @@ class ServeConfig:
     upload_timeout_s: float = 10.0
     #: bodies received at the same time (the upload phase is bounded apart from the model's queue)
     max_uploads: int = 32
+    #: seconds a connection has to send a request's head (request line and headers) after opening or after
+    #: its previous response; slower connections are closed
+    head_timeout_s: float = 10.0
+    #: connections kept open beyond the request budgets (uploads, workers, queue): cheap reads such as
+    #: /healthz and idle keep-alive clients; past them a new connection closes the longest-waiting idle one
+    idle_connections: int = 64
     #: show server file paths (reference uris, store location, error details) to clients; off: file names only
     expose_paths: bool = False
 

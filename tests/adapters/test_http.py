@@ -316,6 +316,25 @@ def test_connections_all_inside_requests_get_a_json_503_and_bad_requests_a_json_
         assert "detail" in json.loads(body)
 
 
+def test_head_timeout_and_idle_connection_allowance_come_from_the_serve_config(identifier) -> None:
+    """Budgets of 1 upload + 1 worker + 0 queue + ``idle_connections`` 1 = 3 connections: a 4th idle client
+    closes the longest-waiting one, and a client that sends no head is closed after ``head_timeout_s``."""
+    app = _app(identifier, max_uploads=1, max_concurrency=1, queue_size=0, idle_connections=1, head_timeout_s=1.0)
+    with running(app) as url:
+        port = int(url.rsplit(":", 1)[1])
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+        time.sleep(0.3)
+        newest = socket.create_connection(("127.0.0.1", port))
+        idle[0].settimeout(5)
+        assert idle[0].recv(1) == b"", "the longest-waiting idle connection was not closed"
+        started = time.monotonic()
+        newest.settimeout(10)
+        assert newest.recv(1) == b"", "a connection that sent no request head was kept open"
+        assert 0.5 < time.monotonic() - started < 5
+        for s in [*idle, newest]:
+            s.close()
+
+
 def test_load_200_requests_8_concurrent_and_no_lost_writes(identifier, photo_paths, edited_copies) -> None:
     """8 clients: 16 concurrent reference uploads all land; then 200 identifications, none fails."""
     refs = photo_paths[:16]

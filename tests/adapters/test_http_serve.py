@@ -32,7 +32,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, photo_paths: list[Path], se
     # the 64 px raw latent: a store is made and queried in seconds
     config.write_text(
         "embedder:\n  input_size: 64\n  device: cpu\n  projection: none\n  allow_raw_latent: true\n"
-        f"store:\n  path: {root / 'store'}\nserve:\n  upload_timeout_s: {HEAD_TIMEOUT_S}\n"
+        f"store:\n  path: {root / 'store'}\nserve:\n  head_timeout_s: {HEAD_TIMEOUT_S}\n"
     )
     args = ["--config", str(config)]
     subprocess.run(
