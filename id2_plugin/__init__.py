@@ -33,6 +33,7 @@ from .metrics import Metrics, compute_metrics
 from .pipeline import IngestResult, Pipeline, Upload
 from .plugins import get_plugin_manager
 from .search import IdentifyContext
+from .specs import EmbedderSpec, StoreSpec
 from .stores.base import ReferenceStore
 from .types import AddResult, Match, OriginReport, ReferenceRecord, StoreInfo
 from .video import VideoError, VideoReport, iter_frames, scan_video
@@ -49,6 +50,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "Embedder",
+    "EmbedderSpec",
     "Explanation",
     "FusedEmbedder",
     "FusionFit",
@@ -73,6 +75,7 @@ __all__ = [
     "ReferenceStore",
     "StoreError",
     "StoreInfo",
+    "StoreSpec",
     "Upload",
     "VideoError",
     "VideoReport",

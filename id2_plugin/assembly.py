@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,13 +14,15 @@ from typing import TYPE_CHECKING, Any
 from ._lazy import require_onnxruntime
 from .config import EmbedderConfig, MatchConfig, StoreConfig
 from .decision import DecisionModel
+from .embedders.base import Embedder, ImageEmbedder, LatentEncoder, Projection
+from .embedders.fused import FusedEmbedder, FusionFit
+from .embedders.sscd import resolve_sscd_model
 from .errors import ConfigError, Id2Error
 from .media import MediaLimits
 from .plugins import embedder_factories, store_factories
+from .specs import EmbedderSpec, StoreSpec
 
 if TYPE_CHECKING:
-    from .embedders.base import ImageEmbedder, LatentEncoder, Projection
-    from .embedders.fused import FusionFit
     from .stores.base import ReferenceStore
 
 log = logging.getLogger(__name__)
@@ -36,47 +39,56 @@ def default_projection_path(encoder_name: str) -> Path | None:
 #: embedder.name values that are not one registered encoder but a choice or a combination of signals
 COMPOSITE_NAMES = ("auto", "fused")
 SSCD = "sscd"
+#: the signal name of the VAE encoder (``embedder.vae``) with its W in ``embedder.signals``
+LATENT_SIGNAL = "id2"
+
+
+def embedder_spec(
+    name: str, cfg: EmbedderConfig, limits: MediaLimits | None = None, *, fused: bool = False
+) -> EmbedderSpec:
+    """The spec the factory registered as ``name`` builds from. The section's model keys (``weights``,
+    ``precision``, ``runtime``, ``subfolder``) belong to the signal it names, or in a ``fused`` embedder to
+    its VAE; there SSCD has ``sscd_weights`` and any other signal its factory's defaults."""
+    spec = EmbedderSpec(
+        name=name,
+        input_size=cfg.sscd_input_size if name == SSCD else cfg.input_size,
+        batch_size=cfg.model_batch_size,
+        device=cfg.device,
+        dtype=cfg.dtype,
+        resize_policy=cfg.resize_policy,  # type: ignore[arg-type]
+        limits=limits or MediaLimits(),
+    )
+    if fused and name != cfg.vae:
+        return replace(spec, weights=cfg.sscd_weights) if name == SSCD else spec
+    return replace(spec, weights=cfg.weights, precision=cfg.precision, runtime=cfg.runtime, subfolder=cfg.subfolder)
+
+
+def build_registered(spec: EmbedderSpec) -> LatentEncoder | ImageEmbedder:
+    """What the factory registered as ``spec.name`` builds: a latent encoder or a whole image embedder."""
+    factories = embedder_factories()
+    if spec.name not in factories:
+        choices = ", ".join([*COMPOSITE_NAMES, *sorted(factories)])
+        raise ConfigError(f"the embedder {spec.name!r} is not registered; available: {choices}")
+    built = factories[spec.name](spec)
+    if not isinstance(built, (LatentEncoder, ImageEmbedder)):
+        raise ConfigError(
+            f"the factory registered as embedder {spec.name!r} returned {type(built).__name__}, "
+            "not an id2_plugin.LatentEncoder or ImageEmbedder"
+        )
+    return built
 
 
 def build_encoder(cfg: EmbedderConfig, limits: MediaLimits | None = None) -> LatentEncoder:
     """The latent encoder (for ``auto``/``fused``: the one named by ``embedder.vae``)."""
     name = cfg.vae if cfg.name in COMPOSITE_NAMES else cfg.name
-    return _build_registered(name, cfg, cfg.weights, limits)
-
-
-def _build_registered(name: str, cfg: EmbedderConfig, weights: str | None, limits: MediaLimits | None) -> Any:
-    factories = embedder_factories()
-    if name not in factories:
-        choices = ", ".join([*COMPOSITE_NAMES, *sorted(factories)])
-        raise ConfigError(f"embedder.name={name!r} is not registered; available: {choices}")
-    kwargs: dict[str, Any] = dict(
-        weights=weights,
-        input_size=cfg.input_size,
-        batch_size=cfg.model_batch_size,
-        device=cfg.device,
-        dtype=cfg.dtype,
-        resize_policy=cfg.resize_policy,
-        limits=limits,
-    )
-    if cfg.subfolder is not None and name == "sd-vae":
-        kwargs["subfolder"] = cfg.subfolder
-    # Passed only when asked for, so factories that predate these keys keep working.
-    asked = {"precision": (cfg.precision, "fp32"), "runtime": (cfg.runtime, "auto")}
-    kwargs.update({key: value for key, (value, default) in asked.items() if value != default})
-    try:
-        return factories[name](**kwargs)
-    except TypeError as exc:
-        key = next((k for k in asked if k in str(exc)), None)
-        if key is None:
-            raise
-        value, default = asked[key]
-        raise ConfigError(f"embedder {name!r} does not support embedder.{key}={value!r}; use {default}") from None
+    built = build_registered(embedder_spec(name, cfg, limits))
+    if not isinstance(built, LatentEncoder):
+        raise ConfigError(f"embedder {name!r} is a whole image embedder, not a latent encoder (a VAE)")
+    return built
 
 
 def load_projection(spec: str, encoder_name: str) -> Projection | None:
     """``default`` -> the shipped W for the encoder (None if there is none), ``none`` -> None, else a path."""
-    from .embedders.base import Projection
-
     if spec == "none":
         return None
     if spec == "default":
@@ -112,42 +124,44 @@ def refuse_raw_latent(embedder: ImageEmbedder) -> None:
 
 
 def _build_embedder(cfg: EmbedderConfig, limits: MediaLimits | None) -> ImageEmbedder:
-    from .embedders.base import Embedder, ImageEmbedder
-    from .embedders.fused import FusedEmbedder
-
     name = resolve_embedder_name(cfg)
-    if name == SSCD:
-        return _build_sscd(cfg, cfg.weights, limits)
     if name == "fused":
         return FusedEmbedder(
             build_signals(cfg, limits), load_fusion(cfg.fusion), resize_policy=cfg.resize_policy, limits=limits
         )  # type: ignore[arg-type]
-    built = _build_registered(name, cfg, cfg.weights, limits)
-    if isinstance(built, ImageEmbedder):  # a whole signal (like sscd): no W to add
+    built = build_registered(embedder_spec(name, cfg, limits))
+    return _with_projection(built, cfg)
+
+
+def _with_projection(built: LatentEncoder | ImageEmbedder, cfg: EmbedderConfig) -> ImageEmbedder:
+    """A latent encoder becomes the ``id2`` signal with its W; a whole image embedder (like sscd) is one as is."""
+    if isinstance(built, ImageEmbedder):
         return built
     return Embedder(built, load_projection(cfg.projection, built.name))
 
 
 def build_signals(cfg: EmbedderConfig, limits: MediaLimits | None = None) -> list[ImageEmbedder]:
-    """The signals a fused embedder combines: the VAE encoder (``embedder.vae``) with its W, and SSCD."""
-    from .embedders.base import Embedder
-
-    encoder = _build_registered(cfg.vae, cfg, cfg.weights, limits)
-    return [
-        Embedder(encoder, load_projection(cfg.projection, encoder.name)),
-        _build_sscd(cfg, cfg.sscd_weights, limits),
-    ]
+    """The signals a fused embedder combines, in ``embedder.signals`` order: ``id2`` is the VAE encoder
+    (``embedder.vae``) with its W; any other name is a registered whole image embedder (``sscd``, a plugin's)."""
+    return [_build_signal(name, cfg, limits) for name in cfg.signals]
 
 
-def _build_sscd(cfg: EmbedderConfig, weights: str | None, limits: MediaLimits | None) -> ImageEmbedder:
-    sscd = replace(cfg, input_size=cfg.sscd_input_size)
-    return _build_registered(SSCD, sscd, weights, limits)  # type: ignore[no-any-return]
+def _build_signal(name: str, cfg: EmbedderConfig, limits: MediaLimits | None) -> ImageEmbedder:
+    if name == LATENT_SIGNAL:
+        return _with_projection(build_registered(embedder_spec(cfg.vae, cfg, limits, fused=True)), cfg)
+    built = build_registered(embedder_spec(name, cfg, limits, fused=True))
+    if not isinstance(built, ImageEmbedder):
+        raise ConfigError(
+            f"embedder.signals: {name!r} is a latent encoder; it joins fusion as the {LATENT_SIGNAL} signal "
+            f"(embedder.vae: {name})"
+        )
+    if built.name != name:  # the fusion weights and the matches' per-signal cosines are keyed by this name
+        raise ConfigError(f"the signal registered as {name!r} calls itself {built.name!r}; its name must match")
+    return built
 
 
 def sscd_available(cfg: EmbedderConfig) -> str | None:
     """None when an SSCD model and ONNX Runtime resolve for ``cfg``, else the reason they do not."""
-    from .embedders.sscd import resolve_sscd_model
-
     try:
         require_onnxruntime()
         resolve_sscd_model(cfg.sscd_weights)
@@ -160,7 +174,8 @@ _notified: set[str] = set()
 
 
 def resolve_embedder_name(cfg: EmbedderConfig) -> str:
-    """``auto`` -> ``fused`` when SSCD resolves, else the VAE signal alone (with a one-line notice); else the name.
+    """``auto`` -> ``fused`` unless ``sscd`` is one of ``embedder.signals`` and does not resolve (then the VAE
+    signal alone, with a one-line notice); else the name.
 
     ``auto`` with ``projection: none`` asks for the raw latent: that signal alone, never fused.
     """
@@ -168,7 +183,7 @@ def resolve_embedder_name(cfg: EmbedderConfig) -> str:
         return cfg.name
     if cfg.projection == "none":
         return cfg.vae
-    reason = sscd_available(cfg)
+    reason = sscd_available(cfg) if SSCD in cfg.signals else None
     if reason is None:
         return "fused"
     if reason not in _notified:  # once per process, not once per request
@@ -181,11 +196,18 @@ def default_fusion_path() -> Path:
     return WEIGHTS_DIR / "fusion.json"
 
 
-def load_fusion(spec: str) -> FusionFit:
-    """``default`` -> the fit shipped with the package, else a JSON path written by ``fit-fusion``."""
-    from .embedders.fused import FusionFit
-
+def load_fusion(spec: str | Mapping[str, Any]) -> FusionFit:
+    """``default`` -> the fit shipped with the package, a mapping -> those weights (signal -> weight, given in
+    the config), else a JSON path written by ``fit-fusion``."""
+    if isinstance(spec, Mapping):
+        return FusionFit({str(k): _weight(k, v) for k, v in spec.items()}, source="embedder.fusion")
     return FusionFit.load(default_fusion_path() if spec == "default" else spec)
+
+
+def _weight(signal: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"embedder.fusion.{signal}: expected a number (the signal's weight), got {value!r}")
+    return float(value)
 
 
 def default_decision_path() -> Path:
@@ -281,7 +303,7 @@ def open_store(cfg: StoreConfig, *, embedder_identity: str | None, dim: int | No
     factories = store_factories()
     if cfg.backend not in factories:
         raise ConfigError(f"store.backend={cfg.backend!r} is not registered; available: {', '.join(sorted(factories))}")
-    return factories[cfg.backend](  # type: ignore[no-any-return]
+    spec = StoreSpec(
         location=cfg.location,
         embedder_identity=embedder_identity,
         dim=dim,
@@ -291,6 +313,7 @@ def open_store(cfg: StoreConfig, *, embedder_identity: str | None, dim: int | No
         collection=cfg.collection,
         api_key=cfg.api_key,
     )
+    return factories[cfg.backend](spec)  # type: ignore[no-any-return]
 
 
 def match_options(match: MatchConfig, embedder: ImageEmbedder) -> dict[str, Any]:

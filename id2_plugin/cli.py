@@ -6,8 +6,9 @@ import sys
 
 import click
 
-from .cli_support import EXIT_USAGE, CliState, exit_code_for, printable
+from .cli_support import EXIT_USAGE, CliState, exit_code_for, index_group, printable
 from .errors import Id2Error
+from .plugins import get_plugin_manager
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -37,10 +38,12 @@ def cli(ctx: click.Context, config_path: str | None, overrides: tuple[str, ...])
         sys.exit(EXIT_USAGE)
 
 
+# Shared groups belong to the root; the features' plugins fill them.
+cli.add_command(index_group)
+
+
 def load_commands() -> None:
     """Add every plugin's commands to :data:`cli` (what :func:`main` does first; tests and the docs build call it)."""
-    from .plugins import get_plugin_manager
-
     get_plugin_manager().hook.id2_register_commands(cli=cli)
 
 

@@ -21,6 +21,14 @@ from .errors import ConfigError, Id2Error, MediaError, MissingExtraError, ModelN
 EXIT_OK, EXIT_NO_MATCH, EXIT_USAGE, EXIT_STORE, EXIT_UNREADABLE = 0, 1, 2, 3, 4
 
 
+#: The ``index`` group, shared: several features add subcommands to it (``add``/``info``/``remove``,
+#: ``tune``/``compact``/``verify``, ``add-ray``), each from its own plugin, so disabling one plugin drops only
+#: its subcommands. The root command registers the group (:mod:`id2_plugin.cli`).
+@click.group("index")
+def index_group() -> None:
+    """Manage the reference store."""
+
+
 def outcome_code(*, unreadable: bool | int = False, no_match: bool | int = False) -> int:
     """The exit code of a command that processed its inputs: unreadable ones first, then misses."""
     if unreadable:

@@ -42,8 +42,12 @@ class EmbedderConfig:
     sscd_weights: str | None = None
     #: side of the square SSCD input (squash; see benchmarks/sscd_preprocessing.py)
     sscd_input_size: int = 320
-    #: "default" = the fit shipped with the package, or a JSON written by ``id2-plugin fit-fusion``
-    fusion: str = "default"
+    #: the signals name fused (and auto) combines: "id2" = the ``vae`` encoder with its W, "sscd", or any
+    #: signal a plugin registers; each needs a weight in ``fusion``
+    signals: tuple[str, ...] = ("id2", "sscd")
+    #: the signals' weights: "default" = the fit shipped with the package (id2, sscd), a JSON written by
+    #: ``id2-plugin fit-fusion``, or a mapping such as {id2: 0.4, sscd: 0.4, my-signal: 0.2}
+    fusion: str | dict[str, float] = "default"
     #: "default" = the W shipped for this embedder (none for sd-vae), "none" = raw latent, or a path
     projection: str = "default"
     input_size: int = 256
@@ -85,6 +89,8 @@ class EmbedderConfig:
             raise ConfigError(f"embedder.precision={self.precision!r}: expected fp32, int8 or auto")
         if self.runtime not in ("torch", "onnxruntime", "auto"):
             raise ConfigError(f"embedder.runtime={self.runtime!r}: expected torch, onnxruntime or auto")
+        if len(self.signals) < 2 or len(set(self.signals)) != len(self.signals):
+            raise ConfigError(f"embedder.signals={list(self.signals)}: fusion needs at least two distinct signals")
 
 
 @dataclass(frozen=True)

@@ -9,14 +9,19 @@ below. Built-in embedders, stores, attacks and commands register through these s
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Union
 
 import pluggy
+
+from .specs import EmbedderSpec, StoreSpec
 
 if TYPE_CHECKING:
     import click
 
+    from .embedders.base import ImageEmbedder, LatentEncoder
+    from .robustness.attacks import Attack
     from .search import IdentifyContext
+    from .stores.base import ReferenceStore
     from .types import OriginReport
 
 PROJECT_NAME = "id2_plugin"
@@ -25,45 +30,46 @@ hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 #: The one marker for hook implementations, built-in and third-party (re-exported as ``id2_plugin.hookimpl``).
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
-#: ``register(name, factory)``: ``factory(**options)`` builds the component named ``name``.
-Register = Callable[[str, Callable[..., Any]], None]
+#: builds one signal from its spec: a VAE encoder (given the configured W) or a whole image embedder
+EmbedderFactory = Callable[[EmbedderSpec], Union["LatentEncoder", "ImageEmbedder"]]
+#: opens or creates one store from its spec
+StoreFactory = Callable[[StoreSpec], "ReferenceStore"]
+#: builds one attack at an intensity in [0, 1]
+AttackFactory = Callable[[float], "Attack"]
 
 
 @hookspec
-def id2_register_embedders(register: Register) -> None:
-    """Register signals by name: latent encoders (a VAE, used with a W) or whole image embedders.
+def id2_register_embedders(register: Callable[[str, EmbedderFactory], None]) -> None:
+    """Register signals by name: what users put in ``embedder.name``, ``embedder.vae`` or ``embedder.signals``.
 
-    Call ``register("my-vae", factory)``; ``factory(weights=..., input_size=..., batch_size=..., device=...,
-    dtype=..., resize_policy=..., limits=...)`` (plus ``precision=`` ``int8`` or ``auto`` only when
-    ``embedder.precision`` is not ``fp32``; a factory that does not take it makes that a clear config error) must return a :class:`id2_plugin.LatentEncoder` (wrapped
-    with the configured W) or, like the built-in ``sscd``, an :class:`id2_plugin.embedders.ImageEmbedder`.
-    The name is what users put in ``embedder.name`` (or ``embedder.vae`` for the fused embedder's latent).
+    Call ``register("my-signal", factory)``. ``factory(spec)`` gets one frozen
+    :class:`id2_plugin.specs.EmbedderSpec` (weights, input size, batch size, device, dtype, precision,
+    runtime, resize policy, media limits, hub subfolder), reads what its model needs, and returns either
+
+    * an :class:`id2_plugin.LatentEncoder` (a VAE): it becomes the ``id2`` signal with the configured W, or
+    * an :class:`id2_plugin.embedders.ImageEmbedder` whose ``name`` is the registered name (like the built-in
+      ``sscd``): used alone, or joining the fused embedder when listed in ``embedder.signals`` with a weight
+      in ``embedder.fusion``.
+
+    A value the factory cannot honour (``precision: int8`` without an int8 model, a ``device`` it cannot run
+    on) is a :class:`id2_plugin.ConfigError` it raises itself, naming the key.
     """
 
 
 @hookspec
-def id2_register_stores(register: Register) -> None:
+def id2_register_stores(register: Callable[[str, StoreFactory], None]) -> None:
     """Register reference-store backends by name (what users put in ``store.backend``).
 
-    Call ``register("my-backend", factory)``. Every backend, built-in or not, is opened with the same
-    keyword arguments, all of them always passed::
-
-        factory(location=str,                 # store.url when set, else store.path
-                embedder_identity=str | None,  # identity the store must have been built with; None = any
-                dim=int | None,                # vector dimension for a new store; None when only reading
-                index=str,                     # store.index, e.g. "flat"
-                index_options=dict,            # store.index_options
-                create=bool,                   # create the store when it does not exist
-                collection=str,                # store.collection (a namespace inside ``location``)
-                api_key=str | None)            # store.api_key for remote backends
-
-    and must return an :class:`id2_plugin.ReferenceStore`. A backend ignores what it has no use for, and
-    raises :class:`id2_plugin.StoreError` when the store is missing (``create=False``) or unusable.
+    Call ``register("my-backend", factory)``. ``factory(spec)`` gets one frozen
+    :class:`id2_plugin.specs.StoreSpec` (location, embedder identity, dimension, index type and options,
+    create, collection, API key) and returns an :class:`id2_plugin.ReferenceStore`. A backend ignores the
+    fields it has no use for, and raises :class:`id2_plugin.StoreError` when the store is missing
+    (``spec.create`` false) or unusable.
     """
 
 
 @hookspec
-def id2_register_attacks(register: Register) -> None:
+def id2_register_attacks(register: Callable[[str, AttackFactory], None]) -> None:
     """Register robustness attacks by name.
 
     Call ``register("my-attack", factory)``; ``factory(intensity)`` must return an
@@ -73,7 +79,11 @@ def id2_register_attacks(register: Register) -> None:
 
 @hookspec
 def id2_register_commands(cli: click.Group) -> None:
-    """Add click commands or groups to the ``id2-plugin`` command line (``cli.add_command(...)``)."""
+    """Add click commands or groups to the ``id2-plugin`` command line (``cli.add_command(...)``).
+
+    To add a subcommand to a group another feature owns (``index``), attach it to the shared group in
+    :mod:`id2_plugin.cli_support` (``index_group.add_command(...)``), never to another plugin's module.
+    """
 
 
 @hookspec(firstresult=True)
@@ -84,4 +94,10 @@ def id2_identify_origin(media: Any, context: IdentifyContext) -> OriginReport | 
     ``context`` carries the embedder, the reference store, ``k`` and the decision threshold. The first
     non-``None`` report wins; the built-in implementation runs last, so a plugin may pre-empt it (e.g. an
     exact-hash fast path) or return ``None`` to defer.
+
+    Batches (``Pipeline.identify_many`` / ``identify_iter``, the HTTP batch route, ``query`` on many files):
+    while the built-in search is the only implementation, queries skip the hook and go to that search in
+    pipelined batches (the same reports, decoded and embedded together); as soon as any other plugin
+    implements this hook, every query of a batch calls it, one by one, in order. Video keyframes and
+    ``calibrate`` query the store directly and never call it.
     """

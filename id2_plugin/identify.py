@@ -14,7 +14,7 @@ from .config import Config
 from .decision import DecisionModel
 from .errors import ConfigError, MediaError
 from .media import MediaLike
-from .plugins import get_plugin_manager
+from .plugins import builtin_search_only, get_plugin_manager
 from .search import IdentifyContext, _or_error, search_normalised
 from .types import OriginReport
 
@@ -79,7 +79,7 @@ class Identifier:
         """:meth:`identify_many` streamed as batches finish. With only the built-in search installed, queries
         are decoded in threads overlapped with batched embedding and search (:attr:`batching`); a plugin
         implementing ``id2_identify_origin`` sees every query one by one."""
-        if len(get_plugin_manager().hook.id2_identify_origin.get_hookimpls()) > 1:
+        if not builtin_search_only():
             yield from (_or_error(lambda m: self.identify(m, k=k), m) for m in media)
             return
         from ._pipelining import pipelined

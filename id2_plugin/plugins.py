@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable
 from typing import Any
 
 import pluggy
 
 from . import hookspecs
 from .errors import ConfigError
+from .hookspecs import AttackFactory, EmbedderFactory, StoreFactory
 
-#: Modules with the built-in hook implementations; they register exactly as a third-party plugin would.
+#: Modules with the built-in hook implementations, one per feature; they register exactly as a third-party
+#: plugin would, and ``ID2_DISABLE_PLUGINS`` names them by their last part (e.g. ``store_commands``).
 DEFAULT_PLUGINS: tuple[str, ...] = (
-    "id2_plugin.default_plugins.embedders",
-    "id2_plugin.default_plugins.stores",
-    "id2_plugin.default_plugins.identify",
-    "id2_plugin.default_plugins.commands",
+    "id2_plugin.default_plugins.builtin_embedders",
+    "id2_plugin.default_plugins.builtin_stores",
+    "id2_plugin.default_plugins.builtin_search",
+    "id2_plugin.default_plugins.index_commands",
+    "id2_plugin.default_plugins.query_commands",
+    "id2_plugin.default_plugins.config_commands",
+    "id2_plugin.default_plugins.quantize_commands",
     "id2_plugin.adapters.commands",
     "id2_plugin.default_plugins.store_commands",
     "id2_plugin.robustness._plugin",
@@ -30,6 +34,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "id2_plugin.default_plugins.cache_commands",
     "id2_plugin.train.cli",
 )
+#: the built-in ``id2_identify_origin`` (the batched search); see :func:`builtin_search_only`
+BUILTIN_SEARCH = "id2_plugin.default_plugins.builtin_search"
 
 ENTRY_POINT_GROUP = "id2_plugin"
 
@@ -81,10 +87,10 @@ def reset_plugin_manager() -> None:
     _pm = None
 
 
-def _collect(hook_name: str, kind: str) -> dict[str, Callable[..., Any]]:
-    registry: dict[str, Callable[..., Any]] = {}
+def _collect(hook_name: str, kind: str) -> dict[str, Any]:
+    registry: dict[str, Any] = {}
 
-    def register(name: str, factory: Callable[..., Any]) -> None:
+    def register(name: str, factory: Any) -> None:
         if name in registry:
             raise ConfigError(f"two plugins register the {kind} {name!r}")
         registry[name] = factory
@@ -93,16 +99,23 @@ def _collect(hook_name: str, kind: str) -> dict[str, Callable[..., Any]]:
     return registry
 
 
-def embedder_factories() -> dict[str, Callable[..., Any]]:
-    """Name -> factory of every registered latent encoder."""
+def embedder_factories() -> dict[str, EmbedderFactory]:
+    """Name -> factory of every registered signal (``factory(EmbedderSpec)``)."""
     return _collect("id2_register_embedders", "embedder")
 
 
-def store_factories() -> dict[str, Callable[..., Any]]:
-    """Name -> factory of every registered reference-store backend."""
+def store_factories() -> dict[str, StoreFactory]:
+    """Name -> factory of every registered reference-store backend (``factory(StoreSpec)``)."""
     return _collect("id2_register_stores", "store")
 
 
-def attack_factories() -> dict[str, Callable[..., Any]]:
-    """Name -> factory of every registered robustness attack."""
+def attack_factories() -> dict[str, AttackFactory]:
+    """Name -> factory of every registered robustness attack (``factory(intensity)``)."""
     return _collect("id2_register_attacks", "attack")
+
+
+def builtin_search_only() -> bool:
+    """True when the built-in search is the one ``id2_identify_origin`` implementation, so a batch of queries
+    may run it directly, batched; any other implementation (or none) means the hook runs per query."""
+    impls = get_plugin_manager().hook.id2_identify_origin.get_hookimpls()
+    return [impl.plugin_name for impl in impls] == [BUILTIN_SEARCH]

@@ -126,6 +126,29 @@ def test_console_script_runs() -> None:
     assert out.returncode == 0 and "index" in out.stdout and "query" in out.stdout
 
 
+def _command_tree(**env: str) -> dict[str, list[str]]:
+    """Every top-level command, with its subcommands, as a fresh process with ``env`` loads them."""
+    code = (
+        "import json; from id2_plugin.cli import cli, load_commands; load_commands(); "
+        "print(json.dumps({n: sorted(getattr(c, 'commands', {})) for n, c in cli.commands.items()}))"
+    )
+    full_env = {k: v for k, v in os.environ.items() if k not in ("ID2_LOAD_PLUGINS", "ID2_DISABLE_PLUGINS")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**full_env, **env})
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_disabling_one_builtin_command_plugin_drops_only_its_commands() -> None:
+    full = _command_tree()
+    assert full["index"] == ["add", "add-ray", "compact", "info", "remove", "tune", "verify"]
+    no_maintenance = _command_tree(ID2_DISABLE_PLUGINS="store_commands")
+    assert no_maintenance == dict(full, index=["add", "add-ray", "info", "remove"])
+    no_index = _command_tree(ID2_DISABLE_PLUGINS="index_commands")
+    assert no_index == dict(full, index=["add-ray", "compact", "tune", "verify"])
+    no_query = _command_tree(ID2_DISABLE_PLUGINS="query_commands")
+    assert set(full) - set(no_query) == {"query", "embed"} and no_query["index"] == full["index"]
+
+
 def test_serve_without_the_http_extra_names_it(runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "fastapi", None)  # what an install without [http] looks like to import
     res = runner.invoke(cli, ["serve"])

@@ -26,7 +26,8 @@ def test_builtins_register_through_hooks() -> None:
 
 
 def test_import_is_light() -> None:
-    code = "import sys, id2_plugin; print(json.dumps([m for m in ('torch','faiss','cv2','av','diffusers') if m in sys.modules]))"
+    heavy = "('torch', 'faiss', 'cv2', 'av', 'diffusers')"
+    code = f"import sys, id2_plugin; print(json.dumps([m for m in {heavy} if m in sys.modules]))"
     out = subprocess.run([sys.executable, "-c", "import json;" + code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []
     assert "hookimpl" in id2_plugin.__all__ and id2_plugin.__version__
@@ -42,17 +43,20 @@ def external_plugin(tmp_path: Path) -> Path:
 
         class ConstEncoder(id2_plugin.LatentEncoder):
             name = "acme-const"
-            def __init__(self, weights=None, **kw):
-                kw.pop("subfolder", None)
-                super().__init__(**kw)
             weights_digest = "0" * 64
             latent_shape = (1, 2, 2)
             def _encode_batch(self, x):
                 return x[:, :1, :2, :2]
 
+        def const_encoder(spec):
+            if spec.precision == "int8":
+                raise id2_plugin.ConfigError("acme-const has no int8 model; use embedder.precision fp32")
+            return ConstEncoder(input_size=spec.input_size, batch_size=spec.batch_size, device=spec.device,
+                                dtype=spec.dtype, resize_policy=spec.resize_policy, limits=spec.limits)
+
         @id2_plugin.hookimpl
         def id2_register_embedders(register):
-            register("acme-const", ConstEncoder)
+            register("acme-const", const_encoder)
 
         @click.command("acme-hello")
         def hello():
@@ -88,7 +92,7 @@ def test_entry_point_discovery(external_plugin: Path) -> None:
     out = _run(
         "from id2_plugin import plugins; print(sorted(plugins.store_factories()))",
         external_plugin,
-        ID2_DISABLE_PLUGINS="stores",
+        ID2_DISABLE_PLUGINS="builtin_stores",
     ).stdout
     assert "faiss" not in out
 
@@ -105,5 +109,8 @@ def test_external_embedder_and_command_work(external_plugin: Path) -> None:
     res = _run(code, external_plugin)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["4", "(1,", "4)"]
+    int8 = code.replace('device="cpu"', 'device="cpu", precision="int8"')
+    refused = _run(int8 + "\n", external_plugin)
+    assert "ConfigError: acme-const has no int8 model" in refused.stderr  # the factory's own message
     cli = _run("from id2_plugin.cli import main; main(['acme-hello'])", external_plugin)
     assert "hello from acme" in cli.stdout

@@ -9,9 +9,16 @@ from typing import Any
 
 import click
 
+from ..assembly import build_signals
 from ..cli_support import config_from_flags, config_option_flags, echo_json, handle_errors, outcome_code
+from ..embedders.fused import FusedEmbedder, FusionFit
 from ..errors import ConfigError
+from ..eval_sets import load_pairs_for_eval, prepare_eval_set
+from ..evaluate import EmbedderMethod, embed_images
+from ..fusion import fit_fusion
 from ..hookspecs import hookimpl
+from ..pairs import manifest_digest
+from ..train.crossval import grouped_folds, origin_groups
 
 #: SSCD cosine at or above which two origins count as one photo for the folds (copies score above 0.75,
 #: unrelated photos of the shared set below 0.35)
@@ -54,20 +61,13 @@ def fit_fusion_command(
     as_json: bool,
     **flags: Any,
 ) -> None:
-    """Fit the per-signal weights of the fused embedder (id2 + sscd) and write them with their provenance.
+    """Fit the per-signal weights of the fused embedder (its embedder.signals: id2 and sscd unless
+    configured otherwise, plugins' signals included) and write them with their provenance.
 
     Every query is ranked among all origins and distractors; the weights maximise top-1 + mAP (micro-AP
     breaks ties). Grouped cross-validation (folds never split a photo) reports the held-out scores of the
     fit beside each signal alone. Use the result with `--set embedder.fusion=OUT`.
     """
-    from ..assembly import build_signals
-    from ..embedders.fused import FusedEmbedder, FusionFit
-    from ..eval_sets import load_pairs_for_eval, prepare_eval_set
-    from ..evaluate import EmbedderMethod, embed_images
-    from ..fusion import fit_fusion
-    from ..pairs import manifest_digest
-    from ..train.crossval import grouped_folds, origin_groups
-
     if not 0.0 < step <= 0.5:
         raise ConfigError(f"--step must be in (0, 0.5], got {step}")
     cfg = config_from_flags(ctx, **flags)
@@ -120,9 +120,8 @@ def fit_fusion_command(
     else:
         click.echo(f"weights {', '.join(f'{n} {w:.2f}' for n, w in fit.weights.items())} -> {path}")
         for name, m in report.cross_validated.items():
-            click.echo(
-                f"  held-out ({n_folds} grouped folds) {name:6s} top1 {m['top1']:.3f}  mAP {m['mAP']:.3f}  micro-AP {m['micro_ap']:.3f}"
-            )
+            scores = f"top1 {m['top1']:.3f}  mAP {m['mAP']:.3f}  micro-AP {m['micro_ap']:.3f}"
+            click.echo(f"  held-out ({n_folds} grouped folds) {name:6s} {scores}")
         click.echo(f"use it with: id2-plugin --set embedder.fusion={path} ...")
     sys.exit(outcome_code(unreadable=data.skipped))
 

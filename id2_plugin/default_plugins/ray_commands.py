@@ -12,12 +12,13 @@ from ..cli_support import (
     config_from_flags,
     config_option_flags,
     handle_errors,
+    index_group,
     outcome_code,
     printable,
     ray_option_flags,
 )
 from ..hookspecs import hookimpl
-from .commands import index_group
+from ..ray_index import index_folder_ray
 
 
 @click.command("add-ray")
@@ -53,8 +54,6 @@ def index_add_ray(
     Content already in the store is skipped before embedding, so re-running after an interruption
     resumes without duplicates. Exit 4 if any file could not be read or decoded.
     """
-    from ..ray_index import index_folder_ray
-
     cfg = config_from_flags(ctx, **flags)
     if index_type:
         # replace() keeps every other flag (--embedder, --projection ...) in effect.

@@ -7,15 +7,23 @@ from typing import Any
 
 import click
 
-from ..cli_support import EXIT_OK, EXIT_STORE, config_from_flags, config_option_flags, echo_json, handle_errors
+from ..assembly import open_store
+from ..cli_support import (
+    EXIT_OK,
+    EXIT_STORE,
+    config_from_flags,
+    config_option_flags,
+    echo_json,
+    handle_errors,
+    index_group,
+)
 from ..errors import StoreError
 from ..hookspecs import hookimpl
+from ..stores.faiss_store import FaissStore
+from ..stores.tuning import tune_search
 
 
 def _open_faiss(ctx: click.Context, flags: dict[str, Any]) -> Any:
-    from ..assembly import open_store
-    from ..stores.faiss_store import FaissStore
-
     cfg = config_from_flags(ctx, **flags)
     store = open_store(cfg.store, embedder_identity=None, dim=None, create=False)
     if not isinstance(store, FaissStore):
@@ -64,8 +72,6 @@ def index_tune(
     """Choose the cheapest nprobe (IVF) / efSearch (HNSW) reaching TARGET recall@1 and save it in the store.
 
     PQ indexes then get the smallest re-ranking depth (``rerank``) that keeps the target."""
-    from ..stores.tuning import tune_search
-
     with _open_faiss(ctx, flags) as store:
         result = tune_search(
             store, None, target_recall, n_queries=n_queries, query_similarity=query_similarity, save=not no_save
@@ -145,7 +151,5 @@ def index_verify(ctx: click.Context, repair: bool, as_json: bool, **flags: Any) 
 
 @hookimpl
 def id2_register_commands(cli: click.Group) -> None:
-    from .commands import index_group
-
     for cmd in (index_tune, index_compact, index_verify):
         index_group.add_command(cmd)

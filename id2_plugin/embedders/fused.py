@@ -76,8 +76,9 @@ class FusedEmbedder(ImageEmbedder):
         missing = [n for n in names if n not in fit.weights]
         if missing:
             raise ConfigError(
-                f"the fusion fit {fit.source or ''} has no weight for {', '.join(missing)} (it has {', '.join(fit.weights)}); "
-                "run `id2-plugin fit-fusion` for these signals"
+                f"the fusion fit {fit.source or ''} has no weight for {', '.join(missing)} "
+                f"(it has {', '.join(fit.weights)}); run `id2-plugin fit-fusion` for these signals, or give "
+                "each signal's weight in embedder.fusion"
             )
         self.parts = list(parts)
         self.fit = fit

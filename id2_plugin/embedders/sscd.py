@@ -120,8 +120,8 @@ class SSCDEmbedder(ImageEmbedder):
     Images are squashed to a square (default 320x320) so that batches stack; the alternative, small edge
     288 with the aspect ratio kept and one image per run, is measured in ``benchmarks/sscd_preprocessing.py``.
 
-    Built by the same factory call as the VAE encoders: ``dtype``, ``subfolder`` and other keywords that
-    mean nothing to SSCD are ignored. The model is loaded once, in the constructor.
+    Registered as the ``sscd`` signal (its factory reads the :class:`~id2_plugin.specs.EmbedderSpec` fields
+    that mean something to SSCD). The model is loaded once, in the constructor.
 
     ``device``: ``auto`` uses ONNX Runtime's CUDA provider when it is available (``onnxruntime-gpu``
     installed in place of ``onnxruntime``), else the CPU; ``cuda`` without that provider is a
@@ -140,7 +140,6 @@ class SSCDEmbedder(ImageEmbedder):
         device: str = "auto",
         resize_policy: ResizePolicy = "squash",
         limits: MediaLimits | None = None,
-        **_ignored: Any,
     ) -> None:
         if input_size < 64:
             raise ConfigError(f"embedder.sscd_input_size={input_size} must be >= 64")

@@ -3,6 +3,7 @@ resolution order and errors, the conformance check, the lazy factory."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -176,19 +177,16 @@ def test_conformance_check(sscd):
     check_embedder(sscd)
 
 
-def test_the_registered_factory_takes_the_vae_encoders_kwargs(package_model):
+def test_the_registered_factory_reads_the_spec(package_model):
     from id2_plugin.plugins import embedder_factories
+    from id2_plugin.specs import EmbedderSpec
 
-    e = embedder_factories()["sscd"](
-        weights=None,
-        input_size=288,
-        batch_size=4,
-        device="cpu",
-        dtype="float16",
-        resize_policy="pad",
-        limits=None,
-        subfolder="vae",
+    spec = EmbedderSpec(
+        "sscd", input_size=288, batch_size=4, device="cpu", dtype="float16", resize_policy="pad", subfolder="vae"
     )
+    with pytest.raises(ConfigError, match="precision=int8 is available for taef2 only"):
+        embedder_factories()["sscd"](dataclasses.replace(spec, precision="int8"))
+    e = embedder_factories()["sscd"](spec)
     assert isinstance(e, SSCDEmbedder)
     assert (
         e.identity.endswith("/288/pad")

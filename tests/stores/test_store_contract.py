@@ -1,8 +1,9 @@
 """A third-party store written only from ``hookspecs.py`` works end to end: registered through the hook,
-opened with the documented keyword arguments, filled and queried from the command line on real photos."""
+opened with the documented spec, filled and queried from the command line on real photos."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from collections.abc import Sequence
@@ -81,37 +82,15 @@ class DictStorePlugin:
         self.servers: dict[str, dict[str, Any]] = {}
         self.calls: list[dict[str, Any]] = []
 
-    def open(
-        self,
-        *,
-        location: str,
-        embedder_identity: str | None,
-        dim: int | None,
-        index: str,
-        index_options: dict[str, Any],
-        create: bool,
-        collection: str,
-        api_key: str | None,
-    ) -> DictStore:
-        """Keyword-only, exactly the arguments the hookspec documents: an extra or a missing one is a TypeError."""
-        self.calls.append(
-            dict(
-                location=location,
-                embedder_identity=embedder_identity,
-                dim=dim,
-                index=index,
-                index_options=index_options,
-                create=create,
-                collection=collection,
-                api_key=api_key,
-            )
-        )
-        key = f"{location}/{collection}"
+    def open(self, spec: id2_plugin.StoreSpec) -> DictStore:
+        """The one frozen spec the hookspec documents; a field the hookspec does not name is an AttributeError."""
+        self.calls.append(dataclasses.asdict(spec))
+        key = f"{spec.location}/{spec.collection}"
         if key not in self.servers:
-            if not create:
+            if not spec.create:
                 raise StoreError(f"no dict store at {key}")
-            self.servers[key] = {"identity": embedder_identity, "dim": dim, "vectors": [], "records": []}
-        return DictStore(self.servers[key], location)
+            self.servers[key] = {"identity": spec.embedder_identity, "dim": spec.dim, "vectors": [], "records": []}
+        return DictStore(self.servers[key], spec.location)
 
     @id2_plugin.hookimpl
     def id2_register_stores(self, register: Any) -> None:
@@ -157,7 +136,7 @@ def test_documented_store_factory_works_end_to_end(
     report = json.loads(res.output.strip().splitlines()[-1])
     assert Path(report["best"]["uri"]).name == photo_paths[201].name
 
-    # the factory got every documented argument, with the configured values, every time
+    # the factory got a spec with every documented field, with the configured values, every time
     # (a query opens the store twice: once before the model loads, so a wrong location fails at once, then
     # with the embedder's identity and dimension, which writes on an existing store need)
     calls = plugin.calls
@@ -165,4 +144,5 @@ def test_documented_store_factory_works_end_to_end(
     assert calls[0]["create"] is True and calls[1]["create"] is False and calls[2]["create"] is False
     assert calls[1]["embedder_identity"] is None and calls[2]["embedder_identity"] == calls[0]["embedder_identity"]
     assert isinstance(calls[0]["dim"], int) and calls[0]["index"] == "flat"
+    assert calls[0]["index_options"] == {} and calls[0]["api_key"] is None
     assert len(plugin.servers["mem://contract/c1"]["records"]) == 4

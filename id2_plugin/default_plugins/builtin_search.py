@@ -1,4 +1,4 @@
-"""Built-in ``id2_identify_origin``: embed and search the reference store."""
+"""Built-in ``id2_identify_origin``: embed the query and search the reference store (runs last)."""
 
 from __future__ import annotations
 
