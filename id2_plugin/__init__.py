@@ -33,7 +33,7 @@ from .metrics import Metrics, compute_metrics
 from .pipeline import IngestResult, Pipeline, Upload
 from .plugins import get_plugin_manager
 from .search import IdentifyContext
-from .stores.base import ReferenceStore
+from .stores.base import ReferenceStore, StoreBackend
 from .types import AddResult, Match, OriginReport, ReferenceRecord, StoreInfo
 from .video import VideoError, VideoReport, iter_frames, scan_video
 
@@ -71,6 +71,7 @@ __all__ = [
     "Projection",
     "ReferenceRecord",
     "ReferenceStore",
+    "StoreBackend",
     "StoreError",
     "StoreInfo",
     "Upload",

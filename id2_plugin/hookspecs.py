@@ -35,8 +35,9 @@ def id2_register_embedders(register: Register) -> None:
 
     Call ``register("my-vae", factory)``; ``factory(weights=..., input_size=..., batch_size=..., device=...,
     dtype=..., resize_policy=..., limits=...)`` (plus ``precision=`` ``int8`` or ``auto`` only when
-    ``embedder.precision`` is not ``fp32``; a factory that does not take it makes that a clear config error) must return a :class:`id2_plugin.LatentEncoder` (wrapped
-    with the configured W) or, like the built-in ``sscd``, an :class:`id2_plugin.embedders.ImageEmbedder`.
+    ``embedder.precision`` is not ``fp32``; a factory that does not take it makes that a clear config error)
+    must return a :class:`id2_plugin.LatentEncoder` (wrapped with the configured W) or, like the built-in
+    ``sscd``, an :class:`id2_plugin.embedders.ImageEmbedder`.
     The name is what users put in ``embedder.name`` (or ``embedder.vae`` for the fused embedder's latent).
     """
 
@@ -57,8 +58,9 @@ def id2_register_stores(register: Register) -> None:
                 collection=str,                # store.collection (a namespace inside ``location``)
                 api_key=str | None)            # store.api_key for remote backends
 
-    and must return an :class:`id2_plugin.ReferenceStore`. A backend ignores what it has no use for, and
-    raises :class:`id2_plugin.StoreError` when the store is missing (``create=False``) or unusable.
+    and must return a store meeting :class:`id2_plugin.StoreBackend` (deriving from
+    :class:`id2_plugin.ReferenceStore` supplies its boilerplate). A backend ignores what it has no use for,
+    and raises :class:`id2_plugin.StoreError` when the store is missing (``create=False``) or unusable.
     """
 
 

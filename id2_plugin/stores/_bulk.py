@@ -1,4 +1,4 @@
-"""Memory-bounded, resumable bulk insertion into any :class:`~id2_plugin.stores.base.ReferenceStore`.
+"""Memory-bounded, resumable bulk insertion into any :class:`~id2_plugin.stores.base.StoreBackend`.
 
 Large reference sets arrive as a stream of small batches (an embedding loop, a Ray Data pipeline). Adding
 each small batch directly would commit far too often (a FAISS commit rewrites files), while collecting
@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._progress import progress_bar
 from ..types import AddResult, ReferenceRecord
-from .base import ReferenceStore
+from .base import StoreBackend
 
 Batch = tuple[np.ndarray, Sequence[ReferenceRecord]]
 
@@ -30,7 +31,7 @@ class BulkAddResult:
 
 
 def bulk_add(
-    store: ReferenceStore,
+    store: StoreBackend,
     batches: Iterable[Batch],
     *,
     commit_every: int = 1024,
@@ -57,8 +58,6 @@ def bulk_add(
     pending_recs: list[ReferenceRecord] = []
     # sha256s buffered but not committed yet: store.contains cannot see them.
     pending_sha: set[str] = set()
-    from .._progress import progress_bar
-
     bar = progress_bar(progress, total, "adding", unit="ref")
 
     def commit() -> None:

@@ -24,7 +24,7 @@ EMB = "test-embedder@0123/256/squash"
 PRELUDE = """
 import hashlib, json, os, sys, time
 import numpy as np
-from id2_plugin.stores import faiss_store
+from id2_plugin.stores import _faiss_writer
 from id2_plugin.stores.faiss_store import FaissStore
 from id2_plugin.types import ReferenceRecord
 DIM = 64
@@ -78,7 +78,7 @@ path, stage = sys.argv[1], sys.argv[2]
 def hook(name):
     if name == stage:
         os._exit(17)
-faiss_store._fault_hook = hook
+_faiss_writer.fault_hook = hook
 x = vectors(500)
 s = FaissStore(path, EMB, DIM)
 s.add(x[400:500], recs(400, 500))
