@@ -126,12 +126,14 @@ class Writer:
         self.mutex = mutex
         self.timeout = timeout
         self.location = vectors.location
-        self.flock: Any = None
-        self.reset_lock()
+        self.flock = self._new_lock()
+
+    def _new_lock(self) -> Any:
+        return require("filelock").FileLock(str(self.location / LOCK_NAME))
 
     def reset_lock(self) -> None:
         """A fresh lock handle (a forked child must not use its parent's)."""
-        self.flock = require("filelock").FileLock(str(self.location / LOCK_NAME))
+        self.flock = self._new_lock()
 
     @contextmanager
     def writing(self, check: bool = True) -> Iterator[md.Meta]:
