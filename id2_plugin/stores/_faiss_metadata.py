@@ -250,12 +250,16 @@ class Database:
         self._conn: sqlite3.Connection | None = None
         self._pid = os.getpid()
 
-    @property
-    def conn(self) -> sqlite3.Connection:
+    def follow_fork(self) -> None:
+        """In a forked child, forget the parent's connection and run ``on_fork`` (once per child)."""
         if self._pid != os.getpid():
             self._pid = os.getpid()
             self._conn = None
             self._on_fork()
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        self.follow_fork()
         if self._conn is None:
             try:
                 conn = sqlite3.connect(

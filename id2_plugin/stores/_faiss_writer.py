@@ -144,6 +144,7 @@ class Writer:
         """
         filelock = require("filelock")
         with self.mutex:
+            self.db.follow_fork()  # before the lock: a child must not acquire the lock handle it inherited
             try:
                 self.flock.acquire(timeout=self.timeout)
             except filelock.Timeout:
