@@ -17,12 +17,12 @@ ground truth is exact float32 search over all references (numpy, streamed).
 
 Per index type the store is bulk-loaded through ``FaissStore.add`` (or ``QdrantStore.add``) in ``--batch``
 chunks (what ``id2-plugin index add`` does) and compacted; IVF / HNSW are then tuned (``tune_search``;
-Qdrant's HNSW over ``hnsw_ef``; target recall@1 ``--target-recall``) and measured at the tuned setting. Reported:
-build time, disk size, RSS of a fresh
-process after loading the store, load time, recall@1 / recall@10 vs exact, end-to-end ``store.query``
-latency p50/p99 at batch 1 and batch 64 (k=10, includes the metadata lookup). The flat index's effective
-memory bandwidth (bytes scanned / raw FAISS search time) is compared with measured memcpy and numpy GEMV
-bandwidth. Output: a markdown table on stdout and in ``--md``, all numbers in ``--json``.
+Qdrant's HNSW over ``hnsw_ef``; target recall@1 ``--target-recall``) and measured at the tuned setting.
+Reported: build time, disk size, RSS of a fresh process after loading the store, load time, recall@1 /
+recall@10 vs exact, end-to-end ``store.query`` latency p50/p99 at batch 1 and batch 64 (k=10, includes the
+metadata lookup). The flat index's effective memory bandwidth (bytes scanned / raw FAISS search time) is
+compared with measured memcpy and numpy GEMV bandwidth. Output: a markdown table on stdout and in ``--md``,
+all numbers in ``--json``.
 """
 
 from __future__ import annotations
@@ -339,7 +339,7 @@ class FaissBackend:
         """Raw FAISS scan time of the exact indexes (no metadata lookup) -> effective memory bandwidth."""
         if kind not in ("flat", "flat_fp16"):
             return {}
-        index = store._state.buffer  # type: ignore[union-attr]
+        index = store._reader.state.buffer  # type: ignore[union-attr]
         raw = []
         for i in range(min(len(q), self.args.latency_queries)):
             t = time.perf_counter()

@@ -34,7 +34,7 @@ from .pipeline import IngestResult, Pipeline, Upload
 from .plugins import get_plugin_manager
 from .search import IdentifyContext
 from .specs import EmbedderSpec, StoreSpec
-from .stores.base import ReferenceStore
+from .stores.base import ReferenceStore, StoreBackend
 from .types import AddResult, Match, OriginReport, ReferenceRecord, StoreInfo
 from .video import VideoError, VideoReport, iter_frames, scan_video
 
@@ -73,6 +73,7 @@ __all__ = [
     "Projection",
     "ReferenceRecord",
     "ReferenceStore",
+    "StoreBackend",
     "StoreError",
     "StoreInfo",
     "StoreSpec",

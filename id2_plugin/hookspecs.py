@@ -62,9 +62,10 @@ def id2_register_stores(register: Callable[[str, StoreFactory], None]) -> None:
 
     Call ``register("my-backend", factory)``. ``factory(spec)`` gets one frozen
     :class:`id2_plugin.specs.StoreSpec` (location, embedder identity, dimension, index type and options,
-    create, collection, API key) and returns an :class:`id2_plugin.ReferenceStore`. A backend ignores the
-    fields it has no use for, and raises :class:`id2_plugin.StoreError` when the store is missing
-    (``spec.create`` false) or unusable.
+    create, collection, API key) and returns a store meeting :class:`id2_plugin.StoreBackend` (deriving from
+    :class:`id2_plugin.ReferenceStore` supplies its boilerplate). A backend ignores the fields it has no use
+    for, and raises :class:`id2_plugin.StoreError` when the store is missing (``spec.create`` false) or
+    unusable.
     """
 
 

@@ -1,7 +1,7 @@
-"""Reference stores: the interface and the built-in FAISS backend."""
+"""Reference stores: the contract, its base class, bulk insertion and the built-in backends."""
 
 from ._bulk import BulkAddResult, bulk_add
-from .base import ReferenceStore
+from .base import ReferenceStore, StoreBackend
 from .qdrant_store import QdrantStore
 
-__all__ = ["BulkAddResult", "QdrantStore", "ReferenceStore", "bulk_add"]
+__all__ = ["BulkAddResult", "QdrantStore", "ReferenceStore", "StoreBackend", "bulk_add"]

@@ -1,4 +1,4 @@
-"""Memory-bounded, resumable bulk insertion into any :class:`~id2_plugin.stores.base.ReferenceStore`.
+"""Memory-bounded, resumable bulk insertion into any :class:`~id2_plugin.stores.base.StoreBackend`.
 
 Large reference sets arrive as a stream of small batches (an embedding loop, a Ray Data pipeline). Adding
 each small batch directly would commit far too often (a FAISS commit rewrites files), while collecting
@@ -10,12 +10,13 @@ references, and commits them with one ``store.add``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from .._progress import progress_bar
 from ..types import AddResult, ReferenceRecord
-from .base import ReferenceStore
+from .base import StoreBackend
 
 Batch = tuple[np.ndarray, Sequence[ReferenceRecord]]
 
@@ -29,8 +30,35 @@ class BulkAddResult:
     commits: int = 0
 
 
+@dataclass
+class _Pending:
+    """References buffered for the next commit. ``shas`` also holds content buffered but not committed
+    yet, which ``store.contains`` cannot see."""
+
+    vecs: list[np.ndarray] = field(default_factory=list)
+    recs: list[ReferenceRecord] = field(default_factory=list)
+    shas: set[str] = field(default_factory=set)
+
+    def take(self, vecs: np.ndarray, records: Sequence[ReferenceRecord], known: Sequence[bool]) -> int:
+        """Buffer the references of a batch that are new; returns how many were duplicates."""
+        keep: list[int] = []
+        for i, (rec, is_known) in enumerate(zip(records, known)):
+            if not is_known and rec.sha256 not in self.shas:
+                self.shas.add(rec.sha256)
+                keep.append(i)
+        if keep:
+            self.vecs.append(vecs[keep])
+            self.recs.extend(records[i] for i in keep)
+        return len(records) - len(keep)
+
+    def clear(self) -> None:
+        self.vecs.clear()
+        self.recs.clear()
+        self.shas.clear()
+
+
 def bulk_add(
-    store: ReferenceStore,
+    store: StoreBackend,
     batches: Iterable[Batch],
     *,
     commit_every: int = 1024,
@@ -53,28 +81,21 @@ def bulk_add(
     if commit_every < 1:
         raise ValueError(f"commit_every must be >= 1, got {commit_every}")
     result = BulkAddResult()
-    pending_vecs: list[np.ndarray] = []
-    pending_recs: list[ReferenceRecord] = []
-    # sha256s buffered but not committed yet: store.contains cannot see them.
-    pending_sha: set[str] = set()
-    from .._progress import progress_bar
-
+    pending = _Pending()
     bar = progress_bar(progress, total, "adding", unit="ref")
 
     def commit() -> None:
-        if not pending_recs:
+        if not pending.recs:
             return
-        res = store.add(np.concatenate(pending_vecs), pending_recs)
+        res = store.add(np.concatenate(pending.vecs), pending.recs)
         result.added += len(res.added)
         # The store reports anything another writer committed in the meantime as a duplicate.
         result.duplicates += len(res.duplicates)
         result.commits += 1
         if on_added is not None:
             refused = set(res.duplicates)
-            on_added(list(zip(res.added, [r for r in pending_recs if r.sha256 not in refused])))
-        pending_vecs.clear()
-        pending_recs.clear()
-        pending_sha.clear()
+            on_added(list(zip(res.added, [r for r in pending.recs if r.sha256 not in refused])))
+        pending.clear()
         if on_commit is not None:
             on_commit(res)
 
@@ -86,17 +107,8 @@ def bulk_add(
             if not len(records):
                 continue
             known = store.contains([r.sha256 for r in records]) if skip_known else [False] * len(records)
-            keep: list[int] = []
-            for i, (rec, is_known) in enumerate(zip(records, known)):
-                if is_known or rec.sha256 in pending_sha:
-                    result.duplicates += 1
-                    continue
-                pending_sha.add(rec.sha256)
-                keep.append(i)
-            if keep:
-                pending_vecs.append(vecs[keep])
-                pending_recs.extend(records[i] for i in keep)
-            if len(pending_recs) >= commit_every:
+            result.duplicates += pending.take(vecs, records, known)
+            if len(pending.recs) >= commit_every:
                 commit()
             bar.update(len(records))
         commit()

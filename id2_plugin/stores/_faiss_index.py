@@ -1,4 +1,4 @@
-"""FAISS index construction, training and search parameters shared by :mod:`.faiss_store` and :mod:`.tuning`.
+"""FAISS index construction, training and search parameters shared by the FAISS store modules and :mod:`.tuning`.
 
 Nothing here touches the disk: these helpers turn an index type plus options into FAISS objects, train
 them from a sample, and build the per-query search parameters (nprobe, efSearch, deleted-id filter).
@@ -400,18 +400,18 @@ def ann_search(
     k_main = rerank * max(k, RERANK_MIN_K) if rerank and fetch is not None else k
     ef = max(int(ef_search), k_main) if ef_search is not None else None
     p = search_params(kind, nprobe=nprobe, ef_search=ef, selector=selector)
-    D, I = index.search(q, k_main, params=p) if p is not None else index.search(q, k_main)
-    D = np.where(I >= 0, D, -np.inf).astype(np.float32)
+    scores, ids = index.search(q, k_main, params=p) if p is not None else index.search(q, k_main)
+    scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
     if not rerank or fetch is None:
-        return D, I
-    valid = I >= 0
+        return scores, ids
+    valid = ids >= 0
     if not valid.any():
-        return D[:, :k], I[:, :k]
-    vecs = fetch_rows(fetch, np.where(valid, I, I[valid][0]).ravel()).reshape(I.shape[0], I.shape[1], -1)
+        return scores[:, :k], ids[:, :k]
+    vecs = fetch_rows(fetch, np.where(valid, ids, ids[valid][0]).ravel()).reshape(ids.shape[0], ids.shape[1], -1)
     exact = np.einsum("qd,qkd->qk", q, vecs)
     exact = np.where(valid, exact, -np.inf).astype(np.float32)
     order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(exact, order, 1), np.take_along_axis(I, order, 1)
+    return np.take_along_axis(exact, order, 1), np.take_along_axis(ids, order, 1)
 
 
 def fetch_rows(fetch: Callable[[np.ndarray], np.ndarray], ids: np.ndarray) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Content checks of a FAISS store's files: checksums of the raw vectors and of the ANN snapshot, and the
 cheap row check applied whenever vectors are loaded.
 
-File lengths alone (``faiss_store._damage``) miss damage in the middle of a file: a few flipped bytes in a
+File lengths alone (:mod:`._faiss_verify`) miss damage in the middle of a file: a few flipped bytes in a
 vector row make that reference score cosines far above 1 against every query, i.e. a false match.
 
 **Raw vectors** get a CRC-32 per row, computed from the rows as written and recorded in the same
@@ -181,6 +181,16 @@ def describe(ids: list[int], uris: dict[int, str], limit: int = 5) -> str:
     """``ids`` named by reference id and uri, the first ``limit`` of them."""
     shown = ", ".join(f"{i} ({uris.get(i, '?')!r})" for i in ids[:limit])
     return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
+def damage_message(location: Path, problems: list[str], reading: bool = False) -> str:
+    """What a damaged store tells its caller: the problems, whether anything was written, and the way out."""
+    what = "" if reading else ", nothing was written"
+    return (
+        f"the store at {location} is damaged{what}: {'; '.join(problems)}. "
+        "Run `id2-plugin index verify --repair` (references whose vectors are lost are dropped; "
+        "add them again)"
+    )
 
 
 def sqlite_damage(conn: sqlite3.Connection, name: str) -> list[str]:

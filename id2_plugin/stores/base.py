@@ -1,9 +1,11 @@
-"""The reference-store interface every backend implements (FAISS built in; Qdrant optional)."""
+"""The reference-store contract (:class:`StoreBackend`) and the base class that implements its boilerplate
+(:class:`ReferenceStore`); FAISS is built in, Qdrant optional."""
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -31,14 +33,16 @@ def _precision_hint(stored: str, configured: str) -> str:
     return f", embedder.precision={a}: this store was built at {a}, the embedder runs at {b}" if a != b else ""
 
 
-class ReferenceStore(ABC):
-    """A persistent collection of L2-normalised reference embeddings with metadata.
+@runtime_checkable
+class StoreBackend(Protocol):
+    """What the package asks of a reference store: the contract every backend meets.
 
-    Every store records the identity of the embedder (encoder + W) that built it and refuses vectors
-    from another one (:meth:`check_compatible`). Scores are inner products = cosine similarities.
+    A persistent collection of L2-normalised reference embeddings with metadata, built by one embedder
+    (encoder + W) whose identity it records; scores are inner products = cosine similarities. These are
+    the members the package calls a store through (a backend may offer more, e.g. FAISS maintenance).
+    Derive from :class:`ReferenceStore` to get :meth:`check_compatible`, :meth:`fetch_vectors`,
+    :meth:`close` and the context manager for free.
     """
-
-    backend: str = "abstract"
 
     @property
     @abstractmethod
@@ -73,16 +77,43 @@ class ReferenceStore(ABC):
     def info(self) -> StoreInfo:
         """Count, dimension, embedder identity, index type and backend-specific details."""
 
+    @abstractmethod
     def fetch_vectors(self, reference_ids: Sequence[str]) -> np.ndarray | None:
         """The stored vectors of ``reference_ids`` (``N x dim`` float32), or None if the backend cannot say.
 
         Used to report each signal's own cosine for a match of a fused embedding (its slices); a backend
         that returns None simply reports matches without that evidence.
         """
+
+    @abstractmethod
+    def check_compatible(self, embedder_identity: str) -> None:
+        """Raise :class:`IncompatibleStoreError` unless the store was built by ``embedder_identity``."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release file handles and locks."""
+
+    @abstractmethod
+    def __enter__(self) -> StoreBackend:
+        """``with store:`` closes the store on leaving."""
+
+    @abstractmethod
+    def __exit__(self, *exc: object) -> None:
+        """Close the store."""
+
+
+class ReferenceStore(StoreBackend):
+    """The boilerplate of a :class:`StoreBackend`, written once: a backend derives from this class and
+    implements the abstract members (``embedder_identity``, ``dim``, ``add``, ``remove``, ``query``,
+    ``contains``, ``info``); ``backend`` names it in :meth:`info`.
+    """
+
+    backend: str = "abstract"
+
+    def fetch_vectors(self, reference_ids: Sequence[str]) -> np.ndarray | None:
         return None
 
     def check_compatible(self, embedder_identity: str) -> None:
-        """Raise :class:`IncompatibleStoreError` unless the store was built by ``embedder_identity``."""
         if embedder_identity != self.embedder_identity:
             raise IncompatibleStoreError(
                 f"this store was built with the {embedder_kind(self.embedder_identity)} embedder "
@@ -92,7 +123,7 @@ class ReferenceStore(ABC):
             )
 
     def close(self) -> None:
-        """Release file handles and locks."""
+        """Nothing to release unless the backend holds files or connections."""
 
     def __enter__(self) -> ReferenceStore:
         return self

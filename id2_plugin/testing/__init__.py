@@ -21,7 +21,7 @@ from ..samples import synthetic_images
 from ._encoders import check_embedder, check_latent_encoder
 from ._images import centre_crop_jpeg, reupload_jpeg, reupload_pixels
 from ._signals import check_signal_type
-from ._stores import StoreFactory, check_reference_store
+from ._stores import StoreFactory, check_reference_store, check_store_protocol
 
 __all__ = [
     "StoreFactory",
@@ -30,6 +30,7 @@ __all__ = [
     "check_latent_encoder",
     "check_reference_store",
     "check_signal_type",
+    "check_store_protocol",
     "reupload_jpeg",
     "reupload_pixels",
     "synthetic_images",

@@ -1,22 +1,19 @@
-"""Conformance checks for :class:`~id2_plugin.ReferenceStore` backends (built-in or third-party)."""
+"""Conformance checks for :class:`~id2_plugin.StoreBackend` backends (built-in or third-party)."""
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import Id2Error, IncompatibleStoreError
+from ..stores.base import StoreBackend
 from ..types import Match, ReferenceRecord
 
-if TYPE_CHECKING:
-    from ..stores.base import ReferenceStore
-
 #: ``factory(location, embedder_identity=..., dim=..., create=...)`` opens or creates a store at ``location``.
-StoreFactory = Callable[..., "ReferenceStore"]
+StoreFactory = Callable[..., StoreBackend]
 
 
 def _fail(msg: str) -> None:
@@ -32,7 +29,17 @@ def _unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def _check_new_store(store: ReferenceStore, dim: int, ident: str, vecs: np.ndarray) -> None:
+def check_store_protocol(store: object) -> None:
+    """Assert that ``store`` has every member of :class:`~id2_plugin.stores.base.StoreBackend`, the
+    contract the package calls a store through."""
+    if isinstance(store, StoreBackend):
+        return
+    wanted = [n for n in vars(StoreBackend) if not n.startswith("_") or n in ("__enter__", "__exit__")]
+    missing = [n for n in wanted if not hasattr(type(store), n) and not hasattr(store, n)]
+    _fail(f"{type(store).__name__} does not meet the StoreBackend protocol: it lacks {', '.join(missing)}")
+
+
+def _check_new_store(store: StoreBackend, dim: int, ident: str, vecs: np.ndarray) -> None:
     """A new store reports its dimension and identity and is empty."""
     if store.dim != dim or store.embedder_identity != ident:
         _fail(f"new store reports dim={store.dim}, identity={store.embedder_identity!r}")
@@ -42,7 +49,7 @@ def _check_new_store(store: ReferenceStore, dim: int, ident: str, vecs: np.ndarr
         _fail("querying an empty store must return one empty list per query")
 
 
-def _check_add_and_dedupe(store: ReferenceStore, vecs: np.ndarray, records: list[ReferenceRecord]) -> list[str]:
+def _check_add_and_dedupe(store: StoreBackend, vecs: np.ndarray, records: list[ReferenceRecord]) -> list[str]:
     """Adding gives one id per new reference; known sha256s (in the store or the batch) are not added twice."""
     n = len(records)
     res = store.add(vecs, records)
@@ -76,7 +83,7 @@ def _check_matches(i: int, matches: list[Match], k: int, ref_id: str, record: Re
         _fail(f"query {i}: scores not in descending order {scores}")
 
 
-def _check_query(store: ReferenceStore, vecs: np.ndarray, records: list[ReferenceRecord], ids: list[str]) -> None:
+def _check_query(store: StoreBackend, vecs: np.ndarray, records: list[ReferenceRecord], ids: list[str]) -> None:
     """One result list per query, each ranked correctly; ``k`` and ``threshold`` are honoured."""
     n = len(records)
     k = min(4, n)
@@ -90,7 +97,7 @@ def _check_query(store: ReferenceStore, vecs: np.ndarray, records: list[Referenc
         _fail(f"threshold=0.99 must keep only the identical reference, got {filtered}")
 
 
-def _check_info_and_refusals(store: ReferenceStore, rng: np.random.Generator, n: int, dim: int, ident: str) -> None:
+def _check_info_and_refusals(store: StoreBackend, rng: np.random.Generator, n: int, dim: int, ident: str) -> None:
     """info() describes the store; another embedder and vectors of the wrong dimension are refused."""
     info = store.info()
     if info.count != n or info.dim != dim or info.embedder != ident or not info.backend:
@@ -109,7 +116,7 @@ def _check_info_and_refusals(store: ReferenceStore, rng: np.random.Generator, n:
         _fail(f"add accepted a vector of dimension {dim + 1} into a {dim}-dim store")
 
 
-def _check_remove(store: ReferenceStore, vecs: np.ndarray, records: list[ReferenceRecord], ids: list[str]) -> None:
+def _check_remove(store: StoreBackend, vecs: np.ndarray, records: list[ReferenceRecord], ids: list[str]) -> None:
     """Removal by id and by sha256 takes references out of count, contains and query; they can be re-added."""
     n = len(records)
     removed = store.remove([ids[0], records[1].sha256, "no-such-reference"])
@@ -125,7 +132,7 @@ def _check_remove(store: ReferenceStore, vecs: np.ndarray, records: list[Referen
         _fail(f"a removed reference must be addable again, got {readd}")
 
 
-def _check_reopened(store: ReferenceStore, vecs: np.ndarray, records: list[ReferenceRecord]) -> None:
+def _check_reopened(store: StoreBackend, vecs: np.ndarray, records: list[ReferenceRecord]) -> None:
     """A reopened store holds what was left after the removals and re-add, and still finds it."""
     n = len(records)
     if store.info().count != n - 1:
@@ -146,14 +153,14 @@ def check_reference_store(
     persistent: bool = True,
     seed: int = 0,
 ) -> None:
-    """Assert the :class:`~id2_plugin.ReferenceStore` contract on a fresh store created at ``location``.
+    """Assert the :class:`~id2_plugin.StoreBackend` contract on a fresh store created at ``location``.
 
     ``factory(location, embedder_identity=..., dim=..., create=...)`` must create (``create=True``) or
-    open an existing store. Checks add (ids, metadata), dedupe by sha256 (against the store and within a
-    batch), contains, query ranking (self is rank 1 with score ~1, ranks 1..k, scores descending, ``k``
-    and ``threshold`` honoured), info, remove by reference id and by sha256, refusal of vectors of the
-    wrong dimension and of another embedder, and — when ``persistent`` — that everything survives closing
-    and reopening.
+    open an existing store. Checks that the store has every member of the protocol, add (ids, metadata),
+    dedupe by sha256 (against the store and within a batch), contains, query ranking (self is rank 1 with
+    score ~1, ranks 1..k, scores descending, ``k`` and ``threshold`` honoured), info, remove by reference
+    id and by sha256, refusal of vectors of the wrong dimension and of another embedder, and — when
+    ``persistent`` — that everything survives closing and reopening.
     """
     rng = np.random.default_rng(seed)
     ident = "conformance-embedder@0000/64/squash+raw"
@@ -163,6 +170,7 @@ def check_reference_store(
     ]
     store = factory(location, embedder_identity=ident, dim=dim, create=True)
     try:
+        check_store_protocol(store)
         _check_new_store(store, dim, ident, vecs)
         ids = _check_add_and_dedupe(store, vecs, records)
         _check_query(store, vecs, records, ids)

@@ -12,6 +12,7 @@ import pytest
 
 from id2_plugin.errors import ConfigError
 from id2_plugin.stores import _faiss_index as fx
+from id2_plugin.stores._faiss_vectors import fetcher
 from id2_plugin.stores.faiss_store import FaissStore
 from id2_plugin.types import ReferenceRecord
 
@@ -82,7 +83,5 @@ def test_fetch_rows_of_repeated_unsorted_ids(tmp_path: Path) -> None:
     raw[:] = x
     raw.flush()
     ids = np.array([6, 4, 3, 4], dtype=np.int64)
-    got = fx.fetch_rows(
-        FaissStore._fetch(np.memmap(tmp_path / "v.f16", dtype=np.float16, mode="r", shape=x.shape)), ids
-    )
+    got = fx.fetch_rows(fetcher(np.memmap(tmp_path / "v.f16", dtype=np.float16, mode="r", shape=x.shape)), ids)
     np.testing.assert_array_equal(got, x[ids].astype(np.float32))

@@ -24,7 +24,7 @@ EMB = "test-embedder@0123/256/squash"
 PRELUDE = """
 import hashlib, json, os, sys, time
 import numpy as np
-from id2_plugin.stores import faiss_store
+from id2_plugin.stores import _faiss_writer
 from id2_plugin.stores.faiss_store import FaissStore
 from id2_plugin.types import ReferenceRecord
 DIM = 64
@@ -78,11 +78,35 @@ path, stage = sys.argv[1], sys.argv[2]
 def hook(name):
     if name == stage:
         os._exit(17)
-faiss_store._fault_hook = hook
+_faiss_writer.fault_hook = hook
 x = vectors(500)
 s = FaissStore(path, EMB, DIM)
 s.add(x[400:500], recs(400, 500))
 print("no crash", flush=True)
+"""
+)
+
+FORKER = (
+    PRELUDE
+    + """
+path = sys.argv[1]
+x = vectors(20)
+s = FaissStore(path, EMB, DIM, create=True)
+s.add(x[:10], recs(0, 10))
+s.query(x[:1], k=1)  # the parent now holds a connection, a loaded index and a lock handle
+pid = os.fork()
+if pid == 0:
+    code = 1
+    try:
+        s.add(x[10:], recs(10, 20))
+        code = 0
+    except BaseException as exc:
+        print("child:", repr(exc), flush=True)
+    finally:
+        os._exit(code)
+_, status = os.waitpid(pid, 0)
+hits = [r[0].reference_id for r in s.query(x, k=1)]
+print(json.dumps({"child": os.waitstatus_to_exitcode(status), "count": s.info().count, "hits": hits}))
 """
 )
 
@@ -227,3 +251,12 @@ def test_sigkill_during_bulk_add_then_resume_without_duplicates(tmp_path: Path) 
         assert info.count == n
         assert _self_hits(s, range(n)) >= 0.99
         assert s.contains([_sha(i) for i in (0, partial - 1, partial, n - 1)]) == [True] * 4
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_writes_through_its_own_lock_and_connection(tmp_path: Path) -> None:
+    """A child forked from a process that used the store can write, and the parent then sees the rows."""
+    res = _run(FORKER, tmp_path / "s")
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout.strip().splitlines()[-1])
+    assert report == {"child": 0, "count": 20, "hits": [str(i) for i in range(20)]}, res.stdout

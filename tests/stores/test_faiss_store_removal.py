@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from id2_plugin.errors import StoreError
-from id2_plugin.stores import faiss_store
+from id2_plugin.stores import _faiss_writer
 from id2_plugin.stores.faiss_store import FaissStore
 from id2_plugin.types import ReferenceRecord
 
@@ -91,10 +91,10 @@ def test_a_crash_before_the_scrub_is_finished_by_the_next_writer_and_verify_repo
         if stage == "scrub:start":
             raise KeyboardInterrupt  # stands in for a kill between the commit and the overwrite
 
-    monkeypatch.setattr(faiss_store, "_fault_hook", crash)
+    monkeypatch.setattr(_faiss_writer, "fault_hook", crash)
     with pytest.raises(KeyboardInterrupt):
         store.remove([ids[5]])
-    monkeypatch.setattr(faiss_store, "_fault_hook", None)
+    monkeypatch.setattr(_faiss_writer, "fault_hook", None)
     assert store.info().count == len(ids) - 1  # the removal itself committed
     assert _files_holding(tmp_path / "s", needles) != []
     problems = store.verify()
@@ -103,10 +103,10 @@ def test_a_crash_before_the_scrub_is_finished_by_the_next_writer_and_verify_repo
     assert store.repair() == ["overwrote the vectors of 1 removed reference(s) with zeros"]
     assert _files_holding(tmp_path / "s", needles) == [] and store.verify() == []
 
-    monkeypatch.setattr(faiss_store, "_fault_hook", crash)
+    monkeypatch.setattr(_faiss_writer, "fault_hook", crash)
     with pytest.raises(KeyboardInterrupt):
         store.remove([ids[6]])
-    monkeypatch.setattr(faiss_store, "_fault_hook", None)
+    monkeypatch.setattr(_faiss_writer, "fault_hook", None)
     assert _files_holding(tmp_path / "s", later) != []
     store.compact()  # any later write finishes the overwrite first
     assert _files_holding(tmp_path / "s", later) == [] and store.verify() == []

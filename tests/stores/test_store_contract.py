@@ -1,5 +1,6 @@
 """A third-party store written only from ``hookspecs.py`` works end to end: registered through the hook,
-opened with the documented spec, filled and queried from the command line on real photos."""
+opened with the documented spec, filled and queried from the command line on real photos; and every backend
+meets the :class:`StoreBackend` protocol the conformance kit checks."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ import id2_plugin
 from id2_plugin.cli import cli, load_commands
 from id2_plugin.errors import StoreError
 from id2_plugin.plugins import get_plugin_manager
+from id2_plugin.stores.base import StoreBackend
+from id2_plugin.stores.faiss_store import FaissStore
+from id2_plugin.testing import check_reference_store, check_store_protocol
 from id2_plugin.types import AddResult, Match, ReferenceRecord, StoreInfo
 
 
@@ -146,3 +150,69 @@ def test_documented_store_factory_works_end_to_end(
     assert isinstance(calls[0]["dim"], int) and calls[0]["index"] == "flat"
     assert calls[0]["index_options"] == {} and calls[0]["api_key"] is None
     assert len(plugin.servers["mem://contract/c1"]["records"]) == 4
+
+
+def _open_backend(backend: str, tmp_path: Path) -> StoreBackend:
+    ident = "contract-embedder@0000/64/squash+raw"
+    if backend == "faiss":
+        return FaissStore(tmp_path / "faiss", ident, 8, create=True)
+    if backend == "qdrant":
+        pytest.importorskip("qdrant_client")
+        from id2_plugin.stores.qdrant_store import QdrantStore
+
+        return QdrantStore(":memory:", embedder_identity=ident, dim=8, create=True)
+    return DictStore({"identity": ident, "dim": 8, "vectors": [], "records": []}, "mem://contract")
+
+
+@pytest.mark.parametrize("backend", ["faiss", "qdrant", "dictstore"])
+def test_every_backend_meets_the_store_protocol(backend: str, tmp_path: Path) -> None:
+    with _open_backend(backend, tmp_path) as store:
+        assert isinstance(store, StoreBackend)
+        check_store_protocol(store)
+
+
+class _Incomplete:
+    """A duck-typed store (no base class) that forgot ``contains``."""
+
+    embedder_identity = "duck-embedder"
+    dim = 8
+
+    def add(self, vectors: np.ndarray, records: Sequence[ReferenceRecord]) -> AddResult:
+        return AddResult((), ())
+
+    def remove(self, keys: Sequence[str]) -> int:
+        return 0
+
+    def query(self, vectors: np.ndarray, k: int = 5, threshold: float | None = None) -> list[list[Match]]:
+        return [[] for _ in vectors]
+
+    def info(self) -> StoreInfo:
+        return StoreInfo("duck", "mem://duck", 0, self.dim, self.embedder_identity, "none")
+
+    def fetch_vectors(self, reference_ids: Sequence[str]) -> np.ndarray | None:
+        return None
+
+    def check_compatible(self, embedder_identity: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> _Incomplete:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def test_the_kit_refuses_a_store_missing_a_protocol_member(tmp_path: Path) -> None:
+    with pytest.raises(AssertionError, match="_Incomplete does not meet the StoreBackend protocol: it lacks contains"):
+        check_reference_store(lambda location, **kw: _Incomplete(), tmp_path / "duck")
+
+    class Complete(_Incomplete):
+        def contains(self, sha256s: Sequence[str]) -> list[bool]:
+            return [False] * len(sha256s)
+
+    # the protocol, not the base class, is the contract: a duck-typed store with every member meets it
+    assert not isinstance(_Incomplete(), StoreBackend) and isinstance(Complete(), StoreBackend)
+    check_store_protocol(Complete())
