@@ -43,7 +43,8 @@ def _objective(sim: np.ndarray, positives: np.ndarray, k: int | None) -> tuple[f
 def best_weights(
     sims: dict[str, np.ndarray], positives: np.ndarray, grid: Sequence[dict[str, float]], k: int | None = DEFAULT_K
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """The grid point maximising (top1 + mAP, then micro-AP) on the queries of ``positives``, and every point's scores."""
+    """The grid point maximising (top1 + mAP, then micro-AP) on the queries of ``positives``, and every
+    point's scores."""
     curve = []
     best: tuple[float, float] | None = None
     chosen = grid[0]
