@@ -86,23 +86,22 @@ def run_robustness(
         embedder.name if embedder is not None else None,
     )
     points, failures = run.all_levels(queries, suite)
-    ds = {
-        "kind": dataset.kind,
-        "n_queries": len(q_keep),
-        "n_references": len(r_keep),
-        "n_distractors": dataset.n_distractors,
-        "input_size": input_size,
-        "resize_policy": resize_policy,
-        "compared_policies": [pol for pol, _ in variants],
-        "methods": [m.name for m in methods],
-    }
     return RobustnessResult(
         points=points,
         failures=failures,
         suite=_suite_description(suite),
         series=[s for _, members in variants for s, _ in members],
         provenance=provenance(embedder=embedder, seed=seed, dataset=dataset, command=command),
-        dataset=ds,
+        dataset={
+            "kind": dataset.kind,
+            "n_queries": len(q_keep),
+            "n_references": len(r_keep),
+            "n_distractors": dataset.n_distractors,
+            "input_size": input_size,
+            "resize_policy": resize_policy,
+            "compared_policies": [pol for pol, _ in variants],
+            "methods": [m.name for m in methods],
+        },
         notes=notes + dataset.skipped,
     )
 
