@@ -16,37 +16,29 @@ A match is declared when ``score >= threshold``.
 
 Among the thresholds giving the same counts, the midpoint between the lowest accepted score and the
 highest rejected score is returned, so a tiny score perturbation does not flip a calibration sample.
+
+This module is pure statistics on score samples; producing the scores is :mod:`.calibration_scores`,
+and the files of the ``calibrate`` use case (negatives, histogram, YAML config) :mod:`.calibration_files`.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from .errors import ConfigError
 
-if TYPE_CHECKING:
-    from .evaluate import Method
-    from .stores.base import ReferenceStore
-
 __all__ = [
     "Calibration",
     "calibrate_threshold",
-    "calibration_scores",
-    "CalibrationScores",
-    "score_calibration_set",
-    "store_best_matches",
-    "store_best_scores",
+    "check_enough_negatives",
     "clopper_pearson_upper",
     "min_negatives_for",
     "regularized_incomplete_beta",
-    "save_histogram",
 ]
 
 
@@ -330,157 +322,6 @@ def calibrate_threshold(
     return _calibration(threshold, pos, neg, target, target_value, confidence, bound)
 
 
-def calibration_scores(
-    method: Method,
-    queries: Sequence[np.ndarray],
-    references: Sequence[np.ndarray],
-    positives: np.ndarray,
-    negatives: Sequence[np.ndarray] | None,
-    *,
-    batch_size: int = 64,
-    progress: bool = False,
-    chunk: int = 1024,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Positive scores (each query vs each of its origins) and negative scores (each negative's best score
-    against all references), from normalised images. ``negatives=None`` returns only positive scores (and an
-    empty negative array), e.g. when negatives are scored against a store with :func:`store_best_scores`.
-
-    ``positives`` is the ``Q x R`` ground truth (see :func:`~id2_plugin.eval_sets.load_pairs_for_eval`).
-    """
-    got = score_calibration_set(
-        method, queries, references, positives, negatives, batch_size=batch_size, progress=progress, chunk=chunk
-    )
-    return got.positive_scores, got.negative_best
-
-
-@dataclass(frozen=True)
-class CalibrationScores:
-    """Every score a calibration looks at: the queries against all references, each negative's best."""
-
-    #: ``Q x R`` scores of the queries against every reference
-    query_scores: np.ndarray
-    positives: np.ndarray
-    #: each negative's best score, and the index of the reference it was scored best against
-    negative_best: np.ndarray
-    negative_best_index: np.ndarray
-
-    @property
-    def positive_scores(self) -> np.ndarray:
-        return self.query_scores[self.positives]
-
-
-def score_calibration_set(
-    method: Method,
-    queries: Sequence[np.ndarray],
-    references: Sequence[np.ndarray],
-    positives: np.ndarray,
-    negatives: Sequence[np.ndarray] | None,
-    *,
-    batch_size: int = 64,
-    progress: bool = False,
-    chunk: int = 1024,
-) -> CalibrationScores:
-    """The scores of :func:`calibration_scores`, with the full query matrix and the negatives' best references."""
-    from .evaluate import embed_images
-
-    ref = embed_images(method, references, batch_size, "references" if progress else False)
-    qry = embed_images(method, queries, batch_size, "positives" if progress else False)
-    positives = np.asarray(positives, dtype=bool)
-    if positives.shape != (len(qry), len(ref)):
-        raise ValueError(f"positives is {positives.shape}, expected {(len(qry), len(ref))}")
-    best, index = np.zeros(0, np.float64), np.zeros(0, np.int64)
-    if negatives is not None:
-        neg = embed_images(method, negatives, batch_size, "negatives" if progress else False)
-        # Chunked so a large negative set never materialises an N x R matrix at once.
-        sims = [method.similarity(neg[s : s + chunk], ref) for s in range(0, len(neg), chunk)]
-        best = np.concatenate([s.max(axis=1) for s in sims]).astype(np.float64)
-        index = np.concatenate([s.argmax(axis=1) for s in sims])
-    return CalibrationScores(method.similarity(qry, ref).astype(np.float64), positives, best, index)
-
-
-def store_best_scores(store: ReferenceStore, vectors: np.ndarray, chunk: int = 1024) -> np.ndarray:
-    """Best score of each (embedded) negative against an existing reference store."""
-    return store_best_matches(store, vectors, chunk)[0]
-
-
-def store_best_matches(
-    store: ReferenceStore, vectors: np.ndarray, chunk: int = 1024
-) -> tuple[np.ndarray, list[str | None]]:
-    """Best score of each (embedded) negative against an existing store, and that reference's uri."""
-    if store.info().count == 0:
-        raise ConfigError("the reference store is empty: negatives need references to be scored against")
-    scores: list[float] = []
-    uris: list[str | None] = []
-    for s in range(0, len(vectors), chunk):
-        for m in store.query(vectors[s : s + chunk], k=1):
-            scores.append(m[0].score if m else -1.0)
-            uris.append(m[0].uri if m else None)
-    return np.asarray(scores, dtype=np.float64), uris
-
-
-def save_histogram(
-    pos_scores: Sequence[float] | np.ndarray,
-    neg_scores: Sequence[float] | np.ndarray,
-    threshold: float,
-    path: str,
-    title: str = "score distribution",
-) -> None:
-    """Save overlaid histograms of positive and negative scores with the threshold as a PNG (Agg canvas)."""
-    from ._lazy import require
-
-    require("matplotlib")
-    # Figure + FigureCanvasAgg directly: never switches the host's global matplotlib backend.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    pos = np.asarray(pos_scores, dtype=np.float64)
-    neg = np.asarray(neg_scores, dtype=np.float64)
-    fig = Figure(figsize=(7, 4), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    lo = float(min(pos.min(), neg.min(), threshold))
-    hi = float(max(pos.max(), neg.max(), threshold))
-    bins = np.linspace(lo, hi if hi > lo else lo + 1e-6, 60)
-    ax.hist(neg, bins=bins, alpha=0.6, label=f"negatives: best score (n={len(neg)})", color="tab:red", density=True)
-    ax.hist(
-        pos, bins=bins, alpha=0.6, label=f"positives: query vs origin (n={len(pos)})", color="tab:blue", density=True
-    )
-    ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.4f}")
-    ax.set_xlabel("cosine similarity")
-    ax.set_ylabel("density")
-    ax.set_title(title)
-    ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-
-
-# -- the calibrate use case: choosing negatives, writing the config ------------------------------------------
-def select_negatives(
-    negative_dirs: Sequence[str | os.PathLike], known: Sequence[Path]
-) -> tuple[list[Path], list[str], int]:
-    """Images under ``negative_dirs`` that are not one of ``known`` (same path or same bytes).
-
-    Negatives must have no origin among the references; an exact copy of a reference or query is certainly
-    mislabelled, so it is dropped rather than counted as a false match. Returns (paths, their sha256, dropped).
-    """
-    from ._files import sha256_file_or_none
-    from .media import iter_image_files
-
-    known_paths = {Path(p).resolve() for p in known}
-    known_hashes = {h for h in (sha256_file_or_none(p) for p in known_paths) if h}
-    paths: list[Path] = []
-    hashes: list[str] = []
-    dropped = 0
-    for p in iter_image_files(list(negative_dirs)):
-        digest = sha256_file_or_none(p)
-        if p.resolve() in known_paths or (digest is not None and digest in known_hashes):
-            dropped += 1
-            continue
-        paths.append(p)
-        hashes.append(digest or "")
-    return paths, hashes, dropped
-
-
 def check_enough_negatives(n: int, target_fpr: float | None, confidence: float) -> None:
     """Refuse (before minutes of encoding) a negative set too small to show ``target_fpr`` at ``confidence``."""
     if target_fpr is None or not (0.0 < target_fpr < 1.0 and 0.0 < confidence < 1.0):
@@ -491,82 +332,3 @@ def check_enough_negatives(n: int, target_fpr: float | None, confidence: float) 
             f"too few negatives: {n} cannot show a false-match rate <= {target_fpr:g} at "
             f"{confidence:.0%} confidence even with zero false matches; need at least {need} negatives"
         )
-
-
-def calibration_config(
-    cal: Calibration,
-    *,
-    embedder: dict[str, Any],
-    store: dict[str, Any] | None,
-    k: int,
-    embedder_identity: str,
-    data: str,
-    date: str,
-    hash_method: str | None = None,
-    n_bits: int | None = None,
-) -> dict[str, Any]:
-    """The config document a calibration writes: the embedder it holds for, match.threshold, provenance.
-
-    A hash baseline (``hash_method`` with ``n_bits``) records its threshold in the calibration block only,
-    also as a Hamming distance: the plugin never matches with it, so match.threshold is left alone.
-    """
-    doc: dict[str, Any] = {"embedder": embedder}
-    if store is not None:
-        doc["store"] = store
-    if hash_method is None:
-        doc["match"] = {"k": k, "threshold": cal.threshold}
-    fields = (
-        "target",
-        "target_value",
-        "confidence",
-        "threshold",
-        "fpr_upper_bound",
-        "fpr",
-        "recall",
-        "precision",
-        "n_pos",
-        "n_neg",
-        "false_matches",
-    )
-    doc["calibration"] = {
-        **{f: getattr(cal, f) for f in fields},
-        "embedder": embedder_identity,
-        "date": date,
-        "data": data,
-    }
-    if hash_method is not None and n_bits:
-        from .per_query import max_distance_bits
-
-        doc["calibration"].update(method=hash_method, threshold_bits=max_distance_bits(cal.threshold, n_bits))
-    return doc
-
-
-def write_calibration_config(path: str | os.PathLike, doc: dict[str, Any]) -> Path:
-    """Write ``doc`` as YAML atomically, after checking that it loads as a config."""
-    import yaml
-
-    from .config import load_config
-
-    header = (
-        (
-            f"# Written by `id2-plugin calibrate` on {doc['calibration']['date']}.\n"
-            f"# match.threshold is valid only for the embedder in calibration.embedder; recalibrate after changing\n"
-            f"# the embedder, W, input size or resize policy.\n"
-        )
-        if "match" in doc
-        else (
-            f"# Written by `id2-plugin calibrate` on {doc['calibration']['date']}: a {doc['calibration'].get('method')}\n"
-            f"# threshold for another system (HMA / ThreatExchange: calibration.threshold_bits); match.threshold is unset.\n"
-        )
-    )
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(header + yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
-    try:
-        load_config(tmp)  # what we write must load; a failure here is a bug, not a user error
-    except ConfigError:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, out)
-    return out

@@ -124,9 +124,14 @@ def scan_inputs(paths: Any) -> tuple[list[Any], list[str]]:
 
     scan = scan_image_files(list(paths))
     problems = [f"skipped {line}" for line in scan.problems]
-    for line in problems:
-        click.echo(printable(line), err=True)
+    report_problems(problems)
     return scan.files, problems
+
+
+def report_problems(lines: Any) -> None:
+    """Each skipped input on stderr, one per line, made printable (file names may hold control characters)."""
+    for line in lines:
+        click.echo(printable(line), err=True)
 
 
 def echo_json(obj: Any) -> None:

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from .calibrate import calibrate_threshold, select_negatives
+from .calibrate import calibrate_threshold
+from .calibration_files import select_negatives
 from .config import Config
 from .decision import DecisionModel
 from .decision_fit import (

@@ -211,6 +211,23 @@ def compute_metrics(scores: np.ndarray, positives: np.ndarray, k: int | None = D
     )
 
 
+def single_origin_metrics(scores: np.ndarray, query_origin: Any, k: int | None = DEFAULT_K) -> dict[str, float]:
+    """top-1, mAP and micro-AP of a ``Q x R`` score matrix where query ``i``'s only positive is ``query_origin[i]``.
+
+    The summary that W training and its cross-validation compare recipes by.
+    """
+    positives = np.zeros(np.shape(scores), bool)
+    positives[np.arange(len(query_origin)), np.asarray(query_origin)] = True
+    m = compute_metrics(scores, positives, k=k)
+    return {
+        "top1": m.top1,
+        "mAP": m.mAP,
+        "micro_ap": m.micro_ap,
+        "n_queries": m.n_queries,
+        "n_references": m.n_references,
+    }
+
+
 def format_table(results: dict[str, Metrics]) -> str:
     """An aligned plain-text table of ``results`` (one row per method)."""
 

@@ -3,7 +3,9 @@
 * :mod:`.attacks`: seeded, parameterised attacks (JPEG, blur, downscale, crop, text/logo watermarks,
   chains) and :func:`default_suite`; more attacks come from plugins through ``id2_register_attacks``.
 * :mod:`.suite`: :func:`run_robustness` attacks the queries at every level and scores id2, raw VAE,
-  PDQ and pHash with :mod:`id2_plugin.evaluate`.
+  PDQ and pHash with :mod:`id2_plugin.evaluate`; its parts are the data sets (:mod:`.datasets`), the
+  methods and series (:mod:`.methods`), the query loop (:mod:`.levels`), the results (:mod:`.results`)
+  and the provenance (:mod:`.provenance`).
 * :mod:`.report`: ``report.json``, ``curves.csv``, a self-contained ``report.html`` and ``report.pdf``.
 
 Command line: ``id2-plugin robustness --photos DIR --out DIR`` (see ``--help``).
@@ -33,18 +35,12 @@ from .attacks import (
     parse_attack_spec,
     subsample_levels,
 )
+from .datasets import RobustnessSet, pairs_set, photos_set
+from .levels import attack_seed
+from .methods import build_methods
 from .report import render_html, result_to_dict, write_csv, write_html, write_json, write_pdf, write_reports
-from .suite import (
-    CurvePoint,
-    FailureExample,
-    RobustnessResult,
-    RobustnessSet,
-    attack_seed,
-    build_methods,
-    pairs_set,
-    photos_set,
-    run_robustness,
-)
+from .results import CurvePoint, FailureExample, RobustnessResult
+from .suite import run_robustness
 
 __all__ = [
     "BUILTIN_ATTACKS",

@@ -24,8 +24,14 @@ from id2_plugin.cli_support import (
 )
 from id2_plugin.errors import ConfigError
 from id2_plugin.hookspecs import hookimpl
+from id2_plugin.pipeline import embedder_from_config
+from id2_plugin.plugins import attack_factories
 
-from .attacks import BUILTIN_ATTACKS
+from .attacks import BUILTIN_ATTACKS, SuiteEntry, default_suite, parse_attack_spec, subsample_levels
+from .datasets import pairs_set, photos_set
+from .methods import build_methods
+from .report import headline_rows, write_reports
+from .suite import RESIZE_POLICIES, run_robustness
 
 
 @hookimpl
@@ -131,21 +137,14 @@ def robustness_command(
     Exit 4 (after writing the reports) when a folder scan skipped a path (an unreadable folder, a dangling
     link, a symlink loop): each is reported on stderr and listed in the report's notes.
     """
-    from id2_plugin.pipeline import embedder_from_config
-    from id2_plugin.plugins import attack_factories
-
-    from . import attacks as A
-    from .report import write_reports
-    from .suite import RESIZE_POLICIES, build_methods, run_robustness
-
     if (pairs is None) == (photos is None):
         raise ConfigError("give exactly one of --pairs MANIFEST or --photos DIR")
     factories = attack_factories()
     try:
-        suite = [A.parse_attack_spec(s, factories) for s in attack_specs] if attack_specs else A.default_suite()
+        suite = [parse_attack_spec(s, factories) for s in attack_specs] if attack_specs else default_suite()
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    suite = [A.SuiteEntry(e.family, A.subsample_levels(e.levels, n_levels)) for e in suite]
+    suite = [SuiteEntry(e.family, subsample_levels(e.levels, n_levels)) for e in suite]
     names = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
 
     cfg = config_from_flags(ctx, **flags)
@@ -189,8 +188,6 @@ def _dataset(
     photos: str | None, pairs: str | None, distractors: tuple[str, ...], limit: int | None, max_distractors: int | None
 ) -> tuple[Any, list[str]]:
     """The photos or pairs set, plus the paths its folder scans had to skip (each reported, noted in the report)."""
-    from .suite import pairs_set, photos_set
-
     distractor_files, problems = scan_inputs(distractors)
     if photos is not None:
         photo_files, photo_problems = scan_inputs([photos])
@@ -232,8 +229,6 @@ def _param_words(ctx: click.Context) -> list[str]:
 
 
 def _print_summary(result: Any) -> None:
-    from .report import headline_rows
-
     headers, rows = headline_rows(result)
     widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
     click.echo("top-1 accuracy")

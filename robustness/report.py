@@ -19,8 +19,8 @@ from typing import Any
 
 from id2_plugin.extras import require
 
-from . import _pdf
-from .suite import METRIC_FIELDS, CurvePoint, RobustnessResult
+from ._pdf import failure_figures, table_figures, title_figure
+from .results import METRIC_FIELDS, CurvePoint, RobustnessResult
 
 #: Curve-point columns, in the order of ``curves.csv``.
 CSV_FIELDS = (
@@ -293,7 +293,10 @@ def headline_rows(result: RobustnessResult) -> tuple[list[str], list[list[str]]]
 def _policy_section(result: RobustnessResult) -> str:
     findings = result.findings()
     if not findings:
-        return "<p class='note'>Only one resize policy was evaluated (run with <code>--compare-resize-policies</code> to measure the others).</p>"
+        return (
+            "<p class='note'>Only one resize policy was evaluated "
+            "(run with <code>--compare-resize-policies</code> to measure the others).</p>"
+        )
     parts = [
         "<p class='note'>The normaliser turns every image into a square: <code>squash</code> stretches it, "
         "<code>center_crop</code> cuts the long side, <code>pad</code> adds black borders. Means over all attacked "
@@ -318,7 +321,8 @@ def _policy_section(result: RobustnessResult) -> str:
             for m, label in metrics
         )
         parts.append(
-            f"<h3>{html.escape(method)}</h3><p>Configured policy: <code>{html.escape(str(result.dataset.get('resize_policy')))}</code>. "
+            f"<h3>{html.escape(method)}</h3>"
+            f"<p>Configured policy: <code>{html.escape(str(result.dataset.get('resize_policy')))}</code>. "
             f"{summary}.</p>" + _table(headers, rows)
         )
     return "".join(parts)
@@ -344,8 +348,10 @@ def _failures_section(result: RobustnessResult) -> str:
             cards.append(
                 f'<div class="fail"><div><b>{html.escape(f.label)}</b> · {html.escape(f.query)}</div><div class="cap">'
                 f"<figure>{_img(f.query_thumb, 'query')}<figcaption>query</figcaption></figure>"
-                f"<figure>{_img(f.wrong_thumb, 'wrong match')}<figcaption class='bad'>wrong {f.wrong_score:.3f}</figcaption></figure>"
-                f"<figure>{_img(f.true_thumb, 'true origin')}<figcaption class='good'>origin {f.true_score:.3f}</figcaption></figure>"
+                f"<figure>{_img(f.wrong_thumb, 'wrong match')}"
+                f"<figcaption class='bad'>wrong {f.wrong_score:.3f}</figcaption></figure>"
+                f"<figure>{_img(f.true_thumb, 'true origin')}"
+                f"<figcaption class='good'>origin {f.true_score:.3f}</figcaption></figure>"
                 "</div></div>"
             )
         parts.append(f"<h3>{html.escape(s.name)}</h3>{''.join(cards)}")
@@ -366,7 +372,8 @@ def render_html(result: RobustnessResult) -> str:
     prov = result.provenance
     ds = result.dataset
     plot_html = "".join(
-        f"<h3>{html.escape(title)}</h3><img class='plot' alt='{html.escape(title)}' src='data:image/png;base64,{_png_b64(fig)}'>"
+        f"<h3>{html.escape(title)}</h3>"
+        f"<img class='plot' alt='{html.escape(title)}' src='data:image/png;base64,{_png_b64(fig)}'>"
         for title, fig in figures(result)
     )
     headers, rows = headline_rows(result)
@@ -398,7 +405,8 @@ method's own similarity scale (cosine for id2 / vae_raw, 1 − Hamming/bits for 
 <h2>Tables per attack</h2>
 {tables}
 <h2>Failure examples (strongest level of each attack)</h2>
-<p class="note">Most confident errors: the attacked query, the reference ranked first (wrong) and the true origin, with scores.</p>
+<p class="note">Most confident errors: the attacked query, the reference ranked first (wrong) and the true origin,
+with scores.</p>
 {_failures_section(result)}
 <h2>Provenance</h2>
 {_provenance_section(result)}
@@ -441,7 +449,7 @@ def _title_page(result: RobustnessResult) -> Any:
         ("git commit", str(prov.get("git_commit"))),
         *(("note", n) for n in result.notes),
     ]
-    return _pdf.title_figure("id2-plugin robustness report", [intro, contents], facts)
+    return title_figure("id2-plugin robustness report", [intro, contents], facts)
 
 
 def _plain_rows(rows: Sequence[Sequence[str]]) -> list[list[str]]:
@@ -455,16 +463,16 @@ def pdf_pages(result: RobustnessResult) -> list[tuple[str, Any]]:
     pages: list[tuple[str, Any]] = [("title", _title_page(result))]
     pages += [("curves", fig) for _, fig in figures(result)]
     headers, rows = headline_rows(result)
-    pages += [("table", f) for f in _pdf.table_figures("top-1 per attack level", headers, plain(rows))]
+    pages += [("table", f) for f in table_figures("top-1 per attack level", headers, plain(rows))]
     for fam in _families(result):
         trows, _ = _attack_rows(result, fam)
-        pages += [("table", f) for f in _pdf.table_figures(f"attack: {fam}", ATTACK_HEADERS, plain(trows))]
-    pages += [("failures", f) for f in _pdf.failure_figures(result.failures)]
+        pages += [("table", f) for f in table_figures(f"attack: {fam}", ATTACK_HEADERS, plain(trows))]
+    pages += [("failures", f) for f in failure_figures(result.failures)]
     prov = dict(result.provenance)
     machine = prov.pop("machine", {}) or {}
     prow = [[k, str(v)] for k, v in prov.items()] + [[f"machine.{k}", str(v)] for k, v in machine.items()]
     prow += [[f"dataset.{k}", str(v)] for k, v in result.dataset.items()]
-    pages += [("table", f) for f in _pdf.table_figures("provenance", ["field", "value"], prow)]
+    pages += [("table", f) for f in table_figures("provenance", ["field", "value"], prow)]
     return pages
 
 

@@ -16,12 +16,12 @@ from PIL import Image
 
 from id2_plugin.calibrate import (
     calibrate_threshold,
-    calibration_scores,
     clopper_pearson_upper,
     min_negatives_for,
     regularized_incomplete_beta,
-    save_histogram,
 )
+from id2_plugin.calibration_files import save_histogram
+from id2_plugin.calibration_scores import calibration_scores
 from id2_plugin.errors import ConfigError
 
 

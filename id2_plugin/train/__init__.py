@@ -6,8 +6,10 @@ Importing this package is light: torch, diffusers and cv2 load only when a gener
 from __future__ import annotations
 
 from ..pairs import ManifestError, Pair, load_pairs, manifest_digest, write_pairs
+from .cosface import cosface_loss
 from .make_pairs import make_diffusion_pairs, make_proxy_pairs, read_prompts
-from .trainer import TrainConfig, TrainResult, cosface_loss, train_projection
+from .train_config import TrainConfig
+from .trainer import TrainResult, train_projection
 
 __all__ = [
     "ManifestError",

@@ -236,7 +236,8 @@ RECIPES = ("paper", "auto", "pca", "pair-whiten", "cosface")
     type=float,
     default=10.0,
     show_default=True,
-    help="Within-identity whitening regulariser of the init (x mean eigenvalue); higher keeps more raw-latent geometry.",
+    help="Within-identity whitening regulariser of the init (x mean eigenvalue); "
+    "higher keeps more raw-latent geometry.",
 )
 @click.option("--no-augment", is_flag=True, help="Disable latent-space random erasing.")
 @click.option(
@@ -312,7 +313,8 @@ def train(
     from ..assembly import build_encoder
     from ..cache import latent_cache
     from ..media import iter_image_files
-    from .trainer import TrainConfig, train_projection
+    from .train_config import TrainConfig
+    from .trainer import train_projection
 
     cfg = get_state(ctx).config(**{"embedder.name": embedder_name, "embedder.device": device, "cache.dir": cache})
     encoder = build_encoder(cfg.embedder)
@@ -387,7 +389,8 @@ def train(
         echo_json(summary)
         return
     click.echo(
-        f"saved W {summary['shape'][0]}x{summary['shape'][1]} (pool {summary['pool']}, best epoch {summary['best_epoch']}) "
+        f"saved W {summary['shape'][0]}x{summary['shape'][1]} "
+        f"(pool {summary['pool']}, best epoch {summary['best_epoch']}) "
         f"to {summary['out']} ({summary['size_bytes'] / 1e6:.1f} MB)"
     )
     for name, m in result.val_metrics.items():

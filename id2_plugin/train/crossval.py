@@ -3,8 +3,8 @@
 Several origins of the real-edit sets are the same photo at another size or crop, or appear under several
 editors; a fold split by file name would leak them. :func:`origin_groups` joins origins whose raw latents
 are alike (cosine >= ``threshold``; on TAEF2 latents of the real-edit sets, copies of one photo score
-0.98 and a re-framed copy 0.45, while unrelated photos stay below 0.33) into one group, and :func:`grouped_folds` deals whole groups
-to folds, balancing the number of queries.
+0.98 and a re-framed copy 0.45, while unrelated photos stay below 0.33) into one group, and
+:func:`grouped_folds` deals whole groups to folds, balancing the number of queries.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from ..metrics import single_origin_metrics
 
 
 def origin_groups(origin_vectors: np.ndarray, threshold: float = 0.4) -> np.ndarray:
@@ -78,15 +80,6 @@ class CVResult:
         }
 
 
-def _scores(sim: np.ndarray, origin_col: np.ndarray) -> dict[str, float]:
-    from ..metrics import compute_metrics
-
-    pos = np.zeros(sim.shape, bool)
-    pos[np.arange(len(origin_col)), origin_col] = True
-    m = compute_metrics(sim, pos, k=100)
-    return {"top1": m.top1, "mAP": m.mAP, "micro_ap": m.micro_ap, "n": len(origin_col)}
-
-
 def cross_validate(
     name: str,
     fit: Callable[[np.ndarray], Callable[[np.ndarray], np.ndarray]],
@@ -108,14 +101,14 @@ def cross_validate(
         embed = fit(np.flatnonzero(folds != f))
         g = embed(gallery_rows)
         sims[test] = embed(query_rows[test]) @ g.T
-        per_fold.append(_scores(sims[test], origin_col[test]))
+        per_fold.append(single_origin_metrics(sims[test], origin_col[test]))
     fams: dict[str, dict[str, float]] = {}
     if len(families):
         fam = np.asarray(families)
         for name_f in sorted(set(families)):
             sel = np.flatnonzero(fam == name_f)
-            fams[name_f] = _scores(sims[sel], origin_col[sel])
-    return CVResult(name, per_fold, _scores(sims, origin_col), fams, dict(params or {}))
+            fams[name_f] = single_origin_metrics(sims[sel], origin_col[sel])
+    return CVResult(name, per_fold, single_origin_metrics(sims, origin_col), fams, dict(params or {}))
 
 
 __all__ = ["CVResult", "cross_validate", "grouped_folds", "origin_groups"]

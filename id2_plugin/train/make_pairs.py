@@ -28,9 +28,11 @@ from typing import Any
 import numpy as np
 
 from .._lazy import require
+from ..embedders.base import select_device
 from ..errors import ConfigError, MediaError
 from ..media import iter_image_files, load_image
 from ..pairs import Pair, write_pairs
+from ._proxy_ops import apply_op, sample_degradations, sample_recipe
 
 MANIFEST_NAME = "pairs.jsonl"
 EDITED_DIR = "edited"
@@ -141,8 +143,6 @@ def make_diffusion_pairs(
         raise ConfigError(f"strength={strength} must be in (0, 1]")
     out = Path(out_dir)
     paths = _as_origins(origins)
-    from ..embedders.base import select_device
-
     dev, tdtype = select_device(device, dtype)
     if pipeline is None:
         diffusers = require("diffusers")
@@ -291,10 +291,8 @@ def sample_plan(
     changes. Those draws have their own random streams, so with both at 0 the plans are exactly those made
     before the options existed.
     """
-    from . import _proxy_ops as ops
-
     rng = np.random.default_rng([*seed, 0])
-    pixel_ops = ops.sample_recipe(rng)
+    pixel_ops = sample_recipe(rng)
     lead = None
     if scene_prob and np.random.default_rng([*seed, 3]).random() < scene_prob:
         lead = "restage"
@@ -304,7 +302,7 @@ def sample_plan(
         pixel_ops = [lead, *(op for op in pixel_ops if op not in ("zoomout", "background", "reframe"))]
     strength = float(rng.uniform(*latent_strength)) if rng.random() < latent_prob else None
     smooth = float(rng.uniform(0.0, 1.5))
-    return ProxyPlan(tuple(seed), tuple(pixel_ops), strength, smooth, tuple(ops.sample_degradations(rng)))
+    return ProxyPlan(tuple(seed), tuple(pixel_ops), strength, smooth, tuple(sample_degradations(rng)))
 
 
 def _donor_sampler(
@@ -354,14 +352,12 @@ def _start_edit(
     max_side: int,
 ) -> _Pending:
     """The plan's pixel ops applied to the origin: the edit up to its latent regeneration."""
-    from . import _proxy_ops as ops
-
     # Ops draw from their own stream, so the plan (and the manifest) never depends on execution.
     rng = np.random.default_rng([*plan.seed, 1])
     img = image
     donor = _donor_sampler(rng, origin, donor_paths, donor_cache, max_side)
     for name in plan.pixel_ops:
-        img = ops.apply_op(name, img, rng, donor)
+        img = apply_op(name, img, rng, donor)
     return _Pending(target, img, plan, rng)
 
 
@@ -390,12 +386,10 @@ class _ProxyBatch:
 
     def flush(self) -> None:
         """Regenerate, degrade and save the queued edits."""
-        from . import _proxy_ops as ops
-
         self._regenerate([p for p in self.pending if p.plan.strength is not None])
         for p in self.pending:
             for name in p.plan.degradations:
-                p.image = ops.apply_op(name, p.image, p.rng, lambda: p.image)
+                p.image = apply_op(name, p.image, p.rng, lambda: p.image)
             _save(p.image, p.target, self.quality)
         self.bar.update(len(self.pending))
         self.pending.clear()

@@ -13,15 +13,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..embedders.base import Projection
-from .crossval import CVResult, cross_validate
+from ..errors import ConfigError
+from ..media import iter_image_files
+from ..pairs import load_pairs, manifest_digest
+from .crossval import CVResult, cross_validate, grouped_folds, origin_groups
+from .latents import cache_latents
 from .linear_maps import cosface_correction, embed, pair_whitening, pca_whitening
+from .train_data import pool_rows
 
 KINDS = ("pca", "pair-whiten", "cosface")
 
@@ -173,7 +180,8 @@ def select_recipe(
         res = cross_validate_recipe(r, data, folds, cache)
         results.append((r, res))
         log(
-            f"{res.name:60s} top1 {res.pooled['top1']:.3f} mAP {res.pooled['mAP']:.3f} micro-AP {res.pooled['micro_ap']:.3f}"
+            f"{res.name:60s} top1 {res.pooled['top1']:.3f} mAP {res.pooled['mAP']:.3f} "
+            f"micro-AP {res.pooled['micro_ap']:.3f}"
             f"  (fold mAP {res.spread('mAP')[1]:.2f}-{res.spread('mAP')[2]:.2f})"
         )
     pcas = [(r, res) for r, res in results if r.kind == "pca"]
@@ -249,11 +257,6 @@ def load_pair_data(
     progress: bool = True,
 ) -> PairData:
     """Encode every image once (memory-mapped in ``cache_dir``) and lay out the rows of :class:`PairData`."""
-    from ..media import iter_image_files
-    from ..pairs import load_pairs
-    from .latents import cache_latents
-    from .trainer import pool_rows
-
     row: dict[Any, int] = {}
 
     def at(p: Any) -> int:
@@ -272,8 +275,6 @@ def load_pair_data(
     latents, ok = cache_latents(paths, encoder, cache_dir, progress=progress)
     bad = [str(paths[i]) for i in np.flatnonzero(~ok)]
     if bad:
-        from ..errors import ConfigError
-
         raise ConfigError(
             f"{len(bad)} image(s) could not be read, e.g. {bad[0]}; fix or drop them from the manifests / folders"
         )
@@ -313,12 +314,6 @@ def train_on_real_pairs(
     Latents are cached in ``cache_dir`` when given (kept), else in a temporary folder deleted afterwards:
     latents can be decoded back into images.
     """
-    import tempfile
-    from pathlib import Path
-
-    from ..pairs import manifest_digest
-    from .crossval import grouped_folds, origin_groups
-
     cands = list(candidates) if candidates is not None else default_candidates(proxies=bool(proxy_manifests))
     tmp = None if cache_dir is not None else tempfile.TemporaryDirectory(prefix="id2-train-")
     try:
@@ -339,11 +334,13 @@ def train_on_real_pairs(
     folds = grouped_folds([group_of[int(o)] for o in data.real_origin], n_folds, seed=seed)
     log(
         f"{len(data.real_query)} real pairs, {len(origins)} origins in {len(set(group_of.values()))} groups, "
-        f"{len(data.unlabelled)} unlabelled photos, {len(data.proxy_query)} proxy pairs; gallery {len(data.gallery)}; {n_folds} folds"
+        f"{len(data.unlabelled)} unlabelled photos, {len(data.proxy_query)} proxy pairs; "
+        f"gallery {len(data.gallery)}; {n_folds} folds"
     )
     raw = raw_baseline(data, folds)
     log(
-        f"{'raw latent (no W)':60s} top1 {raw.pooled['top1']:.3f} mAP {raw.pooled['mAP']:.3f} micro-AP {raw.pooled['micro_ap']:.3f}"
+        f"{'raw latent (no W)':60s} top1 {raw.pooled['top1']:.3f} mAP {raw.pooled['mAP']:.3f} "
+        f"micro-AP {raw.pooled['micro_ap']:.3f}"
     )
     chosen, results = select_recipe(cands, data, folds, log)
     meta = {

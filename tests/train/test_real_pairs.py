@@ -54,7 +54,7 @@ def test_train_on_real_pairs_never_picks_a_recipe_below_the_pca_map(
     chosen = next(r for r in result.results if r.name == result.recipe.name)
     assert result.recipe.kind == "pca" or never_below(chosen, pca_best)
     for r in result.results:  # every fold scores held-out queries of the 27 real edits
-        assert sum(f["n"] for f in r.folds) == 27 and len(r.folds) == 3
+        assert sum(f["n_queries"] for f in r.folds) == 27 and len(r.folds) == 3
         assert r.per_family  # the dev manifest's editors ("source") are the families here
 
     w = Projection.load(tmp_path / "w.safetensors")

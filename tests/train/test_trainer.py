@@ -14,20 +14,16 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from id2_plugin.embedders.base import Embedder, Projection
+from id2_plugin.embedders.base import Embedder, Projection, l2_normalise
 from id2_plugin.errors import ConfigError
+from id2_plugin.metrics import single_origin_metrics
 from id2_plugin.pairs import load_pairs, manifest_digest
+from id2_plugin.train.cosface import cosface_loss, lr_at
 from id2_plugin.train.latents import cache_latents
+from id2_plugin.train.linear_maps import init_projection, remove_direction
 from id2_plugin.train.make_pairs import make_proxy_pairs
-from id2_plugin.train.trainer import (
-    TrainConfig,
-    cosface_loss,
-    init_projection,
-    lr_at,
-    remove_direction,
-    retrieval_metrics,
-    train_projection,
-)
+from id2_plugin.train.train_config import TrainConfig
+from id2_plugin.train.trainer import train_projection
 
 SMALL = dict(pool=2, out_dim=32, epochs=4, ids_per_batch=8, val_fraction=0.25, device="cpu", init_rank=64)
 
@@ -104,10 +100,10 @@ def test_lda_init_finds_the_identity_directions_raw_cosine_misses(rng: np.random
     x[:, 10:40] += 10.0 * rng.normal(size=(n_id * per, 30))
     x += 10.0  # a common offset, as raw latents have
     gallery = centres + 10.0  # one clean centre per identity; every training row is a query
-    raw = retrieval_metrics(x, gallery, labels.tolist())
+    raw = single_origin_metrics(l2_normalise(x) @ l2_normalise(gallery).T, labels)
     mu = x.mean(axis=0)
     w = init_projection(x, labels, kind="lda", out_dim=4, rank=64, eps=0.01)
-    lda = retrieval_metrics((x - mu) @ w, (gallery - mu) @ w, labels.tolist())
+    lda = single_origin_metrics(l2_normalise((x - mu) @ w) @ l2_normalise((gallery - mu) @ w).T, labels)
     assert raw["top1"] < 0.6 and lda["top1"] > 0.9
     assert np.linalg.norm(w, axis=0).mean() == pytest.approx(1.0)
     assert init_projection(x, labels, kind="pca", out_dim=8).shape == (64, 8)
