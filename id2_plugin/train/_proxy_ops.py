@@ -454,7 +454,8 @@ CONTENT_OPS: dict[str, tuple[Op, float]] = {
     "zoomout": (zoom_out, 1.5),
     "text": (overlay_text, 1.0),
     "shapes": (overlay_shapes, 1.0),
-    # Never drawn at random (weight 0): make_proxy_pairs(scene_prob=..., crop_prob=...) decides them on their own streams.
+    # Never drawn at random (weight 0): make_proxy_pairs(scene_prob=..., crop_prob=...) decides them on their
+    # own streams.
     "restage": (restage, 0.0),
     "crop": (tight_crop, 0.0),
 }
