@@ -10,6 +10,9 @@ cd "$(dirname "$0")/.."
 # albumentations/albucore go in without their opencv requirement; the [perception] extra lists the rest
 # (the install table of docs/install.md).
 pip install -q --no-deps "albumentations==2.0.8" "albucore==0.0.24"
+# Style: lint, import order and line length, and the formatter's layout (pyproject.toml [tool.ruff]).
+ruff check .
+ruff format --check .
 # The documentation, strictly: a broken link, a repository path that no longer exists or a stale API name
 # fails here. Built into a temporary folder, never into the repository.
 site="$(mktemp -d)"
