@@ -60,9 +60,8 @@ from fastapi_offline import FastAPIOffline
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from id2_plugin.config import Config, ServeConfig
+from id2_plugin.config import ServeConfig
 from id2_plugin.errors import ConfigError, Id2Error, MediaError, StoreError
-from id2_plugin.identify import Identifier
 from id2_plugin.pipeline import Pipeline, Upload
 
 from . import _http_schema as S
@@ -70,7 +69,7 @@ from ._http_admission import Capacity, LimitsMiddleware
 from ._http_connections import bounded_protocol
 from ._http_schema import error_response
 
-__all__ = ["build_identifier", "create_app", "serve", "token_from_env"]
+__all__ = ["create_app", "serve", "token_from_env"]
 
 T = TypeVar("T")
 
@@ -307,15 +306,14 @@ def redact_paths(text: str) -> str:
 
 
 def create_app(
-    identifier_or_factory: Pipeline | Identifier | Callable[[], Pipeline | Identifier],
+    pipeline_or_factory: Pipeline | Callable[[], Pipeline],
     serve_config: ServeConfig | None = None,
 ) -> FastAPI:
     """Build the FastAPI application.
 
-    ``identifier_or_factory`` is a ready :class:`~id2_plugin.pipeline.Pipeline` (or
-    :class:`~id2_plugin.Identifier`) or a zero-argument callable returning one; a callable runs (in a
-    thread) when the server starts, so the model is loaded before the first request is accepted and never
-    at import.
+    ``pipeline_or_factory`` is a ready :class:`~id2_plugin.pipeline.Pipeline` or a zero-argument callable
+    returning one; a callable runs (in a thread) when the server starts, so the model is loaded before the
+    first request is accepted and never at import.
     """
     cfg = serve_config or ServeConfig()
     _check_serve_config(cfg)
@@ -324,11 +322,11 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
-        if isinstance(identifier_or_factory, (Identifier, Pipeline)):
-            built = identifier_or_factory
+        if isinstance(pipeline_or_factory, Pipeline):
+            built = pipeline_or_factory
         else:
-            built = await asyncio.get_running_loop().run_in_executor(None, identifier_or_factory)
-        service = _Service(_as_pipeline(built), cfg)
+            built = await asyncio.get_running_loop().run_in_executor(None, pipeline_or_factory)
+        service = _Service(built, cfg)
         holder["service"] = service
         try:
             yield
@@ -583,17 +581,8 @@ def _add_write_routes(app: FastAPI, service: Callable[[], _Service]) -> None:
         return {"removed": n, "key": key}
 
 
-def build_identifier(cfg: Config, *, create_store: bool = False) -> Identifier:
-    """Embedder + store + match settings from a full config (``create_store`` creates an empty store)."""
-    return Pipeline.from_config(cfg, create_store=create_store).identifier
-
-
-def _as_pipeline(built: Pipeline | Identifier) -> Pipeline:
-    return built if isinstance(built, Pipeline) else Pipeline.around(built)
-
-
 def serve(
-    identifier_or_factory: Pipeline | Identifier | Callable[[], Pipeline | Identifier],
+    pipeline_or_factory: Pipeline | Callable[[], Pipeline],
     serve_config: ServeConfig | None = None,
     *,
     log_level: str = "info",
@@ -602,7 +591,7 @@ def serve(
     import uvicorn
 
     cfg = serve_config or ServeConfig()
-    app = create_app(identifier_or_factory, cfg)
+    app = create_app(pipeline_or_factory, cfg)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=log_level, **server_options(cfg))
 
 
