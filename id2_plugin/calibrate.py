@@ -42,7 +42,6 @@ __all__ = [
     "CalibrationScores",
     "score_calibration_set",
     "store_best_matches",
-    "store_best_scores",
     "clopper_pearson_upper",
     "min_negatives_for",
     "regularized_incomplete_beta",
@@ -343,7 +342,7 @@ def calibration_scores(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Positive scores (each query vs each of its origins) and negative scores (each negative's best score
     against all references), from normalised images. ``negatives=None`` returns only positive scores (and an
-    empty negative array), e.g. when negatives are scored against a store with :func:`store_best_scores`.
+    empty negative array), e.g. when negatives are scored against a store with :func:`store_best_matches`.
 
     ``positives`` is the ``Q x R`` ground truth (see :func:`~id2_plugin.eval_sets.load_pairs_for_eval`).
     """
@@ -396,11 +395,6 @@ def score_calibration_set(
         best = np.concatenate([s.max(axis=1) for s in sims]).astype(np.float64)
         index = np.concatenate([s.argmax(axis=1) for s in sims])
     return CalibrationScores(method.similarity(qry, ref).astype(np.float64), positives, best, index)
-
-
-def store_best_scores(store: ReferenceStore, vectors: np.ndarray, chunk: int = 1024) -> np.ndarray:
-    """Best score of each (embedded) negative against an existing reference store."""
-    return store_best_matches(store, vectors, chunk)[0]
 
 
 def store_best_matches(
