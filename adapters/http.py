@@ -54,9 +54,8 @@ from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from id2_plugin import __version__
-from id2_plugin.config import Config, ServeConfig
+from id2_plugin.config import ServeConfig
 from id2_plugin.errors import ConfigError, Id2Error, MediaError, StoreError
-from id2_plugin.identify import Identifier
 from id2_plugin.pipeline import Pipeline
 
 from ._http_admission import Capacity, LimitsMiddleware
@@ -66,19 +65,18 @@ from ._http_routes import add_identify_routes, add_status_routes, add_write_rout
 from ._http_schema import error_response
 from ._http_worker import Service
 
-__all__ = ["build_identifier", "create_app", "serve", "token_from_env"]
+__all__ = ["create_app", "serve", "token_from_env"]
 
 
 def create_app(
-    identifier_or_factory: Pipeline | Identifier | Callable[[], Pipeline | Identifier],
+    pipeline_or_factory: Pipeline | Callable[[], Pipeline],
     serve_config: ServeConfig | None = None,
 ) -> FastAPI:
     """Build the FastAPI application.
 
-    ``identifier_or_factory`` is a ready :class:`~id2_plugin.pipeline.Pipeline` (or
-    :class:`~id2_plugin.Identifier`) or a zero-argument callable returning one; a callable runs (in a
-    thread) when the server starts, so the model is loaded before the first request is accepted and never
-    at import.
+    ``pipeline_or_factory`` is a ready :class:`~id2_plugin.pipeline.Pipeline` or a zero-argument callable
+    returning one; a callable runs (in a thread) when the server starts, so the model is loaded before the
+    first request is accepted and never at import.
     """
     cfg = serve_config or ServeConfig()
     _check_serve_config(cfg)
@@ -87,11 +85,11 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
-        if isinstance(identifier_or_factory, (Identifier, Pipeline)):
-            built = identifier_or_factory
+        if isinstance(pipeline_or_factory, Pipeline):
+            built = pipeline_or_factory
         else:
-            built = await asyncio.get_running_loop().run_in_executor(None, identifier_or_factory)
-        service = Service(_as_pipeline(built), cfg)
+            built = await asyncio.get_running_loop().run_in_executor(None, pipeline_or_factory)
+        service = Service(built, cfg)
         holder["service"] = service
         try:
             yield
@@ -172,17 +170,10 @@ def _validation_summary(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-def build_identifier(cfg: Config, *, create_store: bool = False) -> Identifier:
-    """Embedder + store + match settings from a full config (``create_store`` creates an empty store)."""
-    return Pipeline.from_config(cfg, create_store=create_store).identifier
-
-
-def _as_pipeline(built: Pipeline | Identifier) -> Pipeline:
-    return built if isinstance(built, Pipeline) else Pipeline.around(built)
 
 
 def serve(
-    identifier_or_factory: Pipeline | Identifier | Callable[[], Pipeline | Identifier],
+    pipeline_or_factory: Pipeline | Callable[[], Pipeline],
     serve_config: ServeConfig | None = None,
     *,
     log_level: str = "info",
@@ -191,7 +182,7 @@ def serve(
     import uvicorn
 
     cfg = serve_config or ServeConfig()
-    app = create_app(identifier_or_factory, cfg)
+    app = create_app(pipeline_or_factory, cfg)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=log_level, **server_options(cfg))
 
 

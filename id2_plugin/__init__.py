@@ -25,13 +25,14 @@ from .errors import (
     StoreError,
 )
 from .evaluate import evaluate_methods
-from .explain import Explanation, LocalMatches, explain_match, explain_pair, render_explanation
+from .explain import explain_match, explain_pair, render_explanation
+from .explanation import Explanation, LocalMatches
 from .hookspecs import hookimpl
-from .identify import Identifier
 from .media import MediaLimits, load_image, to_rgb_array
 from .metrics import Metrics, compute_metrics
 from .pipeline import IngestResult, Pipeline, Upload
 from .plugins import get_plugin_manager
+from .ray_executor import RayExecutor
 from .search import IdentifyContext
 from .specs import EmbedderSpec, StoreSpec
 from .stores.base import ReferenceStore, StoreBackend
@@ -57,7 +58,6 @@ __all__ = [
     "Id2Error",
     "IdentifyContext",
     "ImageEmbedder",
-    "Identifier",
     "IncompatibleStoreError",
     "IngestResult",
     "LatentEncoder",
@@ -71,6 +71,7 @@ __all__ = [
     "OriginReport",
     "Pipeline",
     "Projection",
+    "RayExecutor",
     "ReferenceRecord",
     "ReferenceStore",
     "StoreBackend",

@@ -1,4 +1,4 @@
-"""The picture of an :class:`~id2_plugin.explain.Explanation`: composed with Pillow, written as PNG or HTML.
+"""The picture of an :class:`~id2_plugin.explanation.Explanation`: composed with Pillow, written as PNG or HTML.
 
 Layout (every position is recorded in ``Explanation.panels`` so a reader - or a test - can find each part):
 scores on top; query, reference and the latent cell-similarity heat map side by side; below, the SIFT
@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
-from .explain import Explanation
+from .explanation import Explanation
 
 PANEL = 320
 MARGIN = 16

@@ -101,6 +101,12 @@ def auto_max_batch(input_size: int, base: int = max(AUTO_CANDIDATES)) -> int:
     return max(1, int(base * (256 / max(input_size, 1)) ** 2))
 
 
+def embedder_batching(embedder: Any, batch_size: int | str | None = None) -> BatchSizer:
+    """The batches an embedder runs in: ``batch_size`` (an int, ``auto``; None = the embedder's own), with
+    ``auto`` capped for its input size. One rule for the pipeline and the Ray workers that rebuild it."""
+    return BatchSizer(batch_size or embedder.batch_size, max_size=auto_max_batch(embedder.input_size))
+
+
 def pipelined(
     source: Iterable[T],
     prepare: Callable[[T], Any],
@@ -230,4 +236,13 @@ def _guarded(prepare: Callable[[Any], Any], item: Any) -> Any:
         return exc
 
 
-__all__ = ["AUTO", "BatchSizer", "Done", "auto_max_batch", "check_batch_size", "pipelined", "prefetch"]
+__all__ = [
+    "AUTO",
+    "BatchSizer",
+    "Done",
+    "auto_max_batch",
+    "embedder_batching",
+    "check_batch_size",
+    "pipelined",
+    "prefetch",
+]

@@ -317,8 +317,8 @@ def open_store(cfg: StoreConfig, *, embedder_identity: str | None, dim: int | No
 
 
 def match_options(match: MatchConfig, embedder: ImageEmbedder) -> dict[str, Any]:
-    """The :class:`Identifier` keyword arguments the ``match`` config section sets for ``embedder``: the
-    decision model and the threshold resolved (``auto``)."""
+    """The :class:`~id2_plugin.pipeline.Pipeline` keyword arguments the ``match`` config section sets for
+    ``embedder``: the decision model and the threshold resolved (``auto``)."""
     decision, threshold = decision_settings(match, embedder)
     return dict(
         k=match.k,

@@ -2,7 +2,7 @@
 
 Inputs are two score samples: **positives** (a query against its own origin) and **negatives** (the BEST
 score an image without any origin in the reference set gets against that set — exactly the score the
-:class:`~id2_plugin.identify.Identifier` compares with ``match.threshold`` when an unrelated image comes in).
+:class:`~id2_plugin.pipeline.Pipeline` compares with ``match.threshold`` when an unrelated image comes in).
 A match is declared when ``score >= threshold``.
 
 * ``target_fpr``: the threshold is the LOWEST one (most recall) whose one-sided Clopper-Pearson upper

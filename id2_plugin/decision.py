@@ -89,9 +89,24 @@ FEATURES: dict[str, Callable[[Evidence], np.ndarray]] = {
 }
 
 
-def candidate_background(cosines: Mapping[str, np.ndarray]) -> dict[str, float]:
-    """A query's background per signal from its store candidates' cosines (the whole image's top candidates)."""
-    return {name: float(np.median(c)) if len(c) else 0.0 for name, c in cosines.items()}
+def top_candidates(fused: np.ndarray, n: int = CANDIDATES) -> np.ndarray:
+    """``Q x n`` column indices of each query's top ``n`` references by the fused cosine (``Q x R``), in
+    the store's order (ties: the lower index first)."""
+    return np.argsort(-fused, axis=1, kind="stable")[:, :n]
+
+
+def candidate_background(cosines: Mapping[str, np.ndarray], top: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Each query's background per signal: the median cosine of its store candidates, the whole image's.
+
+    ``cosines``: signal -> ``Q x R`` cosines; ``top``: the candidates' columns per query
+    (:func:`top_candidates`; None: every column is a candidate, as in the store's answer). The one rule
+    for the identify path, fitting and evaluation; a query without candidates has background 0.
+    """
+    out = {}
+    for name, c in cosines.items():
+        cands = np.asarray(c) if top is None else np.take_along_axis(np.asarray(c), top, axis=1)
+        out[name] = np.median(cands, axis=1) if cands.shape[1] else np.zeros(len(cands))
+    return out
 
 
 #: the features ``fit-decision`` fits by default (chosen by grouped cross-validation: docs/results.md)

@@ -18,7 +18,18 @@ from typing import Any
 import numpy as np
 
 from .calibrate import calibrate_threshold, clopper_pearson_upper
-from .decision import CANDIDATES, DecisionModel, Evidence, OperatingPoint, feature_matrix, fit_logistic, sigmoid
+from .decision import (
+    CANDIDATES,
+    WINDOW_SIGNAL,
+    DecisionModel,
+    Evidence,
+    OperatingPoint,
+    candidate_background,
+    feature_matrix,
+    fit_logistic,
+    sigmoid,
+    top_candidates,
+)
 
 
 @dataclass(frozen=True)
@@ -52,14 +63,12 @@ def candidate_set(
     window's evidence; each query's origins are always rows, so every edit teaches the positive class."""
     names = list(weights)
     fused = sum(weights[name] * sims[name] for name in names)
-    ranked = [np.argsort(-fused, axis=1, kind="stable")[:, :n]]
+    ranked = [top_candidates(fused, n)]
     if window is not None:
-        from .decision import WINDOW_SIGNAL
-
         with_window = fused + weights[WINDOW_SIGNAL] * (
             np.fmax(sims[WINDOW_SIGNAL], np.nan_to_num(window, nan=-1.0)) - sims[WINDOW_SIGNAL]
         )
-        ranked.append(np.argsort(-with_window, axis=1, kind="stable")[:, :n])
+        ranked.append(top_candidates(with_window, n))
     q_rows, r_rows = [], []
     for qi in range(len(fused)):
         refs = dict.fromkeys(
@@ -68,8 +77,7 @@ def candidate_set(
         q_rows += [qi] * len(refs)
         r_rows += list(refs)
     q, r = np.array(q_rows, dtype=np.int64), np.array(r_rows, dtype=np.int64)
-    whole = ranked[0]
-    background = {name: np.median(np.take_along_axis(sims[name], whole, axis=1), axis=1)[q] for name in names}
+    background = {name: b[q] for name, b in candidate_background({n: sims[n] for n in names}, ranked[0]).items()}
     return CandidateSet(
         q,
         r,

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 from ._lazy import require
-from .decision import CANDIDATES, WINDOW_SIGNAL, DecisionModel, Evidence
+from .decision import DecisionModel, Evidence, candidate_background, top_candidates
+from .framing import needs_second_look, query_windows
 from .metrics import DEFAULT_K, Metrics, compute_metrics
-from .signal_scores import slice_cosines
+from .signal_scores import best_window_cosine, slice_cosines
 
 if TYPE_CHECKING:
     from .cache import LatentCache
@@ -107,20 +108,17 @@ class DecisionMethod(FusedMethod):
         cosines, and each query's background from its top candidates by the fused cosine (as the store ranks)."""
         cos = slice_cosines(self.embedder, np.atleast_2d(q), r)
         fused = sum(w * cos[name] for name, (_, _, w) in self.embedder.signals.items())
-        top = np.argsort(-fused, axis=1, kind="stable")[:, :CANDIDATES]
-        background = {
-            name: np.repeat(np.median(np.take_along_axis(c, top, axis=1), axis=1, keepdims=True), c.shape[1], axis=1)
-            for name, c in cos.items()
-        }
-        return Evidence(cos, window, background)
+        background = candidate_background(cos, top_candidates(fused))  # type: ignore[arg-type]
+        return Evidence(
+            cos, window, {name: np.repeat(b[:, None], r.shape[0], axis=1) for name, b in background.items()}
+        )
 
     def similarity(self, q: np.ndarray, r: np.ndarray) -> np.ndarray:
         return self.decision.score(self._evidence(q, r)).astype(np.float32)
 
     def window_scores(self, query: np.ndarray, windows: np.ndarray, r: np.ndarray) -> np.ndarray:
         """One query's scores against ``r`` with the evidence of its window vectors."""
-        a, b, w = self.embedder.signals[WINDOW_SIGNAL]
-        best_window = (np.asarray(windows[:, a:b], np.float32) @ np.asarray(r[:, a:b], np.float32).T).max(axis=0) / w
+        best_window = best_window_cosine(self.embedder, windows, r)
         return self.decision.score(self._evidence(query, r, best_window[None])).astype(np.float32)[0]
 
 
@@ -292,30 +290,9 @@ def evaluate_methods(
     array). ``query_origin``: per query the index of its origin in ``references`` (None = no origin), or a
     ``Q x R`` boolean matrix of positives (several origins per query).
     """
-    return evaluate_methods_by_group(
-        queries, query_origin, references, methods, k=k, batch_size=batch_size, progress=progress
-    )[0]
-
-
-def evaluate_methods_by_group(
-    queries: Sequence[np.ndarray],
-    query_origin: Sequence[int | None] | np.ndarray,
-    references: Sequence[np.ndarray],
-    methods: Sequence[Method],
-    *,
-    groups: dict[str, Sequence[str | None]] | None = None,
-    k: int | None = DEFAULT_K,
-    batch_size: int = 64,
-    progress: bool = True,
-    windows: dict[str, tuple[str, float]] | None = None,
-) -> tuple[dict[str, Metrics], dict[str, dict[str, dict[str, Metrics]]]]:
-    """:func:`evaluate_methods`, plus metrics per query group: ``groups`` maps a grouping (``source``,
-    ``family``) to one label per query; returns ``(overall, {grouping: {label: {method: Metrics}}})``.
-    The same as :func:`metrics_by_group` over :func:`score_methods` (``windows``: see there).
-    """
     positives = _positives_matrix(query_origin, len(queries), len(references))
-    sims = score_methods(queries, references, methods, batch_size=batch_size, progress=progress, windows=windows)
-    return metrics_by_group(sims, positives, groups=groups, k=k)
+    sims = score_methods(queries, references, methods, batch_size=batch_size, progress=progress)
+    return metrics_by_group(sims, positives, k=k)[0]
 
 
 def metrics_by_group(
@@ -325,7 +302,9 @@ def metrics_by_group(
     groups: dict[str, Sequence[str | None]] | None = None,
     k: int | None = DEFAULT_K,
 ) -> tuple[dict[str, Metrics], dict[str, dict[str, dict[str, Metrics]]]]:
-    """The metrics of :func:`evaluate_methods_by_group` from the methods' ``Q x R`` scores (:func:`score_methods`)."""
+    """Each method's metrics from its ``Q x R`` scores (:func:`score_methods`), overall and per query group:
+    ``groups`` maps a grouping (``source``, ``family``) to one label per query; returns
+    ``(overall, {grouping: {label: {method: Metrics}}})``."""
     results = {name: compute_metrics(s, positives, k=k) for name, s in sims.items()}
     return results, _group_metrics(sims, positives, groups or {}, k)
 
@@ -384,14 +363,12 @@ def windowed_similarity(
     """``sim`` with the query-window second look of the identify path (``match.windows``): the queries whose
     best whole-image score is below ``threshold`` (every query when ``mode`` is ``always``) keep, per
     reference, the best of the whole image and its windows."""
-    from .framing import needs_second_look, query_windows
-
     embedder = method.embedder  # type: ignore[attr-defined]
     floor = getattr(method, "window_floor", float("-inf"))
     out = np.array(sim, copy=True)
     for i in range(len(queries)):
         best = float(out[i].max()) if out.shape[1] else None
-        if needs_second_look(mode, best, threshold) and (mode == "always" or (best is not None and best >= floor)):
+        if needs_second_look(mode, best, threshold, floor):
             _, crops = query_windows(np.asarray(queries[i]))
             windows = embedder.embed_windows(crops, qry[i])
             if isinstance(method, DecisionMethod):

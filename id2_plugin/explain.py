@@ -7,23 +7,26 @@ it, so each cell describes one patch of the image) - and, for copies and crops, 
 between the two images (OpenCV SIFT, Lowe's ratio test, a RANSAC homography) with their inlier count.
 
 With ``out`` it writes one picture (``.png``, or ``.html`` embedding it) there and nowhere else: nothing
-image-derived is kept on disk otherwise.
+image-derived is kept on disk otherwise. What it finds is an :class:`~id2_plugin.explanation.Explanation`;
+:mod:`id2_plugin._explain_render` draws it.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ._explain_render import render, write_explanation
 from ._lazy import require
+from .assembly import build_embedder, cosine_threshold
 from .config import Config, load_config
 from .embedders.base import fit_arrays
 from .errors import ConfigError, MissingExtraError
-from .media import MediaLike
+from .explanation import Explanation, LocalMatches
+from .media import MediaLike, describe
 
 if TYPE_CHECKING:
     from .embedders.base import ImageEmbedder
@@ -34,95 +37,6 @@ RATIO = 0.75
 RANSAC_PX = 5.0
 #: fewest ratio-test matches a homography is estimated from (4 define it; fewer than ~8 is noise)
 MIN_MATCHES = 8
-
-
-@dataclass(frozen=True)
-class LocalMatches:
-    """SIFT keypoints matched between query and reference, in normalised-image pixels."""
-
-    query_points: np.ndarray  # N x 2 (x, y)
-    reference_points: np.ndarray  # N x 2
-    inlier_mask: np.ndarray  # N bools: consistent with the RANSAC homography
-    keypoints: tuple[int, int]  # keypoints found in (query, reference)
-
-    @property
-    def inliers(self) -> int:
-        return int(self.inlier_mask.sum())
-
-    @property
-    def matches(self) -> int:
-        return len(self.inlier_mask)
-
-
-@dataclass(frozen=True)
-class Explanation:
-    """What :func:`explain_match` found. ``scores``: signal -> cosine (``id2``/``vae_raw``, ``sscd``,
-    ``fused``); ``cell_similarity``: latent ``H x W`` cosine map (None without a latent signal);
-    ``local``: SIFT matches (None when OpenCV is not installed)."""
-
-    query: str
-    reference: str
-    scores: dict[str, float]
-    cell_similarity: np.ndarray | None
-    local: LocalMatches | None
-    threshold: float
-    embedder: str
-    out: Path | None = None
-    #: where each part sits in the written picture: name -> (left, top, right, bottom) pixels
-    panels: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
-
-    @property
-    def score(self) -> float:
-        """The score identification ranks by: ``fused`` when present, else the only signal's."""
-        return self.scores.get("fused", next(iter(self.scores.values())))
-
-    @property
-    def inliers(self) -> int | None:
-        return self.local.inliers if self.local is not None else None
-
-    def summary(self) -> list[str]:
-        """The lines written on the picture and printed by ``id2-plugin explain``."""
-        decision = "MATCH" if self.score >= self.threshold else "NO MATCH"
-        lines = [
-            f"score {self.score:.4f} vs threshold {self.threshold:.3f}: {decision}",
-            "signals: " + "   ".join(f"{name} {value:.4f}" for name, value in self.scores.items()),
-        ]
-        if self.local is not None:
-            lines.append(
-                f"SIFT + RANSAC: {self.local.inliers} inliers of {self.local.matches} matches "
-                f"({self.local.keypoints[0]} / {self.local.keypoints[1]} keypoints)"
-            )
-        if self.cell_similarity is not None:
-            c = self.cell_similarity
-            lines.append(f"latent cells {c.shape[0]}x{c.shape[1]}: mean cosine {c.mean():.3f}, lowest {c.min():.3f}")
-        return lines
-
-    def to_dict(self) -> dict[str, Any]:
-        cells = self.cell_similarity
-        return {
-            "query": self.query,
-            "reference": self.reference,
-            "scores": dict(self.scores),
-            "score": self.score,
-            "is_match": self.score >= self.threshold,
-            "threshold": self.threshold,
-            "embedder": self.embedder,
-            "cell_similarity": None
-            if cells is None
-            else {
-                "shape": list(cells.shape),
-                "mean": round(float(cells.mean()), 6),
-                "min": round(float(cells.min()), 6),
-            },
-            "local_features": None
-            if self.local is None
-            else {
-                "inliers": self.local.inliers,
-                "matches": self.local.matches,
-                "keypoints": list(self.local.keypoints),
-            },
-            "out": str(self.out) if self.out else None,
-        }
 
 
 def cell_similarity(latents: np.ndarray, latent_shape: tuple[int, int, int]) -> np.ndarray:
@@ -173,8 +87,6 @@ def explain_pair(
 ) -> tuple[Explanation, np.ndarray]:
     """The :class:`Explanation` of ``query`` against ``reference`` and the two normalised images
     (``2 x S x S x 3``) it was computed on, for :func:`render_explanation`. Nothing is written."""
-    from .media import describe
-
     images = np.stack([embedder.normalise(query), embedder.normalise(reference)])
     scores, latents = signal_scores(embedder, images)
     part = embedder.latent_part()
@@ -187,8 +99,6 @@ def explain_pair(
 
 def render_explanation(expl: Explanation, images: np.ndarray, fmt: str = "png") -> tuple[bytes, Explanation]:
     """The picture as ``png`` or ``html`` bytes, in memory, and ``expl`` with the panel positions."""
-    from ._explain_render import render
-
     return render(expl, images, fmt)
 
 
@@ -205,8 +115,6 @@ def explain_match(
     ``embedder`` reuses an already built one (else it is built from ``config.embedder``, like
     identification). ``out`` (``.png`` or ``.html``) is the only file written.
     """
-    from .assembly import build_embedder, cosine_threshold
-
     cfg = config or load_config()
     if out is not None and Path(out).suffix.lower() not in (".png", ".html"):
         raise ConfigError(f"explain output {out}: expected a .png or .html file")
@@ -214,8 +122,6 @@ def explain_match(
     expl, images = explain_pair(query, reference, emb, threshold=cosine_threshold(cfg.match, emb))
     if out is None:
         return expl
-    from ._explain_render import write_explanation
-
     return write_explanation(expl, images, Path(out))
 
 

@@ -26,9 +26,10 @@ ROTATIONS = (0, 90, 180, 270)
 class BorderTrim:
     """How borders are found. ``tolerance``: largest per-channel difference (0-255) from a line's median
     colour that still counts as border (JPEG and chroma-subsampled video put noise of ~5-15 around flat
-    colour); a line's median may differ from the side's outermost line's by half of it; ``uniform_fraction``:
-    share of a line's pixels that must be within tolerance (ringing and stray specks);
-    ``min_fraction``/``min_pixels``: smallest content kept per axis, as a fraction of the side and in pixels."""
+    colour); a line's median may differ from the side's outermost line's by half of it;
+    ``uniform_fraction``: share of a line's pixels that must be within tolerance (ringing and stray
+    specks); ``min_fraction``/``min_pixels``: smallest content kept per axis, as a fraction of the side
+    and in pixels."""
 
     tolerance: int = 24
     uniform_fraction: float = 0.98
@@ -198,9 +199,13 @@ def best_over_windows(
     return [(replace(m, window=labels[ci - 1] if ci else ""), ci - 1) for m, ci in ranked]
 
 
-def needs_second_look(mode: str, best_score: float | None, threshold: float) -> bool:
-    """Whether a query's windows are searched (``match.windows``): ``always``; ``auto`` when the whole image's
-    best score (None: no match at all) is below ``threshold``; never when ``off``."""
-    if mode == "off":
+def needs_second_look(mode: str, best_score: float | None, threshold: float, floor: float = float("-inf")) -> bool:
+    """Whether a query's windows are searched (``match.windows``), the one rule of identification and
+    evaluation: ``always``; never when ``off``; ``auto`` when the whole image's best score is below
+    ``threshold`` but at least ``floor`` (a decision model's window floor: below it the windows cannot
+    change the decision). A query with no candidate at all (``best_score`` None) is looked at only ``always``."""
+    if mode == "always":
+        return True
+    if mode == "off" or best_score is None:
         return False
-    return mode == "always" or best_score is None or best_score < threshold
+    return floor <= best_score < threshold

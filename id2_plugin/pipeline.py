@@ -2,17 +2,20 @@
 
 A :class:`Pipeline` is what a deployment runs on: the media limits, the embedder (one signal or the fused
 one), the reference store and the match settings, built once from a :class:`~id2_plugin.Config` with the
-store checked against the embedder once. The command line, the HTTP service, Ray jobs, the host adapters
-and the robustness suite are thin callers of it: a use case (identify, add references, remove, scan
-videos) is written here and nowhere else.
+store checked against the embedder once. The command line, the HTTP service, the host adapters and the
+robustness suite are thin callers of it: a use case (identify, add references, remove, scan videos) is
+written here and nowhere else. The search itself is :mod:`id2_plugin.search` (the built-in
+``id2_identify_origin``); the bulk use cases run in this process or, given a
+:class:`~id2_plugin.ray_executor.RayExecutor`, on a Ray cluster, through the same methods.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,19 +23,27 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._files import sha256_file_or_none
+from ._pipelining import embedder_batching, pipelined
+from ._progress import progress_bar
 from .assembly import build_embedder, match_options, open_store
 from .config import Config
-from .errors import MediaError
-from .identify import Identifier
+from .errors import ConfigError, MediaError
 from .media import MediaLike, MediaLimits
+from .plugins import builtin_search_only, get_plugin_manager
+from .ray_executor import RayExecutor
+from .search import IdentifyContext, _or_error, search_normalised
+from .stores._bulk import bulk_add
 from .types import OriginReport, ReferenceRecord
+from .video import VideoReport, scan_videos
 
 if TYPE_CHECKING:
     from .decision import DecisionModel
     from .embedders.base import ImageEmbedder
-    from .stores._bulk import Batch, BulkAddResult
     from .stores.base import ReferenceStore
-    from .video import VideoReport
+
+#: what embedding yields per file: its index, the sha256 of the bytes embedded ("": the one hashed
+#: before), its vector, and an error message ("" when it was embedded)
+_Embedded = tuple[int, str, Any, str]
 
 
 @dataclass(frozen=True)
@@ -62,7 +73,8 @@ def embedder_from_config(cfg: Config, *, in_memory_only: bool = False) -> ImageE
 
 
 class Pipeline:
-    """Embedder + store + match settings, checked together once; reuse one instance for many calls."""
+    """Embedder + store + match settings, checked together once; reuse one instance for many calls (the
+    model loads once). ``config``: what it was built from, which Ray workers rebuild it with."""
 
     def __init__(
         self,
@@ -77,21 +89,34 @@ class Pipeline:
         decision: DecisionModel | None = None,
         limits: MediaLimits | None = None,
         batch_size: int | str | None = None,
+        config: Config | None = None,
     ) -> None:
-        self._attach(
-            Identifier(
-                embedder,
-                store,
-                k=k,
-                threshold=threshold,
-                rotations=rotations,
-                mirror=mirror,
-                windows=windows,
-                decision=decision,
-                batch_size=batch_size,
-            ),
-            limits,
+        store.check_compatible(embedder.identity)
+        if decision is not None and decision.embedder != embedder.identity:
+            raise ConfigError(f"the decision model holds for {decision.embedder}, not {embedder.identity}")
+        #: what the ``id2_identify_origin`` hook gets with every query
+        self.context = IdentifyContext(
+            embedder=embedder,
+            store=store,
+            k=k,
+            threshold=threshold,
+            rotations=tuple(rotations),
+            mirror=mirror,
+            windows=windows,
+            decision=decision,
         )
+        self.embedder = embedder
+        self.store = store
+        self.k = k
+        self.threshold = threshold
+        self.decision = decision
+        op = decision.operating_point if decision is not None else None
+        #: the threshold on the store's cosine where one distance decides (video keyframes, explain of a pair)
+        self.cosine_threshold = op.cosine_threshold if op is not None else threshold
+        self.limits = limits or getattr(embedder, "limits", None) or MediaLimits()
+        #: the batch size of every bulk use case (an int, or ``auto``: tuned on the first batches, then kept)
+        self.batching = embedder_batching(embedder, batch_size)
+        self.config = config
 
     @classmethod
     def from_config(cls, cfg: Config, *, create_store: bool = False) -> Pipeline:
@@ -112,33 +137,11 @@ class Pipeline:
                 **match_options(cfg.match, embedder),
                 limits=cfg.media.limits(),
                 batch_size=cfg.embedder.batch_size,
+                config=cfg,
             )
         except BaseException:
             store.close()
             raise
-
-    @classmethod
-    def around(cls, identifier: Identifier, *, limits: MediaLimits | None = None) -> Pipeline:
-        """The pipeline of a ready :class:`Identifier`: the same object, so every setting it was built with
-        (windows, rotations, batching) holds; ``limits`` default to those the embedder decodes with."""
-        pipeline = cls.__new__(cls)
-        pipeline._attach(identifier, limits or getattr(identifier.context.embedder, "limits", None))
-        return pipeline
-
-    def _attach(self, identifier: Identifier, limits: MediaLimits | None) -> None:
-        ctx = identifier.context
-        self.embedder = ctx.embedder
-        self.store = ctx.store
-        self.k = ctx.k
-        self.threshold = ctx.threshold
-        self.decision = ctx.decision
-        op = ctx.decision.operating_point if ctx.decision is not None else None
-        #: the threshold on the store's cosine where one distance decides (video keyframes, explain of a pair)
-        self.cosine_threshold = op.cosine_threshold if op is not None else ctx.threshold
-        self.limits = limits or MediaLimits()
-        self.identifier = identifier
-        #: the batch size of every bulk use case (an int, or ``auto``: tuned on the first batches, then kept)
-        self.batching = identifier.batching
 
     def __enter__(self) -> Pipeline:
         return self
@@ -151,21 +154,46 @@ class Pipeline:
 
     # -- identify ---------------------------------------------------------------------------------------
     def identify(self, media: MediaLike, *, k: int | None = None) -> OriginReport:
-        """The origin report for one query (through the ``id2_identify_origin`` hook); ``k`` overrides match.k."""
-        return self.identifier.identify(media, k=k)
+        """The origin report for one query: the ``id2_identify_origin`` hook (plugins first, the built-in
+        search last); ``k`` overrides match.k."""
+        report = get_plugin_manager().hook.id2_identify_origin(media=media, context=self._context(k))
+        if report is None:
+            raise RuntimeError("no plugin answered id2_identify_origin (is the built-in plugin disabled?)")
+        return report  # type: ignore[no-any-return]
 
     def identify_many(self, media: Sequence[MediaLike], *, k: int | None = None) -> list[OriginReport | MediaError]:
         """One report per query, in order; an unusable query gives its :class:`MediaError` instead.
 
         Queries are decoded in threads while the previous batch is embedded and searched (batches of
         :attr:`batching`) when only the built-in identification is installed; a plugin implementing
-        ``id2_identify_origin`` sees every query.
+        ``id2_identify_origin`` sees every query one by one.
         """
-        return self.identifier.identify_many(media, k=k)
+        return list(self.identify_iter(media, k=k))
 
     def identify_iter(self, media: Iterable[MediaLike], *, k: int | None = None) -> Iterator[OriginReport | MediaError]:
         """:meth:`identify_many` streamed: each report as its batch finishes, in order, in bounded memory."""
-        return self.identifier.identify_iter(media, k=k)
+        if not builtin_search_only():
+            yield from (_or_error(lambda m: self.identify(m, k=k), m) for m in media)
+            return
+        context = self._context(k)
+
+        def normalise(m: MediaLike) -> tuple[np.ndarray, float]:
+            t0 = time.perf_counter()
+            return context.embedder.normalise(m), (time.perf_counter() - t0) * 1e3
+
+        def model(batch: list[MediaLike], prepared: list[tuple[np.ndarray, float]]) -> list[OriginReport]:
+            ms = sum(t for _, t in prepared) / len(prepared)
+            return search_normalised(batch, [im for im, _ in prepared], context, ms)
+
+        for done in pipelined(media, normalise, model, batch_size=self.batching):
+            yield done.error if done.error is not None else done.output
+
+    def _context(self, k: int | None) -> IdentifyContext:
+        if k is None or k == self.context.k:
+            return self.context
+        if k < 1:
+            raise ConfigError(f"k={k} must be >= 1")
+        return replace(self.context, k=k)
 
     # -- add / remove -----------------------------------------------------------------------------------
     def add_files(
@@ -175,10 +203,38 @@ class Pipeline:
         labels: Sequence[str] = (),
         commit_every: int = 1024,
         progress: bool | str = False,
+        executor: RayExecutor | None = None,
     ) -> IngestResult:
-        """Add image files (already expanded from folders); the uri recorded is the absolute path."""
-        items = [_Item(p, sha256_file_or_none(p), str(Path(p).resolve()), str(p)) for p in paths]
-        return self._ingest(items, labels, commit_every, progress)
+        """Add image files (already expanded from folders); the uri recorded is the absolute path.
+
+        With ``executor``, the files are hashed and embedded on its Ray workers (built from :attr:`config`);
+        the deduplication and the store writes stay here, so the outcome is the local one.
+        """
+        if executor is None:
+            items = [_Item(p, sha256_file_or_none(p), str(Path(p).resolve()), str(p)) for p in paths]
+            return self._ingest(items, labels, commit_every, self._embed_here(progress))
+        config = self._config_for_workers()
+        result = IngestResult()
+        # Absolute paths: workers do not share the driver's working directory.
+        files = [str(Path(p).resolve()) for p in paths]
+        with executor.session(bool(progress)) as ray:
+            items = []
+            for p, path, (sha, error) in zip(paths, files, executor.hash_files(ray, files, self.limits.max_bytes)):
+                if error:
+                    result.failures.append((str(p), error))
+                else:
+                    items.append(_Item(path, sha, path, str(p)))
+
+            def embed(todo: list[_Item]) -> Iterator[_Embedded]:
+                files = [t.source for t in todo]
+                rows = executor.embed_files(ray, files, config.embedder, self.limits, config.embedder.model_batch_size)
+                desc = progress if isinstance(progress, str) else "indexing"
+                with progress_bar(progress, len(todo), desc) as bar:
+                    for row in rows:
+                        bar.update(1)
+                        yield row
+
+            return self._ingest(items, labels, commit_every, embed, result)
 
     def add_uploads(
         self,
@@ -196,43 +252,41 @@ class Pipeline:
             else:
                 sha = hashlib.sha256(u.data).hexdigest() if u.data else None
             items.append(_Item(u.data, sha, u.uri, u.name or u.uri))
-        return self._ingest(items, labels, commit_every, progress)
+        return self._ingest(items, labels, commit_every, self._embed_here(progress))
 
-    def add_vectors(
-        self,
-        batches: Iterable[Batch],
-        *,
-        commit_every: int = 1024,
-        progress: bool | str = False,
-        total: int | None = None,
-    ) -> BulkAddResult:
-        """Add vectors embedded elsewhere (Ray workers) with this pipeline's embedder identity."""
-        from .stores._bulk import bulk_add
+    def _embed_here(self, progress: bool | str) -> Callable[[list[_Item]], Iterator[_Embedded]]:
+        """Embedding in this process: decoding in threads overlapped with the model, in :attr:`batching`."""
+        desc = progress if isinstance(progress, str) else ("indexing" if progress else False)
 
-        return bulk_add(self.store, batches, commit_every=commit_every, progress=progress, total=total)
+        def embed(todo: list[_Item]) -> Iterator[_Embedded]:
+            sources = [t.source for t in todo]
+            for item in self.embedder.embed_iter(sources, batch_size=self.batching, progress=desc, total=len(todo)):
+                yield item.index, "", item.vector, "" if item.error is None else str(item.error)
+
+        return embed
 
     def _ingest(
-        self, items: list[_Item], labels: Sequence[str], commit_every: int, progress: bool | str
+        self,
+        items: list[_Item],
+        labels: Sequence[str],
+        commit_every: int,
+        embed: Callable[[list[_Item]], Iterator[_Embedded]],
+        result: IngestResult | None = None,
     ) -> IngestResult:
         """The one ingestion path: drop unreadable and already-stored content, embed the rest, commit in chunks."""
-        from .stores._bulk import bulk_add
-
-        result = IngestResult()
+        result = result or IngestResult()
         todo = _new_content(self.store, items, result)
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         label_tuple = tuple(labels)
 
-        desc = progress if isinstance(progress, str) else ("indexing" if progress else False)
-
         def batches() -> Iterator[tuple[np.ndarray, list[ReferenceRecord]]]:
-            sources = [t.source for t in todo]
-            for item in self.embedder.embed_iter(sources, batch_size=self.batching, progress=desc, total=len(todo)):
-                t = todo[item.index]
-                if item.error is not None:
-                    result.failures.append((t.name, str(item.error)))
+            for index, sha, vector, error in embed(todo):
+                t = todo[index]
+                if error:
+                    result.failures.append((t.name, error))
                     continue
-                record = ReferenceRecord(sha256=t.sha256 or "", uri=t.uri, labels=label_tuple, added_at=now)
-                yield np.asarray(item.vector, np.float32)[None, :], [record]
+                record = ReferenceRecord(sha256=sha or t.sha256 or "", uri=t.uri, labels=label_tuple, added_at=now)
+                yield np.asarray(vector, np.float32)[None, :], [record]
 
         # Stored content was dropped above, before embedding; the store's add still refuses a duplicate
         # another writer committed meanwhile, which counts as a duplicate here.
@@ -252,14 +306,29 @@ class Pipeline:
         return remove_references(self.store, keys)
 
     # -- video ------------------------------------------------------------------------------------------
-    def scan_videos(self, paths: Sequence[str | os.PathLike], **options: Any) -> Iterator[VideoReport]:
-        """Scan videos for frames whose origin is in the store (options of :func:`id2_plugin.video.scan_videos`)."""
-        from .video import scan_videos
-
+    def scan_videos(
+        self,
+        paths: Sequence[str | os.PathLike],
+        *,
+        executor: RayExecutor | None = None,
+        progress: bool = False,
+        **options: Any,
+    ) -> Iterator[VideoReport]:
+        """Scan videos for frames whose origin is in the store (options of :func:`id2_plugin.video.scan_videos`);
+        with ``executor``, one video per Ray actor call (``workers`` is then the executor's)."""
         options.setdefault("k", self.k)
         options.setdefault("threshold", self.cosine_threshold)
-        options.setdefault("batch_size", self.batching)
-        return scan_videos(paths, self.embedder, self.store, **options)
+        if executor is None:
+            options.setdefault("batch_size", self.batching)
+            return scan_videos(paths, self.embedder, self.store, progress=progress, **options)
+        if "workers" in options:
+            raise ConfigError("workers are decoder threads of a local scan; on Ray give RayExecutor(workers=...)")
+        return executor.scan_videos(paths, self._config_for_workers(), options, progress)
+
+    def _config_for_workers(self) -> Config:
+        if self.config is None:
+            raise ConfigError("Ray workers rebuild the pipeline from its config: build it with Pipeline.from_config")
+        return self.config
 
 
 def remove_references(store: ReferenceStore, keys: Sequence[str]) -> int:
@@ -299,4 +368,4 @@ def _new_content(store: ReferenceStore, items: list[_Item], result: IngestResult
     return todo
 
 
-__all__ = ["IngestResult", "Pipeline", "Upload", "embedder_from_config", "remove_references"]
+__all__ = ["IngestResult", "Pipeline", "RayExecutor", "Upload", "embedder_from_config", "remove_references"]

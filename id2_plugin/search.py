@@ -210,7 +210,7 @@ def decide(
     cos = {
         name: np.einsum("ij,ij->i", refs[:, a:b], rows[:, a:b]) / max(w, 1e-12) for name, (a, b, w) in slices.items()
     }
-    background = candidate_background({name: c[:n_whole] for name, c in cos.items()})
+    background = candidate_background({name: c[None, :n_whole] for name, c in cos.items()})
     window_cos, label = None, [""] * len(matches)
     if windows is not None and WINDOW_SIGNAL in slices:
         a, b, w = slices[WINDOW_SIGNAL]
@@ -218,7 +218,7 @@ def decide(
         window_cos = per_window.max(axis=1)
         best_window = per_window.argmax(axis=1)
         label = [windows[0][j] if window_cos[i] > cos[WINDOW_SIGNAL][i] else "" for i, j in enumerate(best_window)]
-    evidence = Evidence(cos, window_cos, {name: np.full(len(matches), v) for name, v in background.items()})
+    evidence = Evidence(cos, window_cos, {name: np.full(len(matches), v[0]) for name, v in background.items()})
     scores = context.decision.score(evidence)
     order = np.argsort(-scores, kind="stable")
     fused = sum(w * cos[name] for name, (_, _, w) in slices.items())
@@ -248,8 +248,9 @@ def _second_look(
     todo = [
         i
         for i, (matches, _) in enumerate(best)
-        if needs_second_look(context.windows, matches[0].score if matches else None, context.threshold)
-        and (context.windows == "always" or (matches and matches[0].score >= context.window_floor))
+        if needs_second_look(
+            context.windows, matches[0].score if matches else None, context.threshold, context.window_floor
+        )
     ]
     if not todo:
         return best, set(), 0.0

@@ -56,17 +56,22 @@ def window_cosines(
     progress: bool | str = False,
 ) -> np.ndarray:
     """``Q x R`` best cosine of the window signal over each query's windows (NaN for queries not ``searched``)."""
-    a, b, w = embedder.signals[WINDOW_SIGNAL]
-    refs = np.asarray(references[:, a:b], np.float32)
     out = np.full((len(images), len(references)), np.nan, np.float32)
     todo = np.flatnonzero(searched)
     with progress_bar(progress, len(todo), "query windows") as bar:
         for i in todo:
             _, crops = query_windows(np.asarray(images[i]))
-            windows = embedder.embed_windows(crops, vectors[i])
-            out[i] = (np.asarray(windows[:, a:b], np.float32) @ refs.T).max(axis=0) / np.float32(w)
+            out[i] = best_window_cosine(embedder, embedder.embed_windows(crops, vectors[i]), references)
             bar.update(1)
     return out
+
+
+def best_window_cosine(embedder: ImageEmbedder, windows: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """Per reference, the best cosine of the window signal over one query's window vectors
+    (``W x d`` and ``R x d`` -> ``R``): the windows' evidence of fitting and evaluation."""
+    a, b, w = embedder.signals[WINDOW_SIGNAL]
+    cos = np.asarray(windows[:, a:b], np.float32) @ np.asarray(references[:, a:b], np.float32).T
+    return cos.max(axis=0) / np.float32(w)  # type: ignore[no-any-return]
 
 
 def signal_scores(

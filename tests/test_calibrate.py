@@ -1,6 +1,6 @@
 """Threshold calibration: Clopper-Pearson bounds (hand-checked), threshold choice on hand-made scores,
 real photos (JPEG / blurred copies vs unrelated photos), the ``calibrate`` command and its config used
-end to end by the Identifier."""
+end to end by the Pipeline."""
 
 from __future__ import annotations
 
@@ -198,13 +198,13 @@ def _invoke(args: list[str]):
     return CliRunner().invoke(cli, args, catch_exceptions=False)
 
 
-def test_calibrate_command_and_identifier_end_to_end(
+def test_calibrate_command_and_pipeline_end_to_end(
     calib_data, real_scores, taef2_encoder, latent_cache, tmp_path: Path
 ) -> None:
     from id2_plugin.assembly import open_store
     from id2_plugin.config import MatchConfig, StoreConfig, load_config
     from id2_plugin.embedders.base import Embedder
-    from id2_plugin.identify import Identifier
+    from id2_plugin.pipeline import Pipeline
     from id2_plugin.types import ReferenceRecord
 
     d = calib_data["dir"]
@@ -334,7 +334,7 @@ def test_calibrate_command_and_identifier_end_to_end(
     assert res.exit_code == 2 and "need at least 2995 negatives" in res.stderr
     assert not refused.exists()
 
-    # 3. Against an existing store (Qdrant embedded mode) holding the origins, then the Identifier
+    # 3. Against an existing store (Qdrant embedded mode) holding the origins, then the Pipeline
     #    loads the calibrated config and decides with the calibrated threshold.
     pytest.importorskip("qdrant_client")
     embedder = Embedder(taef2_encoder, None)
@@ -384,15 +384,12 @@ def test_calibrate_command_and_identifier_end_to_end(
     # Same references as case 1, scored by the store instead of numpy: the same threshold up to float noise.
     assert cfg2.match.threshold == pytest.approx(expected.threshold, abs=1e-4)
 
-    ident = Identifier.from_config(cfg2)
-    try:
-        assert ident.context.threshold == cfg2.match.threshold
+    with Pipeline.from_config(cfg2) as pipeline:
+        assert pipeline.context.threshold == cfg2.match.threshold
         copy = calib_data["copies"][0]
-        report = ident.identify(copy)
+        report = pipeline.identify(copy)
         assert report.threshold == cfg2.match.threshold
         assert report.is_match and report.best.uri == str(calib_data["origins"][0])
-        unrelated = ident.identify(calib_data["negatives"][0])
+        unrelated = pipeline.identify(calib_data["negatives"][0])
         assert unrelated.is_match == (unrelated.best.score >= cfg2.match.threshold)
         assert not unrelated.is_match  # 0 false matches among the calibration negatives
-    finally:
-        ident.context.store.close()

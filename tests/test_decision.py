@@ -18,6 +18,7 @@ from id2_plugin.decision import (
     feature_matrix,
     fit_logistic,
     sigmoid,
+    top_candidates,
 )
 from id2_plugin.errors import ConfigError
 
@@ -48,7 +49,13 @@ def test_features_on_hand_computed_evidence() -> None:
     x = feature_matrix(e, ["id2", "sscd_window", "id2_over_background", "sscd_window_over_background"])
     # window 0.6 beats the whole 0.2; NaN (not searched) keeps the whole 0.3
     np.testing.assert_allclose(x, [[0.5, 0.6, 0.4, 0.55], [0.1, 0.3, 0.0, 0.25]])
-    assert candidate_background({"id2": np.array([0.9, 0.2, 0.1, 0.3, 0.0])}) == {"id2": 0.2}
+    cos = np.array([[0.9, 0.2, 0.1, 0.3, 0.0], [0.5, 0.4, 0.8, 0.7, 0.6]])
+    np.testing.assert_array_equal(candidate_background({"id2": cos})["id2"], [0.2, 0.6])
+    # the top 2 by a fused cosine: columns (0, 3) and (2, 3)
+    top = top_candidates(np.array([[0.9, 0.0, 0.1, 0.5, 0.2], [0.0, 0.1, 0.9, 0.8, 0.2]]), 2)
+    np.testing.assert_array_equal(top, [[0, 3], [2, 3]])
+    np.testing.assert_allclose(candidate_background({"id2": cos}, top)["id2"], [0.6, 0.75])
+    assert candidate_background({"id2": np.zeros((1, 0))})["id2"].tolist() == [0.0]
 
 
 def test_missing_evidence_is_a_clear_error() -> None:

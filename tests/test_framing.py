@@ -119,12 +119,12 @@ def small_index(photo_paths: list[Path], taef2_encoder, latent_cache, tmp_path_f
 
 
 def test_rotated_and_mirrored_queries_are_found_with_rotations_on(small_index) -> None:
-    from id2_plugin.identify import Identifier
+    from id2_plugin.pipeline import Pipeline
 
     embedder, store, refs = small_index
-    upright = Identifier(embedder, store, k=3, threshold=0.0)
-    turning = Identifier(embedder, store, k=3, threshold=0.0, rotations=(0, 90, 180, 270))
-    flipping = Identifier(embedder, store, k=3, threshold=0.0, mirror=True)
+    upright = Pipeline(embedder, store, k=3, threshold=0.0)
+    turning = Pipeline(embedder, store, k=3, threshold=0.0, rotations=(0, 90, 180, 270))
+    flipping = Pipeline(embedder, store, k=3, threshold=0.0, mirror=True)
     queries = {
         "rot90": (refs[2], lambda a: np.rot90(a, k=-1), turning),
         "rot180": (refs[5], lambda a: a[::-1, ::-1], turning),
@@ -187,18 +187,18 @@ def fused_index(photo_paths: list[Path], tmp_path_factory: pytest.TempPathFactor
 def test_a_subject_restaged_small_in_another_scene_is_found_by_the_query_windows(
     fused_index, photo_paths, restaged
 ) -> None:
-    from id2_plugin.identify import Identifier
+    from id2_plugin.pipeline import Pipeline
 
     embedder, store, refs = fused_index
     query = np.asarray(restaged(refs[3], photo_paths[500]))
-    whole = Identifier(embedder, store, k=3, windows="off").identify(query)
-    second = Identifier(embedder, store, k=3, windows="auto").identify(query)
+    whole = Pipeline(embedder, store, k=3, windows="off").identify(query)
+    second = Pipeline(embedder, store, k=3, windows="auto").identify(query)
     origin_whole = max((m.score for m in whole.matches if m.uri == str(refs[3])), default=-1.0)
     assert not whole.is_match and "windows" not in whole.timings_ms
     assert second.best.uri == str(refs[3]) and second.best.window in {"r0c0", "r0c1", "r1c0", "r1c1"}
     assert second.best.score > origin_whole and second.to_dict()["best"]["window"] == second.best.window
     assert set(dict(second.best.signals)) == {"id2", "sscd"}
     # a query the whole image already matches is not searched again
-    copy = Identifier(embedder, store, k=3, windows="auto").identify(np.asarray(_jpeg(load_image(refs[6]), 60)))
+    copy = Pipeline(embedder, store, k=3, windows="auto").identify(np.asarray(_jpeg(load_image(refs[6]), 60)))
     assert copy.is_match and copy.best.window == "" and "windows" not in copy.timings_ms
     assert "window" not in copy.to_dict()["best"]

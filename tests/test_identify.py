@@ -13,7 +13,7 @@ from PIL import Image, ImageFilter
 from id2_plugin.assembly import default_projection_path, load_projection
 from id2_plugin.embedders.base import Embedder
 from id2_plugin.errors import IncompatibleStoreError, MediaError
-from id2_plugin.identify import Identifier
+from id2_plugin.pipeline import Pipeline
 from id2_plugin.types import ReferenceRecord
 
 N_REFS = 200
@@ -60,9 +60,9 @@ def test_top1_on_degraded_copies(indexed, latent_cache, attack) -> None:
     assert hits / len(picked) >= 0.95, f"{hits}/{len(picked)}"
 
 
-def test_identifier_hook_report(indexed, photo_paths: list[Path]) -> None:
+def test_pipeline_hook_report(indexed, photo_paths: list[Path]) -> None:
     embedder, store, refs = indexed
-    ident = Identifier(embedder, store, k=3, threshold=0.0)
+    ident = Pipeline(embedder, store, k=3, threshold=0.0)
     report = ident.identify(_jpeg50(Image.open(refs[7])))
     assert report.best is not None and report.best.uri == str(refs[7]) and report.best.rank == 1
     assert [m.rank for m in report.matches] == [1, 2, 3]
@@ -70,7 +70,7 @@ def test_identifier_hook_report(indexed, photo_paths: list[Path]) -> None:
     assert report.is_match and report.decision == "match"
     assert set(report.timings_ms) == {"normalise", "embed", "search", "total"}
     assert report.embedder == embedder.identity and report.projection == embedder.projection_id
-    strict = Identifier(embedder, store, k=3, threshold=0.9999)
+    strict = Pipeline(embedder, store, k=3, threshold=0.9999)
     unrelated = strict.identify(photo_paths[-1])  # not in the store
     assert not unrelated.is_match and unrelated.decision == "no_match"
     assert report.to_dict()["best"]["uri"] == str(refs[7])
@@ -97,7 +97,7 @@ def test_plugin_can_preempt_builtin(indexed) -> None:
     plugin = FastPath()
     pm.register(plugin)
     try:
-        ident = Identifier(embedder, store)
+        ident = Pipeline(embedder, store)
         assert ident.identify(b"known").embedder == "fast"
         assert ident.identify(refs[0]).embedder == embedder.identity  # deferred to the built-in
     finally:
@@ -110,7 +110,7 @@ def test_store_refuses_other_embedder(indexed) -> None:
     if raw is None:
         pytest.skip("no shipped W: raw embedder is the store's own")
     with pytest.raises(IncompatibleStoreError, match="different|built with"):
-        Identifier(raw, store)
+        Pipeline(raw, store)
 
 
 def test_default_projection_shipped() -> None:

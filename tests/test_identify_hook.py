@@ -16,7 +16,7 @@ from PIL import Image
 import id2_plugin
 from id2_plugin.default_plugins import builtin_search
 from id2_plugin.embedders.base import fit_arrays
-from id2_plugin.identify import Identifier
+from id2_plugin.pipeline import Pipeline
 from id2_plugin.media import to_rgb_array
 from id2_plugin.plugins import BUILTIN_SEARCH, builtin_search_only, get_plugin_manager
 from id2_plugin.stores.faiss_store import FaissStore
@@ -58,14 +58,14 @@ class Spy:
 
 
 @pytest.fixture(scope="module")
-def identifier(photo_paths: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Identifier:
+def identifier(photo_paths: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
     embedder = MeanColours()
     refs = photo_paths[500:530]
     store = FaissStore(
         tmp_path_factory.mktemp("hook") / "s", embedder_identity=embedder.identity, dim=embedder.dim, create=True
     )
     store.add(embedder.embed(refs), [ReferenceRecord(sha256=f"{i:064x}", uri=str(p)) for i, p in enumerate(refs)])
-    return Identifier(embedder, store, k=3, threshold=0.0)
+    return Pipeline(embedder, store, k=3, threshold=0.0)
 
 
 @pytest.fixture()

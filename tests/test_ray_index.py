@@ -1,4 +1,5 @@
-"""Bulk indexing on Ray Data: the per-batch workers (fast, no Ray) and one local-Ray run into both backends."""
+"""Adding files on Ray Data: the per-batch workers (fast, no Ray) and one local-Ray run of
+``Pipeline.add_files(..., executor=RayExecutor())`` into both backends."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from id2_plugin.assembly import build_embedder, open_store
-from id2_plugin.config import EmbedderConfig, StoreConfig
+from id2_plugin.config import Config, EmbedderConfig, StoreConfig
 
 # The VAE signal alone: these tests are about the Ray plumbing, which is the same for every embedder.
 EMBEDDER = EmbedderConfig(name="taef2", device="cpu", batch_size=8)
@@ -34,21 +35,24 @@ def test_workers_hash_and_embed_with_per_file_errors(
 ) -> None:
     from id2_plugin.assembly import load_projection
     from id2_plugin.embedders.base import Embedder
-    from id2_plugin.ray_index import _EmbedActor, _hash_batch
+    from id2_plugin.ray_executor import _EmbedActor, _hash_batch
 
     good = photo_paths[200:202]
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
     uris = np.array([str(good[0]), str(tmp_path / "missing.jpg"), str(bad), str(good[1])])
 
-    hashed = _hash_batch({"uri": uris}, max_bytes=10 << 20)
+    index = np.arange(len(uris))
+    hashed = _hash_batch({"uri": uris, "index": index}, max_bytes=10 << 20)
+    assert hashed["index"].tolist() == [0, 1, 2, 3]
     assert hashed["sha256"][0] == hashlib.sha256(good[0].read_bytes()).hexdigest()
     assert hashed["error"][1].startswith("cannot read file") and hashed["sha256"][1] == ""
     assert hashed["error"][2] == "" and hashed["error"][3] == ""
-    assert "max_bytes" in _hash_batch({"uri": uris[:1]}, max_bytes=10)["error"][0]
+    assert "max_bytes" in _hash_batch({"uri": uris[:1], "index": index[:1]}, max_bytes=10)["error"][0]
 
     actor = _EmbedActor(dataclasses.asdict(EMBEDDER), {"max_pixels": 64_000_000, "max_bytes": 10 << 20})
-    out = actor({"uri": uris})
+    out = actor({"uri": uris, "index": index})
+    assert out["index"].tolist() == [0, 1, 2, 3]
     assert [bool(e) for e in out["error"]] == [False, True, True, False]
     # Decoded from memory, but the message must not name the source "<12 bytes>": the uri is reported beside it.
     assert not out["error"][2].startswith("<")
@@ -70,7 +74,8 @@ def test_index_folder_on_local_ray_into_faiss_and_qdrant(
     pytest.importorskip("qdrant_client")
     from id2_plugin.assembly import load_projection
     from id2_plugin.embedders.base import Embedder
-    from id2_plugin.ray_index import index_folder_ray
+    from id2_plugin.media import iter_image_files
+    from id2_plugin.pipeline import Pipeline, RayExecutor
 
     photos = photo_paths[300:312]
     folder, bad = _folder(tmp_path, photos)
@@ -85,14 +90,17 @@ def test_index_folder_on_local_ray_into_faiss_and_qdrant(
             "faiss": StoreConfig(backend="faiss", path=str(tmp_path / "faiss")),
             "qdrant": StoreConfig(backend="qdrant", url=str(tmp_path / "qdrant"), collection="photos"),
         }
+        files = iter_image_files([folder])
+        assert len(files) == 14
+        on_ray = RayExecutor(workers=1)
         for name, cfg in stores.items():
-            first = index_folder_ray(
-                [folder], EMBEDDER, cfg, labels=("ray",), batch_size=4, num_workers=1, commit_every=5, progress=False
-            )
-            assert (first.files, first.added, first.duplicates, first.store_count) == (14, 12, 1, 12), name
-            assert [u for u, _ in first.failures] == [str(bad)], name
-            again = index_folder_ray([folder], EMBEDDER, cfg, batch_size=4, progress=False)
-            assert (again.added, again.duplicates, again.store_count) == (0, 13, 12), name
+            config = Config(embedder=dataclasses.replace(EMBEDDER, batch_size=4), store=cfg)
+            with Pipeline.from_config(config, create_store=True) as pipeline:
+                first = pipeline.add_files(files, labels=("ray",), commit_every=5, executor=on_ray)
+                assert (len(first.added), len(first.duplicates), first.store_count) == (12, 1, 12), name
+                assert [u for u, _ in first.failures] == [str(bad)], name
+                again = pipeline.add_files(files, executor=on_ray)
+                assert (len(again.added), len(again.duplicates), again.store_count) == (0, 13, 12), name
 
             with open_store(cfg, embedder_identity=identity, dim=ref.dim, create=False) as store:
                 top = store.query(queries, k=1)

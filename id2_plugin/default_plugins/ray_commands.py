@@ -1,4 +1,5 @@
-"""``id2-plugin index add-ray``: bulk indexing of large folders on Ray Data (see :mod:`id2_plugin.ray_index`)."""
+"""``id2-plugin index add-ray``: ``index add`` with the hashing and embedding on Ray Data (see
+:mod:`id2_plugin.ray_executor`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import click
 from ..cli_support import (
     config_from_flags,
     config_option_flags,
+    expand_inputs,
     handle_errors,
     index_group,
     outcome_code,
@@ -18,7 +20,7 @@ from ..cli_support import (
     ray_option_flags,
 )
 from ..hookspecs import hookimpl
-from ..ray_index import index_folder_ray
+from ..pipeline import Pipeline, RayExecutor
 
 
 @click.command("add-ray")
@@ -58,26 +60,20 @@ def index_add_ray(
     if index_type:
         # replace() keeps every other flag (--embedder, --projection ...) in effect.
         cfg = dataclasses.replace(cfg, store=dataclasses.replace(cfg.store, index=index_type))
-    result = index_folder_ray(
-        list(paths),
-        cfg.embedder,
-        cfg.store,
-        labels=labels,
-        batch_size=cfg.embedder.model_batch_size,
-        num_workers=workers,
-        num_cpus_per_worker=cpus_per_worker,
-        commit_every=commit_every,
-        media_limits=cfg.media.limits(),
-        ray_address=ray_address,
-        progress=not no_progress,
-    )
-    for uri, message in result.failures:
-        click.echo(printable(f"skipped {uri}: {message}"), err=True)
+    executor = RayExecutor(address=ray_address, workers=workers, cpus_per_worker=cpus_per_worker)
+    files, problems = expand_inputs(paths)  # each problem reported; the rest is still indexed
+    with Pipeline.from_config(cfg, create_store=True) as pipeline:
+        res = pipeline.add_files(
+            files, labels=labels, commit_every=commit_every, progress=not no_progress, executor=executor
+        )
+    for what, why in res.failures:
+        click.echo(printable(f"skipped {what}: {why}"), err=True)
+    failed = len(res.failures) + len(problems)
     click.echo(
-        f"added {result.added}, duplicates skipped {result.duplicates}, failed {len(result.failures)}; "
-        f"store now holds {result.store_count} references"
+        f"added {len(res.added)}, duplicates skipped {len(res.duplicates)}, failed {failed}; "
+        f"store now holds {res.store_count} references"
     )
-    sys.exit(outcome_code(unreadable=len(result.failures)))
+    sys.exit(outcome_code(unreadable=failed))
 
 
 @hookimpl

@@ -76,14 +76,8 @@ def scan_video_command(
 ) -> None:
     """Find reference images in videos (folders recurse). Exit 1 if some video matched no reference, 4 if
     some video could not be fully decoded (reported with the frames read before the fault)."""
-    from ..pipeline import Pipeline
-    from ..video import (
-        DEFAULT_DEDUPE_THRESHOLD,
-        VideoReportWriter,
-        format_report_text,
-        iter_video_files,
-        scan_videos_ray,
-    )
+    from ..pipeline import Pipeline, RayExecutor
+    from ..video import DEFAULT_DEDUPE_THRESHOLD, VideoReportWriter, format_report_text, iter_video_files
 
     cfg = config_from_flags(ctx, **flags)
     if fps is not None and keyframes_only:
@@ -108,18 +102,11 @@ def scan_video_command(
     with ExitStack() as stack:
         stream = stack.enter_context(open(out, "w", encoding="utf-8", newline="")) if out else sys.stdout
         writer = VideoReportWriter(stream, fmt) if fmt else None  # type: ignore[arg-type]
+        pipeline = stack.enter_context(Pipeline.from_config(cfg))
         if use_ray:
-            reports = scan_videos_ray(
-                files,
-                cfg,
-                concurrency=ray_workers,
-                num_cpus=cpus_per_worker,
-                ray_address=ray_address,
-                progress=True,
-                **options,
-            )
+            executor = RayExecutor(address=ray_address, workers=ray_workers, cpus_per_worker=cpus_per_worker)
+            reports = pipeline.scan_videos(files, executor=executor, progress=True, **options)
         else:
-            pipeline = stack.enter_context(Pipeline.from_config(cfg))
             reports = pipeline.scan_videos(files, workers=workers, progress=True, **options)
         for report in reports:
             failed += not report.ok

@@ -1,7 +1,8 @@
 """Video keyframe scanning: decode with PyAV, sample frames, drop near-duplicates, embed, query the store.
 
 The unit of work is one video (:func:`scan_video` -> :class:`VideoReport`); :func:`scan_videos` runs many
-(optionally with decoder threads), :func:`scan_videos_ray` runs the same per-video function on a Ray cluster.
+(optionally with decoder threads); :meth:`id2_plugin.pipeline.Pipeline.scan_videos` runs the same per-video
+function on a Ray cluster when given a :class:`~id2_plugin.ray_executor.RayExecutor`.
 
 Design notes (why it is built this way):
 
@@ -45,7 +46,6 @@ from __future__ import annotations
 
 from ._decode import DEFAULT_DEDUPE_THRESHOLD, VIDEO_EXTENSIONS, Frame, FrameReader, SampleMode, VideoError, iter_frames
 from ._output import VideoReportWriter, format_report_text
-from ._ray import scan_videos_ray
 from ._report import FrameHit, ReferenceSummary, VideoReport
 from ._scan import embed_keyframes, iter_video_files, scan_video, scan_videos
 
@@ -66,5 +66,4 @@ __all__ = [
     "iter_video_files",
     "scan_video",
     "scan_videos",
-    "scan_videos_ray",
 ]

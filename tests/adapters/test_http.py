@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from id2_plugin.config import ServeConfig
-from id2_plugin.identify import Identifier
+from id2_plugin.pipeline import Pipeline
 from id2_plugin.stores.faiss_store import FaissStore
 
 TOKEN = "s3cret-token"
@@ -79,26 +79,26 @@ def _sha(data: bytes) -> str:
 
 
 @pytest.fixture()
-def identifier(small_embedder, tmp_path: Path) -> Identifier:
+def pipeline(small_embedder, tmp_path: Path) -> Pipeline:
     store = FaissStore(
         tmp_path / "store", embedder_identity=small_embedder.identity, dim=small_embedder.dim, create=True
     )
-    return Identifier(small_embedder, store, k=3, threshold=0.5)
+    return Pipeline(small_embedder, store, k=3, threshold=0.5)
 
 
-def _app(identifier: Identifier, **serve: object):
+def _app(pipeline: Pipeline, **serve: object):
     from id2_plugin.adapters.http import create_app
 
-    return create_app(identifier, ServeConfig(**{"token": TOKEN, **serve}))  # type: ignore[arg-type]
+    return create_app(pipeline, ServeConfig(**{"token": TOKEN, **serve}))  # type: ignore[arg-type]
 
 
 def _auth() -> dict[str, str]:
     return {"Authorization": f"Bearer {TOKEN}"}
 
 
-def test_add_references_then_identify_edited_copies(identifier, photo_paths, edited_copies) -> None:
+def test_add_references_then_identify_edited_copies(pipeline, photo_paths, edited_copies) -> None:
     refs = photo_paths[:4]
-    with running(_app(identifier)) as url, httpx.Client(base_url=url, timeout=60) as client:
+    with running(_app(pipeline)) as url, httpx.Client(base_url=url, timeout=60) as client:
         files = [("file", (p.name, p.read_bytes(), "image/jpeg")) for p in refs]
         r = client.post("/v1/references", files=files, data={"label": ["originals"]}, headers=_auth())
         assert r.status_code == 201, r.text
@@ -120,13 +120,13 @@ def test_add_references_then_identify_edited_copies(identifier, photo_paths, edi
             assert report["decision"] == "match"
             assert report["best"]["sha256"] == _sha(p.read_bytes())
             assert report["best"]["labels"] == ["originals"]
-            assert report["embedder"] == identifier.context.embedder.identity
+            assert report["embedder"] == pipeline.context.embedder.identity
 
         unrelated = client.post("/v1/identify", content=photo_paths[40].read_bytes())
         assert unrelated.status_code == 200 and unrelated.json()["decision"] == "no_match"
 
         info = client.get("/v1/info").json()
-        assert info["store"]["count"] == 4 and info["dim"] == identifier.context.embedder.dim
+        assert info["store"]["count"] == 4 and info["dim"] == pipeline.context.embedder.dim
         assert info["writes_enabled"] is True and info["load"] == {"admitted": 0, "workers_busy": 0}
         assert client.get("/healthz").json()["status"] == "ok"
         schema = client.get("/openapi.json").json()
@@ -136,25 +136,24 @@ def test_add_references_then_identify_edited_copies(identifier, photo_paths, edi
         assert "multipart/form-data" in schema["paths"]["/v1/identify"]["post"]["requestBody"]["content"]
 
 
-def test_a_served_identifier_keeps_its_match_settings(small_embedder, photo_paths, tmp_path: Path) -> None:
-    """match.windows holds when the app is given an Identifier: with ``off`` an unmatched query gets no
+def test_a_served_pipeline_keeps_its_match_settings(small_embedder, photo_paths, tmp_path: Path) -> None:
+    """match.windows holds when the app is given a Pipeline: with ``off`` an unmatched query gets no
     second look at its windows, with ``auto`` it does."""
-    from id2_plugin.pipeline import Pipeline
 
     store = FaissStore(
         tmp_path / "store", embedder_identity=small_embedder.identity, dim=small_embedder.dim, create=True
     )
     Pipeline(small_embedder, store).add_files([photo_paths[0]])
     for windows in ("off", "auto"):
-        served = Identifier(small_embedder, store, k=3, threshold=0.99, windows=windows)
+        served = Pipeline(small_embedder, store, k=3, threshold=0.99, windows=windows)
         with running(_app(served)) as url, httpx.Client(base_url=url, timeout=60) as client:
             report = client.post("/v1/identify", content=photo_paths[40].read_bytes()).json()
         assert report["decision"] == "no_match"
         assert ("windows" in report["timings_ms"]) is (windows == "auto"), (windows, report["timings_ms"])
 
 
-def test_bad_media_gets_a_clear_422(identifier) -> None:
-    with running(_app(identifier)) as url, httpx.Client(base_url=url, timeout=60) as client:
+def test_bad_media_gets_a_clear_422(pipeline) -> None:
+    with running(_app(pipeline)) as url, httpx.Client(base_url=url, timeout=60) as client:
         r = client.post("/v1/identify", content=b"GIF89a this is not really an image")
         assert r.status_code == 422
         assert "not a usable image" in r.json()["detail"]
@@ -167,15 +166,14 @@ def test_bad_media_gets_a_clear_422(identifier) -> None:
         assert r.status_code == 422 and r.json()["errors"][0]["name"] == "bad.jpg"
 
 
-def test_responses_name_no_server_paths_unless_configured(identifier, photo_paths) -> None:
-    from id2_plugin.pipeline import Pipeline
+def test_responses_name_no_server_paths_unless_configured(pipeline, photo_paths) -> None:
 
-    ctx = identifier.context
+    ctx = pipeline.context
     Pipeline(ctx.embedder, ctx.store).add_files([photo_paths[3]])
     data = photo_paths[3].read_bytes()
     server_dir = str(photo_paths[3].resolve().parent)
     for expose in (False, True):
-        with running(_app(identifier, expose_paths=expose)) as url, httpx.Client(base_url=url, timeout=60) as c:
+        with running(_app(pipeline, expose_paths=expose)) as url, httpx.Client(base_url=url, timeout=60) as c:
             best = c.post("/v1/identify", content=data).json()["best"]
             info = c.get("/v1/info").json()
         shown = str(best["uri"]) + str(info["store"])
@@ -183,14 +181,13 @@ def test_responses_name_no_server_paths_unless_configured(identifier, photo_path
         assert best["uri"].endswith(photo_paths[3].name)
 
 
-def test_batch_identify_k_and_keys_with_slashes(identifier, photo_paths) -> None:
-    from id2_plugin.pipeline import Pipeline
+def test_batch_identify_k_and_keys_with_slashes(pipeline, photo_paths) -> None:
 
-    ctx = identifier.context
+    ctx = pipeline.context
     Pipeline(ctx.embedder, ctx.store).add_files(photo_paths[5:8])
     files = [("file", (p.name, p.read_bytes(), "image/jpeg")) for p in photo_paths[5:7]]
     files.append(("file", ("bad.jpg", b"\xff\xd8 not an image", "image/jpeg")))
-    with running(_app(identifier)) as url, httpx.Client(base_url=url, timeout=120) as c:
+    with running(_app(pipeline)) as url, httpx.Client(base_url=url, timeout=120) as c:
         r = c.post("/v1/identify/batch", params={"k": 2}, files=files)
         assert r.status_code == 200, r.text
         results = r.json()["results"]
@@ -203,10 +200,10 @@ def test_batch_identify_k_and_keys_with_slashes(identifier, photo_paths) -> None
         assert gone.status_code == 404 and "no reference with id or sha256 'a/b'" in gone.json()["detail"]
 
 
-def test_upload_limit_413_declared_and_streamed(identifier, photo_paths) -> None:
+def test_upload_limit_413_declared_and_streamed(pipeline, photo_paths) -> None:
     data = photo_paths[0].read_bytes()
     limit = len(data) // 2
-    with running(_app(identifier, max_upload_bytes=limit)) as url, httpx.Client(base_url=url, timeout=60) as client:
+    with running(_app(pipeline, max_upload_bytes=limit)) as url, httpx.Client(base_url=url, timeout=60) as client:
         assert client.post("/v1/identify", content=data).status_code == 413
 
         def chunks() -> Iterator[bytes]:  # no Content-Length: chunked transfer, counted while streaming
@@ -218,15 +215,15 @@ def test_upload_limit_413_declared_and_streamed(identifier, photo_paths) -> None
         assert client.post("/v1/identify", content=data[: limit - 10]).status_code == 422  # under the limit
 
 
-def test_writes_need_the_token_and_are_off_without_one(identifier, photo_paths) -> None:
+def test_writes_need_the_token_and_are_off_without_one(pipeline, photo_paths) -> None:
     from id2_plugin.adapters.http import create_app
 
     data = photo_paths[5].read_bytes()
-    with running(create_app(identifier, ServeConfig(token=None))) as url, httpx.Client(base_url=url, timeout=60) as c:
+    with running(create_app(pipeline, ServeConfig(token=None))) as url, httpx.Client(base_url=url, timeout=60) as c:
         assert c.post("/v1/references", content=data, headers=_auth()).status_code == 403
         assert c.delete(f"/v1/references/{_sha(data)}", headers=_auth()).status_code == 403
         assert c.get("/v1/info").json()["writes_enabled"] is False
-    with running(_app(identifier)) as url, httpx.Client(base_url=url, timeout=60) as c:
+    with running(_app(pipeline)) as url, httpx.Client(base_url=url, timeout=60) as c:
         assert c.post("/v1/references", content=data).status_code == 401
         bad = c.post("/v1/references", content=data, headers={"Authorization": "Bearer wrong"})
         assert bad.status_code == 401 and bad.headers["www-authenticate"] == "Bearer"
@@ -235,14 +232,14 @@ def test_writes_need_the_token_and_are_off_without_one(identifier, photo_paths) 
         rid = r.json()["added"][0]["id"]
         assert c.delete(f"/v1/references/{rid}", headers=_auth()).json()["removed"] == 1
         assert c.delete(f"/v1/references/{rid}", headers=_auth()).status_code == 404
-        assert identifier.context.store.info().count == 0
+        assert pipeline.context.store.info().count == 0
 
 
-def test_full_queue_gets_503_and_timeouts_504(identifier, photo_paths) -> None:
+def test_full_queue_gets_503_and_timeouts_504(pipeline, photo_paths) -> None:
     from id2_plugin.adapters._http_admission import LimitsMiddleware
 
     data = photo_paths[0].read_bytes()
-    app = _app(identifier, max_concurrency=1, queue_size=1)
+    app = _app(pipeline, max_concurrency=1, queue_size=1)
     capacity = next(m.kwargs["capacity"] for m in app.user_middleware if m.cls is LimitsMiddleware)
     with running(app) as url, httpx.Client(base_url=url, timeout=60) as client:
         assert capacity.try_enter() and capacity.try_enter()  # two requests' worth: workers + queue taken
@@ -256,23 +253,23 @@ def test_full_queue_gets_503_and_timeouts_504(identifier, photo_paths) -> None:
         assert client.post("/v1/identify", content=data).status_code == 200
 
     # A deadline shorter than any forward pass: 504, and the worker comes back once the thread ends.
-    slow = _app(identifier, max_concurrency=1, queue_size=4, request_timeout_s=0.001)
+    slow = _app(pipeline, max_concurrency=1, queue_size=4, request_timeout_s=0.001)
     with running(slow) as url, httpx.Client(base_url=url, timeout=60) as client:
         r = client.post("/v1/identify", content=data)
         assert r.status_code == 504 and "timed out" in r.json()["detail"]
-    fresh = _app(identifier, max_concurrency=1, queue_size=0)
+    fresh = _app(pipeline, max_concurrency=1, queue_size=0)
     with running(fresh) as url, httpx.Client(base_url=url, timeout=60) as client:
         assert client.post("/v1/identify", content=data).status_code == 200
 
 
-def test_a_batch_given_up_at_its_deadline_stops_computing(identifier, photo_paths, monkeypatch) -> None:
+def test_a_batch_given_up_at_its_deadline_stops_computing(pipeline, photo_paths, monkeypatch) -> None:
     """A batch answered 504 stops between batches instead of decoding and embedding every image for nobody."""
-    embedder = identifier.context.embedder
+    embedder = pipeline.context.embedder
     decoded = []
     normalise = embedder.normalise
     monkeypatch.setattr(embedder, "normalise", lambda media: (decoded.append(1), normalise(media))[1])
     files = [("file", (f"{i}.jpg", photo_paths[i % 8].read_bytes(), "image/jpeg")) for i in range(300)]
-    with running(_app(identifier, max_concurrency=1, queue_size=0, request_timeout_s=0.5)) as url:
+    with running(_app(pipeline, max_concurrency=1, queue_size=0, request_timeout_s=0.5)) as url:
         with httpx.Client(base_url=url, timeout=120) as client:
             assert client.post("/v1/identify/batch", files=files).status_code == 504
     deadline = time.monotonic() + 300  # the abandoned computation ends, however far it goes
@@ -281,10 +278,10 @@ def test_a_batch_given_up_at_its_deadline_stops_computing(identifier, photo_path
     assert 0 < len(decoded) < len(files)
 
 
-def test_trickling_uploads_do_not_lock_identify_out(identifier, photo_paths) -> None:
+def test_trickling_uploads_do_not_lock_identify_out(pipeline, photo_paths) -> None:
     """18 clients sending a body byte by byte hold no worker or queue slot (3 here): identify still answers,
     and each trickler is cut off with 408 at the upload deadline."""
-    app = _app(identifier, max_concurrency=1, queue_size=2, upload_timeout_s=2.0)
+    app = _app(pipeline, max_concurrency=1, queue_size=2, upload_timeout_s=2.0)
     data = photo_paths[0].read_bytes()
     with running(app) as url, trickling(url, 18) as slow:
         with httpx.Client(base_url=url, timeout=60) as c:
@@ -295,13 +292,13 @@ def test_trickling_uploads_do_not_lock_identify_out(identifier, photo_paths) -> 
         assert b" 408 " in status_line, status_line
 
 
-def test_connections_all_inside_requests_get_a_json_503_and_bad_requests_a_json_400(identifier) -> None:
+def test_connections_all_inside_requests_get_a_json_503_and_bad_requests_a_json_400(pipeline) -> None:
     """3 connections allowed, all inside a request (bodies still arriving): a 4th client is told to retry
     in the documented shape; a malformed request is answered in that shape too."""
     from id2_plugin.adapters._http_connections import bounded_protocol
 
     protocol = bounded_protocol(head_timeout_s=30, max_connections=3)
-    with running(_app(identifier, upload_timeout_s=30.0), http=protocol) as url:
+    with running(_app(pipeline, upload_timeout_s=30.0), http=protocol) as url:
         with trickling(url, 3), httpx.Client(base_url=url, timeout=60) as c:
             r = c.get("/healthz")
         assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
@@ -316,10 +313,10 @@ def test_connections_all_inside_requests_get_a_json_503_and_bad_requests_a_json_
         assert "detail" in json.loads(body)
 
 
-def test_head_timeout_and_idle_connection_allowance_come_from_the_serve_config(identifier) -> None:
+def test_head_timeout_and_idle_connection_allowance_come_from_the_serve_config(pipeline) -> None:
     """Budgets of 1 upload + 1 worker + 0 queue + ``idle_connections`` 1 = 3 connections: a 4th idle client
     closes the longest-waiting one, and a client that sends no head is closed after ``head_timeout_s``."""
-    app = _app(identifier, max_uploads=1, max_concurrency=1, queue_size=0, idle_connections=1, head_timeout_s=1.0)
+    app = _app(pipeline, max_uploads=1, max_concurrency=1, queue_size=0, idle_connections=1, head_timeout_s=1.0)
     with running(app) as url:
         port = int(url.rsplit(":", 1)[1])
         idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
@@ -335,10 +332,10 @@ def test_head_timeout_and_idle_connection_allowance_come_from_the_serve_config(i
             s.close()
 
 
-def test_load_200_requests_8_concurrent_and_no_lost_writes(identifier, photo_paths, edited_copies) -> None:
+def test_load_200_requests_8_concurrent_and_no_lost_writes(pipeline, photo_paths, edited_copies) -> None:
     """8 clients: 16 concurrent reference uploads all land; then 200 identifications, none fails."""
     refs = photo_paths[:16]
-    app = _app(identifier, max_concurrency=2, queue_size=8)
+    app = _app(pipeline, max_concurrency=2, queue_size=8)
 
     async def scenario(url: str) -> tuple[list[httpx.Response], list[httpx.Response]]:
         sem = asyncio.Semaphore(8)
@@ -358,7 +355,7 @@ def test_load_200_requests_8_concurrent_and_no_lost_writes(identifier, photo_pat
     with running(app) as url:
         writes, reads = asyncio.run(scenario(url))
     assert [w.status_code for w in writes] == [201] * len(refs), [w.text for w in writes if w.status_code != 201]
-    store = identifier.context.store
+    store = pipeline.context.store
     assert store.info().count == len(refs)
     assert store.contains([_sha(p.read_bytes()) for p in refs]) == [True] * len(refs)
     statuses = [r.status_code for r in reads]
@@ -392,7 +389,7 @@ def test_cli_serve_subprocess(tmp_path: Path, photo_paths, edited_copies, serve_
 
 
 def test_explain_route_returns_scores_and_the_picture_in_memory(
-    identifier, photo_paths, edited_copies, tmp_path: Path
+    pipeline, photo_paths, edited_copies, tmp_path: Path
 ) -> None:
     import io
 
@@ -401,7 +398,7 @@ def test_explain_route_returns_scores_and_the_picture_in_memory(
     ref, other = photo_paths[2], photo_paths[9]
     pair = {"query": edited_copies[ref].read_bytes(), "reference": ref.read_bytes()}
     before = set(os.listdir(tmp_path))
-    with running(_app(identifier)) as url, httpx.Client(base_url=url, timeout=120) as client:
+    with running(_app(pipeline)) as url, httpx.Client(base_url=url, timeout=120) as client:
         same = client.post("/v1/explain", files=pair)
         unrelated = client.post("/v1/explain", files={"query": other.read_bytes(), "reference": ref.read_bytes()})
         png = client.post("/v1/explain", params={"format": "png"}, files=pair)
@@ -419,11 +416,11 @@ def test_explain_route_returns_scores_and_the_picture_in_memory(
     assert set(os.listdir(tmp_path)) == before  # only the test's own store folder: nothing written by explain
 
 
-def test_docs_and_redoc_load_only_local_assets(identifier) -> None:
+def test_docs_and_redoc_load_only_local_assets(pipeline) -> None:
     """Offline machines: /docs and /redoc reference no CDN, and every asset they name is served here."""
     import re
 
-    with running(_app(identifier)) as url, httpx.Client(base_url=url, timeout=60) as client:
+    with running(_app(pipeline)) as url, httpx.Client(base_url=url, timeout=60) as client:
         for page in ("/docs", "/redoc"):
             r = client.get(page)
             assert r.status_code == 200 and "text/html" in r.headers["content-type"]

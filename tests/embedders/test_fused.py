@@ -16,7 +16,7 @@ from id2_plugin.embedders.base import Embedder  # noqa: E402
 from id2_plugin.embedders.fused import FusedEmbedder, FusionFit  # noqa: E402
 from id2_plugin.embedders.sscd import SSCDEmbedder  # noqa: E402
 from id2_plugin.errors import ConfigError, IncompatibleStoreError  # noqa: E402
-from id2_plugin.identify import Identifier  # noqa: E402
+from id2_plugin.pipeline import Pipeline  # noqa: E402
 from id2_plugin.search import IdentifyContext, search  # noqa: E402
 
 
@@ -72,5 +72,5 @@ def test_store_answers_with_per_signal_evidence_and_refuses_another_embedder(fus
     assert set(sig) == {"id2", "sscd"} and sig["sscd"] > 0.8
     assert report.best.score == pytest.approx(0.3 * sig["id2"] + 0.7 * sig["sscd"], abs=1e-4)
     with pytest.raises(IncompatibleStoreError, match="built with the fused"):
-        Identifier(parts[0], store)
+        Pipeline(parts[0], store)
     store.close()

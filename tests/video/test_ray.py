@@ -1,4 +1,4 @@
-"""The Ray Data pipeline runs the same per-video scan as the local path (local Ray, 2 CPUs)."""
+"""``Pipeline.scan_videos`` on Ray runs the same per-video scan as the local path (local Ray, 2 CPUs)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import pytest
 
 
 @pytest.mark.slow
-def test_scan_videos_ray_matches_local_scan(scene, ref_store, video_embedder, tmp_path: Path) -> None:
+def test_scan_videos_on_ray_matches_local_scan(scene, ref_store, video_embedder, tmp_path: Path) -> None:
     ray = pytest.importorskip("ray")
     from id2_plugin.config import load_config
-    from id2_plugin.video import scan_video, scan_videos_ray
+    from id2_plugin.pipeline import Pipeline, RayExecutor
+    from id2_plugin.video import scan_video
 
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"definitely not a video\n" * 40)
@@ -27,7 +28,8 @@ def test_scan_videos_ray_matches_local_scan(scene, ref_store, video_embedder, tm
     if started:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        reports = {r.path: r for r in scan_videos_ray([scene.path, bad], cfg, concurrency=1)}
+        with Pipeline.from_config(cfg) as pipeline:
+            reports = {r.path: r for r in pipeline.scan_videos([scene.path, bad], executor=RayExecutor(workers=1))}
     finally:
         if started:
             ray.shutdown()
