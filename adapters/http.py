@@ -170,8 +170,6 @@ def _validation_summary(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-
-
 def serve(
     pipeline_or_factory: Pipeline | Callable[[], Pipeline],
     serve_config: ServeConfig | None = None,

@@ -16,8 +16,8 @@ from PIL import Image
 import id2_plugin
 from id2_plugin.default_plugins import builtin_search
 from id2_plugin.embedders.base import fit_arrays
-from id2_plugin.pipeline import Pipeline
 from id2_plugin.media import to_rgb_array
+from id2_plugin.pipeline import Pipeline
 from id2_plugin.plugins import BUILTIN_SEARCH, builtin_search_only, get_plugin_manager
 from id2_plugin.stores.faiss_store import FaissStore
 from id2_plugin.types import OriginReport, ReferenceRecord

@@ -10,8 +10,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 #: source folder -> the package name it installs as (pyproject's package-dir)
 PACKAGES = {"id2_plugin": "id2_plugin", "adapters": "id2_plugin.adapters", "robustness": "id2_plugin.robustness"}
@@ -127,7 +125,6 @@ def test_no_import_cycle_among_the_project_modules() -> None:
     assert not cycles, f"import cycles (module -> its imports inside the cycle): {detail}"
 
 
-@pytest.mark.xfail(strict=False, reason="pending the parallel splits")
 def test_no_source_file_over_600_lines() -> None:
     long = {
         str(p.relative_to(ROOT)): n
