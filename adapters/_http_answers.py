@@ -51,9 +51,16 @@ def redact_paths(text: str) -> str:
     return _PATH.sub(lambda m: f".../{m.group(1)}", text)
 
 
-def explain_body(pipeline: Pipeline, query: bytes, reference: bytes, fmt: str) -> tuple[bytes, str]:
-    """The explanation as JSON, or its picture; built in memory, never written to disk."""
-    expl, images = explain_pair(query, reference, pipeline.embedder, threshold=pipeline.cosine_threshold)
+def explain_body(pipeline: Pipeline, query: bytes, reference: bytes, fmt: str, expose_paths: bool) -> tuple[bytes, str]:
+    """The explanation as JSON, or its picture; built in memory, never written to disk. It carries the
+    decision on the pair against the served store (the best other candidate named like reports name them)."""
+    expl, images = explain_pair(
+        query, reference, pipeline.embedder, threshold=pipeline.cosine_threshold, context=pipeline.context
+    )
+    other = expl.decision.best_other if expl.decision is not None else None
+    if other is not None and not expose_paths:
+        decision = dataclasses.replace(expl.decision, best_other=dataclasses.replace(other, uri=public_uri(other.uri)))
+        expl = dataclasses.replace(expl, decision=decision)
     if fmt == "json":
         return json.dumps(expl.to_dict()).encode(), "application/json"
     data, _ = render_explanation(expl, images, fmt)

@@ -111,7 +111,9 @@ def add_identify_routes(app: FastAPI, service: Callable[[], Service]) -> None:
         svc = service()
         deadline = svc.deadline()
         query, reference = await read_pair(request)
-        body, media_type = await svc.run(explain_body, svc.pipeline, query, reference, format, deadline=deadline)
+        body, media_type = await svc.run(
+            explain_body, svc.pipeline, query, reference, format, svc.cfg.expose_paths, deadline=deadline
+        )
         return Response(body, media_type=media_type)
 
 

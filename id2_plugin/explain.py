@@ -27,9 +27,11 @@ from .embedders.base import fit_arrays
 from .errors import ConfigError, MissingExtraError
 from .explanation import Explanation, LocalMatches
 from .media import MediaLike, describe
+from .search import IdentifyContext, decide_pair
 
 if TYPE_CHECKING:
     from .embedders.base import ImageEmbedder
+    from .pipeline import Pipeline
 
 #: SIFT matches kept by Lowe's ratio test (best / second-best distance below this)
 RATIO = 0.75
@@ -83,16 +85,35 @@ def signal_scores(embedder: ImageEmbedder, images: np.ndarray) -> tuple[dict[str
 
 
 def explain_pair(
-    query: MediaLike, reference: MediaLike, embedder: ImageEmbedder, *, threshold: float = 0.5
+    query: MediaLike,
+    reference: MediaLike,
+    embedder: ImageEmbedder,
+    *,
+    threshold: float = 0.5,
+    context: IdentifyContext | None = None,
 ) -> tuple[Explanation, np.ndarray]:
     """The :class:`Explanation` of ``query`` against ``reference`` and the two normalised images
-    (``2 x S x S x 3``) it was computed on, for :func:`render_explanation`. Nothing is written."""
+    (``2 x S x S x 3``) it was computed on, for :func:`render_explanation`. Nothing is written.
+
+    ``threshold`` is the pair's fused-cosine threshold; with ``context`` (a pipeline's, holding a decision
+    model) the explanation also carries the decision on the pair as identification takes it against that
+    store (:func:`~id2_plugin.search.decide_pair`)."""
     images = np.stack([embedder.normalise(query), embedder.normalise(reference)])
     scores, latents = signal_scores(embedder, images)
     part = embedder.latent_part()
     cells = cell_similarity(latents, part.encoder.latent_shape) if latents is not None else None
+    decision = None
+    if context is not None and context.decision is not None:
+        decision = decide_pair(context, images[0], embedder.embed_arrays(images[1:])[0])
     expl = Explanation(
-        describe(query), describe(reference), scores, cells, _local_or_none(images), threshold, embedder.identity
+        describe(query),
+        describe(reference),
+        scores,
+        cells,
+        _local_or_none(images),
+        threshold,
+        embedder.identity,
+        decision=decision,
     )
     return expl, images
 
@@ -109,17 +130,21 @@ def explain_match(
     *,
     out: str | os.PathLike | None = None,
     embedder: ImageEmbedder | None = None,
+    pipeline: Pipeline | None = None,
 ) -> Explanation:
     """Explain how ``query`` matches ``reference`` under ``config`` (default: the effective config).
 
-    ``embedder`` reuses an already built one (else it is built from ``config.embedder``, like
-    identification). ``out`` (``.png`` or ``.html``) is the only file written.
+    ``pipeline`` (its embedder and store) adds the decision on the pair as identification against that
+    store takes it; else ``embedder`` reuses an already built one (or it is built from ``config.embedder``,
+    like identification) and the pair's fused cosine decides. ``out`` (``.png`` or ``.html``) is the only
+    file written.
     """
     cfg = config or load_config()
     if out is not None and Path(out).suffix.lower() not in (".png", ".html"):
         raise ConfigError(f"explain output {out}: expected a .png or .html file")
-    emb = embedder or build_embedder(cfg.embedder, cfg.media.limits())
-    expl, images = explain_pair(query, reference, emb, threshold=cosine_threshold(cfg.match, emb))
+    emb = pipeline.embedder if pipeline is not None else embedder or build_embedder(cfg.embedder, cfg.media.limits())
+    context = pipeline.context if pipeline is not None else None
+    expl, images = explain_pair(query, reference, emb, threshold=cosine_threshold(cfg.match, emb), context=context)
     if out is None:
         return expl
     return write_explanation(expl, images, Path(out))

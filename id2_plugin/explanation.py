@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from .types import PairDecision
+
 
 @dataclass(frozen=True)
 class LocalMatches:
@@ -33,7 +35,9 @@ class LocalMatches:
 class Explanation:
     """What :func:`explain_match` found. ``scores``: signal -> cosine (``id2``/``vae_raw``, ``sscd``,
     ``fused``); ``cell_similarity``: latent ``H x W`` cosine map (None without a latent signal);
-    ``local``: SIFT matches (None when OpenCV is not installed)."""
+    ``local``: SIFT matches (None when OpenCV is not installed); ``decision``: the decision on the pair as
+    identification takes it against a store (None: no store, the pair's fused cosine decides against the
+    cosine operating point ``threshold``)."""
 
     query: str
     reference: str
@@ -45,6 +49,7 @@ class Explanation:
     out: Path | None = None
     #: where each part sits in the written picture: name -> (left, top, right, bottom) pixels
     panels: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
+    decision: PairDecision | None = None
 
     @property
     def score(self) -> float:
@@ -52,16 +57,23 @@ class Explanation:
         return self.scores.get("fused", next(iter(self.scores.values())))
 
     @property
+    def is_match(self) -> bool:
+        """The store decision when there is one, else the pair's cosine against the cosine threshold."""
+        return self.decision.is_match if self.decision is not None else self.score >= self.threshold
+
+    @property
     def inliers(self) -> int | None:
         return self.local.inliers if self.local is not None else None
 
     def summary(self) -> list[str]:
         """The lines written on the picture and printed by ``id2-plugin explain``."""
-        decision = "MATCH" if self.score >= self.threshold else "NO MATCH"
-        lines = [
-            f"score {self.score:.4f} vs threshold {self.threshold:.3f}: {decision}",
-            "signals: " + "   ".join(f"{name} {value:.4f}" for name, value in self.scores.items()),
-        ]
+        verdict = "MATCH" if self.is_match else "NO MATCH"
+        d = self.decision
+        if d is None:
+            lines = [f"score {self.score:.4f} vs threshold {self.threshold:.3f}: {verdict} (the pair alone)"]
+        else:
+            lines = [f"decision score {d.score:.4f} vs threshold {d.threshold:.3f}: {verdict}", _store_line(d)]
+        lines.append("signals: " + "   ".join(f"{name} {value:.4f}" for name, value in self.scores.items()))
         if self.local is not None:
             lines.append(
                 f"SIFT + RANSAC: {self.local.inliers} inliers of {self.local.matches} matches "
@@ -79,7 +91,8 @@ class Explanation:
             "reference": self.reference,
             "scores": dict(self.scores),
             "score": self.score,
-            "is_match": self.score >= self.threshold,
+            "is_match": self.is_match,
+            "decision": None if self.decision is None else self.decision.to_dict(),
             "threshold": self.threshold,
             "embedder": self.embedder,
             "cell_similarity": None
@@ -98,6 +111,17 @@ class Explanation:
             },
             "out": str(self.out) if self.out else None,
         }
+
+
+def _store_line(d: PairDecision) -> str:
+    looked = f"windows searched ({d.window or 'the whole image'} counted)" if d.windows_searched else "whole image"
+    other = d.best_other
+    ahead = (
+        f"ranks {d.rank} of the query's {d.candidates} store candidates"
+        if other is None or d.rank == 1
+        else f"ranks {d.rank}: {other.uri} scores {other.score:.4f}"
+    )
+    return f"against the store: {ahead}; {looked}"
 
 
 __all__ = ["Explanation", "LocalMatches"]

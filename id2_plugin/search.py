@@ -23,7 +23,7 @@ from .framing import (
     query_windows,
 )
 from .media import MediaLike, describe
-from .types import Match, OriginReport
+from .types import Match, OriginReport, PairDecision
 
 if TYPE_CHECKING:
     from .embedders.base import ImageEmbedder
@@ -199,29 +199,11 @@ def decide(
     assert context.decision is not None
     if not matches:
         return matches
-    refs = context.store.fetch_vectors([m.reference_id for m in matches])
-    if refs is None:
-        raise Id2Error(
-            f"the {type(context.store).__name__} store cannot return stored vectors, which the decision "
-            "model needs; set match.decision: cosine"
-        )
+    refs = _stored_vectors(context, matches)
     rows = np.broadcast_to(np.atleast_2d(vectors), (len(matches), refs.shape[1]))
-    slices = context.embedder.signals
-    cos = {
-        name: np.einsum("ij,ij->i", refs[:, a:b], rows[:, a:b]) / max(w, 1e-12) for name, (a, b, w) in slices.items()
-    }
-    background = candidate_background({name: c[None, :n_whole] for name, c in cos.items()})
-    window_cos, label = None, [""] * len(matches)
-    if windows is not None and WINDOW_SIGNAL in slices:
-        a, b, w = slices[WINDOW_SIGNAL]
-        per_window = refs[:, a:b] @ windows[1][:, a:b].T / max(w, 1e-12)
-        window_cos = per_window.max(axis=1)
-        best_window = per_window.argmax(axis=1)
-        label = [windows[0][j] if window_cos[i] > cos[WINDOW_SIGNAL][i] else "" for i, j in enumerate(best_window)]
-    evidence = Evidence(cos, window_cos, {name: np.full(len(matches), v[0]) for name, v in background.items()})
-    scores = context.decision.score(evidence)
+    scores, cos, label = _rescore(context, refs, rows, windows, n_whole)
     order = np.argsort(-scores, kind="stable")
-    fused = sum(w * cos[name] for name, (_, _, w) in slices.items())
+    fused = sum(w * cos[name] for name, (_, _, w) in context.embedder.signals.items())
     return [
         dataclasses.replace(
             matches[i],
@@ -233,6 +215,77 @@ def decide(
         )
         for r, i in enumerate(order)
     ]
+
+
+def _stored_vectors(context: IdentifyContext, matches: Sequence[Match]) -> np.ndarray:
+    refs = context.store.fetch_vectors([m.reference_id for m in matches])
+    if refs is None:
+        raise Id2Error(
+            f"the {type(context.store).__name__} store cannot return stored vectors, which the decision "
+            "model needs; set match.decision: cosine"
+        )
+    return refs
+
+
+def _rescore(
+    context: IdentifyContext,
+    refs: np.ndarray,
+    rows: np.ndarray,
+    windows: tuple[Sequence[str], np.ndarray] | None,
+    n_whole: int | None,
+) -> tuple[np.ndarray, dict[str, np.ndarray], list[str]]:
+    """The decision score of each (query row, reference row) pair, each signal's cosine, and the label of the
+    window whose evidence beat the whole image's ("" none); the first ``n_whole`` rows are the background."""
+    assert context.decision is not None
+    slices = context.embedder.signals
+    cos = {
+        name: np.einsum("ij,ij->i", refs[:, a:b], rows[:, a:b]) / max(w, 1e-12) for name, (a, b, w) in slices.items()
+    }
+    background = candidate_background({name: c[None, :n_whole] for name, c in cos.items()})
+    window_cos, label = None, [""] * len(refs)
+    if windows is not None and WINDOW_SIGNAL in slices:
+        a, b, w = slices[WINDOW_SIGNAL]
+        per_window = refs[:, a:b] @ windows[1][:, a:b].T / max(w, 1e-12)
+        window_cos = per_window.max(axis=1)
+        best_window = per_window.argmax(axis=1)
+        label = [windows[0][j] if window_cos[i] > cos[WINDOW_SIGNAL][i] else "" for i, j in enumerate(best_window)]
+    evidence = Evidence(cos, window_cos, {name: np.full(len(refs), v[0]) for name, v in background.items()})
+    return context.decision.score(evidence), cos, label
+
+
+def decide_pair(context: IdentifyContext, image: np.ndarray, reference: np.ndarray) -> PairDecision:
+    """The decision on one (query, reference) pair as identification takes it against ``context.store``:
+    the query's background from its whole image's store candidates, the windows' evidence when
+    identification would search them (``match.windows`` and the window floor), the reference scored as one
+    more candidate. ``image``: the normalised query (upright); ``reference``: the reference's embedding."""
+    if context.decision is None:
+        raise Id2Error("a store decision needs a decision model (match.decision is cosine)")
+    query = context.embedder.embed_arrays(image[None])[0]
+    found = context.store.query(query[None], k=context.candidates)[0]
+    refs = _stored_vectors(context, found) if found else np.zeros((0, len(query)), np.float32)
+    best = None
+    if found:
+        whole, _, _ = _rescore(context, refs, np.broadcast_to(query, refs.shape), None, None)
+        best = float(whole.max())
+    windows = None
+    if needs_second_look(context.windows, best, context.threshold, context.window_floor):
+        labels, crops = query_windows(image)
+        windows = (labels, context.embedder.embed_windows(crops, np.repeat(query[None], len(crops), axis=0)))
+    rows = np.concatenate([refs, np.asarray(reference, np.float32)[None]])
+    scores, _, label = _rescore(context, rows, np.broadcast_to(query, rows.shape), windows, len(found))
+    # the reference itself may be stored: its own row does not outrank it
+    others = [(m, float(sc)) for m, sc, r in zip(found, scores, refs) if float(r @ reference) < 0.9999]
+    ahead = [(m, sc) for m, sc in others if sc > scores[-1]]
+    top = max(others, key=lambda o: o[1], default=None)
+    return PairDecision(
+        score=float(scores[-1]),
+        threshold=context.threshold,
+        window=label[-1],
+        windows_searched=windows is not None,
+        rank=len(ahead) + 1,
+        candidates=len(found),
+        best_other=None if top is None else dataclasses.replace(top[0], score=top[1]),
+    )
 
 
 def _second_look(

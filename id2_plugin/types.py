@@ -62,6 +62,42 @@ _MATCH_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Match) if f.def
 
 
 @dataclass(frozen=True)
+class PairDecision:
+    """The decision on one (query, reference) pair as identification takes it against a store (``explain``
+    with a store): the decision score, the threshold, whether the query windows were searched and which one
+    counted, and where the reference ranks among the query's store candidates."""
+
+    score: float
+    threshold: float
+    #: the query window whose evidence beat the whole image's ("" = the whole image)
+    window: str
+    windows_searched: bool
+    #: 1 + the store candidates (other than the reference itself) scoring above the reference
+    rank: int
+    #: store candidates the query's background was taken from
+    candidates: int
+    #: the best-scoring store candidate other than the reference (None: the store has no other)
+    best_other: Match | None
+
+    @property
+    def is_match(self) -> bool:
+        return self.score >= self.threshold
+
+    def to_dict(self) -> dict[str, Any]:
+        other = self.best_other
+        return {
+            "score": round(self.score, 6),
+            "threshold": self.threshold,
+            "is_match": self.is_match,
+            "window": self.window,
+            "windows_searched": self.windows_searched,
+            "rank": self.rank,
+            "candidates": self.candidates,
+            "best_other": None if other is None else {"uri": other.uri, "sha256": other.sha256, "score": other.score},
+        }
+
+
+@dataclass(frozen=True)
 class OriginReport:
     """The answer to "which reference is this an edited or degraded version of?".
 

@@ -84,3 +84,42 @@ def test_cosine_decision_is_still_available_and_index_info_states_the_rate(decid
     r = json.loads(res.stdout)
     assert r["score_kind"] == "cosine" and r["decision"] == "match" and r["best"]["score"] > 0.99
     assert r["threshold"] == info["decision"]["cosine_threshold"]
+
+
+def test_explain_with_the_store_gives_the_decision_identify_gave(decided, tmp_path: Path) -> None:
+    reports, photos, unrelated, store, _ = decided
+    queries = store.parent / "queries"
+    run = CliRunner().invoke
+    res = run(
+        cli,
+        ["--set", f"store.path={store}", "explain", "--json", str(queries / "restaged.png"), str(photos[110])],
+        catch_exceptions=False,
+    )
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.stdout)["decision"]
+    best = reports["restaged.png"]["best"]
+    assert d["is_match"] and d["rank"] == 1 and d["score"] == pytest.approx(best["score"], abs=1e-5)
+    assert d["candidates"] == 20 and d["best_other"]["score"] < d["score"]
+    # an unrelated photo against a stored reference: the store's decision says no, and the exit code too
+    res = run(
+        cli,
+        ["--set", f"store.path={store}", "explain", "--json", str(unrelated[0]), str(photos[100])],
+        catch_exceptions=False,
+    )
+    d = json.loads(res.stdout)["decision"]
+    assert res.exit_code == 1 and not d["is_match"] and d["score"] < d["threshold"]
+    # no store where the configuration points: the pair alone, said on stderr
+    res = run(
+        cli,
+        [
+            "--set",
+            f"store.path={tmp_path / 'none'}",
+            "explain",
+            "--json",
+            str(queries / "copy_0.png"),
+            str(photos[100]),
+        ],
+        catch_exceptions=False,
+    )
+    assert res.exit_code == 0 and json.loads(res.stdout)["decision"] is None
+    assert "the pair alone is explained" in res.stderr

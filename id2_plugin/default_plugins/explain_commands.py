@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import click
 
+from ..assembly import open_store
 from ..cli_support import config_from_flags, config_option_flags, echo_json, handle_errors, outcome_code, printable
+from ..config import Config
+from ..errors import StoreError
+from ..explain import explain_match
 from ..hookspecs import hookimpl
+from ..pipeline import Pipeline
 
 
 @click.command("explain")
@@ -29,10 +36,15 @@ def explain_command(
 ) -> None:
     """Explain the match of QUERY against REFERENCE: each signal's score (id2, sscd, fused), the latent
     cell-by-cell similarity map and SIFT + RANSAC local-feature inliers, drawn side by side in --out.
-    Exit 1 when the pair scores below the threshold, 4 when an image cannot be read."""
-    from ..explain import explain_match
 
-    expl = explain_match(query, reference, config_from_flags(ctx, **flags), out=out)
+    With a reference store (--store, or the configured one when it exists) it also gives the decision on
+    the pair as identification against that store takes it: the decision score against the shipped operating
+    point, whether the query windows were searched, and where REFERENCE ranks among the query's store
+    candidates. Without one the pair's fused cosine is compared with the cosine operating point.
+    Exit 1 when the pair is not a match, 4 when an image cannot be read."""
+    cfg = config_from_flags(ctx, **flags)
+    with _store_pipeline(cfg, explicit=flags.get("store") is not None) as pipeline:
+        expl = explain_match(query, reference, cfg, out=out, pipeline=pipeline)
     if as_json:
         echo_json(expl.to_dict())
     else:
@@ -40,7 +52,23 @@ def explain_command(
             click.echo(printable(line))
         if expl.out is not None:
             click.echo(f"wrote {expl.out}")
-    sys.exit(outcome_code(no_match=expl.score < expl.threshold))
+    sys.exit(outcome_code(no_match=not expl.is_match))
+
+
+@contextlib.contextmanager
+def _store_pipeline(cfg: Config, *, explicit: bool) -> Iterator[Pipeline | None]:
+    """The pipeline of the configured store, or None (with a notice) when that store does not exist and was
+    not named on the command line; a store named with --store must exist."""
+    try:
+        open_store(cfg.store, embedder_identity=None, dim=None, create=False).close()
+    except StoreError as exc:
+        if explicit:
+            raise
+        click.echo(printable(f"note: no reference store ({exc}); the pair alone is explained"), err=True)
+        yield None
+        return
+    with Pipeline.from_config(cfg) as pipeline:
+        yield pipeline
 
 
 @hookimpl
