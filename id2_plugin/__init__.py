@@ -12,6 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .assembly import build_embedder, open_store
 from .calibrate import Calibration, calibrate_threshold
+from .calibration_run import CalibrationRun, run_calibration
 from .config import Config, load_config
 from .embedders.base import Embedder, ImageEmbedder, LatentEncoder, Projection
 from .embedders.fused import FusedEmbedder, FusionFit
@@ -25,6 +26,7 @@ from .errors import (
     StoreError,
 )
 from .evaluate import evaluate_methods
+from .evaluation_run import EvaluationRun, run_evaluation
 from .explain import explain_match, explain_pair, render_explanation
 from .explanation import Explanation, LocalMatches
 from .hookspecs import hookimpl
@@ -48,10 +50,12 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 __all__ = [
     "AddResult",
     "Calibration",
+    "CalibrationRun",
     "Config",
     "ConfigError",
     "Embedder",
     "EmbedderSpec",
+    "EvaluationRun",
     "Explanation",
     "FusedEmbedder",
     "FusionFit",
@@ -95,6 +99,8 @@ __all__ = [
     "load_image",
     "open_store",
     "render_explanation",
+    "run_calibration",
+    "run_evaluation",
     "scan_video",
     "to_rgb_array",
 ]

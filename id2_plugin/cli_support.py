@@ -120,12 +120,9 @@ def scan_inputs(paths: Any) -> tuple[list[Any], list[str]]:
     Each problem is reported on stderr as ``skipped ...`` and returned in that form, so a command can list
     it in its JSON and exit 4 (``EXIT_UNREADABLE``) after finishing the rest.
     """
-    from .media import scan_image_files
+    from .eval_sets import scan_folders
 
-    scan = scan_image_files(list(paths))
-    problems = [f"skipped {line}" for line in scan.problems]
-    report_problems(problems)
-    return scan.files, problems
+    return scan_folders(paths, lambda line: report_problems([line]))
 
 
 def report_problems(lines: Any) -> None:

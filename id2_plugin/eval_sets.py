@@ -13,7 +13,7 @@ import numpy as np
 
 from ._files import sha256_file_or_none
 from .errors import MediaError
-from .media import iter_image_files
+from .media import iter_image_files, scan_image_files
 
 log = logging.getLogger(__name__)
 
@@ -164,3 +164,14 @@ def prepare_eval_set(
         reference_paths=[reference_paths[i] for i in r_kept],
         skipped=skipped,
     )
+
+
+def scan_folders(paths: Sequence[str | os.PathLike], report: Callable[[str], None]) -> tuple[list[Path], list[str]]:
+    """The image files under ``paths`` (folders recurse; no image at all is not an error), and each path that
+    could not be walked (an unreadable folder, a dangling link, a symlink loop) as a ``skipped ...`` line,
+    passed to ``report`` as found."""
+    scan = scan_image_files(list(paths))
+    problems = [f"skipped {line}" for line in scan.problems]
+    for line in problems:
+        report(line)
+    return scan.files, problems
