@@ -56,7 +56,7 @@ class EvaluationRun:
     dropped_negatives: int = 0
     per_query: str | None = None
 
-    def method_bits_thresholds(self, name: str) -> dict[str, Any]:
+    def hamming_thresholds(self, name: str) -> dict[str, Any]:
         """A hash method's thresholds as the largest matching Hamming distance (the unit HMA configures)."""
         m, n_bits = self.methods[name], self.bits[name]
         return {
@@ -70,7 +70,7 @@ class EvaluationRun:
     def to_dict(self) -> dict[str, Any]:
         """The ``evaluate --json`` document."""
         methods = {
-            name: dict(m.to_dict(), **(self.method_bits_thresholds(name) if name in self.bits else {}))
+            name: dict(m.to_dict(), **(self.hamming_thresholds(name) if name in self.bits else {}))
             for name, m in self.methods.items()
         }
         doc: dict[str, Any] = {"methods": methods}

@@ -160,7 +160,7 @@ def _print_evaluation(run: EvaluationRun) -> None:
     )
     click.echo(format_table(run.methods))
     for name, n_bits in run.bits.items():
-        b = run.method_bits_thresholds(name)
+        b = run.hamming_thresholds(name)
         shown = [
             f"{label} distance <= {b[key]}"
             for label, key in (("thr@P90", "threshold_at_p90_bits"), ("thr@P99.9", "threshold_at_p999_bits"))
