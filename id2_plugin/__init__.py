@@ -30,12 +30,12 @@ from .evaluation_run import EvaluationRun, run_evaluation
 from .explain import explain_match, explain_pair, render_explanation
 from .explanation import Explanation, LocalMatches
 from .hookspecs import hookimpl
+from .identify_context import IdentifyContext
 from .media import MediaLimits, load_image, to_rgb_array
 from .metrics import Metrics, compute_metrics
 from .pipeline import IngestResult, Pipeline, Upload
 from .plugins import get_plugin_manager
 from .ray_executor import RayExecutor
-from .search import IdentifyContext
 from .specs import EmbedderSpec, StoreSpec
 from .stores.base import ReferenceStore, StoreBackend
 from .types import AddResult, Match, OriginReport, ReferenceRecord, StoreInfo

@@ -73,7 +73,7 @@ class EmbedderConfig:
     @property
     def model_batch_size(self) -> int:
         """The largest forward pass: ``batch_size``, or for ``auto`` the largest size it tries."""
-        from ._pipelining import auto_max_batch
+        from ._batching import auto_max_batch
 
         return self.batch_size if isinstance(self.batch_size, int) else auto_max_batch(self.input_size)
 
@@ -82,7 +82,7 @@ class EmbedderConfig:
             raise ConfigError(f"embedder.resize_policy={self.resize_policy!r}: expected squash, center_crop or pad")
         if self.input_size < 64 or self.input_size % 8:
             raise ConfigError(f"embedder.input_size={self.input_size}: must be a multiple of 8, at least 64")
-        from ._pipelining import check_batch_size
+        from ._batching import check_batch_size
 
         check_batch_size(self.batch_size)
         if self.precision not in ("fp32", "int8", "auto"):

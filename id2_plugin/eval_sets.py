@@ -120,7 +120,7 @@ def load_images(
 ) -> tuple[list[np.ndarray], list[int], list[MediaError]]:
     """Normalise ``paths`` (decoded in threads, in order); unreadable ones are skipped. Returns (images, kept
     indices, errors)."""
-    from ._pipelining import prefetch
+    from ._batching import prefetch
     from ._progress import progress_bar
 
     images, kept, errors = [], [], []

@@ -240,7 +240,7 @@ def embed_images(
 ) -> np.ndarray:
     """Descriptors of ``images`` (a sequence of ``S x S x 3`` arrays or an ``N x S x S x 3`` array), in batches
     of ``batch_size`` (an int or ``auto``) through the shared batching component."""
-    from ._pipelining import pipelined
+    from ._batching import pipelined
     from ._progress import progress_bar
 
     def model(_: list[int], chunk: list[np.ndarray]) -> np.ndarray:

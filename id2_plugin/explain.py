@@ -26,8 +26,9 @@ from .config import Config, load_config
 from .embedders.base import fit_arrays
 from .errors import ConfigError, MissingExtraError
 from .explanation import Explanation, LocalMatches
+from .identify_context import IdentifyContext
 from .media import MediaLike, describe
-from .search import IdentifyContext, decide_pair
+from .search import decide_pair
 
 if TYPE_CHECKING:
     from .embedders.base import ImageEmbedder

@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     import click
 
     from .embedders.base import ImageEmbedder, LatentEncoder
+    from .identify_context import IdentifyContext
     from .robustness.attacks import Attack
-    from .search import IdentifyContext
     from .stores.base import ReferenceStore
     from .types import OriginReport
 

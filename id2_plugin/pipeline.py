@@ -22,16 +22,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._batching import embedder_batching, pipelined
 from ._files import sha256_file_or_none
-from ._pipelining import embedder_batching, pipelined
 from ._progress import progress_bar
 from .assembly import build_embedder, match_options, open_store
 from .config import Config
 from .errors import ConfigError, MediaError
+from .identify_context import IdentifyContext
 from .media import MediaLike, MediaLimits
 from .plugins import builtin_search_only, get_plugin_manager
 from .ray_executor import RayExecutor
-from .search import IdentifyContext, _or_error, search_normalised
+from .search import _or_error, search_normalised
 from .stores._bulk import bulk_add
 from .types import OriginReport, ReferenceRecord
 from .video import VideoReport, scan_videos

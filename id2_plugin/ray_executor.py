@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from ._batching import embedder_batching
 from ._files import sha256_file
 from ._lazy import require
-from ._pipelining import embedder_batching
 from ._progress import progress_bar
 from .assembly import build_embedder, open_store
 from .config import Config, EmbedderConfig, load_config

@@ -1,18 +1,17 @@
 """The built-in search: embed the query (every orientation variant in one pass), query the store, re-score the
 candidates with the decision model, take the query windows' second look where it can change the decision,
-and decide against the threshold. :class:`IdentifyContext` is what the ``id2_identify_origin`` hook gets."""
+and decide against the threshold."""
 
 from __future__ import annotations
 
 import dataclasses
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .decision import CANDIDATES, WINDOW_SIGNAL, DecisionModel, Evidence, candidate_background
+from .decision import WINDOW_SIGNAL, Evidence, candidate_background
 from .errors import Id2Error, MediaError
 from .framing import (
     best_over_orientations,
@@ -22,41 +21,13 @@ from .framing import (
     orientation_variants,
     query_windows,
 )
+from .identify_context import IdentifyContext
 from .media import MediaLike, describe
 from .types import Match, OriginReport, PairDecision
 
 if TYPE_CHECKING:
     from .embedders.base import ImageEmbedder
     from .stores.base import ReferenceStore
-
-
-@dataclass
-class IdentifyContext:
-    """What :func:`id2_identify_origin` implementations get besides the media."""
-
-    embedder: ImageEmbedder
-    store: ReferenceStore
-    k: int = 5
-    threshold: float = 0.5
-    #: query-time rotations searched (``match.rotations``) and whether mirrored too (``match.mirror``)
-    rotations: tuple[int, ...] = (0,)
-    mirror: bool = False
-    #: query windows searched as a second look (``match.windows``: ``auto``, ``always`` or ``off``)
-    windows: str = "auto"
-    #: the decision model re-scoring the candidates (None: the store's cosine decides)
-    decision: DecisionModel | None = None
-
-    @property
-    def candidates(self) -> int:
-        """References fetched per query: the decision model re-ranks more than ``k`` so that the best by
-        its score is among them."""
-        return max(self.k, CANDIDATES) if self.decision is not None else self.k
-
-    @property
-    def window_floor(self) -> float:
-        """Below this best score the windows are not searched in ``auto`` mode (they cannot change the decision)."""
-        op = self.decision.operating_point if self.decision is not None else None
-        return op.window_floor if op is not None else float("-inf")
 
 
 def _or_error(fn: Any, media: MediaLike) -> Any:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..hookspecs import hookimpl
-from ..search import IdentifyContext, search
+from ..identify_context import IdentifyContext
+from ..search import search
 from ..types import OriginReport
 
 

@@ -23,7 +23,7 @@ from ..errors import ConfigError, MediaError
 from ..media import MediaLike, MediaLimits, ResizePolicy, to_rgb_array
 
 if TYPE_CHECKING:
-    from .._pipelining import BatchSizer
+    from .._batching import BatchSizer
 
 
 def select_device(device: str = "auto", dtype: str = "auto") -> tuple[Any, Any]:
@@ -373,11 +373,11 @@ class ImageEmbedder(ABC):
     ) -> Iterator[EmbedItem]:
         """Stream embeddings in input order; bad media yields an item with ``error`` set instead of raising.
 
-        ``batch_size``: an int, ``auto`` or a shared :class:`~id2_plugin._pipelining.BatchSizer` (default:
+        ``batch_size``: an int, ``auto`` or a shared :class:`~id2_plugin._batching.BatchSizer` (default:
         :attr:`batch_size`). Decoding runs in ``workers`` threads overlapped with the model, at most two
         batches ahead, so memory stays bounded however many sources there are.
         """
-        from .._pipelining import pipelined
+        from .._batching import pipelined
         from .._progress import progress_bar
 
         def model(_: list[Any], images: list[np.ndarray]) -> np.ndarray:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._pipelining import BatchSizer, pipelined
+from .._batching import BatchSizer, pipelined
 from ..errors import ConfigError
 from ..types import Match
 

@@ -16,8 +16,9 @@ from id2_plugin.embedders.base import Embedder  # noqa: E402
 from id2_plugin.embedders.fused import FusedEmbedder, FusionFit  # noqa: E402
 from id2_plugin.embedders.sscd import SSCDEmbedder  # noqa: E402
 from id2_plugin.errors import ConfigError, IncompatibleStoreError  # noqa: E402
+from id2_plugin.identify_context import IdentifyContext  # noqa: E402
 from id2_plugin.pipeline import Pipeline  # noqa: E402
-from id2_plugin.search import IdentifyContext, search  # noqa: E402
+from id2_plugin.search import search  # noqa: E402
 
 
 @pytest.fixture(scope="module")

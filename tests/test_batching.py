@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from id2_plugin._pipelining import AUTO, BatchSizer, auto_max_batch, pipelined, prefetch
+from id2_plugin._batching import AUTO, BatchSizer, auto_max_batch, pipelined, prefetch
 from id2_plugin.errors import ConfigError
 from id2_plugin.media import to_rgb_array
 
