@@ -377,6 +377,11 @@ def train(
         save_dtype=save_dtype,
         log=lambda s: click.echo(s, err=as_json),
     )
+    _print_paper_result(result, as_json)
+
+
+def _print_paper_result(result: Any, as_json: bool) -> None:
+    """What ``train`` prints for the paper recipe: the saved W and its validation metrics."""
     summary: dict[str, Any] = {
         "out": str(result.path),
         "shape": list(result.projection.weight.shape),
