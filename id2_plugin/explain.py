@@ -24,6 +24,7 @@ from ._lazy import require
 from .assembly import build_embedder, cosine_threshold
 from .config import Config, load_config
 from .embedders.base import fit_arrays
+from .embedders.fused import FusedEmbedder
 from .errors import ConfigError, MissingExtraError
 from .explanation import Explanation, LocalMatches
 from .identify_context import IdentifyContext
@@ -69,20 +70,25 @@ def match_local_features(query: np.ndarray, reference: np.ndarray) -> LocalMatch
     return LocalMatches(pq, pr, mask, (len(kq), len(kr)))
 
 
-def signal_scores(embedder: ImageEmbedder, images: np.ndarray) -> tuple[dict[str, float], np.ndarray | None]:
+def signal_scores(
+    embedder: ImageEmbedder, images: np.ndarray
+) -> tuple[dict[str, float], np.ndarray | None, np.ndarray]:
     """Each signal's cosine between ``images[0]`` and ``images[1]`` (normalised), ``fused`` as the weighted
-    sum the fused vector's dot product is, and the two latents when a signal has one (encoded once)."""
+    sum the fused vector's dot product is, the two latents when a signal has one, and the two images'
+    vectors as ``embedder`` makes them: every signal runs once per image."""
     latent = embedder.latent_part()
     latents = latent.encoder.encode_arrays(fit_arrays(images, latent.input_size)) if latent is not None else None
-    parts = getattr(embedder, "parts", [embedder])
+    parts = embedder.parts if isinstance(embedder, FusedEmbedder) else [embedder]
     scores: dict[str, float] = {}
+    part_vectors = []
     for part in parts:
         vecs = latent.project(latents) if part is latent else part.embed_arrays(images)
+        part_vectors.append(vecs)
         scores[part.name] = round(float(vecs[0] @ vecs[1]), 6)
-    weights = getattr(embedder, "weights", None)
-    if weights:
-        scores["fused"] = round(sum(weights[n] * scores[n] for n in weights), 6)
-    return scores, latents
+    if isinstance(embedder, FusedEmbedder):
+        scores["fused"] = round(sum(embedder.weights[n] * scores[n] for n in embedder.weights), 6)
+        return scores, latents, embedder.combine(part_vectors)
+    return scores, latents, part_vectors[0]
 
 
 def explain_pair(
@@ -100,12 +106,12 @@ def explain_pair(
     model) the explanation also carries the decision on the pair as identification takes it against that
     store (:func:`~id2_plugin.search.decide_pair`)."""
     images = np.stack([embedder.normalise(query), embedder.normalise(reference)])
-    scores, latents = signal_scores(embedder, images)
+    scores, latents, vectors = signal_scores(embedder, images)
     part = embedder.latent_part()
     cells = cell_similarity(latents, part.encoder.latent_shape) if latents is not None else None
     decision = None
     if context is not None and context.decision is not None:
-        decision = decide_pair(context, images[0], embedder.embed_arrays(images[1:])[0])
+        decision = decide_pair(context, images[0], vectors[1], query_vector=vectors[0])
     expl = Explanation(
         describe(query),
         describe(reference),

@@ -224,14 +224,17 @@ def _rescore(
     return context.decision.score(evidence), cos, label
 
 
-def decide_pair(context: IdentifyContext, image: np.ndarray, reference: np.ndarray) -> PairDecision:
+def decide_pair(
+    context: IdentifyContext, image: np.ndarray, reference: np.ndarray, *, query_vector: np.ndarray | None = None
+) -> PairDecision:
     """The decision on one (query, reference) pair as identification takes it against ``context.store``:
     the query's background from its whole image's store candidates, the windows' evidence when
     identification would search them (``match.windows`` and the window floor), the reference scored as one
-    more candidate. ``image``: the normalised query (upright); ``reference``: the reference's embedding."""
+    more candidate. ``image``: the normalised query (upright); ``reference``: the reference's embedding;
+    ``query_vector``: the query's, when the caller has it (else it is embedded here)."""
     if context.decision is None:
         raise Id2Error("a store decision needs a decision model (match.decision is cosine)")
-    query = context.embedder.embed_arrays(image[None])[0]
+    query = context.embedder.embed_arrays(image[None])[0] if query_vector is None else query_vector
     found = context.store.query(query[None], k=context.candidates)[0]
     refs = _stored_vectors(context, found) if found else np.zeros((0, len(query)), np.float32)
     best = None
@@ -240,8 +243,8 @@ def decide_pair(context: IdentifyContext, image: np.ndarray, reference: np.ndarr
         best = float(whole.max())
     windows = None
     if needs_second_look(context.windows, best, context.threshold, context.window_floor):
-        labels, crops = query_windows(image)
-        windows = (labels, context.embedder.embed_windows(crops, np.repeat(query[None], len(crops), axis=0)))
+        labels, vecs = _window_vectors(context, [image], query[None])
+        windows = (labels[0], vecs)
     rows = np.concatenate([refs, np.asarray(reference, np.float32)[None]])
     scores, _, label = _rescore(context, rows, np.broadcast_to(query, rows.shape), windows, len(found))
     # the reference itself may be stored: its own row does not outrank it
@@ -257,6 +260,16 @@ def decide_pair(context: IdentifyContext, image: np.ndarray, reference: np.ndarr
         candidates=len(found),
         best_other=None if top is None else dataclasses.replace(top[0], score=top[1]),
     )
+
+
+def _window_vectors(
+    context: IdentifyContext, images: Sequence[np.ndarray], upright: np.ndarray
+) -> tuple[list[list[str]], np.ndarray]:
+    """The query windows of each image (normalised, upright) and their vectors in one embedding pass, the
+    windows of one image after another; ``upright``: the whole images' vectors."""
+    labels, crops = zip(*(query_windows(image) for image in images))
+    whole = np.concatenate([np.repeat(u[None], len(c), axis=0) for u, c in zip(upright, crops)])
+    return list(labels), context.embedder.embed_windows(np.concatenate(crops), whole)
 
 
 def _second_look(
@@ -279,9 +292,7 @@ def _second_look(
     if not todo:
         return best, set(), 0.0
     t0 = time.perf_counter()
-    labels, crops = zip(*(query_windows(images[i]) for i in todo))
-    whole = np.concatenate([np.repeat(upright[i][None], len(c), axis=0) for i, c in zip(todo, crops)])
-    vecs = context.embedder.embed_windows(np.concatenate(crops), whole)
+    labels, vecs = _window_vectors(context, [images[i] for i in todo], upright[todo])
     found = context.store.query(vecs, k=context.candidates)
     out = list(best)
     for j, i in enumerate(todo):
