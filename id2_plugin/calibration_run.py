@@ -73,7 +73,7 @@ class CalibrationRun:
 
 def run_calibration(
     cfg: Config,
-    pairs: PathLike,
+    pairs: PathLike | Sequence[PathLike],
     negatives: Sequence[PathLike],
     *,
     distractors: Sequence[PathLike] = (),
@@ -88,8 +88,8 @@ def run_calibration(
     report: Callable[[str], None] | None = None,
     progress: bool = False,
 ) -> CalibrationRun:
-    """Calibrate a threshold on the pairs manifest ``pairs`` (positives: each query against its origin) and
-    the unrelated images under ``negatives``, what ``id2-plugin calibrate`` runs.
+    """Calibrate a threshold on the pairs manifest ``pairs`` (several are pooled; positives: each query
+    against its origin) and the unrelated images under ``negatives``, what ``id2-plugin calibrate`` runs.
 
     Negatives are scored against the pairs' origins + ``distractors``, or with ``against_store`` against the
     configured store as identify decides (the production store calibrates for it). ``target_fpr`` defaults to
@@ -230,16 +230,17 @@ def _calibration_doc(
     cal: Calibration,
     identity: str,
     use_store: bool,
-    pairs: PathLike,
+    pairs: PathLike | Sequence[PathLike],
     negatives: Sequence[PathLike],
     references: str,
     hash_method: str | None,
     n_bits: int | None,
 ) -> dict[str, Any]:
     """The config a calibration writes: ``match.threshold`` with the provenance of the data it was chosen on."""
+    manifests = [pairs] if isinstance(pairs, (str, os.PathLike)) else list(pairs)
     data = (
-        f"pairs={Path(pairs).resolve()}; negatives={', '.join(str(Path(d).resolve()) for d in negatives)}; "
-        f"references={references}"
+        f"pairs={', '.join(str(Path(p).resolve()) for p in manifests)}; "
+        f"negatives={', '.join(str(Path(d).resolve()) for d in negatives)}; references={references}"
     )
     return calibration_config(
         cal,

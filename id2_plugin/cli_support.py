@@ -203,6 +203,42 @@ FLAG_KEYS = {
     "cache": "cache.dir",
 }
 
+
+def pairs_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--pairs MANIFEST`` (required, repeatable: the manifests are pooled) as ``pairs_paths``; a missing
+    manifest is reported by the loader, naming it."""
+    return click.option(
+        "--pairs",
+        "pairs_paths",
+        required=True,
+        multiple=True,
+        type=click.Path(dir_okay=False),
+        help=f"{help} Repeatable: the manifests are pooled.",
+    )
+
+
+def negatives_option(help: str, *, required: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--negatives DIR``: unrelated queries (folders recurse; repeatable) as ``negative_dirs``."""
+    return click.option(
+        "--negatives",
+        "negative_dirs",
+        required=required,
+        multiple=True,
+        type=click.Path(exists=True),
+        help=f"{help} (folders recurse; repeatable).",
+    )
+
+
+def distractors_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--distractors PATH``: references without queries (folders recurse; repeatable)."""
+    return click.option(
+        "--distractors",
+        multiple=True,
+        type=click.Path(exists=True),
+        help=f"{help} (folders recurse; repeatable).",
+    )
+
+
 #: ``--cache DIR``: the opt-in latent cache (cache.dir); without it nothing derived from the images is kept.
 cache_option = click.option(
     "--cache",

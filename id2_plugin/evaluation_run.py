@@ -97,7 +97,7 @@ def comparison_methods(embedder: Any, cfg: Config, decision: Any = None) -> list
 
 def run_evaluation(
     cfg: Config,
-    pairs: PathLike,
+    pairs: PathLike | Sequence[PathLike],
     *,
     distractors: Sequence[PathLike] = (),
     max_distractors: int | None = None,
@@ -109,7 +109,7 @@ def run_evaluation(
     progress: bool = False,
 ) -> EvaluationRun:
     """Evaluate the configured embedder and the baselines on the pairs manifest ``pairs`` (JSONL
-    ``{query, origin}``), what ``id2-plugin evaluate`` runs.
+    ``{query, origin}``; several are pooled), what ``id2-plugin evaluate`` runs.
 
     ``distractors`` are extra references (folders recurse; the first ``max_distractors``), ``negatives``
     unrelated queries without an origin (copies of a reference or query dropped). ``methods`` restricts the

@@ -460,11 +460,17 @@ def test_evaluate_command(real_copies, tmp_path: Path, taef2_encoder) -> None:
     w_path = tmp_path / "w.safetensors"
     w = np.random.default_rng(0).standard_normal((taef2_encoder.latent_dim // 16, 32)).astype(np.float32)
     Projection(w, pool=4).save(w_path)
+    # the same pairs in two manifests: --pairs is repeatable and pools them
+    lines = manifest.read_text().splitlines(keepends=True)
+    (tmp_path / "first.jsonl").write_text("".join(lines[:4]))
+    (tmp_path / "rest.jsonl").write_text("".join(lines[4:]))
     res = _invoke(
         [
             "evaluate",
             "--pairs",
-            str(manifest),
+            str(tmp_path / "first.jsonl"),
+            "--pairs",
+            str(tmp_path / "rest.jsonl"),
             "--projection",
             str(w_path),
             "--method",

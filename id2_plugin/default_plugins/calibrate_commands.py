@@ -12,36 +12,21 @@ from ..cli_support import (
     cache_option,
     config_from_flags,
     config_option_flags,
+    distractors_option,
     echo_json,
     handle_errors,
+    negatives_option,
     outcome_code,
+    pairs_option,
     report_problems,
 )
 from ..hookspecs import hookimpl
 
 
 @click.command("calibrate")
-@click.option(
-    "--pairs",
-    "pairs_path",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="Positives: pairs manifest (JSONL {query, origin}); each query is scored against its origin.",
-)
-@click.option(
-    "--negatives",
-    "negative_dirs",
-    required=True,
-    multiple=True,
-    type=click.Path(exists=True),
-    help="Images with NO origin among the references (folders recurse; repeatable).",
-)
-@click.option(
-    "--distractors",
-    multiple=True,
-    type=click.Path(exists=True),
-    help="Extra references besides the pairs' origins (folders recurse; repeatable).",
-)
+@pairs_option("Positives: pairs manifest (JSONL {query, origin}); each query is scored against its origin.")
+@negatives_option("Images with NO origin among the references", required=True)
+@distractors_option("Extra references besides the pairs' origins")
 @click.option(
     "--target-fpr", type=float, default=None, help="Target false-match rate (default 1e-3 when no target is given)."
 )
@@ -87,7 +72,7 @@ from ..hookspecs import hookimpl
 @handle_errors
 def calibrate_command(
     ctx: click.Context,
-    pairs_path: str,
+    pairs_paths: tuple[str, ...],
     negative_dirs: tuple[str, ...],
     distractors: tuple[str, ...],
     target_fpr: float | None,
@@ -112,7 +97,7 @@ def calibrate_command(
     cfg = config_from_flags(ctx, **flags)
     run = run_calibration(
         cfg,
-        pairs_path,
+        list(pairs_paths),
         negative_dirs,
         distractors=distractors,
         against_store=use_store,

@@ -11,34 +11,25 @@ from typing import Any
 
 import click
 
-from ..cli_support import config_from_flags, config_option_flags, echo_json, handle_errors, outcome_code, scan_inputs
+from ..cli_support import (
+    config_from_flags,
+    config_option_flags,
+    distractors_option,
+    echo_json,
+    handle_errors,
+    negatives_option,
+    outcome_code,
+    pairs_option,
+    scan_inputs,
+)
 from ..decision import DEFAULT_FEATURES, DecisionModel
 from ..hookspecs import hookimpl
 
 
 @click.command("fit-decision")
-@click.option(
-    "--pairs",
-    "pairs_paths",
-    required=True,
-    multiple=True,
-    type=click.Path(dir_okay=False, exists=True),
-    help="Real edit pairs (JSONL {query, origin[, twins]}); repeatable, the manifests are pooled.",
-)
-@click.option(
-    "--negatives",
-    "negative_dirs",
-    required=True,
-    multiple=True,
-    type=click.Path(exists=True),
-    help="Unrelated images, queries that must not match (folders recurse; repeatable).",
-)
-@click.option(
-    "--distractors",
-    multiple=True,
-    type=click.Path(exists=True),
-    help="References without queries besides the pairs' origins (folders recurse; repeatable).",
-)
+@pairs_option("Real edit pairs (JSONL {query, origin[, twins]}).")
+@negatives_option("Unrelated images, queries that must not match", required=True)
+@distractors_option("References without queries besides the pairs' origins")
 @click.option(
     "--holdout-distractors",
     "holdout_every",

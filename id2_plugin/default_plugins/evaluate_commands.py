@@ -11,9 +11,12 @@ from ..cli_support import (
     cache_option,
     config_from_flags,
     config_option_flags,
+    distractors_option,
     echo_json,
     handle_errors,
+    negatives_option,
     outcome_code,
+    pairs_option,
     report_problems,
 )
 from ..decision_metrics import DecisionMetrics, format_decisions
@@ -43,32 +46,17 @@ def format_group_table(table: dict[str, dict[str, Any]]) -> str:
 
 
 @click.command("evaluate")
-@click.option(
-    "--pairs",
-    "pairs_path",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="Pairs manifest (JSONL {query, origin}); its queries are the queries, its origins references.",
-)
-@click.option(
-    "--distractors",
-    multiple=True,
-    type=click.Path(exists=True),
-    help="Extra reference images (folders recurse; repeatable).",
-)
+@pairs_option("Pairs manifest (JSONL {query, origin[, twins]}): its queries are the queries, its origins references.")
+@distractors_option("Extra reference images")
 @click.option(
     "--max-distractors",
     type=click.IntRange(min=0),
     default=None,
     help="Use at most N distractors (the first N, folders in sorted order).",
 )
-@click.option(
-    "--negatives",
-    "negative_dirs",
-    multiple=True,
-    type=click.Path(exists=True),
-    help="Unrelated queries with no origin among the references (folders recurse; repeatable): they "
-    "enter micro-AP and recall at precision, and the false matches at the threshold.",
+@negatives_option(
+    "Unrelated queries with no origin among the references: they enter micro-AP and recall at precision, "
+    "and the false matches at the threshold"
 )
 @click.option(
     "--k",
@@ -100,7 +88,7 @@ def format_group_table(table: dict[str, dict[str, Any]]) -> str:
 @handle_errors
 def evaluate_command(
     ctx: click.Context,
-    pairs_path: str,
+    pairs_paths: tuple[str, ...],
     distractors: tuple[str, ...],
     max_distractors: int | None,
     negative_dirs: tuple[str, ...],
@@ -120,7 +108,7 @@ def evaluate_command(
     cfg = config_from_flags(ctx, **flags)
     run = run_evaluation(
         cfg,
-        pairs_path,
+        list(pairs_paths),
         distractors=distractors,
         max_distractors=max_distractors,
         negatives=negative_dirs,

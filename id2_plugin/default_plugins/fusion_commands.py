@@ -10,7 +10,15 @@ from typing import Any
 import click
 
 from ..assembly import build_signals
-from ..cli_support import config_from_flags, config_option_flags, echo_json, handle_errors, outcome_code
+from ..cli_support import (
+    config_from_flags,
+    config_option_flags,
+    distractors_option,
+    echo_json,
+    handle_errors,
+    outcome_code,
+    pairs_option,
+)
 from ..embedders.fused import FusedEmbedder, FusionFit
 from ..errors import ConfigError
 from ..eval_sets import load_pairs_for_eval, prepare_eval_set
@@ -26,20 +34,8 @@ SAME_PHOTO_SSCD = 0.5
 
 
 @click.command("fit-fusion")
-@click.option(
-    "--pairs",
-    "pairs_paths",
-    required=True,
-    multiple=True,
-    type=click.Path(dir_okay=False, exists=True),
-    help="Real edit pairs (JSONL {query, origin}); repeatable, the manifests are pooled.",
-)
-@click.option(
-    "--distractors",
-    multiple=True,
-    type=click.Path(exists=True),
-    help="References without queries, the negatives every query must rank below its origin (repeatable).",
-)
+@pairs_option("Real edit pairs (JSONL {query, origin}).")
+@distractors_option("References without queries, the negatives every query must rank below its origin")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Fusion fit JSON to write.")
 @click.option("--step", type=float, default=0.05, show_default=True, help="Grid step of the weights.")
 @click.option(
