@@ -111,6 +111,27 @@ def _fit_size(w: int, h: int, size: int, multiple: int = 64) -> tuple[int, int]:
     return max(multiple, round(w * s / multiple) * multiple), max(multiple, round(h * s / multiple) * multiple)
 
 
+def _img2img_pipeline(model: str, device: str, dtype: str) -> Any:
+    """A diffusers img2img pipeline for ``model`` (hub id or local folder) on the selected device."""
+    diffusers = require("diffusers")
+    dev, tdtype = select_device(device, dtype)
+    try:
+        pipeline = diffusers.AutoPipelineForImage2Image.from_pretrained(model, torch_dtype=tdtype)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot load diffusion model {model!r}: {exc}") from None
+    pipeline = pipeline.to(dev)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def _edit(pipeline: Any, image: Any, prompt: str, seed: int, settings: dict[str, Any]) -> np.ndarray:
+    """One seeded img2img edit of ``image`` (PIL) as RGB uint8."""
+    torch = require("torch")
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    result = pipeline(prompt=prompt, image=image, generator=gen, **settings).images[0]
+    return np.asarray(result.convert("RGB"))
+
+
 def make_diffusion_pairs(
     origins: Sequence[str | os.PathLike] | str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -136,22 +157,15 @@ def make_diffusion_pairs(
     already built pipeline instead. Each origin gets distinct prompts drawn (seeded) from ``prompts``.
     Unreadable origins are reported on stderr and skipped. Returns the manifest path.
     """
-    torch = require("torch")
     if not prompts:
         raise ConfigError("make-pairs needs at least one prompt")
     if not 0.0 < strength <= 1.0:
         raise ConfigError(f"strength={strength} must be in (0, 1]")
     out = Path(out_dir)
     paths = _as_origins(origins)
-    dev, tdtype = select_device(device, dtype)
     if pipeline is None:
-        diffusers = require("diffusers")
-        try:
-            pipeline = diffusers.AutoPipelineForImage2Image.from_pretrained(model, torch_dtype=tdtype)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot load diffusion model {model!r}: {exc}") from None
-        pipeline = pipeline.to(dev)
-        pipeline.set_progress_bar_config(disable=True)
+        pipeline = _img2img_pipeline(model, device, dtype)
+    settings = {"strength": strength, "guidance_scale": guidance_scale, "num_inference_steps": num_inference_steps}
     pairs: list[Pair] = []
     bar = _progress(len(paths) * edits_per_origin, "diffusion edits", progress)
     for origin in paths:
@@ -167,20 +181,11 @@ def make_diffusion_pairs(
         for k in range(edits_per_origin):
             prompt = prompts[int(order[k % len(prompts)])]
             target = out / EDITED_DIR / _edit_name(origin, k, image_format)
+            # one draw per edit whether the file exists or not: a resumed run makes the same edits
+            edit_seed = int(rng.integers(0, 2**63 - 1)) ^ k
             if not target.is_file():
-                w, h = _fit_size(*image.size, size)
-                gen = torch.Generator(device="cpu").manual_seed(int(rng.integers(0, 2**63 - 1)) ^ k)
-                result = pipeline(
-                    prompt=prompt,
-                    image=image.resize((w, h)),
-                    strength=strength,
-                    guidance_scale=guidance_scale,
-                    num_inference_steps=num_inference_steps,
-                    generator=gen,
-                ).images[0]
-                _save(np.asarray(result.convert("RGB")), target, quality)
-            else:
-                rng.integers(0, 2**63 - 1)  # keep the random stream identical whether the file existed or not
+                edited = _edit(pipeline, image.resize(_fit_size(*image.size, size)), prompt, edit_seed, settings)
+                _save(edited, target, quality)
             pairs.append(
                 Pair(
                     query=target,
