@@ -32,7 +32,7 @@ from .identify_context import IdentifyContext
 from .media import MediaLike, MediaLimits
 from .plugins import builtin_search_only, get_plugin_manager
 from .ray_executor import RayExecutor
-from .search import _or_error, search_normalised
+from .search import _or_error, frame_search, search_normalised
 from .stores._bulk import bulk_add
 from .types import OriginReport, ReferenceRecord
 from .video import VideoReport, scan_videos
@@ -112,7 +112,7 @@ class Pipeline:
         self.threshold = threshold
         self.decision = decision
         op = decision.operating_point if decision is not None else None
-        #: the threshold on the store's cosine where one distance decides (video keyframes, explain of a pair)
+        #: the threshold on the store's cosine where one distance decides (explain of a pair without a store)
         self.cosine_threshold = op.cosine_threshold if op is not None else threshold
         self.limits = limits or getattr(embedder, "limits", None) or MediaLimits()
         #: the batch size of every bulk use case (an int, or ``auto``: tuned on the first batches, then kept)
@@ -315,12 +315,16 @@ class Pipeline:
         progress: bool = False,
         **options: Any,
     ) -> Iterator[VideoReport]:
-        """Scan videos for frames whose origin is in the store (options of :func:`id2_plugin.video.scan_videos`);
-        with ``executor``, one video per Ray actor call (``workers`` is then the executor's)."""
+        """Scan videos for frames whose origin is in the store (options of :func:`id2_plugin.video.scan_videos`):
+        each sampled frame is decided as :meth:`identify` decides an image (``k`` and ``threshold`` override
+        the match settings); with ``executor``, one video per Ray actor call (``workers`` is then the
+        executor's)."""
         options.setdefault("k", self.k)
-        options.setdefault("threshold", self.cosine_threshold)
+        options.setdefault("threshold", self.threshold)
         if executor is None:
             options.setdefault("batch_size", self.batching)
+            context = replace(self._context(options["k"]), threshold=options["threshold"])
+            options.setdefault("search", frame_search(context))
             return scan_videos(paths, self.embedder, self.store, progress=progress, **options)
         if "workers" in options:
             raise ConfigError("workers are decoder threads of a local scan; on Ray give RayExecutor(workers=...)")

@@ -36,10 +36,12 @@ from ._batching import embedder_batching
 from ._files import sha256_file
 from ._lazy import require
 from ._progress import progress_bar
-from .assembly import build_embedder, open_store
+from .assembly import build_embedder, match_options, open_store
 from .config import Config, EmbedderConfig, load_config
 from .errors import ConfigError, MediaError
+from .identify_context import IdentifyContext
 from .media import MediaLimits
+from .search import frame_search
 from .video import DEFAULT_DEDUPE_THRESHOLD, FrameReader, VideoReport, scan_video
 
 #: Prefixes of environment variables forwarded to Ray workers (model location, offline mode, caches).
@@ -210,7 +212,10 @@ class _VideoActor:
         )
         self.store.check_compatible(self.embedder.identity)
         batching = options.get("batch_size") or embedder_batching(self.embedder, cfg.embedder.batch_size)
-        self.options = dict(options, batch_size=batching)
+        # frames decided as the driver's Pipeline.identify decides, with the driver's k and threshold
+        match = {**match_options(cfg.match, self.embedder), "k": options["k"], "threshold": options["threshold"]}
+        search = frame_search(IdentifyContext(self.embedder, self.store, **match))
+        self.options = dict(options, batch_size=batching, search=search)
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         report = scan_video(row["path"], self.embedder, self.store, **self.options)

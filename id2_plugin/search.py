@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -127,6 +127,17 @@ def search_normalised(
         )
         for i, (query, (matches, vectors)) in enumerate(zip(media, best))
     ]
+
+
+def frame_search(context: IdentifyContext) -> Callable[[list[np.ndarray]], list[list[Match]]]:
+    """Video frames (normalised) decided as identification decides images (orientations, decision model,
+    windows): per frame, its matches at or above ``context.threshold``."""
+
+    def search(images: list[np.ndarray]) -> list[list[Match]]:
+        reports = search_normalised([describe(im) for im in images], images, context)
+        return [[m for m in r.matches if m.score >= context.threshold] for r in reports]
+
+    return search
 
 
 def _own_timings(batch: dict[str, float], looked: bool, windows_ms: float) -> dict[str, float]:

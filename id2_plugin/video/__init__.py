@@ -27,6 +27,10 @@ Design notes (why it is built this way):
   batch: at most ``batch_size`` normalised (``S x S x 3``) images in the model plus twice that many
   waiting, and two decoded frames held by the reader; a decoded frame is dropped as soon as it is
   normalised. A report keeps only the (small) metadata of matched frames.
+* **Decisions.** Frames are decided by a ``search`` function (normalised frames -> matches at or above
+  the threshold). :meth:`~id2_plugin.pipeline.Pipeline.scan_videos` passes identification's own (the
+  decision model, its operating point and the query-window rule), so a frame is a MATCH exactly when the
+  same image given to ``query`` would be; called directly without one, the store's cosine decides.
 * **Errors are data.** A video that cannot be opened, has no decodable video stream, fails mid-way or ends
   before its declared duration yields a report whose ``error`` is set, *and* whose hits include every frame
   decoded before the fault. :func:`iter_frames` raises :class:`VideoError` after yielding those frames.
@@ -47,7 +51,7 @@ from __future__ import annotations
 from ._decode import DEFAULT_DEDUPE_THRESHOLD, VIDEO_EXTENSIONS, Frame, FrameReader, SampleMode, VideoError, iter_frames
 from ._output import VideoReportWriter, format_report_text
 from ._report import FrameHit, ReferenceSummary, VideoReport
-from ._scan import embed_keyframes, iter_video_files, scan_video, scan_videos
+from ._scan import FrameSearch, cosine_search, embed_keyframes, iter_video_files, scan_video, scan_videos
 
 __all__ = [
     "DEFAULT_DEDUPE_THRESHOLD",
@@ -55,11 +59,13 @@ __all__ = [
     "Frame",
     "FrameReader",
     "FrameHit",
+    "FrameSearch",
     "ReferenceSummary",
     "SampleMode",
     "VideoError",
     "VideoReport",
     "VideoReportWriter",
+    "cosine_search",
     "embed_keyframes",
     "format_report_text",
     "iter_frames",

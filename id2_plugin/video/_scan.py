@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import closing
 from pathlib import Path
@@ -23,6 +23,20 @@ if TYPE_CHECKING:
 from ._decode import DEFAULT_DEDUPE_THRESHOLD, VIDEO_EXTENSIONS, FrameReader, SampleMode, VideoError, iter_frames
 from ._report import FrameHit, VideoReport, _Pending, _Summariser
 
+#: How frames are decided: normalised frames in, per frame the references it matches (at or above the
+#: threshold, best first) out. A pipeline passes identification's own (decision model, windows); without
+#: one, :func:`cosine_search` lets the store's cosine decide.
+FrameSearch = Callable[[list[np.ndarray]], list[list[Match]]]
+
+
+def cosine_search(embedder: Embedder, store: ReferenceStore, k: int, threshold: float) -> FrameSearch:
+    """Frames decided on the store's cosine: the ``k`` best references at or above ``threshold``."""
+
+    def search(images: list[np.ndarray]) -> list[list[Match]]:
+        return store.query(embedder.embed_arrays(np.stack(images)), k=k, threshold=threshold)
+
+    return search
+
 
 def scan_video(
     path: str | os.PathLike,
@@ -36,14 +50,16 @@ def scan_video(
     batch_size: int | str | BatchSizer = 16,
     dedupe: bool = True,
     dedupe_threshold: float = DEFAULT_DEDUPE_THRESHOLD,
+    search: FrameSearch | None = None,
 ) -> VideoReport:
     """Sample, embed and search one video; never raises for bad media (the report carries the error).
 
     Frames are decoded and normalised exactly like images (``embedder.normalise``) in threads, overlapped
-    with the model, embedded ``batch_size`` at a time (an int, ``auto`` or a shared :class:`BatchSizer`) and
-    queried with ``store.query(k=k, threshold=threshold)``. Configuration mistakes (bad
-    ``mode``/``fps``/``batch_size``) raise :class:`ConfigError`.
+    with the model, and decided ``batch_size`` at a time (an int, ``auto`` or a shared :class:`BatchSizer`)
+    by ``search`` (default: :func:`cosine_search` with ``k`` and ``threshold``; ``threshold`` is what the
+    report states). Configuration mistakes (bad ``mode``/``fps``/``batch_size``) raise :class:`ConfigError`.
     """
+    decide = search or cosine_search(embedder, store, k, threshold)
     sizer = batch_size if isinstance(batch_size, BatchSizer) else BatchSizer(batch_size)
     t0 = time.perf_counter()
     reader = FrameReader(path, mode, fps, dedupe, dedupe_threshold)
@@ -57,7 +73,7 @@ def scan_video(
         return image
 
     def model(_: list[_Pending], images: list[np.ndarray]) -> list[list[Match]]:
-        return store.query(embedder.embed_arrays(np.stack(images)), k=k, threshold=threshold)
+        return decide(images)
 
     try:
         with closing(pipelined(_kept_frames(reader), normalise, model, batch_size=sizer)) as stream:
@@ -176,27 +192,19 @@ def iter_video_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
     return out
 
 
-class _SerialModel:
-    """Shares one embedder and store between decoder threads: forward passes and searches take turns.
+def _serialised(search: FrameSearch) -> FrameSearch:
+    """``search`` shared by decoder threads: forward passes and searches take turns.
 
     Serialising is deliberate: torch already spreads one forward pass over every core, so two concurrent
     passes only fight for the same cores, while decoding (in FFmpeg, outside the GIL) overlaps freely.
     """
+    lock = threading.Lock()
 
-    def __init__(self, embedder: Embedder, store: ReferenceStore) -> None:
-        self._embedder = embedder
-        self._store = store
-        self._lock = threading.Lock()
-        self.normalise = embedder.normalise
-        self.identity = embedder.identity
+    def serial(images: list[np.ndarray]) -> list[list[Match]]:
+        with lock:
+            return search(images)
 
-    def embed_arrays(self, images: np.ndarray) -> np.ndarray:
-        with self._lock:
-            return self._embedder.embed_arrays(images)
-
-    def query(self, vectors: np.ndarray, k: int = 5, threshold: float | None = None) -> list[list[Match]]:
-        with self._lock:
-            return self._store.query(vectors, k=k, threshold=threshold)
+    return serial
 
 
 def _video_bar(show: bool, total: int, desc: str) -> Any:
@@ -218,10 +226,12 @@ def scan_videos(
     batch_size: int | str | BatchSizer = 16,
     dedupe: bool = True,
     dedupe_threshold: float = DEFAULT_DEDUPE_THRESHOLD,
+    search: FrameSearch | None = None,
     workers: int = 1,
     progress: bool = False,
 ) -> Iterator[VideoReport]:
-    """Scan ``paths`` (files; expand folders with :func:`iter_video_files`) and yield reports as they finish.
+    """Scan ``paths`` (files; expand folders with :func:`iter_video_files`) and yield reports as they finish;
+    frames decided by ``search`` (see :func:`scan_video`).
 
     ``workers`` > 1 decodes that many videos concurrently in threads sharing one model (see the module
     notes); report order is then completion order. Memory: ``workers x 3 x batch_size`` normalised frames.
@@ -236,6 +246,7 @@ def scan_videos(
         batch_size=batch_size,
         dedupe=dedupe,
         dedupe_threshold=dedupe_threshold,
+        search=search,
     )
     # Validate the sampling options once, up front, instead of once per video.
     FrameReader("", mode, fps, dedupe, dedupe_threshold)
@@ -246,9 +257,9 @@ def scan_videos(
                 bar.update(1)
                 yield report
             return
-        shared = _SerialModel(embedder, store)
+        kwargs["search"] = _serialised(search or cosine_search(embedder, store, k, threshold))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="id2-video") as pool:
-            futures = [pool.submit(scan_video, p, shared, shared, **kwargs) for p in paths]  # type: ignore[arg-type]
+            futures = [pool.submit(scan_video, p, embedder, store, **kwargs) for p in paths]
             for fut in as_completed(futures):
                 bar.update(1)
                 yield fut.result()
