@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 
 from ..assembly import build_signals
 from ..cli_support import (
@@ -83,33 +84,23 @@ def fit_fusion_command(
             embed_images(m, data.references, progress=f"{p.name}: references"),
         )
     sims = {name: q @ r.T for name, (q, r) in descs.items()}
-    folds = None
-    if n_folds:
-        origin_col = data.positives.argmax(axis=1)
-        sscd_refs = descs["sscd"][1] if "sscd" in descs else next(iter(descs.values()))[1]
-        used = sorted(set(origin_col.tolist()))
-        group_of = dict(zip(used, origin_groups(sscd_refs[used], SAME_PHOTO_SSCD).tolist()))
-        folds = grouped_folds([group_of[c] for c in origin_col], n_folds, seed=seed)
+    folds = _photo_folds(descs, data.positives, n_folds, seed) if n_folds else None
     report = fit_fusion(sims, data.positives, folds=folds, step=step)
-    fit = FusionFit(
-        report.weights,
-        {
-            "signals": {p.name: p.identity for p in parts},
-            "data": {
-                "pairs": {str(Path(p).resolve()): manifest_digest(p) for p in pairs_paths},
-                "distractors": [str(Path(d).resolve()) for d in distractors],
-                "n_queries": len(data.queries),
-                "n_references": len(data.references),
-            },
-            "objective": "top1 + mAP (micro-AP breaks ties), grid step %g" % step,
-            "cross_validated": report.cross_validated,
-            "fold_weights": report.fold_weights,
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": "id2-plugin fit-fusion " + " ".join(sys.argv[2:])
-            if len(sys.argv) > 2
-            else "id2-plugin fit-fusion",
+    provenance = {
+        "signals": {p.name: p.identity for p in parts},
+        "data": {
+            "pairs": {str(Path(p).resolve()): manifest_digest(p) for p in pairs_paths},
+            "distractors": [str(Path(d).resolve()) for d in distractors],
+            "n_queries": len(data.queries),
+            "n_references": len(data.references),
         },
-    )
+        "objective": "top1 + mAP (micro-AP breaks ties), grid step %g" % step,
+        "cross_validated": report.cross_validated,
+        "fold_weights": report.fold_weights,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["id2-plugin fit-fusion", *sys.argv[2:]]),
+    }
+    fit = FusionFit(report.weights, provenance)
     path = fit.save(out_path)
     if as_json:
         echo_json(dict(report.to_dict(), out=str(path), skipped=data.skipped))
@@ -120,6 +111,17 @@ def fit_fusion_command(
             click.echo(f"  held-out ({n_folds} grouped folds) {name:6s} {scores}")
         click.echo(f"use it with: id2-plugin --set embedder.fusion={path} ...")
     sys.exit(outcome_code(unreadable=data.skipped))
+
+
+def _photo_folds(
+    descs: dict[str, tuple[np.ndarray, np.ndarray]], positives: np.ndarray, n_folds: int, seed: int
+) -> np.ndarray:
+    """Grouped folds of the queries: origins alike under SSCD (or the first signal) are one photo, never split."""
+    origin_col = positives.argmax(axis=1)
+    refs = descs["sscd"][1] if "sscd" in descs else next(iter(descs.values()))[1]
+    used = sorted(set(origin_col.tolist()))
+    group_of = dict(zip(used, origin_groups(refs[used], SAME_PHOTO_SSCD).tolist()))
+    return grouped_folds([group_of[c] for c in origin_col], n_folds, seed=seed)
 
 
 @hookimpl

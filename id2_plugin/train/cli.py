@@ -343,11 +343,9 @@ def train(
         return
     if len(pairs) != 1:
         raise ConfigError("the paper recipe trains on exactly one PAIRS manifest")
-    pairs_path = pairs[0]
-    pool = pool or 2
     tcfg = TrainConfig(
         out_dim=out_dim,
-        pool=pool,
+        pool=pool or 2,
         epochs=epochs,
         ids_per_batch=ids_per_batch,
         k=k_members,
@@ -364,7 +362,7 @@ def train(
         device=cfg.embedder.device,
     )
     result = train_projection(
-        pairs_path,
+        pairs[0],
         out,
         encoder=encoder,
         config=tcfg,

@@ -94,6 +94,38 @@ def scan_video(
                     summariser.add(hit)
     except VideoError as exc:
         error = exc
+    return _video_report(
+        path,
+        reader,
+        hits,
+        summariser,
+        embedded,
+        error,
+        mode=mode,
+        fps=fps,
+        k=k,
+        threshold=threshold,
+        identity=embedder.identity,
+        elapsed_s=time.perf_counter() - t0,
+    )
+
+
+def _video_report(
+    path: str | os.PathLike,
+    reader: FrameReader,
+    hits: list[FrameHit],
+    summariser: _Summariser,
+    embedded: int,
+    error: VideoError | None,
+    *,
+    mode: SampleMode,
+    fps: float | None,
+    k: int,
+    threshold: float,
+    identity: str,
+    elapsed_s: float,
+) -> VideoReport:
+    """The report of one scan: its hits and summary, the settings and what the reader saw."""
     st = reader.stats
     return VideoReport(
         path=os.fspath(path),
@@ -103,7 +135,7 @@ def scan_video(
         sample_fps=fps,
         k=k,
         threshold=threshold,
-        embedder=embedder.identity,
+        embedder=identity,
         frames_decoded=st.frames_decoded,
         frames_sampled=st.frames_sampled,
         frames_embedded=embedded,
@@ -115,7 +147,7 @@ def scan_video(
         frame_rate=st.frame_rate,
         error=str(error) if error else None,
         error_kind=error.kind if error else None,
-        elapsed_s=time.perf_counter() - t0,
+        elapsed_s=elapsed_s,
     )
 
 
