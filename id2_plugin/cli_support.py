@@ -131,6 +131,19 @@ def report_problems(lines: Any) -> None:
         click.echo(printable(line), err=True)
 
 
+def report_ingest(result: Any, problems: list[str]) -> None:
+    """Print an ``index add``'s outcome (each skipped file on stderr, then the counts) and exit with its code:
+    4 when some input could not be read (``problems``: paths that could not be expanded)."""
+    for what, why in result.failures:
+        click.echo(printable(f"skipped {what}: {why}"), err=True)
+    failed = len(result.failures) + len(problems)
+    click.echo(
+        f"added {len(result.added)}, duplicates skipped {len(result.duplicates)}, failed {failed}; "
+        f"store now holds {result.store_count} references"
+    )
+    sys.exit(outcome_code(unreadable=failed))
+
+
 def echo_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=None, default=str))
 
@@ -236,6 +249,18 @@ def distractors_option(help: str) -> Callable[[Callable[..., Any]], Callable[...
         multiple=True,
         type=click.Path(exists=True),
         help=f"{help} (folders recurse; repeatable).",
+    )
+
+
+def per_query_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--per-query FILE`` as ``per_query_path``: one record per ``what`` (.csv, else JSON Lines)."""
+    return click.option(
+        "--per-query",
+        "per_query_path",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help=f"Write one record per {what} to FILE (.csv, else JSON Lines): origin, its rank and score, the best "
+        "wrong reference and its score (PDQ/pHash also in Hamming bits).",
     )
 
 

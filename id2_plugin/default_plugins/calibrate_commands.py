@@ -18,6 +18,7 @@ from ..cli_support import (
     negatives_option,
     outcome_code,
     pairs_option,
+    per_query_option,
     report_problems,
 )
 from ..hookspecs import hookimpl
@@ -58,14 +59,7 @@ from ..hookspecs import hookimpl
     help="Calibrate the configured embedder, or a PDQ / pHash threshold for another "
     "system (HMA): reported as a Hamming distance too, match.threshold left unset.",
 )
-@click.option(
-    "--per-query",
-    "per_query_path",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Write one record per query and negative to FILE (.csv, else JSON Lines): origin, rank, "
-    "score, the best wrong reference and its score.",
-)
+@per_query_option("query and negative")
 @cache_option
 @config_option_flags
 @click.pass_context

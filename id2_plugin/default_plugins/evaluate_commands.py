@@ -17,6 +17,7 @@ from ..cli_support import (
     negatives_option,
     outcome_code,
     pairs_option,
+    per_query_option,
     report_problems,
 )
 from ..decision_metrics import DecisionMetrics, format_decisions
@@ -74,14 +75,7 @@ def format_group_table(table: dict[str, dict[str, Any]]) -> str:
     help="Evaluate only these methods (repeatable; default: all available).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object.")
-@click.option(
-    "--per-query",
-    "per_query_path",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Write one record per query and method to FILE (.csv, else JSON Lines): origin, its rank "
-    "and score, the best wrong reference and its score (PDQ/pHash also in Hamming bits).",
-)
+@per_query_option("query and method")
 @cache_option
 @config_option_flags
 @click.pass_context

@@ -24,8 +24,7 @@ from ..cli_support import (
     expand_inputs,
     handle_errors,
     index_group,
-    outcome_code,
-    printable,
+    report_ingest,
 )
 from ..hookspecs import hookimpl
 from ..pipeline import Pipeline, remove_references
@@ -63,14 +62,7 @@ def index_add(
     with Pipeline.from_config(cfg, create_store=True) as pipeline:
         # Commits every commit_every references, so an interrupted run keeps what it embedded.
         res = pipeline.add_files(files, labels=labels, commit_every=commit_every, progress=True)
-    for what, why in res.failures:
-        click.echo(printable(f"skipped {what}: {why}"), err=True)
-    failed = len(res.failures) + len(problems)
-    click.echo(
-        f"added {len(res.added)}, duplicates skipped {len(res.duplicates)}, failed {failed}; "
-        f"store now holds {res.store_count} references"
-    )
-    sys.exit(outcome_code(unreadable=failed))
+    report_ingest(res, problems)
 
 
 @click.command("info")

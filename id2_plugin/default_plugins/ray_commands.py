@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
 from typing import Any
 
 import click
@@ -15,9 +14,8 @@ from ..cli_support import (
     expand_inputs,
     handle_errors,
     index_group,
-    outcome_code,
-    printable,
     ray_option_flags,
+    report_ingest,
 )
 from ..hookspecs import hookimpl
 from ..pipeline import Pipeline, RayExecutor
@@ -66,14 +64,7 @@ def index_add_ray(
         res = pipeline.add_files(
             files, labels=labels, commit_every=commit_every, progress=not no_progress, executor=executor
         )
-    for what, why in res.failures:
-        click.echo(printable(f"skipped {what}: {why}"), err=True)
-    failed = len(res.failures) + len(problems)
-    click.echo(
-        f"added {len(res.added)}, duplicates skipped {len(res.duplicates)}, failed {failed}; "
-        f"store now holds {res.store_count} references"
-    )
-    sys.exit(outcome_code(unreadable=failed))
+    report_ingest(res, problems)
 
 
 @hookimpl
