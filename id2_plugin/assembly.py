@@ -281,8 +281,9 @@ def resolve_threshold(
 
 
 def cosine_threshold(match: MatchConfig, embedder: ImageEmbedder) -> float:
-    """The threshold on the store's (fused) cosine for the paths that decide on one distance: video keyframes,
-    ``explain`` of a pair, the ThreatExchange / OpenMediaMatch and perception hosts. A number given with
+    """The threshold on the store's (fused) cosine for the paths that decide on one distance: ``explain`` of a
+    pair without a store, the ThreatExchange / OpenMediaMatch (photo and keyframe signals) and perception
+    hosts. A number given with
     ``match.decision: cosine`` (or with no calibration for the embedder) is taken as is; otherwise the cosine
     threshold of the calibration that holds for ``embedder``."""
     calibrated = calibrated_model(match.decision, embedder)
