@@ -55,6 +55,46 @@ def _watermark(im: Image.Image) -> Image.Image:
     return im
 
 
+def _folder_of(photos: list[Path], photos_dir: Path) -> Path:
+    """A folder holding exactly ``photos``: the shared folder itself, or links to a subset of it."""
+    if len(photos) == len(list(photos_dir.glob("*.jpg"))):
+        return photos_dir
+    folder = Path("demo-out/photos")
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for p in photos:
+        (folder / p.name).symlink_to(p.resolve())
+    return folder
+
+
+def _print_answers(stdout: str, truth: dict[str, str]) -> dict[str, int]:
+    """One line per ``query --json`` answer with its verdict (what a moderator acts on: the MATCH decision),
+    and the counts: edits, ranked first, MATCH with the right origin, wrong origin, unrelated, false MATCH."""
+    counts = {"edits": 0, "ranked": 0, "matched": 0, "wrong": 0, "unrelated": 0, "false": 0}
+    for line in stdout.splitlines():
+        report = json.loads(line)
+        name = Path(report["query"]).name
+        best = report.get("best") or {}
+        decided = report.get("decision") == "match"
+        if name not in truth:
+            counts["unrelated"] += 1
+            counts["false"] += decided
+            verdict = "FALSE MATCH" if decided else "ok (no match)"
+        else:
+            first = best.get("uri") == truth[name]
+            counts["edits"] += 1
+            counts["ranked"] += first
+            counts["matched"] += decided and first
+            counts["wrong"] += decided and not first
+            verdict = "MATCH" if decided and first else ("WRONG ORIGIN" if decided else "missed (no match)")
+        evidence = " ".join(f"{k}={v:.2f}" for k, v in (best.get("signals") or {}).items())
+        print(
+            f"  {verdict:17s} {name[:44]:44s} -> {Path(best.get('uri', '?')).name[:36]:36s} "
+            f"score={best.get('score', float('nan')):.3f} {evidence}"
+        )
+    return counts
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--store", default="demo-store", help="Reference store folder (created).")
@@ -75,13 +115,7 @@ def main() -> int:
     photos = sorted(photos_dir.glob("*.jpg"))
     if args.limit:
         photos = photos[: args.limit]
-        to_index = Path("demo-out/photos")
-        shutil.rmtree(to_index, ignore_errors=True)
-        to_index.mkdir(parents=True)
-        for p in photos:
-            (to_index / p.name).symlink_to(p.resolve())
-    else:
-        to_index = photos_dir
+    to_index = _folder_of(photos, photos_dir)
     show = cli("config", "show")
     print(next((line for line in show.stdout.splitlines() if line.startswith("# active embedder")), ""))
     print(
@@ -115,28 +149,7 @@ def main() -> int:
         str(edits_dir / "edited"),
         *map(str, unrelated),
     )
-    counts = {"edits": 0, "ranked": 0, "matched": 0, "wrong": 0, "unrelated": 0, "false": 0}
-    for line in res.stdout.splitlines():
-        report = json.loads(line)
-        name = Path(report["query"]).name
-        best = report.get("best") or {}
-        decided = report.get("decision") == "match"
-        if name not in truth:
-            counts["unrelated"] += 1
-            counts["false"] += decided
-            verdict = "FALSE MATCH" if decided else "ok (no match)"
-        else:
-            first = best.get("uri") == truth[name]
-            counts["edits"] += 1
-            counts["ranked"] += first
-            counts["matched"] += decided and first
-            counts["wrong"] += decided and not first
-            verdict = "MATCH" if decided and first else ("WRONG ORIGIN" if decided else "missed (no match)")
-        evidence = " ".join(f"{k}={v:.2f}" for k, v in (best.get("signals") or {}).items())
-        print(
-            f"  {verdict:17s} {name[:44]:44s} -> {Path(best.get('uri', '?')).name[:36]:36s} "
-            f"score={best.get('score', float('nan')):.3f} {evidence}"
-        )
+    counts = _print_answers(res.stdout, truth)
     print(
         f"\nreported MATCH with the right origin: {counts['matched']}/{counts['edits']} "
         f"(origin ranked first: {counts['ranked']}/{counts['edits']}; wrong origin: {counts['wrong']}); "
