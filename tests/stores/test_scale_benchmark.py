@@ -102,12 +102,14 @@ def test_an_index_type_of_no_chosen_backend_is_refused(tmp_path: Path) -> None:
 def test_the_qdrant_hnsw_ef_sweep_runs_and_stops_at_the_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The server path's tuning code, run in local mode (exact search, so the first hnsw_ef reaches 1.0)."""
     import argparse
-    import importlib.util
+    import importlib
 
-    spec = importlib.util.spec_from_file_location("scale_bench", SCALE)
-    scale = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "scale_bench", scale)  # dataclasses resolve the module by name
-    spec.loader.exec_module(scale)
+    monkeypatch.syspath_prepend(str(SCALE.parent))
+    backends = importlib.import_module("_scale_backends")
+    data = importlib.import_module("_scale_data")
+    from id2_plugin.stores.qdrant_store import QdrantStore
+    from id2_plugin.types import ReferenceRecord
+
     args = argparse.Namespace(
         qdrant_url=None,
         tune_queries=40,
@@ -117,11 +119,11 @@ def test_the_qdrant_hnsw_ef_sweep_runs_and_stops_at_the_target(tmp_path: Path, m
         hnsw_M=16,
         hnsw_ef_construction=64,
     )
-    refs = scale.References(None, scale.Synth.fit(None, 32, 8, 0), 1500, chunk=500)
-    backend = scale.QdrantBackend(args, tmp_path)
-    store = scale.QdrantStore(
+    refs = data.References(None, data.Synth.fit(None, 32, 8, 0), 1500, chunk=500)
+    backend = backends.QdrantBackend(args, tmp_path)
+    store = QdrantStore(
         backend.location("hnsw"),
-        scale.IDENTITY,
+        backends.IDENTITY,
         32,
         index="hnsw",
         create=True,
@@ -129,7 +131,7 @@ def test_the_qdrant_hnsw_ef_sweep_runs_and_stops_at_the_target(tmp_path: Path, m
         collection=backend.collection("hnsw"),
     )
     for start, x in refs.chunks():
-        store.add(x, [scale.ReferenceRecord(sha256=f"{start + i:064x}", uri=f"ref:{start + i}") for i in range(len(x))])
+        store.add(x, [ReferenceRecord(sha256=f"{start + i:064x}", uri=f"ref:{start + i}") for i in range(len(x))])
     store.close()
     tuned = backend.tune(None, "hnsw", refs)
     assert tuned["param"] == "hnsw_ef=16" and tuned["search_options"] == {"hnsw_ef": 16}
