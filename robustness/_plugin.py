@@ -139,12 +139,7 @@ def robustness_command(
     """
     if (pairs is None) == (photos is None):
         raise ConfigError("give exactly one of --pairs MANIFEST or --photos DIR")
-    factories = attack_factories()
-    try:
-        suite = [parse_attack_spec(s, factories) for s in attack_specs] if attack_specs else default_suite()
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    suite = [SuiteEntry(e.family, subsample_levels(e.levels, n_levels)) for e in suite]
+    suite = _attack_suite(attack_specs, n_levels)
     names = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
 
     cfg = config_from_flags(ctx, **flags)
@@ -182,6 +177,16 @@ def robustness_command(
     for kind, p in paths.items():
         click.echo(f"wrote {kind}: {p}")
     sys.exit(EXIT_UNREADABLE if problems else EXIT_OK)
+
+
+def _attack_suite(attack_specs: tuple[str, ...], n_levels: int) -> list[SuiteEntry]:
+    """The attacks named by ``--attack`` (default: the standard suite), each with ``n_levels`` of its levels."""
+    factories = attack_factories()
+    try:
+        suite = [parse_attack_spec(s, factories) for s in attack_specs] if attack_specs else default_suite()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return [SuiteEntry(e.family, subsample_levels(e.levels, n_levels)) for e in suite]
 
 
 def _dataset(
