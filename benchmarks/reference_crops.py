@@ -413,7 +413,7 @@ def decide(p: Problem, features: tuple[np.ndarray, np.ndarray], seed: int) -> di
         final.score[edit & final.correct], final.score[neg], target_fpr=TARGET_FPR, confidence=CONFIDENCE
     ).threshold
     match = final.correct & (final.score >= thr)
-    out: dict[str, object] = {"threshold": float(thr), "match": match}
+    out: dict[str, object] = {"threshold": float(thr), "match": match, "correct": final.correct}
     for s in SETS:
         sel = p.sets == s
         out[s] = (float(final.correct[sel].mean()), float(match[sel].mean()))
