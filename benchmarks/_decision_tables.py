@@ -89,6 +89,16 @@ def family_table(runs: dict[str, list[dict]], families: np.ndarray, labels: dict
     return lines
 
 
+def report_header(title: str, started: float) -> list[str]:
+    """A report's first lines: its title, the command that made it (this script and its arguments) and the
+    machine it ran on, with the wall time since ``started``."""
+    import sys
+    import time
+
+    command = f"PYTHONPATH=. python benchmarks/{Path(sys.argv[0]).name} " + " ".join(sys.argv[1:])
+    return [f"# {title}", "", f"Command: `{command}`  ", machine_line(time.time() - started)]
+
+
 def machine_line(wall: float) -> str:
     import os
     import platform

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _decision_tables import family_table, machine_line, query_families, seed_table, write_report  # noqa: E402
+from _decision_tables import family_table, query_families, report_header, seed_table, write_report  # noqa: E402
 from reference_crops import (  # noqa: E402
     SEEDS,
     TOP,
@@ -87,12 +87,11 @@ def main() -> int:
     }
     runs = {name: [decide(p, feature_rows(p, VARIANTS[0]), seed) for seed in SEEDS] for name, p in problems.items()}
     labels = {name: f"({chr(97 + i)})" for i, name in enumerate(runs)}
-    command = "PYTHONPATH=. python benchmarks/candidate_source.py " + " ".join(sys.argv[1:])
     lines = [
-        "# Candidates or background: what id2 alone changes for the re-posed edits",
-        "",
-        f"Command: `{command}`  ",
-        machine_line(time.time() - t0),
+        *report_header(
+            "Candidates or background: what id2 alone changes for the re-posed edits",
+            t0,
+        ),
         "",
         "Rows: " + "; ".join(f"{labels[n]} {n}" for n in runs) + ".",
         "",

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _decision_tables import family_table, machine_line, query_families, seed_table, write_report  # noqa: E402
+from _decision_tables import family_table, query_families, report_header, seed_table, write_report  # noqa: E402
 from reference_crops import (  # noqa: E402
     FOLDS,
     SEEDS,
@@ -247,12 +247,11 @@ def main() -> int:
             "id2 alone 1.00 / 0.00": {"id2": 1.0, "sscd": 0.0},
         },
     )
-    command = "PYTHONPATH=. python benchmarks/fusion_refit.py " + " ".join(sys.argv[1:])
     lines = [
-        f"# Fusion weights refitted on all {len(im.queries)} real pairs",
-        "",
-        f"Command: `{command}`  ",
-        machine_line(time.time() - t0),
+        *report_header(
+            f"Fusion weights refitted on all {len(im.queries)} real pairs",
+            t0,
+        ),
         "",
         provenance,
         "",

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _decision_tables import family_table, machine_line, query_families, seed_table, write_report  # noqa: E402
+from _decision_tables import family_table, query_families, report_header, seed_table, write_report  # noqa: E402
 from reference_crops import (  # noqa: E402
     SEEDS,
     TOP,
@@ -281,13 +281,12 @@ def main() -> int:
         runs[row.name] = [decide(p, features, seed) for seed in SEEDS]
     labels = {n: n[:3] for n in runs}
     cost = measure_cost(emb, maps, c, [im.paths[i] for i in im.queries])
-    command = "PYTHONPATH=. python benchmarks/late_interaction.py " + " ".join(sys.argv[1:])
     lines = [
-        f"# Late interaction over SSCD's feature map ({len(im.queries)} edits, {int(p.negative.sum())} negatives, "
-        f"{len(im.references)} references)",
-        "",
-        f"Command: `{command}`  ",
-        machine_line(time.time() - t0),
+        *report_header(
+            f"Late interaction over SSCD's feature map ({len(im.queries)} edits, {int(p.negative.sum())} negatives, "
+            f"{len(im.references)} references)",
+            t0,
+        ),
         "",
         f"Feature map: `{FEATURE_MAP}`, {c.projected.shape[1]} cells of 2048 for the {maps.size} px input. {check}",
         "",
