@@ -19,7 +19,7 @@ from .calibration_files import calibration_config, save_histogram, select_negati
 from .calibration_scores import score_calibration_set, store_best_matches
 from .config import Config
 from .errors import ConfigError
-from .eval_sets import EvalSet, load_images, load_pairs_for_eval, prepare_eval_set, scan_folders
+from .eval_sets import EvalSet, load_images, load_pairs_for_eval, manifest_list, prepare_eval_set, scan_folders
 from .evaluate import DecisionMethod, EmbedderMethod, PDQMethod, PHashMethod, embed_images
 from .per_query import max_distance_bits, method_bits, negative_records, query_records, write_records
 from .pipeline import Pipeline, embedder_from_config
@@ -237,7 +237,7 @@ def _calibration_doc(
     n_bits: int | None,
 ) -> dict[str, Any]:
     """The config a calibration writes: ``match.threshold`` with the provenance of the data it was chosen on."""
-    manifests = [pairs] if isinstance(pairs, (str, os.PathLike)) else list(pairs)
+    manifests = manifest_list(pairs)
     data = (
         f"pairs={', '.join(str(Path(p).resolve()) for p in manifests)}; "
         f"negatives={', '.join(str(Path(d).resolve()) for d in negatives)}; references={references}"

@@ -31,6 +31,11 @@ class EvalSet:
     skipped: list[str]
 
 
+def manifest_list(manifest: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str | os.PathLike]:
+    """One pairs manifest or several, as a list (several are pooled by the functions that take them)."""
+    return [manifest] if isinstance(manifest, (str, os.PathLike)) else list(manifest)
+
+
 def load_pairs_for_eval(
     manifest: str | os.PathLike | Sequence[str | os.PathLike],
     distractors: Sequence[str | os.PathLike] = (),
@@ -49,7 +54,7 @@ def load_pairs_for_eval(
     """
     from .pairs import load_pairs
 
-    manifests = [manifest] if isinstance(manifest, (str, os.PathLike)) else list(manifest)
+    manifests = manifest_list(manifest)
     pairs = [p for m in manifests for p in load_pairs(m)]
     queries: list[Path] = []
     q_index: dict[Path, int] = {}
@@ -108,7 +113,7 @@ def query_labels(
     from .pairs import load_pairs
 
     found: dict[Path, str | None] = {}
-    manifests = [manifest] if isinstance(manifest, (str, os.PathLike)) else list(manifest)
+    manifests = manifest_list(manifest)
     for pair in (p for m in manifests for p in load_pairs(m)):
         value = getattr(pair, key, None) if key in ("source", "model", "prompt") else pair.extra.get(key)
         found.setdefault(pair.query, None if value is None else str(value))
