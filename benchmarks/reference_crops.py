@@ -43,7 +43,7 @@ from _real_edits import SHARED, cached  # noqa: E402
 from id2_plugin.assembly import build_embedder  # noqa: E402
 from id2_plugin.calibrate import calibrate_threshold  # noqa: E402
 from id2_plugin.config import load_config  # noqa: E402
-from id2_plugin.decision import DEFAULT_FEATURES, feature_matrix, fit_logistic, sigmoid  # noqa: E402
+from id2_plugin.decision import DEFAULT_FEATURES, FUSED, feature_matrix, fit_logistic, sigmoid  # noqa: E402
 from id2_plugin.decision_fit import (
     CandidateSet,
     QueryDecisions,
@@ -204,20 +204,22 @@ def _vectors(cache: Path | None, name: str, paths: list[str], compute) -> np.nda
     return cached(cache, name, paths, compute) if cache else compute(paths).astype(np.float32)
 
 
-def embed_everything(im: Images, emb: Embeddings, cache: Path | None) -> dict[str, np.ndarray]:
-    """Whole vectors of every image, windows of every query-like image, crops of every reference."""
+def embed_everything(im: Images, emb: Embeddings, cache: Path | None, crops: bool = True) -> dict[str, np.ndarray]:
+    """Whole vectors of every image, windows of every query-like image, and (``crops``: most of the cold
+    cache's time) crops of every reference."""
     asking = np.concatenate([im.queries, im.negatives])
     whole = _vectors(cache, "whole_id2_sscd", im.paths, emb.whole)
     d = emb.id2.dim
-    crops = _vectors(cache, "reference_crops", [im.paths[i] for i in im.references], emb.crops)
-    placebo = np.random.default_rng(0).standard_normal(crops.shape, np.float32)
-    return dict(
+    v = dict(
         id2=whole[:, :d],
         sscd=whole[:, d:],
         windows=_vectors(cache, "query_windows", [im.paths[i] for i in asking], emb.windows),
-        crops=crops,
-        placebo=placebo / np.linalg.norm(placebo, axis=-1, keepdims=True),
     )
+    if crops:
+        v["crops"] = _vectors(cache, "reference_crops", [im.paths[i] for i in im.references], emb.crops)
+        placebo = np.random.default_rng(0).standard_normal(v["crops"].shape, np.float32)
+        v["placebo"] = placebo / np.linalg.norm(placebo, axis=-1, keepdims=True)
+    return v
 
 
 def measure_cost(im: Images, emb: Embeddings, n: int = 24) -> dict[str, float]:
@@ -307,7 +309,7 @@ def build_problem(im: Images, v: dict[str, np.ndarray], weights: dict[str, float
     where = {r: j for j, r in enumerate(refs)}
     for i, answers in enumerate(im.answers):
         pos[i, [where[a] for a in answers]] = True
-    cands = candidate_set(sims, weights, pos, window, TOP)
+    cands = candidate_set(sims, weights, pos, window, ((FUSED, TOP),))
     fused = sum(weights[n] * sims[n] for n in sims)
     groups = [*(f"e{where[g]}" for g in _origin_groups(im, v["sscd"])), *im.negative_group]
     _, gid = np.unique(np.array(groups), return_inverse=True)

@@ -3,10 +3,12 @@
 Retrieval ranks references by the fused cosine, a weighted mean of the signals' cosines (one vector, one
 index, fast). As a *decision* that mean dilutes evidence: when id2 says 0.8 and SSCD 0.2 for an SDEdit-style
 re-generation the mean halves it, and a portrait of another person can out-score a hard edit. The decision
-model re-scores the store's top candidates from each signal's own cosine and, when the query windows were
-searched, the best window cosine, with a logistic model fitted by grouped cross-validation on real edits
-AND unrelated photos (``id2-plugin fit-decision``). Its output is the probability that the pair is an
-(edited) copy at the fitting set's class balance: one scale for every signal mix, so one threshold holds.
+model re-scores each query's store candidates (the top references of the rankings its file names: the
+fused cosine, or one signal's alone, the store queried on that signal's slice) from each signal's own cosine
+and, when the query windows were searched, the best window cosine, with a logistic model fitted by grouped
+cross-validation on real edits AND unrelated photos (``id2-plugin fit-decision``). Its output is the
+probability that the pair is an (edited) copy at the fitting set's class balance: one scale for every signal
+mix, so one threshold holds.
 
 The operating point ships with the model: the threshold chosen for a stated false-match rate per unrelated
 query (one-sided Clopper-Pearson bound at the calibration store's size), the rate per (query, reference)
@@ -30,11 +32,20 @@ import numpy as np
 from ._jsonfile import read_json_object, write_json_atomic
 from .errors import ConfigError
 
-#: store candidates the decision model re-scores per query; their median cosine is the query's background
+#: store candidates of a query's first ranking; their median cosine is the query's background
 CANDIDATES = 20
 
 #: the signal whose query windows are searched in the second look (a copy detector trained on crops)
 WINDOW_SIGNAL = "sscd"
+
+#: the ranking by the store's own (fused) cosine; any other ranking is one signal's cosine alone
+FUSED = "fused"
+
+#: where the decision takes each query's candidates (``fit-decision``'s default): the top 20 by id2 alone, whose
+#: median cosines are the background, and the store's best by the fused cosine. id2's candidates carry the
+#: re-posed and re-staged edits and keep unrelated queries' best scores lower; the fused best keeps copies
+#: and crops, which SSCD finds and id2 may not (grouped cross-validation: docs/results.md)
+DEFAULT_RANKINGS: tuple[tuple[str, int], ...] = (("id2", CANDIDATES), (FUSED, 1))
 
 
 @dataclass(frozen=True)
@@ -89,10 +100,41 @@ FEATURES: dict[str, Callable[[Evidence], np.ndarray]] = {
 }
 
 
-def top_candidates(fused: np.ndarray, n: int = CANDIDATES) -> np.ndarray:
-    """``Q x n`` column indices of each query's top ``n`` references by the fused cosine (``Q x R``), in
-    the store's order (ties: the lower index first)."""
-    return np.argsort(-fused, axis=1, kind="stable")[:, :n]
+def check_rankings(rankings: Sequence[tuple[str, int]], signals: Sequence[str]) -> None:
+    """Raise :class:`ConfigError` unless every ranking is the fused cosine or one of ``signals``."""
+    unknown = [r for r, _ in rankings if r != FUSED and r not in signals]
+    if unknown:
+        raise ConfigError(
+            f"candidates ranked by {', '.join(map(repr, unknown))}, which the embedder does not have "
+            f"(rankings: {FUSED!r} or a signal: {', '.join(signals)})"
+        )
+
+
+def parse_rankings(specs: Sequence[str]) -> tuple[tuple[str, int], ...]:
+    """``RANKING:N`` strings (``id2:20``, ``fused:1``) as (ranking, n) pairs, in order."""
+    out = []
+    for spec in specs:
+        name, _, n = spec.rpartition(":")
+        if not name or not n.isdigit() or int(n) < 1:
+            raise ConfigError(f"candidates {spec!r}: expected RANKING:N with N >= 1 (e.g. id2:20 or fused:1)")
+        out.append((name, int(n)))
+    return tuple(out)
+
+
+def ranking_scores(sims: Mapping[str, np.ndarray], weights: Mapping[str, float], ranking: str) -> np.ndarray:
+    """The ``Q x R`` scores a store ranking orders references by: the fused cosine (``weights``) for
+    :data:`~id2_plugin.decision.FUSED`, else that signal's own cosine."""
+    if ranking == FUSED:
+        return sum(weights[name] * sims[name] for name in weights)
+    if ranking not in sims:
+        raise ConfigError(f"no signal {ranking!r} to rank candidates by (signals: {', '.join(sims)})")
+    return np.asarray(sims[ranking])
+
+
+def top_candidates(scores: np.ndarray, n: int = CANDIDATES) -> np.ndarray:
+    """``Q x n`` column indices of each query's top ``n`` references by a ranking's ``scores`` (``Q x R``),
+    in the store's order (ties: the lower index first)."""
+    return np.argsort(-scores, axis=1, kind="stable")[:, :n]
 
 
 def candidate_background(cosines: Mapping[str, np.ndarray], top: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -194,6 +236,9 @@ class DecisionModel:
     embedder: str
     operating_point: OperatingPoint | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
+    #: the store rankings each query's candidates come from, in order, as (ranking, how many): ``fused`` (the
+    #: store's cosine) or a signal's name (its cosine alone); the first ranking's candidates are the background
+    candidates: tuple[tuple[str, int], ...] = DEFAULT_RANKINGS
     source: str | None = None
 
     def __post_init__(self) -> None:
@@ -204,6 +249,12 @@ class DecisionModel:
         unknown = [n for n in self.features if n not in FEATURES]
         if unknown:
             raise ConfigError(f"decision model {self.source or ''}: unknown feature(s) {', '.join(unknown)}")
+        names = [r for r, _ in self.candidates]
+        if not self.candidates or len(set(names)) < len(names) or any(n < 1 for _, n in self.candidates):
+            raise ConfigError(
+                f"decision model {self.source or ''}: candidates must name each ranking once with at least one "
+                f"candidate, got {list(self.candidates)}"
+            )
 
     def score(self, evidence: Evidence) -> np.ndarray:
         """The decision score in [0, 1] of each pair (the evidence's shape: a vector or a matrix of pairs)."""
@@ -217,6 +268,11 @@ class DecisionModel:
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any], source: str | None = None) -> DecisionModel:
+        if "candidates" not in doc:
+            raise ConfigError(
+                f"decision model {source or ''} does not say where its candidates come from (a file of an earlier "
+                "release): fit it again with `id2-plugin fit-decision`"
+            )
         try:
             op = doc.get("operating_point")
             return cls(
@@ -225,6 +281,7 @@ class DecisionModel:
                 intercept=float(doc["intercept"]),
                 embedder=str(doc["embedder"]),
                 operating_point=OperatingPoint(**op) if op else None,
+                candidates=tuple((str(r), int(n)) for r, n in doc["candidates"]),
                 provenance=dict(doc.get("provenance") or {}),
                 source=source,
             )

@@ -15,7 +15,7 @@ import numpy as np
 from .calibrate import calibrate_threshold
 from .calibration_files import select_negatives
 from .config import Config
-from .decision import DecisionModel
+from .decision import DEFAULT_RANKINGS, DecisionModel, check_rankings
 from .decision_fit import (
     DecisionFit,
     QueryDecisions,
@@ -93,6 +93,7 @@ def load_decision_data(
     *,
     holdout_every: int = 0,
     windows: bool = True,
+    rankings: Sequence[tuple[str, int]] = DEFAULT_RANKINGS,
 ) -> DecisionData:
     """Embed everything once with the configured embedder; the windows of every query when ``windows``.
 
@@ -111,6 +112,7 @@ def load_decision_data(
             f"a decision model combines signals: the embedder {embedder.identity} has only one "
             "(use embedder.name: fused)"
         )
+    check_rankings(rankings, list(embedder.signals))
     query_paths, ref_paths, positives = load_pairs_for_eval(list(pairs), distractor_files)
     neg_paths, _, _ = select_negatives(negative_files, [*query_paths, *ref_paths])
     data = prepare_eval_set(query_paths, ref_paths, positives, embedder.normalise)
@@ -208,14 +210,15 @@ def fit_decision_files(
     seed: int = 0,
     holdout_every: int = 0,
     l2: float = 1e-3,
+    rankings: Sequence[tuple[str, int]] = DEFAULT_RANKINGS,
 ) -> tuple[DecisionFit, dict[str, Any]]:
     """Fit, cross-validate and calibrate a decision model for the configured embedder (see ``fit-decision``)."""
     from .train.crossval import grouped_folds
 
-    d = load_decision_data(cfg, pairs, negative_files, distractor_files, holdout_every=holdout_every)
+    d = load_decision_data(cfg, pairs, negative_files, distractor_files, holdout_every=holdout_every, rankings=rankings)
     _, group_ids = np.unique(np.array(d.groups), return_inverse=True)
     folds = grouped_folds(group_ids.tolist(), n_folds, seed=seed)
-    cands = candidate_set(d.scores.sims, d.scores.weights, d.positives, d.scores.window)
+    cands = candidate_set(d.scores.sims, d.scores.weights, d.positives, d.scores.window, rankings)
     with_rows, whole_rows = cross_validated_scores(cands, features, folds, l2=l2)
     n = len(d.positives)
     with_w, whole = best_per_query(cands, with_rows, n), best_per_query(cands, whole_rows, n)
@@ -245,13 +248,14 @@ def fit_decision_files(
         d.embedder,
         op,
         {
-            "fit": f"logistic regression, L2 {l2:g}, classes balanced; top {cands.query.size} candidate rows",
+            "fit": f"logistic regression, L2 {l2:g}, classes balanced; {cands.query.size} candidate rows",
             "folds": n_folds,
             "seed": seed,
             "n_edits": int(edit.sum()),
             "n_negatives": int(d.negative.sum()),
             "cross_validated": report,
         },
+        tuple(rankings),
     )
     report["skipped"] = d.skipped
     report["operating_point"] = dataclasses.asdict(op)

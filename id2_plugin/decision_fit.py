@@ -1,8 +1,9 @@
 """Fitting a decision model and its operating point on real edits and unrelated queries.
 
 Pure functions on similarity matrices, in the shape the identify path sees: each query (an edit, or an
-unrelated photo with no origin among the references) keeps the store's top candidates by the fused cosine
-(and, with windows, those of its windows); every (query, candidate) pair is a training row, positive when
+unrelated photo with no origin among the references) keeps the store's top candidates of each ranking (the
+fused cosine, or one signal's alone; with windows, also what its windows find); every (query, candidate) pair
+is a training row, positive when
 the candidate is an origin. Grouped cross-validation (folds never split an origin photo, nor a source of
 unrelated photos) scores each query with a model fitted on the other folds; the operating point is chosen
 on those held-out scores, so the threshold is not fitted on the scores it is judged by.
@@ -20,6 +21,8 @@ import numpy as np
 from .calibrate import calibrate_threshold, clopper_pearson_upper
 from .decision import (
     CANDIDATES,
+    DEFAULT_RANKINGS,
+    FUSED,
     WINDOW_SIGNAL,
     DecisionModel,
     Evidence,
@@ -27,6 +30,7 @@ from .decision import (
     candidate_background,
     feature_matrix,
     fit_logistic,
+    ranking_scores,
     sigmoid,
     top_candidates,
 )
@@ -56,21 +60,24 @@ def candidate_set(
     weights: Mapping[str, float],
     positives: np.ndarray,
     window: np.ndarray | None = None,
-    n: int = CANDIDATES,
+    rankings: Sequence[tuple[str, int]] = DEFAULT_RANKINGS,
 ) -> CandidateSet:
-    """The top ``n`` references of each query by the fused cosine (``weights``), and with ``window`` (the best
-    window cosine of the window signal, ``Q x R``, NaN where not searched) also by the fused cosine with the
-    window's evidence; each query's origins are always rows, so every edit teaches the positive class."""
+    """Each query's candidates as the store gives them: the top ``n`` references of every ``(ranking, n)``
+    (:func:`ranking_scores`), and with ``window`` (the best window cosine of the window signal, ``Q x R``, NaN
+    where not searched) also the top ``n`` of the rankings the windows can change (the fused cosine and the
+    window signal's) with the windows' evidence. The first ranking's top ``n`` set the background. Each
+    query's origins are always rows, so every edit teaches the positive class."""
     names = list(weights)
-    fused = sum(weights[name] * sims[name] for name in names)
-    ranked = [top_candidates(fused, n)]
-    if window is not None:
-        with_window = fused + weights[WINDOW_SIGNAL] * (
-            np.fmax(sims[WINDOW_SIGNAL], np.nan_to_num(window, nan=-1.0)) - sims[WINDOW_SIGNAL]
-        )
-        ranked.append(top_candidates(with_window, n))
+    ranked = []
+    for ranking, n in rankings:
+        scores = ranking_scores(sims, weights, ranking)
+        ranked.append(top_candidates(scores, n))
+        if window is not None and ranking in (FUSED, WINDOW_SIGNAL):
+            share = weights[WINDOW_SIGNAL] if ranking == FUSED else 1.0
+            lifted = np.fmax(sims[WINDOW_SIGNAL], np.nan_to_num(window, nan=-1.0)) - sims[WINDOW_SIGNAL]
+            ranked.append(top_candidates(scores + share * lifted, n))
     q_rows, r_rows = [], []
-    for qi in range(len(fused)):
+    for qi in range(len(positives)):
         refs = dict.fromkeys(
             [*np.concatenate([r[qi] for r in ranked]).tolist(), *np.flatnonzero(positives[qi]).tolist()]
         )

@@ -15,7 +15,15 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 from ._lazy import require
-from .decision import DecisionModel, Evidence, candidate_background, top_candidates
+from .decision import (
+    FUSED,
+    WINDOW_SIGNAL,
+    DecisionModel,
+    Evidence,
+    candidate_background,
+    ranking_scores,
+    top_candidates,
+)
 from .framing import needs_second_look, query_windows
 from .metrics import DEFAULT_K, Metrics, compute_metrics
 from .signal_scores import best_window_cosine, slice_cosines
@@ -94,7 +102,9 @@ class FusedMethod(EmbedderMethod):
 class DecisionMethod(FusedMethod):
     """The fused embedder scored by a decision model (:mod:`id2_plugin.decision`): the score the identify
     path compares with ``match.threshold``, from each signal's cosine and, for queries whose windows were
-    searched, their best window cosine."""
+    searched, their best window cosine. Only the references identification would re-score (the model's
+    store rankings' candidates) keep their score; every other reference scores its decision score minus
+    one: ranked after every candidate, never a match."""
 
     def __init__(self, embedder: FusedEmbedder, part_methods: Sequence[Method], decision: DecisionModel) -> None:
         super().__init__(embedder, part_methods)
@@ -102,24 +112,42 @@ class DecisionMethod(FusedMethod):
         op = decision.operating_point
         #: below this whole-image score the windows are not searched (``match.windows: auto``)
         self.window_floor = op.window_floor if op is not None else float("-inf")
+        self.weights = {name: w for name, (_, _, w) in embedder.signals.items()}
 
-    def _evidence(self, q: np.ndarray, r: np.ndarray, window: np.ndarray | None = None) -> Evidence:
+    def _evidence(self, q: np.ndarray, r: np.ndarray, window: np.ndarray | None = None) -> tuple[Evidence, np.ndarray]:
         """The evidence of queries ``q`` against references ``r``: per-signal cosines (``Q x R``), the window
-        cosines, and each query's background from its top candidates by the fused cosine (as the store ranks)."""
+        cosines, and each query's background from its first ranking's candidates; and which references are
+        candidates (``Q x R``)."""
         cos = slice_cosines(self.embedder, np.atleast_2d(q), r)
-        fused = sum(w * cos[name] for name, (_, _, w) in self.embedder.signals.items())
-        background = candidate_background(cos, top_candidates(fused))  # type: ignore[arg-type]
-        return Evidence(
+        first, n = self.decision.candidates[0]
+        background = candidate_background(cos, top_candidates(ranking_scores(cos, self.weights, first), n))  # type: ignore[arg-type]
+        evidence = Evidence(
             cos, window, {name: np.repeat(b[:, None], r.shape[0], axis=1) for name, b in background.items()}
         )
+        return evidence, self._candidates(cos, self.decision.candidates)
+
+    def _candidates(self, cos: dict[str, np.ndarray], rankings: Sequence[tuple[str, int]]) -> np.ndarray:
+        """``Q x R``: whether each reference is among a query's top ``n`` of some ranking."""
+        shape = next(iter(cos.values())).shape
+        chosen = np.zeros(shape, bool)
+        for ranking, n in rankings:
+            np.put_along_axis(chosen, top_candidates(ranking_scores(cos, self.weights, ranking), n), True, axis=1)
+        return chosen
 
     def similarity(self, q: np.ndarray, r: np.ndarray) -> np.ndarray:
-        return self.decision.score(self._evidence(q, r)).astype(np.float32)
+        evidence, chosen = self._evidence(q, r)
+        score = self.decision.score(evidence)
+        return np.where(chosen, score, score - 1.0).astype(np.float32)
 
     def window_scores(self, query: np.ndarray, windows: np.ndarray, r: np.ndarray) -> np.ndarray:
-        """One query's scores against ``r`` with the evidence of its window vectors."""
+        """One query's scores against ``r`` with the evidence of its window vectors; the candidates grow by
+        what the windows find in the rankings they can change (the fused cosine's, the window signal's)."""
         best_window = best_window_cosine(self.embedder, windows, r)
-        return self.decision.score(self._evidence(query, r, best_window[None])).astype(np.float32)[0]
+        evidence, chosen = self._evidence(query, r, best_window[None])
+        rankings = [(k, n) for k, n in self.decision.candidates if k in (FUSED, WINDOW_SIGNAL)]
+        chosen = chosen[0] | self._candidates(slice_cosines(self.embedder, windows, r), rankings).any(axis=0)
+        score = self.decision.score(evidence)[0]
+        return np.where(chosen, score, score - 1.0).astype(np.float32)
 
 
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .decision import CANDIDATES
+from .decision import FUSED
 
 if TYPE_CHECKING:
     from .decision import DecisionModel
@@ -32,10 +32,14 @@ class IdentifyContext:
     decision: DecisionModel | None = None
 
     @property
-    def candidates(self) -> int:
-        """References fetched per query: the decision model re-ranks more than ``k`` so that the best by
-        its score is among them."""
-        return max(self.k, CANDIDATES) if self.decision is not None else self.k
+    def rankings(self) -> tuple[tuple[str, int], ...]:
+        """The store rankings each query's candidates come from, (ranking, how many) in order: the decision
+        model's (the first fetching at least ``k``, so that ``k`` matches can be shown), or the store's top
+        ``k`` by the fused cosine when the cosine decides."""
+        if self.decision is None:
+            return ((FUSED, self.k),)
+        (first, n), *rest = self.decision.candidates
+        return ((first, max(self.k, n)), *rest)
 
     @property
     def window_floor(self) -> float:

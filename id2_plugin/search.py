@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from .decision import WINDOW_SIGNAL, Evidence, candidate_background
+from .decision import FUSED, WINDOW_SIGNAL, Evidence, candidate_background, check_rankings
 from .errors import Id2Error, MediaError
 from .framing import (
     best_over_orientations,
@@ -28,6 +28,16 @@ from .types import Match, OriginReport, PairDecision
 if TYPE_CHECKING:
     from .embedders.base import ImageEmbedder
     from .stores.base import ReferenceStore
+
+
+class Candidates(NamedTuple):
+    """One query's candidates: the matches, the query vector each came from (a row per match, or one row for
+    all), and with a decision model the query's background (each signal's median cosine over the first
+    ranking's candidates), which the second look keeps."""
+
+    matches: list[Match]
+    vectors: np.ndarray
+    background: Mapping[str, float] | None = None
 
 
 def _or_error(fn: Any, media: MediaLike) -> Any:
@@ -99,8 +109,7 @@ def search_normalised(
     nv = len(variants)
     vecs = context.embedder.embed_arrays(np.stack([orient(im, r, m) for im in images for r, m in variants]))
     t2 = time.perf_counter()
-    n = context.candidates
-    found = context.store.query(vecs, k=n)
+    found = _store_candidates(context, vecs, context.rankings)
     t3 = time.perf_counter()
     share = 1e3 / len(images)  # a batch's time, shared equally by its queries
     timings = {
@@ -109,12 +118,14 @@ def search_normalised(
         "search": (t3 - t2) * share,
         "total": normalise_ms + (t3 - t1) * share,
     }
-    best = [
-        _best_of_variants(variants, found[row * nv : (row + 1) * nv], vecs[row * nv : (row + 1) * nv], n)
+    gathered = [
+        _gather(variants, [f[row * nv : (row + 1) * nv] for f in found], vecs[row * nv : (row + 1) * nv], context)
         for row in range(len(images))
     ]
     if context.decision is not None:
-        best = [_decided(context, matches, vectors) for matches, vectors in best]
+        best = [_decided(context, matches, vectors, n_background=n0) for matches, vectors, n0 in gathered]
+    else:
+        best = [Candidates(matches, vectors) for matches, vectors, _ in gathered]
     best, looked, windows_ms = _second_look(images, vecs[::nv], best, context)
     fmr = _false_match_rate(context)
     return [
@@ -125,8 +136,51 @@ def search_normalised(
             describe(query),
             fmr,
         )
-        for i, (query, (matches, vectors)) in enumerate(zip(media, best))
+        for i, (query, (matches, vectors, _)) in enumerate(zip(media, best))
     ]
+
+
+def _ranked_query(context: IdentifyContext, vecs: np.ndarray, ranking: str) -> np.ndarray:
+    """``vecs`` as the store must see them to rank by ``ranking``: whole for the fused cosine, else only that
+    signal's slice (the others zeroed, so that the store's inner product is that signal's weighted cosine)."""
+    if ranking == FUSED:
+        return vecs
+    check_rankings([(ranking, 1)], list(context.embedder.signals))
+    a, b, _ = context.embedder.signals[ranking]
+    out = np.zeros_like(vecs)
+    out[:, a:b] = vecs[:, a:b]
+    return out
+
+
+def _store_candidates(
+    context: IdentifyContext, vecs: np.ndarray, rankings: Sequence[tuple[str, int]]
+) -> list[list[list[Match]]]:
+    """Per ranking, the store's top ``n`` for every row of ``vecs``."""
+    return [context.store.query(_ranked_query(context, vecs, r), k=n) for r, n in rankings]
+
+
+def _gather(
+    variants: list[tuple[int, bool]], per_ranking: list[list[list[Match]]], vecs: np.ndarray, context: IdentifyContext
+) -> tuple[list[Match], np.ndarray, int]:
+    """One query's candidates over its orientation variants and the rankings, each reference once (its first
+    ranking's), the vector each came from, and how many the first ranking brought (the background's)."""
+    rankings = context.rankings
+    if len(rankings) == 1:
+        matches, vectors = _best_of_variants(variants, per_ranking[0], vecs, rankings[0][1])
+        return matches, vectors, len(matches)
+    out: dict[str, tuple[Match, np.ndarray]] = {}
+    n_first = 0
+    for i, ((_, n), found) in enumerate(zip(rankings, per_ranking)):
+        matches, vectors = _best_of_variants(variants, found, vecs, n)
+        rows = np.broadcast_to(np.atleast_2d(vectors), (len(matches), vecs.shape[1]))
+        for m, v in zip(matches, rows):
+            out.setdefault(m.reference_id, (m, v))
+        if i == 0:
+            n_first = len(out)
+    if not out:
+        return [], vecs[:0], 0
+    matches, rows = zip(*out.values())
+    return list(matches), np.stack(rows), n_first
 
 
 def frame_search(context: IdentifyContext) -> Callable[[list[np.ndarray]], list[list[Match]]]:
@@ -172,21 +226,26 @@ def decide(
     matches: list[Match],
     vectors: np.ndarray,
     windows: tuple[Sequence[str], np.ndarray] | None = None,
-    n_whole: int | None = None,
-) -> list[Match]:
-    """``matches`` re-scored by the decision model and re-ranked: each carries the decision score, the store's
-    cosine and each signal's cosine. ``vectors``: the query vector each match came from (one row, or one per
-    match); ``windows``: the labels and vectors of the query's windows when they were searched; the first
-    ``n_whole`` matches (default all) are the whole image's candidates, whose cosines are the query's background."""
+    background: Mapping[str, float] | None = None,
+    n_background: int | None = None,
+) -> tuple[list[Match], Mapping[str, float]]:
+    """``matches`` re-scored by the decision model and re-ranked (each carries the decision score, the store's
+    cosine and each signal's cosine), and the query's background they were scored against. ``vectors``: the
+    query vector each match came from (one row, or one per match); ``windows``: the labels and vectors of the
+    query's windows when they were searched; ``background``: the query's, when already known, else the median
+    cosines of the first ``n_background`` matches (default all): the first ranking's candidates."""
     assert context.decision is not None
     if not matches:
-        return matches
+        return matches, background or {}
     refs = _stored_vectors(context, matches)
     rows = np.broadcast_to(np.atleast_2d(vectors), (len(matches), refs.shape[1]))
-    scores, cos, label = _rescore(context, refs, rows, windows, n_whole)
+    cos = _cosines(context, refs, rows)
+    if not background:  # none yet (or none: a second look whose whole image found nothing)
+        background = _background(cos, n_background)
+    scores, label = _rescore(context, refs, cos, windows, background)
     order = np.argsort(-scores, kind="stable")
     fused = sum(w * cos[name] for name, (_, _, w) in context.embedder.signals.items())
-    return [
+    decided = [
         dataclasses.replace(
             matches[i],
             rank=r + 1,
@@ -197,6 +256,7 @@ def decide(
         )
         for r, i in enumerate(order)
     ]
+    return decided, background
 
 
 def _stored_vectors(context: IdentifyContext, matches: Sequence[Match]) -> np.ndarray:
@@ -209,21 +269,30 @@ def _stored_vectors(context: IdentifyContext, matches: Sequence[Match]) -> np.nd
     return refs
 
 
+def _cosines(context: IdentifyContext, refs: np.ndarray, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Each signal's cosine between each query row and the reference row beside it."""
+    return {
+        name: np.einsum("ij,ij->i", refs[:, a:b], rows[:, a:b]) / max(w, 1e-12)
+        for name, (a, b, w) in context.embedder.signals.items()
+    }
+
+
+def _background(cos: Mapping[str, np.ndarray], n: int | None = None) -> dict[str, float]:
+    """The query's background: each signal's median cosine over its first ``n`` candidates (default all)."""
+    return {name: float(b[0]) for name, b in candidate_background({k: c[None, :n] for k, c in cos.items()}).items()}
+
+
 def _rescore(
     context: IdentifyContext,
     refs: np.ndarray,
-    rows: np.ndarray,
+    cos: Mapping[str, np.ndarray],
     windows: tuple[Sequence[str], np.ndarray] | None,
-    n_whole: int | None,
-) -> tuple[np.ndarray, dict[str, np.ndarray], list[str]]:
-    """The decision score of each (query row, reference row) pair, each signal's cosine, and the label of the
-    window whose evidence beat the whole image's ("" none); the first ``n_whole`` rows are the background."""
+    background: Mapping[str, float],
+) -> tuple[np.ndarray, list[str]]:
+    """The decision score of each reference row from its cosines (``cos``), the windows' evidence and the
+    query's background, and the label of the window whose evidence beat the whole image's ("" none)."""
     assert context.decision is not None
     slices = context.embedder.signals
-    cos = {
-        name: np.einsum("ij,ij->i", refs[:, a:b], rows[:, a:b]) / max(w, 1e-12) for name, (a, b, w) in slices.items()
-    }
-    background = candidate_background({name: c[None, :n_whole] for name, c in cos.items()})
     window_cos, label = None, [""] * len(refs)
     if windows is not None and WINDOW_SIGNAL in slices:
         a, b, w = slices[WINDOW_SIGNAL]
@@ -231,33 +300,36 @@ def _rescore(
         window_cos = per_window.max(axis=1)
         best_window = per_window.argmax(axis=1)
         label = [windows[0][j] if window_cos[i] > cos[WINDOW_SIGNAL][i] else "" for i, j in enumerate(best_window)]
-    evidence = Evidence(cos, window_cos, {name: np.full(len(refs), v[0]) for name, v in background.items()})
-    return context.decision.score(evidence), cos, label
+    evidence = Evidence(cos, window_cos, {name: np.full(len(refs), v) for name, v in background.items()})
+    return context.decision.score(evidence), label
 
 
 def decide_pair(
     context: IdentifyContext, image: np.ndarray, reference: np.ndarray, *, query_vector: np.ndarray | None = None
 ) -> PairDecision:
     """The decision on one (query, reference) pair as identification takes it against ``context.store``:
-    the query's background from its whole image's store candidates, the windows' evidence when
-    identification would search them (``match.windows`` and the window floor), the reference scored as one
-    more candidate. ``image``: the normalised query (upright); ``reference``: the reference's embedding;
-    ``query_vector``: the query's, when the caller has it (else it is embedded here)."""
+    the query's background from its store candidates, the windows' evidence when identification would search
+    them (``match.windows`` and the window floor), the reference scored as one more candidate. ``image``: the
+    normalised query (upright); ``reference``: the reference's embedding; ``query_vector``: the query's, when
+    the caller has it (else it is embedded here)."""
     if context.decision is None:
         raise Id2Error("a store decision needs a decision model (match.decision is cosine)")
     query = context.embedder.embed_arrays(image[None])[0] if query_vector is None else query_vector
-    found = context.store.query(query[None], k=context.candidates)[0]
+    found, _, n_first = _gather(
+        [(0, False)], [[f[0]] for f in _store_candidates(context, query[None], context.rankings)], query[None], context
+    )
     refs = _stored_vectors(context, found) if found else np.zeros((0, len(query)), np.float32)
-    best = None
-    if found:
-        whole, _, _ = _rescore(context, refs, np.broadcast_to(query, refs.shape), None, None)
-        best = float(whole.max())
+    cos = _cosines(context, refs, np.broadcast_to(query, refs.shape))
+    background = _background(cos, n_first)
+    best = float(_rescore(context, refs, cos, None, background)[0].max()) if found else None
     windows = None
     if needs_second_look(context.windows, best, context.threshold, context.window_floor):
         labels, vecs = _window_vectors(context, [image], query[None])
         windows = (labels[0], vecs)
     rows = np.concatenate([refs, np.asarray(reference, np.float32)[None]])
-    scores, _, label = _rescore(context, rows, np.broadcast_to(query, rows.shape), windows, len(found))
+    scores, label = _rescore(
+        context, rows, _cosines(context, rows, np.broadcast_to(query, rows.shape)), windows, background
+    )
     # the reference itself may be stored: its own row does not outrank it
     others = [(m, float(sc)) for m, sc, r in zip(found, scores, refs) if float(r @ reference) < 0.9999]
     ahead = [(m, sc) for m, sc in others if sc > scores[-1]]
@@ -286,16 +358,17 @@ def _window_vectors(
 def _second_look(
     images: Sequence[np.ndarray],
     upright: np.ndarray,
-    best: list[tuple[list[Match], np.ndarray]],
+    best: list[Candidates],
     context: IdentifyContext,
-) -> tuple[list[tuple[list[Match], np.ndarray]], set[int], float]:
+) -> tuple[list[Candidates], set[int], float]:
     """Search the query windows of every upright query the whole image did not match (``match.windows``):
-    one embedding pass and one store query for all of them. With a decision model, only queries whose
-    score is at least its window floor are looked at again, and every candidate is re-scored with the
-    windows' evidence; with the cosine, each reference keeps its best score."""
+    one embedding pass and one store query per ranking the windows can change (the fused cosine's and the
+    window signal's) for all of them. With a decision model, only queries whose score is at least its window
+    floor are looked at again, and every candidate is re-scored with the windows' evidence; with the cosine,
+    each reference keeps its best score."""
     todo = [
         i
-        for i, (matches, _) in enumerate(best)
+        for i, (matches, _, _) in enumerate(best)
         if needs_second_look(
             context.windows, matches[0].score if matches else None, context.threshold, context.window_floor
         )
@@ -304,7 +377,9 @@ def _second_look(
         return best, set(), 0.0
     t0 = time.perf_counter()
     labels, vecs = _window_vectors(context, [images[i] for i in todo], upright[todo])
-    found = context.store.query(vecs, k=context.candidates)
+    rankings = [(r, n) for r, n in context.rankings if r in (FUSED, WINDOW_SIGNAL)]
+    per_ranking = _store_candidates(context, vecs, rankings)
+    found = [[m for f in per_ranking for m in f[row]] for row in range(len(vecs))]
     out = list(best)
     for j, i in enumerate(todo):
         nw = len(labels[j])
@@ -321,46 +396,49 @@ def _decided(
     matches: list[Match],
     vectors: np.ndarray,
     windows: tuple[Sequence[str], np.ndarray] | None = None,
-    n_whole: int | None = None,
-) -> tuple[list[Match], np.ndarray]:
+    background: Mapping[str, float] | None = None,
+    n_background: int | None = None,
+) -> Candidates:
     """:func:`decide`, with the query vector each re-ranked match came from kept beside it."""
     rows = np.broadcast_to(np.atleast_2d(vectors), (len(matches), np.atleast_2d(vectors).shape[1]))
     came_from = {m.reference_id: r for m, r in zip(matches, rows)}
-    decided = decide(context, matches, rows, windows, n_whole)
-    return decided, np.stack([came_from[m.reference_id] for m in decided]) if decided else rows[:0]
+    decided, background = decide(context, matches, rows, windows, background, n_background)
+    vectors = np.stack([came_from[m.reference_id] for m in decided]) if decided else rows[:0]
+    return Candidates(decided, vectors, background)
 
 
 def _decide_with_windows(
     context: IdentifyContext,
-    best: tuple[list[Match], np.ndarray],
+    best: Candidates,
     upright: np.ndarray,
     window_found: Sequence[Sequence[Match]],
     windows: tuple[Sequence[str], np.ndarray],
-) -> tuple[list[Match], np.ndarray]:
-    """The whole image's candidates and the windows' new ones, all re-scored with the windows' evidence."""
-    matches, vectors = best
+) -> Candidates:
+    """The whole image's candidates and the windows' new ones, all re-scored with the windows' evidence
+    against the whole image's background."""
+    matches, vectors, background = best
     rows = np.broadcast_to(np.atleast_2d(vectors), (len(matches), len(upright)))
     seen = {m.reference_id for m in matches}
     extra = list({m.reference_id: m for ms in window_found for m in ms if m.reference_id not in seen}.values())
     candidates = [*matches, *(dataclasses.replace(m, window="") for m in extra)]
     all_rows = np.concatenate([rows, np.repeat(upright[None], len(extra), axis=0)])
-    return _decided(context, candidates, all_rows, windows, n_whole=len(matches))
+    return _decided(context, candidates, all_rows, windows, background, n_background=len(matches))
 
 
 def _merge_windows(
     context: IdentifyContext,
-    best: tuple[list[Match], np.ndarray],
+    best: Candidates,
     window_found: Sequence[Sequence[Match]],
     labels: Sequence[str],
     window_vecs: np.ndarray,
-) -> tuple[list[Match], np.ndarray]:
+) -> Candidates:
     """Each reference's best cosine over the whole query and its windows (the cosine decision)."""
-    matches, whole_vectors = best
+    matches, whole_vectors, _ = best
     rows = np.atleast_2d(whole_vectors)
     came_from = {m.reference_id: rows[0 if len(rows) == 1 else r] for r, m in enumerate(matches)}
     ranked = best_over_windows(matches, window_found, labels, context.k)
     vectors = [window_vecs[wi] if wi >= 0 else came_from[m.reference_id] for m, wi in ranked]
-    return [m for m, _ in ranked], np.stack(vectors) if vectors else rows[:0]
+    return Candidates([m for m, _ in ranked], np.stack(vectors) if vectors else rows[:0])
 
 
 def _report(

@@ -74,7 +74,7 @@ class PairDecision:
     windows_searched: bool
     #: 1 + the store candidates (other than the reference itself) scoring above the reference
     rank: int
-    #: store candidates the query's background was taken from
+    #: store candidates the reference was ranked among (the decision model's rankings)
     candidates: int
     #: the best-scoring store candidate other than the reference (None: the store has no other)
     best_other: Match | None

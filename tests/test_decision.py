@@ -11,12 +11,15 @@ import numpy as np
 import pytest
 
 from id2_plugin.decision import (
+    DEFAULT_RANKINGS,
     DecisionModel,
     Evidence,
     OperatingPoint,
     candidate_background,
+    check_rankings,
     feature_matrix,
     fit_logistic,
+    parse_rankings,
     sigmoid,
     top_candidates,
 )
@@ -106,6 +109,28 @@ def test_model_round_trip_and_refusals(tmp_path: Path) -> None:
         DecisionModel.load(tmp_path / "broken.json")
     with pytest.raises(ConfigError, match="2 features but 1"):
         DecisionModel(("id2", "sscd"), (1.0,), 0.0, "x")
+
+
+def test_a_model_file_names_where_its_candidates_come_from(tmp_path: Path) -> None:
+    model = DecisionModel(("id2",), (1.0,), 0.0, "x", candidates=(("sscd", 5), ("fused", 2)))
+    back = DecisionModel.load(model.save(tmp_path / "d.json"))
+    assert back.candidates == (("sscd", 5), ("fused", 2))
+    assert DecisionModel(("id2",), (1.0,), 0.0, "x").candidates == DEFAULT_RANKINGS
+    doc = json.loads((tmp_path / "d.json").read_text())
+    del doc["candidates"]
+    (tmp_path / "old.json").write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match="fit it again"):
+        DecisionModel.load(tmp_path / "old.json")
+    for bad in ((), (("id2", 0),), (("id2", 3), ("id2", 4))):
+        with pytest.raises(ConfigError, match="each ranking once"):
+            DecisionModel(("id2",), (1.0,), 0.0, "x", candidates=bad)
+    assert parse_rankings(["id2:20", "fused:1"]) == (("id2", 20), ("fused", 1))
+    for bad_spec in ("id2", "id2:0", ":3", "id2:x"):
+        with pytest.raises(ConfigError, match="RANKING:N"):
+            parse_rankings([bad_spec])
+    check_rankings((("fused", 1), ("sscd", 2)), ["id2", "sscd"])
+    with pytest.raises(ConfigError, match="'pdq'"):
+        check_rankings((("pdq", 1),), ["id2", "sscd"])
 
 
 def test_shipped_model_holds_for_the_default_embedder_and_has_an_operating_point() -> None:

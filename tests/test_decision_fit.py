@@ -14,6 +14,7 @@ from id2_plugin.decision_fit import (
     operating_point,
     window_floor,
 )
+from id2_plugin.errors import ConfigError
 
 
 def _toy() -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -28,7 +29,7 @@ def _toy() -> tuple[dict[str, np.ndarray], np.ndarray]:
 
 def test_candidates_keep_the_top_and_every_origin_with_the_whole_images_background() -> None:
     sims, positives = _toy()
-    c = candidate_set(sims, {"id2": 0.5, "sscd": 0.5}, positives, n=2)
+    c = candidate_set(sims, {"id2": 0.5, "sscd": 0.5}, positives, rankings=(("fused", 2),))
     rows_of = {q: c.reference[c.query == q].tolist() for q in range(3)}
     assert rows_of[0] == [0, 3]  # fused 0.8, 0.25
     assert rows_of[1] == [2, 3]  # fused 0.45 and 0.3: the origin 3 is in the top 2
@@ -37,13 +38,35 @@ def test_candidates_keep_the_top_and_every_origin_with_the_whole_images_backgrou
     # background: median of the top-2 candidates' own cosines, per signal
     assert c.background["id2"][c.query == 0][0] == pytest.approx((0.9 + 0.3) / 2)
     assert c.background["sscd"][c.query == 1][0] == pytest.approx((0.1 + 0.6) / 2)
-    far = candidate_set(sims, {"id2": 1.0, "sscd": 0.0}, positives, n=1)
+    far = candidate_set(sims, {"id2": 1.0, "sscd": 0.0}, positives, rankings=(("fused", 1),))
     assert far.reference[far.query == 1].tolist() == [2, 3]  # the origin is added even outside the top 1
+
+
+def test_candidates_from_several_rankings_take_the_background_from_the_first() -> None:
+    sims, positives = _toy()
+    weights = {"id2": 0.5, "sscd": 0.5}
+    c = candidate_set(sims, weights, positives, rankings=(("id2", 2), ("fused", 1)))
+    rows_of = {q: c.reference[c.query == q].tolist() for q in range(3)}
+    assert rows_of[0] == [0, 3]  # id2 0.9, 0.3; the fused best (0) is already a row
+    assert rows_of[1] == [2, 1, 3]  # id2 0.8, 0.2 then the fused best 2 again: the origin 3 is added
+    assert rows_of[2] == [2, 3]  # id2 0.3, 0.25; the fused best 2 (tied with 3, lower index first)
+    # background: the median of the id2 ranking's top 2, each signal's own cosine
+    assert c.background["id2"][c.query == 1][0] == pytest.approx((0.8 + 0.2) / 2)
+    assert c.background["sscd"][c.query == 1][0] == pytest.approx((0.1 + 0.1) / 2)
+    # with windows, the fused ranking also brings its best with the windows' evidence; id2's does not
+    window = np.full((3, 4), np.nan)
+    window[2, 1] = 0.9  # query 2's windows find reference 1
+    w = candidate_set(sims, weights, positives, window, rankings=(("id2", 1), ("fused", 1)))
+    assert w.reference[w.query == 2].tolist() == [2, 1]
+    only_id2 = candidate_set(sims, weights, positives, window, rankings=(("id2", 1),))
+    assert only_id2.reference[only_id2.query == 2].tolist() == [2]
+    with pytest.raises(ConfigError, match="no signal .pdq."):
+        candidate_set(sims, weights, positives, rankings=(("pdq", 1),))
 
 
 def test_best_per_query_and_window_floor() -> None:
     sims, positives = _toy()
-    c = candidate_set(sims, {"id2": 0.5, "sscd": 0.5}, positives, n=2)
+    c = candidate_set(sims, {"id2": 0.5, "sscd": 0.5}, positives, rankings=(("fused", 2),))
     best = best_per_query(c, c.signals["sscd"], 3)
     assert best.reference.tolist() == [0, 3, 3] and best.correct.tolist() == [True, True, False]
     whole = np.array([0.1, 0.4, 0.35, 0.8])
@@ -72,7 +95,7 @@ def test_cross_validated_scores_come_from_other_folds() -> None:
         positives[i, i] = True
         sims["id2"][i, i] += 0.5
         sims["sscd"][i, i] += 0.4
-    c = candidate_set(sims, {"id2": 0.5, "sscd": 0.5}, positives, n=5)
+    c = candidate_set(sims, {"id2": 0.5, "sscd": 0.5}, positives, rankings=(("fused", 5),))
     folds = np.arange(q) % 4
     scores, whole = cross_validated_scores(c, ["id2", "sscd"], folds)
     assert np.array_equal(scores, whole)  # no window evidence: the same scores

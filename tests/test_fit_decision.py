@@ -57,6 +57,10 @@ def test_fit_decision_writes_a_model_identify_uses(
             "0.3",
             "--folds",
             "2",
+            "--candidates",
+            "sscd:5",
+            "--candidates",
+            "fused:2",
             "--out",
             str(out),
             "--json",
@@ -66,6 +70,7 @@ def test_fit_decision_writes_a_model_identify_uses(
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout.splitlines()[-1])
     model = DecisionModel.load(out)
+    assert model.candidates == (("sscd", 5), ("fused", 2))  # the rule fitted is the rule the file names
     op = model.operating_point
     assert op is not None and op.n_negatives == 9 + 4  # every 4th of the 16 distractors is held out as a negative
     assert op.fpr_upper_bound <= 0.3 and op.false_matches == 0
@@ -93,3 +98,10 @@ def test_fit_decision_writes_a_model_identify_uses(
     r = json.loads(q.stdout)
     assert r["score_kind"] == "decision" and r["threshold"] == op.threshold
     assert Path(r["best"]["uri"]).name == origin.name
+    # a ranking the embedder does not have is refused before anything is embedded, and nothing is written
+    bad = CliRunner().invoke(
+        cli,
+        ["fit-decision", "--pairs", str(manifest), "--negatives", str(negatives), "--candidates", "pdq:3"]
+        + ["--out", str(tmp_path / "bad.json")],
+    )
+    assert bad.exit_code != 0 and "'pdq'" in bad.output and not (tmp_path / "bad.json").exists()

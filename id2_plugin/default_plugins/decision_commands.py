@@ -22,7 +22,7 @@ from ..cli_support import (
     pairs_option,
     scan_inputs,
 )
-from ..decision import DEFAULT_FEATURES, DecisionModel
+from ..decision import DEFAULT_FEATURES, DEFAULT_RANKINGS, DecisionModel, parse_rankings
 from ..hookspecs import hookimpl
 
 
@@ -56,6 +56,15 @@ from ..hookspecs import hookimpl
     help="Features of the model (repeatable).",
 )
 @click.option(
+    "--candidates",
+    "rankings",
+    multiple=True,
+    default=[f"{r}:{n}" for r, n in DEFAULT_RANKINGS],
+    show_default=True,
+    help="Where each query's candidates come from, RANKING:N (repeatable, in order): the top N by 'fused' "
+    "(the store's cosine) or by one signal's cosine alone; the first ranking's candidates set the background.",
+)
+@click.option(
     "--folds",
     "n_folds",
     type=click.IntRange(min=2),
@@ -78,6 +87,7 @@ def fit_decision_command(
     target_fpr: float,
     confidence: float,
     features: tuple[str, ...],
+    rankings: tuple[str, ...],
     n_folds: int,
     seed: int,
     as_json: bool,
@@ -85,10 +95,10 @@ def fit_decision_command(
 ) -> None:
     """Fit the decision model of the configured (multi-signal) embedder and choose its operating point.
 
-    Every edit and every negative is searched among the origins and distractors; the store's top
-    candidates of each become training rows. The threshold is the lowest whose one-sided Clopper-Pearson
-    bound on the false-match rate of the negatives' held-out scores is at most --target-fpr; the windows'
-    floor is where the second look never changed a held-out decision. Use the result with
+    Every edit and every negative is searched among the origins and distractors; its candidates (the top
+    references of each --candidates ranking) become training rows. The threshold is the lowest whose one-sided
+    Clopper-Pearson bound on the false-match rate of the negatives' held-out scores is at most --target-fpr;
+    the windows' floor is where the second look never changed a held-out decision. Use the result with
     `--set match.decision=OUT`. Exit 4 (after writing it) when some image could not be read.
     """
     from ..decision_data import fit_decision_files
@@ -108,6 +118,7 @@ def fit_decision_command(
         n_folds=n_folds,
         seed=seed,
         holdout_every=holdout_every,
+        rankings=parse_rankings(rankings),
     )
     skipped += report.pop("skipped")
     model: DecisionModel = fit.model
@@ -133,7 +144,8 @@ def fit_decision_command(
 def _print_report(model: DecisionModel, report: dict[str, Any], path: Path) -> None:
     op = model.operating_point
     assert op is not None
-    click.echo(f"decision model ({', '.join(model.features)}) -> {path}")
+    ranked = ", ".join(f"top {n} by {r}" for r, n in model.candidates)
+    click.echo(f"decision model ({', '.join(model.features)}; candidates: {ranked}) -> {path}")
     click.echo(
         f"  operating point: threshold {op.threshold:.4f}; held-out false matches {op.false_matches} of "
         f"{op.n_negatives} negatives (95% bound {op.fpr_upper_bound:.4f} per query at {op.n_references} "

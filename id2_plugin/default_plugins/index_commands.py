@@ -108,6 +108,7 @@ def _decision_summary(cfg: Any, info: Any) -> dict[str, Any] | str:
         "pair_rate_bound": op.pair_fpr_upper_bound,
         "false_match_rate_bound_at_this_size": round(op.per_query_fpr(info.count), 6),
         "calibrated_at_references": op.n_references,
+        "candidates": [{"ranking": r, "n": n} for r, n in model.candidates],
     }
 
 
