@@ -391,15 +391,18 @@ def held_out_scores(
     return out
 
 
-def decide(p: Problem, features: tuple[np.ndarray, np.ndarray], seed: int) -> dict[str, object]:
-    """The held-out decisions under ``match.windows: auto`` and what they achieve at the operating point."""
+def decide(
+    p: Problem, features: tuple[np.ndarray, np.ndarray], seed: int, window_budget: float | None = None
+) -> dict[str, object]:
+    """The held-out decisions under ``match.windows: auto`` and what they achieve at the operating point
+    (``window_budget``: the window floor's bound on unrelated queries taking the second look, as fitted)."""
     scores = held_out_scores(p, *features, grouped_folds(p.groups.tolist(), FOLDS, seed=seed))
     whole, with_w = (best_per_query(p.cands, s, len(p.rows)) for s in scores)
     edit, neg = ~p.negative, p.negative
     first = calibrate_threshold(
         with_w.score[edit & with_w.correct], with_w.score[neg], target_fpr=TARGET_FPR, confidence=CONFIDENCE
     ).threshold
-    floor = window_floor(whole.score, with_w.score, first)
+    floor = window_floor(whole.score, with_w.score, first, unrelated=whole.score[neg], budget=window_budget)
     looked = (whole.score < first) & (whole.score >= floor)
     final = QueryDecisions(
         *(

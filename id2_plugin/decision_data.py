@@ -17,6 +17,7 @@ from .calibration_files import select_negatives
 from .config import Config
 from .decision import DEFAULT_RANKINGS, DecisionModel, check_rankings
 from .decision_fit import (
+    WINDOW_BUDGET,
     DecisionFit,
     QueryDecisions,
     best_per_query,
@@ -211,6 +212,7 @@ def fit_decision_files(
     holdout_every: int = 0,
     l2: float = 1e-3,
     rankings: Sequence[tuple[str, int]] = DEFAULT_RANKINGS,
+    window_budget: float | None = WINDOW_BUDGET,
 ) -> tuple[DecisionFit, dict[str, Any]]:
     """Fit, cross-validate and calibrate a decision model for the configured embedder (see ``fit-decision``)."""
     from .train.crossval import grouped_folds
@@ -226,7 +228,9 @@ def fit_decision_files(
     first = calibrate_threshold(
         with_w.score[edit & with_w.correct], with_w.score[d.negative], target_fpr=target_fpr, confidence=confidence
     )
-    floor = window_floor(whole.score, with_w.score, first.threshold)
+    floor = window_floor(
+        whole.score, with_w.score, first.threshold, unrelated=whole.score[d.negative], budget=window_budget
+    )
     final = _decisions_auto(whole, with_w, first.threshold, floor)
     positives = QueryDecisions(final.score[edit], final.reference[edit], final.correct[edit])
     cosine, cos_threshold = _cosine_baseline(d, target_fpr, confidence)
@@ -253,6 +257,7 @@ def fit_decision_files(
             "seed": seed,
             "n_edits": int(edit.sum()),
             "n_negatives": int(d.negative.sum()),
+            "window_budget": window_budget,
             "cross_validated": report,
         },
         tuple(rankings),

@@ -74,6 +74,12 @@ def test_best_per_query_and_window_floor() -> None:
     # lifted over 0.5 from 0.4 and 0.35: the floor is the lowest lifted score lowered by half of itself
     assert window_floor(whole, with_windows, 0.5) == pytest.approx(0.175)
     assert window_floor(whole, whole, 0.5) == float("-inf")
+    # a budget: at most a quarter of the unrelated queries below the threshold may look again
+    unrelated = np.array([0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.9])  # 0.9 matched: not counted
+    floor = window_floor(whole, with_windows, 0.5, unrelated=unrelated, budget=0.25)
+    assert floor == pytest.approx(np.quantile(unrelated[:8], 0.75)) and (unrelated[:8] >= floor).sum() == 2
+    # the margin's floor stands when it is already within the budget
+    assert window_floor(whole, with_windows, 0.5, unrelated=unrelated, budget=1.0) == pytest.approx(0.175)
 
 
 def test_operating_point_bounds_the_negatives() -> None:

@@ -23,6 +23,7 @@ from ..cli_support import (
     scan_inputs,
 )
 from ..decision import DEFAULT_FEATURES, DEFAULT_RANKINGS, DecisionModel, parse_rankings
+from ..decision_fit import WINDOW_BUDGET
 from ..hookspecs import hookimpl
 
 
@@ -65,6 +66,14 @@ from ..hookspecs import hookimpl
     "(the store's cosine) or by one signal's cosine alone; the first ranking's candidates set the background.",
 )
 @click.option(
+    "--window-budget",
+    type=click.FloatRange(0.0, 1.0),
+    default=WINDOW_BUDGET,
+    show_default=True,
+    help="At most this share of unrelated queries takes the query windows' second look: the window floor is "
+    "raised to it when the windows lifted some edit from lower (those edits are then lost; 1: no bound).",
+)
+@click.option(
     "--folds",
     "n_folds",
     type=click.IntRange(min=2),
@@ -88,6 +97,7 @@ def fit_decision_command(
     confidence: float,
     features: tuple[str, ...],
     rankings: tuple[str, ...],
+    window_budget: float,
     n_folds: int,
     seed: int,
     as_json: bool,
@@ -119,6 +129,7 @@ def fit_decision_command(
         seed=seed,
         holdout_every=holdout_every,
         rankings=parse_rankings(rankings),
+        window_budget=window_budget,
     )
     skipped += report.pop("skipped")
     model: DecisionModel = fit.model
