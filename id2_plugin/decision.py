@@ -105,9 +105,15 @@ def check_rankings(rankings: Sequence[tuple[str, int]], signals: Sequence[str]) 
     unknown = [r for r, _ in rankings if r != FUSED and r not in signals]
     if unknown:
         raise ConfigError(
-            f"candidates ranked by {', '.join(map(repr, unknown))}, which the embedder does not have "
-            f"(rankings: {FUSED!r} or a signal: {', '.join(signals)})"
+            f"no signal {', '.join(map(repr, unknown))} to rank candidates by (rankings: {FUSED!r} or a signal: "
+            f"{', '.join(signals)})"
         )
+
+
+def window_rankings(rankings: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
+    """The rankings a query's windows can change, and so bring candidates in: the fused cosine's and the
+    window signal's (a window vector keeps every other signal's whole-image slice)."""
+    return [(r, n) for r, n in rankings if r in (FUSED, WINDOW_SIGNAL)]
 
 
 def parse_rankings(specs: Sequence[str]) -> tuple[tuple[str, int], ...]:
@@ -126,8 +132,7 @@ def ranking_scores(sims: Mapping[str, np.ndarray], weights: Mapping[str, float],
     :data:`~id2_plugin.decision.FUSED`, else that signal's own cosine."""
     if ranking == FUSED:
         return sum(weights[name] * sims[name] for name in weights)
-    if ranking not in sims:
-        raise ConfigError(f"no signal {ranking!r} to rank candidates by (signals: {', '.join(sims)})")
+    check_rankings([(ranking, 1)], list(sims))
     return np.asarray(sims[ranking])
 
 

@@ -3,10 +3,10 @@
 Pure functions on similarity matrices, in the shape the identify path sees: each query (an edit, or an
 unrelated photo with no origin among the references) keeps the store's top candidates of each ranking (the
 fused cosine, or one signal's alone; with windows, also what its windows find); every (query, candidate) pair
-is a training row, positive when
-the candidate is an origin. Grouped cross-validation (folds never split an origin photo, nor a source of
-unrelated photos) scores each query with a model fitted on the other folds; the operating point is chosen
-on those held-out scores, so the threshold is not fitted on the scores it is judged by.
+is a training row, positive when the candidate is an origin. Grouped cross-validation (folds never split an
+origin photo, nor a source of unrelated photos) scores each query with a model fitted on the other folds; the
+operating point is chosen on those held-out scores, so the threshold is not fitted on the scores it is judged
+by.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from .decision import (
     ranking_scores,
     sigmoid,
     top_candidates,
+    window_rankings,
 )
 
 #: share of unrelated queries the window floor lets take the second look (``fit-decision --window-budget``):
@@ -72,11 +73,12 @@ def candidate_set(
     window signal's) with the windows' evidence. The first ranking's top ``n`` set the background. Each
     query's origins are always rows, so every edit teaches the positive class."""
     names = list(weights)
+    changed_by_windows = dict(window_rankings(rankings)) if window is not None else {}
     ranked = []
     for ranking, n in rankings:
         scores = ranking_scores(sims, weights, ranking)
         ranked.append(top_candidates(scores, n))
-        if window is not None and ranking in (FUSED, WINDOW_SIGNAL):
+        if ranking in changed_by_windows:
             share = weights[WINDOW_SIGNAL] if ranking == FUSED else 1.0
             lifted = np.fmax(sims[WINDOW_SIGNAL], np.nan_to_num(window, nan=-1.0)) - sims[WINDOW_SIGNAL]
             ranked.append(top_candidates(scores + share * lifted, n))

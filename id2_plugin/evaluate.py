@@ -16,13 +16,12 @@ import numpy as np
 
 from ._lazy import require
 from .decision import (
-    FUSED,
-    WINDOW_SIGNAL,
     DecisionModel,
     Evidence,
     candidate_background,
     ranking_scores,
     top_candidates,
+    window_rankings,
 )
 from .framing import needs_second_look, query_windows
 from .metrics import DEFAULT_K, Metrics, compute_metrics
@@ -119,19 +118,23 @@ class DecisionMethod(FusedMethod):
         cosines, and each query's background from its first ranking's candidates; and which references are
         candidates (``Q x R``)."""
         cos = slice_cosines(self.embedder, np.atleast_2d(q), r)
-        first, n = self.decision.candidates[0]
-        background = candidate_background(cos, top_candidates(ranking_scores(cos, self.weights, first), n))  # type: ignore[arg-type]
+        tops = self._tops(cos, self.decision.candidates)
+        background = candidate_background(cos, tops[0])  # type: ignore[arg-type]
         evidence = Evidence(
             cos, window, {name: np.repeat(b[:, None], r.shape[0], axis=1) for name, b in background.items()}
         )
-        return evidence, self._candidates(cos, self.decision.candidates)
+        return evidence, self._chosen(tops, next(iter(cos.values())).shape)
 
-    def _candidates(self, cos: dict[str, np.ndarray], rankings: Sequence[tuple[str, int]]) -> np.ndarray:
+    def _tops(self, cos: dict[str, np.ndarray], rankings: Sequence[tuple[str, int]]) -> list[np.ndarray]:
+        """Per ranking, each query's top ``n`` references (``Q x n`` columns)."""
+        return [top_candidates(ranking_scores(cos, self.weights, ranking), n) for ranking, n in rankings]
+
+    @staticmethod
+    def _chosen(tops: Sequence[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
         """``Q x R``: whether each reference is among a query's top ``n`` of some ranking."""
-        shape = next(iter(cos.values())).shape
         chosen = np.zeros(shape, bool)
-        for ranking, n in rankings:
-            np.put_along_axis(chosen, top_candidates(ranking_scores(cos, self.weights, ranking), n), True, axis=1)
+        for top in tops:
+            np.put_along_axis(chosen, top, True, axis=1)
         return chosen
 
     def similarity(self, q: np.ndarray, r: np.ndarray) -> np.ndarray:
@@ -144,8 +147,9 @@ class DecisionMethod(FusedMethod):
         what the windows find in the rankings they can change (the fused cosine's, the window signal's)."""
         best_window = best_window_cosine(self.embedder, windows, r)
         evidence, chosen = self._evidence(query, r, best_window[None])
-        rankings = [(k, n) for k, n in self.decision.candidates if k in (FUSED, WINDOW_SIGNAL)]
-        chosen = chosen[0] | self._candidates(slice_cosines(self.embedder, windows, r), rankings).any(axis=0)
+        window_cos = slice_cosines(self.embedder, windows, r)
+        tops = self._tops(window_cos, window_rankings(self.decision.candidates))
+        chosen = chosen[0] | self._chosen(tops, (len(windows), r.shape[0])).any(axis=0)
         score = self.decision.score(evidence)[0]
         return np.where(chosen, score, score - 1.0).astype(np.float32)
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from .decision import FUSED, WINDOW_SIGNAL, Evidence, candidate_background, check_rankings
+from .decision import FUSED, WINDOW_SIGNAL, Evidence, candidate_background, check_rankings, window_rankings
 from .errors import Id2Error, MediaError
 from .framing import (
     best_over_orientations,
@@ -377,8 +377,7 @@ def _second_look(
         return best, set(), 0.0
     t0 = time.perf_counter()
     labels, vecs = _window_vectors(context, [images[i] for i in todo], upright[todo])
-    rankings = [(r, n) for r, n in context.rankings if r in (FUSED, WINDOW_SIGNAL)]
-    per_ranking = _store_candidates(context, vecs, rankings)
+    per_ranking = _store_candidates(context, vecs, window_rankings(context.rankings))
     found = [[m for f in per_ranking for m in f[row]] for row in range(len(vecs))]
     out = list(best)
     for j, i in enumerate(todo):
