@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from ..cli_support import EXIT_OK, cache_option, echo_json, get_state, handle_errors
+from ..config import Config
 from ..errors import ConfigError
 from ..hookspecs import hookimpl
 
@@ -270,17 +271,52 @@ def train(
     out: str,
     recipe: str | None,
     real_pairs: tuple[str, ...],
-    unlabelled: tuple[str, ...],
-    n_folds: int,
-    rank: int,
-    eps: float,
-    power: float,
-    shrink: float,
-    proxy_weight: float,
+    device: str | None,
+    embedder_name: str | None,
+    cache: str | None,
+    as_json: bool,
+    **options: Any,
+) -> None:
+    """Train the projection W and save it to --out.
+
+    With --real (real edit pairs) and --unlabelled (photos), the default recipe is `auto`: candidates
+    (pca whitening; pair-whiten; PCA + anchored CosFace on real and, with PAIRS, proxy pairs) are scored by
+    grouped cross-validation on the real pairs and the best is fitted on all of them, never one below the
+    unsupervised PCA map. Without --real, `paper`: CosFace W on the PAIRS manifest (the reference recipe).
+    """
+    from ..assembly import build_encoder
+
+    cfg = get_state(ctx).config(**{"embedder.name": embedder_name, "embedder.device": device, "cache.dir": cache})
+    encoder = build_encoder(cfg.embedder)
+    recipe = recipe or ("auto" if real_pairs else "paper")
+    shared = {name: options.pop(name) for name in ("pool", "anchor", "seed", "cache_dir", "save_dtype")}
+    real = {name: options.pop(name) for name in _REAL_ONLY}
+    if recipe != "paper":
+        _train_real(recipe, real_pairs, pairs, out, encoder=encoder, as_json=as_json, **shared, **real)
+        return
+    if len(pairs) != 1:
+        raise ConfigError("the paper recipe trains on exactly one PAIRS manifest")
+    _train_paper(pairs[0], out, encoder=encoder, cfg=cfg, as_json=as_json, **shared, **options)
+
+
+#: ``train`` options only the real-pairs recipes read
+_REAL_ONLY = ("unlabelled", "n_folds", "rank", "eps", "power", "shrink", "proxy_weight")
+
+
+def _train_paper(
+    pairs: str,
+    out: str,
+    *,
+    encoder: Any,
+    cfg: Config,
+    pool: int | None,
+    anchor: float,
+    seed: int,
+    cache_dir: str | None,
+    save_dtype: str,
     val_pairs: str | None,
     val_fraction: float,
     distractors: tuple[str, ...],
-    pool: int | None,
     out_dim: int,
     epochs: int,
     ids_per_batch: int,
@@ -291,58 +327,17 @@ def train(
     init_rank: int,
     whiten_eps: float,
     no_augment: bool,
-    anchor: float,
     patience: int,
-    seed: int,
-    device: str | None,
-    embedder_name: str | None,
-    cache_dir: str | None,
-    cache: str | None,
     checkpoint_dir: str | None,
     resume: bool,
-    save_dtype: str,
     as_json: bool,
 ) -> None:
-    """Train the projection W and save it to --out.
-
-    With --real (real edit pairs) and --unlabelled (photos), the default recipe is `auto`: candidates
-    (pca whitening; pair-whiten; PCA + anchored CosFace on real and, with PAIRS, proxy pairs) are scored by
-    grouped cross-validation on the real pairs and the best is fitted on all of them, never one below the
-    unsupervised PCA map. Without --real, `paper`: CosFace W on the PAIRS manifest (the reference recipe).
-    """
-    from ..assembly import build_encoder
+    """The paper recipe: CosFace W on one PAIRS manifest."""
     from ..cache import latent_cache
     from ..media import iter_image_files
     from .train_config import TrainConfig
     from .trainer import train_projection
 
-    cfg = get_state(ctx).config(**{"embedder.name": embedder_name, "embedder.device": device, "cache.dir": cache})
-    encoder = build_encoder(cfg.embedder)
-    recipe = recipe or ("auto" if real_pairs else "paper")
-    if recipe != "paper":
-        _train_real(
-            recipe,
-            real_pairs,
-            unlabelled,
-            pairs,
-            out,
-            encoder=encoder,
-            n_folds=n_folds,
-            pool=pool,
-            rank=rank,
-            eps=eps,
-            power=power,
-            shrink=shrink,
-            anchor=anchor,
-            proxy_weight=proxy_weight,
-            seed=seed,
-            cache_dir=cache_dir,
-            save_dtype=save_dtype,
-            as_json=as_json,
-        )
-        return
-    if len(pairs) != 1:
-        raise ConfigError("the paper recipe trains on exactly one PAIRS manifest")
     tcfg = TrainConfig(
         out_dim=out_dim,
         pool=pool or 2,
@@ -362,7 +357,7 @@ def train(
         device=cfg.embedder.device,
     )
     result = train_projection(
-        pairs[0],
+        pairs,
         out,
         encoder=encoder,
         config=tcfg,
@@ -403,11 +398,11 @@ def _print_paper_result(result: Any, as_json: bool) -> None:
 def _train_real(
     recipe: str,
     real_pairs: tuple[str, ...],
-    unlabelled: tuple[str, ...],
     proxies: tuple[str, ...],
     out: str,
     *,
     encoder: Any,
+    unlabelled: tuple[str, ...],
     n_folds: int,
     pool: int | None,
     rank: int,
