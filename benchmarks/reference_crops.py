@@ -55,6 +55,7 @@ from id2_plugin.decision_fit import (
 from id2_plugin.embedders.base import fit_arrays  # noqa: E402
 from id2_plugin.framing import query_windows  # noqa: E402
 from id2_plugin.media import iter_image_files  # noqa: E402
+from id2_plugin.metrics import micro_average_precision  # noqa: E402
 from id2_plugin.train.crossval import grouped_folds  # noqa: E402
 
 DATA = SHARED / "data"
@@ -397,6 +398,14 @@ def decide(
     """The held-out decisions under ``match.windows: auto`` and what they achieve at the operating point
     (``window_budget``: the window floor's bound on unrelated queries taking the second look, as fitted)."""
     scores = held_out_scores(p, *features, grouped_folds(p.groups.tolist(), FOLDS, seed=seed))
+    return decide_scores(p, scores, window_budget)
+
+
+def decide_scores(
+    p: Problem, scores: tuple[np.ndarray, np.ndarray], window_budget: float | None = None
+) -> dict[str, object]:
+    """As :func:`decide`, from each candidate row's held-out score without and with the windows; also each
+    set's micro-AP over its edits' and the negatives' candidate rows (the ISC pool, over candidates only)."""
     whole, with_w = (best_per_query(p.cands, s, len(p.rows)) for s in scores)
     edit, neg = ~p.negative, p.negative
     first = calibrate_threshold(
@@ -419,9 +428,13 @@ def decide(
     ).threshold
     match = final.correct & (final.score >= thr)
     out: dict[str, object] = {"threshold": float(thr), "match": match, "correct": final.correct}
+    row_score = np.where(looked[p.cands.query], scores[1], scores[0])
     for s in SETS:
         sel = p.sets == s
         out[s] = (float(final.correct[sel].mean()), float(match[sel].mean()))
+        rows = sel[p.cands.query] | neg[p.cands.query]
+        n_answers = sum(len(a) for a, keep in zip(p.im.answers, sel) if keep)
+        out[f"{s} micro-AP"] = micro_average_precision(row_score[rows], p.cands.correct[rows], n_answers)
     for k in ("unrelated", "photo"):
         sel = neg & (p.sets == k)
         out[k] = (int((final.score[sel] >= thr).sum()), int(sel.sum()))
