@@ -13,6 +13,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -188,8 +189,10 @@ class Projection:
     def out_dim(self) -> int:
         return int(self.weight.shape[1])
 
-    @property
+    @cached_property
     def digest(self) -> str:
+        # Hashed once: W is ~100 MB, and every report names the embedder's identity (hashing W for each query
+        # was half of an unrelated query's CPU). Nothing reassigns a Projection's arrays after construction.
         h = hashlib.sha256(self.weight.tobytes())
         h.update(json.dumps({"pool": self.pool}, sort_keys=True).encode())
         if self.mean is not None:
