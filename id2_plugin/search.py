@@ -326,10 +326,10 @@ def decide_pair(
     if needs_second_look(context.windows, best, context.threshold, context.window_floor):
         labels, vecs = _window_vectors(context, [image], query[None])
         windows = (labels[0], vecs)
-    rows = np.concatenate([refs, np.asarray(reference, np.float32)[None]])
-    scores, label = _rescore(
-        context, rows, _cosines(context, rows, np.broadcast_to(query, rows.shape)), windows, background
-    )
+    reference = np.asarray(reference, np.float32)
+    rows = np.concatenate([refs, reference[None]])
+    own = _cosines(context, reference[None], query[None])
+    scores, label = _rescore(context, rows, {k: np.append(c, own[k]) for k, c in cos.items()}, windows, background)
     # the reference itself may be stored: its own row does not outrank it
     others = [(m, float(sc)) for m, sc, r in zip(found, scores, refs) if float(r @ reference) < 0.9999]
     ahead = [(m, sc) for m, sc in others if sc > scores[-1]]
