@@ -43,6 +43,12 @@ def span(xs: list[float], sign: str = "") -> str:
     return f"{np.mean(xs):{sign}.3f} ({min(xs):{sign}.3f} to {max(xs):{sign}.3f})"
 
 
+def row_labels(runs: dict[str, list[dict]]) -> tuple[dict[str, str], str]:
+    """Each row's letter ((a), (b), ... in order) and the report's line that names them."""
+    labels = {name: f"({chr(97 + i)})" for i, name in enumerate(runs)}
+    return labels, "Rows: " + "; ".join(f"{labels[n]} {n}" for n in runs) + "."
+
+
 def seed_table(runs: dict[str, list[dict]], base: str, control: str | None, labels: dict[str, str]) -> list[str]:
     """Per row: top-1 / MATCH per set (means over the seeds), the hard MATCH range, the paired hard differences
     to ``base`` and ``control`` (named by ``labels``), and the false matches summed over the seeds."""

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _decision_tables import family_table, query_families, report_header, seed_table, write_report  # noqa: E402
+from _decision_tables import family_table, query_families, report_header, row_labels, seed_table, write_report  # noqa: E402
 from reference_crops import (  # noqa: E402
     SEEDS,
     TOP,
@@ -114,14 +114,14 @@ def main() -> int:
     runs["as (g), the window floor bounding the second look to 30% of unrelated queries (shipped)"] = [
         decide(shipped_rule, feature_rows(shipped_rule, VARIANTS[0]), seed, WINDOW_BUDGET) for seed in SEEDS
     ]
-    labels = {name: f"({chr(97 + i)})" for i, name in enumerate(runs)}
+    labels, legend = row_labels(runs)
     lines = [
         *report_header(
             "Candidates or background: what id2 alone changes for the re-posed edits",
             t0,
         ),
         "",
-        "Rows: " + "; ".join(f"{labels[n]} {n}" for n in runs) + ".",
+        legend,
         "",
         *seed_table(runs, next(iter(runs)), None, labels),
         "",

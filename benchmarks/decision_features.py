@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _decision_tables import report_header, seed_table, write_report  # noqa: E402
+from _decision_tables import report_header, row_labels, seed_table, write_report  # noqa: E402
 from candidate_source import ID2_ALONE, SHIPPED, union, with_candidates  # noqa: E402
 from reference_crops import (  # noqa: E402
     FOLDS,
@@ -181,12 +181,12 @@ def main() -> int:
     alone = build_problem(im, v, ID2_ALONE)
     p = union(alone, with_candidates(alone, SHIPPED, 1))
     runs = rows(p, emb)
-    labels = {name: f"({chr(97 + i)})" for i, name in enumerate(runs)}
+    labels, legend = row_labels(runs)
     control = next(n for n in runs if n.startswith("control"))
     lines = [
         *report_header("Decision features and combination rules on the shipped candidates", t0),
         "",
-        "Rows: " + "; ".join(f"{labels[n]} {n}" for n in runs) + ".",
+        legend,
         "",
         *seed_table(runs, next(iter(runs)), control, labels),
         "",

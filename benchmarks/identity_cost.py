@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _output import emit  # noqa: E402
 from _real_edits import SHARED  # noqa: E402
 
 from id2_plugin.config import load_config  # noqa: E402
@@ -79,10 +80,7 @@ def main() -> int:
         "",
         f"Now / before: wall {rows[True][0] / rows[False][0]:.2f}x, CPU {rows[True][1] / rows[False][1]:.2f}x.",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.md:
-        args.md.write_text(text, encoding="utf-8")
+    emit(lines, args.md)
     return 0
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _decision_tables import report_header, seed_table, write_report  # noqa: E402
+from _decision_tables import report_header, row_labels, seed_table, write_report  # noqa: E402
 from _real_edits import cached  # noqa: E402
 from candidate_source import ID2_ALONE, SHIPPED, union, with_candidates  # noqa: E402
 from late_interaction import SSCDMaps  # noqa: E402
@@ -127,7 +127,7 @@ def main() -> int:
         features = feature_rows(p, VARIANTS[0])
         for label, budget in (("floor bounded (shipped)", WINDOW_BUDGET), ("floor not bounded", None)):
             runs[f"{name}, {label}"] = [decide(p, features, seed, budget) for seed in SEEDS]
-    labels = {name: f"({chr(97 + i)})" for i, name in enumerate(runs)}
+    labels, legend = row_labels(runs)
     agreement = {k: float(np.median((w * v["windows"]).sum(-1))) for k, w in windows.items()}
     lines = [
         *report_header("Query windows pooled from SSCD's feature map", t0),
@@ -136,7 +136,7 @@ def main() -> int:
         + "; ".join(f"{k} {a:.3f}" for k, a in agreement.items() if "crops" not in k)
         + ".",
         "",
-        "Rows: " + "; ".join(f"{labels[n]} {n}" for n in runs) + ".",
+        legend,
         "",
         *seed_table(runs, next(iter(runs)), None, labels),
         "",
