@@ -11,6 +11,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from id2_plugin.assembly import default_projection_path, load_projection
+from id2_plugin.embedders import base
 from id2_plugin.embedders.base import Embedder
 from id2_plugin.errors import IncompatibleStoreError, MediaError
 from id2_plugin.pipeline import Pipeline
@@ -76,6 +77,20 @@ def test_pipeline_hook_report(indexed, photo_paths: list[Path]) -> None:
     assert report.to_dict()["best"]["uri"] == str(refs[7])
     with pytest.raises(MediaError):
         ident.identify(b"not an image")
+
+
+def test_reports_name_the_embedder_without_hashing_w_again(indexed, photo_paths, monkeypatch) -> None:
+    """Every report names the embedder, whose identity includes W's digest: W (~100 MB for the shipped map) is
+    hashed once per loaded projection, not for every query (that was a third of a query's CPU)."""
+    embedder, store, refs = indexed
+    pipeline = Pipeline(embedder, store, k=3, threshold=0.0)
+    first = pipeline.identify(refs[0])
+    hashed: list[int] = []
+    real = base.hashlib.sha256
+    monkeypatch.setattr(base.hashlib, "sha256", lambda data=b"": hashed.append(len(data)) or real(data))
+    reports = [pipeline.identify(p) for p in photo_paths[-3:]]
+    assert all(r.embedder == first.embedder and r.projection == first.projection for r in reports)
+    assert embedder.projection.weight.nbytes not in hashed
 
 
 def test_plugin_can_preempt_builtin(indexed) -> None:
