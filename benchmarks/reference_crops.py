@@ -427,7 +427,7 @@ def decide_scores(
         final.score[edit & final.correct], final.score[neg], target_fpr=TARGET_FPR, confidence=CONFIDENCE
     ).threshold
     match = final.correct & (final.score >= thr)
-    out: dict[str, object] = {"threshold": float(thr), "match": match, "correct": final.correct}
+    out: dict[str, object] = {"threshold": float(thr), "match": match, "correct": final.correct, "score": final.score}
     row_score = np.where(looked[p.cands.query], scores[1], scores[0])
     for s in SETS:
         sel = p.sets == s
