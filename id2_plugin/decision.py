@@ -230,6 +230,29 @@ class OperatingPoint:
         return float(-math.expm1(n_references * math.log1p(-min(self.pair_fpr_upper_bound, 1 - 1e-12))))
 
 
+#: the feature of the second way to a MATCH ``fit-decision`` fits by default (docs/results.md, "A second way to
+#: a MATCH"): id2's evidence alone, for edits id2 finds and SSCD does not (instruction-based editors)
+ROUTE_FEATURE = "id2_over_background"
+
+
+@dataclass(frozen=True)
+class Route:
+    """A second way to a MATCH: a candidate whose ``feature`` alone is above every calibration negative's
+    (``floor``, set as the operating point is) scores at least the operating point's threshold, rising
+    linearly to 1 as the feature goes from ``floor`` to 1."""
+
+    feature: str
+    floor: float
+
+
+def route_scores(values: np.ndarray, floor: float, threshold: float) -> np.ndarray:
+    """The route's decision score of each feature value: 0 below ``floor``, else ``threshold`` at the floor
+    rising linearly to 1 at a feature value of 1. One scale with the logistic score, so that the decision is
+    always ``score >= threshold``."""
+    rise = np.clip((np.asarray(values, np.float64) - floor) / max(1.0 - floor, 1e-9), 0.0, 1.0)
+    return np.where(values >= floor, threshold + (1.0 - threshold) * rise, 0.0)
+
+
 @dataclass(frozen=True)
 class DecisionModel:
     """A logistic model over named features of the evidence, the embedder it holds for, its operating point."""
@@ -244,6 +267,8 @@ class DecisionModel:
     #: the store rankings each query's candidates come from, in order, as (ranking, how many): ``fused`` (the
     #: store's cosine) or a signal's name (its cosine alone); the first ranking's candidates are the background
     candidates: tuple[tuple[str, int], ...] = DEFAULT_RANKINGS
+    #: a second way to a MATCH (None: the logistic score alone); it needs the operating point's threshold
+    route: Route | None = None
     source: str | None = None
 
     def __post_init__(self) -> None:
@@ -254,6 +279,11 @@ class DecisionModel:
         unknown = [n for n in self.features if n not in FEATURES]
         if unknown:
             raise ConfigError(f"decision model {self.source or ''}: unknown feature(s) {', '.join(unknown)}")
+        if self.route is not None and (self.route.feature not in FEATURES or self.operating_point is None):
+            raise ConfigError(
+                f"decision model {self.source or ''}: its route needs a known feature and an operating point, "
+                f"got {self.route}"
+            )
         names = [r for r, _ in self.candidates]
         if not self.candidates or len(set(names)) < len(names) or any(n < 1 for _, n in self.candidates):
             raise ConfigError(
@@ -264,7 +294,11 @@ class DecisionModel:
     def score(self, evidence: Evidence) -> np.ndarray:
         """The decision score in [0, 1] of each pair (the evidence's shape: a vector or a matrix of pairs)."""
         x = feature_matrix(evidence, self.features)
-        return sigmoid(x @ np.asarray(self.coefficients) + self.intercept)
+        score = sigmoid(x @ np.asarray(self.coefficients) + self.intercept)
+        if self.route is None or self.operating_point is None:
+            return score
+        values = FEATURES[self.route.feature](evidence)
+        return np.maximum(score, route_scores(values, self.route.floor, self.operating_point.threshold))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -287,6 +321,7 @@ class DecisionModel:
                 embedder=str(doc["embedder"]),
                 operating_point=OperatingPoint(**op) if op else None,
                 candidates=tuple((str(r), int(n)) for r, n in doc["candidates"]),
+                route=Route(str(doc["route"]["feature"]), float(doc["route"]["floor"])) if doc.get("route") else None,
                 provenance=dict(doc.get("provenance") or {}),
                 source=source,
             )

@@ -15,7 +15,7 @@ import numpy as np
 from .calibrate import calibrate_threshold
 from .calibration_files import select_negatives
 from .config import Config
-from .decision import DEFAULT_RANKINGS, DecisionModel, check_rankings
+from .decision import DEFAULT_RANKINGS, FEATURES, ROUTE_FEATURE, DecisionModel, Route, check_rankings, route_scores
 from .decision_fit import (
     WINDOW_BUDGET,
     DecisionFit,
@@ -25,6 +25,7 @@ from .decision_fit import (
     cross_validated_scores,
     fit_rows,
     operating_point,
+    route_floor,
     window_floor,
 )
 from .errors import ConfigError
@@ -213,6 +214,7 @@ def fit_decision_files(
     l2: float = 1e-3,
     rankings: Sequence[tuple[str, int]] = DEFAULT_RANKINGS,
     window_budget: float | None = WINDOW_BUDGET,
+    route: str | None = ROUTE_FEATURE,
 ) -> tuple[DecisionFit, dict[str, Any]]:
     """Fit, cross-validate and calibrate a decision model for the configured embedder (see ``fit-decision``)."""
     from .train.crossval import grouped_folds
@@ -243,6 +245,17 @@ def fit_decision_files(
         cosine_threshold=cos_threshold,
         floor=floor,
     )
+    second = None
+    if route is not None:
+        # the route adds no negative above the threshold (its floor is above all of them): the operating point
+        # stands, and the held-out decisions are taken again with it
+        second = Route(route, route_floor(cands, np.flatnonzero(d.negative[cands.query]), route))
+        values = FEATURES[route](dataclasses.replace(cands, window=None).evidence())
+        routed = route_scores(values, second.floor, op.threshold)
+        with_w = best_per_query(cands, np.maximum(with_rows, routed), n)
+        whole = best_per_query(cands, np.maximum(whole_rows, routed), n)
+        final = _decisions_auto(whole, with_w, first.threshold, floor)
+        op = dataclasses.replace(op, recall=float((final.correct & (final.score >= op.threshold))[edit].mean()))
     coef, b = fit_rows(cands, np.arange(len(cands.query)), features, l2)
     report = _report(d, final, op.threshold, cosine, cos_threshold)
     model = DecisionModel(
@@ -261,9 +274,11 @@ def fit_decision_files(
             "cross_validated": report,
         },
         tuple(rankings),
+        second,
     )
     report["skipped"] = d.skipped
     report["operating_point"] = dataclasses.asdict(op)
+    report["route"] = None if second is None else dataclasses.asdict(second)
     return DecisionFit(model, report), report
 
 

@@ -22,6 +22,7 @@ from .calibrate import calibrate_threshold, clopper_pearson_upper
 from .decision import (
     CANDIDATES,
     DEFAULT_RANKINGS,
+    FEATURES,
     FUSED,
     WINDOW_SIGNAL,
     DecisionModel,
@@ -190,6 +191,15 @@ def window_floor(
     return floor
 
 
+def route_floor(cands: CandidateSet, negative_rows: np.ndarray, feature: str) -> float:
+    """Just above the highest value of ``feature`` among the negatives' candidate rows (whole image), so that
+    the route adds no false match where the operating point was calibrated; inf without negatives."""
+    if not negative_rows.size:
+        return float("inf")
+    values = FEATURES[feature](dataclasses.replace(cands, window=None).evidence(negative_rows))
+    return float(np.max(values)) + 1e-6
+
+
 def operating_point(
     neg_best: np.ndarray,
     pos: QueryDecisions,
@@ -233,5 +243,6 @@ __all__ = [
     "cross_validated_scores",
     "fit_rows",
     "operating_point",
+    "route_floor",
     "window_floor",
 ]

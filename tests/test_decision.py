@@ -15,11 +15,13 @@ from id2_plugin.decision import (
     DecisionModel,
     Evidence,
     OperatingPoint,
+    Route,
     candidate_background,
     check_rankings,
     feature_matrix,
     fit_logistic,
     parse_rankings,
+    route_scores,
     sigmoid,
     top_candidates,
 )
@@ -131,6 +133,28 @@ def test_a_model_file_names_where_its_candidates_come_from(tmp_path: Path) -> No
     check_rankings((("fused", 1), ("sscd", 2)), ["id2", "sscd"])
     with pytest.raises(ConfigError, match="'pdq'"):
         check_rankings((("pdq", 1),), ["id2", "sscd"])
+
+
+def test_route_scores_on_hand_computed_values() -> None:
+    # floor 0.2, threshold 0.6: below the floor 0; at it the threshold; halfway to 1 (0.6) halfway up (0.8)
+    got = route_scores(np.array([0.1, 0.2, 0.6, 1.0, 1.5]), 0.2, 0.6)
+    assert got == pytest.approx([0.0, 0.6, 0.8, 1.0, 1.0])
+
+
+def test_a_route_matches_what_the_logistic_score_alone_does_not(tmp_path: Path) -> None:
+    route = Route("id2_over_background", 0.2)
+    model = DecisionModel(("id2", "sscd"), (3.0, 4.0), -2.0, "x", _op(threshold=0.6), route=route)
+    # strong id2 over a low background, no SSCD evidence: the logistic score alone is below 0.6
+    e = Evidence({"id2": np.array([0.4, 0.25]), "sscd": np.array([0.0, 0.0])}, None, {"id2": np.array([0.1, 0.1])})
+    alone = sigmoid(3 * np.array([0.4, 0.25]) - 2)
+    assert alone.max() < 0.6
+    assert model.score(e) == pytest.approx([0.6 + 0.4 * (0.3 - 0.2) / 0.8, alone[1]])
+    back = DecisionModel.load(model.save(tmp_path / "d.json"))
+    assert back.route == route and back.score(e) == pytest.approx(model.score(e))
+    with pytest.raises(ConfigError, match="route needs"):
+        DecisionModel(("id2",), (1.0,), 0.0, "x", route=route)  # no operating point: no threshold to map onto
+    with pytest.raises(ConfigError, match="route needs"):
+        DecisionModel(("id2",), (1.0,), 0.0, "x", _op(), route=Route("nope", 0.2))
 
 
 def test_shipped_model_holds_for_the_default_embedder_and_has_an_operating_point() -> None:

@@ -76,6 +76,9 @@ def test_fit_decision_writes_a_model_identify_uses(
     assert op.fpr_upper_bound <= 0.3 and op.false_matches == 0
     assert model.embedder.startswith("fused[") and report["per_set"]
     assert model.provenance["command"].startswith("id2-plugin fit-decision")
+    # the second way to a MATCH: set above every negative, so it adds none of them
+    assert model.route is not None and model.route.feature == "id2_over_background"
+    assert report["route"] == {"feature": "id2_over_background", "floor": model.route.floor}
     # the model decides identification when named
     store = tmp_path / "store"
     origin = real_edits_dir / json.loads(lines[0])["origin"]

@@ -77,6 +77,7 @@ def test_cosine_decision_is_still_available_and_index_info_states_the_rate(decid
     assert info["count"] == N_REFS and info["decision"]["decides"] == "model"
     assert 0 < info["decision"]["false_match_rate_bound_at_this_size"] < info["decision"]["target_false_match_rate"]
     assert info["decision"]["candidates"] == [{"ranking": "id2", "n": 20}, {"ranking": "fused", "n": 1}]
+    assert info["decision"]["route"]["feature"] == "id2_over_background" and 0 < info["decision"]["route"]["floor"] < 1
     res = run(
         cli,
         ["--set", f"store.path={store}", "--set", "match.decision=cosine", "query", "--json", str(photos[100])],

@@ -22,7 +22,7 @@ from ..cli_support import (
     pairs_option,
     scan_inputs,
 )
-from ..decision import DEFAULT_FEATURES, DEFAULT_RANKINGS, DecisionModel, parse_rankings
+from ..decision import DEFAULT_FEATURES, DEFAULT_RANKINGS, FEATURES, ROUTE_FEATURE, DecisionModel, parse_rankings
 from ..decision_fit import WINDOW_BUDGET
 from ..hookspecs import hookimpl
 
@@ -74,6 +74,14 @@ from ..hookspecs import hookimpl
     "raised to it when the windows lifted some edit from lower (those edits are then lost; 1: no bound).",
 )
 @click.option(
+    "--route",
+    type=click.Choice([*FEATURES, "none"]),
+    default=ROUTE_FEATURE,
+    show_default=True,
+    help="Feature of a second way to a MATCH: a candidate whose value of it is above every negative's matches "
+    "too ('none': the logistic score alone).",
+)
+@click.option(
     "--folds",
     "n_folds",
     type=click.IntRange(min=2),
@@ -98,6 +106,7 @@ def fit_decision_command(
     features: tuple[str, ...],
     rankings: tuple[str, ...],
     window_budget: float,
+    route: str,
     n_folds: int,
     seed: int,
     as_json: bool,
@@ -130,6 +139,7 @@ def fit_decision_command(
         holdout_every=holdout_every,
         rankings=parse_rankings(rankings),
         window_budget=window_budget,
+        route=None if route == "none" else route,
     )
     skipped += report.pop("skipped")
     model: DecisionModel = fit.model
@@ -162,6 +172,8 @@ def _print_report(model: DecisionModel, report: dict[str, Any], path: Path) -> N
         f"{op.n_negatives} negatives (95% bound {op.fpr_upper_bound:.4f} per query at {op.n_references} "
         f"references, {op.pair_fpr_upper_bound:.2e} per pair); windows searched from {op.window_floor:.4f}"
     )
+    if model.route is not None:
+        click.echo(f"  second way to a MATCH: {model.route.feature} above {model.route.floor:.4f} (every negative's)")
     click.echo(
         "  held-out (grouped folds), MATCH with the right origin at the threshold, beside the fused cosine "
         "at a threshold chosen the same way:"
