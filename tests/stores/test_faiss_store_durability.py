@@ -67,6 +67,8 @@ while not finished:
     counts.append(info.count)
     gens.append(info.generation)
     it += 1
+    if it == 1:  # the test starts the writer only now, so that the reads overlap its commits
+        open(done_flag + ".ready", "w").close()
 print(json.dumps({"counts": counts, "gens": gens, "wrong": wrong, "iterations": it}))
 """
 )
@@ -162,6 +164,9 @@ def test_concurrent_reader_and_writer(tmp_path: Path, kind: str, opts: dict) -> 
         text=True,
         env=_env(),
     )
+    ready, deadline = Path(f"{done}.ready"), time.monotonic() + 120
+    while not ready.exists() and reader.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
     writer = _run(WRITER, store, kind, json.dumps(opts), 100, 1300, 40)
     done.touch()
     out, err = reader.communicate(timeout=180)
