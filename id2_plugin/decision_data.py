@@ -249,8 +249,8 @@ def fit_decision_files(
     if route is not None:
         # the route adds no negative above the threshold (its floor is above all of them): the operating point
         # stands, and the held-out decisions are taken again with it
-        second = Route(route, route_floor(cands, np.flatnonzero(d.negative[cands.query]), route))
         values = FEATURES[route](dataclasses.replace(cands, window=None).evidence())
+        second = Route(route, route_floor(values, d.negative[cands.query]))
         routed = route_scores(values, second.floor, op.threshold)
         with_w = best_per_query(cands, np.maximum(with_rows, routed), n)
         whole = best_per_query(cands, np.maximum(whole_rows, routed), n)

@@ -22,7 +22,6 @@ from .calibrate import calibrate_threshold, clopper_pearson_upper
 from .decision import (
     CANDIDATES,
     DEFAULT_RANKINGS,
-    FEATURES,
     FUSED,
     WINDOW_SIGNAL,
     DecisionModel,
@@ -191,13 +190,11 @@ def window_floor(
     return floor
 
 
-def route_floor(cands: CandidateSet, negative_rows: np.ndarray, feature: str) -> float:
-    """Just above the highest value of ``feature`` among the negatives' candidate rows (whole image), so that
-    the route adds no false match where the operating point was calibrated; inf without negatives."""
-    if not negative_rows.size:
-        return float("inf")
-    values = FEATURES[feature](dataclasses.replace(cands, window=None).evidence(negative_rows))
-    return float(np.max(values)) + 1e-6
+def route_floor(values: np.ndarray, negative: np.ndarray) -> float:
+    """Just above the highest of the route feature's ``values`` (one per candidate row) on the rows of
+    unrelated queries (``negative``), so that the route adds no false match where the operating point was
+    calibrated; inf without negatives."""
+    return float(np.max(values[negative])) + 1e-6 if negative.any() else float("inf")
 
 
 def operating_point(

@@ -109,7 +109,7 @@ def _decision_summary(cfg: Any, info: Any) -> dict[str, Any] | str:
         "false_match_rate_bound_at_this_size": round(op.per_query_fpr(info.count), 6),
         "calibrated_at_references": op.n_references,
         "candidates": [{"ranking": r, "n": n} for r, n in model.candidates],
-        "route": None if model.route is None else {"feature": model.route.feature, "floor": model.route.floor},
+        "route": None if model.route is None else dataclasses.asdict(model.route),
     }
 
 
